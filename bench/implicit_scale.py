@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Time `implicit` ALS training on an interaction CSV exported from Postgres.
+
+The CSV has three columns, user, item, weight (ids may be text; a header row is detected and
+skipped; repeated (user, item) pairs are summed). Export one from the demo shop with e.g.
+
+  psql -c "\\copy (SELECT user_id, product_id, count(*) FROM demo.tracks GROUP BY 1, 2) TO 'ui.csv' CSV"
+  bench/implicit_baseline.sh scale ui.csv
+
+It prints the load time and the ALS training time (factors 32, 10 iterations by default), to set
+against the in-database model build on the same data; --json writes the numbers as JSON too.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import sys
+import time
+import warnings
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+def peak_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def load_csv(path: str):
+    """Returns (user codes, item codes, weights, n_users, n_items)."""
+    import numpy as np
+
+    try:  # pandas is much faster on tens of millions of rows, but optional
+        import pandas as pd
+
+        df = pd.read_csv(path, header=None, names=["user", "item", "weight"], dtype=str)
+        if not _is_number(df["weight"].iloc[0]):
+            df = df.iloc[1:]
+        users, items = df["user"].to_numpy(), df["item"].to_numpy()
+        weights = df["weight"].astype(np.float32).to_numpy()
+    except ImportError:
+        u, i, w = [], [], []
+        with open(path, newline="") as f:
+            rd = csv.reader(f)
+            first = next(rd, None)
+            if first is not None and len(first) >= 3 and _is_number(first[2]):
+                u.append(first[0]); i.append(first[1]); w.append(float(first[2]))
+            for row in rd:
+                if len(row) >= 3:
+                    u.append(row[0]); i.append(row[1]); w.append(float(row[2]))
+        users, items = np.array(u), np.array(i)
+        weights = np.array(w, dtype=np.float32)
+    uids, ucode = np.unique(users, return_inverse=True)
+    iids, icode = np.unique(items, return_inverse=True)
+    return ucode, icode, weights, len(uids), len(iids)
+
+
+def _is_number(s) -> bool:
+    try:
+        float(s)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("csv", help="user,item,weight CSV")
+    ap.add_argument("--factors", type=int, default=32)
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--regularization", type=float, default=0.1)
+    ap.add_argument("--alpha", type=float, default=1.0, help="confidence = 1 + alpha * weight")
+    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--json", help="also write the numbers to this JSON file")
+    args = ap.parse_args()
+
+    if not os.path.isfile(args.csv):
+        print(f"skipped: {args.csv} not found")
+        return 0
+
+    import numpy as np
+    import scipy.sparse as sp
+    import implicit
+    from implicit.als import AlternatingLeastSquares
+
+    warnings.filterwarnings("ignore", message="Method expects CSR input")
+    t0 = time.perf_counter()
+    u, i, w, n_users, n_items = load_csv(args.csv)
+    R = sp.csr_matrix((w, (u, i)), shape=(n_users, n_items), dtype=np.float32)
+    R.sum_duplicates()
+    load_s = time.perf_counter() - t0
+
+    model = AlternatingLeastSquares(factors=args.factors, regularization=args.regularization,
+                                    alpha=args.alpha, iterations=args.iterations,
+                                    random_state=args.seed, use_gpu=False, num_threads=args.threads,
+                                    calculate_training_loss=False)
+    t0 = time.perf_counter()
+    model.fit(R, show_progress=False)
+    train_s = time.perf_counter() - t0
+
+    res = {"csv": args.csv, "rows": int(len(w)), "nnz": int(R.nnz), "users": n_users, "items": n_items,
+           "factors": args.factors, "iterations": args.iterations, "regularization": args.regularization,
+           "alpha": args.alpha, "threads": args.threads or os.cpu_count(), "load_seconds": load_s,
+           "train_seconds": train_s, "peak_rss_mb": peak_mb(), "implicit": implicit.__version__,
+           "python": platform.python_version()}
+    print(f"implicit {implicit.__version__} ALS factors={args.factors} iterations={args.iterations} "
+          f"threads={res['threads']}: {n_users} users x {n_items} items, nnz {R.nnz}")
+    print(f"load {load_s:.2f}s  train {train_s:.2f}s  peak {res['peak_rss_mb']:.0f} MB")
+    print(f"train_seconds={train_s:.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,626 @@
+-- Catalog registration: catalogs, event sources and property mappings.
+--
+-- These functions validate against pg_catalog and store names, never SQL text: every identifier
+-- they later put in a query goes through format('%I') and every value through format('%L').
+-- They are plain SQL-shaped checks, so they live in PL/pgSQL; the engine (aggregate, training,
+-- scoring) is Rust. Each error carries a SQLSTATE, a detail where useful and a hint.
+
+-- Resolve a catalog name (NULL = the default catalog) to its id.
+CREATE FUNCTION audience._catalog_id(catalog text) RETURNS integer
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    cid integer;
+    n integer;
+BEGIN
+    IF catalog IS NULL THEN
+        SELECT c.catalog_id INTO cid FROM audience.catalogs c WHERE c.is_default;
+        IF cid IS NULL THEN
+            SELECT count(*), min(c.catalog_id) INTO n, cid FROM audience.catalogs c;
+            IF n = 0 THEN
+                RAISE EXCEPTION 'no catalog exists'
+                    USING ERRCODE = 'undefined_object',
+                          HINT = 'Create one with audience.create_catalog().';
+            ELSIF n > 1 THEN
+                RAISE EXCEPTION 'no default catalog is set'
+                    USING ERRCODE = 'undefined_object',
+                          DETAIL = format('There are %s catalogs and none is marked as the default.', n),
+                          HINT = 'Pass the catalog name, or mark one with audience.set_default_catalog().';
+            END IF;
+        END IF;
+        RETURN cid;
+    END IF;
+    SELECT c.catalog_id INTO cid FROM audience.catalogs c WHERE c.name = catalog;
+    IF cid IS NULL THEN
+        RAISE EXCEPTION 'catalog "%" does not exist', catalog
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = coalesce('Existing catalogs are: ' || (SELECT string_agg(format('%I', c.name), ', ' ORDER BY c.name) FROM audience.catalogs c) || '.',
+                                    'No catalog exists yet.'),
+                  HINT = 'Create it with audience.create_catalog().';
+    END IF;
+    RETURN cid;
+END
+$fn$;
+
+-- Shared argument checks.
+CREATE FUNCTION audience._check_name(what text, val text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF val IS NULL THEN
+        RAISE EXCEPTION '% cannot be null', what USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF btrim(val) = '' THEN
+        RAISE EXCEPTION '% cannot be empty', what USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF length(val) > 200 THEN
+        RAISE EXCEPTION '% is too long', what
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('It has %s characters; the limit is 200.', length(val));
+    END IF;
+END
+$fn$;
+
+-- The type of a column of a relation, or an error naming the columns that exist.
+CREATE FUNCTION audience._column_type(rel regclass, col text, what text) RETURNS regtype
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t regtype;
+BEGIN
+    PERFORM audience._check_name(what, col);
+    SELECT a.atttypid::regtype INTO t
+      FROM pg_attribute a
+     WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF t IS NULL THEN
+        RAISE EXCEPTION 'column "%" of relation "%" does not exist', col, rel::text
+            USING ERRCODE = 'undefined_column',
+                  DETAIL = 'Its columns are: ' || coalesce((SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum)
+                                                     FROM pg_attribute a
+                                                    WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped), '(none)') || '.',
+                  HINT = format('Pass the %s as it is spelled in the table; names are case sensitive.', what);
+    END IF;
+    IF NOT has_column_privilege(rel, col, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied for column "%" of relation "%"', col, rel::text
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('Ask the owner to GRANT SELECT ON %s to %I.', rel::text, current_user);
+    END IF;
+    RETURN t;
+END
+$fn$;
+
+-- Check that a column can be an id (user or product): scalar and castable to text.
+CREATE FUNCTION audience._check_id_column(rel regclass, col text, what text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t regtype := audience._column_type(rel, col, what);
+BEGIN
+    IF t NOT IN ('smallint', 'integer', 'bigint', 'numeric', 'text', 'character varying', 'character', 'name', 'uuid') THEN
+        RAISE EXCEPTION 'column "%" of relation "%" has type %, which cannot be used as a %', col, rel::text, t::text, what
+            USING ERRCODE = 'datatype_mismatch',
+                  HINT = 'Use a text, varchar, integer, bigint, numeric or uuid column, or register a view that casts it.';
+    END IF;
+END
+$fn$;
+
+-- The SQL expression (timestamptz) for an event-time column.
+CREATE FUNCTION audience._time_expr(rel regclass, col text) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t regtype := audience._column_type(rel, col, 'event time column');
+BEGIN
+    IF t = 'timestamp with time zone'::regtype THEN
+        RETURN format('s.%I', col);
+    ELSIF t IN ('timestamp without time zone', 'date') THEN
+        RETURN format('s.%I::pg_catalog.timestamptz', col);
+    ELSIF t IN ('smallint', 'integer', 'bigint', 'numeric', 'double precision', 'real') THEN
+        -- Unix epoch seconds.
+        RETURN format('pg_catalog.to_timestamp(s.%I::pg_catalog.float8)', col);
+    END IF;
+    RAISE EXCEPTION 'column "%" of relation "%" has type %, which cannot be used as an event time', col, rel::text, t::text
+        USING ERRCODE = 'datatype_mismatch',
+              HINT = 'Use a timestamptz, timestamp or date column, or a number of seconds since 1970-01-01.';
+END
+$fn$;
+
+-- The regclass of a stored (schema, table) pair, or an error if it is gone.
+CREATE FUNCTION audience._relation(sch name, tbl name) RETURNS regclass
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r regclass := to_regclass(format('%I.%I', sch, tbl));
+BEGIN
+    IF r IS NULL THEN
+        RAISE EXCEPTION 'relation "%.%" does not exist', sch, tbl
+            USING ERRCODE = 'undefined_table',
+                  HINT = 'It was registered in a catalog and has since been dropped or renamed; re-register it or drop the registration.';
+    END IF;
+    RETURN r;
+END
+$fn$;
+
+CREATE FUNCTION audience._check_source(rel regclass) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    k "char";
+BEGIN
+    IF rel IS NULL THEN
+        RAISE EXCEPTION 'source relation cannot be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT c.relkind INTO k FROM pg_class c WHERE c.oid = rel;
+    IF k IS NULL THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', rel::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    IF k NOT IN ('r', 'v', 'm', 'p', 'f') THEN
+        RAISE EXCEPTION '"%" is not a table, view, materialized view or foreign table', rel::text
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+END
+$fn$;
+
+CREATE FUNCTION audience.create_catalog(name text, is_default boolean DEFAULT NULL, description text DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    cid integer;
+    first boolean;
+BEGIN
+    PERFORM audience._check_name('catalog name', name);
+    PERFORM 1 FROM audience.catalogs c WHERE c.name = create_catalog.name;
+    IF FOUND THEN
+        RAISE EXCEPTION 'catalog "%" already exists', name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Choose another name, or drop it first with audience.drop_catalog().';
+    END IF;
+    first := NOT EXISTS (SELECT 1 FROM audience.catalogs);
+    IF coalesce(is_default, first) THEN
+        UPDATE audience.catalogs c SET is_default = false, updated_at = now() WHERE c.is_default;
+    END IF;
+    INSERT INTO audience.catalogs (name, is_default, description)
+    VALUES (create_catalog.name, coalesce(create_catalog.is_default, first), create_catalog.description)
+    RETURNING catalog_id INTO cid;
+    RETURN cid;
+END
+$fn$;
+COMMENT ON FUNCTION audience.create_catalog(text, boolean, text) IS
+    'Creates a recommendation catalog. The first catalog becomes the default unless is_default => false.';
+
+CREATE FUNCTION audience.drop_catalog(name text, if_exists boolean DEFAULT false)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    cid integer;
+BEGIN
+    PERFORM audience._check_name('catalog name', name);
+    SELECT c.catalog_id INTO cid FROM audience.catalogs c WHERE c.name = drop_catalog.name;
+    IF cid IS NULL THEN
+        IF if_exists THEN
+            RAISE NOTICE 'catalog "%" does not exist, skipping', name;
+            RETURN false;
+        END IF;
+        PERFORM audience._catalog_id(name);  -- raises the standard error
+    END IF;
+    -- Wait for (or fail against) a running build instead of deleting under it.
+    PERFORM 1 FROM audience.catalogs c WHERE c.catalog_id = cid FOR UPDATE;
+    UPDATE audience.catalogs c SET active_model_id = NULL WHERE c.catalog_id = cid;
+    DELETE FROM audience.catalogs c WHERE c.catalog_id = cid;
+    RETURN true;
+END
+$fn$;
+COMMENT ON FUNCTION audience.drop_catalog(text, boolean) IS
+    'Drops a catalog with its events, mappings, models and saved audiences.';
+
+CREATE FUNCTION audience.set_default_catalog(name text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    cid integer;
+BEGIN
+    PERFORM audience._check_name('catalog name', name);
+    cid := audience._catalog_id(name);
+    UPDATE audience.catalogs c SET is_default = false, updated_at = now() WHERE c.is_default AND c.catalog_id <> cid;
+    UPDATE audience.catalogs c SET is_default = true, updated_at = now() WHERE c.catalog_id = cid;
+END
+$fn$;
+COMMENT ON FUNCTION audience.set_default_catalog(text) IS 'Marks the catalog used when a function is called without a catalog name.';
+
+CREATE FUNCTION audience.add_event(
+    catalog text,
+    source regclass,
+    product_id text,
+    user_id text DEFAULT 'user_id',
+    event_time text DEFAULT 'timestamp',
+    event_column text DEFAULT NULL,
+    event_value text DEFAULT NULL,
+    weight double precision DEFAULT 1,
+    half_life interval DEFAULT NULL,
+    weight_column text DEFAULT NULL,
+    name text DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    cid integer;
+    eid integer;
+    ename text;
+    t regtype;
+BEGIN
+    PERFORM audience._check_name('catalog name', catalog);
+    cid := audience._catalog_id(catalog);
+    PERFORM audience._check_source(source);
+    PERFORM audience._check_id_column(source, product_id, 'product id column');
+    PERFORM audience._check_id_column(source, user_id, 'user id column');
+    PERFORM audience._time_expr(source, event_time);
+    IF (event_column IS NULL) <> (event_value IS NULL) THEN
+        RAISE EXCEPTION 'event_column and event_value must be given together'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'To filter a shared events table pass both, e.g. event_column => ''event'', event_value => ''order_completed''.';
+    END IF;
+    IF event_column IS NOT NULL THEN
+        PERFORM audience._column_type(source, event_column, 'event name column');
+    END IF;
+    IF weight IS NULL THEN
+        RAISE EXCEPTION 'weight cannot be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT (weight >= 0 AND weight < 'infinity'::float8) THEN
+        RAISE EXCEPTION 'weight must be a finite number not below zero'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The weight given was %s.', weight),
+                  HINT = 'Weigh strong signals higher, e.g. order_completed 5, product_added 3, product_viewed 1.';
+    END IF;
+    IF half_life IS NOT NULL AND half_life <= '0'::interval THEN
+        RAISE EXCEPTION 'half_life must be positive'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The half-life given was %s.', half_life),
+                  HINT = 'Pass NULL for no recency decay, or e.g. ''30 days''.';
+    END IF;
+    IF weight_column IS NOT NULL THEN
+        t := audience._column_type(source, weight_column, 'weight column');
+        IF t NOT IN ('smallint', 'integer', 'bigint', 'numeric', 'real', 'double precision') THEN
+            RAISE EXCEPTION 'column "%" of relation "%" has type %, which cannot be used as a weight', weight_column, source::text, t::text
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = 'Use a numeric column (e.g. a rating or a quantity).';
+        END IF;
+    END IF;
+    ename := coalesce(add_event.name, add_event.event_value, (SELECT c.relname FROM pg_class c WHERE c.oid = source)::text);
+    PERFORM audience._check_name('event name', ename);
+    PERFORM 1 FROM audience.events e WHERE e.catalog_id = cid AND e.name = ename;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event "%" is already registered in catalog "%"', ename, coalesce(catalog, '(default)')
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Pass name => ''...'' to register another source under a different name, or drop it with audience.drop_event().';
+    END IF;
+    INSERT INTO audience.events (catalog_id, name, source_schema, source_table, user_column, product_column, time_column,
+                                 event_column, event_value, weight, weight_column, half_life)
+    SELECT cid, ename, n.nspname, c.relname, add_event.user_id, add_event.product_id, add_event.event_time,
+           add_event.event_column, add_event.event_value, add_event.weight, add_event.weight_column, add_event.half_life
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = source
+    RETURNING event_id INTO eid;
+    UPDATE audience.catalogs c SET updated_at = now() WHERE c.catalog_id = cid;
+    RETURN eid;
+END
+$fn$;
+COMMENT ON FUNCTION audience.add_event(text, regclass, text, text, text, text, text, double precision, interval, text, text) IS
+    'Registers an interaction event source (table or view, optionally filtered on an event-name column) with a weight and a recency half-life.';
+
+CREATE FUNCTION audience.drop_event(catalog text, event text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    cid integer;
+BEGIN
+    PERFORM audience._check_name('event name', event);
+    cid := audience._catalog_id(catalog);
+    DELETE FROM audience.events e WHERE e.catalog_id = cid AND e.name = event;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event "%" is not registered in catalog "%"', event, coalesce(catalog, '(default)')
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = coalesce('Registered events are: ' || (SELECT string_agg(format('%I', e.name), ', ' ORDER BY e.name) FROM audience.events e WHERE e.catalog_id = cid) || '.', 'The catalog has no events.');
+    END IF;
+END
+$fn$;
+
+-- The text expression that reads a mapped property for one row `s`, multi-valued values joined by chr(31).
+CREATE FUNCTION audience._property_expr(rel regclass, column_name text, json_key text, json_column text, delimiter text)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t regtype;
+    e text;
+BEGIN
+    IF column_name IS NOT NULL THEN
+        t := audience._column_type(rel, column_name, 'property column');
+        IF t IN ('json', 'jsonb', 'bytea') THEN
+            RAISE EXCEPTION 'column "%" of relation "%" has type %, which cannot be used as a property', column_name, rel::text, t::text
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = 'For a key of a JSON column pass json_key => ''key'' and json_column => the column.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_type ty WHERE ty.oid = t AND ty.typcategory = 'A') THEN
+            e := format('pg_catalog.array_to_string(s.%I::pg_catalog.text[], pg_catalog.chr(31))', column_name);
+        ELSE
+            e := format('s.%I::pg_catalog.text', column_name);
+        END IF;
+    ELSE
+        t := audience._column_type(rel, json_column, 'JSON column');
+        IF t NOT IN ('json', 'jsonb') THEN
+            RAISE EXCEPTION 'column "%" of relation "%" has type %, not json or jsonb', json_column, rel::text, t::text
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = 'Pass json_column => the name of a json or jsonb column, or map a plain column with column_name.';
+        END IF;
+        -- A JSON array value arrives as its JSON text and is split into values by the engine.
+        e := format('(s.%I OPERATOR(pg_catalog.->>) %L)', json_column, json_key);
+    END IF;
+    IF delimiter IS NOT NULL THEN
+        e := format('pg_catalog.replace(%s, %L, pg_catalog.chr(31))', e, delimiter);
+    END IF;
+    RETURN e;
+END
+$fn$;
+
+CREATE FUNCTION audience.map_property(
+    catalog text,
+    property text,
+    column_name text DEFAULT NULL,
+    json_key text DEFAULT NULL,
+    json_column text DEFAULT 'properties',
+    event text DEFAULT NULL,
+    products regclass DEFAULT NULL,
+    products_id text DEFAULT 'product_id',
+    delimiter text DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    cid integer;
+    ev record;
+    n integer := 0;
+BEGIN
+    PERFORM audience._check_name('catalog name', catalog);
+    cid := audience._catalog_id(catalog);
+    PERFORM audience._check_name('property name', property);
+    IF (column_name IS NULL) = (json_key IS NULL) THEN
+        RAISE EXCEPTION 'exactly one of column_name and json_key must be given'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Map a column with column_name => ''brand'', or a key of a JSON column with json_key => ''brand''.';
+    END IF;
+    IF json_key IS NOT NULL THEN
+        PERFORM audience._check_name('json_key', json_key);
+    END IF;
+    IF delimiter IS NOT NULL AND delimiter = '' THEN
+        RAISE EXCEPTION 'delimiter cannot be empty' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass NULL for single-valued properties, or e.g. ''|'' for values such as ''Action|Comedy''.';
+    END IF;
+    IF products IS NOT NULL THEN
+        IF event IS NOT NULL THEN
+            RAISE EXCEPTION 'event and products cannot both be given'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'A property is read either from event rows or from a products table.';
+        END IF;
+        PERFORM audience._check_source(products);
+        PERFORM audience._check_id_column(products, products_id, 'product id column');
+        PERFORM audience._property_expr(products, column_name, json_key, json_column, delimiter);
+        PERFORM 1 FROM audience.property_mappings m WHERE m.catalog_id = cid AND m.property = map_property.property AND m.event_id IS NULL;
+        IF FOUND THEN
+            RAISE EXCEPTION 'property "%" is already mapped to a products table', property
+                USING ERRCODE = 'duplicate_object',
+                      HINT = 'Remove the mapping with audience.unmap_property() first.';
+        END IF;
+        INSERT INTO audience.property_mappings (catalog_id, property, products_schema, products_table, products_id_column, column_name, json_key, delimiter)
+        SELECT cid, map_property.property, n.nspname, c.relname, products_id, map_property.column_name,
+               map_property.json_key, map_property.delimiter
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = products;
+        -- json_column is kept in column_name's place only for JSON keys.
+        IF json_key IS NOT NULL THEN
+            UPDATE audience.property_mappings m SET column_name = json_column
+             WHERE m.catalog_id = cid AND m.property = map_property.property AND m.event_id IS NULL;
+        END IF;
+        UPDATE audience.catalogs c SET updated_at = now() WHERE c.catalog_id = cid;
+        RETURN 1;
+    END IF;
+
+    IF event IS NOT NULL THEN
+        PERFORM audience._check_name('event name', event);
+        PERFORM 1 FROM audience.events e WHERE e.catalog_id = cid AND e.name = event;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'event "%" is not registered in catalog "%"', event, coalesce(catalog, '(default)')
+                USING ERRCODE = 'undefined_object',
+                      DETAIL = coalesce('Registered events are: ' || (SELECT string_agg(format('%I', e.name), ', ' ORDER BY e.name) FROM audience.events e WHERE e.catalog_id = cid) || '.', 'The catalog has no events.'),
+                      HINT = 'Register it with audience.add_event().';
+        END IF;
+    ELSIF NOT EXISTS (SELECT 1 FROM audience.events e WHERE e.catalog_id = cid) THEN
+        RAISE EXCEPTION 'catalog "%" has no events to read property "%" from', coalesce(catalog, '(default)'), property
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Register events with audience.add_event() first, or pass products => a products table.';
+    END IF;
+
+    FOR ev IN SELECT e.* FROM audience.events e
+               WHERE e.catalog_id = cid AND (map_property.event IS NULL OR e.name = map_property.event)
+               ORDER BY e.event_id
+    LOOP
+        PERFORM 1 FROM audience.property_mappings m
+         WHERE m.catalog_id = cid AND m.property = map_property.property AND m.event_id = ev.event_id;
+        IF FOUND THEN
+            RAISE EXCEPTION 'property "%" is already mapped for event "%"', property, ev.name
+                USING ERRCODE = 'duplicate_object',
+                      HINT = 'Remove the mapping with audience.unmap_property() first.';
+        END IF;
+        PERFORM audience._property_expr(audience._relation(ev.source_schema, ev.source_table), column_name, json_key, json_column, delimiter);
+        INSERT INTO audience.property_mappings (catalog_id, property, event_id, column_name, json_key, delimiter)
+        VALUES (cid, map_property.property, ev.event_id,
+                CASE WHEN map_property.json_key IS NULL THEN map_property.column_name ELSE map_property.json_column END,
+                map_property.json_key, map_property.delimiter);
+        n := n + 1;
+    END LOOP;
+    UPDATE audience.catalogs c SET updated_at = now() WHERE c.catalog_id = cid;
+    RETURN n;
+END
+$fn$;
+COMMENT ON FUNCTION audience.map_property(text, text, text, text, text, text, regclass, text, text) IS
+    'Maps a model property (brand, category, genre ...) to an event column, a key of a JSON column, or a products-table column. Returns the number of mappings created.';
+
+CREATE FUNCTION audience.unmap_property(catalog text, property text, event text DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    cid integer;
+    n integer;
+BEGIN
+    PERFORM audience._check_name('property name', property);
+    cid := audience._catalog_id(catalog);
+    DELETE FROM audience.property_mappings m
+     WHERE m.catalog_id = cid AND m.property = unmap_property.property
+       AND (unmap_property.event IS NULL
+            OR m.event_id = (SELECT e.event_id FROM audience.events e WHERE e.catalog_id = cid AND e.name = unmap_property.event));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n = 0 THEN
+        RAISE EXCEPTION 'property "%" is not mapped%', property, coalesce(format(' for event "%s"', event), '')
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = coalesce('Mapped properties are: ' || (SELECT string_agg(DISTINCT format('%I', m.property), ', ') FROM audience.property_mappings m WHERE m.catalog_id = cid) || '.', 'No property is mapped.');
+    END IF;
+    RETURN n;
+END
+$fn$;
+
+-- The scan the build runs: one UNION ALL over every registered source, feeding the affinity
+-- aggregate's internal variant, plus the property order it uses. Text of a query, built from
+-- stored names with %I and values with %L only.
+CREATE FUNCTION audience._build_query(cid integer, since timestamptz, until timestamptz, reference timestamptz,
+                                       OUT query text, OUT properties text[])
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    ev record;
+    rel regclass;
+    parts text[] := '{}';
+    props text[];
+    exprs text[];
+    texpr text;
+    filter text;
+    m record;
+    p text;
+    i integer;
+BEGIN
+    SELECT coalesce(array_agg(DISTINCT pm.property ORDER BY pm.property), '{}') INTO props
+      FROM audience.property_mappings pm WHERE pm.catalog_id = cid AND pm.event_id IS NOT NULL;
+    FOR ev IN SELECT e.* FROM audience.events e WHERE e.catalog_id = cid ORDER BY e.event_id LOOP
+        rel := audience._relation(ev.source_schema, ev.source_table);
+        PERFORM audience._check_id_column(rel, ev.product_column, 'product id column');
+        PERFORM audience._check_id_column(rel, ev.user_column, 'user id column');
+        texpr := audience._time_expr(rel, ev.time_column);
+        filter := format('s.%I IS NOT NULL AND s.%I IS NOT NULL AND %s IS NOT NULL', ev.user_column, ev.product_column, texpr);
+        IF ev.event_column IS NOT NULL THEN
+            PERFORM audience._column_type(rel, ev.event_column, 'event name column');
+            filter := filter || format(' AND s.%I::pg_catalog.text OPERATOR(pg_catalog.=) %L', ev.event_column, ev.event_value);
+        END IF;
+        IF since IS NOT NULL THEN
+            filter := filter || format(' AND %s OPERATOR(pg_catalog.>=) %L::pg_catalog.timestamptz', texpr, since);
+        END IF;
+        IF until IS NOT NULL THEN
+            filter := filter || format(' AND %s OPERATOR(pg_catalog.<) %L::pg_catalog.timestamptz', texpr, until);
+        END IF;
+        exprs := '{}';
+        FOR i IN 1 .. coalesce(array_length(props, 1), 0) LOOP
+            p := props[i];
+            SELECT * INTO m FROM audience.property_mappings pm
+             WHERE pm.catalog_id = cid AND pm.event_id = ev.event_id AND pm.property = p;
+            IF FOUND THEN
+                exprs := exprs || audience._property_expr(rel,
+                    CASE WHEN m.json_key IS NULL THEN m.column_name END, m.json_key, m.column_name, m.delimiter);
+            ELSE
+                exprs := exprs || 'NULL::pg_catalog.text'::text;
+            END IF;
+        END LOOP;
+        IF ev.weight_column IS NOT NULL THEN
+            PERFORM audience._column_type(rel, ev.weight_column, 'weight column');
+        END IF;
+        parts := parts || format(
+            'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, %L::pg_catalog.interval AS h, %s AS p FROM %s s WHERE %s',
+            ev.user_column, ev.product_column,
+            CASE WHEN ev.weight_column IS NULL THEN format('%s::pg_catalog.float8', ev.weight)
+                 ELSE format('(%s::pg_catalog.float8 OPERATOR(pg_catalog.*) s.%I::pg_catalog.float8)', ev.weight, ev.weight_column) END,
+            texpr, ev.half_life,
+            CASE WHEN array_length(exprs, 1) IS NULL OR NOT EXISTS (SELECT 1 FROM audience.property_mappings pm WHERE pm.event_id = ev.event_id)
+                 THEN 'NULL::pg_catalog.text[]'
+                 ELSE 'ARRAY[' || array_to_string(exprs, ', ') || ']' END,
+            rel::text, filter);
+    END LOOP;
+    IF array_length(parts, 1) IS NULL THEN
+        RAISE EXCEPTION 'catalog "%" has no events', (SELECT c.name FROM audience.catalogs c WHERE c.catalog_id = cid)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Register event sources with audience.add_event() before building.';
+    END IF;
+    query := format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, ev.p) FROM (%s) ev',
+                    reference, array_to_string(parts, ' UNION ALL '));
+    properties := props;
+END
+$fn$;
+
+-- One query per products-table mapping: (item id, value text) rows.
+CREATE FUNCTION audience._products_queries(cid integer, OUT property text, OUT query text)
+RETURNS SETOF record
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    m record;
+    rel regclass;
+BEGIN
+    FOR m IN SELECT * FROM audience.property_mappings pm WHERE pm.catalog_id = cid AND pm.event_id IS NULL ORDER BY pm.property LOOP
+        rel := audience._relation(m.products_schema, m.products_table);
+        PERFORM audience._check_id_column(rel, m.products_id_column, 'product id column');
+        property := m.property;
+        query := format('SELECT s.%I::pg_catalog.text, %s FROM %s s WHERE s.%I IS NOT NULL',
+                        m.products_id_column,
+                        audience._property_expr(rel, CASE WHEN m.json_key IS NULL THEN m.column_name END, m.json_key, m.column_name, m.delimiter),
+                        rel::text, m.products_id_column);
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
+
+-- Locks a catalog for a build. A second build of the same catalog fails at once instead of
+-- queueing (pg_cron overlaps) and never sees or writes a half-built model.
+CREATE FUNCTION audience._lock_for_build(catalog text) RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    cid integer := audience._catalog_id(catalog);
+BEGIN
+    BEGIN
+        PERFORM 1 FROM audience.catalogs c WHERE c.catalog_id = cid FOR NO KEY UPDATE NOWAIT;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'catalog "%" is being built by another session', (SELECT c.name FROM audience.catalogs c WHERE c.catalog_id = cid)
+            USING ERRCODE = 'lock_not_available',
+                  DETAIL = 'Only one build of a catalog runs at a time; the running build will replace the model when it commits.',
+                  HINT = 'Retry when the other build has finished.';
+    END;
+    RETURN cid;
+END
+$fn$;

@@ -1,0 +1,189 @@
+-- pg_audience catalog, model and audience tables.
+-- Everything is schema-qualified; the extension's schema is fixed (`audience`).
+
+-- A catalog: one set of event sources and property mappings, and the model built from them.
+CREATE TABLE audience.catalogs (
+    catalog_id      serial PRIMARY KEY,
+    name            text NOT NULL UNIQUE CHECK (name OPERATOR(pg_catalog.<>) ''),
+    is_default      boolean NOT NULL DEFAULT false,
+    description     text,
+    active_model_id bigint,
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE UNIQUE INDEX catalogs_single_default ON audience.catalogs (is_default) WHERE is_default;
+COMMENT ON TABLE audience.catalogs IS 'Recommendation catalogs: event sources, property mappings and the active model. Edit through audience.create_catalog / drop_catalog.';
+
+-- An event source: a table or view whose rows are interactions of one kind (or of several kinds,
+-- filtered by an event-name column), with a weight and an optional recency half-life.
+CREATE TABLE audience.events (
+    event_id        serial PRIMARY KEY,
+    catalog_id      integer NOT NULL REFERENCES audience.catalogs ON DELETE CASCADE,
+    name            text NOT NULL CHECK (name OPERATOR(pg_catalog.<>) ''),
+    source_schema   name NOT NULL,
+    source_table    name NOT NULL,
+    user_column     name NOT NULL,
+    product_column  name NOT NULL,
+    time_column     name NOT NULL,
+    event_column    name,
+    event_value     text,
+    weight          double precision NOT NULL CHECK (weight OPERATOR(pg_catalog.>=) 0),
+    weight_column   name,
+    half_life       interval CHECK (half_life OPERATOR(pg_catalog.>) '0'::interval),
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    UNIQUE (catalog_id, name)
+);
+COMMENT ON TABLE audience.events IS 'Registered interaction event sources. Edit through audience.add_event / drop_event.';
+
+-- A property mapping: where a model column (brand, category, genre ...) is read from, for one
+-- event source (a column or a key of a json/jsonb column) or from a products table.
+CREATE TABLE audience.property_mappings (
+    mapping_id        serial PRIMARY KEY,
+    catalog_id        integer NOT NULL REFERENCES audience.catalogs ON DELETE CASCADE,
+    property          text NOT NULL CHECK (property OPERATOR(pg_catalog.<>) ''),
+    event_id          integer REFERENCES audience.events ON DELETE CASCADE,
+    products_schema   name,
+    products_table    name,
+    products_id_column name,
+    column_name       name,
+    json_key          text,
+    delimiter         text,
+    created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CHECK ((event_id IS NULL) OPERATOR(pg_catalog.<>) (products_table IS NULL))
+);
+CREATE UNIQUE INDEX property_mappings_per_event ON audience.property_mappings (catalog_id, property, event_id) WHERE event_id IS NOT NULL;
+CREATE UNIQUE INDEX property_mappings_per_products ON audience.property_mappings (catalog_id, property) WHERE event_id IS NULL;
+COMMENT ON TABLE audience.property_mappings IS 'Where each model property is read from. Edit through audience.map_property / unmap_property.';
+
+-- Trained models. A model is never updated in place: a build inserts a new one and moves
+-- catalogs.active_model_id in the same transaction, so readers never see half a model.
+CREATE TABLE audience.models (
+    model_id        bigserial PRIMARY KEY,
+    catalog_id      integer NOT NULL REFERENCES audience.catalogs ON DELETE CASCADE,
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    train_until     timestamptz,
+    reference_time  timestamptz,
+    rows_read       bigint NOT NULL,
+    users           bigint NOT NULL,
+    items           bigint NOT NULL,
+    pairs           bigint NOT NULL,
+    params          jsonb NOT NULL,
+    stats           jsonb NOT NULL
+);
+COMMENT ON TABLE audience.models IS 'Trained models with their parameters and build statistics (rows read, seconds per phase, memory).';
+
+ALTER TABLE audience.catalogs ADD FOREIGN KEY (active_model_id) REFERENCES audience.models (model_id) ON DELETE SET NULL DEFERRABLE INITIALLY DEFERRED;
+
+-- The model's arrays (id maps, affinity matrix, factors, neighbours, item properties) in the
+-- extension's binary format, cut into chunks below the 1 GB field limit.
+CREATE TABLE audience.model_data (
+    model_id bigint NOT NULL REFERENCES audience.models ON DELETE CASCADE,
+    part     text NOT NULL,
+    chunk    integer NOT NULL,
+    data     bytea NOT NULL,
+    PRIMARY KEY (model_id, part, chunk)
+);
+-- Factors and ids do not compress; skip pglz.
+ALTER TABLE audience.model_data ALTER COLUMN data SET STORAGE EXTERNAL;
+COMMENT ON TABLE audience.model_data IS 'Binary arrays of each model (internal format).';
+
+-- The distinct values of each property in a model, with item and user counts: what a UI lists.
+CREATE TABLE audience.property_values (
+    model_id bigint NOT NULL REFERENCES audience.models ON DELETE CASCADE,
+    property text NOT NULL,
+    value    text NOT NULL,
+    items    bigint NOT NULL,
+    users    bigint NOT NULL,
+    PRIMARY KEY (model_id, property, value)
+);
+
+-- Saved audiences, their current members and the history of who entered and left.
+CREATE TABLE audience.saved_audiences (
+    audience_id     serial PRIMARY KEY,
+    name            text NOT NULL UNIQUE CHECK (name OPERATOR(pg_catalog.<>) ''),
+    catalog_id      integer NOT NULL REFERENCES audience.catalogs ON DELETE CASCADE,
+    property        text NOT NULL,
+    "values"        text[] NOT NULL,
+    max_pct         double precision NOT NULL,
+    max_users       bigint,
+    min_score       double precision,
+    exclude_engaged boolean NOT NULL DEFAULT false,
+    lookback        interval,
+    model_id        bigint,
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    refreshed_at    timestamptz
+);
+COMMENT ON TABLE audience.saved_audiences IS 'Audience definitions materialised by audience.save_audience and refreshed by audience.refresh_audience.';
+
+CREATE TABLE audience.audience_members (
+    audience_id integer NOT NULL REFERENCES audience.saved_audiences ON DELETE CASCADE,
+    user_id     text NOT NULL,
+    score       double precision NOT NULL,
+    rank        bigint NOT NULL,
+    entered_at  timestamptz NOT NULL,
+    PRIMARY KEY (audience_id, user_id)
+);
+COMMENT ON TABLE audience.audience_members IS 'Current members of each saved audience.';
+
+CREATE TABLE audience.audience_changes (
+    audience_id  integer NOT NULL REFERENCES audience.saved_audiences ON DELETE CASCADE,
+    refreshed_at timestamptz NOT NULL,
+    user_id      text NOT NULL,
+    change       text NOT NULL CHECK (change OPERATOR(pg_catalog.=) ANY (ARRAY['entered', 'left'])),
+    score        double precision
+);
+CREATE INDEX audience_changes_by_time ON audience.audience_changes (audience_id, refreshed_at);
+COMMENT ON TABLE audience.audience_changes IS 'Who entered and who left each saved audience at each refresh: ship only these rows downstream.';
+
+-- Keep user rows in pg_dump output.
+SELECT pg_catalog.pg_extension_config_dump('audience.catalogs', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.catalogs_catalog_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.events', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.events_event_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.property_mappings', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.property_mappings_mapping_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.models', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.models_model_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.model_data', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.property_values', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.saved_audiences', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.saved_audiences_audience_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.audience_members', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.audience_changes', '');
+
+-- Views for people and BI tools.
+CREATE VIEW audience.catalog_overview AS
+SELECT c.name AS catalog, c.is_default, c.description,
+       (SELECT pg_catalog.count(*) FROM audience.events e WHERE e.catalog_id OPERATOR(pg_catalog.=) c.catalog_id) AS events,
+       (SELECT pg_catalog.count(DISTINCT m.property) FROM audience.property_mappings m WHERE m.catalog_id OPERATOR(pg_catalog.=) c.catalog_id) AS properties,
+       c.active_model_id AS model_id, mo.created_at AS built_at, mo.users, mo.items, mo.rows_read,
+       c.created_at, c.updated_at
+  FROM audience.catalogs c
+  LEFT JOIN audience.models mo ON mo.model_id OPERATOR(pg_catalog.=) c.active_model_id;
+COMMENT ON VIEW audience.catalog_overview IS 'One row per catalog with its counts and active model.';
+
+CREATE VIEW audience.catalog_events AS
+SELECT c.name AS catalog, e.name AS event,
+       pg_catalog.format('%I.%I', e.source_schema, e.source_table) AS source,
+       e.event_column, e.event_value, e.user_column, e.product_column, e.time_column,
+       e.weight, e.weight_column, e.half_life, e.created_at
+  FROM audience.events e JOIN audience.catalogs c USING (catalog_id);
+COMMENT ON VIEW audience.catalog_events IS 'Registered event sources of every catalog.';
+
+CREATE VIEW audience.catalog_properties AS
+SELECT c.name AS catalog, m.property,
+       CASE WHEN m.event_id IS NULL THEN 'products' ELSE 'event' END AS origin,
+       e.name AS event,
+       CASE WHEN m.event_id IS NULL THEN pg_catalog.format('%I.%I', m.products_schema, m.products_table)
+            ELSE pg_catalog.format('%I.%I', e.source_schema, e.source_table) END AS source,
+       m.products_id_column, m.column_name, m.json_key, m.delimiter, m.created_at
+  FROM audience.property_mappings m
+  JOIN audience.catalogs c USING (catalog_id)
+  LEFT JOIN audience.events e USING (event_id);
+COMMENT ON VIEW audience.catalog_properties IS 'Where each property of every catalog is read from.';
+
+CREATE VIEW audience.catalog_values AS
+SELECT c.name AS catalog, v.property, v.value, v.items, v.users, v.model_id
+  FROM audience.catalogs c
+  JOIN audience.property_values v ON v.model_id OPERATOR(pg_catalog.=) c.active_model_id;
+COMMENT ON VIEW audience.catalog_values IS 'Distinct values of each property in the active model, with item and user counts (as of the last build).';

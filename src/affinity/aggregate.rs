@@ -1,0 +1,263 @@
+//! Support functions of the parallel-safe affinity aggregates.
+//!
+//! pgrx 0.18.1's `#[pg_aggregate]` generates a wrong deserial signature for `internal` states
+//! (pgrx issue #2351), so the five support functions are plain `#[pg_extern]`s and the aggregates
+//! are created with `CREATE AGGREGATE` in `extension_sql!` below.
+//!
+//! Two aggregates share the state:
+//! - `audience.affinity(user, item, weight, time, half_life, reference) -> jsonb` for people;
+//! - `audience._affinity_collect(..., props text[]) -> bigint` for `audience.build`, which hands the
+//!   finished state to the caller through a backend-local stash instead of copying it into a datum.
+use crate::affinity::accumulator::Accumulator;
+use crate::error::AudienceError;
+use pgrx::prelude::*;
+use pgrx::{Internal, PgMemoryContexts};
+use std::cell::RefCell;
+
+/// Microseconds per unit of an interval, as `extract(epoch from interval)` counts them.
+const USECS_PER_DAY: i64 = 86_400_000_000;
+
+pub fn interval_micros(iv: &Interval) -> i64 {
+    // A month is 30 days here, as in interval arithmetic with justify_days.
+    (iv.months() as i64 * 30 + iv.days() as i64) * USECS_PER_DAY + iv.micros()
+}
+
+fn finite_time(t: TimestampWithTimeZone) -> Option<i64> {
+    let v: i64 = t.into();
+    if v == i64::MAX || v == i64::MIN {
+        None
+    } else {
+        Some(v)
+    }
+}
+
+/// The state of the current aggregate call, created in the aggregate's memory context.
+unsafe fn state_mut<'a>(state: &'a mut Internal, fcinfo: pg_sys::FunctionCallInfo, n_props: usize) -> &'a mut Accumulator {
+    if state.initialized() {
+        return state.get_mut::<Accumulator>().expect("initialized state");
+    }
+    let mut agg_ctx: pg_sys::MemoryContext = std::ptr::null_mut();
+    if pg_sys::AggCheckCallContext(fcinfo, &mut agg_ctx) == 0 {
+        AudienceError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "affinity support function called in non-aggregate context",
+        )
+        .hint("Call the aggregate audience.affinity(), not its support functions.")
+        .raise();
+    }
+    let ptr = PgMemoryContexts::For(agg_ctx).leak_and_drop_on_delete(Accumulator::new(n_props));
+    *state = Internal::from(Some(pg_sys::Datum::from(ptr)));
+    &mut *ptr
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_row(
+    acc: &mut Accumulator,
+    user: Option<&str>,
+    item: Option<&str>,
+    weight: Option<f64>,
+    time: Option<TimestampWithTimeZone>,
+    half_life: Option<Interval>,
+    reference: Option<TimestampWithTimeZone>,
+    props: Option<&[Option<&str>]>,
+) {
+    let (Some(user), Some(item), Some(time)) = (user, item, time.and_then(finite_time)) else {
+        return; // rows without a user, an item or a finite time carry no affinity
+    };
+    let reference = reference.and_then(finite_time);
+    if acc.rows() == 0 {
+        acc.set_reference(reference);
+    }
+    let half_life = half_life.map(|h| interval_micros(&h)).filter(|&h| h > 0);
+    // An event after the reference time counts as if it happened at the reference time.
+    let time = match reference {
+        Some(r) if time > r => r,
+        _ => time,
+    };
+    acc.push(user, item, weight.unwrap_or(1.0), time, half_life, props);
+}
+
+#[pg_extern(parallel_safe)]
+#[search_path(@extschema@, pg_catalog)]
+#[allow(clippy::too_many_arguments)]
+fn _affinity_sfunc(
+    mut state: Internal,
+    user_id: Option<&str>,
+    item_id: Option<&str>,
+    weight: Option<f64>,
+    event_time: Option<TimestampWithTimeZone>,
+    half_life: Option<Interval>,
+    reference_time: Option<TimestampWithTimeZone>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Internal {
+    let acc = unsafe { state_mut(&mut state, fcinfo, 0) };
+    push_row(acc, user_id, item_id, weight, event_time, half_life, reference_time, None);
+    state
+}
+
+#[pg_extern(parallel_safe)]
+#[search_path(@extschema@, pg_catalog)]
+#[allow(clippy::too_many_arguments)]
+fn _affinity_collect_sfunc(
+    mut state: Internal,
+    user_id: Option<&str>,
+    item_id: Option<&str>,
+    weight: Option<f64>,
+    event_time: Option<TimestampWithTimeZone>,
+    half_life: Option<Interval>,
+    reference_time: Option<TimestampWithTimeZone>,
+    props: Option<Array<&str>>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Internal {
+    let n_props = props.as_ref().map(|p| p.len()).unwrap_or(0);
+    let acc = unsafe { state_mut(&mut state, fcinfo, n_props) };
+    match props {
+        Some(p) => {
+            let vals: Vec<Option<&str>> = p.iter().collect();
+            push_row(acc, user_id, item_id, weight, event_time, half_life, reference_time, Some(&vals));
+        }
+        None => push_row(acc, user_id, item_id, weight, event_time, half_life, reference_time, None),
+    }
+    state
+}
+
+#[pg_extern(parallel_safe)]
+#[search_path(@extschema@, pg_catalog)]
+fn _affinity_combine(mut a: Internal, mut b: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    unsafe {
+        let Some(right) = b.get_mut::<Accumulator>() else { return a };
+        if a.get_mut::<Accumulator>().is_none() {
+            return b;
+        }
+        let left = state_mut(&mut a, fcinfo, 0);
+        let taken = std::mem::replace(right, Accumulator::new(0));
+        left.merge(taken);
+    }
+    a
+}
+
+#[pg_extern(strict, parallel_safe)]
+#[search_path(@extschema@, pg_catalog)]
+fn _affinity_serial(mut state: Internal) -> Vec<u8> {
+    match unsafe { state.get_mut::<Accumulator>() } {
+        Some(acc) => acc.serialize(),
+        None => Accumulator::new(0).serialize(),
+    }
+}
+
+#[pg_extern(strict, parallel_safe)]
+#[search_path(@extschema@, pg_catalog)]
+fn _affinity_deserial(bytes: &[u8], _unused: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    let acc = Accumulator::deserialize(bytes).unwrap_or_else(|e| {
+        AudienceError::corrupt(format!("invalid affinity state: {e}"))
+            .hint("The bytes must come from audience._affinity_serial().")
+            .raise()
+    });
+    let mut state = Internal::default();
+    unsafe {
+        let slot = state_mut(&mut state, fcinfo, 0);
+        *slot = acc;
+    }
+    state
+}
+
+/// The finished affinity of the aggregated rows as `{"user": {"item": affinity, ...}, ...}`.
+#[pg_extern(parallel_safe)]
+#[search_path(@extschema@, pg_catalog)]
+fn _affinity_final_jsonb(mut state: Internal) -> pgrx::JsonB {
+    let acc = match unsafe { state.get_mut::<Accumulator>() } {
+        Some(acc) => std::mem::replace(acc, Accumulator::new(0)),
+        None => Accumulator::new(0),
+    };
+    let aff = acc.finish();
+    let mut users = serde_json::Map::with_capacity(aff.users.len());
+    for (u, name) in aff.users.iter().enumerate() {
+        let (cols, vals) = aff.matrix.row(u);
+        let mut items = serde_json::Map::with_capacity(cols.len());
+        for (&c, &v) in cols.iter().zip(vals) {
+            items.insert(aff.items[c as usize].clone(), serde_json::json!((v as f64 * 1e6).round() / 1e6));
+        }
+        users.insert(name.clone(), serde_json::Value::Object(items));
+    }
+    pgrx::JsonB(serde_json::Value::Object(users))
+}
+
+thread_local! {
+    static STASH: RefCell<Vec<(i64, Accumulator)>> = const { RefCell::new(Vec::new()) };
+    static NEXT_TOKEN: RefCell<i64> = const { RefCell::new(1) };
+}
+
+/// Moves the finished state into this backend's stash and returns a token for `take_stashed`.
+#[pg_extern(parallel_safe)]
+#[search_path(@extschema@, pg_catalog)]
+fn _affinity_final_stash(mut state: Internal) -> i64 {
+    let acc = match unsafe { state.get_mut::<Accumulator>() } {
+        Some(acc) => std::mem::replace(acc, Accumulator::new(0)),
+        None => Accumulator::new(0),
+    };
+    let token = NEXT_TOKEN.with(|t| {
+        let mut t = t.borrow_mut();
+        *t += 1;
+        *t
+    });
+    STASH.with(|s| {
+        let mut s = s.borrow_mut();
+        // Only the most recent states are kept: a direct caller that never takes them cannot
+        // grow the backend without bound.
+        if s.len() >= 2 {
+            s.remove(0);
+        }
+        s.push((token, acc));
+    });
+    token
+}
+
+/// Takes a stashed state (see `_affinity_final_stash`).
+pub fn take_stashed(token: i64) -> Option<Accumulator> {
+    STASH.with(|s| {
+        let mut s = s.borrow_mut();
+        let pos = s.iter().position(|(t, _)| *t == token)?;
+        Some(s.remove(pos).1)
+    })
+}
+
+extension_sql!(
+    r#"
+CREATE AGGREGATE audience.affinity(user_id text, item_id text, weight double precision,
+                                   event_time timestamptz, half_life interval, reference_time timestamptz) (
+    sfunc = audience._affinity_sfunc,
+    stype = internal,
+    finalfunc = audience._affinity_final_jsonb,
+    finalfunc_modify = read_write,
+    combinefunc = audience._affinity_combine,
+    serialfunc = audience._affinity_serial,
+    deserialfunc = audience._affinity_deserial,
+    parallel = safe
+);
+COMMENT ON AGGREGATE audience.affinity(text, text, double precision, timestamptz, interval, timestamptz) IS
+'User-item affinity: sum of weight * 2^(-(reference_time - event_time) / half_life) per (user, item), as jsonb {user: {item: affinity}}. NULL half_life: no decay. NULL reference_time: the latest event time. Parallel safe.';
+
+CREATE AGGREGATE audience._affinity_collect(user_id text, item_id text, weight double precision,
+                                            event_time timestamptz, half_life interval, reference_time timestamptz,
+                                            props text[]) (
+    sfunc = audience._affinity_collect_sfunc,
+    stype = internal,
+    finalfunc = audience._affinity_final_stash,
+    finalfunc_modify = read_write,
+    combinefunc = audience._affinity_combine,
+    serialfunc = audience._affinity_serial,
+    deserialfunc = audience._affinity_deserial,
+    parallel = safe
+);
+"#,
+    name = "affinity_aggregates",
+    requires = [
+        _affinity_sfunc,
+        _affinity_collect_sfunc,
+        _affinity_combine,
+        _affinity_serial,
+        _affinity_deserial,
+        _affinity_final_jsonb,
+        _affinity_final_stash
+    ]
+);

@@ -1,0 +1,376 @@
+//! `audience.build`: one scan of every registered source through the affinity aggregate, item
+//! properties, training, and an atomic swap of the stored model.
+use crate::affinity::accumulator::Affinity;
+use crate::affinity::aggregate::take_stashed;
+use crate::api::spi_util::{args, query_rows};
+use crate::error::{AudienceError, OrRaise};
+use crate::model::als::{train_als, AlsParams, Interrupted};
+use crate::model::csr::Csr;
+use crate::model::knn::{train_knn, KnnParams};
+use crate::model::stored::{split_values, Model, Property};
+use crate::score::hybrid::HybridParams;
+use pgrx::prelude::*;
+use std::time::Instant;
+
+/// Model knobs of one build (NULL arguments take these defaults).
+#[derive(Clone, Debug)]
+pub struct BuildParams {
+    pub als: Option<AlsParams>,
+    pub knn: Option<KnnParams>,
+    pub hybrid: HybridParams,
+}
+
+pub const DEFAULT_HYBRID: HybridParams = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.5 };
+
+/// What the scan produced, before training.
+pub struct Collected {
+    pub aff: Affinity,
+    /// Per property: name and, per item, its values.
+    pub item_values: Vec<(String, Vec<Vec<String>>)>,
+    pub scan_seconds: f64,
+    pub products_seconds: f64,
+    pub state_bytes: usize,
+}
+
+pub fn interrupt_check() -> Result<(), Interrupted> {
+    pgrx::check_for_interrupts!();
+    Ok(())
+}
+
+/// Runs the catalog's scan (optionally restricted to [since, until)) and resolves item properties.
+pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<TimestampWithTimeZone>) -> Collected {
+    let t0 = Instant::now();
+    let (query, props): (Option<String>, Option<Vec<Option<String>>>) = Spi::get_two_with_args(
+        "SELECT query, properties FROM audience._build_query($1, $2, $3, NULL)",
+        &args![cid, since, until],
+    )
+    .or_raise("planning the scan");
+    let query = query.unwrap_or_else(|| AudienceError::internal("no scan query").raise());
+    let prop_names: Vec<String> = props.unwrap_or_default().into_iter().flatten().collect();
+    let token: i64 = Spi::get_one::<i64>(&query)
+        .or_raise("scanning the event sources")
+        .unwrap_or_else(|| AudienceError::internal("the scan returned no state").raise());
+    let acc = take_stashed(token).unwrap_or_else(|| AudienceError::internal("the scan's state was lost").raise());
+    let state_bytes = acc.memory_bytes();
+    pgrx::check_for_interrupts!();
+    let aff = acc.finish();
+    let scan_seconds = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let n_items = aff.items.len();
+    let mut item_values: Vec<(String, Vec<Vec<String>>)> = prop_names
+        .iter()
+        .enumerate()
+        .map(|(p, name)| {
+            let per_item = aff
+                .item_props
+                .get(p)
+                .map(|col| col.iter().map(|v| v.as_deref().map(split_values).unwrap_or_default()).collect())
+                .unwrap_or_else(|| vec![Vec::new(); n_items]);
+            (name.clone(), per_item)
+        })
+        .collect();
+    // Products tables are authoritative for the properties they map.
+    let products = query_rows::<(String, String)>(
+        "SELECT property, query FROM audience._products_queries($1)",
+        &args![cid],
+        |row| (row.get::<String>(1).ok().flatten().unwrap_or_default(), row.get::<String>(2).ok().flatten().unwrap_or_default()),
+    );
+    for (name, q) in products {
+        let mut per_item: Vec<Vec<String>> = vec![Vec::new(); n_items];
+        let rows = query_rows::<(Option<String>, Option<String>)>(&q, &[], |row| {
+            (row.get::<String>(1).ok().flatten(), row.get::<String>(2).ok().flatten())
+        });
+        for (id, val) in rows {
+            if let (Some(id), Some(val)) = (id, val) {
+                if let Ok(i) = aff.items.binary_search(&id) {
+                    per_item[i] = split_values(&val);
+                }
+            }
+        }
+        match item_values.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, existing)) => {
+                for (slot, vals) in existing.iter_mut().zip(per_item) {
+                    if !vals.is_empty() {
+                        *slot = vals;
+                    }
+                }
+            }
+            None => item_values.push((name, per_item)),
+        }
+    }
+    item_values.sort_by(|a, b| a.0.cmp(&b.0));
+    Collected { aff, item_values, scan_seconds, products_seconds: t1.elapsed().as_secs_f64(), state_bytes }
+}
+
+/// The confidence input of the collaborative models: log-damped affinity, so one heavy repeat
+/// buyer does not dominate an item's neighbours.
+pub fn damped(ui: &Csr) -> Csr {
+    let mut m = ui.clone();
+    for v in m.data.iter_mut() {
+        *v = v.max(0.0).ln_1p();
+    }
+    m
+}
+
+pub struct Trained {
+    pub model: Model,
+    pub als_seconds: f64,
+    pub knn_seconds: f64,
+}
+
+/// Trains the collaborative models on collected affinity. Pure apart from interrupt checks.
+pub fn train(c: Collected, p: &BuildParams) -> Trained {
+    let aff = c.aff;
+    let conf = damped(&aff.matrix);
+    let t0 = Instant::now();
+    let als = p.als.as_ref().map(|ap| {
+        train_als(&conf, ap, &mut interrupt_check).unwrap_or_else(|_| AudienceError::internal("training interrupted").raise())
+    });
+    let als_seconds = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let knn = p.knn.as_ref().map(|kp| {
+        train_knn(&conf, kp, &mut interrupt_check).unwrap_or_else(|_| AudienceError::internal("training interrupted").raise())
+    });
+    let knn_seconds = t1.elapsed().as_secs_f64();
+    drop(conf);
+    let n_items = aff.items.len();
+    let properties = c
+        .item_values
+        .iter()
+        .map(|(name, per_item)| Property::from_item_values(name, n_items, per_item))
+        .collect();
+    // Minutes since 2000-01-01 keep the per-entry time in 4 bytes.
+    let last_seen = aff.last_seen.iter().map(|&us| (us.div_euclid(60_000_000)).clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect();
+    let model = Model {
+        users: aff.users,
+        items: aff.items,
+        ui: aff.matrix,
+        last_seen,
+        als,
+        knn,
+        properties,
+        params: p.hybrid,
+    };
+    Trained { model, als_seconds, knn_seconds }
+}
+
+/// Peak resident memory of this backend, in bytes (Linux), for build statistics.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Distinct users per property value (users with affinity to any item having it).
+pub fn value_user_counts(model: &Model, prop: &Property) -> Vec<i64> {
+    let n_values = prop.values.len();
+    // item -> values
+    let item_values = prop.value_items.transpose();
+    let mut counts = vec![0i64; n_values];
+    let mut last_user = vec![u32::MAX; n_values];
+    for u in 0..model.ui.n_rows {
+        for &i in model.ui.row(u).0 {
+            for &v in item_values.row(i as usize).0 {
+                if last_user[v as usize] != u as u32 {
+                    last_user[v as usize] = u as u32;
+                    counts[v as usize] += 1;
+                }
+            }
+        }
+    }
+    counts
+}
+
+const CHUNK: usize = 256 << 20;
+
+/// Stores a model as the catalog's new active model, in the caller's transaction, and drops the
+/// catalog's older models. Returns the new model id.
+#[allow(clippy::too_many_arguments)]
+pub fn store(cid: i32, model: &Model, rows_read: i64, until: Option<TimestampWithTimeZone>, params: &serde_json::Value, stats: &serde_json::Value) -> i64 {
+    let reference: Option<TimestampWithTimeZone> = None;
+    let model_id: i64 = Spi::get_one_with_args::<i64>(
+        "INSERT INTO audience.models (catalog_id, train_until, reference_time, rows_read, users, items, pairs, params, stats)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING model_id",
+        &args![
+            cid,
+            until,
+            reference,
+            rows_read,
+            model.users.len() as i64,
+            model.items.len() as i64,
+            model.ui.nnz() as i64,
+            pgrx::JsonB(params.clone()),
+            pgrx::JsonB(stats.clone())
+        ],
+    )
+    .or_raise("storing the model")
+    .unwrap_or_else(|| AudienceError::internal("no model id").raise());
+    let bytes = model.encode();
+    for (n, chunk) in bytes.chunks(CHUNK).enumerate() {
+        pgrx::check_for_interrupts!();
+        Spi::run_with_args(
+            "INSERT INTO audience.model_data (model_id, part, chunk, data) VALUES ($1, 'model', $2, $3)",
+            &args![model_id, n as i32, chunk],
+        )
+        .or_raise("storing the model data");
+    }
+    drop(bytes);
+    for prop in &model.properties {
+        let items: Vec<i64> = (0..prop.values.len()).map(|v| prop.value_items.row(v).0.len() as i64).collect();
+        let users = value_user_counts(model, prop);
+        Spi::run_with_args(
+            "INSERT INTO audience.property_values (model_id, property, value, items, users)
+             SELECT $1, $2, v, i, u FROM ROWS FROM (pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]), pg_catalog.unnest($5::bigint[])) AS t(v, i, u)",
+            &args![model_id, prop.name.as_str(), prop.values.clone(), items, users],
+        )
+        .or_raise("storing property values");
+    }
+    Spi::run_with_args(
+        "UPDATE audience.catalogs SET active_model_id = $2, updated_at = pg_catalog.now() WHERE catalog_id = $1",
+        &args![cid, model_id],
+    )
+    .or_raise("activating the model");
+    Spi::run_with_args(
+        "DELETE FROM audience.models WHERE catalog_id = $1 AND model_id OPERATOR(pg_catalog.<>) $2",
+        &args![cid, model_id],
+    )
+    .or_raise("dropping older models");
+    model_id
+}
+
+fn positive_int(v: Option<i32>, what: &str, default: usize, min: i32, max: i32) -> usize {
+    match v {
+        None => default,
+        Some(x) if x >= min && x <= max => x as usize,
+        Some(x) => AudienceError::invalid(format!("{what} must be between {min} and {max}"))
+            .detail(format!("The value given was {x}."))
+            .raise(),
+    }
+}
+
+fn finite_nonneg(v: Option<f64>, what: &str, default: f32) -> f32 {
+    match v {
+        None => default,
+        Some(x) if x.is_finite() && x >= 0.0 => x as f32,
+        Some(x) => AudienceError::invalid(format!("{what} must be a finite number not below zero"))
+            .detail(format!("The value given was {x}."))
+            .raise(),
+    }
+}
+
+/// Parses build arguments into parameters (NULL = default).
+#[allow(clippy::too_many_arguments)]
+pub fn build_params(
+    factors: Option<i32>,
+    iterations: Option<i32>,
+    regularization: Option<f64>,
+    alpha: Option<f64>,
+    neighbours: Option<i32>,
+    prior: Option<f64>,
+    activity_exp: Option<f64>,
+    knn_weight: Option<f64>,
+) -> BuildParams {
+    let threads = crate::guc::threads();
+    let d = AlsParams::default();
+    let factors = positive_int(factors, "factors", d.factors, 0, 1024);
+    let als = (factors > 0).then(|| AlsParams {
+        factors,
+        iterations: positive_int(iterations, "iterations", d.iterations, 1, 1000),
+        regularization: finite_nonneg(regularization, "regularization", d.regularization),
+        alpha: finite_nonneg(alpha, "alpha", d.alpha),
+        threads,
+        ..d
+    });
+    let kd = KnnParams::default();
+    let neighbours = positive_int(neighbours, "neighbours", kd.neighbours, 0, 10_000);
+    let knn = (neighbours > 0).then_some(KnnParams { neighbours, threads, ..kd });
+    let kw = finite_nonneg(knn_weight, "knn_weight", DEFAULT_HYBRID.knn_weight);
+    if kw > 1.0 {
+        AudienceError::invalid("knn_weight must be between 0 and 1").raise();
+    }
+    let hybrid = HybridParams {
+        prior: finite_nonneg(prior, "prior", DEFAULT_HYBRID.prior),
+        activity_exp: finite_nonneg(activity_exp, "activity_exp", DEFAULT_HYBRID.activity_exp),
+        knn_weight: kw,
+    };
+    BuildParams { als, knn, hybrid }
+}
+
+pub fn params_json(p: &BuildParams) -> serde_json::Value {
+    serde_json::json!({
+        "als": p.als.as_ref().map(|a| serde_json::json!({
+            "factors": a.factors, "iterations": a.iterations, "regularization": a.regularization,
+            "alpha": a.alpha, "cg_steps": a.cg_steps, "seed": a.seed })),
+        "knn": p.knn.as_ref().map(|k| serde_json::json!({ "neighbours": k.neighbours, "k1": k.k1, "b": k.b })),
+        "hybrid": { "prior": p.hybrid.prior, "activity_exp": p.hybrid.activity_exp, "knn_weight": p.hybrid.knn_weight },
+    })
+}
+
+/// Locks the catalog for a build (fails fast when another build holds it) and returns its id.
+pub fn lock_catalog(catalog: Option<&str>) -> i32 {
+    Spi::get_one_with_args::<i32>("SELECT audience._lock_for_build($1)", &args![catalog])
+        .or_raise("locking the catalog")
+        .unwrap_or_else(|| AudienceError::internal("no catalog id").raise())
+}
+
+/// Builds (or rebuilds) the catalog's model from its registered events and makes it active.
+#[pg_extern(volatile)]
+#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[allow(clippy::too_many_arguments)]
+fn build(
+    catalog: default!(Option<&str>, "NULL"),
+    factors: default!(Option<i32>, "NULL"),
+    iterations: default!(Option<i32>, "NULL"),
+    regularization: default!(Option<f64>, "NULL"),
+    alpha: default!(Option<f64>, "NULL"),
+    neighbours: default!(Option<i32>, "NULL"),
+    prior: default!(Option<f64>, "NULL"),
+    activity_exp: default!(Option<f64>, "NULL"),
+    knn_weight: default!(Option<f64>, "NULL"),
+    until: default!(Option<TimestampWithTimeZone>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(model_id, i64),
+        name!(rows_read, i64),
+        name!(users, i64),
+        name!(items, i64),
+        name!(pairs, i64),
+        name!(seconds, f64),
+    ),
+> {
+    let t0 = Instant::now();
+    let params = build_params(factors, iterations, regularization, alpha, neighbours, prior, activity_exp, knn_weight);
+    let cid = lock_catalog(catalog);
+    let collected = collect(cid, None, until);
+    let rows_read = collected.aff.rows as i64;
+    if collected.aff.users.is_empty() {
+        AudienceError::not_ready("the catalog's event sources hold no usable events")
+            .detail(format!("{rows_read} rows were read; rows without a user id, a product id or a finite time are skipped."))
+            .hint("Check the registered sources with SELECT * FROM audience.catalog_events.")
+            .raise();
+    }
+    let (scan_s, products_s, state_bytes) = (collected.scan_seconds, collected.products_seconds, collected.state_bytes);
+    let (min_t, max_t, ref_t) = (collected.aff.min_time_us, collected.aff.max_time_us, collected.aff.reference_us);
+    let trained = train(collected, &params);
+    let t_store = Instant::now();
+    let m = &trained.model;
+    let (users, items, pairs) = (m.users.len() as i64, m.items.len() as i64, m.ui.nnz() as i64);
+    let stats = serde_json::json!({
+        "seconds": { "scan": scan_s, "products": products_s, "als": trained.als_seconds, "knn": trained.knn_seconds },
+        "affinity_state_bytes": state_bytes,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "first_event_us": min_t, "last_event_us": max_t, "reference_us": ref_t,
+    });
+    let model_id = store(cid, m, rows_read, until, &params_json(&params), &stats);
+    let store_s = t_store.elapsed().as_secs_f64();
+    let total = t0.elapsed().as_secs_f64();
+    Spi::run_with_args(
+        "UPDATE audience.models SET stats = stats || pg_catalog.jsonb_build_object('seconds', (stats->'seconds') || pg_catalog.jsonb_build_object('store', $2::float8, 'total', $3::float8), 'peak_rss_bytes', $4::bigint), reference_time = pg_catalog.to_timestamp(946684800 + $5::float8 / 1e6) WHERE model_id = $1",
+        &args![model_id, store_s, total, peak_rss_bytes().map(|b| b as i64), ref_t as f64],
+    )
+    .or_raise("recording build statistics");
+    TableIterator::once((model_id, rows_read, users, items, pairs, total))
+}

@@ -1,0 +1,92 @@
+//! Per-backend cache of the active model: models are immutable and ids never reused, so a cache
+//! keyed by model id never serves a stale model.
+use crate::api::spi_util::{args, query_rows};
+use crate::error::{AudienceError, OrRaise};
+use crate::model::stored::Model;
+use crate::score::hybrid::Scorer;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+pub struct Loaded {
+    pub model_id: i64,
+    pub catalog: String,
+    // Declared before `model` so it is dropped first: it borrows from the boxed model.
+    pub scorer: Scorer<'static>,
+    pub model: Box<Model>,
+}
+
+impl Loaded {
+    fn new(model_id: i64, catalog: String, model: Model) -> Loaded {
+        let model = Box::new(model);
+        // SAFETY: the Box's heap allocation does not move while `Loaded` lives, and `scorer` is
+        // dropped before `model` (field order), so the 'static borrow never dangles.
+        let r: &'static Model = unsafe { &*(model.as_ref() as *const Model) };
+        let scorer = Scorer::new(&r.ui, r.als.as_ref(), r.knn.as_ref());
+        Loaded { model_id, catalog, scorer, model }
+    }
+
+    fn approx_bytes(&self) -> usize {
+        let m = &self.model;
+        m.ui.nnz() * 12 + m.users.len() * 48 + m.items.len() * 48
+            + m.als.as_ref().map(|a| (a.user_factors.len() + a.item_factors.len()) * 4).unwrap_or(0)
+            + m.knn.as_ref().map(|k| k.nnz() * 8).unwrap_or(0)
+    }
+}
+
+thread_local! {
+    static CACHE: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
+}
+
+/// The catalog's id, name and active model id (None before the first build).
+pub fn resolve_catalog(catalog: Option<&str>) -> (i32, String, Option<i64>) {
+    let rows = query_rows(
+        "SELECT c.catalog_id, c.name, c.active_model_id FROM audience.catalogs c WHERE c.catalog_id = audience._catalog_id($1)",
+        &args![catalog],
+        |r| (r.get::<i32>(1).ok().flatten(), r.get::<String>(2).ok().flatten(), r.get::<i64>(3).ok().flatten()),
+    );
+    match rows.into_iter().next() {
+        Some((Some(id), Some(name), model)) => (id, name, model),
+        _ => AudienceError::internal("catalog vanished while being read").raise(),
+    }
+}
+
+/// The active model of a catalog, loaded (or taken from this backend's cache).
+pub fn active(catalog: Option<&str>) -> Rc<Loaded> {
+    let (_, name, model_id) = resolve_catalog(catalog);
+    let Some(model_id) = model_id else {
+        AudienceError::not_ready(format!("catalog \"{name}\" has no model yet"))
+            .hint(format!("Build one with SELECT * FROM audience.build('{}');", name.replace('\'', "''")))
+            .raise()
+    };
+    if let Some(hit) = CACHE.with(|c| c.borrow().as_ref().filter(|l| l.model_id == model_id).cloned()) {
+        return hit;
+    }
+    let loaded = Rc::new(Loaded::new(model_id, name, load(model_id)));
+    let keep = loaded.approx_bytes() <= (crate::guc::CACHE_MB.get().max(0) as usize) << 20;
+    CACHE.with(|c| *c.borrow_mut() = if keep { Some(loaded.clone()) } else { None });
+    loaded
+}
+
+fn load(model_id: i64) -> Model {
+    let chunks = Spi::connect(|client| {
+        let table = client
+            .select(
+                "SELECT data FROM audience.model_data WHERE model_id = $1 AND part = 'model' ORDER BY chunk",
+                None,
+                &args![model_id],
+            )
+            .or_raise("reading the model");
+        let mut bytes: Vec<u8> = Vec::new();
+        for row in table {
+            let part: Option<&[u8]> = row.get(1).or_raise("reading the model");
+            bytes.extend_from_slice(part.unwrap_or_default());
+        }
+        bytes
+    });
+    Model::decode(&chunks).unwrap_or_else(|e| {
+        AudienceError::corrupt(format!("stored model {model_id} cannot be read: {e}"))
+            .hint("Rebuild it with audience.build().")
+            .raise()
+    })
+}

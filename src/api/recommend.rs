@@ -1,0 +1,245 @@
+//! `audience.recommend_audience` and `audience.explain`.
+use crate::api::cache::{active, Loaded};
+use crate::api::spi_util::{args, query_rows};
+use crate::error::AudienceError;
+use crate::model::stored::Property;
+use crate::score::topk::top_k;
+use pgrx::prelude::*;
+
+/// The property of the model, or an error that says whether it is unmapped or just unbuilt.
+pub fn model_property<'a>(l: &'a Loaded, name: Option<&str>) -> &'a Property {
+    let Some(name) = name else { AudienceError::null("property").raise() };
+    if let Some(p) = l.model.property(name) {
+        return p;
+    }
+    let known: Vec<&str> = l.model.properties.iter().map(|p| p.name.as_str()).collect();
+    let mapped_now = query_rows(
+        "SELECT 1 FROM audience.property_mappings m JOIN audience.catalogs c USING (catalog_id) WHERE c.name = $1 AND m.property = $2",
+        &args![l.catalog.as_str(), name],
+        |_| (),
+    );
+    let detail = if known.is_empty() {
+        "The model has no mapped properties.".to_string()
+    } else {
+        format!("Mapped properties are: {}.", known.join(", "))
+    };
+    if !mapped_now.is_empty() {
+        AudienceError::undefined(format!("property \"{name}\" is not in the model of catalog \"{}\"", l.catalog))
+            .detail(format!("It was mapped after the last build. {detail}"))
+            .hint("Rebuild the model with audience.build().")
+            .raise()
+    }
+    AudienceError::undefined(format!("property \"{name}\" is not mapped"))
+        .detail(detail)
+        .hint("Map it with audience.map_property(), then run audience.build().")
+        .raise()
+}
+
+/// Arguments of an audience request, validated.
+pub struct Request<'a> {
+    pub property: Option<&'a str>,
+    pub values: Vec<String>,
+    pub max_pct: Option<f64>,
+    pub catalog: Option<&'a str>,
+    pub max_users: Option<i64>,
+    pub min_score: Option<f64>,
+    pub exclude_engaged: Option<bool>,
+    pub lookback: Option<Interval>,
+}
+
+/// Ranks users for the request; returns (user index, score) in rank order and the number of users.
+pub fn rank(req: &Request, l: &Loaded) -> Vec<(u32, f32)> {
+    let max_pct = match req.max_pct {
+        None => AudienceError::null("max_pct").raise(),
+        Some(p) if p > 0.0 && p <= 100.0 => p,
+        Some(p) => AudienceError::invalid("max_pct must be greater than 0 and at most 100")
+            .detail(format!("The value given was {p}."))
+            .hint("Pass the share of users to return as a percentage, e.g. 5 for the top 5%.")
+            .raise(),
+    };
+    if let Some(m) = req.max_users {
+        if m < 0 {
+            AudienceError::invalid("max_users cannot be negative").detail(format!("The value given was {m}.")).raise();
+        }
+    }
+    if let Some(s) = req.min_score {
+        if s.is_nan() {
+            AudienceError::invalid("min_score cannot be NaN").raise();
+        }
+    }
+    let prop = model_property(l, req.property);
+    if req.values.is_empty() {
+        AudienceError::invalid("at least one value must be given").hint("Pass a value such as 'Nike', or an array of values.").raise();
+    }
+    let wanted: Vec<&str> = req.values.iter().map(|s| s.as_str()).collect();
+    let items = prop.items_for(&wanted);
+    if items.is_empty() {
+        pgrx::notice!(
+            "no item in the model has {} {}; the audience is empty",
+            prop.name,
+            if wanted.len() == 1 { format!("\"{}\"", wanted[0]) } else { format!("in ({})", wanted.join(", ")) }
+        );
+        return Vec::new();
+    }
+    let n_users = l.model.users.len();
+    let mut k = ((max_pct / 100.0) * n_users as f64).floor() as usize;
+    k = k.max(1).min(n_users);
+    if let Some(m) = req.max_users {
+        k = k.min(m as usize);
+    }
+    let scores = l.scorer.score(&items, &l.model.params);
+    let excluded: Option<Vec<bool>> = if req.exclude_engaged.unwrap_or(false) {
+        Some(match &req.lookback {
+            None => l.scorer.engaged(&items),
+            Some(iv) => {
+                let since_us = now_micros() - crate::affinity::aggregate::interval_micros(iv);
+                engaged_since(l, &items, (since_us.div_euclid(60_000_000)) as i32)
+            }
+        })
+    } else {
+        if req.lookback.is_some() {
+            AudienceError::invalid("lookback needs exclude_engaged => true")
+                .hint("Pass exclude_engaged => true to drop users who engaged with the value within the look-back interval.")
+                .raise();
+        }
+        None
+    };
+    let min_score = req.min_score.map(|s| s as f32);
+    top_k(&scores, k, &|u| {
+        let s = scores[u];
+        s > 0.0 && min_score.is_none_or(|m| s >= m) && !excluded.as_ref().is_some_and(|e| e[u])
+    })
+}
+
+fn now_micros() -> i64 {
+    let ts: TimestampWithTimeZone = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }.try_into().unwrap_or_else(|_| {
+        AudienceError::internal("no transaction timestamp").raise()
+    });
+    ts.into()
+}
+
+/// Users with an engagement with one of `items` whose latest event is at or after `since_min`
+/// (minutes since 2000-01-01).
+fn engaged_since(l: &Loaded, items: &[u32], since_min: i32) -> Vec<bool> {
+    let m = &l.model;
+    let mut mask = vec![false; m.items.len()];
+    for &i in items {
+        mask[i as usize] = true;
+    }
+    (0..m.ui.n_rows)
+        .map(|u| {
+            let (a, b) = (m.ui.indptr[u], m.ui.indptr[u + 1]);
+            (a..b).any(|p| mask[m.ui.indices[p] as usize] && m.last_seen[p] >= since_min)
+        })
+        .collect()
+}
+
+fn rows(l: &Loaded, ranked: Vec<(u32, f32)>) -> Vec<(String, f64, i64, f64)> {
+    let n = l.model.users.len().max(1) as f64;
+    ranked
+        .into_iter()
+        .enumerate()
+        .map(|(r, (u, s))| (l.model.users[u as usize].clone(), s as f64, r as i64 + 1, 100.0 * (r as f64 + 1.0) / n))
+        .collect()
+}
+
+/// The users most likely to engage with items whose `property` equals `value`, best first,
+/// capped at the top `max_pct` percent of the users known to the catalog's model.
+#[pg_extern(stable, parallel_safe, name = "recommend_audience")]
+#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[allow(clippy::too_many_arguments)]
+fn recommend_audience(
+    property: Option<&str>,
+    value: Option<&str>,
+    max_pct: Option<f64>,
+    catalog: default!(Option<&str>, "NULL"),
+    max_users: default!(Option<i64>, "NULL"),
+    min_score: default!(Option<f64>, "NULL"),
+    exclude_engaged: default!(Option<bool>, "false"),
+    lookback: default!(Option<Interval>, "NULL"),
+) -> TableIterator<'static, (name!(user_id, String), name!(score, f64), name!(rank, i64), name!(percentile, f64))> {
+    let Some(value) = value else { AudienceError::null("value").raise() };
+    let req = Request {
+        property,
+        values: vec![value.to_string()],
+        max_pct,
+        catalog,
+        max_users,
+        min_score,
+        exclude_engaged,
+        lookback,
+    };
+    let l = active(req.catalog);
+    TableIterator::new(rows(&l, rank(&req, &l)))
+}
+
+/// The same for several values at once (brand IN (...)): items having any of the values.
+#[pg_extern(stable, parallel_safe, name = "recommend_audience")]
+#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[allow(clippy::too_many_arguments)]
+fn recommend_audience_values(
+    property: Option<&str>,
+    value: Option<Vec<Option<String>>>,
+    max_pct: Option<f64>,
+    catalog: default!(Option<&str>, "NULL"),
+    max_users: default!(Option<i64>, "NULL"),
+    min_score: default!(Option<f64>, "NULL"),
+    exclude_engaged: default!(Option<bool>, "false"),
+    lookback: default!(Option<Interval>, "NULL"),
+) -> TableIterator<'static, (name!(user_id, String), name!(score, f64), name!(rank, i64), name!(percentile, f64))> {
+    let Some(values) = value else { AudienceError::null("value").raise() };
+    let req = Request {
+        property,
+        values: values.into_iter().flatten().collect(),
+        max_pct,
+        catalog,
+        max_users,
+        min_score,
+        exclude_engaged,
+        lookback,
+    };
+    let l = active(req.catalog);
+    TableIterator::new(rows(&l, rank(&req, &l)))
+}
+
+/// The items of a user's history that contributed most to their score for a value.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(@extschema@, pg_catalog, pg_temp)]
+fn explain(
+    catalog: Option<&str>,
+    user_id: Option<&str>,
+    property: Option<&str>,
+    value: Option<&str>,
+    max_items: default!(i32, 10),
+) -> TableIterator<
+    'static,
+    (name!(item_id, String), name!(contribution, f64), name!(reason, String), name!(share, f64)),
+> {
+    let Some(user_id) = user_id else { AudienceError::null("user_id").raise() };
+    let Some(value) = value else { AudienceError::null("value").raise() };
+    if max_items < 1 {
+        AudienceError::invalid("max_items must be at least 1").raise();
+    }
+    let l = active(catalog);
+    let prop = model_property(&l, property);
+    let Ok(u) = l.model.users.binary_search_by(|x| x.as_str().cmp(user_id)) else {
+        AudienceError::undefined(format!("user \"{user_id}\" is not in the model of catalog \"{}\"", l.catalog))
+            .hint("Users appear in the model once they have events in a registered source and the model is rebuilt.")
+            .raise()
+    };
+    let items = prop.items_for(&[value]);
+    if items.is_empty() {
+        pgrx::notice!("no item in the model has {} \"{}\"", prop.name, value);
+        return TableIterator::new(Vec::new());
+    }
+    let contributions = l.scorer.explain(u as u32, &items, max_items as usize);
+    let total: f32 = contributions.iter().map(|c| c.1).sum();
+    let out: Vec<(String, f64, String, f64)> = contributions
+        .into_iter()
+        .map(|(i, c)| {
+            let reason = if items.binary_search(&i).is_ok() { "engaged with the value" } else { "similar to items with the value" };
+            (l.model.items[i as usize].clone(), c as f64, reason.to_string(), if total > 0.0 { (c / total) as f64 } else { 0.0 })
+        })
+        .collect();
+    TableIterator::new(out)
+}

@@ -1,0 +1,98 @@
+//! Compressed sparse row matrices: the one sparse layout the core uses for user x item affinity,
+//! its transpose, and item neighbour lists.
+
+/// A sparse matrix in CSR form. Row `r` holds `indices[indptr[r]..indptr[r+1]]` (column ids, strictly
+/// increasing) with values `data[..]` at the same positions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Csr {
+    pub n_rows: usize,
+    pub n_cols: usize,
+    pub indptr: Vec<usize>,
+    pub indices: Vec<u32>,
+    pub data: Vec<f32>,
+}
+
+impl Csr {
+    /// Builds a matrix from (row, col, value) triples; duplicates are summed.
+    pub fn from_triplets(n_rows: usize, n_cols: usize, triples: &mut Vec<(u32, u32, f32)>) -> Csr {
+        triples.sort_unstable_by_key(|t| (t.0, t.1));
+        let mut indptr = vec![0usize; n_rows + 1];
+        let mut indices = Vec::with_capacity(triples.len());
+        let mut data: Vec<f32> = Vec::with_capacity(triples.len());
+        let mut last: Option<(u32, u32)> = None;
+        for &(r, c, v) in triples.iter() {
+            assert!((r as usize) < n_rows && (c as usize) < n_cols, "triple out of bounds");
+            if last == Some((r, c)) {
+                *data.last_mut().unwrap() += v;
+            } else {
+                indices.push(c);
+                data.push(v);
+                indptr[r as usize + 1] += 1;
+                last = Some((r, c));
+            }
+        }
+        for r in 0..n_rows {
+            indptr[r + 1] += indptr[r];
+        }
+        Csr { n_rows, n_cols, indptr, indices, data }
+    }
+
+    /// Number of stored entries.
+    pub fn nnz(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// Column ids and values of row `r`.
+    #[inline]
+    pub fn row(&self, r: usize) -> (&[u32], &[f32]) {
+        let (a, b) = (self.indptr[r], self.indptr[r + 1]);
+        (&self.indices[a..b], &self.data[a..b])
+    }
+
+    /// The transpose, in O(nnz); rows of the result keep increasing column order.
+    pub fn transpose(&self) -> Csr {
+        let mut counts = vec![0usize; self.n_cols + 1];
+        for &c in &self.indices {
+            counts[c as usize + 1] += 1;
+        }
+        for c in 0..self.n_cols {
+            counts[c + 1] += counts[c];
+        }
+        let indptr = counts.clone();
+        let mut next = counts;
+        let mut indices = vec![0u32; self.nnz()];
+        let mut data = vec![0f32; self.nnz()];
+        for r in 0..self.n_rows {
+            let (cols, vals) = self.row(r);
+            for (&c, &v) in cols.iter().zip(vals) {
+                let p = next[c as usize];
+                indices[p] = r as u32;
+                data[p] = v;
+                next[c as usize] += 1;
+            }
+        }
+        Csr { n_rows: self.n_cols, n_cols: self.n_rows, indptr, indices, data }
+    }
+
+    /// Sum of each row's values.
+    pub fn row_sums(&self) -> Vec<f32> {
+        (0..self.n_rows).map(|r| self.row(r).1.iter().sum()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triplets_sum_duplicates_and_transpose_round_trips() {
+        let mut t = vec![(1, 2, 1.0), (0, 1, 2.0), (1, 2, 0.5), (1, 0, 3.0)];
+        let m = Csr::from_triplets(2, 3, &mut t);
+        assert_eq!(m.indptr, vec![0, 1, 3]);
+        assert_eq!(m.row(1), (&[0u32, 2][..], &[3.0f32, 1.5][..]));
+        let tt = m.transpose();
+        assert_eq!(tt.row(2), (&[1u32][..], &[1.5f32][..]));
+        assert_eq!(tt.transpose(), m);
+        assert_eq!(m.row_sums(), vec![2.0, 4.5]);
+    }
+}

@@ -1,0 +1,510 @@
+//! BM25-weighted item-item nearest neighbours, the same model as the python `implicit` library's
+//! `BM25Recommender`.
+//!
+//! The users x items affinity matrix is viewed as items (documents) x users (terms) and weighted with
+//! BM25 (`implicit.nearest_neighbours.bm25_weight`):
+//!
+//! ```text
+//! idf_u       = max(0, ln(N) - ln(1 + df_u))        N = number of items, df_u = items user u touched
+//! len_norm_i  = (1 - B) + B * rowsum_i / mean_i(rowsum_i)   rowsum_i = sum_u a_ui
+//! w_ui        = a_ui * (K1 + 1) / (K1 * len_norm_i + a_ui) * idf_u
+//! ```
+//!
+//! The similarity of items i and j is the dot product `S(i,j) = sum_u w_ui * w_uj`; each item keeps
+//! its `neighbours` most similar other items (self excluded, only similarities > 0; ties broken by the
+//! smaller item id). The only deviation from `implicit` is the clamp of `idf` at 0 (it only matters for
+//! users who touched almost every item of a tiny catalogue) and the exclusion of the item itself.
+//!
+//! Cost is `sum_u df_u^2` multiply-adds: for each item `i`, the users of `i` are walked and each of
+//! their items accumulated into a dense per-thread `f32` buffer (plus a touched list), then a partial
+//! selection keeps the top `neighbours`. Items are processed in blocks handed out through an atomic
+//! counter; the calling thread works too and calls `check()` between its blocks (workers never call
+//! it; they stop at their next block once the caller was interrupted). Every item's row is computed in
+//! a fixed order, so the result does not depend on the number of threads.
+
+use crate::model::als::Interrupted;
+use crate::model::csr::Csr;
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Item-kNN training parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KnnParams {
+    /// Neighbours kept per item (default 100).
+    pub neighbours: usize,
+    /// BM25 term-frequency saturation (default 100, as `implicit`'s `bm25_weight`).
+    pub k1: f32,
+    /// BM25 length normalisation (default 0.8).
+    pub b: f32,
+    /// Threads including the caller; 0 means `std::thread::available_parallelism()`.
+    pub threads: usize,
+}
+
+impl Default for KnnParams {
+    fn default() -> Self {
+        KnnParams { neighbours: 100, k1: 100.0, b: 0.8, threads: 0 }
+    }
+}
+
+/// Items handed out per unit of work (and per `check()` on the calling thread).
+const BLOCK: usize = 64;
+
+/// The BM25-weighted copy of `ui` (users x items, same sparsity structure), see the module doc.
+pub fn bm25_weight(ui: &Csr, k1: f32, b: f32) -> Csr {
+    let n_items = ui.n_cols;
+    let mut item_sums = vec![0f64; n_items];
+    for (&i, &a) in ui.indices.iter().zip(&ui.data) {
+        item_sums[i as usize] += a as f64;
+    }
+    let mean = if n_items > 0 { item_sums.iter().sum::<f64>() / n_items as f64 } else { 0.0 };
+    let (k1, b) = (k1 as f64, b as f64);
+    // K1 * len_norm_i, precomputed per item.
+    let k1_norm: Vec<f64> = item_sums
+        .iter()
+        .map(|&s| k1 * ((1.0 - b) + if mean > 0.0 { b * s / mean } else { b }))
+        .collect();
+    let ln_n = (n_items.max(1) as f64).ln();
+    let mut data = Vec::with_capacity(ui.nnz());
+    for u in 0..ui.n_rows {
+        let (items, vals) = ui.row(u);
+        let idf = (ln_n - (items.len() as f64).ln_1p()).max(0.0);
+        for (&i, &a) in items.iter().zip(vals) {
+            let a = a as f64;
+            let denom = k1_norm[i as usize] + a;
+            let w = if denom > 0.0 { a * (k1 + 1.0) / denom * idf } else { 0.0 };
+            data.push(w as f32);
+        }
+    }
+    Csr { n_rows: ui.n_rows, n_cols: ui.n_cols, indptr: ui.indptr.clone(), indices: ui.indices.clone(), data }
+}
+
+/// Trains the item-item neighbour matrix (items x items, row `j` = neighbours of `j` with their
+/// similarity, columns increasing). `check` is called on the calling thread between blocks of items;
+/// when it returns `Err` the workers are stopped and the error returned.
+pub fn train_knn(
+    ui: &Csr,
+    p: &KnnParams,
+    check: &mut dyn FnMut() -> Result<(), Interrupted>,
+) -> Result<Csr, Interrupted> {
+    check()?;
+    let n_items = ui.n_cols;
+    let wt = drop_tiny(bm25_weight(ui, p.k1, p.b)); // users x items
+    check()?;
+    let w = wt.transpose(); // items x users
+    check()?;
+    let n_blocks = n_items.div_ceil(BLOCK);
+    let threads = if p.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        p.threads
+    }
+    .clamp(1, n_blocks.max(1));
+    let ctx = Ctx {
+        w: &w,
+        wt: &wt,
+        n_items,
+        n_blocks,
+        neighbours: p.neighbours,
+        next: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+    };
+    let mut blocks: Vec<(usize, Block)> = Vec::with_capacity(n_blocks);
+    let mine = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads).map(|_| s.spawn(|| run_blocks(&ctx, None))).collect();
+        let mine = run_blocks(&ctx, Some(check));
+        for h in handles {
+            match h.join() {
+                Ok(Ok(done)) => blocks.extend(done),
+                Ok(Err(Interrupted)) => {}
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        mine
+    })?;
+    blocks.extend(mine);
+    blocks.sort_unstable_by_key(|b| b.0);
+    debug_assert_eq!(blocks.len(), n_blocks);
+
+    let total: usize = blocks.iter().map(|b| b.1.entries.len()).sum();
+    let mut indptr = Vec::with_capacity(n_items + 1);
+    indptr.push(0usize);
+    let mut indices = Vec::with_capacity(total);
+    let mut data = Vec::with_capacity(total);
+    for (_, blk) in blocks {
+        for &len in &blk.lens {
+            indptr.push(indptr.last().unwrap() + len as usize);
+        }
+        for (j, s) in blk.entries {
+            indices.push(j);
+            data.push(s);
+        }
+    }
+    debug_assert_eq!(indptr.len(), n_items + 1);
+    Ok(Csr { n_rows: n_items, n_cols: n_items, indptr, indices, data })
+}
+
+/// Smallest weight kept for the similarity products: any product of two kept weights is a normal
+/// positive `f32`, which the branch-free touched list in `item_row` relies on.
+const MIN_WEIGHT: f32 = 1e-18;
+
+/// Drops the entries with weight < `MIN_WEIGHT` (or NaN).
+fn drop_tiny(m: Csr) -> Csr {
+    if m.data.iter().all(|&w| w >= MIN_WEIGHT && w.is_finite()) {
+        return m;
+    }
+    let mut indptr = Vec::with_capacity(m.n_rows + 1);
+    indptr.push(0usize);
+    let (mut indices, mut data) = (Vec::with_capacity(m.nnz()), Vec::with_capacity(m.nnz()));
+    for r in 0..m.n_rows {
+        let (cols, vals) = m.row(r);
+        for (&c, &w) in cols.iter().zip(vals) {
+            if w >= MIN_WEIGHT && w.is_finite() {
+                indices.push(c);
+                data.push(w);
+            }
+        }
+        indptr.push(indices.len());
+    }
+    Csr { n_rows: m.n_rows, n_cols: m.n_cols, indptr, indices, data }
+}
+
+struct Ctx<'a> {
+    w: &'a Csr,
+    wt: &'a Csr,
+    n_items: usize,
+    n_blocks: usize,
+    neighbours: usize,
+    next: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// Neighbour rows of one block of items: row lengths, then all entries in row order.
+struct Block {
+    lens: Vec<u32>,
+    entries: Vec<(u32, f32)>,
+}
+
+fn run_blocks(
+    ctx: &Ctx,
+    mut check: Option<&mut dyn FnMut() -> Result<(), Interrupted>>,
+) -> Result<Vec<(usize, Block)>, Interrupted> {
+    let mut sc = Scratch {
+        acc: vec![0f32; ctx.n_items],
+        touched: vec![0u32; ctx.n_items + 1],
+        heap: BinaryHeap::with_capacity(ctx.neighbours.min(ctx.n_items) + 1),
+    };
+    let mut cand: Vec<(u32, f32)> = Vec::new();
+    let mut done = Vec::new();
+    loop {
+        if let Some(c) = check.as_mut() {
+            if let Err(e) = c() {
+                ctx.stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        if ctx.stop.load(Ordering::Relaxed) {
+            return Err(Interrupted);
+        }
+        let b = ctx.next.fetch_add(1, Ordering::Relaxed);
+        if b >= ctx.n_blocks {
+            return Ok(done);
+        }
+        let lo = b * BLOCK;
+        let hi = (lo + BLOCK).min(ctx.n_items);
+        let mut blk = Block { lens: Vec::with_capacity(hi - lo), entries: Vec::new() };
+        for i in lo..hi {
+            item_row(ctx, i, &mut sc, &mut cand);
+            blk.lens.push(cand.len() as u32);
+            blk.entries.extend_from_slice(&cand);
+        }
+        done.push((b, blk));
+    }
+}
+
+/// A kept neighbour, ordered so that the *worse* candidate is greater (lower similarity, then
+/// higher item id): a `BinaryHeap<Cand>` has the weakest kept neighbour on top.
+#[derive(Clone, Copy, PartialEq)]
+struct Cand(f32, u32);
+
+impl Eq for Cand {}
+
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Cand {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        // Similarities are finite and > 0 here, so partial_cmp never fails.
+        other.0.partial_cmp(&self.0).unwrap_or(CmpOrdering::Equal).then(self.1.cmp(&other.1))
+    }
+}
+
+const PF_FAR: usize = 16;
+const PF_NEAR: usize = 8;
+
+/// Hints the CPU to load the cache line holding `p` (no-op off x86_64; never faults).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint; it does not dereference the pointer architecturally and cannot
+    // fault, whatever the address.
+    #[allow(unused_unsafe)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Per-thread scratch space.
+struct Scratch {
+    /// Dense accumulator over items, all zero between items.
+    acc: Vec<f32>,
+    /// Items with a non-zero accumulator; `touched[..n_touched]` is valid. Sized so that the
+    /// branch-free append below never overflows (an item is appended at most once per item row).
+    touched: Vec<u32>,
+    heap: BinaryHeap<Cand>,
+}
+
+/// Computes item `i`'s kept neighbours into `out` (sorted by item id).
+fn item_row(ctx: &Ctx, i: usize, sc: &mut Scratch, out: &mut Vec<(u32, f32)>) {
+    out.clear();
+    if ctx.neighbours == 0 {
+        return;
+    }
+    let acc = &mut sc.acc[..];
+    let touched = &mut sc.touched[..];
+    let mut n_touched = 0usize;
+    let (users, wi) = ctx.w.row(i);
+    // The users' rows are scattered over the whole matrix, so the loop is bound by memory latency:
+    // prefetch the row pointers PF_FAR users ahead and the rows themselves PF_NEAR users ahead.
+    let (indptr, wt_idx, wt_val) = (&ctx.wt.indptr[..], &ctx.wt.indices[..], &ctx.wt.data[..]);
+    for (k, (&u, &wiu)) in users.iter().zip(wi).enumerate() {
+        if let Some(&uf) = users.get(k + PF_FAR) {
+            prefetch(indptr.as_ptr().wrapping_add(uf as usize));
+        }
+        if let Some(&un) = users.get(k + PF_NEAR) {
+            let start = indptr[un as usize];
+            prefetch(wt_idx.as_ptr().wrapping_add(start));
+            prefetch(wt_val.as_ptr().wrapping_add(start));
+        }
+        // Zero weights were dropped when building the matrices, so every product is > 0 unless
+        // it underflows, and an accumulator is zero exactly until its first contribution.
+        let (items, wu) = ctx.wt.row(u as usize);
+        for (&j, &wuj) in items.iter().zip(wu) {
+            let a = &mut acc[j as usize];
+            touched[n_touched] = j;
+            n_touched += (*a == 0.0) as usize;
+            *a += wiu * wuj;
+        }
+    }
+    let n = ctx.neighbours;
+    let heap = &mut sc.heap;
+    heap.clear();
+    for &j in &touched[..n_touched] {
+        let s = std::mem::replace(&mut acc[j as usize], 0.0);
+        if j as usize == i || !(s > 0.0 && s.is_finite()) {
+            continue;
+        }
+        let c = Cand(s, j);
+        if heap.len() < n {
+            heap.push(c);
+        } else if let Some(mut worst) = heap.peek_mut() {
+            if c < *worst {
+                *worst = c;
+            }
+        }
+    }
+    out.extend(heap.drain().map(|c| (c.1, c.0)));
+    out.sort_unstable_by_key(|c| c.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> Result<(), Interrupted> {
+        Ok(())
+    }
+
+    fn csr(n_rows: usize, n_cols: usize, t: &[(u32, u32, f32)]) -> Csr {
+        Csr::from_triplets(n_rows, n_cols, &mut t.to_vec())
+    }
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() <= 1e-5 * (1.0 + a.abs().max(b.abs()))
+    }
+
+    #[test]
+    fn bm25_weights_match_hand_computation() {
+        // 3 users x 4 items.
+        let ui = csr(3, 4, &[(0, 0, 1.0), (0, 1, 2.0), (1, 1, 1.0), (1, 2, 3.0), (2, 3, 4.0)]);
+        let (k1, b) = (100.0f64, 0.8f64);
+        let w = bm25_weight(&ui, k1 as f32, b as f32);
+        // item sums: [1, 3, 3, 4], mean 11/4; N = 4.
+        let mean = 11.0 / 4.0;
+        let sums = [1.0, 3.0, 3.0, 4.0];
+        let idf = |df: f64| (4f64.ln() - (1.0 + df).ln()).max(0.0);
+        let want = |a: f64, i: usize, df: f64| {
+            let ln = (1.0 - b) + b * sums[i] / mean;
+            (a * (k1 + 1.0) / (k1 * ln + a) * idf(df)) as f32
+        };
+        let expect = [want(1.0, 0, 2.0), want(2.0, 1, 2.0), want(1.0, 1, 2.0), want(3.0, 2, 2.0), want(4.0, 3, 1.0)];
+        assert_eq!(w.indices, ui.indices);
+        for (g, e) in w.data.iter().zip(expect) {
+            assert!(close(*g, e), "{g} vs {e}");
+        }
+        assert!(w.data.iter().all(|&x| x > 0.0));
+    }
+
+    #[test]
+    fn similarities_are_bm25_dot_products_without_self() {
+        let ui = csr(
+            4,
+            4,
+            &[(0, 0, 1.0), (0, 1, 2.0), (1, 0, 1.0), (1, 1, 1.0), (1, 2, 3.0), (2, 2, 1.0), (2, 3, 1.0), (3, 3, 2.0)],
+        );
+        let p = KnnParams { neighbours: 10, threads: 1, ..Default::default() };
+        let s = train_knn(&ui, &p, &mut ok).unwrap();
+        let w = bm25_weight(&ui, p.k1, p.b).transpose(); // items x users
+        let dense = |m: &Csr, r: usize| {
+            let mut v = vec![0f32; m.n_cols];
+            let (c, d) = m.row(r);
+            for (&c, &d) in c.iter().zip(d) {
+                v[c as usize] = d;
+            }
+            v
+        };
+        assert_eq!((s.n_rows, s.n_cols), (4, 4));
+        for i in 0..4 {
+            let (cols, vals) = s.row(i);
+            assert!(!cols.contains(&(i as u32)), "self excluded");
+            assert!(cols.windows(2).all(|w| w[0] < w[1]));
+            let wi = dense(&w, i);
+            for j in 0..4 {
+                if j == i {
+                    continue;
+                }
+                let wj = dense(&w, j);
+                let dot: f32 = wi.iter().zip(&wj).map(|(a, b)| a * b).sum();
+                match cols.iter().position(|&c| c as usize == j) {
+                    Some(pos) => assert!(close(vals[pos], dot), "S({i},{j}) {} vs {dot}", vals[pos]),
+                    None => assert_eq!(dot, 0.0, "missing S({i},{j})"),
+                }
+            }
+        }
+        // Items 0 and 3 share no user.
+        assert!(!s.row(0).0.contains(&3));
+    }
+
+    #[test]
+    fn neighbour_cap_keeps_most_similar_and_breaks_ties_by_id() {
+        // Item 0 co-occurs with items 1..=4 via identical single users (equal similarity), and with
+        // item 5 through two users (higher similarity).
+        let mut t = vec![];
+        for j in 1..=4u32 {
+            t.push((j - 1, 0, 1.0));
+            t.push((j - 1, j, 1.0));
+        }
+        t.extend([(4, 0, 1.0), (4, 5, 1.0), (5, 0, 1.0), (5, 5, 1.0)]);
+        // Padding items/users so idf stays positive.
+        for u in 6..12u32 {
+            t.push((u, 6 + (u - 6), 1.0));
+        }
+        let ui = csr(12, 12, &t);
+        let p = KnnParams { neighbours: 3, threads: 1, ..Default::default() };
+        let s = train_knn(&ui, &p, &mut ok).unwrap();
+        assert_eq!(s.row(0).0, &[1u32, 2, 5][..]);
+        let p0 = KnnParams { neighbours: 0, ..p };
+        assert_eq!(train_knn(&ui, &p0, &mut ok).unwrap().nnz(), 0);
+    }
+
+    /// Deterministic xorshift generator for tests.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn planted(n_users: usize, groups: usize, per_group: usize, seed: u64) -> Csr {
+        let mut rng = Rng(seed);
+        let n_items = groups * per_group;
+        let mut t = vec![];
+        for u in 0..n_users {
+            let g = u % groups;
+            let len = 3 + rng.below(6) as usize;
+            for _ in 0..len {
+                let item = if rng.below(10) < 9 {
+                    g * per_group + rng.below(per_group as u64) as usize
+                } else {
+                    rng.below(n_items as u64) as usize
+                };
+                t.push((u as u32, item as u32, 1.0 + rng.below(3) as f32));
+            }
+        }
+        Csr::from_triplets(n_users, n_items, &mut t)
+    }
+
+    #[test]
+    fn planted_groups_are_neighbours_and_threads_do_not_change_result() {
+        let (groups, per_group) = (4, 25);
+        let ui = planted(2000, groups, per_group, 42);
+        let p1 = KnnParams { neighbours: 10, threads: 1, ..Default::default() };
+        let s1 = train_knn(&ui, &p1, &mut ok).unwrap();
+        let (mut same, mut all) = (0, 0);
+        for i in 0..groups * per_group {
+            let (cols, _) = s1.row(i);
+            assert_eq!(cols.len(), 10);
+            for &j in cols {
+                all += 1;
+                if j as usize / per_group == i / per_group {
+                    same += 1;
+                }
+            }
+        }
+        assert!(same as f64 >= 0.95 * all as f64, "{same}/{all} neighbours in the same group");
+        let p3 = KnnParams { threads: 3, ..p1 };
+        assert_eq!(train_knn(&ui, &p3, &mut ok).unwrap(), s1);
+    }
+
+    #[test]
+    fn interruption_stops_training_and_check_runs_between_blocks() {
+        let ui = planted(500, 10, 30, 7); // 300 items = 5 blocks
+        let mut calls = 0;
+        let mut check = || {
+            calls += 1;
+            Ok(())
+        };
+        let p = KnnParams { neighbours: 5, threads: 1, ..Default::default() };
+        train_knn(&ui, &p, &mut check).unwrap();
+        assert!(calls >= 5, "check called {calls} times");
+        // 3 calls before the block loop; fail at the 2nd block (1 thread) / first block (2 threads).
+        for (threads, fail_after) in [(1, 4), (2, 3)] {
+            let mut n = 0;
+            let mut fail = || {
+                n += 1;
+                if n > fail_after {
+                    Err(Interrupted)
+                } else {
+                    Ok(())
+                }
+            };
+            let p2 = KnnParams { threads, ..p };
+            assert_eq!(train_knn(&ui, &p2, &mut fail), Err(Interrupted));
+            assert_eq!(n, fail_after + 1);
+        }
+        let empty = Csr::from_triplets(3, 0, &mut vec![]);
+        let s = train_knn(&empty, &p, &mut ok).unwrap();
+        assert_eq!((s.n_rows, s.nnz(), s.indptr.len()), (0, 0, 1));
+    }
+}

@@ -1,0 +1,6 @@
+//! The collaborative models, pure Rust (no pgrx): sparse matrices, implicit-feedback ALS and
+//! BM25-weighted item-kNN.
+pub mod als;
+pub mod csr;
+pub mod knn;
+pub mod stored;

@@ -1,0 +1,252 @@
+//! A trained model as stored: id maps, the affinity matrix, the collaborative models, the item
+//! properties and the hybrid scoring knobs, with a versioned binary encoding. Pure Rust.
+use crate::model::als::AlsModel;
+use crate::model::csr::Csr;
+use crate::score::hybrid::HybridParams;
+use crate::util::codec::{CodecError, Reader, Writer};
+
+const MAGIC: [u8; 4] = *b"PGAM";
+const VERSION: u32 = 1;
+
+/// One property: its distinct values (sorted) and, per value, the items having it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Property {
+    pub name: String,
+    pub values: Vec<String>,
+    /// values x items; row v lists the items with value v.
+    pub value_items: Csr,
+}
+
+impl Property {
+    /// Builds the index from per-item value lists (multi-valued items appear under each value).
+    pub fn from_item_values(name: &str, n_items: usize, item_values: &[Vec<String>]) -> Property {
+        let mut values: Vec<String> = item_values.iter().flatten().cloned().collect();
+        values.sort_unstable();
+        values.dedup();
+        let mut triples = Vec::new();
+        for (item, vals) in item_values.iter().enumerate() {
+            for v in vals {
+                let vi = values.binary_search(v).expect("value indexed") as u32;
+                triples.push((vi, item as u32, 1.0f32));
+            }
+        }
+        let value_items = Csr::from_triplets(values.len(), n_items, &mut triples);
+        Property { name: name.to_string(), values, value_items }
+    }
+
+    /// Items having any of the given values (sorted, unique); unknown values are skipped.
+    pub fn items_for(&self, wanted: &[&str]) -> Vec<u32> {
+        let mut items: Vec<u32> = Vec::new();
+        for w in wanted {
+            if let Ok(v) = self.values.binary_search_by(|x| x.as_str().cmp(w)) {
+                items.extend_from_slice(self.value_items.row(v).0);
+            }
+        }
+        items.sort_unstable();
+        items.dedup();
+        items
+    }
+}
+
+/// Splits a raw property text into values: JSON arrays (`["a","b"]`) and chr(31)-joined lists
+/// (array columns and delimited strings) give several values; blanks are dropped.
+pub fn split_values(raw: &str) -> Vec<String> {
+    let raw = raw.trim();
+    if raw.starts_with('[') {
+        if let Ok(serde_json::Value::Array(a)) = serde_json::from_str::<serde_json::Value>(raw) {
+            return a
+                .into_iter()
+                .filter_map(|v| match v {
+                    serde_json::Value::String(s) => Some(s.trim().to_string()),
+                    serde_json::Value::Null => None,
+                    other => Some(other.to_string()),
+                })
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+    }
+    raw.split('\u{1f}').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub users: Vec<String>,
+    pub items: Vec<String>,
+    /// users x items decayed affinity.
+    pub ui: Csr,
+    /// Per entry of `ui`: the latest event time, in minutes since 2000-01-01 UTC.
+    pub last_seen: Vec<i32>,
+    pub als: Option<AlsModel>,
+    /// items x items neighbour similarities.
+    pub knn: Option<Csr>,
+    pub properties: Vec<Property>,
+    pub params: HybridParams,
+}
+
+fn put_csr(w: &mut Writer, m: &Csr) {
+    w.put_usize(m.n_rows);
+    w.put_usize(m.n_cols);
+    w.put_usizes(&m.indptr);
+    w.put_u32s(&m.indices);
+    w.put_f32s(&m.data);
+}
+
+fn get_csr(r: &mut Reader) -> Result<Csr, CodecError> {
+    let n_rows = r.get_usize()?;
+    let n_cols = r.get_usize()?;
+    let indptr = r.get_usizes()?;
+    let indices = r.get_u32s()?;
+    let data = r.get_f32s()?;
+    let ok = indptr.len() == n_rows + 1
+        && indices.len() == data.len()
+        && indptr.first() == Some(&0)
+        && indptr.last() == Some(&indices.len())
+        && indptr.windows(2).all(|w| w[0] <= w[1])
+        && indices.iter().all(|&c| (c as usize) < n_cols);
+    if !ok {
+        return Err(crate::util::codec::invalid("inconsistent sparse matrix"));
+    }
+    Ok(Csr { n_rows, n_cols, indptr, indices, data })
+}
+
+impl Model {
+    pub fn property(&self, name: &str) -> Option<&Property> {
+        self.properties.iter().find(|p| p.name == name)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.put_header(MAGIC, VERSION);
+        w.put_strs(&self.users);
+        w.put_strs(&self.items);
+        put_csr(&mut w, &self.ui);
+        let ls: Vec<u32> = self.last_seen.iter().map(|&x| x as u32).collect();
+        w.put_u32s(&ls);
+        match &self.als {
+            Some(a) => {
+                w.put_bool(true);
+                w.put_usize(a.factors);
+                w.put_f32s(&a.user_factors);
+                w.put_f32s(&a.item_factors);
+            }
+            None => w.put_bool(false),
+        }
+        match &self.knn {
+            Some(k) => {
+                w.put_bool(true);
+                put_csr(&mut w, k);
+            }
+            None => w.put_bool(false),
+        }
+        w.put_usize(self.properties.len());
+        for p in &self.properties {
+            w.put_str(&p.name);
+            w.put_strs(&p.values);
+            put_csr(&mut w, &p.value_items);
+        }
+        w.put_f32(self.params.prior);
+        w.put_f32(self.params.activity_exp);
+        w.put_f32(self.params.knn_weight);
+        w.into_inner()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Model, CodecError> {
+        let bad = |m: &str| crate::util::codec::invalid(m.to_string());
+        let mut r = Reader::new(bytes);
+        r.expect_header(MAGIC, VERSION)?;
+        let users = r.get_strs()?;
+        let items = r.get_strs()?;
+        let ui = get_csr(&mut r)?;
+        if ui.n_rows != users.len() || ui.n_cols != items.len() {
+            return Err(bad("affinity shape does not match the id maps"));
+        }
+        let last_seen: Vec<i32> = r.get_u32s()?.into_iter().map(|x| x as i32).collect();
+        if last_seen.len() != ui.nnz() {
+            return Err(bad("last-seen times do not match the affinity matrix"));
+        }
+        let als = if r.get_bool()? {
+            let factors = r.get_usize()?;
+            let user_factors = r.get_f32s()?;
+            let item_factors = r.get_f32s()?;
+            if user_factors.len() != users.len() * factors || item_factors.len() != items.len() * factors {
+                return Err(bad("factor shapes do not match the id maps"));
+            }
+            Some(AlsModel { factors, user_factors, item_factors })
+        } else {
+            None
+        };
+        let knn = if r.get_bool()? {
+            let k = get_csr(&mut r)?;
+            if k.n_rows != items.len() || k.n_cols != items.len() {
+                return Err(bad("neighbour matrix shape does not match the items"));
+            }
+            Some(k)
+        } else {
+            None
+        };
+        let n_props = r.get_usize()?;
+        let mut properties = Vec::with_capacity(n_props.min(1024));
+        for _ in 0..n_props {
+            let name = r.get_str()?.to_string();
+            let values = r.get_strs()?;
+            let value_items = get_csr(&mut r)?;
+            if value_items.n_rows != values.len() || value_items.n_cols != items.len() {
+                return Err(bad("property index shape does not match"));
+            }
+            properties.push(Property { name, values, value_items });
+        }
+        let params = HybridParams { prior: r.get_f32()?, activity_exp: r.get_f32()?, knn_weight: r.get_f32()? };
+        r.finish()?;
+        Ok(Model { users, items, ui, last_seen, als, knn, properties, params })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Model {
+        let mut t = vec![(0, 0, 1.0), (0, 1, 2.0), (1, 1, 3.0)];
+        let ui = Csr::from_triplets(2, 2, &mut t);
+        let props = Property::from_item_values("brand", 2, &[vec!["A".into()], vec!["A".into(), "B".into()]]);
+        Model {
+            users: vec!["u1".into(), "u2".into()],
+            items: vec!["i1".into(), "i2".into()],
+            ui,
+            last_seen: vec![1, 2, 3],
+            als: Some(AlsModel { factors: 1, user_factors: vec![0.5, 0.25], item_factors: vec![1.0, 2.0] }),
+            knn: Some(Csr::from_triplets(2, 2, &mut vec![(0, 1, 0.5)])),
+            properties: vec![props],
+            params: HybridParams { prior: 1.0, activity_exp: 0.5, knn_weight: 0.5 },
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let m = small();
+        let bytes = m.encode();
+        assert_eq!(Model::decode(&bytes).unwrap(), m);
+        // Every truncation is an error, never a panic.
+        for cut in [0, 3, 10, bytes.len() / 2, bytes.len() - 1] {
+            assert!(Model::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn property_index_and_lookup() {
+        let m = small();
+        let p = m.property("brand").unwrap();
+        assert_eq!(p.values, vec!["A", "B"]);
+        assert_eq!(p.items_for(&["A"]), vec![0, 1]);
+        assert_eq!(p.items_for(&["B", "nope"]), vec![1]);
+        assert!(p.items_for(&["nope"]).is_empty());
+    }
+
+    #[test]
+    fn splitting_values() {
+        assert_eq!(split_values("Action\u{1f}Comedy"), vec!["Action", "Comedy"]);
+        assert_eq!(split_values(r#"["a", "b", null, 3]"#), vec!["a", "b", "3"]);
+        assert_eq!(split_values("  "), Vec::<String>::new());
+        assert_eq!(split_values("[not json"), vec!["[not json"]);
+    }
+}

@@ -1,0 +1,491 @@
+//! The hybrid audience score: a user's own share of engagement with a value, smoothed toward a
+//! collaborative (item-kNN and/or ALS) estimate of that share, scaled by the user's activity.
+//!
+//! For a value `V` (a set of item ids) and user `u` with affinities `a_ui`:
+//!
+//! ```text
+//! e_u         = sum_{i in V} a_ui                       own engagement with the value
+//! t_u         = sum_i a_ui                              activity
+//! knn_share_u = sum_j a_uj S_V(j) / sum_j a_uj S_all(j) (0 when the denominator is 0)
+//!               S_V(j) = sum_{i in V} S(j,i), S_all(j) = sum_i S(j,i)
+//! als_share_u = clamp(x_u . Y_V / x_u . Y_all, 0, 1)    (0 when the denominator is <= 0)
+//!               Y_V = sum_{i in V} y_i, Y_all = sum_i y_i
+//! cf_u        = knn_weight * knn_share_u + (1 - knn_weight) * als_share_u
+//!               (only the model that exists when there is one; 0 when there is none)
+//! share_u     = (e_u + prior * cf_u) / (t_u + prior)    (0 when t_u + prior = 0)
+//! score_u     = share_u * t_u ^ activity_exp
+//! ```
+//!
+//! `share_u` is the posterior mean of the user's share of engagement going to `V` under a prior of
+//! strength `prior` (in affinity units) centred on the collaborative estimate. Special settings:
+//!
+//! * `prior = 0, activity_exp = 1` gives exactly `e_u` — the "past engagers by weighted frequency"
+//!   SQL baseline (computed as `e_u * (t_u / t_u)`, so the value is bit-identical to `e_u`);
+//! * `prior = +inf` is the **pure-CF mode**: `share_u = cf_u`, so `score_u = cf_u * t_u^activity_exp`
+//!   (with `activity_exp = 1` an activity-like ranking reweighted by taste; with 0 pure taste);
+//! * `activity_exp = 0` ranks by share alone, `1` by expected engagement volume.
+
+use crate::model::als::AlsModel;
+use crate::model::csr::Csr;
+
+/// The three knobs of the hybrid score (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HybridParams {
+    /// Strength of the collaborative prior, in affinity units (compare with typical `t_u`); `+inf`
+    /// selects the pure-CF mode. Must be >= 0.
+    pub prior: f32,
+    /// Exponent of the activity factor `t_u ^ activity_exp`.
+    pub activity_exp: f32,
+    /// Weight of the kNN share in `cf_u` (clamped to [0, 1]; ignored unless both models exist).
+    pub knn_weight: f32,
+}
+
+impl HybridParams {
+    /// The "past engagers by weighted frequency" baseline: `score_u = e_u`.
+    pub const PAST_ENGAGERS: HybridParams = HybridParams { prior: 0.0, activity_exp: 1.0, knn_weight: 0.5 };
+
+    /// Pure collaborative mode: `score_u = cf_u * t_u^activity_exp`.
+    pub fn pure_cf(activity_exp: f32, knn_weight: f32) -> HybridParams {
+        HybridParams { prior: f32::INFINITY, activity_exp, knn_weight }
+    }
+}
+
+/// Per-user, value-dependent ingredients of the score, independent of [`HybridParams`] (so a grid of
+/// parameters can be evaluated without recomputing them). Each vector has one entry per user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Components {
+    /// `e_u`, own engagement with the value.
+    pub e: Vec<f32>,
+    /// `knn_share_u`, `None` without a kNN model.
+    pub knn_share: Option<Vec<f32>>,
+    /// `als_share_u`, `None` without an ALS model.
+    pub als_share: Option<Vec<f32>>,
+}
+
+/// Scores users for values against one affinity matrix and optional models. Everything that does
+/// not depend on the value (activity, CF denominators, kNN transpose, `Y_all`) is computed in
+/// [`Scorer::new`].
+pub struct Scorer<'a> {
+    ui: &'a Csr,
+    als: Option<&'a AlsModel>,
+    knn: Option<&'a Csr>,
+    /// Transposed kNN matrix: row `i` lists the items `j` having `i` as a neighbour, with `S(j,i)`.
+    knn_t: Option<Csr>,
+    /// `t_u`.
+    t: Vec<f32>,
+    /// `sum_j a_uj S_all(j)` (empty without kNN).
+    knn_den: Vec<f32>,
+    /// `x_u . Y_all` (empty without ALS).
+    als_den: Vec<f32>,
+}
+
+impl<'a> Scorer<'a> {
+    /// Precomputes the value-independent parts. Panics if the model shapes do not match `ui`
+    /// (kNN must be items x items, ALS must have `n_users` user and `n_items` item vectors).
+    pub fn new(ui: &'a Csr, als: Option<&'a AlsModel>, knn: Option<&'a Csr>) -> Self {
+        let (n_users, n_items) = (ui.n_rows, ui.n_cols);
+        let t: Vec<f32> = (0..n_users).map(|u| ui.row(u).1.iter().map(|&a| a as f64).sum::<f64>() as f32).collect();
+        let mut knn_den = Vec::new();
+        let mut knn_t = None;
+        if let Some(s) = knn {
+            assert!(s.n_rows == n_items && s.n_cols == n_items, "kNN matrix must be items x items");
+            let s_all: Vec<f32> = (0..n_items).map(|j| s.row(j).1.iter().map(|&x| x as f64).sum::<f64>() as f32).collect();
+            knn_den = (0..n_users)
+                .map(|u| {
+                    let (items, vals) = ui.row(u);
+                    items.iter().zip(vals).map(|(&j, &a)| a as f64 * s_all[j as usize] as f64).sum::<f64>() as f32
+                })
+                .collect();
+            knn_t = Some(s.transpose());
+        }
+        let mut als_den = Vec::new();
+        if let Some(m) = als {
+            let k = m.factors;
+            assert!(
+                m.user_factors.len() == n_users * k && m.item_factors.len() == n_items * k,
+                "ALS model shape does not match the affinity matrix"
+            );
+            let mut y_all = vec![0f64; k];
+            for i in 0..n_items {
+                for (acc, &y) in y_all.iter_mut().zip(m.item(i)) {
+                    *acc += y as f64;
+                }
+            }
+            let y_all: Vec<f32> = y_all.into_iter().map(|x| x as f32).collect();
+            als_den = (0..n_users).map(|u| dot(m.user(u), &y_all)).collect();
+        }
+        Scorer { ui, als, knn, knn_t, t, knn_den, als_den }
+    }
+
+    pub fn n_users(&self) -> usize {
+        self.ui.n_rows
+    }
+
+    pub fn n_items(&self) -> usize {
+        self.ui.n_cols
+    }
+
+    /// Per-user activity `t_u`.
+    pub fn totals(&self) -> &[f32] {
+        &self.t
+    }
+
+    pub fn has_knn(&self) -> bool {
+        self.knn.is_some()
+    }
+
+    pub fn has_als(&self) -> bool {
+        self.als.is_some()
+    }
+
+    /// Membership mask of the value and its distinct in-range items (ids >= n_items are ignored, so
+    /// are duplicates; the input need not be sorted).
+    fn value_set(&self, value_items: &[u32]) -> (Vec<bool>, Vec<u32>) {
+        let mut mask = vec![false; self.n_items()];
+        let mut distinct = Vec::with_capacity(value_items.len());
+        for &i in value_items {
+            if let Some(m) = mask.get_mut(i as usize) {
+                if !*m {
+                    *m = true;
+                    distinct.push(i);
+                }
+            }
+        }
+        (mask, distinct)
+    }
+
+    /// The value-dependent ingredients `e`, `knn_share`, `als_share` for every user.
+    pub fn components(&self, value_items: &[u32]) -> Components {
+        let (n_users, n_items) = (self.n_users(), self.n_items());
+        let (mask, distinct) = self.value_set(value_items);
+        let mut e = vec![0f32; n_users];
+        let mut knn_share = None;
+        if let Some(kt) = &self.knn_t {
+            // tab[j] = ([j in V], S_V(j)): one gather per stored affinity.
+            let mut tab = vec![[0f32; 2]; n_items];
+            for &i in &distinct {
+                tab[i as usize][0] = 1.0;
+                let (js, ss) = kt.row(i as usize);
+                for (&j, &s) in js.iter().zip(ss) {
+                    tab[j as usize][1] += s;
+                }
+            }
+            let mut share = vec![0f32; n_users];
+            for u in 0..n_users {
+                let (items, vals) = self.ui.row(u);
+                let (mut eu, mut num) = (0f32, 0f32);
+                for (&j, &a) in items.iter().zip(vals) {
+                    let w = tab[j as usize];
+                    eu += a * w[0];
+                    num += a * w[1];
+                }
+                e[u] = eu;
+                let den = self.knn_den[u];
+                share[u] = if den > 0.0 { (num / den).clamp(0.0, 1.0) } else { 0.0 };
+            }
+            knn_share = Some(share);
+        } else {
+            for (u, eu) in e.iter_mut().enumerate() {
+                let (items, vals) = self.ui.row(u);
+                *eu = items.iter().zip(vals).map(|(&j, &a)| if mask[j as usize] { a } else { 0.0 }).sum();
+            }
+        }
+        let als_share = self.als.map(|m| {
+            let mut y_v = vec![0f64; m.factors];
+            for &i in &distinct {
+                for (acc, &y) in y_v.iter_mut().zip(m.item(i as usize)) {
+                    *acc += y as f64;
+                }
+            }
+            let y_v: Vec<f32> = y_v.into_iter().map(|x| x as f32).collect();
+            (0..n_users)
+                .map(|u| {
+                    let den = self.als_den[u];
+                    if den > 0.0 {
+                        let s = dot(m.user(u), &y_v) / den;
+                        if s.is_nan() {
+                            0.0
+                        } else {
+                            s.clamp(0.0, 1.0)
+                        }
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        });
+        Components { e, knn_share, als_share }
+    }
+
+    /// One score per user for the value.
+    pub fn score(&self, value_items: &[u32], p: &HybridParams) -> Vec<f32> {
+        score_from_components(&self.components(value_items), &self.t, p)
+    }
+
+    /// Users with `e_u > 0` (they already engaged with the value).
+    pub fn engaged(&self, value_items: &[u32]) -> Vec<bool> {
+        let (mask, _) = self.value_set(value_items);
+        (0..self.n_users())
+            .map(|u| {
+                let (items, vals) = self.ui.row(u);
+                let e: f32 = items.iter().zip(vals).map(|(&j, &a)| if mask[j as usize] { a } else { 0.0 }).sum();
+                e > 0.0
+            })
+            .collect()
+    }
+
+    /// The history items of `user` contributing most to their score for the value, as
+    /// `(item, contribution)` sorted by contribution descending, ties by item id; at most `limit`,
+    /// only contributions > 0. An item's contribution is its own engagement `a_uj` when `j` is in
+    /// the value, plus (with a kNN model) its collaborative evidence `a_uj * S_V(j)` rescaled by the
+    /// user's constant `t_u / sum_j a_uj S_all(j)`: the own parts sum to `e_u` and the CF parts to
+    /// `knn_share_u * t_u`, so both are in affinity units and comparable. ALS has no per-item
+    /// decomposition and does not contribute.
+    pub fn explain(&self, user: u32, value_items: &[u32], limit: usize) -> Vec<(u32, f32)> {
+        let u = user as usize;
+        if u >= self.n_users() || limit == 0 {
+            return Vec::new();
+        }
+        let (mask, _) = self.value_set(value_items);
+        let cf_scale = match self.knn {
+            Some(_) if self.knn_den[u] > 0.0 => self.t[u] / self.knn_den[u],
+            _ => 0.0,
+        };
+        let (items, vals) = self.ui.row(u);
+        let mut out: Vec<(u32, f32)> = items
+            .iter()
+            .zip(vals)
+            .map(|(&j, &a)| {
+                let own = if mask[j as usize] { a } else { 0.0 };
+                let cf = match self.knn {
+                    Some(s) if cf_scale > 0.0 => {
+                        let (ns, ss) = s.row(j as usize);
+                        let s_v: f32 = ns.iter().zip(ss).map(|(&i, &x)| if mask[i as usize] { x } else { 0.0 }).sum();
+                        a * s_v * cf_scale
+                    }
+                    _ => 0.0,
+                };
+                (j, own + cf)
+            })
+            .filter(|&(_, c)| c > 0.0 && c.is_finite())
+            .collect();
+        out.sort_unstable_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+        out.truncate(limit);
+        out
+    }
+}
+
+/// `t^exp`, with the exact values for the common exponents and `0^0 = 1`.
+#[inline]
+fn activity_factor(t: f32, exp: f32) -> f32 {
+    if exp == 0.0 {
+        1.0
+    } else if t <= 0.0 {
+        0.0
+    } else if exp == 1.0 {
+        t
+    } else if exp == 0.5 {
+        t.sqrt()
+    } else {
+        t.powf(exp)
+    }
+}
+
+/// Scores from precomputed components and activities `t` (see the module doc for the formula).
+/// Never returns NaN.
+pub fn score_from_components(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
+    let n = c.e.len();
+    assert_eq!(t.len(), n, "components and totals disagree on the number of users");
+    let kw = if p.knn_weight.is_nan() { 0.5 } else { p.knn_weight.clamp(0.0, 1.0) };
+    let cf = |u: usize| -> f32 {
+        match (&c.knn_share, &c.als_share) {
+            (Some(k), Some(a)) => kw * k[u] + (1.0 - kw) * a[u],
+            (Some(k), None) => k[u],
+            (None, Some(a)) => a[u],
+            (None, None) => 0.0,
+        }
+    };
+    let prior = if p.prior.is_nan() { 0.0 } else { p.prior.max(0.0) };
+    (0..n)
+        .map(|u| {
+            let tu = t[u];
+            let f = activity_factor(tu, p.activity_exp);
+            let s = if prior == f32::INFINITY {
+                cf(u) * f
+            } else if prior == 0.0 {
+                // e * (t^exp / t): bit-exact e_u for activity_exp = 1.
+                if tu > 0.0 {
+                    c.e[u] * (f / tu)
+                } else {
+                    0.0
+                }
+            } else {
+                let d = tu + prior;
+                (c.e[u] + prior * cf(u)) * (f / d)
+            };
+            if s.is_nan() {
+                0.0
+            } else {
+                s
+            }
+        })
+        .collect()
+}
+
+/// Dot product with several independent accumulators (vectorises).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() <= 1e-5 * (1.0 + a.abs().max(b.abs()))
+    }
+
+    fn assert_close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(close(*g, *w), "user {i}: got {g}, want {w} ({got:?} vs {want:?})");
+        }
+    }
+
+    /// 4 users x 4 items. User 3 has no history.
+    fn ui() -> Csr {
+        Csr::from_triplets(
+            4,
+            4,
+            &mut vec![(0, 0, 2.0), (0, 1, 1.0), (1, 1, 3.0), (1, 2, 1.0), (2, 3, 4.0)],
+        )
+    }
+
+    /// Hand kNN: S(0,1)=1, S(1,0)=1, S(1,2)=2, S(2,1)=2, S(3,0)=0.5, S(3,2)=1.5.
+    fn knn() -> Csr {
+        Csr::from_triplets(
+            4,
+            4,
+            &mut vec![(0, 1, 1.0), (1, 0, 1.0), (1, 2, 2.0), (2, 1, 2.0), (3, 0, 0.5), (3, 2, 1.5)],
+        )
+    }
+
+    /// k = 2: users (1,0),(0,1),(1,1),(0,0); items (1,0),(0,1),(0,2),(2,0).
+    fn als() -> AlsModel {
+        AlsModel {
+            factors: 2,
+            user_factors: vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0],
+            item_factors: vec![1.0, 0.0, 0.0, 1.0, 0.0, 2.0, 2.0, 0.0],
+        }
+    }
+
+    #[test]
+    fn components_match_hand_computation() {
+        let (ui, knn, als) = (ui(), knn(), als());
+        let sc = Scorer::new(&ui, Some(&als), Some(&knn));
+        assert_eq!(sc.totals(), &[3.0, 4.0, 4.0, 0.0]);
+        // V = {0, 2}. S_V = [0, 1+2, 0, 0.5+1.5] = [0, 3, 0, 2]; S_all = [1, 3, 2, 2].
+        let c = sc.components(&[0, 2]);
+        assert_close(&c.e, &[2.0, 1.0, 0.0, 0.0]);
+        // u0: (2*0 + 1*3) / (2*1 + 1*3) = 3/5; u1: (3*3 + 1*0)/(3*3 + 1*2) = 9/11; u2: 4*2/(4*2) = 1.
+        assert_close(c.knn_share.as_ref().unwrap(), &[0.6, 9.0 / 11.0, 1.0, 0.0]);
+        // Y_V = (1,0)+(0,2) = (1,2); Y_all = (3,3).
+        // u0 (1,0): 1/3; u1 (0,1): 2/3; u2 (1,1): 3/6; u3 zero vector -> 0.
+        assert_close(c.als_share.as_ref().unwrap(), &[1.0 / 3.0, 2.0 / 3.0, 0.5, 0.0]);
+        // Unsorted, duplicated and out-of-range ids give the same result.
+        assert_eq!(sc.components(&[2, 0, 2, 99]), c);
+    }
+
+    #[test]
+    fn score_formula_and_modes() {
+        let (ui, knn, als) = (ui(), knn(), als());
+        let sc = Scorer::new(&ui, Some(&als), Some(&knn));
+        let v = [0u32, 2];
+        let p = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.25 };
+        let knn_s = [0.6f32, 9.0 / 11.0, 1.0, 0.0];
+        let als_s = [1.0f32 / 3.0, 2.0 / 3.0, 0.5, 0.0];
+        let (e, t) = ([2.0f32, 1.0, 0.0, 0.0], [3.0f32, 4.0, 4.0, 0.0]);
+        let want: Vec<f32> = (0..4)
+            .map(|u| {
+                let cf = 0.25 * knn_s[u] + 0.75 * als_s[u];
+                (e[u] + 2.0 * cf) / (t[u] + 2.0) * t[u].sqrt()
+            })
+            .collect();
+        assert_close(&sc.score(&v, &p), &want);
+        // Past engagers baseline: exactly e.
+        assert_eq!(sc.score(&v, &HybridParams::PAST_ENGAGERS), e.to_vec());
+        // Pure CF with activity: cf * t.
+        let pc = sc.score(&v, &HybridParams::pure_cf(1.0, 1.0));
+        assert_close(&pc, &[0.6 * 3.0, 9.0 / 11.0 * 4.0, 4.0, 0.0]);
+        // Share only (activity_exp 0) with no prior: e / t, users without history score 0.
+        let p0 = HybridParams { prior: 0.0, activity_exp: 0.0, knn_weight: 0.5 };
+        assert_close(&sc.score(&v, &p0), &[2.0 / 3.0, 0.25, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn single_model_and_no_model() {
+        let (ui, knn, als) = (ui(), knn(), als());
+        let v = [0u32, 2];
+        let p = HybridParams { prior: 1.0, activity_exp: 1.0, knn_weight: 0.9 };
+        let t = [3.0f32, 4.0, 4.0, 0.0];
+        let e = [2.0f32, 1.0, 0.0, 0.0];
+        let expect = |cf: [f32; 4]| -> Vec<f32> { (0..4).map(|u| (e[u] + cf[u]) / (t[u] + 1.0) * t[u]).collect() };
+        let only_knn = Scorer::new(&ui, None, Some(&knn));
+        assert!(only_knn.components(&v).als_share.is_none());
+        assert_close(&only_knn.score(&v, &p), &expect([0.6, 9.0 / 11.0, 1.0, 0.0]));
+        let only_als = Scorer::new(&ui, Some(&als), None);
+        assert!(only_als.components(&v).knn_share.is_none());
+        assert_close(&only_als.score(&v, &p), &expect([1.0 / 3.0, 2.0 / 3.0, 0.5, 0.0]));
+        let none = Scorer::new(&ui, None, None);
+        assert_close(&none.score(&v, &p), &expect([0.0; 4]));
+        assert_eq!(none.components(&v).e, e.to_vec());
+        assert!(none.score(&v, &HybridParams::pure_cf(0.0, 0.5)).iter().all(|&s| s == 0.0));
+    }
+
+    #[test]
+    fn engaged_flags_users_with_value_engagement() {
+        let ui = ui();
+        let sc = Scorer::new(&ui, None, None);
+        assert_eq!(sc.engaged(&[0, 2]), vec![true, true, false, false]);
+        assert_eq!(sc.engaged(&[3]), vec![false, false, true, false]);
+        assert_eq!(sc.engaged(&[]), vec![false; 4]);
+    }
+
+    #[test]
+    fn explain_orders_contributions() {
+        let (ui, knn) = (ui(), knn());
+        let sc = Scorer::new(&ui, None, Some(&knn));
+        // u0, V={0,2}: own item 0 -> 2; CF: scale t/den = 3/5; item0: 2*S_V(0)=0; item1: 1*3*0.6=1.8.
+        let ex0 = sc.explain(0, &[0, 2], 10);
+        assert_eq!(ex0.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(close(ex0[0].1, 2.0) && close(ex0[1].1, 1.8), "{ex0:?}");
+        assert_eq!(sc.explain(0, &[0, 2], 1), vec![(0, 2.0)]);
+        // u1, V={0,2}: own item 2 -> 1; CF scale 4/11: item1 3*3*4/11 = 36/11, item2 1*0 -> total 1.
+        let ex = sc.explain(1, &[0, 2], 10);
+        assert_eq!(ex.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(close(ex[0].1, 36.0 / 11.0) && close(ex[1].1, 1.0));
+        // Contributions sum to e_u + knn_share_u * t_u.
+        let sum: f32 = ex.iter().map(|x| x.1).sum();
+        assert!(close(sum, 1.0 + 9.0 / 11.0 * 4.0));
+        // Ties broken by item id: user with two equal own items, no kNN.
+        let ui2 = Csr::from_triplets(1, 3, &mut vec![(0, 2, 1.0), (0, 0, 1.0), (0, 1, 5.0)]);
+        let sc2 = Scorer::new(&ui2, None, None);
+        assert_eq!(sc2.explain(0, &[0, 2], 5), vec![(0, 1.0), (2, 1.0)]);
+        assert_eq!(sc2.explain(0, &[1, 0, 2], 5), vec![(1, 5.0), (0, 1.0), (2, 1.0)]);
+        assert!(sc2.explain(7, &[0], 5).is_empty());
+        assert!(sc2.explain(0, &[0], 0).is_empty());
+    }
+}

@@ -1,0 +1,359 @@
+//! Evaluation of a user ranking against holdout truth, and tuning of [`HybridParams`] on it.
+//!
+//! A ranking is cut at the top `pct` percent of eligible users: `k = max(1, floor(pct/100 *
+//! eligible))` (capped at `eligible`; 0 when nobody is eligible), in [`top_k`] order (score
+//! descending, user index ascending). For each cut: `hits` = positives among the top `k`,
+//! `hit_rate = hits / k` (the share of the audience that engages), `recall = hits / positives`,
+//! `lift = hit_rate / base_rate` with `base_rate = positives / eligible`. AUC is the Mann-Whitney
+//! statistic over eligible users with ties counted half (0.5 when there are no positives or no
+//! negatives). Degenerate ratios (division by zero) are 0.
+//!
+//! **Tuning objective** ([`tune`]): for each grid point, the mean over values of the mean `hit_rate`
+//! over the cuts; values without any eligible positive are skipped (they cannot discriminate). The
+//! grid point with the highest objective wins; ties go to the earliest grid point. Averaging the
+//! hit rate (not lift) means values with a high base rate weigh more; it measures directly what a
+//! campaign buys: the share of the chosen audience that engages.
+
+use crate::score::hybrid::{score_from_components, Components, HybridParams};
+use crate::score::topk::top_k;
+
+/// Metrics of one cut of a ranking.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CutMetrics {
+    pub pct: f64,
+    pub k: usize,
+    pub hits: usize,
+    /// hits / k: the share of the audience that engages.
+    pub hit_rate: f64,
+    /// hits / positives.
+    pub recall: f64,
+    /// hit_rate / base_rate.
+    pub lift: f64,
+}
+
+/// Metrics of one ranking against holdout positives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RankingMetrics {
+    /// Eligible positives.
+    pub positives: usize,
+    /// Eligible users.
+    pub eligible: usize,
+    /// positives / eligible.
+    pub base_rate: f64,
+    pub cuts: Vec<CutMetrics>,
+    pub auc: f64,
+}
+
+impl RankingMetrics {
+    /// Mean hit rate over the cuts (the per-value tuning objective).
+    pub fn mean_hit_rate(&self) -> f64 {
+        if self.cuts.is_empty() {
+            0.0
+        } else {
+            self.cuts.iter().map(|c| c.hit_rate).sum::<f64>() / self.cuts.len() as f64
+        }
+    }
+}
+
+/// The audience size of each cut: `max(1, floor(pct/100 * eligible))`, at most `eligible`.
+pub fn cut_sizes(pcts: &[f64], eligible: usize) -> Vec<usize> {
+    pcts.iter()
+        .map(|&pct| {
+            if eligible == 0 {
+                return 0;
+            }
+            // pct * eligible / 100 is exact for integral pct, so floor() does not misround.
+            let k = (pct.max(0.0) * eligible as f64 / 100.0).floor();
+            (k as usize).max(1).min(eligible)
+        })
+        .collect()
+}
+
+/// Number of positives among the first `k` of `ranked`, for each `k` in `ks`.
+fn hits_at(ranked: &[(u32, f32)], positive: &[bool], ks: &[usize]) -> Vec<usize> {
+    let mut prefix = Vec::with_capacity(ranked.len() + 1);
+    prefix.push(0usize);
+    for &(u, _) in ranked {
+        prefix.push(prefix.last().unwrap() + positive[u as usize] as usize);
+    }
+    ks.iter().map(|&k| prefix[k.min(ranked.len())]).collect()
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+/// Evaluates `scores` (one per user) against `positive` (holdout engagement) over the users with
+/// `eligible(user)`, at the cuts `pcts` (percent of eligible users). See the module doc.
+pub fn evaluate_ranking(scores: &[f32], positive: &[bool], eligible: &dyn Fn(usize) -> bool, pcts: &[f64]) -> RankingMetrics {
+    assert_eq!(scores.len(), positive.len(), "scores and positives disagree on the number of users");
+    let (mut n_elig, mut n_pos) = (0usize, 0usize);
+    let mut pairs: Vec<(f32, bool)> = Vec::new();
+    for (u, (&s, &p)) in scores.iter().zip(positive).enumerate() {
+        if eligible(u) {
+            n_elig += 1;
+            n_pos += p as usize;
+            pairs.push((if s.is_nan() { f32::NEG_INFINITY } else { s }, p));
+        }
+    }
+    let ks = cut_sizes(pcts, n_elig);
+    let kmax = ks.iter().copied().max().unwrap_or(0);
+    let ranked = top_k(scores, kmax, eligible);
+    let hits = hits_at(&ranked, positive, &ks);
+    let base_rate = ratio(n_pos as f64, n_elig as f64);
+    let cuts = pcts
+        .iter()
+        .zip(ks.iter().zip(hits))
+        .map(|(&pct, (&k, hits))| {
+            let hit_rate = ratio(hits as f64, k as f64);
+            CutMetrics { pct, k, hits, hit_rate, recall: ratio(hits as f64, n_pos as f64), lift: ratio(hit_rate, base_rate) }
+        })
+        .collect();
+    RankingMetrics { positives: n_pos, eligible: n_elig, base_rate, cuts, auc: auc(pairs) }
+}
+
+/// Mann-Whitney AUC of (score, positive) pairs with ties counted half; 0.5 if a class is empty.
+fn auc(mut pairs: Vec<(f32, bool)>) -> f64 {
+    pairs.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    let n = pairs.len();
+    let n_pos = pairs.iter().filter(|p| p.1).count();
+    let n_neg = n - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return 0.5;
+    }
+    // Sum over positives of (negatives strictly below + half the tied negatives).
+    let (mut wins, mut neg_below, mut i) = (0f64, 0usize, 0usize);
+    while i < n {
+        let mut j = i;
+        let (mut pos, mut neg) = (0usize, 0usize);
+        while j < n && pairs[j].0 == pairs[i].0 {
+            if pairs[j].1 {
+                pos += 1;
+            } else {
+                neg += 1;
+            }
+            j += 1;
+        }
+        wins += pos as f64 * (neg_below as f64 + 0.5 * neg as f64);
+        neg_below += neg;
+        i = j;
+    }
+    wins / (n_pos as f64 * n_neg as f64)
+}
+
+/// Picks the grid point with the best objective (see the module doc) over all users; returns it and
+/// its objective.
+pub fn tune(components_per_value: &[(Components, Vec<bool>)], t: &[f32], grid: &[HybridParams], pcts: &[f64]) -> (HybridParams, f64) {
+    tune_eligible(components_per_value, t, grid, pcts, &|_, _| true)
+}
+
+/// [`tune`] with an eligibility predicate `eligible(value_index, user)` (e.g. to exclude users who
+/// already engaged with the value before the holdout).
+pub fn tune_eligible(
+    components_per_value: &[(Components, Vec<bool>)],
+    t: &[f32],
+    grid: &[HybridParams],
+    pcts: &[f64],
+    eligible: &dyn Fn(usize, usize) -> bool,
+) -> (HybridParams, f64) {
+    assert!(!grid.is_empty(), "empty tuning grid");
+    // Per value: cut sizes, or None when the value has no eligible positive.
+    let plans: Vec<Option<Vec<usize>>> = components_per_value
+        .iter()
+        .enumerate()
+        .map(|(v, (_, pos))| {
+            let (mut n_elig, mut n_pos) = (0usize, 0usize);
+            for (u, &p) in pos.iter().enumerate() {
+                if eligible(v, u) {
+                    n_elig += 1;
+                    n_pos += p as usize;
+                }
+            }
+            (n_pos > 0 && !pcts.is_empty()).then(|| cut_sizes(pcts, n_elig))
+        })
+        .collect();
+    let mut best = (grid[0], f64::NEG_INFINITY);
+    for p in grid {
+        let (mut sum, mut n) = (0f64, 0usize);
+        for (v, ((c, pos), plan)) in components_per_value.iter().zip(&plans).enumerate() {
+            let Some(ks) = plan else { continue };
+            let scores = score_from_components(c, t, p);
+            let kmax = ks.iter().copied().max().unwrap_or(0);
+            let ranked = top_k(&scores, kmax, &|u| eligible(v, u));
+            let hits = hits_at(&ranked, pos, ks);
+            let mean: f64 = ks.iter().zip(&hits).map(|(&k, &h)| ratio(h as f64, k as f64)).sum::<f64>() / ks.len() as f64;
+            sum += mean;
+            n += 1;
+        }
+        let obj = if n > 0 { sum / n as f64 } else { 0.0 };
+        if obj > best.1 {
+            best = (*p, obj);
+        }
+    }
+    best
+}
+
+/// Relative prior multipliers of [`default_grid`] (the last is the pure-CF mode).
+pub const DEFAULT_PRIORS: [f32; 6] = [0.0, 0.5, 2.0, 8.0, 32.0, f32::INFINITY];
+pub const DEFAULT_ACTIVITY_EXPS: [f32; 3] = [0.0, 0.5, 1.0];
+pub const DEFAULT_KNN_WEIGHTS: [f32; 3] = [0.0, 0.5, 1.0];
+
+/// The default tuning grid, 48 points, with `prior` in **units of the typical activity** (multiples
+/// {0, 0.5, 2, 8, 32, +inf}; scale with [`scaled_grid`] or use [`default_grid_for`] before tuning),
+/// `activity_exp` in {0, 0.5, 1} and `knn_weight` in {0, 0.5, 1} (only 0.5 for prior 0, where it
+/// has no effect). Starts with the past-engagers baseline, so ties favour simpler settings.
+pub fn default_grid() -> Vec<HybridParams> {
+    let mut g = Vec::with_capacity(48);
+    for &prior in &DEFAULT_PRIORS {
+        for &activity_exp in DEFAULT_ACTIVITY_EXPS.iter().rev() {
+            if prior == 0.0 {
+                g.push(HybridParams { prior, activity_exp, knn_weight: 0.5 });
+            } else {
+                for &knn_weight in &DEFAULT_KNN_WEIGHTS {
+                    g.push(HybridParams { prior, activity_exp, knn_weight });
+                }
+            }
+        }
+    }
+    g
+}
+
+/// The typical activity used to scale priors: the median of the positive `t_u` (1 if none).
+pub fn typical_activity(t: &[f32]) -> f32 {
+    let mut pos: Vec<f32> = t.iter().copied().filter(|&x| x > 0.0 && x.is_finite()).collect();
+    if pos.is_empty() {
+        return 1.0;
+    }
+    let mid = pos.len() / 2;
+    *pos.select_nth_unstable_by(mid, |a, b| a.partial_cmp(b).unwrap()).1
+}
+
+/// `grid` with every prior multiplied by `scale`.
+pub fn scaled_grid(grid: &[HybridParams], scale: f32) -> Vec<HybridParams> {
+    grid.iter().map(|p| HybridParams { prior: p.prior * scale, ..*p }).collect()
+}
+
+/// [`default_grid`] with priors in affinity units: multiples of [`typical_activity`]`(t)`.
+pub fn default_grid_for(t: &[f32]) -> Vec<HybridParams> {
+    scaled_grid(&default_grid(), typical_activity(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn hand_example_all_eligible() {
+        let s = [0.9, 0.8, 0.7, 0.7, 0.1, 0.0];
+        let pos = [true, false, true, false, true, false];
+        let m = evaluate_ranking(&s, &pos, &|_| true, &[50.0, 34.0, 1.0]);
+        assert_eq!((m.positives, m.eligible), (3, 6));
+        assert!(close(m.base_rate, 0.5));
+        // Top 3 = users 0, 1, 2 (2 before 3 on the tie): 2 hits.
+        let c = &m.cuts[0];
+        assert_eq!((c.k, c.hits), (3, 2));
+        assert!(close(c.hit_rate, 2.0 / 3.0) && close(c.recall, 2.0 / 3.0) && close(c.lift, 4.0 / 3.0));
+        let c = &m.cuts[1];
+        assert_eq!((c.k, c.hits), (2, 1));
+        assert!(close(c.hit_rate, 0.5) && close(c.recall, 1.0 / 3.0) && close(c.lift, 1.0));
+        // 1% of 6 floors to 0, raised to 1.
+        assert_eq!((m.cuts[2].k, m.cuts[2].hits), (1, 1));
+        // Positives {0.9, 0.7, 0.1} vs negatives {0.8, 0.7, 0.0}: 3 + 1.5 + 1 = 5.5 of 9 pairs.
+        assert!(close(m.auc, 5.5 / 9.0), "{}", m.auc);
+        assert!(close(m.mean_hit_rate(), (2.0 / 3.0 + 0.5 + 1.0) / 3.0));
+    }
+
+    #[test]
+    fn eligibility_and_tie_at_the_cut() {
+        let s = [0.9, 0.8, 0.7, 0.7, 0.1, 0.0];
+        let pos = [true, false, false, true, true, false];
+        let m = evaluate_ranking(&s, &pos, &|u| u != 0, &[60.0]);
+        assert_eq!((m.positives, m.eligible), (2, 5));
+        // k = 3: users 1, 2, 3 -> 1 hit. With the tie resolved the other way it would still be 1;
+        // at k = 2 (40%) the tie decides: user 2 (negative) wins over user 3.
+        assert_eq!((m.cuts[0].k, m.cuts[0].hits), (3, 1));
+        let m2 = evaluate_ranking(&s, &pos, &|u| u != 0, &[40.0]);
+        assert_eq!((m2.cuts[0].k, m2.cuts[0].hits), (2, 0));
+        assert!(close(m.base_rate, 0.4) && close(m.cuts[0].lift, (1.0 / 3.0) / 0.4));
+        // Positives {0.7, 0.1} vs negatives {0.8, 0.7, 0.0}: 1.5 + 1 = 2.5 of 6.
+        assert!(close(m.auc, 2.5 / 6.0));
+    }
+
+    #[test]
+    fn degenerate_cases() {
+        let m = evaluate_ranking(&[1.0, 2.0], &[false, false], &|_| true, &[50.0]);
+        assert_eq!((m.positives, m.auc, m.cuts[0].recall, m.cuts[0].lift), (0, 0.5, 0.0, 0.0));
+        let m = evaluate_ranking(&[1.0, 2.0], &[true, false], &|_| false, &[50.0]);
+        assert_eq!((m.eligible, m.cuts[0].k, m.cuts[0].hit_rate), (0, 0, 0.0));
+        // Perfect and reversed rankings; all-tied ranking has AUC 0.5.
+        let pos = [true, true, false, false];
+        assert_eq!(evaluate_ranking(&[4.0, 3.0, 2.0, 1.0], &pos, &|_| true, &[]).auc, 1.0);
+        assert_eq!(evaluate_ranking(&[1.0, 2.0, 3.0, 4.0], &pos, &|_| true, &[]).auc, 0.0);
+        assert_eq!(evaluate_ranking(&[1.0; 4], &pos, &|_| true, &[]).auc, 0.5);
+        assert_eq!(cut_sizes(&[10.0, 200.0, 0.0], 30), vec![3, 30, 1]);
+    }
+
+    /// Components where the kNN share ranks the holdout positives first, the own engagement
+    /// ranks them last and the ALS share is noise.
+    fn case(n: usize, positives: &[usize]) -> (Components, Vec<bool>) {
+        let pos: Vec<bool> = (0..n).map(|u| positives.contains(&u)).collect();
+        let knn: Vec<f32> = (0..n).map(|u| if pos[u] { 0.5 + u as f32 / 100.0 } else { 0.1 }).collect();
+        let e: Vec<f32> = (0..n).map(|u| if pos[u] { 0.0 } else { 1.0 + u as f32 }).collect();
+        let als: Vec<f32> = (0..n).map(|u| ((u * 7) % 5) as f32 / 5.0).collect();
+        (Components { e, knn_share: Some(knn), als_share: Some(als) }, pos)
+    }
+
+    #[test]
+    fn tune_picks_the_known_best_params() {
+        let t = vec![10.0f32; 10];
+        let values = vec![case(10, &[1, 4, 7]), case(10, &[0, 9])];
+        let engagers = HybridParams::PAST_ENGAGERS;
+        let knn_only = HybridParams::pure_cf(0.0, 1.0);
+        let als_only = HybridParams::pure_cf(0.0, 0.0);
+        let grid = [engagers, als_only, knn_only, HybridParams { prior: 5.0, activity_exp: 1.0, knn_weight: 1.0 }];
+        let (best, obj) = tune(&values, &t, &grid, &[20.0, 30.0]);
+        assert_eq!(best, knn_only);
+        // Value 1: k=2 -> 2/2, k=3 -> 3/3. Value 2: k=2 -> 2/2, k=3 -> 2/3.
+        assert!(close(obj, (1.0 + (1.0 + 2.0 / 3.0) / 2.0) / 2.0), "{obj}");
+        // The objective agrees with evaluate_ranking.
+        let per_value: Vec<f64> = values
+            .iter()
+            .map(|(c, pos)| evaluate_ranking(&score_from_components(c, &t, &knn_only), pos, &|_| true, &[20.0, 30.0]).mean_hit_rate())
+            .collect();
+        assert!(close(obj, per_value.iter().sum::<f64>() / 2.0));
+        // On the default grid something collaborative and kNN-heavy wins, never past engagers.
+        let (best, obj2) = tune(&values, &t, &default_grid_for(&t), &[20.0, 30.0]);
+        assert!(best.prior > 0.0 && best.knn_weight > 0.5 && close(obj2, obj), "{best:?} {obj2}");
+        // Ties go to the first grid point; a value without positives is ignored.
+        let mut v3 = values.clone();
+        v3.push(case(10, &[]));
+        assert_eq!(tune(&v3, &t, &[knn_only, knn_only], &[20.0]).0, knn_only);
+        assert!(close(tune(&v3, &t, &[knn_only], &[20.0, 30.0]).1, obj));
+        // With eligibility excluding the positives of value 1, it no longer counts.
+        let (_, o) = tune_eligible(&values, &t, &[knn_only], &[20.0], &|v, u| v == 1 || ![1, 4, 7].contains(&u));
+        assert!(close(o, 1.0));
+    }
+
+    #[test]
+    fn default_grid_shape_and_scaling() {
+        let g = default_grid();
+        assert_eq!(g.len(), 48);
+        assert_eq!(g[0], HybridParams::PAST_ENGAGERS);
+        let mut dedup = g.clone();
+        dedup.dedup();
+        assert_eq!(dedup.len(), 48);
+        assert_eq!(typical_activity(&[0.0, 4.0, 1.0, 9.0, 0.0]), 4.0);
+        assert_eq!(typical_activity(&[0.0]), 1.0);
+        let s = default_grid_for(&[2.0, 2.0, 2.0]);
+        assert!(s.iter().zip(&g).all(|(a, b)| a.prior == b.prior * 2.0 && a.activity_exp == b.activity_exp));
+        assert!(s.iter().any(|p| p.prior == f32::INFINITY));
+    }
+}

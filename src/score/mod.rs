@@ -1,0 +1,6 @@
+//! Audience scoring, pure Rust (no pgrx): the hybrid own-share / collaborative score
+//! ([`hybrid`]), top-k selection with the SQL tie-break ([`topk`]), and holdout evaluation and
+//! parameter tuning ([`metrics`]).
+pub mod hybrid;
+pub mod metrics;
+pub mod topk;
