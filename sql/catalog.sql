@@ -510,7 +510,7 @@ $fn$;
 -- aggregate's internal variant, plus the property order it uses. Text of a query, built from
 -- stored names with %I and values with %L only.
 CREATE FUNCTION audience._build_query(cid integer, since timestamptz, until timestamptz, reference timestamptz,
-                                       OUT query text, OUT properties text[])
+                                       OUT query text, OUT properties text[], OUT time_query text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -577,6 +577,7 @@ BEGIN
     END IF;
     query := format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, ev.p) FROM (%s) ev',
                     reference, array_to_string(parts, ' UNION ALL '));
+    time_query := format('SELECT pg_catalog.min(ev.t), pg_catalog.max(ev.t) FROM (%s) ev', array_to_string(parts, ' UNION ALL '));
     properties := props;
 END
 $fn$;

@@ -63,7 +63,7 @@ DECLARE
     n_blocks     integer;
     n_inter      bigint;          -- product views to generate; adds and orders follow from them
     -- expected events per product view (1 view + adds + orders): calibrates n_inter to `events`
-    depth_mean   constant double precision := 1.258;
+    depth_mean   constant double precision := 1.313;
     sch          text := generate_demo_shop.target_schema;
     n_products   bigint;
     n_users      bigint;
@@ -232,6 +232,8 @@ BEGIN
            CASE WHEN x.raw >= 20 THEN round(x.raw::numeric) - 0.01 ELSE round(x.raw::numeric, 2) END AS price,
            CASE WHEN x.raw / x.base < 0.75 THEN 'budget' WHEN x.raw / x.base < 1.3 THEN 'mid'
                 WHEN x.raw / x.base < 2.1 THEN 'premium' ELSE 'luxury' END AS price_band,
+           CASE WHEN x.raw / x.base < 0.75 THEN 0 WHEN x.raw / x.base < 1.3 THEN 1
+                WHEN x.raw / x.base < 2.1 THEN 2 ELSE 3 END AS band_no,
            format('%s %s %s %s', x.brand,
                   (ARRAY['Air','Pro','Ultra','Max','Lite','Classic','Flex','Edge','Nova','Zen','Core','Prime',
                          'Aero','Vibe','Pulse','Terra','Fusion','Swift','Echo','Orbit','Neo','Vista','Spark','Peak'])
@@ -316,8 +318,9 @@ BEGIN
            CASE WHEN a.p3 IS NULL THEN 0 WHEN a.p2 IS NULL THEN 1 - a.w1 ELSE (1 - a.w1) * 0.35 END AS w3,
            CASE WHEN a.p2 IS NULL THEN 0 ELSE 0.6 * (a.u_drift - 0.5) END AS drift,
            a.fav_block, 0.10 + 0.35 * a.u_favp AS fav_p, a.buyer,
-           CASE WHEN a.u_band < 0.30 THEN 'budget' WHEN a.u_band < 0.70 THEN 'mid'
-                WHEN a.u_band < 0.92 THEN 'premium' ELSE 'luxury' END AS band,
+           -- preferred price band: 0 budget, 1 mid, 2 premium, 3 luxury
+           CASE WHEN a.u_band < 0.30 THEN 0 WHEN a.u_band < 0.70 THEN 1
+                WHEN a.u_band < 0.92 THEN 2 ELSE 3 END AS band,
            2 + floor(4 * a.u_sess)::int AS sess_len,
            extract(epoch FROM a.active_from)::float8 AS from_ep,
            extract(epoch FROM date_trunc('day', a.active_from))::float8 AS day0_ep,
@@ -331,11 +334,13 @@ BEGIN
     -- (favourite / persona list / global popularity noise), product, funnel depth
     -- (1 = view, 2 = + add, 3 = + order) and whether it was also saved to the wishlist.
     CREATE TEMP TABLE _demo_ix AS
-    SELECT pr.user_id, pr.k, to_timestamp(pr.ts_ep) AS ts, pr.idx,
+    SELECT pr.user_id, pr.k, pr.ts_ep, pr.idx,
            least(floor(pr.tau * generate_demo_shop.months)::int, generate_demo_shop.months - 1) AS m,
-           1 + (f.u_add < f.p_add)::int + (f.u_add < f.p_add AND f.u_ord < f.p_ord)::int AS depth,
+           f.depth,
+           -- first tracks id of this view's rows: ids follow the views' time order
+           sum(f.depth) OVER (ORDER BY pr.ts_ep, pr.k ROWS UNBOUNDED PRECEDING) - f.depth AS id0,
            f.u_wish < 0.02 * CASE WHEN pr.is_fav THEN 2.0 ELSE 1.0 END
-                           * CASE WHEN pd.price_band IN ('premium', 'luxury') THEN 1.8 ELSE 1.0 END AS wish
+                           * CASE WHEN pd.band_no >= 2 THEN 1.8 ELSE 1.0 END AS wish
     FROM (
         -- product within the block (Zipf-ish: low indexes are the popular ones)
         SELECT bl.*, bk.p_start + floor(bk.p_cnt * power(audience._demo_rand(bl.k, s # 307), 2.2))::int AS idx
@@ -387,13 +392,16 @@ BEGIN
         OFFSET 0) pr
     JOIN pg_temp._demo_product pd USING (idx)
     CROSS JOIN LATERAL (SELECT
-        audience._demo_rand(pr.k, s # 308) AS u_add, audience._demo_rand(pr.k, s # 309) AS u_ord,
-        audience._demo_rand(pr.k, s # 310) AS u_wish,
-        least(0.9, 0.15 * pr.buyer * CASE WHEN pr.is_fav THEN 1.7 ELSE 1.0 END
-              * CASE WHEN pd.price_band = pr.band THEN 1.5 ELSE 0.9 END
-              * CASE pd.price_band WHEN 'luxury' THEN 0.6 WHEN 'premium' THEN 0.85 ELSE 1.0 END) AS p_add,
-        least(0.95, 0.38 * CASE WHEN pr.is_fav THEN 1.4 ELSE 1.0 END
-              * CASE pd.price_band WHEN 'luxury' THEN 0.7 WHEN 'budget' THEN 1.15 ELSE 1.0 END) AS p_ord) f
+        1 + (fp.u_add < fp.p_add)::int + (fp.u_add < fp.p_add AND fp.u_ord < fp.p_ord)::int AS depth,
+        fp.u_wish
+        FROM (SELECT
+            audience._demo_rand(pr.k, s # 308) AS u_add, audience._demo_rand(pr.k, s # 309) AS u_ord,
+            audience._demo_rand(pr.k, s # 310) AS u_wish,
+            least(0.9, 0.15 * pr.buyer * CASE WHEN pr.is_fav THEN 1.7 ELSE 1.0 END
+                  * CASE WHEN pd.band_no = pr.band THEN 1.5 ELSE 0.9 END
+                  * CASE pd.band_no WHEN 3 THEN 0.6 WHEN 2 THEN 0.85 ELSE 1.0 END) AS p_add,
+            least(0.95, 0.38 * CASE WHEN pr.is_fav THEN 1.4 ELSE 1.0 END
+                  * CASE pd.band_no WHEN 3 THEN 0.7 WHEN 0 THEN 1.15 ELSE 1.0 END) AS p_ord) fp) f
     ORDER BY pr.ts_ep, pr.k;
 
     -- ---------------------------------------------------------------- target tables -----------
@@ -414,34 +422,33 @@ BEGIN
         SELECT user_id, date_trunc('second', signup_at), country FROM pg_temp._demo_user ORDER BY user_id$q$, sch);
     GET DIAGNOSTICS n_users = ROW_COUNT;
 
-    -- ids follow time order (as an append-only tracking table would); adds follow the view by
-    -- a few minutes, orders the add by minutes to two days.
+    -- ids follow the time order of the views (as in an append-only tracking table; a view's add
+    -- and order take the next ids); adds follow the view by a few minutes, orders the add by
+    -- minutes to two days.
     EXECUTE format($q$CREATE TABLE %I.tracks (
         id bigserial, user_id bigint NOT NULL, event text NOT NULL, product_id text NOT NULL,
         properties jsonb NOT NULL, "timestamp" timestamptz NOT NULL)$q$, sch);
-    EXECUTE format($q$INSERT INTO %I.tracks (user_id, event, product_id, properties, "timestamp")
-        SELECT ix.user_id, e.event, pd.product_id, pr.props,
-               date_trunc('second', least($1 - interval '1 second', ix.ts
-                 + CASE WHEN e.lvl >= 1 THEN (30 + 1200 * audience._demo_rand(ix.k, $2 # 401)) * interval '1 second'
-                        ELSE interval '0' END
-                 + CASE WHEN e.lvl >= 2 THEN (120 + 172800 * power(audience._demo_rand(ix.k, $2 # 402), 4)) * interval '1 second'
-                        ELSE interval '0' END))
+    EXECUTE format($q$INSERT INTO %I.tracks (id, user_id, event, product_id, properties, "timestamp")
+        SELECT ix.id0 + e.lvl + 1, ix.user_id, e.event, pd.product_id, pr.props,
+               to_timestamp(floor(least($1 - 1, ix.ts_ep
+                 + CASE WHEN e.lvl >= 1 THEN 30 + 1200 * audience._demo_rand(ix.k, $2 # 401) ELSE 0 END
+                 + CASE WHEN e.lvl >= 2 THEN 120 + 172800 * power(audience._demo_rand(ix.k, $2 # 402), 4) ELSE 0 END)))
         FROM pg_temp._demo_ix ix
         JOIN pg_temp._demo_product pd ON pd.idx = ix.idx
         JOIN pg_temp._demo_price pr ON pr.idx = ix.idx AND pr.m = ix.m
         CROSS JOIN LATERAL (VALUES (0, 'product_viewed'), (1, 'product_added'), (2, 'order_completed')) AS e(lvl, event)
-        WHERE e.lvl < ix.depth$q$, sch) USING t_end, s;
+        WHERE e.lvl < ix.depth$q$, sch) USING t_end_ep, s;
     GET DIAGNOSTICS n_tracks = ROW_COUNT;
+    PERFORM setval(pg_get_serial_sequence(format('%I.tracks', sch), 'id'), greatest(n_tracks, 1), n_tracks > 0);
     EXECUTE format('ALTER TABLE %I.tracks ADD PRIMARY KEY (id)', sch);
 
     EXECUTE format($q$CREATE TABLE %I.wishlist_saves (
         user_id bigint NOT NULL, sku text NOT NULL, saved_at timestamptz NOT NULL)$q$, sch);
     EXECUTE format($q$INSERT INTO %I.wishlist_saves
         SELECT ix.user_id, pd.product_id,
-               date_trunc('second', least($1 - interval '1 second',
-                   ix.ts + (20 + 300 * audience._demo_rand(ix.k, $2 # 403)) * interval '1 second'))
+               to_timestamp(floor(least($1 - 1, ix.ts_ep + 20 + 300 * audience._demo_rand(ix.k, $2 # 403))))
         FROM pg_temp._demo_ix ix JOIN pg_temp._demo_product pd ON pd.idx = ix.idx
-        WHERE ix.wish$q$, sch) USING t_end, s;
+        WHERE ix.wish$q$, sch) USING t_end_ep, s;
     GET DIAGNOSTICS n_wish = ROW_COUNT;
 
     EXECUTE format('COMMENT ON TABLE %I.tracks IS %L', sch,

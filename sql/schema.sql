@@ -8,6 +8,7 @@ CREATE TABLE audience.catalogs (
     is_default      boolean NOT NULL DEFAULT false,
     description     text,
     active_model_id bigint,
+    build_settings  jsonb NOT NULL DEFAULT '{}',
     created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
@@ -187,3 +188,32 @@ SELECT c.name AS catalog, v.property, v.value, v.items, v.users, v.model_id
   FROM audience.catalogs c
   JOIN audience.property_values v ON v.model_id OPERATOR(pg_catalog.=) c.active_model_id;
 COMMENT ON VIEW audience.catalog_values IS 'Distinct values of each property in the active model, with item and user counts (as of the last build).';
+
+-- Backtest results of audience.evaluate, one row per method, value, variant and cut.
+CREATE TABLE audience.evaluations (
+    evaluation_id bigserial PRIMARY KEY,
+    catalog_id    integer NOT NULL REFERENCES audience.catalogs ON DELETE CASCADE,
+    property      text NOT NULL,
+    cutoff        timestamptz NOT NULL,
+    params        jsonb NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE TABLE audience.evaluation_results (
+    evaluation_id bigint NOT NULL REFERENCES audience.evaluations ON DELETE CASCADE,
+    method        text NOT NULL,
+    value         text NOT NULL,
+    cross_sell    boolean NOT NULL,
+    cut_pct       double precision NOT NULL,
+    audience_size bigint NOT NULL,
+    positives     bigint NOT NULL,
+    hits          bigint NOT NULL,
+    hit_rate      double precision,
+    recall        double precision,
+    lift          double precision,
+    auc           double precision
+);
+CREATE INDEX evaluation_results_by_run ON audience.evaluation_results (evaluation_id);
+COMMENT ON TABLE audience.evaluation_results IS 'Backtest metrics written by audience.evaluate: chart hit_rate and recall by method and cut.';
+SELECT pg_catalog.pg_extension_config_dump('audience.evaluations', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.evaluations_evaluation_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('audience.evaluation_results', '');

@@ -3,7 +3,8 @@
 //!
 //! # Design
 //!
-//! * User and item texts are interned to dense `u32` ids (FxHash map of boxed strings).
+//! * User and item texts are interned to dense `u32` ids (FxHash-hashed open-addressing table
+//!   with texts of up to 24 bytes stored inline: one cache miss per lookup).
 //! * Every accepted row appends one 25-byte [`Entry`] `(user, item, slot, time, value)` to a
 //!   vector; `slot` indexes the table of distinct half-lives seen (at most 256, `None` included).
 //! * An entry means "at time `time` (the latest event folded into it) the pair had decayed
@@ -27,7 +28,8 @@
 
 use crate::model::csr::Csr;
 use crate::util::codec::{invalid, CodecError, Reader, Writer};
-use crate::util::hash::FxHashMap;
+use crate::util::hash::FxHasher;
+use std::hash::Hasher;
 
 const MAGIC: [u8; 4] = *b"PGAA";
 const VERSION: u32 = 1;
@@ -107,74 +109,181 @@ fn sort_entries(v: &mut [Entry]) {
 
 /// First 8 bytes of a string as a big-endian integer (zero padded): orders like the bytes.
 #[inline]
-fn prefix8(s: &str) -> u64 {
-    let b = s.as_bytes();
+fn prefix8(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     let n = b.len().min(8);
     a[..n].copy_from_slice(&b[..n]);
     u64::from_be_bytes(a)
 }
 
-/// Maps texts to dense ids. Two representations: `map` while pushing (arbitrary ids), or
-/// `names` sorted by byte order with id == index (canonical; after sorting or deserializing).
-/// Exactly one is populated; the other is empty.
+/// Texts up to this many bytes are stored inline in the interner's hash slots.
+const INLINE: usize = 24;
+const EMPTY: u32 = 0;
+const LONG: u32 = u32::MAX;
+
+/// One slot of the interner's open-addressing table, half a cache line. `meta` is `EMPTY`,
+/// `len + 1` for an inline text (bytes in `data`, zero padded), or `LONG` (then `data` holds the
+/// 64-bit hash and the index of the text in `Interner::long`).
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Slot {
+    meta: u32,
+    id: u32,
+    data: [u8; INLINE],
+}
+
+const EMPTY_SLOT: Slot = Slot { meta: EMPTY, id: 0, data: [0; INLINE] };
+
+#[inline]
+fn hash_bytes(b: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(b);
+    h.write_u8(0xff);
+    h.finish()
+}
+
+/// Maps texts to dense ids. Two representations: a hash table while pushing (ids in first-seen
+/// order), or `names` sorted by byte order with id == index (canonical; after sorting or
+/// deserializing). Exactly one is populated.
+///
+/// The table is a linear-probing table whose slots hold short texts inline, so a lookup costs
+/// one cache miss (the slot) instead of two or three (control bytes, bucket, text).
 #[derive(Default)]
 struct Interner {
-    map: FxHashMap<Box<str>, u32>,
+    slots: Vec<Slot>,
+    /// Number of texts in the table.
+    n: usize,
+    /// Texts longer than `INLINE` (table mode only).
+    long: Vec<Box<str>>,
     names: Vec<Box<str>>,
-    /// `names` is authoritative (and sorted); `map` is empty.
+    /// `names` is authoritative (and sorted); the table is empty.
     sorted: bool,
     /// Total text bytes, for memory accounting.
     bytes: usize,
-    /// One-entry cache: consecutive rows often repeat the user.
-    last: String,
-    last_id: u32,
 }
 
 impl Interner {
     fn new() -> Self {
-        Interner { sorted: true, last_id: NO_ID, ..Default::default() }
+        Interner { sorted: true, ..Default::default() }
     }
 
     fn len(&self) -> usize {
         if self.sorted {
             self.names.len()
         } else {
-            self.map.len()
+            self.n
         }
     }
 
-    /// Switches to the map representation, keeping ids.
+    /// Switches to the table representation, keeping ids.
     #[cold]
     fn to_map(&mut self) {
         let names = std::mem::take(&mut self.names);
-        self.map.reserve(names.len());
-        for (i, n) in names.into_iter().enumerate() {
-            self.map.insert(n, i as u32);
-        }
         self.sorted = false;
+        self.n = 0;
+        self.long.clear();
+        let mut cap = 16usize;
+        while cap < 2 * names.len() + 2 {
+            cap *= 2;
+        }
+        self.slots = vec![EMPTY_SLOT; cap];
+        for n in names.into_iter() {
+            let id = self.n as u32;
+            let h = hash_bytes(n.as_bytes());
+            if n.len() <= INLINE {
+                self.insert_new(n.as_bytes(), h, id, None);
+            } else {
+                let copy = n.as_bytes().to_vec();
+                self.insert_new(&copy, h, id, Some(n));
+            }
+        }
+    }
+
+    /// Inserts a text known to be absent (may grow the table).
+    fn insert_new(&mut self, b: &[u8], h: u64, id: u32, owned: Option<Box<str>>) {
+        if 2 * (self.n + 1) > self.slots.len() {
+            self.grow();
+        }
+        let mut slot = Slot { meta: EMPTY, id, data: [0; INLINE] };
+        if b.len() <= INLINE {
+            slot.meta = b.len() as u32 + 1;
+            slot.data[..b.len()].copy_from_slice(b);
+        } else {
+            slot.meta = LONG;
+            slot.data[..8].copy_from_slice(&h.to_le_bytes());
+            slot.data[8..12].copy_from_slice(&(self.long.len() as u32).to_le_bytes());
+            let text = owned.unwrap_or_else(|| Box::from(std::str::from_utf8(b).expect("interned text is UTF-8")));
+            self.long.push(text);
+        }
+        let mask = self.slots.len() - 1;
+        let mut pos = h as usize & mask;
+        while self.slots[pos].meta != EMPTY {
+            pos = (pos + 1) & mask;
+        }
+        self.slots[pos] = slot;
+        self.n += 1;
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let new_cap = (self.slots.len() * 2).max(16);
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY_SLOT; new_cap]);
+        let mask = new_cap - 1;
+        for sl in old.into_iter().filter(|s| s.meta != EMPTY) {
+            let h = if sl.meta == LONG {
+                u64::from_le_bytes(sl.data[..8].try_into().unwrap())
+            } else {
+                hash_bytes(&sl.data[..sl.meta as usize - 1])
+            };
+            let mut pos = h as usize & mask;
+            while self.slots[pos].meta != EMPTY {
+                pos = (pos + 1) & mask;
+            }
+            self.slots[pos] = sl;
+        }
     }
 
     #[inline]
     fn intern(&mut self, s: &str) -> u32 {
-        if self.last_id != NO_ID && self.last.as_str() == s {
-            return self.last_id;
-        }
         if self.sorted {
             self.to_map();
         }
-        let id = match self.map.get(s) {
-            Some(&id) => id,
-            None => {
-                let id = u32::try_from(self.map.len()).ok().filter(|&i| i != NO_ID).expect("more than 2^32-1 distinct ids");
-                self.bytes += s.len();
-                self.map.insert(Box::from(s), id);
-                id
+        let b = s.as_bytes();
+        let h = hash_bytes(b);
+        let mask = self.slots.len() - 1;
+        let mut pos = h as usize & mask;
+        if b.len() <= INLINE {
+            let meta = b.len() as u32 + 1;
+            let mut key = [0u8; INLINE];
+            key[..b.len()].copy_from_slice(b);
+            loop {
+                let sl = &self.slots[pos];
+                if sl.meta == meta && sl.data == key {
+                    return sl.id;
+                }
+                if sl.meta == EMPTY {
+                    break;
+                }
+                pos = (pos + 1) & mask;
             }
-        };
-        self.last.clear();
-        self.last.push_str(s);
-        self.last_id = id;
+        } else {
+            loop {
+                let sl = &self.slots[pos];
+                if sl.meta == LONG && sl.data[..8] == h.to_le_bytes() {
+                    let idx = u32::from_le_bytes(sl.data[8..12].try_into().unwrap()) as usize;
+                    if &*self.long[idx] == s {
+                        return sl.id;
+                    }
+                }
+                if sl.meta == EMPTY {
+                    break;
+                }
+                pos = (pos + 1) & mask;
+            }
+        }
+        let id = u32::try_from(self.n).ok().filter(|&i| i != NO_ID).expect("more than 2^32-1 distinct ids");
+        self.bytes += b.len();
+        self.insert_new(b, h, id, None);
         id
     }
 
@@ -184,9 +293,19 @@ impl Interner {
         if self.sorted {
             return None;
         }
-        self.last_id = NO_ID;
-        let map = std::mem::take(&mut self.map);
-        let mut v: Vec<(u64, u32, Box<str>)> = map.into_iter().map(|(s, id)| (prefix8(&s), id, s)).collect();
+        let slots = std::mem::take(&mut self.slots);
+        let mut long = std::mem::take(&mut self.long);
+        let mut v: Vec<(u64, u32, Box<str>)> = Vec::with_capacity(self.n);
+        for sl in slots.into_iter().filter(|s| s.meta != EMPTY) {
+            let text: Box<str> = if sl.meta == LONG {
+                let idx = u32::from_le_bytes(sl.data[8..12].try_into().unwrap()) as usize;
+                std::mem::take(&mut long[idx])
+            } else {
+                Box::from(std::str::from_utf8(&sl.data[..sl.meta as usize - 1]).expect("interned text is UTF-8"))
+            };
+            v.push((prefix8(text.as_bytes()), sl.id, text));
+        }
+        drop(long);
         v.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
         let mut remap = vec![0u32; v.len()];
         let mut identity = true;
@@ -197,6 +316,7 @@ impl Interner {
             self.names.push(s);
         }
         self.sorted = true;
+        self.n = 0;
         if identity {
             None
         } else {
@@ -205,12 +325,14 @@ impl Interner {
     }
 
     fn memory_bytes(&self) -> usize {
-        let n = self.len();
-        self.map.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
+        // table mode: short texts live in the slots, long ones in their own allocation;
+        // sorted mode: every name is its own allocation (~16 bytes allocator overhead each).
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.long.capacity() * std::mem::size_of::<Box<str>>()
+            + self.long.len() * 16
             + self.names.capacity() * std::mem::size_of::<Box<str>>()
+            + self.names.len() * 16
             + self.bytes
-            + n * 16 // allocator overhead per string, roughly
-            + self.last.capacity()
     }
 }
 
@@ -862,8 +984,8 @@ impl Accumulator {
         let len = entries.len();
         Ok(Accumulator {
             n_props,
-            users: Interner { names: user_names, sorted: true, bytes: user_bytes, last_id: NO_ID, ..Default::default() },
-            items: Interner { names: item_names, sorted: true, bytes: item_bytes, last_id: NO_ID, ..Default::default() },
+            users: Interner { names: user_names, sorted: true, bytes: user_bytes, ..Default::default() },
+            items: Interner { names: item_names, sorted: true, bytes: item_bytes, ..Default::default() },
             hls,
             last_hl: None,
             entries,

@@ -308,6 +308,35 @@ pub fn params_json(p: &BuildParams) -> serde_json::Value {
     })
 }
 
+/// Merges explicit (non-null) build arguments into the catalog's remembered settings and returns
+/// the parameters to use: an argument given once applies to later builds (pg_cron, forget_user)
+/// until given again.
+pub fn remembered_params(cid: i32, explicit: serde_json::Value) -> BuildParams {
+    let explicit: serde_json::Map<String, serde_json::Value> = match explicit {
+        serde_json::Value::Object(m) => m.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+        _ => serde_json::Map::new(),
+    };
+    let merged = Spi::get_one_with_args::<pgrx::JsonB>(
+        "UPDATE audience.catalogs SET build_settings = build_settings || $2 WHERE catalog_id = $1 RETURNING build_settings",
+        &args![cid, pgrx::JsonB(serde_json::Value::Object(explicit))],
+    )
+    .or_raise("reading build settings")
+    .map(|j| j.0)
+    .unwrap_or_default();
+    let int = |k: &str| merged.get(k).and_then(|v| v.as_i64()).map(|v| v.clamp(i32::MIN as i64, i32::MAX as i64) as i32);
+    let num = |k: &str| merged.get(k).and_then(|v| v.as_f64());
+    build_params(
+        int("factors"),
+        int("iterations"),
+        num("regularization"),
+        num("alpha"),
+        int("neighbours"),
+        num("prior"),
+        num("activity_exp"),
+        num("knn_weight"),
+    )
+}
+
 /// Locks the catalog for a build (fails fast when another build holds it) and returns its id.
 pub fn lock_catalog(catalog: Option<&str>) -> i32 {
     Spi::get_one_with_args::<i32>("SELECT audience._lock_for_build($1)", &args![catalog])
@@ -342,8 +371,16 @@ fn build(
     ),
 > {
     let t0 = Instant::now();
-    let params = build_params(factors, iterations, regularization, alpha, neighbours, prior, activity_exp, knn_weight);
+    // Validate the explicit arguments before anything is stored.
+    build_params(factors, iterations, regularization, alpha, neighbours, prior, activity_exp, knn_weight);
     let cid = lock_catalog(catalog);
+    let params = remembered_params(
+        cid,
+        serde_json::json!({
+            "factors": factors, "iterations": iterations, "regularization": regularization, "alpha": alpha,
+            "neighbours": neighbours, "prior": prior, "activity_exp": activity_exp, "knn_weight": knn_weight,
+        }),
+    );
     let collected = collect(cid, None, until);
     let rows_read = collected.aff.rows as i64;
     if collected.aff.users.is_empty() {

@@ -1,5 +1,6 @@
 //! The thin SQL layer: `#[pg_extern]` wrappers that parse arguments, call the core and map errors.
 pub mod build;
 pub mod cache;
+pub mod evaluate;
 pub mod recommend;
 pub mod spi_util;

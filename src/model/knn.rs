@@ -16,8 +16,9 @@
 //! users who touched almost every item of a tiny catalogue) and the exclusion of the item itself.
 //!
 //! Cost is `sum_u df_u^2` multiply-adds: for each item `i`, the users of `i` are walked and each of
-//! their items accumulated into a dense per-thread `f32` buffer (plus a touched list), then a partial
-//! selection keeps the top `neighbours`. Items are processed in blocks handed out through an atomic
+//! their items accumulated into a dense per-thread `f32` buffer (plus a branch-free touched list,
+//! with the users' rows software-prefetched since the loop is memory-latency bound), then a bounded
+//! heap keeps the top `neighbours`. Items are processed in blocks handed out through an atomic
 //! counter; the calling thread works too and calls `check()` between its blocks (workers never call
 //! it; they stop at their next block once the caller was interrupted). Every item's row is computed in
 //! a fixed order, so the result does not depend on the number of threads.

@@ -1,0 +1,198 @@
+-- Saved audiences: an audience definition materialised into audience.audience_members, with
+-- who entered and who left at each refresh in audience.audience_changes, so sync tools ship
+-- only changes. Refreshing is one SQL call a pg_cron job can run.
+
+CREATE FUNCTION audience.refresh_audience(name text)
+RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    a audience.saved_audiences;
+    cat text;
+    mid bigint;
+    at timestamptz := clock_timestamp();
+    n_in bigint;
+    n_out bigint;
+    n bigint;
+BEGIN
+    PERFORM audience._check_name('audience name', refresh_audience.name);
+    -- Serialise refreshes of one audience.
+    SELECT * INTO a FROM audience.saved_audiences s WHERE s.name = refresh_audience.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'audience "%" does not exist', refresh_audience.name
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = coalesce('Saved audiences are: ' || (SELECT string_agg(format('%I', s.name), ', ' ORDER BY s.name) FROM audience.saved_audiences s) || '.', 'No audience is saved.'),
+                  HINT = 'Save one with audience.save_audience().';
+    END IF;
+    SELECT c.name, c.active_model_id INTO cat, mid FROM audience.catalogs c WHERE c.catalog_id = a.catalog_id;
+
+    CREATE TEMP TABLE IF NOT EXISTS pg_audience_refresh (user_id text PRIMARY KEY, score float8, rank bigint) ON COMMIT DROP;
+    TRUNCATE pg_audience_refresh;
+    INSERT INTO pg_audience_refresh
+    SELECT r.user_id, r.score, r.rank
+      FROM audience.recommend_audience(a.property, a."values", a.max_pct, catalog => cat, max_users => a.max_users,
+                                       min_score => a.min_score, exclude_engaged => a.exclude_engaged, lookback => a.lookback) r;
+
+    INSERT INTO audience.audience_changes (audience_id, refreshed_at, user_id, change, score)
+    SELECT a.audience_id, at, r.user_id, 'entered', r.score
+      FROM pg_audience_refresh r
+     WHERE NOT EXISTS (SELECT 1 FROM audience.audience_members m WHERE m.audience_id = a.audience_id AND m.user_id = r.user_id);
+    GET DIAGNOSTICS n_in = ROW_COUNT;
+    INSERT INTO audience.audience_changes (audience_id, refreshed_at, user_id, change, score)
+    SELECT a.audience_id, at, m.user_id, 'left', NULL
+      FROM audience.audience_members m
+     WHERE m.audience_id = a.audience_id
+       AND NOT EXISTS (SELECT 1 FROM pg_audience_refresh r WHERE r.user_id = m.user_id);
+    GET DIAGNOSTICS n_out = ROW_COUNT;
+
+    DELETE FROM audience.audience_members m
+     WHERE m.audience_id = a.audience_id
+       AND NOT EXISTS (SELECT 1 FROM pg_audience_refresh r WHERE r.user_id = m.user_id);
+    INSERT INTO audience.audience_members AS m (audience_id, user_id, score, rank, entered_at)
+    SELECT a.audience_id, r.user_id, r.score, r.rank, at FROM pg_audience_refresh r
+    ON CONFLICT (audience_id, user_id) DO UPDATE SET score = excluded.score, rank = excluded.rank;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    DROP TABLE pg_audience_refresh;
+
+    UPDATE audience.saved_audiences s SET refreshed_at = at, model_id = mid WHERE s.audience_id = a.audience_id;
+    RETURN QUERY SELECT a.name, n, n_in, n_out;
+END
+$fn$;
+COMMENT ON FUNCTION audience.refresh_audience(text) IS
+    'Recomputes a saved audience from the active model; records who entered and left in audience.audience_changes.';
+
+CREATE FUNCTION audience.save_audience(
+    name text,
+    property text,
+    value text[],
+    max_pct double precision,
+    catalog text DEFAULT NULL,
+    max_users bigint DEFAULT NULL,
+    min_score double precision DEFAULT NULL,
+    exclude_engaged boolean DEFAULT false,
+    lookback interval DEFAULT NULL,
+    replace boolean DEFAULT false)
+RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    cid integer;
+BEGIN
+    PERFORM audience._check_name('audience name', save_audience.name);
+    IF value IS NULL OR cardinality(value) = 0 THEN
+        RAISE EXCEPTION 'value cannot be null or empty' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    cid := audience._catalog_id(catalog);
+    -- Validate the definition once now (errors here leave nothing behind).
+    PERFORM 1 FROM audience.recommend_audience(property, value, max_pct, catalog => (SELECT c.name FROM audience.catalogs c WHERE c.catalog_id = cid),
+                                               max_users => max_users, min_score => min_score,
+                                               exclude_engaged => exclude_engaged, lookback => lookback) LIMIT 1;
+    IF EXISTS (SELECT 1 FROM audience.saved_audiences s WHERE s.name = save_audience.name) THEN
+        IF NOT replace THEN
+            RAISE EXCEPTION 'audience "%" already exists', save_audience.name
+                USING ERRCODE = 'duplicate_object',
+                      HINT = 'Refresh it with audience.refresh_audience(), or pass replace => true to change its definition.';
+        END IF;
+        UPDATE audience.saved_audiences s
+           SET catalog_id = cid, property = save_audience.property, "values" = save_audience.value,
+               max_pct = save_audience.max_pct, max_users = save_audience.max_users, min_score = save_audience.min_score,
+               exclude_engaged = coalesce(save_audience.exclude_engaged, false), lookback = save_audience.lookback
+         WHERE s.name = save_audience.name;
+    ELSE
+        INSERT INTO audience.saved_audiences (name, catalog_id, property, "values", max_pct, max_users, min_score, exclude_engaged, lookback)
+        VALUES (save_audience.name, cid, save_audience.property, save_audience.value, save_audience.max_pct, save_audience.max_users,
+                save_audience.min_score, coalesce(save_audience.exclude_engaged, false), save_audience.lookback);
+    END IF;
+    RETURN QUERY SELECT * FROM audience.refresh_audience(save_audience.name);
+END
+$fn$;
+COMMENT ON FUNCTION audience.save_audience(text, text, text[], double precision, text, bigint, double precision, boolean, interval, boolean) IS
+    'Saves an audience definition and materialises its members (see audience.refresh_audience).';
+
+CREATE FUNCTION audience.save_audience(
+    name text,
+    property text,
+    value text,
+    max_pct double precision,
+    catalog text DEFAULT NULL,
+    max_users bigint DEFAULT NULL,
+    min_score double precision DEFAULT NULL,
+    exclude_engaged boolean DEFAULT false,
+    lookback interval DEFAULT NULL,
+    replace boolean DEFAULT false)
+RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT * FROM audience.save_audience(name, property, CASE WHEN value IS NOT NULL THEN ARRAY[value] END, max_pct,
+                                         catalog, max_users, min_score, exclude_engaged, lookback, replace)
+$fn$;
+
+CREATE FUNCTION audience.refresh_all_audiences()
+RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT r.* FROM audience.saved_audiences s, LATERAL audience.refresh_audience(s.name) r ORDER BY s.name
+$fn$;
+COMMENT ON FUNCTION audience.refresh_all_audiences() IS 'Refreshes every saved audience (one call for a pg_cron job).';
+
+CREATE FUNCTION audience.drop_audience(name text, if_exists boolean DEFAULT false)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM audience._check_name('audience name', name);
+    DELETE FROM audience.saved_audiences s WHERE s.name = drop_audience.name;
+    IF NOT FOUND THEN
+        IF if_exists THEN
+            RAISE NOTICE 'audience "%" does not exist, skipping', name;
+            RETURN false;
+        END IF;
+        RAISE EXCEPTION 'audience "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN true;
+END
+$fn$;
+
+-- Right to be forgotten: deletes a user's rows from every registered event source of every
+-- catalog (the caller needs DELETE on them), from saved audiences and their history, and
+-- rebuilds the catalogs that had a model so no model keeps a trace of the user.
+CREATE FUNCTION audience.forget_user(user_id text, rebuild boolean DEFAULT true)
+RETURNS TABLE(catalog text, source text, rows_deleted bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    ev record;
+    n bigint;
+    c record;
+BEGIN
+    IF user_id IS NULL THEN
+        RAISE EXCEPTION 'user_id cannot be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    FOR ev IN SELECT e.*, ca.name AS catalog_name FROM audience.events e JOIN audience.catalogs ca USING (catalog_id)
+               ORDER BY ca.name, e.event_id LOOP
+        EXECUTE format('DELETE FROM %s s WHERE s.%I::pg_catalog.text OPERATOR(pg_catalog.=) $1',
+                       audience._relation(ev.source_schema, ev.source_table)::text, ev.user_column)
+           USING forget_user.user_id;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        catalog := ev.catalog_name;
+        source := format('%I.%I', ev.source_schema, ev.source_table);
+        rows_deleted := n;
+        RETURN NEXT;
+    END LOOP;
+    DELETE FROM audience.audience_members m WHERE m.user_id = forget_user.user_id;
+    DELETE FROM audience.audience_changes ch WHERE ch.user_id = forget_user.user_id;
+    IF rebuild THEN
+        FOR c IN SELECT ca.name FROM audience.catalogs ca WHERE ca.active_model_id IS NOT NULL ORDER BY ca.name LOOP
+            PERFORM audience.build(c.name);
+        END LOOP;
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION audience.forget_user(text, boolean) IS
+    'Deletes a user''s events from every registered source and saved audience, then rebuilds the models (right to be forgotten).';

@@ -1,0 +1,44 @@
+-- The pg_audience demo: a generated shop, a catalog, a model and an audience.
+-- Run by scripts/demo.sh against a fresh database with the extension installed.
+\set ON_ERROR_STOP on
+\pset footer off
+SET client_min_messages = warning;
+
+\echo '== 1. Generate a demo shop (schema demo): users, products, events over 6 months'
+SELECT * FROM audience.generate_demo_shop('demo');
+
+\echo '== 2. Register the catalog: three event types in one Segment-style table, one table per event type'
+SELECT audience.create_catalog('shop', description => 'Demo shop');
+SELECT audience.add_event('shop', 'demo.tracks', 'product_id', event_column => 'event', event_value => 'order_completed', weight => 5, half_life => '60 days');
+SELECT audience.add_event('shop', 'demo.tracks', 'product_id', event_column => 'event', event_value => 'product_added', weight => 3, half_life => '30 days');
+SELECT audience.add_event('shop', 'demo.tracks', 'product_id', event_column => 'event', event_value => 'product_viewed', weight => 1, half_life => '14 days');
+SELECT audience.add_event('shop', 'demo.wishlist_saves', 'sku', event_time => 'saved_at', weight => 2, half_life => '30 days');
+SELECT audience.map_property('shop', 'brand', column_name => 'brand', products => 'demo.products');
+SELECT audience.map_property('shop', 'price_band', column_name => 'price_band', products => 'demo.products');
+SELECT audience.map_property('shop', 'category', json_key => 'category', json_column => 'properties', event => e)
+  FROM unnest(ARRAY['order_completed', 'product_added', 'product_viewed']) e;
+SELECT audience.map_property('shop', 'category', column_name => 'category', products => 'demo.products');
+SELECT catalog, event, source, event_value, weight, half_life FROM audience.catalog_events ORDER BY event;
+
+\echo '== 3. Build the model inside the database'
+\timing on
+SELECT model_id, rows_read, users, items, pairs FROM audience.build('shop');
+\timing off
+SELECT property, count(*) AS "values", sum(items) AS items FROM audience.catalog_values GROUP BY property ORDER BY property;
+
+\echo '== 4. The top 5% audience for brand Nike'
+\timing on
+CREATE TEMP TABLE nike AS SELECT * FROM audience.recommend_audience('brand', 'Nike', 5);
+\timing off
+SELECT count(*) AS audience_size, round(min(score)::numeric, 4) AS min_score, round(max(score)::numeric, 4) AS max_score FROM nike;
+SELECT user_id, round(score::numeric, 4) AS score, rank, round(percentile::numeric, 2) AS percentile FROM nike ORDER BY rank LIMIT 10;
+
+\echo '== 5. Why the top 3 users are in it'
+SELECT n.user_id, e.item_id, p.brand, p.category, round(e.contribution::numeric, 3) AS contribution, e.reason
+  FROM (SELECT user_id FROM nike ORDER BY rank LIMIT 3) n,
+       LATERAL audience.explain('shop', n.user_id, 'brand', 'Nike', 3) e
+  JOIN demo.products p ON p.product_id = e.item_id
+ ORDER BY n.user_id, e.contribution DESC;
+
+\echo '== 6. Cross-sell: users who have not engaged with Nike yet'
+SELECT user_id, round(score::numeric, 4) AS score, rank FROM audience.recommend_audience('brand', 'Nike', 5, exclude_engaged => true) ORDER BY rank LIMIT 5;
