@@ -17,7 +17,6 @@ SELECT audience.map_property('shop', 'brand', column_name => 'brand', products =
 SELECT audience.map_property('shop', 'price_band', column_name => 'price_band', products => 'demo.products');
 SELECT audience.map_property('shop', 'category', json_key => 'category', json_column => 'properties', event => e)
   FROM unnest(ARRAY['order_completed', 'product_added', 'product_viewed']) e;
-SELECT audience.map_property('shop', 'category', column_name => 'category', products => 'demo.products');
 SELECT catalog, event, source, event_value, weight, half_life FROM audience.catalog_events ORDER BY event;
 
 \echo '== 3. Build the model inside the database'

@@ -82,7 +82,7 @@ BEGIN
         RAISE EXCEPTION 'users and months must be >= 1, events >= 0 and seed not null';
     END IF;
 
-    s := hashtextextended(generate_demo_shop.seed::text, 20240611);
+    s := hashfloat8extended(generate_demo_shop.seed, 20240611);
     t_start := t_end - make_interval(months => generate_demo_shop.months);
     span_s := extract(epoch FROM t_end - t_start);
     t_start_ep := extract(epoch FROM t_start);
@@ -327,6 +327,14 @@ BEGIN
            extract(epoch FROM t_end - a.active_from)::float8 / 86400 AS ndays,
            (floor(n_inter * a.cum_aw / a.tot_aw) - floor(n_inter * (a.cum_aw - a.aw) / a.tot_aw))::int AS n_int
     FROM a;
+    -- k0: the user's first interaction number, so that k0 + j numbers all interactions 1..n.
+    -- (Draw keys must stay below 2^32: hashint8extended folds the high half of a bigint into
+    -- the low half, so user_id * 2^32 + j would give correlated draws.)
+    ALTER TABLE pg_temp._demo_user ADD COLUMN k0 bigint;
+    UPDATE pg_temp._demo_user u SET k0 = z.k0
+    FROM (SELECT user_id, sum(n_int) OVER (ORDER BY user_id) - n_int AS k0 FROM pg_temp._demo_user) z
+    WHERE z.user_id = u.user_id;
+    ANALYZE pg_temp._demo_user;
     ALTER TABLE pg_temp._demo_user ADD PRIMARY KEY (user_id);
 
     -- ---------------------------------------------------------------- interactions ------------
@@ -334,11 +342,13 @@ BEGIN
     -- (favourite / persona list / global popularity noise), product, funnel depth
     -- (1 = view, 2 = + add, 3 = + order) and whether it was also saved to the wishlist.
     CREATE TEMP TABLE _demo_ix AS
+    SELECT fin.*,
+           -- first tracks id of this view's rows: ids follow the views' time order
+           sum(fin.depth) OVER (ORDER BY fin.ts_ep, fin.k ROWS UNBOUNDED PRECEDING) - fin.depth AS id0
+    FROM (
     SELECT pr.user_id, pr.k, pr.ts_ep, pr.idx,
            least(floor(pr.tau * generate_demo_shop.months)::int, generate_demo_shop.months - 1) AS m,
            f.depth,
-           -- first tracks id of this view's rows: ids follow the views' time order
-           sum(f.depth) OVER (ORDER BY pr.ts_ep, pr.k ROWS UNBOUNDED PRECEDING) - f.depth AS id0,
            f.u_wish < 0.02 * CASE WHEN pr.is_fav THEN 2.0 ELSE 1.0 END
                            * CASE WHEN pd.band_no >= 2 THEN 1.8 ELSE 1.0 END AS wish
     FROM (
@@ -378,8 +388,8 @@ BEGIN
                             FROM pg_temp._demo_user u
                             CROSS JOIN LATERAL generate_series(1, u.n_int) AS j
                             CROSS JOIN LATERAL (SELECT
-                                u.user_id * 4294967296 + j AS k,                        -- event key
-                                u.user_id * 4294967296 + (j - 1) / u.sess_len AS ks,    -- session key
+                                u.k0 + j AS k,                                          -- event key
+                                u.k0 + 1 + (j - 1) / u.sess_len * u.sess_len AS ks,     -- session key
                                 (j - 1) % u.sess_len AS pos) AS x
                             WHERE u.n_int > 0
                             OFFSET 0) t0
@@ -402,7 +412,10 @@ BEGIN
                   * CASE pd.band_no WHEN 3 THEN 0.6 WHEN 2 THEN 0.85 ELSE 1.0 END) AS p_add,
             least(0.95, 0.38 * CASE WHEN pr.is_fav THEN 1.4 ELSE 1.0 END
                   * CASE pd.band_no WHEN 3 THEN 0.7 WHEN 0 THEN 1.15 ELSE 1.0 END) AS p_ord) fp) f
-    ORDER BY pr.ts_ep, pr.k;
+    OFFSET 0) fin
+    ORDER BY fin.ts_ep, fin.k;
+
+    ANALYZE pg_temp._demo_ix;
 
     -- ---------------------------------------------------------------- target tables -----------
     EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', sch);

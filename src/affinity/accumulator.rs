@@ -103,8 +103,16 @@ fn dedupe_sorted(v: &mut [Entry], hls: &[Option<i64>]) -> usize {
     w + 1
 }
 
-fn sort_entries(v: &mut [Entry]) {
-    v.sort_unstable_by_key(|e| e.key());
+/// Sorts by (user, item, slot). When the ids fit, the key is packed into a `u64` (cheaper to
+/// compare than the general `u128` key); the order is the same either way.
+fn sort_entries(v: &mut [Entry], n_users: usize, n_items: usize) {
+    let bits = |n: usize| usize::BITS - n.leading_zeros();
+    let shift = 8 + bits(n_items);
+    if bits(n_users) + shift <= 64 {
+        v.sort_unstable_by_key(|e| ((e.user as u64) << shift) | ((e.item as u64) << 8) | e.slot as u64);
+    } else {
+        v.sort_unstable_by_key(|e| e.key());
+    }
 }
 
 /// First 8 bytes of a string as a big-endian integer (zero padded): orders like the bytes.
@@ -177,7 +185,7 @@ impl Interner {
 
     /// Switches to the table representation, keeping ids.
     #[cold]
-    fn to_map(&mut self) {
+    fn switch_to_table(&mut self) {
         let names = std::mem::take(&mut self.names);
         self.sorted = false;
         self.n = 0;
@@ -246,7 +254,7 @@ impl Interner {
     #[inline]
     fn intern(&mut self, s: &str) -> u32 {
         if self.sorted {
-            self.to_map();
+            self.switch_to_table();
         }
         let b = s.as_bytes();
         let h = hash_bytes(b);
@@ -337,7 +345,9 @@ impl Interner {
 }
 
 /// Merges two sorted, duplicate-free name lists; returns the union and both old -> new maps.
-fn merge_names(a: Vec<Box<str>>, b: Vec<Box<str>>) -> (Vec<Box<str>>, Option<Vec<u32>>, Option<Vec<u32>>) {
+type MergedNames = (Vec<Box<str>>, Option<Vec<u32>>, Option<Vec<u32>>);
+
+fn merge_names(a: Vec<Box<str>>, b: Vec<Box<str>>) -> MergedNames {
     let (na, nb) = (a.len(), b.len());
     let mut out = Vec::with_capacity(na + nb);
     let mut ra = Vec::with_capacity(na);
@@ -376,11 +386,60 @@ fn merge_names(a: Vec<Box<str>>, b: Vec<Box<str>>) -> (Vec<Box<str>>, Option<Vec
     (out, ra, rb)
 }
 
+/// A property value; short ones inline so the per-row comparison does not chase a pointer.
+/// Always holds valid UTF-8 (built from `&str` only).
+#[derive(Clone, Debug)]
+enum PText {
+    Inline { len: u8, buf: [u8; 22] },
+    Heap(Box<str>),
+}
+
+impl PText {
+    #[inline]
+    fn new(s: &str) -> PText {
+        if s.len() <= 22 {
+            let mut buf = [0u8; 22];
+            buf[..s.len()].copy_from_slice(s.as_bytes());
+            PText::Inline { len: s.len() as u8, buf }
+        } else {
+            PText::Heap(Box::from(s))
+        }
+    }
+
+    fn from_box(s: Box<str>) -> PText {
+        if s.len() <= 22 {
+            PText::new(&s)
+        } else {
+            PText::Heap(s)
+        }
+    }
+
+    #[inline]
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            PText::Inline { len, buf } => &buf[..*len as usize],
+            PText::Heap(b) => b.as_bytes(),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("property text is UTF-8")
+    }
+
+    /// Heap bytes owned (for memory accounting).
+    fn heap_len(&self) -> usize {
+        match self {
+            PText::Inline { .. } => 0,
+            PText::Heap(b) => b.len() + 16,
+        }
+    }
+}
+
 /// Latest non-null value of one property of one item.
 #[derive(Clone, Debug)]
 struct PropVal {
     time: i64,
-    value: Option<Box<str>>,
+    value: Option<PText>,
 }
 
 impl Default for PropVal {
@@ -390,20 +449,23 @@ impl Default for PropVal {
 }
 
 impl PropVal {
-    /// Latest time wins; on equal times the larger string wins. Returns the change in text bytes.
+    /// Latest time wins; on equal times the larger string wins. Returns the change in heap bytes.
     #[inline]
     fn update(&mut self, time: i64, v: &str) -> isize {
+        let vb = v.as_bytes();
         match &self.value {
-            Some(cur) if **cur == *v => {
+            Some(cur) if cur.as_bytes() == vb => {
                 if time > self.time {
                     self.time = time;
                 }
                 0
             }
             Some(cur) => {
-                if time > self.time || (time == self.time && v > &**cur) {
-                    let d = v.len() as isize - cur.len() as isize;
-                    self.value = Some(Box::from(v));
+                if time > self.time || (time == self.time && vb > cur.as_bytes()) {
+                    let old = cur.heap_len() as isize;
+                    let new = PText::new(v);
+                    let d = new.heap_len() as isize - old;
+                    self.value = Some(new);
                     self.time = time;
                     d
                 } else {
@@ -411,9 +473,11 @@ impl PropVal {
                 }
             }
             None => {
-                self.value = Some(Box::from(v));
+                let new = PText::new(v);
+                let d = new.heap_len() as isize;
+                self.value = Some(new);
                 self.time = time;
-                v.len() as isize
+                d
             }
         }
     }
@@ -423,12 +487,12 @@ impl PropVal {
         let Some(ov) = other.value else { return };
         let take = match &self.value {
             None => true,
-            Some(cur) => other.time > self.time || (other.time == self.time && *ov > **cur),
+            Some(cur) => other.time > self.time || (other.time == self.time && ov.as_bytes() > cur.as_bytes()),
         };
         if take {
             self.value = Some(ov);
             self.time = other.time;
-        } else if self.value.as_deref() == Some(&*ov) && other.time > self.time {
+        } else if self.value.as_ref().map(|c| c.as_bytes()) == Some(ov.as_bytes()) && other.time > self.time {
             self.time = other.time;
         }
     }
@@ -604,7 +668,7 @@ impl Accumulator {
         if p < n {
             let hls = &self.hls;
             let tail = &mut self.entries[p..];
-            sort_entries(tail);
+            sort_entries(tail, self.users.len(), self.items.len());
             let t = dedupe_sorted(tail, hls);
             self.entries.truncate(p + t);
             if p > 0 && self.entries[p - 1].key() >= self.entries[p].key() {
@@ -687,7 +751,7 @@ impl Accumulator {
                 e.slot = r[e.slot as usize];
             }
         }
-        sort_entries(&mut self.entries);
+        sort_entries(&mut self.entries, self.users.len(), self.items.len());
         let m = dedupe_sorted(&mut self.entries, &self.hls);
         self.entries.truncate(m);
         self.sorted_len = m;
@@ -866,7 +930,7 @@ impl Accumulator {
             w.put_i64s(&times);
             let flags: Vec<u8> = p.iter().map(|v| v.value.is_some() as u8).collect();
             w.put_bytes(&flags);
-            let vals: Vec<&str> = p.iter().filter_map(|v| v.value.as_deref()).collect();
+            let vals: Vec<&str> = p.iter().filter_map(|v| v.value.as_ref().map(|t| t.as_str())).collect();
             w.put_strs(&vals);
         }
         w.into_inner()
@@ -965,7 +1029,7 @@ impl Accumulator {
             }
             let mut vals: Vec<Box<str>> = Vec::new();
             r.get_strs_with(|s| {
-                prop_bytes += s.len();
+                prop_bytes += if s.len() > 22 { s.len() + 16 } else { 0 };
                 vals.push(Box::from(s));
             })?;
             if vals.len() != flags.iter().filter(|&&f| f == 1).count() {
@@ -975,7 +1039,7 @@ impl Accumulator {
             let p: Vec<PropVal> = times
                 .iter()
                 .zip(flags)
-                .map(|(&time, &f)| PropVal { time, value: if f == 1 { vals.next() } else { None } })
+                .map(|(&time, &f)| PropVal { time, value: if f == 1 { vals.next().map(PText::from_box) } else { None } })
                 .collect();
             props.push(p);
         }
@@ -1046,7 +1110,7 @@ impl Accumulator {
         let matrix = Csr { n_rows: n_users, n_cols: n_items, indptr, indices, data };
         let item_props = std::mem::take(&mut self.props)
             .into_iter()
-            .map(|p| p.into_iter().map(|v| v.value.map(String::from)).collect())
+            .map(|p| p.into_iter().map(|v| v.value.map(|t| t.as_str().to_owned())).collect())
             .collect();
         Affinity {
             users: std::mem::take(&mut self.users.names).into_iter().map(String::from).collect(),
@@ -1406,6 +1470,35 @@ mod tests {
         assert_eq!(get(&a, "bob", "a"), Some((1.0, 0)));
         assert_eq!(get(&a, "bob", "b"), Some((1.0, 0)));
         assert_eq!(a.matrix.indptr, vec![0, 1, 2, 3, 5, 6]);
+    }
+
+    #[test]
+    fn long_texts_and_many_ids() {
+        // texts longer than the inline slot size, plus enough ids to force table growth
+        let long_u = |k: usize| format!("a-very-long-user-identifier-{k:06}-with-padding");
+        let long_p = "a property value that is longer than twenty-two bytes";
+        let mut acc = Accumulator::new(1);
+        for k in (0..5000).rev() {
+            acc.push(&long_u(k), &format!("i{}", k % 7), 1.0, k as i64, None, Some(&[Some(long_p)]));
+            acc.push(&format!("u{k}"), &format!("item-{}-{}", k % 3, "x".repeat(30)), 2.0, 0, None, None);
+            acc.push(&long_u(k), &format!("i{}", k % 7), 0.5, 0, None, None);
+        }
+        let mut bytes = acc.serialize();
+        let mut back = Accumulator::deserialize(&bytes).unwrap();
+        back.push(&long_u(123), "i4", 1.0, 1, None, Some(&[Some("short")]));
+        back.push(&long_u(99_999), "i4", 1.0, 1, None, None);
+        assert_eq!(back.rows(), 15_002);
+        bytes = back.serialize();
+        let a = Accumulator::deserialize(&bytes).unwrap().finish();
+        assert_eq!(a.users.len(), 10_001);
+        assert!(a.users.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(get(&a, &long_u(123), "i4"), Some((2.5, 123)));
+        assert_eq!(get(&a, &long_u(99_999), "i4"), Some((1.0, 1)));
+        assert_eq!(get(&a, "u42", &format!("item-0-{}", "x".repeat(30))), Some((2.0, 0)));
+        let i4 = a.items.iter().position(|x| x == "i4").unwrap();
+        assert_eq!(a.item_props[0][i4].as_deref(), Some(long_p)); // k=4998 at t=4998 beats "short" at t=1
+        let i0 = a.items.iter().position(|x| x.starts_with("item-0")).unwrap();
+        assert_eq!(a.item_props[0][i0], None);
     }
 
     #[test]

@@ -113,6 +113,12 @@ fn _affinity_collect_sfunc(
     let acc = unsafe { state_mut(&mut state, fcinfo, n_props) };
     match props {
         Some(p) => {
+            if p.len() > acc.n_props() {
+                // The state was created by a row without properties (a source with no mapping):
+                // widen it once, keeping what it holds.
+                let old = std::mem::replace(acc, Accumulator::new(p.len()));
+                acc.merge(old);
+            }
             let vals: Vec<Option<&str>> = p.iter().collect();
             push_row(acc, user_id, item_id, weight, event_time, half_life, reference_time, Some(&vals));
         }

@@ -291,11 +291,24 @@ pub fn build_params(
         AudienceError::invalid("knn_weight must be between 0 and 1").raise();
     }
     let hybrid = HybridParams {
-        prior: finite_nonneg(prior, "prior", DEFAULT_HYBRID.prior),
+        // +infinity is the pure collaborative mode (the user's own history only scales the score).
+        prior: match prior {
+            Some(x) if x == f64::INFINITY => f32::INFINITY,
+            other => finite_nonneg(other, "prior", DEFAULT_HYBRID.prior),
+        },
         activity_exp: finite_nonneg(activity_exp, "activity_exp", DEFAULT_HYBRID.activity_exp),
         knn_weight: kw,
     };
     BuildParams { als, knn, hybrid }
+}
+
+/// A float for JSON, with +infinity as the string "Infinity" (JSON has no infinity).
+pub fn json_f32(x: f32) -> serde_json::Value {
+    if x == f32::INFINITY {
+        serde_json::Value::String("Infinity".into())
+    } else {
+        serde_json::json!(x)
+    }
 }
 
 pub fn params_json(p: &BuildParams) -> serde_json::Value {
@@ -304,7 +317,7 @@ pub fn params_json(p: &BuildParams) -> serde_json::Value {
             "factors": a.factors, "iterations": a.iterations, "regularization": a.regularization,
             "alpha": a.alpha, "cg_steps": a.cg_steps, "seed": a.seed })),
         "knn": p.knn.as_ref().map(|k| serde_json::json!({ "neighbours": k.neighbours, "k1": k.k1, "b": k.b })),
-        "hybrid": { "prior": p.hybrid.prior, "activity_exp": p.hybrid.activity_exp, "knn_weight": p.hybrid.knn_weight },
+        "hybrid": { "prior": json_f32(p.hybrid.prior), "activity_exp": p.hybrid.activity_exp, "knn_weight": p.hybrid.knn_weight },
     })
 }
 
@@ -324,7 +337,12 @@ pub fn remembered_params(cid: i32, explicit: serde_json::Value) -> BuildParams {
     .map(|j| j.0)
     .unwrap_or_default();
     let int = |k: &str| merged.get(k).and_then(|v| v.as_i64()).map(|v| v.clamp(i32::MIN as i64, i32::MAX as i64) as i32);
-    let num = |k: &str| merged.get(k).and_then(|v| v.as_f64());
+    let num = |k: &str| {
+        merged.get(k).and_then(|v| match v {
+            serde_json::Value::String(s) if s == "Infinity" => Some(f64::INFINITY),
+            v => v.as_f64(),
+        })
+    };
     build_params(
         int("factors"),
         int("iterations"),

@@ -1,6 +1,6 @@
 //! `audience.evaluate` (temporal backtest against SQL baselines) and `audience.tune` (choose the
 //! hybrid knobs by temporal validation on the user's own data).
-use crate::api::build::{collect, remembered_params, train, BuildParams, Collected};
+use crate::api::build::{collect, json_f32, remembered_params, train, BuildParams, Collected};
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{AudienceError, OrRaise};
 use crate::model::stored::{Model, Property};
@@ -269,7 +269,7 @@ fn evaluate(
     }
     let params_json = serde_json::json!({
         "holdout_seconds": h as f64 / 1e6,
-        "tuned": tuned.map(|(p, obj)| serde_json::json!({"prior": p.prior, "activity_exp": p.activity_exp, "knn_weight": p.knn_weight, "objective": obj})),
+        "tuned": tuned.map(|(p, obj)| serde_json::json!({"prior": json_f32(p.prior), "activity_exp": p.activity_exp, "knn_weight": p.knn_weight, "objective": obj})),
         "model": crate::api::build::params_json(&params),
         "seconds": { "als": trained.als_seconds, "knn": trained.knn_seconds },
     });
@@ -325,7 +325,7 @@ fn tune(
         "UPDATE audience.catalogs SET build_settings = build_settings || $2 WHERE catalog_id = $1 RETURNING 1",
         &args![
             cid,
-            pgrx::JsonB(serde_json::json!({"prior": p.prior, "activity_exp": p.activity_exp, "knn_weight": p.knn_weight}))
+            pgrx::JsonB(serde_json::json!({"prior": json_f32(p.prior), "activity_exp": p.activity_exp, "knn_weight": p.knn_weight}))
         ],
         |_| (),
     );
