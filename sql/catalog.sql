@@ -563,7 +563,7 @@ BEGIN
             'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, %L::pg_catalog.interval AS h, %s AS p FROM %s s WHERE %s',
             ev.user_column, ev.product_column,
             CASE WHEN ev.weight_column IS NULL THEN format('%s::pg_catalog.float8', ev.weight)
-                 ELSE format('(%s::pg_catalog.float8 OPERATOR(pg_catalog.*) s.%I::pg_catalog.float8)', ev.weight, ev.weight_column) END,
+                 ELSE format('(%s::pg_catalog.float8 OPERATOR(pg_catalog.*) pg_catalog.coalesce(s.%I::pg_catalog.float8, 1))', ev.weight, ev.weight_column) END,
             texpr, ev.half_life,
             CASE WHEN array_length(exprs, 1) IS NULL OR NOT EXISTS (SELECT 1 FROM audience.property_mappings pm WHERE pm.event_id = ev.event_id)
                  THEN 'NULL::pg_catalog.text[]'

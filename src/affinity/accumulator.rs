@@ -636,6 +636,12 @@ impl Accumulator {
         s
     }
 
+    /// Whether a row with this half-life can be pushed: a state holds at most `MAX_SLOTS`
+    /// distinct half-lives (callers report an error instead of pushing).
+    pub fn accepts_half_life(&self, hl: Option<i64>) -> bool {
+        self.hls.len() < MAX_SLOTS || self.hls.contains(&hl)
+    }
+
     /// Sets the time decay is measured to; `None` = the latest event time seen.
     pub fn set_reference(&mut self, ref_us: Option<i64>) {
         self.reference = ref_us;

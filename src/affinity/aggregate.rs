@@ -74,6 +74,12 @@ fn push_row(
         Some(r) if time > r => r,
         _ => time,
     };
+    if !acc.accepts_half_life(half_life) {
+        AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, "too many distinct half-life values in one affinity aggregate")
+            .detail("One aggregate call supports at most 256 distinct half-lives.")
+            .hint("Use one half-life per event type.")
+            .raise();
+    }
     acc.push(user, item, weight.unwrap_or(1.0), time, half_life, props);
 }
 

@@ -396,7 +396,7 @@ fn build(
         cid,
         serde_json::json!({
             "factors": factors, "iterations": iterations, "regularization": regularization, "alpha": alpha,
-            "neighbours": neighbours, "prior": prior, "activity_exp": activity_exp, "knn_weight": knn_weight,
+            "neighbours": neighbours, "prior": prior.map(|p| json_f32(p as f32)), "activity_exp": activity_exp, "knn_weight": knn_weight,
         }),
     );
     let collected = collect(cid, None, until);
