@@ -44,17 +44,20 @@ def load_csv(path: str):
         users, items = df["user"].to_numpy(), df["item"].to_numpy()
         weights = df["weight"].astype(np.float32).to_numpy()
     except ImportError:
-        u, i, w = [], [], []
+        # plain csv: map ids to codes while reading (keeps memory at ~12 bytes per row)
+        from array import array
+
+        umap, imap = {}, {}
+        uc, ic, w = array("i"), array("i"), array("f")
         with open(path, newline="") as f:
-            rd = csv.reader(f)
-            first = next(rd, None)
-            if first is not None and len(first) >= 3 and _is_number(first[2]):
-                u.append(first[0]); i.append(first[1]); w.append(float(first[2]))
-            for row in rd:
-                if len(row) >= 3:
-                    u.append(row[0]); i.append(row[1]); w.append(float(row[2]))
-        users, items = np.array(u), np.array(i)
-        weights = np.array(w, dtype=np.float32)
+            for n, row in enumerate(csv.reader(f)):
+                if len(row) < 3 or (n == 0 and not _is_number(row[2])):
+                    continue
+                uc.append(umap.setdefault(row[0], len(umap)))
+                ic.append(imap.setdefault(row[1], len(imap)))
+                w.append(float(row[2]))
+        return (np.frombuffer(uc, dtype=np.int32), np.frombuffer(ic, dtype=np.int32),
+                np.frombuffer(w, dtype=np.float32), len(umap), len(imap))
     uids, ucode = np.unique(users, return_inverse=True)
     iids, icode = np.unique(items, return_inverse=True)
     return ucode, icode, weights, len(uids), len(iids)

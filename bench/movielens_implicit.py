@@ -344,7 +344,7 @@ def main() -> int:
 
     # ---- hybrid prior/beta on validation
     knn_val, _ = fit_knn(val.R, 100, threads)
-    hyb_grid = [(p, b) for p in (0.5, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0) for b in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    hyb_grid = [(p, b) for p in (0.5, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0) for b in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)]
     best_h = None
     hyb_val = []
     M0 = memberships[sel_prop]

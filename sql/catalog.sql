@@ -262,7 +262,6 @@ DECLARE
     ename text;
     t regtype;
 BEGIN
-    PERFORM audience._check_name('catalog name', catalog);
     cid := audience._catalog_id(catalog);
     PERFORM audience._check_source(source);
     PERFORM audience._check_id_column(source, product_id, 'product id column');
@@ -398,7 +397,6 @@ DECLARE
     ev record;
     n integer := 0;
 BEGIN
-    PERFORM audience._check_name('catalog name', catalog);
     cid := audience._catalog_id(catalog);
     PERFORM audience._check_name('property name', property);
     IF (column_name IS NULL) = (json_key IS NULL) THEN
@@ -498,7 +496,7 @@ BEGIN
             OR m.event_id = (SELECT e.event_id FROM audience.events e WHERE e.catalog_id = cid AND e.name = unmap_property.event));
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n = 0 THEN
-        RAISE EXCEPTION 'property "%" is not mapped%', property, coalesce(format(' for event "%s"', event), '')
+        RAISE EXCEPTION 'property "%" is not mapped%', property, CASE WHEN event IS NULL THEN '' ELSE format(' for event "%s"', event) END
             USING ERRCODE = 'undefined_object',
                   DETAIL = coalesce('Mapped properties are: ' || (SELECT string_agg(DISTINCT format('%I', m.property), ', ') FROM audience.property_mappings m WHERE m.catalog_id = cid) || '.', 'No property is mapped.');
     END IF;

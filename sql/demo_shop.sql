@@ -262,9 +262,9 @@ BEGIN
     FROM pg_temp._demo_product p
     CROSS JOIN generate_series(0, generate_demo_shop.months - 1) AS m(m)
     CROSS JOIN LATERAL (SELECT
-        (1 + 0.04 * (audience._demo_rand(p.idx * 1000 + m.m, s # 111) - 0.5) * (m.m - generate_demo_shop.months + 1))
-        * CASE WHEN audience._demo_rand(p.idx * 1000 + m.m, s # 112) < 0.12
-               THEN 0.7 + 0.2 * audience._demo_rand(p.idx * 1000 + m.m, s # 113) ELSE 1 END AS f) q;
+        (1 + 0.04 * (audience._demo_rand(p.idx::bigint * 1000 + m.m, s # 111) - 0.5) * (m.m - generate_demo_shop.months + 1))
+        * CASE WHEN audience._demo_rand(p.idx::bigint * 1000 + m.m, s # 112) < 0.12
+               THEN 0.7 + 0.2 * audience._demo_rand(p.idx::bigint * 1000 + m.m, s # 113) ELSE 1 END AS f) q;
     ALTER TABLE pg_temp._demo_price ADD PRIMARY KEY (idx, m);
 
     -- ---------------------------------------------------------------- users -------------------

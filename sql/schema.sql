@@ -73,7 +73,8 @@ CREATE TABLE audience.models (
 );
 COMMENT ON TABLE audience.models IS 'Trained models with their parameters and build statistics (rows read, seconds per phase, memory).';
 
-ALTER TABLE audience.catalogs ADD FOREIGN KEY (active_model_id) REFERENCES audience.models (model_id) ON DELETE SET NULL DEFERRABLE INITIALLY DEFERRED;
+-- catalogs.active_model_id has no foreign key on purpose: models already reference catalogs, and
+-- pg_dump orders the data of configuration tables by their foreign keys, which a cycle would break.
 
 -- The model's arrays (id maps, affinity matrix, factors, neighbours, item properties) in the
 -- extension's binary format, cut into chunks below the 1 GB field limit.

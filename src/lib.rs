@@ -18,6 +18,12 @@ pub mod util;
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // Errors raised inside SPI calls come back through a Rust panic; with RUST_BACKTRACE set in
+    // the server's environment pgrx would append a Rust backtrace to the user's DETAIL line.
+    // Keep error text clean unless RUST_LIB_BACKTRACE is set explicitly.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     guc::init();
 }
 

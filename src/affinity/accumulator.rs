@@ -542,6 +542,46 @@ pub struct Affinity {
     pub max_time_us: i64,
 }
 
+impl Affinity {
+    /// Drops users and items left without any stored pair (all their affinity was <= 0), so
+    /// user counts and percentiles only count users with evidence. Order is kept.
+    pub fn without_empty(self) -> Affinity {
+        let m = &self.matrix;
+        let mut item_used = vec![false; m.n_cols];
+        for &c in &m.indices {
+            item_used[c as usize] = true;
+        }
+        let user_used: Vec<bool> = (0..m.n_rows).map(|r| m.indptr[r + 1] > m.indptr[r]).collect();
+        if item_used.iter().all(|&b| b) && user_used.iter().all(|&b| b) {
+            return self;
+        }
+        let mut new_col = vec![u32::MAX; m.n_cols];
+        let mut items = Vec::new();
+        for (c, name) in self.items.into_iter().enumerate() {
+            if item_used[c] {
+                new_col[c] = items.len() as u32;
+                items.push(name);
+            }
+        }
+        let users: Vec<String> = self.users.into_iter().zip(&user_used).filter(|(_, &u)| u).map(|(n, _)| n).collect();
+        let mut indptr = vec![0usize];
+        for r in 0..m.n_rows {
+            if user_used[r] {
+                indptr.push(m.indptr[r + 1] - m.indptr[r] + indptr.last().unwrap());
+            }
+        }
+        // Column order is kept by the remap (it is monotonic), so rows stay sorted.
+        let indices = m.indices.iter().map(|&c| new_col[c as usize]).collect();
+        let matrix = Csr { n_rows: users.len(), n_cols: items.len(), indptr, indices, data: m.data.clone() };
+        let item_props = self
+            .item_props
+            .into_iter()
+            .map(|col| col.into_iter().zip(&item_used).filter(|(_, &u)| u).map(|(v, _)| v).collect())
+            .collect();
+        Affinity { users, items, matrix, item_props, ..self }
+    }
+}
+
 impl Accumulator {
     /// A new state for events carrying `n_props` mapped item properties.
     pub fn new(n_props: usize) -> Self {
@@ -1511,5 +1551,20 @@ mod tests {
     #[should_panic(expected = "half-life must be positive")]
     fn non_positive_half_life_panics() {
         Accumulator::new(0).push("u", "i", 1.0, 0, Some(0), None);
+    }
+
+    #[test]
+    fn without_empty_drops_users_and_items_without_pairs() {
+        let mut a = Accumulator::new(1);
+        a.push("u1", "i1", 1.0, 0, None, Some(&[Some("x")]));
+        a.push("u2", "i2", 1.0, 0, None, Some(&[Some("y")]));
+        a.push("u2", "i2", -2.0, 0, None, None);
+        a.push("u3", "i3", 2.0, 0, None, Some(&[Some("z")]));
+        let f = a.finish().without_empty();
+        assert_eq!(f.users, vec!["u1", "u3"]);
+        assert_eq!(f.items, vec!["i1", "i3"]);
+        assert_eq!(f.matrix.row(1), (&[1u32][..], &[2.0f32][..]));
+        assert_eq!(f.item_props, vec![vec![Some("x".to_string()), Some("z".to_string())]]);
+        assert_eq!(f.last_seen.len(), f.matrix.nnz());
     }
 }

@@ -181,7 +181,7 @@ fn _affinity_final_jsonb(mut state: Internal) -> pgrx::JsonB {
         Some(acc) => std::mem::replace(acc, Accumulator::new(0)),
         None => Accumulator::new(0),
     };
-    let aff = acc.finish();
+    let aff = acc.finish().without_empty();
     let mut users = serde_json::Map::with_capacity(aff.users.len());
     for (u, name) in aff.users.iter().enumerate() {
         let (cols, vals) = aff.matrix.row(u);

@@ -53,7 +53,7 @@ pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<Tim
     let acc = take_stashed(token).unwrap_or_else(|| AudienceError::internal("the scan's state was lost").raise());
     let state_bytes = acc.memory_bytes();
     pgrx::check_for_interrupts!();
-    let aff = acc.finish();
+    let aff = acc.finish().without_empty();
     let scan_seconds = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();

@@ -4,3 +4,4 @@ pub mod cache;
 pub mod evaluate;
 pub mod recommend;
 pub mod spi_util;
+mod tests;

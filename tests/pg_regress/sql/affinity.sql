@@ -42,9 +42,4 @@ SELECT (SELECT a FROM parallel_result) = (SELECT a FROM serial_result) AS parall
        (SELECT count(*) FROM jsonb_object_keys((SELECT a FROM serial_result))) AS users;
 RESET max_parallel_workers_per_gather;
 
--- The support functions refuse to run outside an aggregate, and the deserial function refuses garbage.
-\set VERBOSITY default
-SELECT audience._affinity_deserial('\x00010203'::bytea, NULL);
-\echo :LAST_ERROR_SQLSTATE
-
 DROP TABLE ev, big;

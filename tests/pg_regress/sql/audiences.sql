@@ -12,8 +12,8 @@ SELECT u, format('%s-%s', CASE WHEN u <= 6 THEN 'rock' ELSE 'jazz' END, (u + k) 
        '2024-03-01'::timestamptz + (u + k) * interval '1 hour'
   FROM generate_series(1, 12) u, generate_series(1, 4) k;
 INSERT INTO a.plays VALUES (6, 'jazz-1', 'jazz', '2024-03-02');
-SELECT audience.create_catalog('music');
-SELECT audience.add_event('music', 'a.plays', 'song', event_time => 'played_at');
+SELECT audience.create_catalog('music') IS NOT NULL AS ok;
+SELECT audience.add_event('music', 'a.plays', 'song', event_time => 'played_at') IS NOT NULL AS ok;
 SELECT audience.map_property('music', 'genre', column_name => 'genre');
 SELECT users, items FROM audience.build('music', factors => 2, neighbours => 3);
 
@@ -27,11 +27,12 @@ INSERT INTO a.plays SELECT 1, 'jazz-' || k, 'jazz', '2024-03-03'::timestamptz + 
 SELECT users FROM audience.build('music');
 SELECT * FROM audience.refresh_audience('jazz fans');
 SELECT user_id, change FROM audience.audience_changes c JOIN audience.saved_audiences s USING (audience_id)
- WHERE s.name = 'jazz fans' ORDER BY refreshed_at, change, user_id;
+ WHERE s.name = 'jazz fans' ORDER BY c.refreshed_at, c.change, c.user_id;
 -- The one call a pg_cron job runs (see README): rebuild, then refresh every saved audience.
 SELECT audience, members FROM audience.refresh_all_audiences();
 
 \set VERBOSITY default
+\set SHOW_CONTEXT never
 SELECT * FROM audience.save_audience('jazz fans', 'genre', 'jazz', 25);
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM audience.save_audience('bad', 'genre', 'jazz', 250);

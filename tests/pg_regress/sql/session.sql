@@ -23,14 +23,15 @@ SELECT format('u%s', lpad(u::text, 2, '0')),
        '2024-01-01'::timestamptz + (u * 5 + k * 7) % 60 * interval '1 day'
   FROM generate_series(1, 24) u, generate_series(1, 2) k;
 
-SELECT audience.create_catalog('demo');
-SELECT audience.add_event('demo', 's.orders', 'product_id', user_id => 'customer', event_time => 'ordered_at', weight => 5, half_life => '30 days');
-SELECT audience.add_event('demo', 's.views', 'product_id', user_id => 'customer', event_time => 'viewed_at', weight => 1, half_life => '14 days');
-SELECT audience.map_property('demo', 'brand', column_name => 'brand', products => 's.products');
-SELECT audience.map_property('demo', 'category', column_name => 'category', products => 's.products');
+SELECT audience.create_catalog('demo') IS NOT NULL AS ok;
+SELECT audience.add_event('demo', 's.orders', 'product_id', user_id => 'customer', event_time => 'ordered_at', weight => 5, half_life => '30 days') IS NOT NULL AS ok;
+SELECT audience.add_event('demo', 's.views', 'product_id', user_id => 'customer', event_time => 'viewed_at', weight => 1, half_life => '14 days') IS NOT NULL AS ok;
+SELECT audience.map_property('demo', 'brand', column_name => 'brand', products => 's.products') IS NOT NULL AS ok;
+SELECT audience.map_property('demo', 'category', column_name => 'category', products => 's.products') IS NOT NULL AS ok;
 
 -- Before the first build there is no model:
 \set VERBOSITY default
+\set SHOW_CONTEXT never
 SELECT * FROM audience.recommend_audience('brand', 'Nike', 10);
 \echo :LAST_ERROR_SQLSTATE
 
@@ -38,7 +39,7 @@ SELECT model_id > 0 AS built, rows_read, users, items, pairs FROM audience.build
 SELECT catalog, property, value, items, users FROM audience.catalog_values ORDER BY property, value;
 
 -- The top 25% of users for Nike: the Nike fans first.
-SELECT user_id, round(score::numeric, 3) AS score, rank, percentile FROM audience.recommend_audience('brand', 'Nike', 25);
+SELECT user_id, round(score::numeric, 3) AS score, rank, round(percentile::numeric, 2) AS percentile FROM audience.recommend_audience('brand', 'Nike', 25);
 -- Several values at once, an absolute cap and a minimum score.
 SELECT user_id, rank FROM audience.recommend_audience('brand', ARRAY['Adidas', 'Puma'], 50, max_users => 5);
 SELECT count(*) FROM audience.recommend_audience('brand', 'Nike', 100, min_score => 1);

@@ -1,0 +1,124 @@
+//! `#[pg_test]`s for SQL-surface edge cases (each runs in a transaction that is rolled back).
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn run(sql: &str) {
+        Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    fn values(property: &str) -> Vec<String> {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT value FROM audience.catalog_values WHERE property = $1 ORDER BY value",
+                None,
+                &[property.into()],
+            )
+            .unwrap()
+            .map(|r| r.get::<String>(1).unwrap().unwrap())
+            .collect()
+        })
+    }
+
+    /// Quoted names everywhere: a mixed-case schema, table and columns with spaces and quotes.
+    #[pg_test]
+    fn names_needing_quotes_work() {
+        run(r#"CREATE SCHEMA "My Shop";
+               CREATE TABLE "My Shop"."Order ""Lines""" ("User Id" text, "Product-Id" int, "When" date, "Brand Name" text);
+               INSERT INTO "My Shop"."Order ""Lines""" VALUES ('a', 1, '2024-01-01', 'X'), ('b', 2, '2024-01-02', 'Y'), ('a', 2, '2024-01-03', 'Y');
+               SELECT audience.create_catalog('Quoted "Cat"');
+               SELECT audience.add_event('Quoted "Cat"', '"My Shop"."Order ""Lines"""', 'Product-Id', user_id => 'User Id', event_time => 'When');
+               SELECT audience.map_property('Quoted "Cat"', 'brand', column_name => 'Brand Name');
+               SELECT audience.build('Quoted "Cat"', factors => 2, neighbours => 2);"#);
+        assert_eq!(values("brand"), vec!["X", "Y"]);
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM audience.recommend_audience('brand', 'Y', 100, catalog => 'Quoted \"Cat\"')")
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+
+    /// Multi-valued properties: array columns, delimited strings and JSON arrays.
+    #[pg_test]
+    fn multi_valued_properties_split() {
+        run(r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, props jsonb, tags text[], genres text);
+               INSERT INTO ev VALUES
+                 (1, 'm1', '2024-01-01', '{"cast": ["Ann", "Bob"]}', '{red,blue}', 'Action|Comedy'),
+                 (2, 'm2', '2024-01-02', '{"cast": "Cid"}', '{blue}', 'Drama');
+               SELECT audience.create_catalog('m');
+               SELECT audience.add_event('m', 'ev', 'product_id');
+               SELECT audience.map_property('m', 'cast', json_key => 'cast', json_column => 'props');
+               SELECT audience.map_property('m', 'tag', column_name => 'tags');
+               SELECT audience.map_property('m', 'genre', column_name => 'genres', delimiter => '|');
+               SELECT audience.build('m', factors => 2, neighbours => 2);"#);
+        assert_eq!(values("cast"), vec!["Ann", "Bob", "Cid"]);
+        assert_eq!(values("tag"), vec!["blue", "red"]);
+        assert_eq!(values("genre"), vec!["Action", "Comedy", "Drama"]);
+        let users = Spi::get_one::<i64>("SELECT users FROM audience.catalog_values WHERE property = 'tag' AND value = 'blue'")
+            .unwrap()
+            .unwrap();
+        assert_eq!(users, 2);
+    }
+
+    /// Conflicting values for one item: the most recent event wins; a products table wins over events.
+    #[pg_test]
+    fn most_recent_event_wins_and_products_table_overrides() {
+        run(r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, brand text, cat text);
+               INSERT INTO ev VALUES (1, 'p', '2024-01-01', 'Old', 'c1'), (2, 'p', '2024-02-01', 'New', 'c2'), (3, 'p', '2024-01-15', 'Mid', 'c3');
+               CREATE TABLE products (product_id text, cat text);
+               INSERT INTO products VALUES ('p', 'catalogued');
+               SELECT audience.create_catalog('w');
+               SELECT audience.add_event('w', 'ev', 'product_id');
+               SELECT audience.map_property('w', 'brand', column_name => 'brand');
+               SELECT audience.map_property('w', 'cat', column_name => 'cat');
+               SELECT audience.map_property('w', 'cat', column_name => 'cat', products => 'products');
+               SELECT audience.build('w', factors => 2, neighbours => 2);"#);
+        assert_eq!(values("brand"), vec!["New"]);
+        assert_eq!(values("cat"), vec!["catalogued"]);
+    }
+
+    /// A source whose events carry no property mapping, read in the same scan as one that does.
+    #[pg_test]
+    fn sources_with_and_without_mappings_mix() {
+        run(r#"CREATE TABLE views (user_id int, product_id text, "timestamp" timestamptz);
+               CREATE TABLE orders (user_id int, product_id text, "timestamp" timestamptz, brand text);
+               INSERT INTO views SELECT g, 'p' || (g % 5), '2024-01-01' FROM generate_series(1, 50) g;
+               INSERT INTO orders VALUES (1, 'p1', '2024-01-02', 'B1'), (2, 'p2', '2024-01-02', 'B2');
+               SELECT audience.create_catalog('mix');
+               SELECT audience.add_event('mix', 'views', 'product_id');
+               SELECT audience.add_event('mix', 'orders', 'product_id', weight => 5);
+               SELECT audience.map_property('mix', 'brand', column_name => 'brand', event => 'orders');
+               SELECT audience.build('mix', factors => 2, neighbours => 2);"#);
+        assert_eq!(values("brand"), vec!["B1", "B2"]);
+    }
+
+    /// Ids of any scalar type come out as text; NULL ids and times are skipped, not errors.
+    #[pg_test]
+    fn id_types_and_null_rows() {
+        run(r#"CREATE TABLE ev (user_id uuid, product_id bigint, ts bigint);
+               INSERT INTO ev VALUES ('00000000-0000-0000-0000-000000000001', 10, 1700000000),
+                                     ('00000000-0000-0000-0000-000000000002', 10, 1700000100),
+                                     (NULL, 10, 1700000000), ('00000000-0000-0000-0000-000000000003', NULL, 1700000000),
+                                     ('00000000-0000-0000-0000-000000000004', 11, NULL);
+               SELECT audience.create_catalog('ids');
+               SELECT audience.add_event('ids', 'ev', 'product_id', event_time => 'ts');"#);
+        let (rows, users) = Spi::get_two::<i64, i64>("SELECT rows_read, users FROM audience.build('ids', factors => 2, neighbours => 2)").unwrap();
+        assert_eq!((rows, users), (Some(2), Some(2)));
+    }
+
+    #[pg_test(error = "catalog \"nope\" does not exist")]
+    fn unknown_catalog_is_an_error() {
+        run("SELECT audience.build('nope')");
+    }
+
+    #[pg_test(error = "max_pct must be greater than 0 and at most 100")]
+    fn max_pct_out_of_range() {
+        run(r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, b text);
+               INSERT INTO ev VALUES (1, 'p', now(), 'x');
+               SELECT audience.create_catalog('r');
+               SELECT audience.add_event('r', 'ev', 'product_id');
+               SELECT audience.map_property('r', 'b', column_name => 'b');
+               SELECT audience.build('r', factors => 2, neighbours => 2);
+               SELECT * FROM audience.recommend_audience('b', 'x', 'NaN');"#);
+    }
+}
