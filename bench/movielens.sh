@@ -133,8 +133,11 @@ fi
 
 echo "split: $split_desc; evaluating: $PROPERTIES" >&2
 for prop in $PROPERTIES; do
-    psqlq -d "$DB" -At -c "SELECT 'evaluated $prop in ' || round(eval_s::numeric, 1) || ' s; tuned ' || coalesce((eval_params->'tuned')::text, '-')
-                             FROM bench.runs WHERE run_id = bench.evaluate('main', 'ml', '$prop', $holdout_sql)" >&2
+    psqlq -d "$DB" -At >&2 <<SQL
+SELECT bench.evaluate('main', 'ml', '$prop', $holdout_sql) AS rid \gset
+SELECT 'evaluated $prop in ' || round(eval_s::numeric, 1) || ' s; tuned ' || coalesce((eval_params->'tuned')::text, '-')
+  FROM bench.runs WHERE run_id = :rid;
+SQL
 done
 
 # The implicit rows: merged when the file exists and its split is this run's.

@@ -504,15 +504,19 @@ BEGIN
 END
 $fn$;
 
--- The scan the build runs: one UNION ALL over every registered source, feeding the affinity
--- aggregate's internal variant, plus the property order it uses. Text of a query, built from
--- stored names with %I and values with %L only.
+-- The scan the build runs: one UNION ALL over the registered sources, feeding the affinity
+-- aggregate's internal variant, plus the property order it uses. Registrations that read the same
+-- relation with the same columns and differ only in the event-name filter (one Segment-style
+-- tracks table, several event types) share one scan: their weight, half-life and properties are
+-- chosen per row with CASE on the event column. Text of a query, built from stored names with %I
+-- and values with %L only.
 CREATE FUNCTION audience._build_query(cid integer, since timestamptz, until timestamptz, reference timestamptz,
                                        OUT query text, OUT properties text[], OUT time_query text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
+    grp record;
     ev record;
     rel regclass;
     parts text[] := '{}';
@@ -520,53 +524,100 @@ DECLARE
     exprs text[];
     texpr text;
     filter text;
+    wexpr text;
+    pexpr text;
+    wcase text;
+    hcase text;
+    pcase text;
+    pfirst text;
+    psame boolean;
     m record;
-    p text;
     i integer;
+    n integer;
 BEGIN
     SELECT coalesce(array_agg(DISTINCT pm.property ORDER BY pm.property), '{}') INTO props
       FROM audience.property_mappings pm WHERE pm.catalog_id = cid AND pm.event_id IS NOT NULL;
-    FOR ev IN SELECT e.* FROM audience.events e WHERE e.catalog_id = cid ORDER BY e.event_id LOOP
-        rel := audience._relation(ev.source_schema, ev.source_table);
-        PERFORM audience._check_id_column(rel, ev.product_column, 'product id column');
-        PERFORM audience._check_id_column(rel, ev.user_column, 'user id column');
-        texpr := audience._time_expr(rel, ev.time_column);
-        filter := format('s.%I IS NOT NULL AND s.%I IS NOT NULL AND %s IS NOT NULL', ev.user_column, ev.product_column, texpr);
-        IF ev.event_column IS NOT NULL THEN
-            PERFORM audience._column_type(rel, ev.event_column, 'event name column');
-            filter := filter || format(' AND s.%I::pg_catalog.text OPERATOR(pg_catalog.=) %L', ev.event_column, ev.event_value);
-        END IF;
+    FOR grp IN
+        SELECT e.source_schema, e.source_table, e.user_column, e.product_column, e.time_column, e.event_column,
+               array_agg(e.event_id ORDER BY e.event_id) AS ids
+          FROM audience.events e
+         WHERE e.catalog_id = cid
+         GROUP BY e.source_schema, e.source_table, e.user_column, e.product_column, e.time_column, e.event_column,
+                  CASE WHEN e.event_column IS NULL THEN e.event_id END
+         ORDER BY min(e.event_id)
+    LOOP
+        rel := audience._relation(grp.source_schema, grp.source_table);
+        PERFORM audience._check_id_column(rel, grp.product_column, 'product id column');
+        PERFORM audience._check_id_column(rel, grp.user_column, 'user id column');
+        texpr := audience._time_expr(rel, grp.time_column);
+        filter := format('s.%I IS NOT NULL AND s.%I IS NOT NULL AND %s IS NOT NULL', grp.user_column, grp.product_column, texpr);
         IF since IS NOT NULL THEN
             filter := filter || format(' AND %s OPERATOR(pg_catalog.>=) %L::pg_catalog.timestamptz', texpr, since);
         END IF;
         IF until IS NOT NULL THEN
             filter := filter || format(' AND %s OPERATOR(pg_catalog.<) %L::pg_catalog.timestamptz', texpr, until);
         END IF;
-        exprs := '{}';
-        FOR i IN 1 .. coalesce(array_length(props, 1), 0) LOOP
-            p := props[i];
-            SELECT * INTO m FROM audience.property_mappings pm
-             WHERE pm.catalog_id = cid AND pm.event_id = ev.event_id AND pm.property = p;
-            IF FOUND THEN
-                exprs := exprs || audience._property_expr(rel,
-                    CASE WHEN m.json_key IS NULL THEN m.column_name END, m.json_key, m.column_name, m.delimiter);
+        wcase := '';
+        hcase := '';
+        pcase := '';
+        pfirst := NULL;
+        psame := true;
+        n := 0;
+        FOR ev IN SELECT e.* FROM audience.events e WHERE e.event_id = ANY (grp.ids) ORDER BY e.event_id LOOP
+            n := n + 1;
+            IF ev.weight_column IS NULL THEN
+                wexpr := format('%s::pg_catalog.float8', ev.weight);
             ELSE
-                exprs := exprs || 'NULL::pg_catalog.text'::text;
+                PERFORM audience._column_type(rel, ev.weight_column, 'weight column');
+                wexpr := format('(%s::pg_catalog.float8 OPERATOR(pg_catalog.*) pg_catalog.coalesce(s.%I::pg_catalog.float8, 1))', ev.weight, ev.weight_column);
+            END IF;
+            exprs := '{}';
+            FOR i IN 1 .. coalesce(array_length(props, 1), 0) LOOP
+                SELECT * INTO m FROM audience.property_mappings pm
+                 WHERE pm.catalog_id = cid AND pm.event_id = ev.event_id AND pm.property = props[i];
+                IF FOUND THEN
+                    exprs := exprs || audience._property_expr(rel,
+                        CASE WHEN m.json_key IS NULL THEN m.column_name END, m.json_key, m.column_name, m.delimiter);
+                ELSE
+                    exprs := exprs || 'NULL::pg_catalog.text'::text;
+                END IF;
+            END LOOP;
+            IF array_length(exprs, 1) IS NULL OR NOT EXISTS (SELECT 1 FROM audience.property_mappings pm WHERE pm.event_id = ev.event_id) THEN
+                pexpr := 'NULL::pg_catalog.text[]';
+            ELSE
+                pexpr := 'ARRAY[' || array_to_string(exprs, ', ') || ']';
+            END IF;
+            IF pfirst IS NULL THEN
+                pfirst := pexpr;
+            ELSIF pfirst <> pexpr THEN
+                psame := false;
+            END IF;
+            IF grp.event_column IS NOT NULL THEN
+                wcase := wcase || format(' WHEN %L THEN %s', ev.event_value, wexpr);
+                hcase := hcase || format(' WHEN %L THEN %L::pg_catalog.interval', ev.event_value, ev.half_life);
+                pcase := pcase || format(' WHEN %L THEN %s', ev.event_value, pexpr);
             END IF;
         END LOOP;
-        IF ev.weight_column IS NOT NULL THEN
-            PERFORM audience._column_type(rel, ev.weight_column, 'weight column');
+        IF grp.event_column IS NOT NULL THEN
+            PERFORM audience._column_type(rel, grp.event_column, 'event name column');
+            filter := filter || format(' AND s.%I::pg_catalog.text OPERATOR(pg_catalog.=) ANY (%L::pg_catalog.text[])', grp.event_column,
+                                       (SELECT array_agg(e.event_value ORDER BY e.event_id) FROM audience.events e WHERE e.event_id = ANY (grp.ids)));
         END IF;
-        parts := parts || format(
-            'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, %L::pg_catalog.interval AS h, %s AS p FROM %s s WHERE %s',
-            ev.user_column, ev.product_column,
-            CASE WHEN ev.weight_column IS NULL THEN format('%s::pg_catalog.float8', ev.weight)
-                 ELSE format('(%s::pg_catalog.float8 OPERATOR(pg_catalog.*) pg_catalog.coalesce(s.%I::pg_catalog.float8, 1))', ev.weight, ev.weight_column) END,
-            texpr, ev.half_life,
-            CASE WHEN array_length(exprs, 1) IS NULL OR NOT EXISTS (SELECT 1 FROM audience.property_mappings pm WHERE pm.event_id = ev.event_id)
-                 THEN 'NULL::pg_catalog.text[]'
-                 ELSE 'ARRAY[' || array_to_string(exprs, ', ') || ']' END,
-            rel::text, filter);
+        IF n > 1 THEN
+            -- Several event types of one table in one pass.
+            wexpr := format('CASE s.%I::pg_catalog.text%s END', grp.event_column, wcase);
+            ev := NULL;
+            parts := parts || format(
+                'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, CASE s.%I::pg_catalog.text%s END AS h, %s AS p FROM %s s WHERE %s',
+                grp.user_column, grp.product_column, wexpr, texpr, grp.event_column, hcase,
+                CASE WHEN psame THEN pfirst ELSE format('CASE s.%I::pg_catalog.text%s END', grp.event_column, pcase) END,
+                rel::text, filter);
+        ELSE
+            SELECT e.* INTO ev FROM audience.events e WHERE e.event_id = grp.ids[1];
+            parts := parts || format(
+                'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, %L::pg_catalog.interval AS h, %s AS p FROM %s s WHERE %s',
+                grp.user_column, grp.product_column, wexpr, texpr, ev.half_life, pfirst, rel::text, filter);
+        END IF;
     END LOOP;
     IF array_length(parts, 1) IS NULL THEN
         RAISE EXCEPTION 'catalog "%" has no events', (SELECT c.name FROM audience.catalogs c WHERE c.catalog_id = cid)
