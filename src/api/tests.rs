@@ -106,6 +106,25 @@ mod tests {
         assert_eq!((rows, users), (Some(2), Some(2)));
     }
 
+    /// Event types of one tracks table are read in one scan and keep their own weights.
+    #[pg_test]
+    fn event_types_of_one_table_keep_their_weights() {
+        run(r#"CREATE TABLE tracks (user_id int, event text, product_id text, "timestamp" timestamptz, brand text);
+               INSERT INTO tracks VALUES (1, 'order', 'p1', '2024-01-01', 'B'), (1, 'view', 'p1', '2024-01-01', 'B'),
+                                         (1, 'view', 'p2', '2024-01-01', 'B'), (1, 'ignored', 'p2', '2024-01-01', 'B'),
+                                         (2, 'view', 'p2', '2024-01-01', 'B');
+               SELECT audience.create_catalog('t');
+               SELECT audience.add_event('t', 'tracks', 'product_id', event_column => 'event', event_value => 'order', weight => 5);
+               SELECT audience.add_event('t', 'tracks', 'product_id', event_column => 'event', event_value => 'view', weight => 1);
+               SELECT audience.map_property('t', 'brand', column_name => 'brand');"#);
+        let rows = Spi::get_one::<i64>("SELECT rows_read FROM audience.build('t', factors => 0, neighbours => 0)").unwrap();
+        assert_eq!(rows, Some(4));
+        let c = Spi::get_one::<f64>("SELECT contribution FROM audience.explain('t', '1', 'brand', 'B') WHERE item_id = 'p1'").unwrap();
+        assert_eq!(c, Some(6.0));
+        let c = Spi::get_one::<f64>("SELECT contribution FROM audience.explain('t', '1', 'brand', 'B') WHERE item_id = 'p2'").unwrap();
+        assert_eq!(c, Some(1.0));
+    }
+
     #[pg_test(error = "catalog \"nope\" does not exist")]
     fn unknown_catalog_is_an_error() {
         run("SELECT audience.build('nope')");
