@@ -125,8 +125,19 @@ fn _affinity_collect_sfunc(
                 let old = std::mem::replace(acc, Accumulator::new(p.len()));
                 acc.merge(old);
             }
-            let vals: Vec<Option<&str>> = p.iter().collect();
-            push_row(acc, user_id, item_id, weight, event_time, half_life, reference_time, Some(&vals));
+            // Catalogs rarely map more than a few properties: keep the per-row values on the stack.
+            let mut small: [Option<&str>; 8] = [None; 8];
+            let heap: Vec<Option<&str>>;
+            let vals: &[Option<&str>] = if p.len() <= small.len() {
+                for (slot, v) in small.iter_mut().zip(p.iter()) {
+                    *slot = v;
+                }
+                &small[..p.len()]
+            } else {
+                heap = p.iter().collect();
+                &heap
+            };
+            push_row(acc, user_id, item_id, weight, event_time, half_life, reference_time, Some(vals));
         }
         None => push_row(acc, user_id, item_id, weight, event_time, half_life, reference_time, None),
     }

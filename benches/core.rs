@@ -1,0 +1,103 @@
+//! Benchmark of the pure core on synthetic data shaped like a big shop (no Postgres needed):
+//! affinity accumulation, ALS and item-kNN training, and scoring one audience.
+//!
+//!     cargo bench --bench core                       # 1M users, 50k items, 20M events
+//!     BENCH_USERS=200000 BENCH_ITEMS=20000 BENCH_EVENTS=4000000 cargo bench --bench core
+use pg_audience::affinity::accumulator::Accumulator;
+use pg_audience::model::als::{train_als, AlsParams};
+use pg_audience::model::knn::{train_knn, KnnParams};
+use pg_audience::score::hybrid::{HybridParams, Scorer};
+use pg_audience::score::topk::top_k;
+use std::time::Instant;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A small deterministic PRNG (splitmix64).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn main() {
+    let users = env("BENCH_USERS", 1_000_000);
+    let items = env("BENCH_ITEMS", 50_000);
+    let events = env("BENCH_EVENTS", 20_000_000);
+    let threads = env("BENCH_THREADS", 2);
+    let groups = 50usize;
+    println!("synthetic shop: {users} users, {items} items, {events} events, {threads} threads");
+    let user_ids: Vec<String> = (0..users).map(|u| format!("{u}")).collect();
+    let item_ids: Vec<String> = (0..items).map(|i| format!("SKU-{i:06}")).collect();
+    let mut rng = Rng(42);
+
+    // Users have a taste group; 80% of their events fall in it; activity is heavy-tailed.
+    let t0 = Instant::now();
+    let mut acc = Accumulator::new(0);
+    let day = 86_400_000_000i64;
+    for _ in 0..events {
+        let u = ((rng.unit().powf(2.0)) * users as f64) as usize % users;
+        let g = u % groups;
+        let i = if rng.unit() < 0.8 {
+            (g + groups * (rng.next() as usize % (items / groups))) % items
+        } else {
+            rng.next() as usize % items
+        };
+        let w = [1.0, 1.0, 1.0, 3.0, 5.0][rng.next() as usize % 5];
+        let t = (rng.next() % 180) as i64 * day;
+        acc.push(&user_ids[u], &item_ids[i], w, t, Some(30 * day), None);
+    }
+    let push_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let state_mb = acc.memory_bytes() as f64 / 1e6;
+    let aff = acc.finish().without_empty();
+    let finish_s = t1.elapsed().as_secs_f64();
+    println!(
+        "accumulate: {:.2} s ({:.2} M rows/s), finish {:.2} s, state {:.0} MB, {} users x {} items, {} pairs",
+        push_s,
+        events as f64 / push_s / 1e6,
+        finish_s,
+        state_mb,
+        aff.users.len(),
+        aff.items.len(),
+        aff.matrix.nnz()
+    );
+
+    let mut conf = aff.matrix.clone();
+    for v in conf.data.iter_mut() {
+        *v = v.ln_1p();
+    }
+    let mut ok = || Ok(());
+    let t2 = Instant::now();
+    let als = train_als(&conf, &AlsParams { threads, ..AlsParams::default() }, &mut ok).unwrap();
+    println!("ALS (factors 32, 10 iterations): {:.2} s", t2.elapsed().as_secs_f64());
+    let t3 = Instant::now();
+    let knn = train_knn(&conf, &KnnParams { threads, ..KnnParams::default() }, &mut ok).unwrap();
+    println!("item-kNN (100 neighbours): {:.2} s", t3.elapsed().as_secs_f64());
+
+    let t4 = Instant::now();
+    let scorer = Scorer::new(&aff.matrix, Some(&als), Some(&knn));
+    println!("scorer setup (once per model and backend): {:.3} s", t4.elapsed().as_secs_f64());
+    let value: Vec<u32> = (0..aff.items.len() as u32).filter(|i| i % groups as u32 == 7).collect();
+    let p = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.5 };
+    let mut times = Vec::new();
+    for _ in 0..7 {
+        let t = Instant::now();
+        let s = scorer.score(&value, &p);
+        let k = aff.users.len() / 20;
+        let top = top_k(&s, k, &|u| s[u] > 0.0);
+        std::hint::black_box(top);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!("one audience (top 5%, {} items in the value): median {:.1} ms, min {:.1} ms", value.len(), times[3], times[0]);
+}
