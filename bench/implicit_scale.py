@@ -9,6 +9,9 @@ skipped; repeated (user, item) pairs are summed). Export one from the demo shop 
 
 It prints the load time and the ALS training time (factors 32, 10 iterations by default), to set
 against the in-database model build on the same data; --json writes the numbers as JSON too.
+--factors-out PREFIX also writes the trained factors as PREFIX_users.csv and PREFIX_items.csv
+(id, f0, ..., f{k-1}; no header), ready for `\copy t FROM ... CSV` into a table
+(id text, f0 real, ...), and times that write (write_seconds): bench/scale.sh loads them back.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def peak_mb() -> float:
 
 
 def load_csv(path: str):
-    """Returns (user codes, item codes, weights, n_users, n_items)."""
+    """Returns (user codes, item codes, weights, user ids, item ids): code k is ids[k]."""
     import numpy as np
 
     try:  # pandas is much faster on tens of millions of rows, but optional
@@ -57,10 +60,26 @@ def load_csv(path: str):
                 ic.append(imap.setdefault(row[1], len(imap)))
                 w.append(float(row[2]))
         return (np.frombuffer(uc, dtype=np.int32), np.frombuffer(ic, dtype=np.int32),
-                np.frombuffer(w, dtype=np.float32), len(umap), len(imap))
+                np.frombuffer(w, dtype=np.float32), list(umap), list(imap))
     uids, ucode = np.unique(users, return_inverse=True)
     iids, icode = np.unique(items, return_inverse=True)
-    return ucode, icode, weights, len(uids), len(iids)
+    return ucode, icode, weights, list(uids), list(iids)
+
+
+def write_factors(path: str, ids, factors) -> None:
+    """One CSV row per id: id, then its factors (%.7g)."""
+    import numpy as np
+
+    factors = np.asarray(factors, dtype=np.float32)
+    fmt = "%s" + ",%.7g" * factors.shape[1] + "\n"
+
+    def quoted(x) -> str:
+        x = str(x)
+        return '"' + x.replace('"', '""') + '"' if any(c in x for c in ',"\n\r') else x
+
+    with open(path, "w", buffering=1 << 22) as f:
+        for k, row in enumerate(factors.tolist()):
+            f.write(fmt % (quoted(ids[k]), *row))
 
 
 def _is_number(s) -> bool:
@@ -81,6 +100,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--json", help="also write the numbers to this JSON file")
+    ap.add_argument("--factors-out", metavar="PREFIX",
+                    help="write the factors to PREFIX_users.csv and PREFIX_items.csv (id, f0, ...)")
     args = ap.parse_args()
 
     if not os.path.isfile(args.csv):
@@ -94,7 +115,8 @@ def main() -> int:
 
     warnings.filterwarnings("ignore", message="Method expects CSR input")
     t0 = time.perf_counter()
-    u, i, w, n_users, n_items = load_csv(args.csv)
+    u, i, w, user_ids, item_ids = load_csv(args.csv)
+    n_users, n_items = len(user_ids), len(item_ids)
     R = sp.csr_matrix((w, (u, i)), shape=(n_users, n_items), dtype=np.float32)
     R.sum_duplicates()
     load_s = time.perf_counter() - t0
@@ -107,15 +129,29 @@ def main() -> int:
     model.fit(R, show_progress=False)
     train_s = time.perf_counter() - t0
 
+    write_s = None
+    if args.factors_out:
+        t0 = time.perf_counter()
+        uf, itf = model.user_factors, model.item_factors
+        if hasattr(uf, "to_numpy"):  # GPU arrays
+            uf, itf = uf.to_numpy(), itf.to_numpy()
+        write_factors(args.factors_out + "_users.csv", user_ids, uf)
+        write_factors(args.factors_out + "_items.csv", item_ids, itf)
+        write_s = time.perf_counter() - t0
+
     res = {"csv": args.csv, "rows": int(len(w)), "nnz": int(R.nnz), "users": n_users, "items": n_items,
            "factors": args.factors, "iterations": args.iterations, "regularization": args.regularization,
            "alpha": args.alpha, "threads": args.threads or os.cpu_count(), "load_seconds": load_s,
-           "train_seconds": train_s, "peak_rss_mb": peak_mb(), "implicit": implicit.__version__,
+           "train_seconds": train_s, "write_seconds": write_s, "factors_out": args.factors_out,
+           "peak_rss_mb": peak_mb(), "implicit": implicit.__version__,
            "python": platform.python_version()}
     print(f"implicit {implicit.__version__} ALS factors={args.factors} iterations={args.iterations} "
           f"threads={res['threads']}: {n_users} users x {n_items} items, nnz {R.nnz}")
     print(f"load {load_s:.2f}s  train {train_s:.2f}s  peak {res['peak_rss_mb']:.0f} MB")
     print(f"train_seconds={train_s:.3f}")
+    if write_s is not None:
+        print(f"factors written to {args.factors_out}_users.csv, {args.factors_out}_items.csv in {write_s:.2f}s")
+        print(f"write_seconds={write_s:.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -32,6 +32,7 @@
 #                    only when its split matches this run's
 #   BENCH_KEEP=1     leave the cluster running (psql: source scripts/pg.sh; pga_psql bench-pg -d movielens)
 set -euo pipefail
+# shellcheck disable=SC2034 # read by scripts/common.sh for log prefixes
 PGA_SCRIPT=movielens
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 
@@ -202,6 +203,21 @@ SELECT line FROM (
       FROM allrows a LEFT JOIN props pr ON pr.p = a.property
      WHERE a.property IN (SELECT property FROM latest)
 ) x ORDER BY o1, o2, o3;
+
+-- The headline comparison on genre (all users): the hybrid against the better SQL baseline and implicit ALS.
+WITH latest AS (SELECT run_id FROM bench.runs WHERE label = 'main' AND property = 'genre' ORDER BY run_id DESC LIMIT 1),
+m AS (SELECT b.* FROM latest JOIN bench.macro(:minpos) b USING (run_id) WHERE b.variant = 'all'),
+ours AS (SELECT hit1, hit5 FROM m WHERE method = 'pg_audience'),
+sqlb AS (SELECT max(hit1) AS hit1, max(hit5) AS hit5 FROM m WHERE method IN ('past_engagers', 'most_active')),
+imp AS (SELECT (r #>> '{macro,hit@1%}')::float8 AS hit1, (r #>> '{macro,hit@5%}')::float8 AS hit5
+          FROM jsonb_array_elements(coalesce(:'doc'::jsonb -> 'results', '[]')) r
+         WHERE r ->> 'property' = 'genre' AND r ->> 'variant' = 'all' AND r ->> 'method' = 'als')
+SELECT format(E'\ngenre, all users: pg_audience hit@1%% %s (%sx the better SQL baseline %s%s), hit@5%% %s (%sx SQL %s%s)',
+              to_char(o.hit1, 'FM0.000'), to_char(o.hit1 / nullif(q.hit1, 0), 'FM90.00'), to_char(q.hit1, 'FM0.000'),
+              coalesce('; implicit ALS ' || to_char(i.hit1, 'FM0.000'), ''),
+              to_char(o.hit5, 'FM0.000'), to_char(o.hit5 / nullif(q.hit5, 0), 'FM90.00'), to_char(q.hit5, 'FM0.000'),
+              coalesce('; implicit ALS ' || to_char(i.hit5, 'FM0.000'), ''))
+  FROM ours o CROSS JOIN sqlb q LEFT JOIN imp i ON true;
 SQL
 echo
 echo "split: $split_desc; macro over values with >= $MIN_POSITIVES positives (per variant), as movielens_implicit.py."
