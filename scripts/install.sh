@@ -2,7 +2,7 @@
 # Builds pg_audience in release mode and installs it into the PostgreSQL whose
 # pg_config is listed in pgrx-config.toml (the first entry, or PGA_PG=pgNN).
 # Uses `sudo` for the copy when not root and the PostgreSQL directories are not
-# writable by the invoker.
+# writable by the invoker. Files are replaced atomically (see below).
 set -euo pipefail
 PGA_SCRIPT=install
 # shellcheck source=scripts/common.sh
@@ -10,15 +10,26 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 
 pg_config="$(pga_pg_config)"
-args=(install --release --pg-config "$pg_config")
-if ! pga_is_root; then
-    if [[ -w "$("$pg_config" --pkglibdir)" && -w "$("$pg_config" --sharedir)/extension" ]]; then
-        :
-    else
-        command -v sudo >/dev/null 2>&1 || pga_die "not root, PostgreSQL dirs not writable and no sudo"
-        args+=(--sudo)
-    fi
+libdir="$("$pg_config" --pkglibdir)"
+extdir="$("$pg_config" --sharedir)/extension"
+# Build into a staging tree, then move each file into place with rename(2): a backend that has
+# the old pg_audience.so mapped keeps its (unlinked) copy instead of crashing with SIGBUS, as it
+# would if the file were overwritten in place.
+pga_log "cargo pgrx package --pg-config $pg_config"
+cargo pgrx package --pg-config "$pg_config"
+pgmajor="$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')"
+stage="$REPO_ROOT/target/release/pg_audience-pg$pgmajor"
+[[ -d "$stage" ]] || pga_die "no package tree at $stage"
+sudo_cmd=()
+if ! pga_is_root && ! { [[ -w "$libdir" ]] && [[ -w "$extdir" ]]; }; then
+    command -v sudo >/dev/null 2>&1 || pga_die "not root, PostgreSQL dirs not writable and no sudo"
+    sudo_cmd=(sudo)
 fi
-pga_log "cargo pgrx ${args[*]}"
-cargo pgrx "${args[@]}"
-pga_log "installed into $("$pg_config" --pkglibdir) and $("$pg_config" --sharedir)/extension"
+put() { # put SRC DESTDIR: atomic replace of DESTDIR/basename(SRC)
+    local src="$1" dest="$2/$(basename "$1")"
+    "${sudo_cmd[@]}" install -m 0644 "$src" "$dest.tmp.$$"
+    "${sudo_cmd[@]}" mv -f "$dest.tmp.$$" "$dest"
+}
+while IFS= read -r f; do put "$f" "$libdir"; done < <(find "$stage$libdir" -maxdepth 1 -type f -name '*.so')
+while IFS= read -r f; do put "$f" "$extdir"; done < <(find "$stage$extdir" -maxdepth 1 -type f \( -name '*.control' -o -name '*.sql' \))
+pga_log "installed into $libdir and $extdir"

@@ -569,7 +569,7 @@ BEGIN
                 wexpr := format('%s::pg_catalog.float8', ev.weight);
             ELSE
                 PERFORM audience._column_type(rel, ev.weight_column, 'weight column');
-                wexpr := format('(%s::pg_catalog.float8 OPERATOR(pg_catalog.*) pg_catalog.coalesce(s.%I::pg_catalog.float8, 1))', ev.weight, ev.weight_column);
+                wexpr := format('(%s::pg_catalog.float8 OPERATOR(pg_catalog.*) coalesce(s.%I::pg_catalog.float8, 1))', ev.weight, ev.weight_column);
             END IF;
             exprs := '{}';
             FOR i IN 1 .. coalesce(array_length(props, 1), 0) LOOP

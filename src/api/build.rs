@@ -20,9 +20,10 @@ pub struct BuildParams {
     pub hybrid: HybridParams,
 }
 
-pub const DEFAULT_HYBRID: HybridParams = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.5 };
+pub const DEFAULT_HYBRID: HybridParams = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.5, volume: 0.0 };
 
 /// What the scan produced, before training.
+#[derive(Clone)]
 pub struct Collected {
     pub aff: Affinity,
     /// Per property: name and, per item, its values.
@@ -271,6 +272,7 @@ pub fn build_params(
     prior: Option<f64>,
     activity_exp: Option<f64>,
     knn_weight: Option<f64>,
+    volume: Option<f64>,
 ) -> BuildParams {
     let threads = crate::guc::threads();
     let d = AlsParams::default();
@@ -298,6 +300,14 @@ pub fn build_params(
         },
         activity_exp: finite_nonneg(activity_exp, "activity_exp", DEFAULT_HYBRID.activity_exp),
         knn_weight: kw,
+        volume: match volume {
+            None => DEFAULT_HYBRID.volume,
+            Some(v) if v == 0.0 || v == 1.0 => v as f32,
+            Some(v) => AudienceError::invalid("volume must be 0 or 1")
+                .detail(format!("The value given was {v}."))
+                .hint("0 scales scores by observed activity, 1 by the activity the ALS model predicts.")
+                .raise(),
+        },
     };
     BuildParams { als, knn, hybrid }
 }
@@ -317,7 +327,7 @@ pub fn params_json(p: &BuildParams) -> serde_json::Value {
             "factors": a.factors, "iterations": a.iterations, "regularization": a.regularization,
             "alpha": a.alpha, "cg_steps": a.cg_steps, "seed": a.seed })),
         "knn": p.knn.as_ref().map(|k| serde_json::json!({ "neighbours": k.neighbours, "k1": k.k1, "b": k.b })),
-        "hybrid": { "prior": json_f32(p.hybrid.prior), "activity_exp": p.hybrid.activity_exp, "knn_weight": p.hybrid.knn_weight },
+        "hybrid": { "prior": json_f32(p.hybrid.prior), "activity_exp": p.hybrid.activity_exp, "knn_weight": p.hybrid.knn_weight, "volume": p.hybrid.volume },
     })
 }
 
@@ -352,6 +362,7 @@ pub fn remembered_params(cid: i32, explicit: serde_json::Value) -> BuildParams {
         num("prior"),
         num("activity_exp"),
         num("knn_weight"),
+        num("volume"),
     )
 }
 
@@ -376,6 +387,7 @@ fn build(
     prior: default!(Option<f64>, "NULL"),
     activity_exp: default!(Option<f64>, "NULL"),
     knn_weight: default!(Option<f64>, "NULL"),
+    volume: default!(Option<f64>, "NULL"),
     until: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) -> TableIterator<
     'static,
@@ -390,13 +402,14 @@ fn build(
 > {
     let t0 = Instant::now();
     // Validate the explicit arguments before anything is stored.
-    build_params(factors, iterations, regularization, alpha, neighbours, prior, activity_exp, knn_weight);
+    build_params(factors, iterations, regularization, alpha, neighbours, prior, activity_exp, knn_weight, volume);
     let cid = lock_catalog(catalog);
     let params = remembered_params(
         cid,
         serde_json::json!({
             "factors": factors, "iterations": iterations, "regularization": regularization, "alpha": alpha,
             "neighbours": neighbours, "prior": prior.map(|p| json_f32(p as f32)), "activity_exp": activity_exp, "knn_weight": knn_weight,
+            "volume": volume,
         }),
     );
     let collected = collect(cid, None, until);

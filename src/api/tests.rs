@@ -125,6 +125,26 @@ mod tests {
         assert_eq!(c, Some(1.0));
     }
 
+    /// A per-row weight column multiplies the event weight; a NULL there counts as 1.
+    #[pg_test]
+    fn weight_column_multiplies() {
+        run(r#"CREATE TABLE ratings (user_id int, item text, t bigint, rating real, g text);
+               INSERT INTO ratings VALUES (1, 'm1', 1000, 4, 'x'), (1, 'm2', 1000, NULL, 'x');
+               SELECT audience.create_catalog('wc');
+               SELECT audience.add_event('wc', 'ratings', 'item', event_time => 't', weight => 2, weight_column => 'rating');
+               SELECT audience.map_property('wc', 'g', column_name => 'g');
+               SELECT audience.build('wc', factors => 0, neighbours => 0);"#);
+        let c = |item: &str| {
+            Spi::get_one_with_args::<f64>(
+                "SELECT contribution FROM audience.explain('wc', '1', 'g', 'x') WHERE item_id = $1",
+                &[item.into()],
+            )
+            .unwrap()
+        };
+        assert_eq!(c("m1"), Some(8.0));
+        assert_eq!(c("m2"), Some(2.0));
+    }
+
     #[pg_test(error = "catalog \"nope\" does not exist")]
     fn unknown_catalog_is_an_error() {
         run("SELECT audience.build('nope')");

@@ -6,7 +6,7 @@ use crate::score::hybrid::HybridParams;
 use crate::util::codec::{CodecError, Reader, Writer};
 
 const MAGIC: [u8; 4] = *b"PGAM";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// One property: its distinct values (sorted) and, per value, the items having it.
 #[derive(Clone, Debug, PartialEq)]
@@ -147,6 +147,7 @@ impl Model {
         w.put_f32(self.params.prior);
         w.put_f32(self.params.activity_exp);
         w.put_f32(self.params.knn_weight);
+        w.put_f32(self.params.volume);
         w.into_inner()
     }
 
@@ -195,7 +196,12 @@ impl Model {
             }
             properties.push(Property { name, values, value_items });
         }
-        let params = HybridParams { prior: r.get_f32()?, activity_exp: r.get_f32()?, knn_weight: r.get_f32()? };
+        let params = HybridParams {
+            prior: r.get_f32()?,
+            activity_exp: r.get_f32()?,
+            knn_weight: r.get_f32()?,
+            volume: r.get_f32()?,
+        };
         r.finish()?;
         Ok(Model { users, items, ui, last_seen, als, knn, properties, params })
     }
@@ -217,7 +223,7 @@ mod tests {
             als: Some(AlsModel { factors: 1, user_factors: vec![0.5, 0.25], item_factors: vec![1.0, 2.0] }),
             knn: Some(Csr::from_triplets(2, 2, &mut vec![(0, 1, 0.5)])),
             properties: vec![props],
-            params: HybridParams { prior: 1.0, activity_exp: 0.5, knn_weight: 0.5 },
+            params: HybridParams { prior: 1.0, activity_exp: 0.5, knn_weight: 0.5, volume: 1.0 },
         }
     }
 

@@ -38,15 +38,20 @@ pub struct HybridParams {
     pub activity_exp: f32,
     /// Weight of the kNN share in `cf_u` (clamped to [0, 1]; ignored unless both models exist).
     pub knn_weight: f32,
+    /// Which activity scales the share: 0 = the observed activity `t_u`; 1 = the ALS-predicted
+    /// engagement volume `x_u . Y_all` (with `prior = +inf`, `knn_weight = 0`, `activity_exp = 1`
+    /// this ranks by the summed ALS predictions `x_u . Y_V`, as users of the `implicit` library
+    /// do). Without an ALS model, 1 falls back to `t_u`.
+    pub volume: f32,
 }
 
 impl HybridParams {
     /// The "past engagers by weighted frequency" baseline: `score_u = e_u`.
-    pub const PAST_ENGAGERS: HybridParams = HybridParams { prior: 0.0, activity_exp: 1.0, knn_weight: 0.5 };
+    pub const PAST_ENGAGERS: HybridParams = HybridParams { prior: 0.0, activity_exp: 1.0, knn_weight: 0.5, volume: 0.0 };
 
     /// Pure collaborative mode: `score_u = cf_u * t_u^activity_exp`.
     pub fn pure_cf(activity_exp: f32, knn_weight: f32) -> HybridParams {
-        HybridParams { prior: f32::INFINITY, activity_exp, knn_weight }
+        HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 0.0 }
     }
 }
 
@@ -60,6 +65,8 @@ pub struct Components {
     pub knn_share: Option<Vec<f32>>,
     /// `als_share_u`, `None` without an ALS model.
     pub als_share: Option<Vec<f32>>,
+    /// The ALS-predicted volume `max(0, x_u . Y_all)` (value-independent, shared), `None` without ALS.
+    pub als_volume: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 /// Scores users for values against one affinity matrix and optional models. Everything that does
@@ -77,6 +84,7 @@ pub struct Scorer<'a> {
     knn_den: Vec<f32>,
     /// `x_u . Y_all` (empty without ALS).
     als_den: Vec<f32>,
+    als_volume: std::sync::Arc<Vec<f32>>,
 }
 
 impl<'a> Scorer<'a> {
@@ -114,7 +122,8 @@ impl<'a> Scorer<'a> {
             let y_all: Vec<f32> = y_all.into_iter().map(|x| x as f32).collect();
             als_den = (0..n_users).map(|u| dot(m.user(u), &y_all)).collect();
         }
-        Scorer { ui, als, knn, knn_t, t, knn_den, als_den }
+        let als_volume = std::sync::Arc::new(als_den.iter().map(|&d| if d > 0.0 { d } else { 0.0 }).collect());
+        Scorer { ui, als, knn, knn_t, t, knn_den, als_den, als_volume }
     }
 
     pub fn n_users(&self) -> usize {
@@ -214,7 +223,8 @@ impl<'a> Scorer<'a> {
                 })
                 .collect()
         });
-        Components { e, knn_share, als_share }
+        let als_volume = self.als.map(|_| self.als_volume.clone());
+        Components { e, knn_share, als_share, als_volume }
     }
 
     /// One score per user for the value.
@@ -306,10 +316,15 @@ pub fn score_from_components(c: &Components, t: &[f32], p: &HybridParams) -> Vec
         }
     };
     let prior = if p.prior.is_nan() { 0.0 } else { p.prior.max(0.0) };
+    let volume: &[f32] = match (&c.als_volume, p.volume >= 0.5) {
+        (Some(v), true) => v.as_slice(),
+        _ => t,
+    };
+    assert_eq!(volume.len(), n, "components and volumes disagree on the number of users");
     (0..n)
         .map(|u| {
             let tu = t[u];
-            let f = activity_factor(tu, p.activity_exp);
+            let f = activity_factor(volume[u], p.activity_exp);
             let s = if prior == f32::INFINITY {
                 cf(u) * f
             } else if prior == 0.0 {
@@ -414,7 +429,7 @@ mod tests {
         let (ui, knn, als) = (ui(), knn(), als());
         let sc = Scorer::new(&ui, Some(&als), Some(&knn));
         let v = [0u32, 2];
-        let p = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.25 };
+        let p = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.25, volume: 0.0 };
         let knn_s = [0.6f32, 9.0 / 11.0, 1.0, 0.0];
         let als_s = [1.0f32 / 3.0, 2.0 / 3.0, 0.5, 0.0];
         let (e, t) = ([2.0f32, 1.0, 0.0, 0.0], [3.0f32, 4.0, 4.0, 0.0]);
@@ -431,15 +446,22 @@ mod tests {
         let pc = sc.score(&v, &HybridParams::pure_cf(1.0, 1.0));
         assert_close(&pc, &[0.6 * 3.0, 9.0 / 11.0 * 4.0, 4.0, 0.0]);
         // Share only (activity_exp 0) with no prior: e / t, users without history score 0.
-        let p0 = HybridParams { prior: 0.0, activity_exp: 0.0, knn_weight: 0.5 };
+        let p0 = HybridParams { prior: 0.0, activity_exp: 0.0, knn_weight: 0.5, volume: 0.0 };
         assert_close(&sc.score(&v, &p0), &[2.0 / 3.0, 0.25, 0.0, 0.0]);
+        // Volume mode: pure ALS scaled by the predicted volume x_u . Y_all is the summed
+        // prediction x_u . Y_V with Y_V = (1,2): u0 (1,0) -> 1, u1 (0,1) -> 2, u2 (1,1) -> 3.
+        let raw = HybridParams { volume: 1.0, ..HybridParams::pure_cf(1.0, 0.0) };
+        assert_close(&sc.score(&v, &raw), &[1.0, 2.0, 3.0, 0.0]);
+        // Without an ALS model, volume 1 falls back to the observed activity.
+        let no_als = Scorer::new(&ui, None, Some(&knn));
+        assert_eq!(no_als.score(&v, &raw), no_als.score(&v, &HybridParams::pure_cf(1.0, 0.0)));
     }
 
     #[test]
     fn single_model_and_no_model() {
         let (ui, knn, als) = (ui(), knn(), als());
         let v = [0u32, 2];
-        let p = HybridParams { prior: 1.0, activity_exp: 1.0, knn_weight: 0.9 };
+        let p = HybridParams { prior: 1.0, activity_exp: 1.0, knn_weight: 0.9, volume: 0.0 };
         let t = [3.0f32, 4.0, 4.0, 0.0];
         let e = [2.0f32, 1.0, 0.0, 0.0];
         let expect = |cf: [f32; 4]| -> Vec<f32> { (0..4).map(|u| (e[u] + cf[u]) / (t[u] + 1.0) * t[u]).collect() };

@@ -208,9 +208,9 @@ pub const DEFAULT_KNN_WEIGHTS: [f32; 3] = [0.0, 0.5, 1.0];
 /// release_year 0.09 -> 0.12, decade 0.18 -> 0.23).
 pub const DEFAULT_ACTIVITY_EXPS: [f32; 6] = [1.0, 0.5, 0.0, 1.5, 2.0, 3.0];
 /// Points of [`default_grid`]: one per activity exponent for prior 0, three knn weights otherwise.
-pub const DEFAULT_GRID_LEN: usize = DEFAULT_ACTIVITY_EXPS.len() * (1 + (DEFAULT_PRIORS.len() - 1) * DEFAULT_KNN_WEIGHTS.len());
+pub const DEFAULT_GRID_LEN: usize = DEFAULT_ACTIVITY_EXPS.len() * (1 + (DEFAULT_PRIORS.len() - 1) * DEFAULT_KNN_WEIGHTS.len()) + 6;
 
-/// The default tuning grid, [`DEFAULT_GRID_LEN`] (96) points, with `prior` in **units of the typical
+/// The default tuning grid, [`DEFAULT_GRID_LEN`] (102) points: 96 with `volume = 0` and `prior` in **units of the typical
 /// activity** (multiples {0, 0.5, 2, 8, 32, +inf}; scale with [`scaled_grid`] or use
 /// [`default_grid_for`] before tuning),
 /// `activity_exp` in {0, 0.5, 1, 1.5, 2, 3} and `knn_weight` in {0, 0.5, 1} (only 0.5 for prior 0,
@@ -220,12 +220,19 @@ pub fn default_grid() -> Vec<HybridParams> {
     for &prior in &DEFAULT_PRIORS {
         for &activity_exp in &DEFAULT_ACTIVITY_EXPS {
             if prior == 0.0 {
-                g.push(HybridParams { prior, activity_exp, knn_weight: 0.5 });
+                g.push(HybridParams { prior, activity_exp, knn_weight: 0.5, volume: 0.0 });
             } else {
                 for &knn_weight in &DEFAULT_KNN_WEIGHTS {
-                    g.push(HybridParams { prior, activity_exp, knn_weight });
+                    g.push(HybridParams { prior, activity_exp, knn_weight, volume: 0.0 });
                 }
             }
+        }
+    }
+    // Pure collaborative filtering scaled by the ALS-predicted volume (volume = 1): with
+    // knn_weight 0 and activity_exp 1 this is the summed-ALS-predictions ranking.
+    for &activity_exp in &[1.0f32, 0.5, 1.5] {
+        for &knn_weight in &[0.0f32, 0.5] {
+            g.push(HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 1.0 });
         }
     }
     g
@@ -327,7 +334,7 @@ mod tests {
         let engagers = HybridParams::PAST_ENGAGERS;
         let knn_only = HybridParams::pure_cf(0.0, 1.0);
         let als_only = HybridParams::pure_cf(0.0, 0.0);
-        let grid = [engagers, als_only, knn_only, HybridParams { prior: 5.0, activity_exp: 1.0, knn_weight: 1.0 }];
+        let grid = [engagers, als_only, knn_only, HybridParams { prior: 5.0, activity_exp: 1.0, knn_weight: 1.0, volume: 0.0 }];
         let (best, obj) = tune(&values, &t, &grid, &[20.0, 30.0]);
         assert_eq!(best, knn_only);
         // Value 1: k=2 -> 2/2, k=3 -> 3/3. Value 2: k=2 -> 2/2, k=3 -> 2/3.
@@ -355,7 +362,7 @@ mod tests {
     fn default_grid_shape_and_scaling() {
         let g = default_grid();
         assert_eq!(g.len(), DEFAULT_GRID_LEN);
-        assert_eq!(g.len(), 96);
+        assert_eq!(g.len(), 102);
         assert_eq!(g[0], HybridParams::PAST_ENGAGERS);
         let mut dedup = g.clone();
         dedup.dedup();
