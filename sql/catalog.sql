@@ -550,7 +550,7 @@ BEGIN
         PERFORM audience._check_id_column(rel, grp.product_column, 'product id column');
         PERFORM audience._check_id_column(rel, grp.user_column, 'user id column');
         texpr := audience._time_expr(rel, grp.time_column);
-        filter := format('s.%I IS NOT NULL AND s.%I IS NOT NULL AND %s IS NOT NULL', grp.user_column, grp.product_column, texpr);
+        filter := format('s.%I IS NOT NULL AND s.%I IS NOT NULL AND pg_catalog.isfinite(%s)', grp.user_column, grp.product_column, texpr);
         IF since IS NOT NULL THEN
             filter := filter || format(' AND %s OPERATOR(pg_catalog.>=) %L::pg_catalog.timestamptz', texpr, since);
         END IF;

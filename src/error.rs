@@ -61,6 +61,17 @@ impl AudienceError {
     }
 }
 
+/// A user-supplied name or value as shown in a message: long text is cut, so a huge argument
+/// cannot flood the log or the client.
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(MAX).collect::<String>())
+    }
+}
+
 /// Unwraps an SPI result, reporting a failure as an internal error with the SPI message.
 pub trait OrRaise<T> {
     fn or_raise(self, what: &str) -> T;

@@ -516,6 +516,8 @@ pub struct Accumulator {
     props: Vec<Vec<PropVal>>,
     prop_bytes: usize,
     reference: Option<i64>,
+    /// Upper bound of the default reference; local to the finishing backend, not serialized.
+    reference_cap: Option<i64>,
     rows: u64,
     min_time: i64,
     max_time: i64,
@@ -583,6 +585,11 @@ impl Affinity {
 }
 
 impl Accumulator {
+    #[cfg(test)]
+    fn clone_for_test(&mut self) -> Accumulator {
+        Accumulator::deserialize(&self.serialize()).unwrap()
+    }
+
     /// A new state for events carrying `n_props` mapped item properties.
     pub fn new(n_props: usize) -> Self {
         Accumulator {
@@ -597,6 +604,7 @@ impl Accumulator {
             props: (0..n_props).map(|_| Vec::new()).collect(),
             prop_bytes: 0,
             reference: None,
+            reference_cap: None,
             rows: 0,
             min_time: i64::MAX,
             max_time: i64::MIN,
@@ -680,6 +688,12 @@ impl Accumulator {
     /// distinct half-lives (callers report an error instead of pushing).
     pub fn accepts_half_life(&self, hl: Option<i64>) -> bool {
         self.hls.len() < MAX_SLOTS || self.hls.contains(&hl)
+    }
+
+    /// Caps the default reference (the latest event time) at `cap_us`, so one event stamped in the
+    /// future cannot decay every other event away; later events count as if at the reference.
+    pub fn set_reference_cap(&mut self, cap_us: Option<i64>) {
+        self.reference_cap = cap_us;
     }
 
     /// Sets the time decay is measured to; `None` = the latest event time seen.
@@ -1104,6 +1118,7 @@ impl Accumulator {
             props,
             prop_bytes,
             reference,
+            reference_cap: None,
             rows,
             min_time,
             max_time,
@@ -1117,7 +1132,10 @@ impl Accumulator {
         self.canonicalize();
         let empty = self.rows == 0;
         let (min_time, max_time) = if empty { (0, 0) } else { (self.min_time, self.max_time) };
-        let reference = self.reference.unwrap_or(max_time);
+        let reference = self.reference.unwrap_or(match self.reference_cap {
+            Some(cap) => max_time.min(cap),
+            None => max_time,
+        });
         let n_users = self.users.names.len();
         let n_items = self.items.names.len();
 
@@ -1566,5 +1584,21 @@ mod tests {
         assert_eq!(f.matrix.row(1), (&[1u32][..], &[2.0f32][..]));
         assert_eq!(f.item_props, vec![vec![Some("x".to_string()), Some("z".to_string())]]);
         assert_eq!(f.last_seen.len(), f.matrix.nnz());
+    }
+
+    #[test]
+    fn reference_cap_keeps_a_future_event_from_decaying_the_rest() {
+        let day = 86_400_000_000i64;
+        let mut a = Accumulator::new(0);
+        a.push("u", "old", 1.0, 0, Some(day), None);
+        a.push("u", "future", 1.0, 1000 * day, Some(day), None);
+        let mut capped = a.clone_for_test();
+        capped.set_reference_cap(Some(day));
+        let f = capped.finish();
+        assert_eq!(f.reference_us, day);
+        // "old" is one half-life before the capped reference; "future" counts as at it.
+        assert_eq!(f.matrix.data, vec![1.0, 0.5]);
+        // Uncapped, the future event sets the reference and "old" decays to nothing.
+        assert_eq!(a.finish().matrix.nnz(), 1);
     }
 }

@@ -68,7 +68,14 @@ fn push_row(
     if acc.rows() == 0 {
         acc.set_reference(reference);
     }
-    let half_life = half_life.map(|h| interval_micros(&h)).filter(|&h| h > 0);
+    let half_life = half_life.map(|h| interval_micros(&h));
+    if let Some(h) = half_life {
+        if h <= 0 {
+            AudienceError::invalid("half_life must be positive")
+                .hint("Pass NULL for no recency decay, or e.g. '30 days'.")
+                .raise();
+        }
+    }
     // An event after the reference time counts as if it happened at the reference time.
     let time = match reference {
         Some(r) if time > r => r,

@@ -51,7 +51,11 @@ pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<Tim
     let token: i64 = Spi::get_one::<i64>(&query)
         .or_raise("scanning the event sources")
         .unwrap_or_else(|| AudienceError::internal("the scan returned no state").raise());
-    let acc = take_stashed(token).unwrap_or_else(|| AudienceError::internal("the scan's state was lost").raise());
+    let mut acc = take_stashed(token).unwrap_or_else(|| AudienceError::internal("the scan's state was lost").raise());
+    // Decay is measured to the latest event, but never to a time after `until` or now: one event
+    // stamped in the future must not decay every other event away.
+    let now: i64 = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    acc.set_reference_cap(Some(until.map(i64::from).unwrap_or(now).min(now)));
     let state_bytes = acc.memory_bytes();
     pgrx::check_for_interrupts!();
     let aff = acc.finish().without_empty();

@@ -55,7 +55,7 @@ pub fn resolve_catalog(catalog: Option<&str>) -> (i32, String, Option<i64>) {
 pub fn active(catalog: Option<&str>) -> Rc<Loaded> {
     let (_, name, model_id) = resolve_catalog(catalog);
     let Some(model_id) = model_id else {
-        AudienceError::not_ready(format!("catalog \"{name}\" has no model yet"))
+        AudienceError::not_ready(format!("catalog \"{}\" has no model yet", crate::error::shown(&name)))
             .hint(format!("Build one with SELECT * FROM audience.build('{}');", name.replace('\'', "''")))
             .raise()
     };

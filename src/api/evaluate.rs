@@ -81,7 +81,7 @@ pub fn truth(model: &Model, prop: &Property, holdout: &Collected, wanted: Option
 
 fn model_property<'a>(model: &'a Model, name: &str) -> &'a Property {
     model.property(name).unwrap_or_else(|| {
-        AudienceError::undefined(format!("property \"{name}\" is not mapped"))
+        AudienceError::undefined(format!("property \"{}\" is not mapped", crate::error::shown(name)))
             .detail(format!(
                 "Mapped properties are: {}.",
                 model.properties.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")

@@ -1,7 +1,7 @@
 //! `audience.recommend_audience` and `audience.explain`.
 use crate::api::cache::{active, Loaded};
 use crate::api::spi_util::{args, query_rows};
-use crate::error::AudienceError;
+use crate::error::{shown, AudienceError};
 use crate::model::stored::Property;
 use crate::score::topk::top_k;
 use pgrx::prelude::*;
@@ -24,12 +24,12 @@ pub fn model_property<'a>(l: &'a Loaded, name: Option<&str>) -> &'a Property {
         format!("Mapped properties are: {}.", known.join(", "))
     };
     if !mapped_now.is_empty() {
-        AudienceError::undefined(format!("property \"{name}\" is not in the model of catalog \"{}\"", l.catalog))
+        AudienceError::undefined(format!("property \"{}\" is not in the model of catalog \"{}\"", shown(name), shown(&l.catalog)))
             .detail(format!("It was mapped after the last build. {detail}"))
             .hint("Rebuild the model with audience.build().")
             .raise()
     }
-    AudienceError::undefined(format!("property \"{name}\" is not mapped"))
+    AudienceError::undefined(format!("property \"{}\" is not mapped", shown(name)))
         .detail(detail)
         .hint("Map it with audience.map_property(), then run audience.build().")
         .raise()
@@ -77,7 +77,7 @@ pub fn rank(req: &Request, l: &Loaded) -> Vec<(u32, f32)> {
         pgrx::notice!(
             "no item in the model has {} {}; the audience is empty",
             prop.name,
-            if wanted.len() == 1 { format!("\"{}\"", wanted[0]) } else { format!("in ({})", wanted.join(", ")) }
+            if wanted.len() == 1 { format!("\"{}\"", shown(wanted[0])) } else { format!("in ({})", shown(&wanted.join(", "))) }
         );
         return Vec::new();
     }
@@ -223,13 +223,13 @@ fn explain(
     let l = active(catalog);
     let prop = model_property(&l, property);
     let Ok(u) = l.model.users.binary_search_by(|x| x.as_str().cmp(user_id)) else {
-        AudienceError::undefined(format!("user \"{user_id}\" is not in the model of catalog \"{}\"", l.catalog))
+        AudienceError::undefined(format!("user \"{}\" is not in the model of catalog \"{}\"", shown(user_id), shown(&l.catalog)))
             .hint("Users appear in the model once they have events in a registered source and the model is rebuilt.")
             .raise()
     };
     let items = prop.items_for(&[value]);
     if items.is_empty() {
-        pgrx::notice!("no item in the model has {} \"{}\"", prop.name, value);
+        pgrx::notice!("no item in the model has {} \"{}\"", prop.name, shown(value));
         return TableIterator::new(Vec::new());
     }
     let contributions = l.scorer.explain(u as u32, &items, max_items as usize);
