@@ -143,9 +143,10 @@ fn rows(l: &Loaded, ranked: Vec<(u32, f32)>) -> Vec<(String, f64, i64, f64)> {
         .collect()
 }
 
+// Parallel restricted: each parallel worker would load its own copy of the model.
 /// The users most likely to engage with items whose `property` equals `value`, best first,
 /// capped at the top `max_pct` percent of the users known to the catalog's model.
-#[pg_extern(stable, parallel_safe, name = "recommend_audience")]
+#[pg_extern(stable, parallel_restricted, name = "recommend_audience")]
 #[search_path(@extschema@, pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn recommend_audience(
@@ -174,7 +175,7 @@ fn recommend_audience(
 }
 
 /// The same for several values at once (brand IN (...)): items having any of the values.
-#[pg_extern(stable, parallel_safe, name = "recommend_audience")]
+#[pg_extern(stable, parallel_restricted, name = "recommend_audience")]
 #[search_path(@extschema@, pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn recommend_audience_values(
@@ -203,7 +204,8 @@ fn recommend_audience_values(
 }
 
 /// The items of a user's history that contributed most to their score for a value.
-#[pg_extern(stable, parallel_safe)]
+// Parallel restricted: each parallel worker would load its own copy of the model.
+#[pg_extern(stable, parallel_restricted)]
 #[search_path(@extschema@, pg_catalog, pg_temp)]
 fn explain(
     catalog: Option<&str>,

@@ -324,7 +324,7 @@ mod tests {
         let knn: Vec<f32> = (0..n).map(|u| if pos[u] { 0.5 + u as f32 / 100.0 } else { 0.1 }).collect();
         let e: Vec<f32> = (0..n).map(|u| if pos[u] { 0.0 } else { 1.0 + u as f32 }).collect();
         let als: Vec<f32> = (0..n).map(|u| ((u * 7) % 5) as f32 / 5.0).collect();
-        (Components { e, knn_share: Some(knn), als_share: Some(als) }, pos)
+        (Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: None }, pos)
     }
 
     #[test]
