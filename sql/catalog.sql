@@ -583,9 +583,15 @@ BEGIN
                 END IF;
             END LOOP;
             IF array_length(exprs, 1) IS NULL OR NOT EXISTS (SELECT 1 FROM audience.property_mappings pm WHERE pm.event_id = ev.event_id) THEN
-                pexpr := 'NULL::pg_catalog.text[]';
+                pexpr := 'NULL::pg_catalog.text';
             ELSE
-                pexpr := 'ARRAY[' || array_to_string(exprs, ', ') || ']';
+                -- One text per row: the values joined by chr(30), NULL as an empty segment.
+                IF array_length(exprs, 1) = 1 THEN
+                    pexpr := exprs[1];
+                ELSE
+                    SELECT string_agg(format('coalesce(%s, %L)', x, ''), ' OPERATOR(pg_catalog.||) pg_catalog.chr(30) OPERATOR(pg_catalog.||) ')
+                      INTO pexpr FROM unnest(exprs) AS x;
+                END IF;
             END IF;
             IF pfirst IS NULL THEN
                 pfirst := pexpr;
@@ -624,8 +630,8 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Register event sources with audience.add_event() before building.';
     END IF;
-    query := format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, ev.p) FROM (%s) ev',
-                    reference, array_to_string(parts, ' UNION ALL '));
+    query := format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p) FROM (%s) ev',
+                    reference, coalesce(array_length(props, 1), 0), array_to_string(parts, ' UNION ALL '));
     time_query := format('SELECT pg_catalog.min(ev.t), pg_catalog.max(ev.t) FROM (%s) ev', array_to_string(parts, ' UNION ALL '));
     properties := props;
 END

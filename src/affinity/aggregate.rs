@@ -111,6 +111,13 @@ fn _affinity_sfunc(
     state
 }
 
+/// Separates the values of several properties in the `props` argument of `_affinity_collect`
+/// (ASCII record separator); an empty segment is a NULL value.
+pub const PROPS_SEPARATOR: char = '\u{1e}';
+
+/// Transition function of `audience._affinity_collect`: like the public aggregate plus the
+/// catalog's mapped property values of the row, `n_props` values joined by [`PROPS_SEPARATOR`]
+/// in one text (one text per row is much cheaper than building and unpacking an array).
 #[pg_extern(parallel_safe)]
 #[allow(clippy::too_many_arguments)]
 fn _affinity_collect_sfunc(
@@ -121,34 +128,34 @@ fn _affinity_collect_sfunc(
     event_time: Option<TimestampWithTimeZone>,
     half_life: Option<Interval>,
     reference_time: Option<TimestampWithTimeZone>,
-    props: Option<Array<&str>>,
+    n_props: Option<i32>,
+    props: Option<&str>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Internal {
-    let n_props = props.as_ref().map(|p| p.len()).unwrap_or(0);
-    let acc = unsafe { state_mut(&mut state, fcinfo, n_props) };
+    let n = n_props.unwrap_or(0).clamp(0, 1024) as usize;
+    let acc = unsafe { state_mut(&mut state, fcinfo, n) };
+    if n > acc.n_props() {
+        // The state was created by a combine step without properties: widen it once.
+        let old = std::mem::replace(acc, Accumulator::new(n));
+        acc.merge(old);
+    }
     match props {
-        Some(p) => {
-            if p.len() > acc.n_props() {
-                // The state was created by a row without properties (a source with no mapping):
-                // widen it once, keeping what it holds.
-                let old = std::mem::replace(acc, Accumulator::new(p.len()));
-                acc.merge(old);
-            }
+        Some(p) if n > 0 => {
             // Catalogs rarely map more than a few properties: keep the per-row values on the stack.
             let mut small: [Option<&str>; 8] = [None; 8];
-            let heap: Vec<Option<&str>>;
-            let vals: &[Option<&str>] = if p.len() <= small.len() {
-                for (slot, v) in small.iter_mut().zip(p.iter()) {
-                    *slot = v;
-                }
-                &small[..p.len()]
+            let mut heap: Vec<Option<&str>> = Vec::new();
+            let vals: &mut [Option<&str>] = if n <= small.len() {
+                &mut small[..n]
             } else {
-                heap = p.iter().collect();
-                &heap
+                heap.resize(n, None);
+                &mut heap
             };
+            for (slot, v) in vals.iter_mut().zip(p.split(PROPS_SEPARATOR)) {
+                *slot = (!v.is_empty()).then_some(v);
+            }
             push_row(acc, user_id, item_id, weight, event_time, half_life, reference_time, Some(vals));
         }
-        None => push_row(acc, user_id, item_id, weight, event_time, half_life, reference_time, None),
+        _ => push_row(acc, user_id, item_id, weight, event_time, half_life, reference_time, None),
     }
     state
 }
@@ -266,7 +273,7 @@ COMMENT ON AGGREGATE audience.affinity(text, text, double precision, timestamptz
 
 CREATE AGGREGATE audience._affinity_collect(user_id text, item_id text, weight double precision,
                                             event_time timestamptz, half_life interval, reference_time timestamptz,
-                                            props text[]) (
+                                            n_props integer, props text) (
     sfunc = audience._affinity_collect_sfunc,
     stype = internal,
     finalfunc = audience._affinity_final_stash,
