@@ -22,7 +22,7 @@ impl Loaded {
         // SAFETY: the Box's heap allocation does not move while `Loaded` lives, and `scorer` is
         // dropped before `model` (field order), so the 'static borrow never dangles.
         let r: &'static Model = unsafe { &*(model.as_ref() as *const Model) };
-        let scorer = Scorer::new(&r.ui, r.als.as_ref(), r.knn.as_ref());
+        let scorer = Scorer::new(&r.ui, r.als.as_ref(), r.knn.as_ref()).with_threads(crate::guc::threads());
         Loaded { model_id, catalog, scorer, model }
     }
 

@@ -85,9 +85,40 @@ pub struct Scorer<'a> {
     /// `x_u . Y_all` (empty without ALS).
     als_den: Vec<f32>,
     als_volume: std::sync::Arc<Vec<f32>>,
+    /// Threads for the per-user loops of [`Scorer::components`] (1 = the calling thread only).
+    threads: usize,
+}
+
+/// Runs `f(first_user, chunk)` over `threads` contiguous chunks of `out` in parallel (scoped
+/// threads doing pure arithmetic; the calling thread takes the first chunk).
+fn par_chunks<T: Send>(out: &mut [T], threads: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let n = out.len();
+    let threads = threads.clamp(1, 64).min(n.max(1));
+    if threads <= 1 || n < 65_536 {
+        f(0, out);
+        return;
+    }
+    let chunk = n.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut parts = out.chunks_mut(chunk).enumerate();
+        let first = parts.next();
+        for (k, part) in parts {
+            let f = &f;
+            scope.spawn(move || f(k * chunk, part));
+        }
+        if let Some((_, part)) = first {
+            f(0, part);
+        }
+    });
 }
 
 impl<'a> Scorer<'a> {
+    /// Uses `threads` threads for scoring (results do not depend on it).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
     /// Precomputes the value-independent parts. Panics if the model shapes do not match `ui`
     /// (kNN must be items x items, ALS must have `n_users` user and `n_items` item vectors).
     pub fn new(ui: &'a Csr, als: Option<&'a AlsModel>, knn: Option<&'a Csr>) -> Self {
@@ -123,7 +154,7 @@ impl<'a> Scorer<'a> {
             als_den = (0..n_users).map(|u| dot(m.user(u), &y_all)).collect();
         }
         let als_volume = std::sync::Arc::new(als_den.iter().map(|&d| if d > 0.0 { d } else { 0.0 }).collect());
-        Scorer { ui, als, knn, knn_t, t, knn_den, als_den, als_volume }
+        Scorer { ui, als, knn, knn_t, t, knn_den, als_den, als_volume, threads: 1 }
     }
 
     pub fn n_users(&self) -> usize {
@@ -179,18 +210,25 @@ impl<'a> Scorer<'a> {
                     tab[j as usize][1] += s;
                 }
             }
-            let mut share = vec![0f32; n_users];
-            for u in 0..n_users {
-                let (items, vals) = self.ui.row(u);
-                let (mut eu, mut num) = (0f32, 0f32);
-                for (&j, &a) in items.iter().zip(vals) {
-                    let w = tab[j as usize];
-                    eu += a * w[0];
-                    num += a * w[1];
+            // (e_u, knn_share_u) per user, in parallel chunks.
+            let mut pairs = vec![(0f32, 0f32); n_users];
+            par_chunks(&mut pairs, self.threads, |first, out| {
+                for (k, slot) in out.iter_mut().enumerate() {
+                    let u = first + k;
+                    let (items, vals) = self.ui.row(u);
+                    let (mut eu, mut num) = (0f32, 0f32);
+                    for (&j, &a) in items.iter().zip(vals) {
+                        let w = tab[j as usize];
+                        eu += a * w[0];
+                        num += a * w[1];
+                    }
+                    let den = self.knn_den[u];
+                    *slot = (eu, if den > 0.0 { (num / den).clamp(0.0, 1.0) } else { 0.0 });
                 }
-                e[u] = eu;
-                let den = self.knn_den[u];
-                share[u] = if den > 0.0 { (num / den).clamp(0.0, 1.0) } else { 0.0 };
+            });
+            let share = pairs.iter().map(|p| p.1).collect();
+            for (eu, p) in e.iter_mut().zip(&pairs) {
+                *eu = p.0;
             }
             knn_share = Some(share);
         } else {
@@ -207,10 +245,12 @@ impl<'a> Scorer<'a> {
                 }
             }
             let y_v: Vec<f32> = y_v.into_iter().map(|x| x as f32).collect();
-            (0..n_users)
-                .map(|u| {
+            let mut share = vec![0f32; n_users];
+            par_chunks(&mut share, self.threads, |first, out| {
+                for (k, slot) in out.iter_mut().enumerate() {
+                    let u = first + k;
                     let den = self.als_den[u];
-                    if den > 0.0 {
+                    *slot = if den > 0.0 {
                         let s = dot(m.user(u), &y_v) / den;
                         if s.is_nan() {
                             0.0
@@ -219,9 +259,10 @@ impl<'a> Scorer<'a> {
                         }
                     } else {
                         0.0
-                    }
-                })
-                .collect()
+                    };
+                }
+            });
+            share
         });
         let als_volume = self.als.map(|_| self.als_volume.clone());
         Components { e, knn_share, als_share, als_volume }
@@ -509,5 +550,39 @@ mod tests {
         assert_eq!(sc2.explain(0, &[1, 0, 2], 5), vec![(1, 5.0), (0, 1.0), (2, 1.0)]);
         assert!(sc2.explain(7, &[0], 5).is_empty());
         assert!(sc2.explain(0, &[0], 0).is_empty());
+    }
+
+    #[test]
+    fn threads_do_not_change_components() {
+        // Large enough (>= 65,536 users) for the parallel path.
+        let (n_users, n_items) = (70_000usize, 40usize);
+        let mut x = 12345u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut t = Vec::new();
+        for u in 0..n_users {
+            for _ in 0..3 {
+                t.push((u as u32, (next() % n_items as u64) as u32, 1.0 + (next() % 5) as f32));
+            }
+        }
+        let ui = Csr::from_triplets(n_users, n_items, &mut t);
+        let mut kt: Vec<(u32, u32, f32)> =
+            (0..n_items as u32).flat_map(|i| [(i, (i + 1) % n_items as u32, 0.5), (i, (i + 7) % n_items as u32, 0.25)]).collect();
+        let knn = Csr::from_triplets(n_items, n_items, &mut kt);
+        let k = 4;
+        let als = AlsModel {
+            factors: k,
+            user_factors: (0..n_users * k).map(|_| (next() % 100) as f32 / 100.0).collect(),
+            item_factors: (0..n_items * k).map(|_| (next() % 100) as f32 / 100.0).collect(),
+        };
+        let v = [1u32, 5, 9];
+        let one = Scorer::new(&ui, Some(&als), Some(&knn)).components(&v);
+        let three = Scorer::new(&ui, Some(&als), Some(&knn)).with_threads(3).components(&v);
+        assert_eq!(one, three);
+        assert!(one.e.iter().any(|&e| e > 0.0));
     }
 }
