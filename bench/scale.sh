@@ -103,16 +103,24 @@ t0="$(now)"
 (PGAPPNAME=bench_build pga_psql "$CL" -At -c "SELECT model_id || ' ' || rows_read || ' ' || users || ' ' || items || ' ' || pairs || ' ' || seconds FROM audience.build('$CAT')" >"$OUT/build.out" 2>&1; echo $? >"$OUT/build.rc") &
 bpid=$!
 max_workers=0
+max_anon_kb=0
+bpg=""
+# Sample: parallel workers of the build's backend, and its private memory (RssAnon: VmHWM in
+# stats.peak_rss_bytes also counts the shared_buffers pages the backend touched).
 while [[ ! -s "$OUT/build.rc" ]]; do
-    w="$(q -c "SELECT count(*) FROM pg_stat_activity a WHERE a.backend_type = 'parallel worker'
-                 AND a.leader_pid = (SELECT pid FROM pg_stat_activity WHERE application_name = 'bench_build' LIMIT 1)" 2>/dev/null || echo 0)"
-    ((w > max_workers)) && max_workers="$w"
+    [[ -n "$bpg" ]] || bpg="$(q -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'bench_build' AND backend_type = 'client backend' LIMIT 1" 2>/dev/null || true)"
+    if [[ -n "$bpg" ]]; then
+        w="$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'parallel worker' AND leader_pid = $bpg" 2>/dev/null || echo 0)"
+        ((w > max_workers)) && max_workers="$w"
+        a="$(awk '/^RssAnon:/ { print $2 }' "/proc/$bpg/status" 2>/dev/null || echo 0)"
+        ((${a:-0} > max_anon_kb)) && max_anon_kb="$a"
+    fi
     sleep 0.25
 done
 wait "$bpid" || true
 t1="$(now)"
 [[ "$(cat "$OUT/build.rc")" == 0 ]] || { cat "$OUT/build.out"; pga_die "the build failed"; }
-read -r MODEL rows users items pairs bsecs <"$OUT/build.out"
+read -r MODEL rows users items pairs _ <"$OUT/build.out"
 q -c "SELECT jsonb_pretty(stats) FROM audience.models WHERE model_id = $MODEL" >"$OUT/build_stats.json"
 read -r s_scan s_products s_als s_knn s_store s_total rss state model_bytes < <(q -F ' ' -c "
     SELECT round((stats->'seconds'->>'scan')::numeric, 2), round((stats->'seconds'->>'products')::numeric, 2),
@@ -125,7 +133,7 @@ mb() { awk -v b="$1" 'BEGIN { printf "%.0f MB", b / 1048576 }'; }
 rate="$(awk -v r="$rows" -v s="$s_scan" 'BEGIN { printf "%.0f", r / s }')"
 echo "model $MODEL: rows_read $rows, users $users, items $items, pairs $pairs"
 echo "build total ${s_total} s (client wall $(secs "$t0" "$t1") s): scan ${s_scan} s ($rate rows/s), products ${s_products} s, als ${s_als} s, knn ${s_knn} s, store ${s_store} s"
-echo "peak RSS $(mb "$rss"), affinity state $(mb "$state"), stored model $(mb "$model_bytes")"
+echo "peak RSS (VmHWM, includes touched shared buffers) $(mb "$rss"); peak private memory (RssAnon, sampled) $(mb $((max_anon_kb * 1024))); affinity state $(mb "$state"); stored model $(mb "$model_bytes")"
 echo "parallel workers seen during the build (max at once): $max_workers; load average after: $(load)"
 
 # ------------------------------------------------------------------ (b) recommend latency
@@ -137,15 +145,15 @@ latency() { # extra SQL before the calls
     q "${args[@]}" | sed -n -E 's/^Time: ([0-9.]+) ms.*/\1/p'
 }
 summarize() { # label, times (first = cold)
-    local label="$1"
-    shift
-    printf '%s\n' "$@" | awk -v l="$label" 'NR == 1 { cold = $1; next } { w[n++] = $1 } END {
-        asort(w); med = (n % 2) ? w[(n + 1) / 2] : (w[n / 2] + w[n / 2 + 1]) / 2
+    local label="$1" cold="$2"
+    shift 2
+    printf '%s\n' "$@" | sort -g | awk -v l="$label" -v cold="$cold" '{ w[++n] = $1 } END {
+        med = (n % 2) ? w[(n + 1) / 2] : (w[n / 2] + w[n / 2 + 1]) / 2
         printf "%s: cold %.1f ms; warm (n=%d) min %.1f ms, median %.1f ms, max %.1f ms\n", l, cold, n, w[1], med, w[n] }'
 }
 size="$(q -c "SELECT count(*) FROM audience.recommend_audience('brand', '${BRAND//\'/\'\'}', 5, catalog => '$CAT')")"
 mapfile -t t_default < <(latency "SELECT 1")
-summarize "audience size $size; model_cache_mb = $(q -c 'SHOW audience.model_cache_mb')" "${t_default[@]}" | tee "$OUT/latency.txt"
+summarize "audience size $size; model_cache_mb = $(q -c "LOAD 'pg_audience'" -c 'SHOW audience.model_cache_mb')" "${t_default[@]}" | tee "$OUT/latency.txt"
 if ((model_bytes > 900 * 1048576)); then
     mapfile -t t_big < <(latency "SET audience.model_cache_mb = 16384")
     summarize "model_cache_mb = 16384 (the model is $(mb "$model_bytes") stored)" "${t_big[@]}" | tee -a "$OUT/latency.txt"
@@ -210,7 +218,7 @@ t_ext="$(awk -v a="$t_export" -v b="$t_py" -v c="$t_load" 'BEGIN { printf "%.2f"
     printf '%-52s %10s\n' "  write factors CSV" "$py_write"
     printf '%-52s %10s\n' "\\copy factors back into tables" "$t_load"
     printf '%-52s %10s\n' "export + train + load (total)" "$t_ext"
-    printf '%-52s %10s\n' "peak RSS: build backend / python (MB)" "$(awk -v b="$rss" 'BEGIN { printf "%.0f", b / 1048576 }') / $py_rss"
+    printf '%-52s %10s\n' "peak memory MB: build VmHWM / RssAnon / python" "$(awk -v b="$rss" 'BEGIN { printf "%.0f", b / 1048576 }') / $((max_anon_kb / 1024)) / $py_rss"
 } | tee "$OUT/summary.txt"
 python3 - "$OUT/summary.json" <<EOF
 import json, sys
@@ -218,7 +226,7 @@ json.dump({"schema": "$SCH", "users": $USERS, "products": $PRODUCTS, "events": $
            "model_users": $users, "items": $items, "pairs": $pairs,
            "build": {"total": $s_total, "scan": $s_scan, "products": $s_products, "als": $s_als, "knn": $s_knn, "store": $s_store,
                      "scan_rows_per_s": $rate, "peak_rss_bytes": $rss, "affinity_state_bytes": $state, "model_bytes": $model_bytes,
-                     "parallel_workers_seen": $max_workers},
+                     "parallel_workers_seen": $max_workers, "peak_rss_anon_bytes": $((max_anon_kb * 1024))},
            "latency": open("$OUT/latency.txt").read(),
            "external": {"export": $t_export, "python_wall": $t_py, "python_load": $py_load, "train": $py_train,
                         "write": $py_write, "load_back": $t_load, "total": $t_ext, "csv_rows": $n_csv}},

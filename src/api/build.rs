@@ -48,8 +48,12 @@ pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<Tim
     .or_raise("planning the scan");
     let query = query.unwrap_or_else(|| AudienceError::internal("no scan query").raise());
     let prop_names: Vec<String> = props.unwrap_or_default().into_iter().flatten().collect();
-    let token: i64 = Spi::get_one::<i64>(&query)
-        .or_raise("scanning the event sources")
+    // No row limit: the executor only runs a plan with parallel workers when it may fetch every
+    // row (Spi::get_one asks for one, which silently disabled the parallel scan).
+    let token: i64 = query_rows(&query, &[], |row| row.get::<i64>(1).ok().flatten())
+        .into_iter()
+        .next()
+        .flatten()
         .unwrap_or_else(|| AudienceError::internal("the scan returned no state").raise());
     let mut acc = take_stashed(token).unwrap_or_else(|| AudienceError::internal("the scan's state was lost").raise());
     // Decay is measured to the latest event, but never to a time after `until` or now: one event

@@ -1,3 +1,6 @@
+//! Its SQL is fully schema-qualified (operators too): the audience functions do not pin
+//! `search_path`, because Postgres would save and restore it for every row they return.
+//!
 //! Per-backend cache of the active model: models are immutable and ids never reused, so a cache
 //! keyed by model id never serves a stale model.
 use crate::api::spi_util::{args, query_rows};
@@ -41,7 +44,7 @@ thread_local! {
 /// The catalog's id, name and active model id (None before the first build).
 pub fn resolve_catalog(catalog: Option<&str>) -> (i32, String, Option<i64>) {
     let rows = query_rows(
-        "SELECT c.catalog_id, c.name, c.active_model_id FROM audience.catalogs c WHERE c.catalog_id = audience._catalog_id($1)",
+        "SELECT c.catalog_id, c.name, c.active_model_id FROM audience.catalogs c WHERE c.catalog_id OPERATOR(pg_catalog.=) audience._catalog_id($1)",
         &args![catalog],
         |r| (r.get::<i32>(1).ok().flatten(), r.get::<String>(2).ok().flatten(), r.get::<i64>(3).ok().flatten()),
     );
@@ -72,7 +75,7 @@ fn load(model_id: i64) -> Model {
     let chunks = Spi::connect(|client| {
         let table = client
             .select(
-                "SELECT data FROM audience.model_data WHERE model_id = $1 AND part = 'model' ORDER BY chunk",
+                "SELECT data FROM audience.model_data WHERE model_id OPERATOR(pg_catalog.=) $1 AND part OPERATOR(pg_catalog.=) 'model' ORDER BY chunk",
                 None,
                 &args![model_id],
             )

@@ -18,8 +18,9 @@ fn time_range(cid: i32) -> (i64, i64) {
     let q: Option<String> = Spi::get_one_with_args("SELECT time_query FROM audience._build_query($1, NULL, NULL, NULL)", &args![cid])
         .or_raise("planning the scan");
     let q = q.unwrap_or_else(|| AudienceError::internal("no time query").raise());
+    // Without a row limit, so the scan may run in parallel (see build::collect).
     let (lo, hi): (Option<TimestampWithTimeZone>, Option<TimestampWithTimeZone>) =
-        Spi::get_two(&q).or_raise("reading the event time range");
+        query_rows(&q, &[], |r| (r.get(1).ok().flatten(), r.get(2).ok().flatten())).into_iter().next().unwrap_or((None, None));
     match (lo, hi) {
         (Some(lo), Some(hi)) => (lo.into(), hi.into()),
         _ => AudienceError::not_ready("the catalog's event sources hold no usable events")

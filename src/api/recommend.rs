@@ -1,4 +1,9 @@
 //! `audience.recommend_audience` and `audience.explain`.
+//!
+//! These set-returning functions do not pin `search_path` with a SET clause: Postgres calls a
+//! value-per-call SRF once per row, and a SET clause saves and restores the setting on every
+//! call (20% of a 50,000-user audience's time, measured with perf). All SQL they run is
+//! schema-qualified instead, operators included (see cache.rs).
 use crate::api::cache::{active, Loaded};
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError};
@@ -14,7 +19,7 @@ pub fn model_property<'a>(l: &'a Loaded, name: Option<&str>) -> &'a Property {
     }
     let known: Vec<&str> = l.model.properties.iter().map(|p| p.name.as_str()).collect();
     let mapped_now = query_rows(
-        "SELECT 1 FROM audience.property_mappings m JOIN audience.catalogs c USING (catalog_id) WHERE c.name = $1 AND m.property = $2",
+        "SELECT 1 FROM audience.property_mappings m JOIN audience.catalogs c ON c.catalog_id OPERATOR(pg_catalog.=) m.catalog_id WHERE c.name OPERATOR(pg_catalog.=) $1 AND m.property OPERATOR(pg_catalog.=) $2",
         &args![l.catalog.as_str(), name],
         |_| (),
     );
@@ -147,7 +152,6 @@ fn rows(l: &Loaded, ranked: Vec<(u32, f32)>) -> Vec<(String, f64, i64, f64)> {
 /// The users most likely to engage with items whose `property` equals `value`, best first,
 /// capped at the top `max_pct` percent of the users known to the catalog's model.
 #[pg_extern(stable, parallel_restricted, name = "recommend_audience")]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn recommend_audience(
     property: Option<&str>,
@@ -176,7 +180,6 @@ fn recommend_audience(
 
 /// The same for several values at once (brand IN (...)): items having any of the values.
 #[pg_extern(stable, parallel_restricted, name = "recommend_audience")]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn recommend_audience_values(
     property: Option<&str>,
@@ -206,7 +209,6 @@ fn recommend_audience_values(
 /// The items of a user's history that contributed most to their score for a value.
 // Parallel restricted: each parallel worker would load its own copy of the model.
 #[pg_extern(stable, parallel_restricted)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
 fn explain(
     catalog: Option<&str>,
     user_id: Option<&str>,
