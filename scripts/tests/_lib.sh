@@ -150,7 +150,7 @@ t_bg_wait() {
 t_bg_out() { cat "$T_TMP/$1.out"; }
 # Seconds the session ran (psql start to exit).
 t_bg_ms() { t_ms "$(cat "$T_TMP/$1.t0")" "$(cat "$T_TMP/$1.t1")"; }
-t_bg_pid() { q "SELECT pid FROM pg_stat_activity WHERE application_name = '$1'"; }
+t_bg_pid() { q "SELECT pid FROM pg_stat_activity WHERE application_name = '$1' AND backend_type = 'client backend'"; }
 
 # t_wait_for "SQL returning t" [timeout_s] [what]
 t_wait_for() {
