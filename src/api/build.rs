@@ -164,12 +164,22 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
     Trained { model, als_seconds, knn_seconds }
 }
 
-/// Peak resident memory of this backend, in bytes (Linux), for build statistics.
-pub fn peak_rss_bytes() -> Option<u64> {
+/// A memory figure of this backend from /proc/self/status, in bytes (Linux only).
+fn proc_status_bytes(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Peak resident memory (VmHWM). It includes the shared buffers the scan touched.
+pub fn peak_rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Private (anonymous) resident memory now: the backend's own allocations, without shared buffers.
+pub fn private_rss_bytes() -> Option<u64> {
+    proc_status_bytes("RssAnon:")
 }
 
 /// Distinct users per property value (users with affinity to any item having it).
@@ -431,6 +441,8 @@ fn build(
     let (scan_s, products_s, state_bytes) = (collected.scan_seconds, collected.products_seconds, collected.state_bytes);
     let (min_t, max_t, ref_t) = (collected.aff.min_time_us, collected.aff.max_time_us, collected.aff.reference_us);
     let trained = train(collected, &params);
+    // Measured with the affinity matrix and the trained models in memory, the build's high point.
+    let private_bytes = private_rss_bytes();
     let t_store = Instant::now();
     let m = &trained.model;
     let (users, items, pairs) = (m.users.len() as i64, m.items.len() as i64, m.ui.nnz() as i64);
@@ -438,6 +450,7 @@ fn build(
         "seconds": { "scan": scan_s, "products": products_s, "als": trained.als_seconds, "knn": trained.knn_seconds },
         "affinity_state_bytes": state_bytes,
         "peak_rss_bytes": peak_rss_bytes(),
+        "private_rss_after_training_bytes": private_bytes,
         "first_event_us": min_t, "last_event_us": max_t, "reference_us": ref_t,
     });
     let model_id = store(cid, m, rows_read, until, &params_json(&params), &stats);
