@@ -18,6 +18,8 @@ pub struct BuildParams {
     pub als: Option<AlsParams>,
     pub knn: Option<KnnParams>,
     pub hybrid: HybridParams,
+    /// Knobs for cross-sell audiences (`exclude_engaged => true`); set by `audience.tune`.
+    pub cross_sell: HybridParams,
 }
 
 pub const DEFAULT_HYBRID: HybridParams = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.5, volume: 0.0 };
@@ -160,6 +162,7 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
         knn,
         properties,
         params: p.hybrid,
+        cross_params: p.cross_sell,
     };
     Trained { model, als_seconds, knn_seconds }
 }
@@ -327,7 +330,30 @@ pub fn build_params(
                 .raise(),
         },
     };
-    BuildParams { als, knn, hybrid }
+    BuildParams { als, knn, hybrid, cross_sell: hybrid }
+}
+
+/// Hybrid knobs from a JSON object such as `{"prior": 2, "activity_exp": 1, ...}` (as stored by
+/// `audience.tune`); missing or invalid entries keep `base`'s values.
+pub fn knobs_from_json(v: Option<&serde_json::Value>, base: HybridParams) -> HybridParams {
+    let Some(v) = v else { return base };
+    let num = |k: &str| {
+        v.get(k).and_then(|x| match x {
+            serde_json::Value::String(s) if s == "Infinity" => Some(f32::INFINITY),
+            x => x.as_f64().map(|f| f as f32),
+        })
+    };
+    let ok = |x: f32| x >= 0.0 && !x.is_nan();
+    HybridParams {
+        prior: num("prior").filter(|&x| ok(x)).unwrap_or(base.prior),
+        activity_exp: num("activity_exp").filter(|&x| ok(x) && x.is_finite()).unwrap_or(base.activity_exp),
+        knn_weight: num("knn_weight").filter(|&x| (0.0..=1.0).contains(&x)).unwrap_or(base.knn_weight),
+        volume: num("volume").filter(|&x| x == 0.0 || x == 1.0).unwrap_or(base.volume),
+    }
+}
+
+pub fn knobs_json(p: &HybridParams) -> serde_json::Value {
+    serde_json::json!({ "prior": json_f32(p.prior), "activity_exp": p.activity_exp, "knn_weight": p.knn_weight, "volume": p.volume })
 }
 
 /// A float for JSON, with +infinity as the string "Infinity" (JSON has no infinity).
@@ -345,7 +371,8 @@ pub fn params_json(p: &BuildParams) -> serde_json::Value {
             "factors": a.factors, "iterations": a.iterations, "regularization": a.regularization,
             "alpha": a.alpha, "cg_steps": a.cg_steps, "seed": a.seed })),
         "knn": p.knn.as_ref().map(|k| serde_json::json!({ "neighbours": k.neighbours, "k1": k.k1, "b": k.b })),
-        "hybrid": { "prior": json_f32(p.hybrid.prior), "activity_exp": p.hybrid.activity_exp, "knn_weight": p.hybrid.knn_weight, "volume": p.hybrid.volume },
+        "hybrid": knobs_json(&p.hybrid),
+        "cross_sell": knobs_json(&p.cross_sell),
     })
 }
 
@@ -371,7 +398,7 @@ pub fn remembered_params(cid: i32, explicit: serde_json::Value) -> BuildParams {
             v => v.as_f64(),
         })
     };
-    build_params(
+    let mut p = build_params(
         int("factors"),
         int("iterations"),
         num("regularization"),
@@ -381,7 +408,9 @@ pub fn remembered_params(cid: i32, explicit: serde_json::Value) -> BuildParams {
         num("activity_exp"),
         num("knn_weight"),
         num("volume"),
-    )
+    );
+    p.cross_sell = knobs_from_json(merged.get("cross_sell"), p.hybrid);
+    p
 }
 
 /// Locks the catalog for a build (fails fast when another build holds it) and returns its id.

@@ -1,6 +1,6 @@
 //! `audience.evaluate` (temporal backtest against SQL baselines) and `audience.tune` (choose the
 //! hybrid knobs by temporal validation on the user's own data).
-use crate::api::build::{collect, json_f32, remembered_params, train, BuildParams, Collected};
+use crate::api::build::{collect, knobs_json, remembered_params, train, BuildParams, Collected};
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{AudienceError, OrRaise};
 use crate::model::als::AlsParams;
@@ -12,6 +12,8 @@ use pgrx::prelude::*;
 pub const CUTS: [f64; 4] = [1.0, 5.0, 10.0, 20.0];
 /// Values used for tuning (the most engaged-with in the validation window), to bound memory.
 const TUNE_VALUES: usize = 40;
+/// Users the tuning grid is scored on (a fixed sample above this).
+const TUNE_USERS: usize = 100_000;
 
 /// The catalog's first and last event times (microseconds since 2000-01-01).
 fn time_range(cid: i32) -> (i64, i64) {
@@ -124,23 +126,39 @@ pub fn tune_on(cid: i32, property: &str, cutoff: i64, holdout: i64, p: &BuildPar
         let model = &trained.model;
         let prop = model_property(model, property);
         let t = truth(model, prop, &val_c, None);
-        let scorer = Scorer::new(&model.ui, model.als.as_ref(), model.knn.as_ref());
+        let scorer = Scorer::new(&model.ui, model.als.as_ref(), model.knn.as_ref()).with_threads(crate::guc::threads());
         // The most engaged-with values, so memory stays bounded on wide properties.
         let mut order: Vec<usize> = (0..t.values.len()).collect();
         order.sort_by_key(|&v| std::cmp::Reverse(t.positives[v].iter().filter(|&&b| b).count()));
         order.truncate(TUNE_VALUES);
+        // On large catalogs the grid is scored on a fixed sample of users (every k-th), which
+        // keeps tuning to seconds; the knobs are per-user formulas, so a sample ranks them alike.
+        let n_users = scorer.n_users();
+        let step = n_users.div_ceil(TUNE_USERS).max(1);
+        let sample: Vec<usize> = (0..n_users).step_by(step).collect();
+        let pick = |v: &[f32]| -> Vec<f32> { sample.iter().map(|&u| v[u]).collect() };
         let per_value: Vec<(Components, Vec<bool>)> = order
             .iter()
             .map(|&v| {
                 pgrx::check_for_interrupts!();
-                (scorer.components(&t.value_items[v]), t.positives[v].clone())
+                let c = scorer.components(&t.value_items[v]);
+                let c = Components {
+                    e: pick(&c.e),
+                    knn_share: c.knn_share.as_deref().map(pick),
+                    als_share: c.als_share.as_deref().map(pick),
+                    als_volume: c.als_volume.as_deref().map(|x| std::sync::Arc::new(pick(x))),
+                };
+                (c, sample.iter().map(|&u| t.positives[v][u]).collect())
             })
             .collect();
-        let totals = scorer.totals();
-        let grid = default_grid_for(totals);
-        let (hp, obj) = tune_eligible(&per_value, totals, &grid, &CUTS, &|_, _| true);
+        let totals = pick(scorer.totals());
+        let grid = default_grid_for(&totals);
+        let (hp, obj) = tune_eligible(&per_value, &totals, &grid, &CUTS, &|_, _| true);
         if best.as_ref().is_none_or(|b| obj > b.1) {
-            best = Some((BuildParams { hybrid: hp, ..cand }, obj));
+            pgrx::check_for_interrupts!();
+            // Cross-sell knobs: the same grid, scored only on users new to each value.
+            let (xs, _) = tune_eligible(&per_value, &totals, &grid, &CUTS, &|v, u| per_value[v].0.e[u] <= 0.0);
+            best = Some((BuildParams { hybrid: hp, cross_sell: xs, ..cand }, obj));
         }
     }
     best.expect("at least one candidate")
@@ -240,6 +258,11 @@ fn evaluate(
                 None => totals.clone(),
             };
             for cross in [false, true] {
+                let scores = if *name == "pg_audience" && cross && params.cross_sell != params.hybrid {
+                    score_from_components(&c, &totals, &params.cross_sell)
+                } else {
+                    scores.clone()
+                };
                 let m = if cross {
                     evaluate_ranking(&scores, &t.positives[v], &|u| !engaged[u], &CUTS)
                 } else {
@@ -348,7 +371,8 @@ fn tune(
     // Validate on the most recent window: train before (last - h), validate on the rest.
     let (chosen, obj) = tune_on(cid, property, last, h, &params);
     let p = chosen.hybrid;
-    let mut settings = serde_json::json!({"prior": json_f32(p.prior), "activity_exp": p.activity_exp, "knn_weight": p.knn_weight, "volume": p.volume});
+    let mut settings = knobs_json(&p);
+    settings["cross_sell"] = knobs_json(&chosen.cross_sell);
     if let Some(a) = &chosen.als {
         settings["factors"] = serde_json::json!(a.factors);
         settings["iterations"] = serde_json::json!(a.iterations);

@@ -92,7 +92,9 @@ pub fn rank(req: &Request, l: &Loaded) -> Vec<(u32, f32)> {
     if let Some(m) = req.max_users {
         k = k.min(m as usize);
     }
-    let scores = l.scorer.score(&items, &l.model.params);
+    // Cross-sell audiences rank users new to the value with their own knobs (see audience.tune).
+    let knobs = if req.exclude_engaged.unwrap_or(false) { &l.model.cross_params } else { &l.model.params };
+    let scores = l.scorer.score(&items, knobs);
     let excluded: Option<Vec<bool>> = if req.exclude_engaged.unwrap_or(false) {
         Some(match &req.lookback {
             None => l.scorer.engaged(&items),

@@ -6,7 +6,7 @@ use crate::score::hybrid::HybridParams;
 use crate::util::codec::{CodecError, Reader, Writer};
 
 const MAGIC: [u8; 4] = *b"PGAM";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// One property: its distinct values (sorted) and, per value, the items having it.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,6 +81,8 @@ pub struct Model {
     pub knn: Option<Csr>,
     pub properties: Vec<Property>,
     pub params: HybridParams,
+    /// Knobs for cross-sell audiences (`exclude_engaged`), tuned on users new to each value.
+    pub cross_params: HybridParams,
 }
 
 fn put_csr(w: &mut Writer, m: &Csr) {
@@ -144,10 +146,12 @@ impl Model {
             w.put_strs(&p.values);
             put_csr(&mut w, &p.value_items);
         }
-        w.put_f32(self.params.prior);
-        w.put_f32(self.params.activity_exp);
-        w.put_f32(self.params.knn_weight);
-        w.put_f32(self.params.volume);
+        for p in [&self.params, &self.cross_params] {
+            w.put_f32(p.prior);
+            w.put_f32(p.activity_exp);
+            w.put_f32(p.knn_weight);
+            w.put_f32(p.volume);
+        }
         w.into_inner()
     }
 
@@ -196,14 +200,13 @@ impl Model {
             }
             properties.push(Property { name, values, value_items });
         }
-        let params = HybridParams {
-            prior: r.get_f32()?,
-            activity_exp: r.get_f32()?,
-            knn_weight: r.get_f32()?,
-            volume: r.get_f32()?,
+        let mut knobs = || -> Result<HybridParams, CodecError> {
+            Ok(HybridParams { prior: r.get_f32()?, activity_exp: r.get_f32()?, knn_weight: r.get_f32()?, volume: r.get_f32()? })
         };
+        let params = knobs()?;
+        let cross_params = knobs()?;
         r.finish()?;
-        Ok(Model { users, items, ui, last_seen, als, knn, properties, params })
+        Ok(Model { users, items, ui, last_seen, als, knn, properties, params, cross_params })
     }
 }
 
@@ -224,6 +227,7 @@ mod tests {
             knn: Some(Csr::from_triplets(2, 2, &mut vec![(0, 1, 0.5)])),
             properties: vec![props],
             params: HybridParams { prior: 1.0, activity_exp: 0.5, knn_weight: 0.5, volume: 1.0 },
+            cross_params: HybridParams { prior: f32::INFINITY, activity_exp: 1.0, knn_weight: 1.0, volume: 0.0 },
         }
     }
 
