@@ -210,8 +210,16 @@ const CHUNK: usize = 256 << 20;
 /// Stores a model as the catalog's new active model, in the caller's transaction, and drops the
 /// catalog's older models. Returns the new model id.
 #[allow(clippy::too_many_arguments)]
-pub fn store(cid: i32, model: &Model, rows_read: i64, until: Option<TimestampWithTimeZone>, params: &serde_json::Value, stats: &serde_json::Value) -> i64 {
-    let reference: Option<TimestampWithTimeZone> = None;
+pub fn store(
+    cid: i32,
+    model: &Model,
+    rows_read: i64,
+    until: Option<TimestampWithTimeZone>,
+    reference_us: i64,
+    params: &serde_json::Value,
+    stats: &serde_json::Value,
+) -> i64 {
+    let reference = TimestampWithTimeZone::try_from(reference_us).ok();
     let model_id: i64 = Spi::get_one_with_args::<i64>(
         "INSERT INTO audience.models (catalog_id, train_until, reference_time, rows_read, users, items, pairs, params, stats)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING model_id",
@@ -482,12 +490,12 @@ fn build(
         "private_rss_after_training_bytes": private_bytes,
         "first_event_us": min_t, "last_event_us": max_t, "reference_us": ref_t,
     });
-    let model_id = store(cid, m, rows_read, until, &params_json(&params), &stats);
+    let model_id = store(cid, m, rows_read, until, ref_t, &params_json(&params), &stats);
     let store_s = t_store.elapsed().as_secs_f64();
     let total = t0.elapsed().as_secs_f64();
     Spi::run_with_args(
-        "UPDATE audience.models SET stats = stats || pg_catalog.jsonb_build_object('seconds', (stats->'seconds') || pg_catalog.jsonb_build_object('store', $2::float8, 'total', $3::float8), 'peak_rss_bytes', $4::bigint), reference_time = pg_catalog.to_timestamp(946684800 + $5::float8 / 1e6) WHERE model_id = $1",
-        &args![model_id, store_s, total, peak_rss_bytes().map(|b| b as i64), ref_t as f64],
+        "UPDATE audience.models SET stats = stats || pg_catalog.jsonb_build_object('seconds', (stats->'seconds') || pg_catalog.jsonb_build_object('store', $2::float8, 'total', $3::float8), 'peak_rss_bytes', $4::bigint) WHERE model_id = $1",
+        &args![model_id, store_s, total, peak_rss_bytes().map(|b| b as i64)],
     )
     .or_raise("recording build statistics");
     TableIterator::once((model_id, rows_read, users, items, pairs, total))
