@@ -19,7 +19,7 @@ COMMENT ON TABLE audience.catalogs IS 'Recommendation catalogs: event sources, p
 -- filtered by an event-name column), with a weight and an optional recency half-life.
 CREATE TABLE audience.events (
     event_id        serial PRIMARY KEY,
-    catalog_id      integer NOT NULL REFERENCES audience.catalogs ON DELETE CASCADE,
+    catalog_id      integer NOT NULL,
     name            text NOT NULL CHECK (name OPERATOR(pg_catalog.<>) ''),
     source_schema   name NOT NULL,
     source_table    name NOT NULL,
@@ -40,9 +40,9 @@ COMMENT ON TABLE audience.events IS 'Registered interaction event sources. Edit 
 -- event source (a column or a key of a json/jsonb column) or from a products table.
 CREATE TABLE audience.property_mappings (
     mapping_id        serial PRIMARY KEY,
-    catalog_id        integer NOT NULL REFERENCES audience.catalogs ON DELETE CASCADE,
+    catalog_id        integer NOT NULL,
     property          text NOT NULL CHECK (property OPERATOR(pg_catalog.<>) ''),
-    event_id          integer REFERENCES audience.events ON DELETE CASCADE,
+    event_id          integer,
     products_schema   name,
     products_table    name,
     products_id_column name,
@@ -60,7 +60,7 @@ COMMENT ON TABLE audience.property_mappings IS 'Where each model property is rea
 -- catalogs.active_model_id in the same transaction, so readers never see half a model.
 CREATE TABLE audience.models (
     model_id        bigserial PRIMARY KEY,
-    catalog_id      integer NOT NULL REFERENCES audience.catalogs ON DELETE CASCADE,
+    catalog_id      integer NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     train_until     timestamptz,
     reference_time  timestamptz,
@@ -73,13 +73,15 @@ CREATE TABLE audience.models (
 );
 COMMENT ON TABLE audience.models IS 'Trained models with their parameters and build statistics (rows read, seconds per phase, memory).';
 
--- catalogs.active_model_id has no foreign key on purpose: models already reference catalogs, and
--- pg_dump orders the data of configuration tables by their foreign keys, which a cycle would break.
+-- No foreign keys between the extension's tables: they are configuration tables, which
+-- `pg_restore -j` loads in parallel while the extension's constraints already exist, so a child
+-- table could arrive before its parent. Deletes cascade through the triggers at the end of this
+-- file instead.
 
 -- The model's arrays (id maps, affinity matrix, factors, neighbours, item properties) in the
 -- extension's binary format, cut into chunks below the 1 GB field limit.
 CREATE TABLE audience.model_data (
-    model_id bigint NOT NULL REFERENCES audience.models ON DELETE CASCADE,
+    model_id bigint NOT NULL,
     part     text NOT NULL,
     chunk    integer NOT NULL,
     data     bytea NOT NULL,
@@ -91,7 +93,7 @@ COMMENT ON TABLE audience.model_data IS 'Binary arrays of each model (internal f
 
 -- The distinct values of each property in a model, with item and user counts: what a UI lists.
 CREATE TABLE audience.property_values (
-    model_id bigint NOT NULL REFERENCES audience.models ON DELETE CASCADE,
+    model_id bigint NOT NULL,
     property text NOT NULL,
     value    text NOT NULL,
     items    bigint NOT NULL,
@@ -103,7 +105,7 @@ CREATE TABLE audience.property_values (
 CREATE TABLE audience.saved_audiences (
     audience_id     serial PRIMARY KEY,
     name            text NOT NULL UNIQUE CHECK (name OPERATOR(pg_catalog.<>) ''),
-    catalog_id      integer NOT NULL REFERENCES audience.catalogs ON DELETE CASCADE,
+    catalog_id      integer NOT NULL,
     property        text NOT NULL,
     "values"        text[] NOT NULL,
     max_pct         double precision NOT NULL,
@@ -118,7 +120,7 @@ CREATE TABLE audience.saved_audiences (
 COMMENT ON TABLE audience.saved_audiences IS 'Audience definitions materialised by audience.save_audience and refreshed by audience.refresh_audience.';
 
 CREATE TABLE audience.audience_members (
-    audience_id integer NOT NULL REFERENCES audience.saved_audiences ON DELETE CASCADE,
+    audience_id integer NOT NULL,
     user_id     text NOT NULL,
     score       double precision NOT NULL,
     rank        bigint NOT NULL,
@@ -128,7 +130,7 @@ CREATE TABLE audience.audience_members (
 COMMENT ON TABLE audience.audience_members IS 'Current members of each saved audience.';
 
 CREATE TABLE audience.audience_changes (
-    audience_id  integer NOT NULL REFERENCES audience.saved_audiences ON DELETE CASCADE,
+    audience_id  integer NOT NULL,
     refreshed_at timestamptz NOT NULL,
     user_id      text NOT NULL,
     change       text NOT NULL CHECK (change OPERATOR(pg_catalog.=) ANY (ARRAY['entered', 'left'])),
@@ -193,14 +195,14 @@ COMMENT ON VIEW audience.catalog_values IS 'Distinct values of each property in 
 -- Backtest results of audience.evaluate, one row per method, value, variant and cut.
 CREATE TABLE audience.evaluations (
     evaluation_id bigserial PRIMARY KEY,
-    catalog_id    integer NOT NULL REFERENCES audience.catalogs ON DELETE CASCADE,
+    catalog_id    integer NOT NULL,
     property      text NOT NULL,
     cutoff        timestamptz NOT NULL,
     params        jsonb NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 CREATE TABLE audience.evaluation_results (
-    evaluation_id bigint NOT NULL REFERENCES audience.evaluations ON DELETE CASCADE,
+    evaluation_id bigint NOT NULL,
     method        text NOT NULL,
     value         text NOT NULL,
     cross_sell    boolean NOT NULL,
@@ -218,3 +220,39 @@ COMMENT ON TABLE audience.evaluation_results IS 'Backtest metrics written by aud
 SELECT pg_catalog.pg_extension_config_dump('audience.evaluations', '');
 SELECT pg_catalog.pg_extension_config_dump('audience.evaluations_evaluation_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('audience.evaluation_results', '');
+
+-- Cascading deletes between the extension's tables (in place of ON DELETE CASCADE foreign keys,
+-- see the top of this file). SECURITY DEFINER on purpose: like a foreign key's cascade, it runs
+-- as the tables' owner, so a role allowed to delete a catalog, model or saved audience does not
+-- also need DELETE on the rows that belong to it. It only deletes rows keyed by OLD's id.
+CREATE FUNCTION audience._cascade_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF TG_TABLE_NAME = 'catalogs' THEN
+        DELETE FROM audience.events t WHERE t.catalog_id OPERATOR(pg_catalog.=) OLD.catalog_id;
+        DELETE FROM audience.property_mappings t WHERE t.catalog_id OPERATOR(pg_catalog.=) OLD.catalog_id;
+        DELETE FROM audience.models t WHERE t.catalog_id OPERATOR(pg_catalog.=) OLD.catalog_id;
+        DELETE FROM audience.saved_audiences t WHERE t.catalog_id OPERATOR(pg_catalog.=) OLD.catalog_id;
+        DELETE FROM audience.evaluations t WHERE t.catalog_id OPERATOR(pg_catalog.=) OLD.catalog_id;
+    ELSIF TG_TABLE_NAME = 'events' THEN
+        DELETE FROM audience.property_mappings t WHERE t.event_id OPERATOR(pg_catalog.=) OLD.event_id;
+    ELSIF TG_TABLE_NAME = 'models' THEN
+        DELETE FROM audience.model_data t WHERE t.model_id OPERATOR(pg_catalog.=) OLD.model_id;
+        DELETE FROM audience.property_values t WHERE t.model_id OPERATOR(pg_catalog.=) OLD.model_id;
+    ELSIF TG_TABLE_NAME = 'saved_audiences' THEN
+        DELETE FROM audience.audience_members t WHERE t.audience_id OPERATOR(pg_catalog.=) OLD.audience_id;
+        DELETE FROM audience.audience_changes t WHERE t.audience_id OPERATOR(pg_catalog.=) OLD.audience_id;
+    ELSIF TG_TABLE_NAME = 'evaluations' THEN
+        DELETE FROM audience.evaluation_results t WHERE t.evaluation_id OPERATOR(pg_catalog.=) OLD.evaluation_id;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+REVOKE ALL ON FUNCTION audience._cascade_delete() FROM PUBLIC;
+CREATE TRIGGER cascade_delete AFTER DELETE ON audience.catalogs FOR EACH ROW EXECUTE FUNCTION audience._cascade_delete();
+CREATE TRIGGER cascade_delete AFTER DELETE ON audience.events FOR EACH ROW EXECUTE FUNCTION audience._cascade_delete();
+CREATE TRIGGER cascade_delete AFTER DELETE ON audience.models FOR EACH ROW EXECUTE FUNCTION audience._cascade_delete();
+CREATE TRIGGER cascade_delete AFTER DELETE ON audience.saved_audiences FOR EACH ROW EXECUTE FUNCTION audience._cascade_delete();
+CREATE TRIGGER cascade_delete AFTER DELETE ON audience.evaluations FOR EACH ROW EXECUTE FUNCTION audience._cascade_delete();
