@@ -9,6 +9,7 @@
 # Env: USERS, PRODUCTS, EVENTS, MONTHS (6), SEED (0.42): the shop (generated once per size into
 # schema shop_u<USERS>_p<PRODUCTS>_e<EVENTS> and reused while it exists); BENCH_CLUSTER
 # (bench-scale); BENCH_KEEP=1 leaves the cluster running; BENCH_SKIP_IMPLICIT=1 skips (d);
+# BENCH_SKIP_CANCEL=1 skips (e), CANCEL_AT="5 20 30" sets when (e) cancels (seconds into a build);
 # BENCH_OUT (target/bench/scale-<size>): CSV files and the JSON summary.
 # Cluster: shared_buffers=2GB, max_parallel_workers_per_gather=2, max_wal_size=20GB.
 #
@@ -157,6 +158,39 @@ summarize "audience size $size; model_cache_mb = $(q -c "LOAD 'pg_audience'" -c 
 if ((model_bytes > 900 * 1048576)); then
     mapfile -t t_big < <(latency "SET audience.model_cache_mb = 16384")
     summarize "model_cache_mb = 16384 (the model is $(mb "$model_bytes") stored)" "${t_big[@]}" | tee -a "$OUT/latency.txt"
+fi
+
+# ------------------------------------------------------------------ (e) cancel during a build
+# A second build is cancelled at several points (in the scan, in ALS, late in the build) and once
+# stopped by statement_timeout; each must end within 1 s with 57014 and keep model 1 active.
+if [[ "${BENCH_SKIP_CANCEL:-}" != 1 ]]; then
+    hr "(e) cancel and statement_timeout during a build (offsets ${CANCEL_AT:-5 20 30} s)"
+    q -c "CREATE TABLE IF NOT EXISTS public.bench_marks (name text, at timestamptz)" -c "TRUNCATE public.bench_marks"
+    active_before="$(q -c "SELECT active_model_id FROM audience.catalogs WHERE name = '$CAT'")"
+    worst=0
+    for off in ${CANCEL_AT:-5 20 30}; do
+        (PGAPPNAME=bench_cancel pga_psql "$CL" -At -v ON_ERROR_STOP=0 \
+            -c "INSERT INTO public.bench_marks VALUES ('start$off', clock_timestamp())" \
+            -c "SELECT model_id FROM audience.build('$CAT')" \
+            -c "INSERT INTO public.bench_marks VALUES ('end$off', clock_timestamp())" >"$OUT/cancel$off.out" 2>&1) &
+        bp=$!
+        until [[ -n "$(q -c "SELECT 1 FROM public.bench_marks WHERE name = 'start$off'")" ]]; do sleep 0.05; done
+        sleep "$off"
+        q -c "INSERT INTO public.bench_marks SELECT 'sent$off', clock_timestamp() FROM (SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'bench_cancel' AND backend_type = 'client backend') x"
+        wait "$bp" || true
+        ms="$(q -c "SELECT round(extract(epoch FROM (SELECT at FROM public.bench_marks WHERE name = 'end$off') - (SELECT at FROM public.bench_marks WHERE name = 'sent$off')) * 1000)")"
+        err="$(grep -o 'ERROR:.*' "$OUT/cancel$off.out" | head -n1)"
+        echo "cancel ${off} s into the build: cancel -> error ${ms} ms (${err:-no error: the build finished first})"
+        [[ -n "$err" && "$ms" -gt "$worst" ]] && worst="$ms"
+    done
+    t0="$(now)"
+    err="$(q -c "SET statement_timeout = '10s'" -c "SELECT model_id FROM audience.build('$CAT')" 2>&1 | grep -o 'ERROR:.*' | head -n1 || true)"
+    echo "statement_timeout 10 s: the build ended after $(secs "$t0" "$(now)") s (${err:-no error})"
+    active_after="$(q -c "SELECT active_model_id FROM audience.catalogs WHERE name = '$CAT'")"
+    echo "active model before: $active_before, after: $active_after; slowest cancel -> error: ${worst} ms"
+    if [[ "$active_before" != "$active_after" || "$worst" -gt 1000 ]]; then
+        echo "FAIL: a cancelled build must stop within 1 s and keep the previous model" >&2
+    fi
 fi
 
 # ------------------------------------------------------------------ (d) export + implicit + load
