@@ -248,7 +248,7 @@ fn evaluate(
     for (v, value) in t.values.iter().enumerate() {
         pgrx::check_for_interrupts!();
         let c = scorer.components(&t.value_items[v]);
-        let engaged: Vec<bool> = c.e.iter().map(|&e| e > 0.0).collect();
+        let engaged = crate::score::hybrid::engaged(&c);
         for (name, p) in methods.iter() {
             if (*name == "als" && model.als.is_none()) || (*name == "knn" && model.knn.is_none()) {
                 continue;
@@ -354,8 +354,9 @@ fn evaluate(
     TableIterator::new(out)
 }
 
-/// Chooses the hybrid knobs (prior, activity_exp, knn_weight) for a catalog by temporal
-/// validation on its own events and remembers them for later builds.
+/// Chooses a catalog's ALS settings, its scoring knobs and its cross-sell knobs by temporal
+/// validation on its own events (see `tune_on`) and remembers them for later builds. Returns the
+/// chosen scoring knobs.
 #[pg_extern(volatile)]
 #[search_path(@extschema@, pg_catalog, pg_temp)]
 fn tune(

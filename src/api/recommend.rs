@@ -94,10 +94,12 @@ pub fn rank(req: &Request, l: &Loaded) -> Vec<(u32, f32)> {
     }
     // Cross-sell audiences rank users new to the value with their own knobs (see audience.tune).
     let knobs = if req.exclude_engaged.unwrap_or(false) { &l.model.cross_params } else { &l.model.params };
-    let scores = l.scorer.score(&items, knobs);
+    // One pass over the affinity matrix gives both the scores and who already engaged (e_u > 0).
+    let c = l.scorer.components(&items);
+    let scores = crate::score::hybrid::score_from_components(&c, l.scorer.totals(), knobs);
     let excluded: Option<Vec<bool>> = if req.exclude_engaged.unwrap_or(false) {
         Some(match &req.lookback {
-            None => l.scorer.engaged(&items),
+            None => crate::score::hybrid::engaged(&c),
             Some(iv) => {
                 let since_us = now_micros() - crate::affinity::aggregate::interval_micros(iv);
                 engaged_since(l, &items, (since_us.div_euclid(60_000_000)) as i32)

@@ -273,18 +273,6 @@ impl<'a> Scorer<'a> {
         score_from_components(&self.components(value_items), &self.t, p)
     }
 
-    /// Users with `e_u > 0` (they already engaged with the value).
-    pub fn engaged(&self, value_items: &[u32]) -> Vec<bool> {
-        let (mask, _) = self.value_set(value_items);
-        (0..self.n_users())
-            .map(|u| {
-                let (items, vals) = self.ui.row(u);
-                let e: f32 = items.iter().zip(vals).map(|(&j, &a)| if mask[j as usize] { a } else { 0.0 }).sum();
-                e > 0.0
-            })
-            .collect()
-    }
-
     /// The history items of `user` contributing most to their score for the value, as
     /// `(item, contribution)` sorted by contribution descending, ties by item id; at most `limit`,
     /// only contributions > 0. An item's contribution is its own engagement `a_uj` when `j` is in
@@ -340,6 +328,11 @@ fn activity_factor(t: f32, exp: f32) -> f32 {
     } else {
         t.powf(exp)
     }
+}
+
+/// Users who already engaged with the value (`e_u > 0`): the ones a cross-sell audience drops.
+pub fn engaged(c: &Components) -> Vec<bool> {
+    c.e.iter().map(|&e| e > 0.0).collect()
 }
 
 /// Scores from precomputed components and activities `t` (see the module doc for the formula).
@@ -522,9 +515,9 @@ mod tests {
     fn engaged_flags_users_with_value_engagement() {
         let ui = ui();
         let sc = Scorer::new(&ui, None, None);
-        assert_eq!(sc.engaged(&[0, 2]), vec![true, true, false, false]);
-        assert_eq!(sc.engaged(&[3]), vec![false, false, true, false]);
-        assert_eq!(sc.engaged(&[]), vec![false; 4]);
+        assert_eq!(engaged(&sc.components(&[0, 2])), vec![true, true, false, false]);
+        assert_eq!(engaged(&sc.components(&[3])), vec![false, false, true, false]);
+        assert_eq!(engaged(&sc.components(&[])), vec![false; 4]);
     }
 
     #[test]
