@@ -22,7 +22,7 @@ pub struct BuildParams {
     pub cross_sell: HybridParams,
 }
 
-pub const DEFAULT_HYBRID: HybridParams = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.5, volume: 0.0 };
+pub const DEFAULT_HYBRID: HybridParams = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 };
 
 /// What the scan produced, before training.
 #[derive(Clone)]
@@ -280,12 +280,22 @@ fn positive_int(v: Option<i32>, what: &str, default: usize, min: i32, max: i32) 
     }
 }
 
+/// A float as PostgreSQL prints it (Infinity, -Infinity, NaN).
+fn sql_float(x: f64) -> String {
+    match x {
+        f64::INFINITY => "Infinity".into(),
+        f64::NEG_INFINITY => "-Infinity".into(),
+        x => x.to_string(),
+    }
+}
+
 fn finite_nonneg(v: Option<f64>, what: &str, default: f32) -> f32 {
     match v {
         None => default,
         Some(x) if x.is_finite() && x >= 0.0 => x as f32,
         Some(x) => AudienceError::invalid(format!("{what} must be a finite number not below zero"))
-            .detail(format!("The value given was {x}."))
+            .detail(format!("The value given was {}.", sql_float(x)))
+            .hint("Pass NULL (or leave the argument out) to keep the remembered or default setting.")
             .raise(),
     }
 }
@@ -302,6 +312,8 @@ pub fn build_params(
     activity_exp: Option<f64>,
     knn_weight: Option<f64>,
     volume: Option<f64>,
+    days_exp: Option<f64>,
+    tenure_exp: Option<f64>,
 ) -> BuildParams {
     let threads = crate::guc::threads();
     let d = AlsParams::default();
@@ -333,10 +345,12 @@ pub fn build_params(
             None => DEFAULT_HYBRID.volume,
             Some(v) if v == 0.0 || v == 1.0 => v as f32,
             Some(v) => AudienceError::invalid("volume must be 0 or 1")
-                .detail(format!("The value given was {v}."))
+                .detail(format!("The value given was {}.", sql_float(v)))
                 .hint("0 scales scores by observed activity, 1 by the activity the ALS model predicts.")
                 .raise(),
         },
+        days_exp: finite_nonneg(days_exp, "days_exp", DEFAULT_HYBRID.days_exp),
+        tenure_exp: finite_nonneg(tenure_exp, "tenure_exp", DEFAULT_HYBRID.tenure_exp),
     };
     BuildParams { als, knn, hybrid, cross_sell: hybrid }
 }
@@ -357,11 +371,16 @@ pub fn knobs_from_json(v: Option<&serde_json::Value>, base: HybridParams) -> Hyb
         activity_exp: num("activity_exp").filter(|&x| ok(x) && x.is_finite()).unwrap_or(base.activity_exp),
         knn_weight: num("knn_weight").filter(|&x| (0.0..=1.0).contains(&x)).unwrap_or(base.knn_weight),
         volume: num("volume").filter(|&x| x == 0.0 || x == 1.0).unwrap_or(base.volume),
+        days_exp: num("days_exp").filter(|&x| ok(x) && x.is_finite()).unwrap_or(base.days_exp),
+        tenure_exp: num("tenure_exp").filter(|&x| ok(x) && x.is_finite()).unwrap_or(base.tenure_exp),
     }
 }
 
 pub fn knobs_json(p: &HybridParams) -> serde_json::Value {
-    serde_json::json!({ "prior": json_f32(p.prior), "activity_exp": p.activity_exp, "knn_weight": p.knn_weight, "volume": p.volume })
+    serde_json::json!({
+        "prior": json_f32(p.prior), "activity_exp": p.activity_exp, "knn_weight": p.knn_weight, "volume": p.volume,
+        "days_exp": p.days_exp, "tenure_exp": p.tenure_exp,
+    })
 }
 
 /// A float for JSON, with +infinity as the string "Infinity" (JSON has no infinity).
@@ -416,6 +435,8 @@ pub fn remembered_params(cid: i32, explicit: serde_json::Value) -> BuildParams {
         num("activity_exp"),
         num("knn_weight"),
         num("volume"),
+        num("days_exp"),
+        num("tenure_exp"),
     );
     p.cross_sell = knobs_from_json(merged.get("cross_sell"), p.hybrid);
     p
@@ -443,6 +464,8 @@ fn build(
     activity_exp: default!(Option<f64>, "NULL"),
     knn_weight: default!(Option<f64>, "NULL"),
     volume: default!(Option<f64>, "NULL"),
+    days_exp: default!(Option<f64>, "NULL"),
+    tenure_exp: default!(Option<f64>, "NULL"),
     until: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) -> TableIterator<
     'static,
@@ -457,14 +480,14 @@ fn build(
 > {
     let t0 = Instant::now();
     // Validate the explicit arguments before anything is stored.
-    build_params(factors, iterations, regularization, alpha, neighbours, prior, activity_exp, knn_weight, volume);
+    build_params(factors, iterations, regularization, alpha, neighbours, prior, activity_exp, knn_weight, volume, days_exp, tenure_exp);
     let cid = lock_catalog(catalog);
     let params = remembered_params(
         cid,
         serde_json::json!({
             "factors": factors, "iterations": iterations, "regularization": regularization, "alpha": alpha,
             "neighbours": neighbours, "prior": prior.map(|p| json_f32(p as f32)), "activity_exp": activity_exp, "knn_weight": knn_weight,
-            "volume": volume,
+            "volume": volume, "days_exp": days_exp, "tenure_exp": tenure_exp,
         }),
     );
     let collected = collect(cid, None, until);

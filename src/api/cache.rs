@@ -25,7 +25,8 @@ impl Loaded {
         // SAFETY: the Box's heap allocation does not move while `Loaded` lives, and `scorer` is
         // dropped before `model` (field order), so the 'static borrow never dangles.
         let r: &'static Model = unsafe { &*(model.as_ref() as *const Model) };
-        let scorer = Scorer::new(&r.ui, r.als.as_ref(), r.knn.as_ref()).with_threads(crate::guc::threads());
+        let scorer = Scorer::new(&r.ui, r.als.as_ref(), r.knn.as_ref())
+            .with_last_seen(&r.last_seen, crate::model::stored::MINUTES_PER_DAY).with_threads(crate::guc::threads());
         Loaded { model_id, catalog, scorer, model }
     }
 

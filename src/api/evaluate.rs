@@ -4,8 +4,8 @@ use crate::api::build::{collect, knobs_json, remembered_params, train, BuildPara
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{AudienceError, OrRaise};
 use crate::model::als::AlsParams;
-use crate::model::stored::{Model, Property};
-use crate::score::hybrid::{score_from_components, Components, HybridParams, Scorer};
+use crate::model::stored::{Model, Property, MINUTES_PER_DAY};
+use crate::score::hybrid::{score_from_components, Components, HybridParams, Sample, Scorer};
 use crate::score::metrics::{default_grid_for, evaluate_ranking, tune_eligible, RankingMetrics};
 use pgrx::prelude::*;
 
@@ -126,38 +126,35 @@ pub fn tune_on(cid: i32, property: &str, cutoff: i64, holdout: i64, p: &BuildPar
         let model = &trained.model;
         let prop = model_property(model, property);
         let t = truth(model, prop, &val_c, None);
-        let scorer = Scorer::new(&model.ui, model.als.as_ref(), model.knn.as_ref()).with_threads(crate::guc::threads());
+        let scorer = Scorer::new(&model.ui, model.als.as_ref(), model.knn.as_ref())
+            .with_last_seen(&model.last_seen, MINUTES_PER_DAY).with_threads(crate::guc::threads());
         // The most engaged-with values, so memory stays bounded on wide properties.
         let mut order: Vec<usize> = (0..t.values.len()).collect();
         order.sort_by_key(|&v| std::cmp::Reverse(t.positives[v].iter().filter(|&&b| b).count()));
         order.truncate(TUNE_VALUES);
         // On large catalogs the grid is scored on a fixed sample of users (every k-th), which
         // keeps tuning to seconds; the knobs are per-user formulas, so a sample ranks them alike.
-        let n_users = scorer.n_users();
-        let step = n_users.div_ceil(TUNE_USERS).max(1);
-        let sample: Vec<usize> = (0..n_users).step_by(step).collect();
-        let pick = |v: &[f32]| -> Vec<f32> { sample.iter().map(|&u| v[u]).collect() };
+        let sample = Sample::every(&scorer, scorer.n_users().div_ceil(TUNE_USERS));
         let per_value: Vec<(Components, Vec<bool>)> = order
             .iter()
             .map(|&v| {
                 pgrx::check_for_interrupts!();
-                let c = scorer.components(&t.value_items[v]);
-                let c = Components {
-                    e: pick(&c.e),
-                    knn_share: c.knn_share.as_deref().map(pick),
-                    als_share: c.als_share.as_deref().map(pick),
-                    als_volume: c.als_volume.as_deref().map(|x| std::sync::Arc::new(pick(x))),
-                };
-                (c, sample.iter().map(|&u| t.positives[v][u]).collect())
+                let c = sample.components(&scorer.components(&t.value_items[v]));
+                (c, sample.pick(&t.positives[v]))
             })
             .collect();
-        let totals = pick(scorer.totals());
+        let totals = sample.pick(scorer.totals());
         let grid = default_grid_for(&totals);
-        let (hp, obj) = tune_eligible(&per_value, &totals, &grid, &CUTS, &|_, _| true);
+        let threads = crate::guc::threads();
+        let mut check = || {
+            pgrx::check_for_interrupts!();
+        };
+        let (hp, obj) = tune_eligible(&per_value, &totals, &grid, &CUTS, &|_, _| true, threads, &mut check);
         if best.as_ref().is_none_or(|b| obj > b.1) {
             pgrx::check_for_interrupts!();
             // Cross-sell knobs: the same grid, scored only on users new to each value.
-            let (xs, _) = tune_eligible(&per_value, &totals, &grid, &CUTS, &|v, u| per_value[v].0.e[u] <= 0.0);
+            let (xs, _) =
+                tune_eligible(&per_value, &totals, &grid, &CUTS, &|v, u| per_value[v].0.e[u] <= 0.0, threads, &mut check);
             best = Some((BuildParams { hybrid: hp, cross_sell: xs, ..cand }, obj));
         }
     }
@@ -233,7 +230,8 @@ fn evaluate(
     let prop = model_property(model, property);
     let wanted: Option<Vec<String>> = values.map(|v| v.into_iter().flatten().collect());
     let t = truth(model, prop, &test_c, wanted.as_deref());
-    let scorer = Scorer::new(&model.ui, model.als.as_ref(), model.knn.as_ref());
+    let scorer = Scorer::new(&model.ui, model.als.as_ref(), model.knn.as_ref())
+            .with_last_seen(&model.last_seen, MINUTES_PER_DAY);
     let totals = scorer.totals().to_vec();
     let ours = params.hybrid;
     let methods: [(&'static str, Option<HybridParams>); 5] = [
@@ -363,7 +361,18 @@ fn tune(
     catalog: Option<&str>,
     property: Option<&str>,
     holdout: default!(Option<Interval>, "NULL"),
-) -> TableIterator<'static, (name!(prior, f64), name!(activity_exp, f64), name!(knn_weight, f64), name!(volume, f64), name!(objective, f64))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(prior, f64),
+        name!(activity_exp, f64),
+        name!(knn_weight, f64),
+        name!(volume, f64),
+        name!(days_exp, f64),
+        name!(tenure_exp, f64),
+        name!(objective, f64),
+    ),
+> {
     let Some(property) = property else { AudienceError::null("property").raise() };
     let cid = crate::api::build::lock_catalog(catalog);
     let params = remembered_params(cid, serde_json::json!({}));
@@ -385,5 +394,5 @@ fn tune(
         &args![cid, pgrx::JsonB(settings)],
         |_| (),
     );
-    TableIterator::once((p.prior as f64, p.activity_exp as f64, p.knn_weight as f64, p.volume as f64, obj))
+    TableIterator::once((p.prior as f64, p.activity_exp as f64, p.knn_weight as f64, p.volume as f64, p.days_exp as f64, p.tenure_exp as f64, obj))
 }

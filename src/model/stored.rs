@@ -6,7 +6,9 @@ use crate::score::hybrid::HybridParams;
 use crate::util::codec::{CodecError, Reader, Writer};
 
 const MAGIC: [u8; 4] = *b"PGAM";
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
+/// `Model::last_seen` is in minutes: this many make a (UTC) day.
+pub const MINUTES_PER_DAY: i64 = 1440;
 
 /// One property: its distinct values (sorted) and, per value, the items having it.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,6 +153,8 @@ impl Model {
             w.put_f32(p.activity_exp);
             w.put_f32(p.knn_weight);
             w.put_f32(p.volume);
+            w.put_f32(p.days_exp);
+            w.put_f32(p.tenure_exp);
         }
         w.into_inner()
     }
@@ -201,7 +205,14 @@ impl Model {
             properties.push(Property { name, values, value_items });
         }
         let mut knobs = || -> Result<HybridParams, CodecError> {
-            Ok(HybridParams { prior: r.get_f32()?, activity_exp: r.get_f32()?, knn_weight: r.get_f32()?, volume: r.get_f32()? })
+            Ok(HybridParams {
+                prior: r.get_f32()?,
+                activity_exp: r.get_f32()?,
+                knn_weight: r.get_f32()?,
+                volume: r.get_f32()?,
+                days_exp: r.get_f32()?,
+                tenure_exp: r.get_f32()?,
+            })
         };
         let params = knobs()?;
         let cross_params = knobs()?;
@@ -226,8 +237,8 @@ mod tests {
             als: Some(AlsModel { factors: 1, user_factors: vec![0.5, 0.25], item_factors: vec![1.0, 2.0] }),
             knn: Some(Csr::from_triplets(2, 2, &mut vec![(0, 1, 0.5)])),
             properties: vec![props],
-            params: HybridParams { prior: 1.0, activity_exp: 0.5, knn_weight: 0.5, volume: 1.0 },
-            cross_params: HybridParams { prior: f32::INFINITY, activity_exp: 1.0, knn_weight: 1.0, volume: 0.0 },
+            params: HybridParams { prior: 1.0, activity_exp: 0.5, knn_weight: 0.5, volume: 1.0, days_exp: 0.0, tenure_exp: 0.0 },
+            cross_params: HybridParams { prior: f32::INFINITY, activity_exp: 1.0, knn_weight: 1.0, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 },
         }
     }
 

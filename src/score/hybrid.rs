@@ -13,8 +13,17 @@
 //! cf_u        = knn_weight * knn_share_u + (1 - knn_weight) * als_share_u
 //!               (only the model that exists when there is one; 0 when there is none)
 //! share_u     = (e_u + prior * cf_u) / (t_u + prior)    (0 when t_u + prior = 0)
-//! score_u     = share_u * t_u ^ activity_exp
+//! d_u         = number of distinct (UTC) days among the user's latest event times per item
+//! r_u         = 1 + days from the first to the last of those days (tenure)
+//! score_u     = share_u * t_u ^ activity_exp * d_u ^ days_exp * r_u ^ tenure_exp
 //! ```
+//!
+//! `d_u` and `r_u` measure how the user *returns*, as opposed to how much they do: `d_u` is the
+//! frequency of RFM analysis (separate days with activity), `r_u` the span between the first and
+//! the latest of them (the "recency" of BG/NBD-style customer-lifetime models). A user who came
+//! back over months is more likely to come back in the next window than one with the same volume
+//! in a single burst; `days_exp` and `tenure_exp` (tuned, often 0) say how much that counts.
+//! Without event times (`Scorer::with_last_seen` not called) both factors are 1.
 //!
 //! `share_u` is the posterior mean of the user's share of engagement going to `V` under a prior of
 //! strength `prior` (in affinity units) centred on the collaborative estimate. Special settings:
@@ -43,15 +52,20 @@ pub struct HybridParams {
     /// this ranks by the summed ALS predictions `x_u . Y_V`, as users of the `implicit` library
     /// do). Without an ALS model, 1 falls back to `t_u`.
     pub volume: f32,
+    /// Exponent of the active-days factor `d_u ^ days_exp` (0 = ignore how often the user returns).
+    pub days_exp: f32,
+    /// Exponent of the tenure factor `r_u ^ tenure_exp` (0 = ignore how long the user has returned).
+    pub tenure_exp: f32,
 }
 
 impl HybridParams {
     /// The "past engagers by weighted frequency" baseline: `score_u = e_u`.
-    pub const PAST_ENGAGERS: HybridParams = HybridParams { prior: 0.0, activity_exp: 1.0, knn_weight: 0.5, volume: 0.0 };
+    pub const PAST_ENGAGERS: HybridParams =
+        HybridParams { prior: 0.0, activity_exp: 1.0, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 };
 
     /// Pure collaborative mode: `score_u = cf_u * t_u^activity_exp`.
     pub fn pure_cf(activity_exp: f32, knn_weight: f32) -> HybridParams {
-        HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 0.0 }
+        HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 }
     }
 }
 
@@ -67,6 +81,9 @@ pub struct Components {
     pub als_share: Option<Vec<f32>>,
     /// The ALS-predicted volume `max(0, x_u . Y_all)` (value-independent, shared), `None` without ALS.
     pub als_volume: Option<std::sync::Arc<Vec<f32>>>,
+    /// Active days `d_u` and tenure `r_u` (value-independent, shared), `None` when the event
+    /// times are unknown.
+    pub returns: Option<std::sync::Arc<Returns>>,
 }
 
 /// Scores users for values against one affinity matrix and optional models. Everything that does
@@ -85,6 +102,8 @@ pub struct Scorer<'a> {
     /// `x_u . Y_all` (empty without ALS).
     als_den: Vec<f32>,
     als_volume: std::sync::Arc<Vec<f32>>,
+    /// `d_u` and `r_u`, `None` until [`Scorer::with_last_seen`].
+    returns: Option<std::sync::Arc<Returns>>,
     /// Threads for the per-user loops of [`Scorer::components`] (1 = the calling thread only).
     threads: usize,
 }
@@ -154,7 +173,20 @@ impl<'a> Scorer<'a> {
             als_den = (0..n_users).map(|u| dot(m.user(u), &y_all)).collect();
         }
         let als_volume = std::sync::Arc::new(als_den.iter().map(|&d| if d > 0.0 { d } else { 0.0 }).collect());
-        Scorer { ui, als, knn, knn_t, t, knn_den, als_den, als_volume, threads: 1 }
+        Scorer { ui, als, knn, knn_t, t, knn_den, als_den, als_volume, returns: None, threads: 1 }
+    }
+
+    /// Supplies the latest event time of every stored affinity (same order as the matrix entries,
+    /// any unit whose integer division by `per_day` gives the day), from which the active days
+    /// `d_u` and tenures `r_u` are computed. Panics if the length does not match the matrix.
+    pub fn with_last_seen<T: Copy + Into<i64>>(mut self, last_seen: &[T], per_day: i64) -> Self {
+        self.returns = Some(std::sync::Arc::new(Returns::from_last_seen(self.ui, last_seen, per_day)));
+        self
+    }
+
+    /// Per-user active days and tenures, when known.
+    pub fn returns(&self) -> Option<&Returns> {
+        self.returns.as_deref()
     }
 
     pub fn n_users(&self) -> usize {
@@ -265,7 +297,7 @@ impl<'a> Scorer<'a> {
             share
         });
         let als_volume = self.als.map(|_| self.als_volume.clone());
-        Components { e, knn_share, als_share, als_volume }
+        Components { e, knn_share, als_share, als_volume, returns: self.returns.clone() }
     }
 
     /// One score per user for the value.
@@ -330,6 +362,78 @@ fn activity_factor(t: f32, exp: f32) -> f32 {
     }
 }
 
+/// A fixed subset of a scorer's users (for tuning on a sample): picks their entries out of
+/// per-user vectors and [`Components`], sharing the value-independent parts between values.
+pub struct Sample {
+    pub users: Vec<usize>,
+    als_volume: Option<std::sync::Arc<Vec<f32>>>,
+    returns: Option<std::sync::Arc<Returns>>,
+}
+
+impl Sample {
+    /// Every `step`-th user of the scorer's `n_users` (step >= 1).
+    pub fn every(scorer: &Scorer, step: usize) -> Sample {
+        let users: Vec<usize> = (0..scorer.n_users()).step_by(step.max(1)).collect();
+        let pick = |v: &[f32]| users.iter().map(|&u| v[u]).collect::<Vec<f32>>();
+        let als_volume = scorer.als.map(|_| std::sync::Arc::new(pick(&scorer.als_volume)));
+        let returns = scorer.returns().map(|r| std::sync::Arc::new(r.pick(&users)));
+        Sample { users, als_volume, returns }
+    }
+
+    /// `v` restricted to the sample.
+    pub fn pick<T: Copy>(&self, v: &[T]) -> Vec<T> {
+        self.users.iter().map(|&u| v[u]).collect()
+    }
+
+    /// `c` (computed by the same scorer) restricted to the sample.
+    pub fn components(&self, c: &Components) -> Components {
+        Components {
+            e: self.pick(&c.e),
+            knn_share: c.knn_share.as_deref().map(|x| self.pick(x)),
+            als_share: c.als_share.as_deref().map(|x| self.pick(x)),
+            als_volume: c.als_volume.as_ref().and(self.als_volume.clone()),
+            returns: c.returns.as_ref().and(self.returns.clone()),
+        }
+    }
+}
+
+/// How each user returns, from the latest event time of each of their items (only those are
+/// kept): lower bounds of the true figures, exact when every item was engaged with on one day.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Returns {
+    /// `d_u`: distinct days (`time.div_euclid(per_day)`) among the row's times (0 for an empty row).
+    pub days: Vec<f32>,
+    /// `r_u`: 1 + days from the earliest to the latest of them (0 for an empty row).
+    pub tenure: Vec<f32>,
+}
+
+impl Returns {
+    pub fn from_last_seen<T: Copy + Into<i64>>(ui: &Csr, last_seen: &[T], per_day: i64) -> Returns {
+        assert_eq!(last_seen.len(), ui.indices.len(), "one time per stored affinity");
+        let per_day = per_day.max(1);
+        let mut buf: Vec<i64> = Vec::new();
+        let (mut days, mut tenure) = (Vec::with_capacity(ui.n_rows), Vec::with_capacity(ui.n_rows));
+        for u in 0..ui.n_rows {
+            buf.clear();
+            buf.extend(last_seen[ui.indptr[u]..ui.indptr[u + 1]].iter().map(|&x| x.into().div_euclid(per_day)));
+            buf.sort_unstable();
+            let span = match (buf.first(), buf.last()) {
+                (Some(a), Some(b)) => (b - a + 1) as f32,
+                _ => 0.0,
+            };
+            buf.dedup();
+            days.push(buf.len() as f32);
+            tenure.push(span);
+        }
+        Returns { days, tenure }
+    }
+
+    /// The same users picked by index (for tuning on a sample).
+    pub fn pick(&self, users: &[usize]) -> Returns {
+        Returns { days: users.iter().map(|&u| self.days[u]).collect(), tenure: users.iter().map(|&u| self.tenure[u]).collect() }
+    }
+}
+
 /// Users who already engaged with the value (`e_u > 0`): the ones a cross-sell audience drops.
 pub fn engaged(c: &Components) -> Vec<bool> {
     c.e.iter().map(|&e| e > 0.0).collect()
@@ -355,10 +459,23 @@ pub fn score_from_components(c: &Components, t: &[f32], p: &HybridParams) -> Vec
         _ => t,
     };
     assert_eq!(volume.len(), n, "components and volumes disagree on the number of users");
+    let used = |x: f32| x != 0.0 && !x.is_nan();
+    let returns: Option<&Returns> = c.returns.as_deref().filter(|_| used(p.days_exp) || used(p.tenure_exp));
+    if let Some(r) = returns {
+        assert!(r.days.len() == n && r.tenure.len() == n, "components and returns disagree on the number of users");
+    }
     (0..n)
         .map(|u| {
             let tu = t[u];
-            let f = activity_factor(volume[u], p.activity_exp);
+            let mut f = activity_factor(volume[u], p.activity_exp);
+            if let Some(r) = returns {
+                if used(p.days_exp) {
+                    f *= activity_factor(r.days[u], p.days_exp);
+                }
+                if used(p.tenure_exp) {
+                    f *= activity_factor(r.tenure[u], p.tenure_exp);
+                }
+            }
             let s = if prior == f32::INFINITY {
                 cf(u) * f
             } else if prior == 0.0 {
@@ -463,7 +580,7 @@ mod tests {
         let (ui, knn, als) = (ui(), knn(), als());
         let sc = Scorer::new(&ui, Some(&als), Some(&knn));
         let v = [0u32, 2];
-        let p = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.25, volume: 0.0 };
+        let p = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.25, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 };
         let knn_s = [0.6f32, 9.0 / 11.0, 1.0, 0.0];
         let als_s = [1.0f32 / 3.0, 2.0 / 3.0, 0.5, 0.0];
         let (e, t) = ([2.0f32, 1.0, 0.0, 0.0], [3.0f32, 4.0, 4.0, 0.0]);
@@ -480,7 +597,7 @@ mod tests {
         let pc = sc.score(&v, &HybridParams::pure_cf(1.0, 1.0));
         assert_close(&pc, &[0.6 * 3.0, 9.0 / 11.0 * 4.0, 4.0, 0.0]);
         // Share only (activity_exp 0) with no prior: e / t, users without history score 0.
-        let p0 = HybridParams { prior: 0.0, activity_exp: 0.0, knn_weight: 0.5, volume: 0.0 };
+        let p0 = HybridParams { prior: 0.0, activity_exp: 0.0, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 };
         assert_close(&sc.score(&v, &p0), &[2.0 / 3.0, 0.25, 0.0, 0.0]);
         // Volume mode: pure ALS scaled by the predicted volume x_u . Y_all is the summed
         // prediction x_u . Y_V with Y_V = (1,2): u0 (1,0) -> 1, u1 (0,1) -> 2, u2 (1,1) -> 3.
@@ -495,7 +612,7 @@ mod tests {
     fn single_model_and_no_model() {
         let (ui, knn, als) = (ui(), knn(), als());
         let v = [0u32, 2];
-        let p = HybridParams { prior: 1.0, activity_exp: 1.0, knn_weight: 0.9, volume: 0.0 };
+        let p = HybridParams { prior: 1.0, activity_exp: 1.0, knn_weight: 0.9, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 };
         let t = [3.0f32, 4.0, 4.0, 0.0];
         let e = [2.0f32, 1.0, 0.0, 0.0];
         let expect = |cf: [f32; 4]| -> Vec<f32> { (0..4).map(|u| (e[u] + cf[u]) / (t[u] + 1.0) * t[u]).collect() };
@@ -509,6 +626,58 @@ mod tests {
         assert_close(&none.score(&v, &p), &expect([0.0; 4]));
         assert_eq!(none.components(&v).e, e.to_vec());
         assert!(none.score(&v, &HybridParams::pure_cf(0.0, 0.5)).iter().all(|&s| s == 0.0));
+    }
+
+    #[test]
+    fn returns_count_days_and_tenure_and_scale_scores() {
+        let ui = ui();
+        // Entry times in minutes (1440 per day), one per stored affinity, row by row.
+        let nnz = ui.nnz();
+        let row_of: Vec<usize> = (0..ui.n_rows).flat_map(|u| std::iter::repeat_n(u, ui.indptr[u + 1] - ui.indptr[u])).collect();
+        // u0: every item on day 3; others: item k of the row on day 2 * k (so days = tenure-ish);
+        // negative times fall on negative days (div_euclid).
+        let mut seen = vec![0i32; nnz];
+        let mut k_in_row = 0;
+        for p in 0..nnz {
+            if p > 0 && row_of[p] != row_of[p - 1] {
+                k_in_row = 0;
+            }
+            seen[p] = if row_of[p] == 0 { 3 * 1440 + 5 } else { 2 * 1440 * k_in_row - 1 };
+            k_in_row += 1;
+        }
+        let r = Returns::from_last_seen(&ui, &seen, 1440);
+        let len = |u: usize| (ui.indptr[u + 1] - ui.indptr[u]) as f32;
+        assert_eq!(r.days[0], 1.0);
+        assert_eq!(r.tenure[0], 1.0);
+        for u in 1..3 {
+            // Days -1, 1, 3, ...: n distinct days spanning 2(n - 1) + 1.
+            assert_eq!(r.days[u], len(u), "user {u}");
+            assert_eq!(r.tenure[u], 2.0 * (len(u) - 1.0) + 1.0, "user {u}");
+        }
+        assert_eq!((r.days[3], r.tenure[3]), (0.0, 0.0));
+        assert_eq!(r.pick(&[2, 0]).days, vec![r.days[2], r.days[0]]);
+        let v = [0u32, 2];
+        let plain = Scorer::new(&ui, None, None);
+        let with = Scorer::new(&ui, None, None).with_last_seen(&seen, 1440);
+        let base = HybridParams { prior: 1.0, activity_exp: 1.0, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 };
+        let s0 = plain.score(&v, &base);
+        // Exponents 0 change nothing; without times the factors are 1.
+        assert_eq!(with.score(&v, &base), s0);
+        let dp = HybridParams { days_exp: 2.0, tenure_exp: 0.5, ..base };
+        assert_eq!(plain.score(&v, &dp), s0);
+        let got = with.score(&v, &dp);
+        let want: Vec<f32> = (0..4).map(|u| s0[u] * r.days[u].powi(2) * r.tenure[u].sqrt()).collect();
+        assert_close(&got, &want);
+        // A sample scores its users exactly as the whole population does.
+        let (knn, als) = (knn(), als());
+        let full = Scorer::new(&ui, Some(&als), Some(&knn)).with_last_seen(&seen, 1440);
+        let sample = Sample::every(&full, 2);
+        assert_eq!(sample.users, vec![0, 2]);
+        let c = sample.components(&full.components(&v));
+        for p in [dp, HybridParams { volume: 1.0, ..dp }, HybridParams::pure_cf(1.0, 0.5)] {
+            let whole = full.score(&v, &p);
+            assert_eq!(score_from_components(&c, &sample.pick(full.totals()), &p), sample.pick(&whole));
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! campaign buys: the share of the chosen audience that engages.
 
 use crate::score::hybrid::{score_from_components, Components, HybridParams};
-use crate::score::topk::top_k;
+use crate::score::topk::{rank_order, top_k};
 
 /// Metrics of one cut of a ranking.
 #[derive(Clone, Debug, PartialEq)]
@@ -148,50 +148,105 @@ fn auc(mut pairs: Vec<(f32, bool)>) -> f64 {
 /// Picks the grid point with the best objective (see the module doc) over all users; returns it and
 /// its objective.
 pub fn tune(components_per_value: &[(Components, Vec<bool>)], t: &[f32], grid: &[HybridParams], pcts: &[f64]) -> (HybridParams, f64) {
-    tune_eligible(components_per_value, t, grid, pcts, &|_, _| true)
+    tune_eligible(components_per_value, t, grid, pcts, &|_, _| true, 1, &mut || {})
+}
+
+/// Positives among the best `k` eligible users by [`rank_order`], for each `k` in `ks` (any order).
+/// The same counts as ranking with [`top_k`] and counting prefixes, in O(n + sum k) instead of
+/// O(n + k log k): nested selections from the largest cut down, since the order is total.
+fn hits_at_cuts(scores: &[f32], positive: &[bool], eligible: &[bool], ks: &[usize], cand: &mut Vec<(u32, f32)>) -> Vec<usize> {
+    cand.clear();
+    cand.extend(
+        scores.iter().enumerate().filter(|&(u, s)| eligible[u] && !s.is_nan()).map(|(u, &s)| (u as u32, s)),
+    );
+    let mut order: Vec<usize> = (0..ks.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(ks[i]));
+    let mut hits = vec![0usize; ks.len()];
+    let mut len = cand.len();
+    for i in order {
+        let k = ks[i].min(len);
+        if k == 0 {
+            continue;
+        }
+        if k < len {
+            cand[..len].select_nth_unstable_by(k - 1, rank_order);
+            len = k;
+        }
+        hits[i] = cand[..k].iter().filter(|&&(u, _)| positive[u as usize]).count();
+    }
+    hits
 }
 
 /// [`tune`] with an eligibility predicate `eligible(value_index, user)` (e.g. to exclude users who
-/// already engaged with the value before the holdout).
+/// already engaged with the value before the holdout), scoring grid points on `threads` threads
+/// (the result does not depend on it). `check` runs on the calling thread between batches of grid
+/// points, with no other thread running: the place for an interrupt check.
 pub fn tune_eligible(
     components_per_value: &[(Components, Vec<bool>)],
     t: &[f32],
     grid: &[HybridParams],
     pcts: &[f64],
-    eligible: &dyn Fn(usize, usize) -> bool,
+    eligible: &(dyn Fn(usize, usize) -> bool + Sync),
+    threads: usize,
+    check: &mut dyn FnMut(),
 ) -> (HybridParams, f64) {
     assert!(!grid.is_empty(), "empty tuning grid");
-    // Per value: cut sizes, or None when the value has no eligible positive.
-    let plans: Vec<Option<Vec<usize>>> = components_per_value
+    // Per value: eligibility mask and cut sizes, or None when the value has no eligible positive.
+    let plans: Vec<Option<(Vec<bool>, Vec<usize>)>> = components_per_value
         .iter()
         .enumerate()
         .map(|(v, (_, pos))| {
-            let (mut n_elig, mut n_pos) = (0usize, 0usize);
-            for (u, &p) in pos.iter().enumerate() {
-                if eligible(v, u) {
-                    n_elig += 1;
-                    n_pos += p as usize;
-                }
-            }
-            (n_pos > 0 && !pcts.is_empty()).then(|| cut_sizes(pcts, n_elig))
+            let mask: Vec<bool> = (0..pos.len()).map(|u| eligible(v, u)).collect();
+            let n_elig = mask.iter().filter(|&&b| b).count();
+            let n_pos = pos.iter().zip(&mask).filter(|&(&p, &m)| p && m).count();
+            (n_pos > 0 && !pcts.is_empty()).then(|| (mask, cut_sizes(pcts, n_elig)))
         })
         .collect();
-    let mut best = (grid[0], f64::NEG_INFINITY);
-    for p in grid {
+    let objective = |p: &HybridParams, cand: &mut Vec<(u32, f32)>| -> f64 {
         let (mut sum, mut n) = (0f64, 0usize);
-        for (v, ((c, pos), plan)) in components_per_value.iter().zip(&plans).enumerate() {
-            let Some(ks) = plan else { continue };
+        for ((c, pos), plan) in components_per_value.iter().zip(&plans) {
+            let Some((mask, ks)) = plan else { continue };
             let scores = score_from_components(c, t, p);
-            let kmax = ks.iter().copied().max().unwrap_or(0);
-            let ranked = top_k(&scores, kmax, &|u| eligible(v, u));
-            let hits = hits_at(&ranked, pos, ks);
-            let mean: f64 = ks.iter().zip(&hits).map(|(&k, &h)| ratio(h as f64, k as f64)).sum::<f64>() / ks.len() as f64;
-            sum += mean;
+            let hits = hits_at_cuts(&scores, pos, mask, ks, cand);
+            sum += ks.iter().zip(&hits).map(|(&k, &h)| ratio(h as f64, k as f64)).sum::<f64>() / ks.len() as f64;
             n += 1;
         }
-        let obj = if n > 0 { sum / n as f64 } else { 0.0 };
-        if obj > best.1 {
-            best = (*p, obj);
+        if n > 0 {
+            sum / n as f64
+        } else {
+            0.0
+        }
+    };
+    let threads = threads.clamp(1, 64);
+    let mut objs = vec![f64::NEG_INFINITY; grid.len()];
+    for (batch, out) in grid.chunks(threads * 4).zip(objs.chunks_mut(threads * 4)) {
+        check();
+        if threads == 1 {
+            let mut cand = Vec::new();
+            for (p, o) in batch.iter().zip(out.iter_mut()) {
+                *o = objective(p, &mut cand);
+            }
+            continue;
+        }
+        std::thread::scope(|scope| {
+            let per = batch.len().div_ceil(threads);
+            for (ps, os) in batch.chunks(per).zip(out.chunks_mut(per)) {
+                let objective = &objective;
+                scope.spawn(move || {
+                    let mut cand = Vec::new();
+                    for (p, o) in ps.iter().zip(os.iter_mut()) {
+                        *o = objective(p, &mut cand);
+                    }
+                });
+            }
+        });
+    }
+    check();
+    // The first best point wins ties.
+    let mut best = (grid[0], f64::NEG_INFINITY);
+    for (p, &o) in grid.iter().zip(&objs) {
+        if o > best.1 {
+            best = (*p, o);
         }
     }
     best
@@ -207,32 +262,44 @@ pub const DEFAULT_KNN_WEIGHTS: [f32; 3] = [0.0, 0.5, 1.0];
 /// four temporal splits, and holdout macro hit@1% rose too (mean of the splits: genre 0.39 -> 0.40,
 /// release_year 0.09 -> 0.12, decade 0.18 -> 0.23).
 pub const DEFAULT_ACTIVITY_EXPS: [f32; 6] = [1.0, 0.5, 0.0, 1.5, 2.0, 3.0];
-/// Points of [`default_grid`]: one per activity exponent for prior 0, three knn weights otherwise.
-pub const DEFAULT_GRID_LEN: usize = DEFAULT_ACTIVITY_EXPS.len() * (1 + (DEFAULT_PRIORS.len() - 1) * DEFAULT_KNN_WEIGHTS.len()) + 6;
+/// `(days_exp, tenure_exp)` pairs of [`default_grid`], in grid order ((0, 0) first: ties keep
+/// ignoring how users return). On MovieLens 100K the users who rate again are the ones who came
+/// back over weeks, not the ones with the most ratings (bench/movielens.sh); on the demo shop
+/// (0, 0) wins.
+pub const DEFAULT_RETURN_EXPS: [(f32, f32); 5] = [(0.0, 0.0), (0.5, 0.0), (1.0, 0.0), (0.0, 0.5), (0.0, 1.0)];
+/// Points of [`default_grid`] per `(days_exp, tenure_exp)` pair: one per activity exponent for prior 0,
+/// three knn weights otherwise, and 6 volume-scaled pure-CF points.
+pub const DEFAULT_GRID_BLOCK: usize = DEFAULT_ACTIVITY_EXPS.len() * (1 + (DEFAULT_PRIORS.len() - 1) * DEFAULT_KNN_WEIGHTS.len()) + 6;
+/// Points of [`default_grid`].
+pub const DEFAULT_GRID_LEN: usize = DEFAULT_RETURN_EXPS.len() * DEFAULT_GRID_BLOCK;
 
-/// The default tuning grid, [`DEFAULT_GRID_LEN`] (102) points: 96 with `volume = 0` and `prior` in **units of the typical
-/// activity** (multiples {0, 0.5, 2, 8, 32, +inf}; scale with [`scaled_grid`] or use
-/// [`default_grid_for`] before tuning),
+/// The default tuning grid, [`DEFAULT_GRID_LEN`] (510) points: for each pair of
+/// [`DEFAULT_RETURN_EXPS`],
+/// 96 points with `volume = 0` and `prior` in **units of the typical activity** (multiples
+/// {0, 0.5, 2, 8, 32, +inf}; scale with [`scaled_grid`] or use [`default_grid_for`] before tuning),
 /// `activity_exp` in {0, 0.5, 1, 1.5, 2, 3} and `knn_weight` in {0, 0.5, 1} (only 0.5 for prior 0,
-/// where it has no effect). Starts with the past-engagers baseline, so ties favour simpler settings.
+/// where it has no effect), then 6 pure-CF points scaled by the ALS volume. Starts with the
+/// past-engagers baseline, so ties favour simpler settings.
 pub fn default_grid() -> Vec<HybridParams> {
     let mut g = Vec::with_capacity(DEFAULT_GRID_LEN);
-    for &prior in &DEFAULT_PRIORS {
-        for &activity_exp in &DEFAULT_ACTIVITY_EXPS {
-            if prior == 0.0 {
-                g.push(HybridParams { prior, activity_exp, knn_weight: 0.5, volume: 0.0 });
-            } else {
-                for &knn_weight in &DEFAULT_KNN_WEIGHTS {
-                    g.push(HybridParams { prior, activity_exp, knn_weight, volume: 0.0 });
+    for &(days_exp, tenure_exp) in &DEFAULT_RETURN_EXPS {
+        for &prior in &DEFAULT_PRIORS {
+            for &activity_exp in &DEFAULT_ACTIVITY_EXPS {
+                if prior == 0.0 {
+                    g.push(HybridParams { prior, activity_exp, knn_weight: 0.5, volume: 0.0, days_exp, tenure_exp });
+                } else {
+                    for &knn_weight in &DEFAULT_KNN_WEIGHTS {
+                        g.push(HybridParams { prior, activity_exp, knn_weight, volume: 0.0, days_exp, tenure_exp });
+                    }
                 }
             }
         }
-    }
-    // Pure collaborative filtering scaled by the ALS-predicted volume (volume = 1): with
-    // knn_weight 0 and activity_exp 1 this is the summed-ALS-predictions ranking.
-    for &activity_exp in &[1.0f32, 0.5, 1.5] {
-        for &knn_weight in &[0.0f32, 0.5] {
-            g.push(HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 1.0 });
+        // Pure collaborative filtering scaled by the ALS-predicted volume (volume = 1): with
+        // knn_weight 0 and activity_exp 1 this is the summed-ALS-predictions ranking.
+        for &activity_exp in &[1.0f32, 0.5, 1.5] {
+            for &knn_weight in &[0.0f32, 0.5] {
+                g.push(HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 1.0, days_exp, tenure_exp });
+            }
         }
     }
     g
@@ -324,7 +391,7 @@ mod tests {
         let knn: Vec<f32> = (0..n).map(|u| if pos[u] { 0.5 + u as f32 / 100.0 } else { 0.1 }).collect();
         let e: Vec<f32> = (0..n).map(|u| if pos[u] { 0.0 } else { 1.0 + u as f32 }).collect();
         let als: Vec<f32> = (0..n).map(|u| ((u * 7) % 5) as f32 / 5.0).collect();
-        (Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: None }, pos)
+        (Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: None, returns: None }, pos)
     }
 
     #[test]
@@ -334,7 +401,7 @@ mod tests {
         let engagers = HybridParams::PAST_ENGAGERS;
         let knn_only = HybridParams::pure_cf(0.0, 1.0);
         let als_only = HybridParams::pure_cf(0.0, 0.0);
-        let grid = [engagers, als_only, knn_only, HybridParams { prior: 5.0, activity_exp: 1.0, knn_weight: 1.0, volume: 0.0 }];
+        let grid = [engagers, als_only, knn_only, HybridParams { prior: 5.0, activity_exp: 1.0, knn_weight: 1.0, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 }];
         let (best, obj) = tune(&values, &t, &grid, &[20.0, 30.0]);
         assert_eq!(best, knn_only);
         // Value 1: k=2 -> 2/2, k=3 -> 3/3. Value 2: k=2 -> 2/2, k=3 -> 2/3.
@@ -354,7 +421,7 @@ mod tests {
         assert_eq!(tune(&v3, &t, &[knn_only, knn_only], &[20.0]).0, knn_only);
         assert!(close(tune(&v3, &t, &[knn_only], &[20.0, 30.0]).1, obj));
         // With eligibility excluding the positives of value 1, it no longer counts.
-        let (_, o) = tune_eligible(&values, &t, &[knn_only], &[20.0], &|v, u| v == 1 || ![1, 4, 7].contains(&u));
+        let (_, o) = tune_eligible(&values, &t, &[knn_only], &[20.0], &|v, u| v == 1 || ![1, 4, 7].contains(&u), 1, &mut || {});
         assert!(close(o, 1.0));
     }
 
@@ -362,7 +429,10 @@ mod tests {
     fn default_grid_shape_and_scaling() {
         let g = default_grid();
         assert_eq!(g.len(), DEFAULT_GRID_LEN);
-        assert_eq!(g.len(), 102);
+        assert_eq!(g.len(), 510);
+        assert!(DEFAULT_RETURN_EXPS
+            .iter()
+            .all(|&(d, r)| g.iter().filter(|p| p.days_exp == d && p.tenure_exp == r).count() == DEFAULT_GRID_BLOCK));
         assert_eq!(g[0], HybridParams::PAST_ENGAGERS);
         let mut dedup = g.clone();
         dedup.dedup();
@@ -373,5 +443,72 @@ mod tests {
         let s = default_grid_for(&[2.0, 2.0, 2.0]);
         assert!(s.iter().zip(&g).all(|(a, b)| a.prior == b.prior * 2.0 && a.activity_exp == b.activity_exp));
         assert!(s.iter().any(|p| p.prior == f32::INFINITY));
+    }
+
+    /// Deterministic pseudo-random numbers in [0, 1) (splitmix64).
+    fn noise(seed: u64) -> impl FnMut() -> f64 {
+        let mut x = seed;
+        move || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    #[test]
+    fn hits_at_cuts_matches_ranking_with_top_k() {
+        let mut r = noise(7);
+        for n in [1usize, 2, 17, 300, 2000] {
+            // Few distinct scores (many ties), some NaN, a third ineligible.
+            let scores: Vec<f32> = (0..n).map(|_| if r() < 0.05 { f32::NAN } else { (r() * 8.0).floor() as f32 }).collect();
+            let pos: Vec<bool> = (0..n).map(|_| r() < 0.3).collect();
+            let elig: Vec<bool> = (0..n).map(|_| r() < 0.67).collect();
+            let n_elig = elig.iter().filter(|&&b| b).count();
+            let ks = cut_sizes(&[5.0, 1.0, 50.0, 20.0, 100.0], n_elig);
+            let mut cand = Vec::new();
+            let got = hits_at_cuts(&scores, &pos, &elig, &ks, &mut cand);
+            let ranked = top_k(&scores, n, &|u| elig[u]);
+            let want = hits_at(&ranked, &pos, &ks);
+            assert_eq!(got, want, "n = {n}, ks = {ks:?}");
+        }
+    }
+
+    #[test]
+    fn tuning_does_not_depend_on_threads_and_checks_between_batches() {
+        let mut r = noise(11);
+        let n = 500;
+        let t: Vec<f32> = (0..n).map(|_| (r() * 50.0) as f32).collect();
+        let days: Vec<f32> = (0..n).map(|_| 1.0 + (r() * 10.0).floor() as f32).collect();
+        let tenure = days.iter().map(|&d| d + (r() * 30.0).floor() as f32).collect();
+        let returns = std::sync::Arc::new(crate::score::hybrid::Returns { days: days.clone(), tenure });
+        let values: Vec<(Components, Vec<bool>)> = (0..6)
+            .map(|_| {
+                let e: Vec<f32> = t.iter().map(|&x| if r() < 0.3 { x * r() as f32 } else { 0.0 }).collect();
+                let knn = (0..n).map(|_| r() as f32).collect();
+                let als = (0..n).map(|_| r() as f32).collect();
+                let vol = std::sync::Arc::new((0..n).map(|_| r() as f32 * 10.0).collect());
+                let pos = (0..n).map(|u| r() < 0.05 + 0.3 * (e[u] > 0.0) as u8 as f64 + 0.02 * days[u] as f64).collect();
+                let c = Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: Some(vol), returns: Some(returns.clone()) };
+                (c, pos)
+            })
+            .collect();
+        let grid = default_grid_for(&t);
+        let cuts = [1.0, 5.0, 10.0, 20.0];
+        let elig = |v: usize, u: usize| values[v].0.e[u] <= 0.0 || u % 3 == 0;
+        let mut calls = 0;
+        let one = tune_eligible(&values, &t, &grid, &cuts, &elig, 1, &mut || calls += 1);
+        assert_eq!(calls, DEFAULT_GRID_LEN.div_ceil(4) + 1);
+        for threads in [2, 3, 8] {
+            assert_eq!(tune_eligible(&values, &t, &grid, &cuts, &elig, threads, &mut || {}), one, "{threads} threads");
+        }
+        // The winner's objective is the mean over values of evaluate_ranking's mean hit rate.
+        let per_value: Vec<f64> = values
+            .iter()
+            .enumerate()
+            .map(|(v, (c, pos))| evaluate_ranking(&score_from_components(c, &t, &one.0), pos, &|u| elig(v, u), &cuts).mean_hit_rate())
+            .collect();
+        assert!(close(one.1, per_value.iter().sum::<f64>() / per_value.len() as f64), "{one:?} {per_value:?}");
     }
 }

@@ -44,6 +44,10 @@ SELECT * FROM audience.build('x', knn_weight => 2);
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM audience.build('x', volume => 0.5);
 \echo :LAST_ERROR_SQLSTATE
+SELECT * FROM audience.build('x', days_exp => -0.5);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM audience.build('x', tenure_exp => 'Infinity');
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM audience.build('x', neighbours => -1);
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM audience.build('nope');
