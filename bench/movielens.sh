@@ -177,7 +177,7 @@ pg AS (
            CASE m.method WHEN 'pg_audience' THEN (l.eval_params #>> '{seconds,als}')::float8 + (l.eval_params #>> '{seconds,knn}')::float8
                          WHEN 'als' THEN (l.eval_params #>> '{seconds,als}')::float8
                          WHEN 'knn' THEN (l.eval_params #>> '{seconds,knn}')::float8 END AS train_s,
-           NULL::float8 AS peak_mb
+           CASE WHEN m.method = 'pg_audience' THEN (l.eval_params ->> 'peak_rss_bytes')::float8 / 1e6 END AS peak_mb
       FROM latest l JOIN bench.macro(:minpos) m USING (run_id)),
 py AS (
     SELECT r ->> 'property' AS property, r ->> 'variant' AS variant, 'implicit:' || (r ->> 'method') AS method,
@@ -222,6 +222,8 @@ SQL
 echo
 echo "split: $split_desc; macro over values with >= $MIN_POSITIVES positives (per variant), as movielens_implicit.py."
 echo "pg:* = audience.evaluate (pg:pg_audience = the hybrid, knobs tuned per property on the validation window;"
-echo "pg:als / pg:knn = its pure-CF modes); train_s = model training on the training split (ALS + kNN for the hybrid)."
+echo "pg:als / pg:knn = its pure-CF modes); train_s = model training on the training split (ALS + kNN for the hybrid);"
+echo "peak_MB (pg) = VmHWM of the backend that ran audience.evaluate (tuning, training, scoring; includes the shared"
+echo "buffers it touched); (implicit) = max RSS of the Python process."
 [[ -n "$implicit" ]] && echo "implicit:* = $IMPLICIT_JSON (ALS/hybrid knobs chosen on validation, on genre)."
 exit 0

@@ -319,6 +319,8 @@ fn evaluate(
         "tuned": tuned.as_ref().map(|(_, obj)| serde_json::json!({"objective": obj})),
         "model": crate::api::build::params_json(&params),
         "seconds": { "als": trained.als_seconds, "knn": trained.knn_seconds },
+        // The backend's peak resident memory so far (VmHWM: includes shared buffers it touched).
+        "peak_rss_bytes": crate::api::build::peak_rss_bytes(),
     });
     let eval_id: i64 = Spi::get_one_with_args(
         "INSERT INTO audience.evaluations (catalog_id, property, cutoff, params) VALUES ($1, $2, $3, $4) RETURNING evaluation_id",

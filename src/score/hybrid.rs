@@ -41,7 +41,8 @@ use crate::model::csr::Csr;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HybridParams {
     /// Strength of the collaborative prior, in affinity units (compare with typical `t_u`); `+inf`
-    /// selects the pure-CF mode. Must be >= 0.
+    /// selects the pure-CF mode (which falls back to 0 when there is no collaborative model).
+    /// Must be >= 0.
     pub prior: f32,
     /// Exponent of the activity factor `t_u ^ activity_exp`.
     pub activity_exp: f32,
@@ -454,6 +455,8 @@ pub fn score_from_components(c: &Components, t: &[f32], p: &HybridParams) -> Vec
         }
     };
     let prior = if p.prior.is_nan() { 0.0 } else { p.prior.max(0.0) };
+    // Pure CF without any collaborative model would score everyone 0: use the own share instead.
+    let prior = if prior == f32::INFINITY && c.knn_share.is_none() && c.als_share.is_none() { 0.0 } else { prior };
     let volume: &[f32] = match (&c.als_volume, p.volume >= 0.5) {
         (Some(v), true) => v.as_slice(),
         _ => t,
@@ -625,7 +628,10 @@ mod tests {
         let none = Scorer::new(&ui, None, None);
         assert_close(&none.score(&v, &p), &expect([0.0; 4]));
         assert_eq!(none.components(&v).e, e.to_vec());
-        assert!(none.score(&v, &HybridParams::pure_cf(0.0, 0.5)).iter().all(|&s| s == 0.0));
+        // Without any model, pure CF falls back to the own share (prior 0).
+        let share_only = HybridParams { prior: 0.0, ..HybridParams::pure_cf(0.0, 0.5) };
+        assert_eq!(none.score(&v, &HybridParams::pure_cf(0.0, 0.5)), none.score(&v, &share_only));
+        assert_close(&none.score(&v, &share_only), &[2.0 / 3.0, 0.25, 0.0, 0.0]);
     }
 
     #[test]
