@@ -87,6 +87,21 @@ pub struct Components {
     pub returns: Option<std::sync::Arc<Returns>>,
 }
 
+impl Components {
+    /// Whether both hold the very same value-independent vectors (ALS volume, returns), so
+    /// [`user_factors`] gives the same result for both.
+    pub fn shares_user_parts(&self, other: &Components) -> bool {
+        fn same<T>(a: &Option<std::sync::Arc<T>>, b: &Option<std::sync::Arc<T>>) -> bool {
+            match (a, b) {
+                (None, None) => true,
+                (Some(x), Some(y)) => std::sync::Arc::ptr_eq(x, y),
+                _ => false,
+            }
+        }
+        same(&self.als_volume, &other.als_volume) && same(&self.returns, &other.returns)
+    }
+}
+
 /// Scores users for values against one affinity matrix and optional models. Everything that does
 /// not depend on the value (activity, CF denominators, kNN transpose, `Y_all`) is computed in
 /// [`Scorer::new`].
@@ -443,20 +458,22 @@ pub fn engaged(c: &Components) -> Vec<bool> {
 /// Scores from precomputed components and activities `t` (see the module doc for the formula).
 /// Never returns NaN.
 pub fn score_from_components(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
+    score_with_factors(c, t, p, &user_factors(c, t, p))
+}
+
+/// What [`user_factors`] depends on besides the shared per-user vectors: two parameter sets with
+/// the same key get the same factors from the same components.
+pub fn factor_key(c: &Components, p: &HybridParams) -> (u32, bool, u32, u32) {
+    let used = |x: f32| if x != 0.0 && !x.is_nan() && c.returns.is_some() { x.to_bits() } else { 0 };
+    (p.activity_exp.to_bits(), c.als_volume.is_some() && p.volume >= 0.5, used(p.days_exp), used(p.tenure_exp))
+}
+
+/// The per-user scale of the score, `v_u^activity_exp * d_u^days_exp * r_u^tenure_exp` (see the
+/// module doc). Value-independent: it depends on `t`, the shared parts of `c` (ALS volume,
+/// returns) and [`factor_key`] only.
+pub fn user_factors(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
     let n = c.e.len();
     assert_eq!(t.len(), n, "components and totals disagree on the number of users");
-    let kw = if p.knn_weight.is_nan() { 0.5 } else { p.knn_weight.clamp(0.0, 1.0) };
-    let cf = |u: usize| -> f32 {
-        match (&c.knn_share, &c.als_share) {
-            (Some(k), Some(a)) => kw * k[u] + (1.0 - kw) * a[u],
-            (Some(k), None) => k[u],
-            (None, Some(a)) => a[u],
-            (None, None) => 0.0,
-        }
-    };
-    let prior = if p.prior.is_nan() { 0.0 } else { p.prior.max(0.0) };
-    // Pure CF without any collaborative model would score everyone 0: use the own share instead.
-    let prior = if prior == f32::INFINITY && c.knn_share.is_none() && c.als_share.is_none() { 0.0 } else { prior };
     let volume: &[f32] = match (&c.als_volume, p.volume >= 0.5) {
         (Some(v), true) => v.as_slice(),
         _ => t,
@@ -469,7 +486,6 @@ pub fn score_from_components(c: &Components, t: &[f32], p: &HybridParams) -> Vec
     }
     (0..n)
         .map(|u| {
-            let tu = t[u];
             let mut f = activity_factor(volume[u], p.activity_exp);
             if let Some(r) = returns {
                 if used(p.days_exp) {
@@ -479,6 +495,31 @@ pub fn score_from_components(c: &Components, t: &[f32], p: &HybridParams) -> Vec
                     f *= activity_factor(r.tenure[u], p.tenure_exp);
                 }
             }
+            f
+        })
+        .collect()
+}
+
+/// [`score_from_components`] with the user factors `f` precomputed by [`user_factors`] (for the
+/// same `t`, shared components and [`factor_key`]).
+pub fn score_with_factors(c: &Components, t: &[f32], p: &HybridParams, f: &[f32]) -> Vec<f32> {
+    let n = c.e.len();
+    assert!(t.len() == n && f.len() == n, "components, totals and factors disagree on the number of users");
+    let kw = if p.knn_weight.is_nan() { 0.5 } else { p.knn_weight.clamp(0.0, 1.0) };
+    let cf = |u: usize| -> f32 {
+        match (&c.knn_share, &c.als_share) {
+            (Some(k), Some(a)) => kw * k[u] + (1.0 - kw) * a[u],
+            (Some(k), None) => k[u],
+            (None, Some(a)) => a[u],
+            (None, None) => 0.0,
+        }
+    };
+    let prior = if p.prior.is_nan() { 0.0 } else { p.prior.max(0.0) };
+    // Pure CF without any collaborative model would score everyone 0: use the own share instead.
+    let prior = if prior == f32::INFINITY && c.knn_share.is_none() && c.als_share.is_none() { 0.0 } else { prior };
+    (0..n)
+        .map(|u| {
+            let (tu, f) = (t[u], f[u]);
             let s = if prior == f32::INFINITY {
                 cf(u) * f
             } else if prior == 0.0 {

@@ -14,8 +14,10 @@
 //! hit rate (not lift) means values with a high base rate weigh more; it measures directly what a
 //! campaign buys: the share of the chosen audience that engages.
 
-use crate::score::hybrid::{score_from_components, Components, HybridParams};
-use crate::score::topk::{rank_order, top_k};
+use crate::score::hybrid::{factor_key, score_from_components, score_with_factors, user_factors, Components, HybridParams};
+use crate::score::topk::top_k;
+#[cfg(doc)]
+use crate::score::topk::rank_order;
 
 /// Metrics of one cut of a ranking.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,13 +153,25 @@ pub fn tune(components_per_value: &[(Components, Vec<bool>)], t: &[f32], grid: &
     tune_eligible(components_per_value, t, grid, pcts, &|_, _| true, 1, &mut || {})
 }
 
+/// A key whose ascending order is [`rank_order`]: score descending (with -0.0 = 0.0), then user
+/// index ascending. Not for NaN.
+#[inline]
+fn rank_key(score: f32, user: u32) -> u64 {
+    let s = if score == 0.0 { 0.0f32 } else { score };
+    let b = s.to_bits();
+    // Monotone map of the float onto u32 (negative floats reversed), then reversed for descending.
+    let ord = if b & 0x8000_0000 != 0 { !b } else { b | 0x8000_0000 };
+    ((!ord as u64) << 32) | user as u64
+}
+
 /// Positives among the best `k` eligible users by [`rank_order`], for each `k` in `ks` (any order).
 /// The same counts as ranking with [`top_k`] and counting prefixes, in O(n + sum k) instead of
-/// O(n + k log k): nested selections from the largest cut down, since the order is total.
-fn hits_at_cuts(scores: &[f32], positive: &[bool], eligible: &[bool], ks: &[usize], cand: &mut Vec<(u32, f32)>) -> Vec<usize> {
+/// O(n + k log k): nested selections from the largest cut down on integer keys, since the order
+/// is total.
+fn hits_at_cuts(scores: &[f32], positive: &[bool], eligible: &[bool], ks: &[usize], cand: &mut Vec<u64>) -> Vec<usize> {
     cand.clear();
     cand.extend(
-        scores.iter().enumerate().filter(|&(u, s)| eligible[u] && !s.is_nan()).map(|(u, &s)| (u as u32, s)),
+        scores.iter().enumerate().filter(|&(u, s)| eligible[u] && !s.is_nan()).map(|(u, &s)| rank_key(s, u as u32)),
     );
     let mut order: Vec<usize> = (0..ks.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(ks[i]));
@@ -169,10 +183,10 @@ fn hits_at_cuts(scores: &[f32], positive: &[bool], eligible: &[bool], ks: &[usiz
             continue;
         }
         if k < len {
-            cand[..len].select_nth_unstable_by(k - 1, rank_order);
+            cand[..len].select_nth_unstable(k - 1);
             len = k;
         }
-        hits[i] = cand[..k].iter().filter(|&&(u, _)| positive[u as usize]).count();
+        hits[i] = cand[..k].iter().filter(|&&key| positive[key as u32 as usize]).count();
     }
     hits
 }
@@ -202,11 +216,23 @@ pub fn tune_eligible(
             (n_pos > 0 && !pcts.is_empty()).then(|| (mask, cut_sizes(pcts, n_elig)))
         })
         .collect();
-    let objective = |p: &HybridParams, cand: &mut Vec<(u32, f32)>| -> f64 {
+    // The user factors depend on few knobs and on the shared parts of the components: when every
+    // value shares them (as the scorer's components do), compute each distinct factor vector once.
+    let shared = components_per_value.windows(2).all(|w| w[0].0.shares_user_parts(&w[1].0));
+    let mut factors: std::collections::HashMap<(u32, bool, u32, u32), Vec<f32>> = std::collections::HashMap::new();
+    if let (true, Some((c0, _))) = (shared, components_per_value.first()) {
+        for p in grid {
+            factors.entry(factor_key(c0, p)).or_insert_with(|| user_factors(c0, t, p));
+        }
+    }
+    let objective = |p: &HybridParams, cand: &mut Vec<u64>| -> f64 {
         let (mut sum, mut n) = (0f64, 0usize);
         for ((c, pos), plan) in components_per_value.iter().zip(&plans) {
             let Some((mask, ks)) = plan else { continue };
-            let scores = score_from_components(c, t, p);
+            let scores = match factors.get(&factor_key(c, p)) {
+                Some(f) => score_with_factors(c, t, p, f),
+                None => score_from_components(c, t, p),
+            };
             let hits = hits_at_cuts(&scores, pos, mask, ks, cand);
             sum += ks.iter().zip(&hits).map(|(&k, &h)| ratio(h as f64, k as f64)).sum::<f64>() / ks.len() as f64;
             n += 1;
@@ -461,9 +487,17 @@ mod tests {
     fn hits_at_cuts_matches_ranking_with_top_k() {
         let mut r = noise(7);
         for n in [1usize, 2, 17, 300, 2000] {
-            // Few distinct scores (many ties), some NaN, a third ineligible.
-            let scores: Vec<f32> = (0..n).map(|_| if r() < 0.05 { f32::NAN } else { (r() * 8.0).floor() as f32 }).collect();
+            // Few distinct scores (many ties), negative ones, -0.0 next to 0.0, some NaN.
+            let scores: Vec<f32> = (0..n)
+                .map(|_| match r() {
+                    x if x < 0.05 => f32::NAN,
+                    x if x < 0.10 => -0.0,
+                    x if x < 0.20 => -((r() * 4.0).floor() as f32) - 0.5,
+                    _ => (r() * 8.0).floor() as f32,
+                })
+                .collect();
             let pos: Vec<bool> = (0..n).map(|_| r() < 0.3).collect();
+            // A third of the users ineligible.
             let elig: Vec<bool> = (0..n).map(|_| r() < 0.67).collect();
             let n_elig = elig.iter().filter(|&&b| b).count();
             let ks = cut_sizes(&[5.0, 1.0, 50.0, 20.0, 100.0], n_elig);
@@ -483,12 +517,13 @@ mod tests {
         let days: Vec<f32> = (0..n).map(|_| 1.0 + (r() * 10.0).floor() as f32).collect();
         let tenure = days.iter().map(|&d| d + (r() * 30.0).floor() as f32).collect();
         let returns = std::sync::Arc::new(crate::score::hybrid::Returns { days: days.clone(), tenure });
+        let vol = std::sync::Arc::new((0..n).map(|_| r() as f32 * 10.0).collect::<Vec<f32>>());
         let values: Vec<(Components, Vec<bool>)> = (0..6)
             .map(|_| {
                 let e: Vec<f32> = t.iter().map(|&x| if r() < 0.3 { x * r() as f32 } else { 0.0 }).collect();
                 let knn = (0..n).map(|_| r() as f32).collect();
                 let als = (0..n).map(|_| r() as f32).collect();
-                let vol = std::sync::Arc::new((0..n).map(|_| r() as f32 * 10.0).collect());
+                let vol = vol.clone();
                 let pos = (0..n).map(|u| r() < 0.05 + 0.3 * (e[u] > 0.0) as u8 as f64 + 0.02 * days[u] as f64).collect();
                 let c = Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: Some(vol), returns: Some(returns.clone()) };
                 (c, pos)
@@ -503,6 +538,22 @@ mod tests {
         for threads in [2, 3, 8] {
             assert_eq!(tune_eligible(&values, &t, &grid, &cuts, &elig, threads, &mut || {}), one, "{threads} threads");
         }
+        // Values sharing their user parts (as above) use cached user factors; unshared copies
+        // take the direct path: the same result.
+        assert!(values[0].0.shares_user_parts(&values[1].0));
+        let unshared: Vec<(Components, Vec<bool>)> = values
+            .iter()
+            .map(|(c, pos)| {
+                let c = Components {
+                    als_volume: c.als_volume.as_deref().map(|v| std::sync::Arc::new(v.clone())),
+                    returns: c.returns.as_deref().map(|r| std::sync::Arc::new(r.clone())),
+                    ..c.clone()
+                };
+                (c, pos.clone())
+            })
+            .collect();
+        assert!(!unshared[0].0.shares_user_parts(&unshared[1].0));
+        assert_eq!(tune_eligible(&unshared, &t, &grid, &cuts, &elig, 2, &mut || {}), one);
         // The winner's objective is the mean over values of evaluate_ranking's mean hit rate.
         let per_value: Vec<f64> = values
             .iter()
