@@ -100,6 +100,7 @@ CREATE TABLE audience.property_values (
     users    bigint NOT NULL,
     PRIMARY KEY (model_id, property, value)
 );
+COMMENT ON TABLE audience.property_values IS 'Item and user counts of each property value in each model (as of its build); read through audience.catalog_values.';
 
 -- Saved audiences, their current members and the history of who entered and left.
 CREATE TABLE audience.saved_audiences (
@@ -216,6 +217,7 @@ CREATE TABLE audience.evaluation_results (
     auc           double precision
 );
 CREATE INDEX evaluation_results_by_run ON audience.evaluation_results (evaluation_id);
+COMMENT ON TABLE audience.evaluations IS 'One row per audience.evaluate run: catalog, property, cutoff and the parameters used (tuned knobs, seconds, peak memory).';
 COMMENT ON TABLE audience.evaluation_results IS 'Backtest metrics written by audience.evaluate: chart hit_rate and recall by method and cut.';
 SELECT pg_catalog.pg_extension_config_dump('audience.evaluations', '');
 SELECT pg_catalog.pg_extension_config_dump('audience.evaluations_evaluation_id_seq', '');

@@ -61,3 +61,11 @@ SELECT c.relname FROM pg_extension x, unnest(x.extconfig) AS cfg(relid) JOIN pg_
 
 SELECT audience.drop_catalog('main');
 DROP SCHEMA shop CASCADE;
+
+-- Every user-facing function, table and view is described (\df+, \dt+ and \dv+ show it).
+SELECT p.oid::regprocedure AS undescribed_function FROM pg_proc p
+ WHERE p.pronamespace = 'audience'::regnamespace AND p.proname !~ '^_' AND obj_description(p.oid, 'pg_proc') IS NULL
+   AND p.prokind = 'f' ORDER BY 1;
+SELECT c.oid::regclass AS undescribed_relation FROM pg_class c
+ WHERE c.relnamespace = 'audience'::regnamespace AND c.relkind IN ('r', 'v') AND obj_description(c.oid, 'pg_class') IS NULL
+ ORDER BY 1;
