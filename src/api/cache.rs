@@ -32,7 +32,9 @@ impl Loaded {
 
     fn approx_bytes(&self) -> usize {
         let m = &self.model;
-        m.ui.nnz() * 12 + m.users.len() * 48 + m.items.len() * 48
+        // Affinities with their times; per user: the name, then six f32 vectors of the scorer (totals,
+        // CF denominators, ALS volume, active days, tenure).
+        m.ui.nnz() * 12 + m.users.len() * (48 + 24) + m.items.len() * 48
             + m.als.as_ref().map(|a| (a.user_factors.len() + a.item_factors.len()) * 4).unwrap_or(0)
             + m.knn.as_ref().map(|k| k.nnz() * 8).unwrap_or(0)
     }
