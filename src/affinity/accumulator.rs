@@ -567,8 +567,8 @@ impl Affinity {
         }
         let users: Vec<String> = self.users.into_iter().zip(&user_used).filter(|(_, &u)| u).map(|(n, _)| n).collect();
         let mut indptr = vec![0usize];
-        for r in 0..m.n_rows {
-            if user_used[r] {
+        for (r, &used) in user_used.iter().enumerate() {
+            if used {
                 indptr.push(m.indptr[r + 1] - m.indptr[r] + indptr.last().unwrap());
             }
         }

@@ -36,7 +36,7 @@ fn finite_time(t: TimestampWithTimeZone) -> Option<i64> {
 }
 
 /// The state of the current aggregate call, created in the aggregate's memory context.
-unsafe fn state_mut<'a>(state: &'a mut Internal, fcinfo: pg_sys::FunctionCallInfo, n_props: usize) -> &'a mut Accumulator {
+unsafe fn state_mut(state: &mut Internal, fcinfo: pg_sys::FunctionCallInfo, n_props: usize) -> &mut Accumulator {
     if state.initialized() {
         return state.get_mut::<Accumulator>().expect("initialized state");
     }

@@ -161,6 +161,10 @@ pub fn tune_on(cid: i32, property: &str, cutoff: i64, holdout: i64, p: &BuildPar
     best.expect("at least one candidate")
 }
 
+/// One output row of `evaluate`: method, value, cross_sell, cut_pct, audience_size, positives,
+/// hits, hit_rate, recall, lift, auc.
+type ResultRow = (String, String, bool, f64, i64, i64, i64, f64, f64, f64, f64);
+
 struct Row {
     method: &'static str,
     value: String,
@@ -191,6 +195,7 @@ fn default_holdout(first: i64, last: i64, holdout: Option<Interval>) -> i64 {
 /// before (last event - holdout), ranks users and measures who engages in the holdout window.
 #[pg_extern(volatile)]
 #[search_path(@extschema@, pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)] // the named output columns of the SQL function
 fn evaluate(
     catalog: Option<&str>,
     property: Option<&str>,
@@ -271,7 +276,7 @@ fn evaluate(
         }
     }
     // Macro averages over values with at least one positive.
-    let mut out: Vec<(String, String, bool, f64, i64, i64, i64, f64, f64, f64, f64)> = Vec::new();
+    let mut out: Vec<ResultRow> = Vec::new();
     for r in &rows {
         for c in &r.m.cuts {
             out.push((

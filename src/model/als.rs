@@ -858,7 +858,7 @@ mod tests {
         }
         assert!(m.score(1, 2) > 0.3, "{}", m.score(1, 2));
         // A single entry.
-        let ui = Csr::from_triplets(1, 1, &mut vec![(0, 0, 1.0)]);
+        let ui = Csr::from_triplets(1, 1, &mut [(0, 0, 1.0)]);
         let m = train_als(&ui, &params, &mut ok()).unwrap();
         assert!(m.score(0, 0) > 0.5, "{}", m.score(0, 0));
     }

@@ -14,7 +14,7 @@ pub struct Csr {
 
 impl Csr {
     /// Builds a matrix from (row, col, value) triples; duplicates are summed.
-    pub fn from_triplets(n_rows: usize, n_cols: usize, triples: &mut Vec<(u32, u32, f32)>) -> Csr {
+    pub fn from_triplets(n_rows: usize, n_cols: usize, triples: &mut [(u32, u32, f32)]) -> Csr {
         triples.sort_unstable_by_key(|t| (t.0, t.1));
         let mut indptr = vec![0usize; n_rows + 1];
         let mut indices = Vec::with_capacity(triples.len());

@@ -504,7 +504,7 @@ mod tests {
             assert_eq!(train_knn(&ui, &p2, &mut fail), Err(Interrupted));
             assert_eq!(n, fail_after + 1);
         }
-        let empty = Csr::from_triplets(3, 0, &mut vec![]);
+        let empty = Csr::from_triplets(3, 0, &mut []);
         let s = train_knn(&empty, &p, &mut ok).unwrap();
         assert_eq!((s.n_rows, s.nnz(), s.indptr.len()), (0, 0, 1));
     }

@@ -235,7 +235,7 @@ mod tests {
             ui,
             last_seen: vec![1, 2, 3],
             als: Some(AlsModel { factors: 1, user_factors: vec![0.5, 0.25], item_factors: vec![1.0, 2.0] }),
-            knn: Some(Csr::from_triplets(2, 2, &mut vec![(0, 1, 0.5)])),
+            knn: Some(Csr::from_triplets(2, 2, &mut [(0, 1, 0.5)])),
             properties: vec![props],
             params: HybridParams { prior: 1.0, activity_exp: 0.5, knn_weight: 0.5, volume: 1.0, days_exp: 0.0, tenure_exp: 0.0 },
             cross_params: HybridParams { prior: f32::INFINITY, activity_exp: 1.0, knn_weight: 1.0, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 },

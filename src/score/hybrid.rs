@@ -580,7 +580,7 @@ mod tests {
         Csr::from_triplets(
             4,
             4,
-            &mut vec![(0, 0, 2.0), (0, 1, 1.0), (1, 1, 3.0), (1, 2, 1.0), (2, 3, 4.0)],
+            &mut [(0, 0, 2.0), (0, 1, 1.0), (1, 1, 3.0), (1, 2, 1.0), (2, 3, 4.0)],
         )
     }
 
@@ -589,7 +589,7 @@ mod tests {
         Csr::from_triplets(
             4,
             4,
-            &mut vec![(0, 1, 1.0), (1, 0, 1.0), (1, 2, 2.0), (2, 1, 2.0), (3, 0, 0.5), (3, 2, 1.5)],
+            &mut [(0, 1, 1.0), (1, 0, 1.0), (1, 2, 2.0), (2, 1, 2.0), (3, 0, 0.5), (3, 2, 1.5)],
         )
     }
 
@@ -753,7 +753,7 @@ mod tests {
         let sum: f32 = ex.iter().map(|x| x.1).sum();
         assert!(close(sum, 1.0 + 9.0 / 11.0 * 4.0));
         // Ties broken by item id: user with two equal own items, no kNN.
-        let ui2 = Csr::from_triplets(1, 3, &mut vec![(0, 2, 1.0), (0, 0, 1.0), (0, 1, 5.0)]);
+        let ui2 = Csr::from_triplets(1, 3, &mut [(0, 2, 1.0), (0, 0, 1.0), (0, 1, 5.0)]);
         let sc2 = Scorer::new(&ui2, None, None);
         assert_eq!(sc2.explain(0, &[0, 2], 5), vec![(0, 1.0), (2, 1.0)]);
         assert_eq!(sc2.explain(0, &[1, 0, 2], 5), vec![(1, 5.0), (0, 1.0), (2, 1.0)]);

@@ -531,7 +531,7 @@ mod tests {
             .collect();
         let grid = default_grid_for(&t);
         let cuts = [1.0, 5.0, 10.0, 20.0];
-        let elig = |v: usize, u: usize| values[v].0.e[u] <= 0.0 || u % 3 == 0;
+        let elig = |v: usize, u: usize| values[v].0.e[u] <= 0.0 || u.is_multiple_of(3);
         let mut calls = 0;
         let one = tune_eligible(&values, &t, &grid, &cuts, &elig, 1, &mut || calls += 1);
         assert_eq!(calls, DEFAULT_GRID_LEN.div_ceil(4) + 1);
