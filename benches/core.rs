@@ -10,25 +10,11 @@ use pg_audience::model::knn::{train_knn, KnnParams};
 use pg_audience::score::hybrid::{Components, HybridParams, Sample, Scorer};
 use pg_audience::score::metrics::{default_grid_for, tune_eligible, DEFAULT_GRID_LEN};
 use pg_audience::score::topk::top_k;
+use pg_audience::util::rand::SplitMix64;
 use std::time::Instant;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// A small deterministic PRNG (splitmix64).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 fn main() {
@@ -40,22 +26,22 @@ fn main() {
     println!("synthetic shop: {users} users, {items} items, {events} events, {threads} threads");
     let user_ids: Vec<String> = (0..users).map(|u| format!("{u}")).collect();
     let item_ids: Vec<String> = (0..items).map(|i| format!("SKU-{i:06}")).collect();
-    let mut rng = Rng(42);
+    let mut rng = SplitMix64(42);
 
     // Users have a taste group; 80% of their events fall in it; activity is heavy-tailed.
     let t0 = Instant::now();
     let mut acc = Accumulator::new(0);
     let day = 86_400_000_000i64;
     for _ in 0..events {
-        let u = ((rng.unit().powf(2.0)) * users as f64) as usize % users;
+        let u = ((rng.next_unit().powf(2.0)) * users as f64) as usize % users;
         let g = u % groups;
-        let i = if rng.unit() < 0.8 {
-            (g + groups * (rng.next() as usize % (items / groups))) % items
+        let i = if rng.next_unit() < 0.8 {
+            (g + groups * (rng.next_u64() as usize % (items / groups))) % items
         } else {
-            rng.next() as usize % items
+            rng.next_u64() as usize % items
         };
-        let w = [1.0, 1.0, 1.0, 3.0, 5.0][rng.next() as usize % 5];
-        let t = (rng.next() % 180) as i64 * day;
+        let w = [1.0, 1.0, 1.0, 3.0, 5.0][rng.next_u64() as usize % 5];
+        let t = (rng.next_u64() % 180) as i64 * day;
         acc.push(&user_ids[u], &item_ids[i], w, t, Some(30 * day), None);
     }
     let push_s = t0.elapsed().as_secs_f64();

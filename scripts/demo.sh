@@ -6,7 +6,7 @@
 #   scripts/demo.sh          set up / rebuild / (re)start / rerun the demo
 #   scripts/demo.sh stop     stop the demo server
 #   scripts/demo.sh destroy  stop it and delete its data
-#   scripts/demo.sh psql     open psql on the demo database
+#   scripts/demo.sh psql     open psql on the demo database (further arguments go to psql)
 set -euo pipefail
 PGA_SCRIPT=demo
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -21,7 +21,7 @@ stop | destroy | psql)
     case "$1" in
     stop) pga_cluster_stop "$cluster" ;;
     destroy) pga_cluster_destroy "$cluster" ;;
-    psql) exec "$PGA_BINDIR/psql" "$(pga_conninfo "$cluster" "$db")" ;;
+    psql) exec "$PGA_BINDIR/psql" "$(pga_conninfo "$cluster" "$db")" "${@:2}" ;;
     esac
     exit 0
     ;;

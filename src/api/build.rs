@@ -27,7 +27,7 @@ pub struct BuildParams {
 /// setting validation picked, or next to it, on the demo shop (brand, category), the 20M-event
 /// shop and MovieLens (README, "Quality"); untuned builds with the earlier default (prior 2,
 /// activity_exp 0.5, volume 0, days_exp 0) scored hit@1% 0.39 / 0.65 / 0.18 on demo brand, demo
-/// category and MovieLens genre, these 0.63 / 0.89 / 0.47.
+/// category and MovieLens genre, these 0.63 / 0.89 / 0.47 (bench/untuned.sql).
 pub const DEFAULT_HYBRID: HybridParams =
     HybridParams { prior: f32::INFINITY, activity_exp: 0.5, knn_weight: 0.5, volume: 1.0, days_exp: 0.5, tenure_exp: 0.0 };
 

@@ -38,6 +38,7 @@
 //! variants round differently, so bit-identical results hold per CPU family, not across them.
 
 use crate::model::csr::Csr;
+use crate::util::rand::SplitMix64;
 use std::sync::Mutex;
 
 /// Training hyper-parameters.
@@ -641,23 +642,6 @@ fn symv<const F: bool>(g: &[f32], v: &[f32], out: &mut [f32]) {
 // ---------------------------------------------------------------------------------------------
 // Setup helpers
 
-/// SplitMix64 (Steele, Lea & Flood 2014).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn next_sym(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32) * (2.0 / (1u64 << 24) as f32) - 1.0
-    }
-}
 
 /// Fills `v` uniformly with mean 0 and standard deviation `std`.
 fn init_uniform(

@@ -1,5 +1,7 @@
 //! Small std-only helpers shared by the core: a fast non-cryptographic hasher for interning
-//! tables ([`hash`]) and a little-endian byte codec for aggregate states and model blobs ([`codec`]).
+//! tables ([`hash`]), a little-endian byte codec for aggregate states and model blobs ([`codec`]) and
+//! a small deterministic random generator ([`rand`]).
 
 pub mod codec;
 pub mod hash;
+pub mod rand;
