@@ -30,6 +30,7 @@
 #   IMPLICIT_JSON    movielens_implicit.py output to merge (default target/bench/movielens_implicit.json,
 #                    or target/bench/movielens_implicit_<N>d.json with HOLDOUT_DAYS=N); rows are merged
 #                    only when its split matches this run's
+#   BENCH_CLUSTER    private cluster name (default bench-pg)
 #   BENCH_KEEP=1     leave the cluster running (psql: source scripts/pg.sh; pga_psql bench-pg -d movielens)
 set -euo pipefail
 # shellcheck disable=SC2034 # read by scripts/common.sh for log prefixes
@@ -58,7 +59,7 @@ fi
 # shellcheck source=scripts/pg.sh
 source "$ROOT/scripts/pg.sh"
 
-CLUSTER=bench-pg
+CLUSTER="${BENCH_CLUSTER:-bench-pg}"
 DB=movielens
 PROPERTIES="${PROPERTIES:-genre release_year decade}"
 MIN_POSITIVES="${MIN_POSITIVES:-5}"

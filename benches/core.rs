@@ -7,8 +7,10 @@
 use pg_audience::affinity::accumulator::Accumulator;
 use pg_audience::model::als::{train_als, AlsParams};
 use pg_audience::model::knn::{train_knn, KnnParams};
-use pg_audience::score::hybrid::{Components, HybridParams, Sample, Scorer};
-use pg_audience::score::metrics::{default_grid_for, tune_eligible, DEFAULT_GRID_LEN};
+use pg_audience::score::hybrid::{Components, HybridParams, Own, Sample, Scorer};
+use pg_audience::model::days::DayIndex;
+use pg_audience::score::metrics::DEFAULT_GRID_LEN;
+use pg_audience::score::tuning::{own_candidates, tune_knobs};
 use pg_audience::score::topk::top_k;
 use pg_audience::util::rand::SplitMix64;
 use std::time::Instant;
@@ -73,10 +75,12 @@ fn main() {
     println!("item-kNN (100 neighbours): {:.2} s", t3.elapsed().as_secs_f64());
 
     let t4 = Instant::now();
-    let scorer = Scorer::new(&aff.matrix, Some(&als), Some(&knn)).with_last_seen(&aff.last_seen, day);
+    let days = DayIndex::from_records(&aff.occasions.ptr, &aff.occasions.minute, &aff.occasions.value);
+    let ref_day = pg_audience::affinity::accumulator::day_of(aff.reference_us);
+    let scorer = Scorer::new(&aff.matrix, Some(&als), Some(&knn)).with_days(&days, ref_day);
     println!("scorer setup (once per model and backend): {:.3} s", t4.elapsed().as_secs_f64());
     let value: Vec<u32> = (0..aff.items.len() as u32).filter(|i| i % groups as u32 == 7).collect();
-    let p = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 };
+    let p = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity };
     let mut times = Vec::new();
     for _ in 0..7 {
         let t = Instant::now();
@@ -89,14 +93,15 @@ fn main() {
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!("one audience (top 5%, {} items in the value): median {:.1} ms, min {:.1} ms", value.len(), times[3], times[0]);
 
-    // The knob search: components of 40 values on a 100k-user sample, then the whole grid twice
-    // (all users, then cross-sell), as tune_on does for each ALS candidate.
+    // The knob search: components of 40 values on a 100k-user sample with every own measure, then
+    // the own baselines and the grid for the best two of them, all users and cross-sell, as
+    // api::tuning does for each ALS candidate and property.
     let t5 = Instant::now();
     let sample = Sample::every(&scorer, aff.users.len().div_ceil(100_000));
     let per_value: Vec<(Components, Vec<bool>)> = (0..40u32)
         .map(|g| {
             let items: Vec<u32> = (0..aff.items.len() as u32).filter(|i| i % groups as u32 == g % groups as u32).collect();
-            let c = sample.components(&scorer.components(&items));
+            let c = sample.components(&scorer.components_with(&items, &own_candidates(true)));
             // Stand-in truth: a deterministic fifth of the users who engaged with the group.
             let pos = c.e.iter().enumerate().map(|(u, &e)| e > 0.0 && u % 5 == 0).collect();
             (c, pos)
@@ -104,14 +109,13 @@ fn main() {
         .collect();
     let components_s = t5.elapsed().as_secs_f64();
     let totals = sample.pick(scorer.totals());
-    let grid = default_grid_for(&totals);
     let t6 = Instant::now();
     let cuts = [1.0, 5.0, 10.0, 20.0];
-    let (best, _) = tune_eligible(&per_value, &totals, &grid, &cuts, &|_, _| true, threads, &mut || {});
-    let (xs, _) = tune_eligible(&per_value, &totals, &grid, &cuts, &|v, u| per_value[v].0.e[u] <= 0.0, threads, &mut || {});
-    std::hint::black_box((best, xs));
+    let tuned = tune_knobs(&per_value, &totals, true, &cuts, threads, &mut || {});
+    std::hint::black_box(tuned);
     println!(
-        "tuning grid ({DEFAULT_GRID_LEN} points x 40 values x {} users, twice): {:.2} s (+ components {:.2} s)",
+        "knob search ({} own baselines + 2 x {DEFAULT_GRID_LEN} points x 40 values x {} users, all and cross-sell): {:.2} s (+ components {:.2} s)",
+        own_candidates(true).len(),
         sample.users.len(),
         t6.elapsed().as_secs_f64(),
         components_s

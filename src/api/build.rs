@@ -7,8 +7,9 @@ use crate::error::{AudienceError, OrRaise};
 use crate::model::als::{train_als, AlsParams, Interrupted};
 use crate::model::csr::Csr;
 use crate::model::knn::{train_knn, KnnParams};
-use crate::model::stored::{split_values, Model, Property};
-use crate::score::hybrid::HybridParams;
+use crate::model::days::DayIndex;
+use crate::model::stored::{split_values, Model, Property, PropertyKnobs};
+use crate::score::hybrid::{HybridParams, Own};
 use pgrx::prelude::*;
 use std::time::Instant;
 
@@ -20,6 +21,14 @@ pub struct BuildParams {
     pub hybrid: HybridParams,
     /// Knobs for cross-sell audiences (`exclude_engaged => true`); set by `audience.tune`.
     pub cross_sell: HybridParams,
+    /// Knobs tuned per property (override `hybrid` / `cross_sell` for that property).
+    pub by_property: Vec<PropertyKnobs>,
+    /// Whether a build tunes the knobs of untuned properties on a validation window itself.
+    pub auto_tune: bool,
+    /// Whether the ALS settings were given explicitly (then tuning keeps them).
+    pub als_explicit: bool,
+    /// Whether catalog-level scoring knobs were given explicitly (then builds do not auto-tune).
+    pub knobs_explicit: bool,
 }
 
 /// The knobs of an untuned catalog: pure collaborative filtering (kNN and ALS shares averaged)
@@ -28,8 +37,15 @@ pub struct BuildParams {
 /// shop and MovieLens (README, "Quality"); untuned builds with the earlier default (prior 2,
 /// activity_exp 0.5, volume 0, days_exp 0) scored hit@1% 0.39 / 0.65 / 0.18 on demo brand, demo
 /// category and MovieLens genre, these 0.63 / 0.89 / 0.47 (bench/untuned.sql).
-pub const DEFAULT_HYBRID: HybridParams =
-    HybridParams { prior: f32::INFINITY, activity_exp: 0.5, knn_weight: 0.5, volume: 1.0, days_exp: 0.5, tenure_exp: 0.0 };
+pub const DEFAULT_HYBRID: HybridParams = HybridParams {
+    prior: f32::INFINITY,
+    activity_exp: 0.5,
+    knn_weight: 0.5,
+    volume: 1.0,
+    days_exp: 0.5,
+    tenure_exp: 0.0,
+    own: Own::Affinity,
+};
 
 /// What the scan produced, before training.
 #[derive(Clone)]
@@ -40,6 +56,26 @@ pub struct Collected {
     pub scan_seconds: f64,
     pub products_seconds: f64,
     pub state_bytes: usize,
+}
+
+impl Collected {
+    /// The events on days before `cut_day` (a training split), from the occasions the scan
+    /// kept: no second scan. Items without pairs before the cut are dropped with their values.
+    pub fn until(&self, cut_day: i32) -> Collected {
+        let aff = self.aff.until(cut_day);
+        // Both item lists are sorted: walk them together to keep the surviving items' values.
+        let mut keep = Vec::with_capacity(aff.items.len());
+        let mut j = 0usize;
+        for (i, name) in self.aff.items.iter().enumerate() {
+            if j < aff.items.len() && aff.items[j] == *name {
+                keep.push(i);
+                j += 1;
+            }
+        }
+        let item_values =
+            self.item_values.iter().map(|(n, per_item)| (n.clone(), keep.iter().map(|&i| per_item[i].clone()).collect())).collect();
+        Collected { aff, item_values, scan_seconds: 0.0, products_seconds: 0.0, state_bytes: 0 }
+    }
 }
 
 pub fn interrupt_check() -> Result<(), Interrupted> {
@@ -160,6 +196,8 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
         .collect();
     // Minutes since 2000-01-01 keep the per-entry time in 4 bytes.
     let last_seen = aff.last_seen.iter().map(|&us| (us.div_euclid(60_000_000)).clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect();
+    let days = DayIndex::from_records(&aff.occasions.ptr, &aff.occasions.minute, &aff.occasions.value);
+    let reference_day = crate::affinity::accumulator::day_of(aff.reference_us);
     let model = Model {
         users: aff.users,
         items: aff.items,
@@ -170,6 +208,9 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
         properties,
         params: p.hybrid,
         cross_params: p.cross_sell,
+        days,
+        reference_day,
+        property_params: p.by_property.clone(),
     };
     Trained { model, als_seconds, knn_seconds }
 }
@@ -321,6 +362,8 @@ pub fn build_params(
     volume: Option<f64>,
     days_exp: Option<f64>,
     tenure_exp: Option<f64>,
+    own: Option<&str>,
+    own_half_life_days: Option<f64>,
 ) -> BuildParams {
     let threads = crate::guc::threads();
     let d = AlsParams::default();
@@ -358,8 +401,52 @@ pub fn build_params(
         },
         days_exp: finite_nonneg(days_exp, "days_exp", DEFAULT_HYBRID.days_exp),
         tenure_exp: finite_nonneg(tenure_exp, "tenure_exp", DEFAULT_HYBRID.tenure_exp),
+        own: parse_own(own, own_half_life_days),
     };
-    BuildParams { als, knn, hybrid, cross_sell: hybrid }
+    BuildParams {
+        als,
+        knn,
+        hybrid,
+        cross_sell: hybrid,
+        by_property: Vec::new(),
+        auto_tune: true,
+        als_explicit: false,
+        knobs_explicit: false,
+    }
+}
+
+/// The parameters of a catalog with nothing remembered.
+pub fn build_params_default() -> BuildParams {
+    build_params(None, None, None, None, None, None, None, None, None, None, None, None, None)
+}
+
+/// The own-engagement measure from its name and half-life in days (NULL = the default).
+pub fn parse_own(own: Option<&str>, half_life_days: Option<f64>) -> Own {
+    if let Some(h) = half_life_days {
+        if !(h > 0.0) || h.is_nan() {
+            AudienceError::invalid("own_half_life must be positive")
+                .detail(format!("The value given was {} days.", sql_float(h)))
+                .hint("Pass an interval such as '30 days', or NULL for no decay.")
+                .raise();
+        }
+    }
+    let Some(name) = own else {
+        if half_life_days.is_some() {
+            AudienceError::invalid("own_half_life needs own => 'days' or own => 'weight'").raise();
+        }
+        return DEFAULT_HYBRID.own;
+    };
+    match Own::from_name(name, half_life_days.map(|h| h as f32)) {
+        Some(o @ (Own::Affinity | Own::Recent)) if half_life_days.is_some() => {
+            AudienceError::invalid(format!("own => '{}' takes no half-life", o.name()))
+                .hint("Only own => 'days' and own => 'weight' decay with own_half_life.")
+                .raise()
+        }
+        Some(o) => o,
+        None => AudienceError::invalid(format!("unknown own-engagement measure \"{}\"", crate::error::shown(name)))
+            .hint("Use one of 'affinity', 'weight', 'days', 'recent'.")
+            .raise(),
+    }
 }
 
 /// Hybrid knobs from a JSON object such as `{"prior": 2, "activity_exp": 1, ...}` (as stored by
@@ -373,7 +460,13 @@ pub fn knobs_from_json(v: Option<&serde_json::Value>, base: HybridParams) -> Hyb
         })
     };
     let ok = |x: f32| x >= 0.0 && !x.is_nan();
+    let own = v
+        .get("own")
+        .and_then(|o| o.as_str())
+        .and_then(|o| Own::from_name(o, num("own_half_life_days")))
+        .unwrap_or(base.own);
     HybridParams {
+        own,
         prior: num("prior").filter(|&x| ok(x)).unwrap_or(base.prior),
         activity_exp: num("activity_exp").filter(|&x| ok(x) && x.is_finite()).unwrap_or(base.activity_exp),
         knn_weight: num("knn_weight").filter(|&x| (0.0..=1.0).contains(&x)).unwrap_or(base.knn_weight),
@@ -386,8 +479,35 @@ pub fn knobs_from_json(v: Option<&serde_json::Value>, base: HybridParams) -> Hyb
 pub fn knobs_json(p: &HybridParams) -> serde_json::Value {
     serde_json::json!({
         "prior": json_f32(p.prior), "activity_exp": p.activity_exp, "knn_weight": p.knn_weight, "volume": p.volume,
-        "days_exp": p.days_exp, "tenure_exp": p.tenure_exp,
+        "days_exp": p.days_exp, "tenure_exp": p.tenure_exp, "own": p.own.name(),
+        "own_half_life_days": json_f32(p.own.half_life()),
     })
+}
+
+/// Per-property knobs as `{"<property>": {"params": {...}, "cross_sell": {...}}}`.
+pub fn property_knobs_json(k: &[PropertyKnobs]) -> serde_json::Value {
+    serde_json::Value::Object(
+        k.iter()
+            .map(|k| {
+                (k.property.clone(), serde_json::json!({"params": knobs_json(&k.params), "cross_sell": knobs_json(&k.cross_params)}))
+            })
+            .collect(),
+    )
+}
+
+/// Inverse of [`property_knobs_json`] (entries that do not parse are skipped).
+pub fn property_knobs_from_json(v: Option<&serde_json::Value>, base: HybridParams) -> Vec<PropertyKnobs> {
+    let Some(serde_json::Value::Object(m)) = v else { return Vec::new() };
+    let mut out: Vec<PropertyKnobs> = m
+        .iter()
+        .map(|(prop, k)| {
+            let params = knobs_from_json(k.get("params"), base);
+            let cross_params = knobs_from_json(k.get("cross_sell"), params);
+            PropertyKnobs { property: prop.clone(), params, cross_params }
+        })
+        .collect();
+    out.sort_by(|a, b| a.property.cmp(&b.property));
+    out
 }
 
 /// A float for JSON, with +infinity as the string "Infinity" (JSON has no infinity).
@@ -407,6 +527,7 @@ pub fn params_json(p: &BuildParams) -> serde_json::Value {
         "knn": p.knn.as_ref().map(|k| serde_json::json!({ "neighbours": k.neighbours, "k1": k.k1, "b": k.b })),
         "hybrid": knobs_json(&p.hybrid),
         "cross_sell": knobs_json(&p.cross_sell),
+        "properties": property_knobs_json(&p.by_property),
     })
 }
 
@@ -444,8 +565,16 @@ pub fn remembered_params(cid: i32, explicit: serde_json::Value) -> BuildParams {
         num("volume"),
         num("days_exp"),
         num("tenure_exp"),
+        merged.get("own").and_then(|v| v.as_str()),
+        num("own_half_life_days").filter(|h| h.is_finite()),
     );
     p.cross_sell = knobs_from_json(merged.get("cross_sell"), p.hybrid);
+    p.by_property = property_knobs_from_json(merged.get("tuned"), p.hybrid);
+    p.auto_tune = merged.get("tune").and_then(|v| v.as_bool()).unwrap_or(true);
+    p.als_explicit = ["factors", "iterations", "regularization", "alpha"].iter().any(|k| merged.get(*k).is_some());
+    p.knobs_explicit = ["prior", "activity_exp", "knn_weight", "volume", "days_exp", "tenure_exp", "own", "cross_sell"]
+        .iter()
+        .any(|k| merged.get(*k).is_some());
     p
 }
 
@@ -474,6 +603,9 @@ fn build(
     days_exp: default!(Option<f64>, "NULL"),
     tenure_exp: default!(Option<f64>, "NULL"),
     until: default!(Option<TimestampWithTimeZone>, "NULL"),
+    own: default!(Option<&str>, "NULL"),
+    own_half_life: default!(Option<Interval>, "NULL"),
+    tune: default!(Option<bool>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -483,18 +615,35 @@ fn build(
         name!(items, i64),
         name!(pairs, i64),
         name!(seconds, f64),
+        name!(tuning, Option<pgrx::JsonB>),
     ),
 > {
     let t0 = Instant::now();
     // Validate the explicit arguments before anything is stored.
-    build_params(factors, iterations, regularization, alpha, neighbours, prior, activity_exp, knn_weight, volume, days_exp, tenure_exp);
+    let own_hl_days = own_half_life.as_ref().map(crate::api::tuning::interval_days);
+    build_params(
+        factors,
+        iterations,
+        regularization,
+        alpha,
+        neighbours,
+        prior,
+        activity_exp,
+        knn_weight,
+        volume,
+        days_exp,
+        tenure_exp,
+        own,
+        own_hl_days,
+    );
     let cid = lock_catalog(catalog);
     let params = remembered_params(
         cid,
         serde_json::json!({
             "factors": factors, "iterations": iterations, "regularization": regularization, "alpha": alpha,
             "neighbours": neighbours, "prior": prior.map(|p| json_f32(p as f32)), "activity_exp": activity_exp, "knn_weight": knn_weight,
-            "volume": volume, "days_exp": days_exp, "tenure_exp": tenure_exp,
+            "volume": volume, "days_exp": days_exp, "tenure_exp": tenure_exp, "own": own,
+            "own_half_life_days": own_hl_days, "tune": tune,
         }),
     );
     let collected = collect(cid, None, until);
@@ -507,6 +656,9 @@ fn build(
     }
     let (scan_s, products_s, state_bytes) = (collected.scan_seconds, collected.products_seconds, collected.state_bytes);
     let (min_t, max_t, ref_t) = (collected.aff.min_time_us, collected.aff.max_time_us, collected.aff.reference_us);
+    let t_tune = Instant::now();
+    let (params, tuning) = crate::api::tuning::auto_tune(&collected, params);
+    let tune_s = t_tune.elapsed().as_secs_f64();
     let trained = train(collected, &params);
     // Measured with the affinity matrix and the trained models in memory, the build's high point.
     let private_bytes = private_rss_bytes();
@@ -514,7 +666,8 @@ fn build(
     let m = &trained.model;
     let (users, items, pairs) = (m.users.len() as i64, m.items.len() as i64, m.ui.nnz() as i64);
     let stats = serde_json::json!({
-        "seconds": { "scan": scan_s, "products": products_s, "als": trained.als_seconds, "knn": trained.knn_seconds },
+        "seconds": { "scan": scan_s, "products": products_s, "tune": tune_s, "als": trained.als_seconds, "knn": trained.knn_seconds },
+        "tuning": tuning.clone(),
         "affinity_state_bytes": state_bytes,
         "peak_rss_bytes": peak_rss_bytes(),
         "private_rss_after_training_bytes": private_bytes,
@@ -528,5 +681,5 @@ fn build(
         &args![model_id, store_s, total, peak_rss_bytes().map(|b| b as i64)],
     )
     .or_raise("recording build statistics");
-    TableIterator::once((model_id, rows_read, users, items, pairs, total))
+    TableIterator::once((model_id, rows_read, users, items, pairs, total, tuning.map(pgrx::JsonB)))
 }

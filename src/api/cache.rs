@@ -26,7 +26,8 @@ impl Loaded {
         // dropped before `model` (field order), so the 'static borrow never dangles.
         let r: &'static Model = unsafe { &*(model.as_ref() as *const Model) };
         let scorer = Scorer::new(&r.ui, r.als.as_ref(), r.knn.as_ref())
-            .with_last_seen(&r.last_seen, crate::model::stored::MINUTES_PER_DAY).with_threads(crate::guc::threads());
+            .with_days(&r.days, r.reference_day)
+            .with_threads(crate::guc::threads());
         Loaded { model_id, catalog, scorer, model }
     }
 
@@ -34,7 +35,7 @@ impl Loaded {
         let m = &self.model;
         // Affinities with their times; per user: the name, then six f32 vectors of the scorer (totals,
         // CF denominators, ALS volume, active days, tenure).
-        m.ui.nnz() * 12 + m.users.len() * (48 + 24) + m.items.len() * 48
+        m.ui.nnz() * 12 + m.days.memory_bytes() + m.users.len() * (48 + 24 + 8) + m.items.len() * 48
             + m.als.as_ref().map(|a| (a.user_factors.len() + a.item_factors.len()) * 4).unwrap_or(0)
             + m.knn.as_ref().map(|k| k.nnz() * 8).unwrap_or(0)
     }

@@ -1,85 +1,29 @@
 //! `audience.evaluate` (temporal backtest against SQL baselines) and `audience.tune` (choose the
-//! hybrid knobs by temporal validation on the user's own data).
-use crate::api::build::{collect, knobs_json, remembered_params, train, BuildParams, Collected};
+//! hybrid knobs by temporal validation on the user's own data). Both scan the sources once: the
+//! training and validation splits are cut from the occasions the scan keeps.
+use crate::affinity::accumulator::day_of;
+use crate::api::build::{collect, knobs_json, remembered_params, train, Collected};
 use crate::api::spi_util::{args, query_rows};
+use crate::api::tuning::{baseline_objectives, cannot_tune, dense, positives_after, scorer, tune_split, CUTS};
 use crate::error::{AudienceError, OrRaise};
-use crate::model::als::AlsParams;
-use crate::model::stored::{Model, Property, MINUTES_PER_DAY};
-use crate::score::hybrid::{score_from_components, Components, HybridParams, Sample, Scorer};
-use crate::score::metrics::{default_grid_for, evaluate_ranking, tune_eligible, RankingMetrics};
+use crate::model::stored::{Model, Property};
+use crate::score::hybrid::{score_from_components, HybridParams, Own};
+use crate::score::metrics::{evaluate_ranking, RankingMetrics};
 use pgrx::prelude::*;
-
-pub const CUTS: [f64; 4] = [1.0, 5.0, 10.0, 20.0];
-/// Values used for tuning (the most engaged-with in the validation window), to bound memory.
-const TUNE_VALUES: usize = 40;
-/// Users the tuning grid is scored on (a fixed sample above this).
-const TUNE_USERS: usize = 100_000;
-
-/// The catalog's first and last event times (microseconds since 2000-01-01).
-fn time_range(cid: i32) -> (i64, i64) {
-    let q: Option<String> = Spi::get_one_with_args("SELECT time_query FROM audience._build_query($1, NULL, NULL, NULL)", &args![cid])
-        .or_raise("planning the scan");
-    let q = q.unwrap_or_else(|| AudienceError::internal("no time query").raise());
-    // Without a row limit, so the scan may run in parallel (see build::collect).
-    let (lo, hi): (Option<TimestampWithTimeZone>, Option<TimestampWithTimeZone>) =
-        query_rows(&q, &[], |r| (r.get(1).ok().flatten(), r.get(2).ok().flatten())).into_iter().next().unwrap_or((None, None));
-    match (lo, hi) {
-        (Some(lo), Some(hi)) => (lo.into(), hi.into()),
-        _ => AudienceError::not_ready("the catalog's event sources hold no usable events")
-            .hint("Register sources with audience.add_event() and check them with SELECT * FROM audience.catalog_events.")
-            .raise(),
-    }
-}
 
 fn ts(us: i64) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(us).unwrap_or_else(|_| AudienceError::internal("timestamp out of range").raise())
 }
 
-/// Holdout truth: for each value of the (training) property, which training users engage with it
-/// in the holdout window. Items unseen in training take their values from the holdout scan.
-pub struct Truth {
-    pub values: Vec<String>,
-    pub value_items: Vec<Vec<u32>>,
-    pub positives: Vec<Vec<bool>>,
-}
-
-pub fn truth(model: &Model, prop: &Property, holdout: &Collected, wanted: Option<&[String]>) -> Truth {
-    let n_users = model.users.len();
-    let mut values: Vec<String> = match wanted {
-        Some(w) => w.to_vec(),
-        None => prop.values.clone(),
-    };
-    values.sort();
-    values.dedup();
-    let vindex = |v: &str| values.binary_search_by(|x| x.as_str().cmp(v)).ok();
-    let holdout_values = holdout.item_values.iter().find(|(n, _)| *n == prop.name).map(|(_, iv)| iv);
-    let item_values_t = prop.value_items.transpose();
-    // Values of each holdout item.
-    let hv: Vec<Vec<usize>> = (0..holdout.aff.items.len())
-        .map(|j| {
-            let mut out: Vec<usize> = Vec::new();
-            if let Some(iv) = holdout_values {
-                out.extend(iv[j].iter().filter_map(|v| vindex(v)));
-            }
-            if out.is_empty() {
-                if let Ok(ti) = model.items.binary_search(&holdout.aff.items[j]) {
-                    out.extend(item_values_t.row(ti).0.iter().filter_map(|&v| vindex(&prop.values[v as usize])));
-                }
-            }
-            out
-        })
-        .collect();
-    let mut positives = vec![vec![false; n_users]; values.len()];
-    for (hu, name) in holdout.aff.users.iter().enumerate() {
-        let Ok(u) = model.users.binary_search(name) else { continue };
-        for &j in holdout.aff.matrix.row(hu).0 {
-            for &v in &hv[j as usize] {
-                positives[v][u] = true;
-            }
-        }
+/// The whole history of the catalog (one scan), or an error when it holds no usable event.
+fn scan_all(cid: i32) -> Collected {
+    let c = collect(cid, None, None);
+    if c.aff.users.is_empty() {
+        AudienceError::not_ready("the catalog's event sources hold no usable events")
+            .hint("Register sources with audience.add_event() and check them with SELECT * FROM audience.catalog_events.")
+            .raise();
     }
-    let value_items = values.iter().map(|v| prop.items_for(&[v.as_str()])).collect();
-    Truth { values, value_items, positives }
+    c
 }
 
 fn model_property<'a>(model: &'a Model, name: &str) -> &'a Property {
@@ -92,73 +36,6 @@ fn model_property<'a>(model: &'a Model, name: &str) -> &'a Property {
             .hint("Map it with audience.map_property().")
             .raise()
     })
-}
-
-/// The ALS settings tried besides the catalog's own when tuning: fewer factors and a much larger
-/// confidence scale. On MovieLens 100K they win clearly (bench/movielens.sh); on the demo shop the
-/// defaults win. Which one a catalog gets is decided on its own validation window.
-pub const ALT_ALS: (usize, usize, f32, f32) = (16, 15, 0.01, 100.0);
-
-/// Chooses the model settings on a validation window [cutoff - holdout, cutoff) with models trained
-/// before it: the ALS settings among the catalog's own and [`ALT_ALS`], and the hybrid knobs on the
-/// default grid. Returns the chosen parameters and the objective (mean hit rate over the cuts,
-/// macro over values).
-pub fn tune_on(cid: i32, property: &str, cutoff: i64, holdout: i64, p: &BuildParams) -> (BuildParams, f64) {
-    let val_cut = cutoff - holdout;
-    let train_c = collect(cid, None, Some(ts(val_cut)));
-    if train_c.aff.users.is_empty() {
-        AudienceError::not_ready("no events fall before the validation window")
-            .hint("Use a shorter holdout.")
-            .raise();
-    }
-    let val_c = collect(cid, Some(ts(val_cut)), Some(ts(cutoff)));
-    let mut candidates = vec![p.clone()];
-    if let Some(a) = &p.als {
-        let (factors, iterations, regularization, alpha) = ALT_ALS;
-        let alt = AlsParams { factors, iterations, regularization, alpha, ..a.clone() };
-        if alt != *a {
-            candidates.push(BuildParams { als: Some(alt), ..p.clone() });
-        }
-    }
-    let mut best: Option<(BuildParams, f64)> = None;
-    for cand in candidates {
-        let trained = train(train_c.clone(), &cand);
-        let model = &trained.model;
-        let prop = model_property(model, property);
-        let t = truth(model, prop, &val_c, None);
-        let scorer = Scorer::new(&model.ui, model.als.as_ref(), model.knn.as_ref())
-            .with_last_seen(&model.last_seen, MINUTES_PER_DAY).with_threads(crate::guc::threads());
-        // The most engaged-with values, so memory stays bounded on wide properties.
-        let mut order: Vec<usize> = (0..t.values.len()).collect();
-        order.sort_by_key(|&v| std::cmp::Reverse(t.positives[v].iter().filter(|&&b| b).count()));
-        order.truncate(TUNE_VALUES);
-        // On large catalogs the grid is scored on a fixed sample of users (every k-th), which
-        // keeps tuning to seconds; the knobs are per-user formulas, so a sample ranks them alike.
-        let sample = Sample::every(&scorer, scorer.n_users().div_ceil(TUNE_USERS));
-        let per_value: Vec<(Components, Vec<bool>)> = order
-            .iter()
-            .map(|&v| {
-                pgrx::check_for_interrupts!();
-                let c = sample.components(&scorer.components(&t.value_items[v]));
-                (c, sample.pick(&t.positives[v]))
-            })
-            .collect();
-        let totals = sample.pick(scorer.totals());
-        let grid = default_grid_for(&totals);
-        let threads = crate::guc::threads();
-        let mut check = || {
-            pgrx::check_for_interrupts!();
-        };
-        let (hp, obj) = tune_eligible(&per_value, &totals, &grid, &CUTS, &|_, _| true, threads, &mut check);
-        if best.as_ref().is_none_or(|b| obj > b.1) {
-            pgrx::check_for_interrupts!();
-            // Cross-sell knobs: the same grid, scored only on users new to each value.
-            let (xs, _) =
-                tune_eligible(&per_value, &totals, &grid, &CUTS, &|v, u| per_value[v].0.e[u] <= 0.0, threads, &mut check);
-            best = Some((BuildParams { hybrid: hp, cross_sell: xs, ..cand }, obj));
-        }
-    }
-    best.expect("at least one candidate")
 }
 
 /// One output row of `evaluate`: method, value, cross_sell, cut_pct, audience_size, positives,
@@ -223,35 +100,82 @@ fn evaluate(
         .or_raise("resolving the catalog")
         .unwrap_or_else(|| AudienceError::internal("no catalog").raise());
     let params = remembered_params(cid, serde_json::json!({}));
-    let (first, last) = time_range(cid);
+    let full = scan_all(cid);
+    if !full.item_values.iter().any(|(n, _)| n == property) {
+        let names: Vec<&str> = full.item_values.iter().map(|(n, _)| n.as_str()).collect();
+        AudienceError::undefined(format!("property \"{}\" is not mapped", crate::error::shown(property)))
+            .detail(format!("Mapped properties are: {}.", names.join(", ")))
+            .hint("Map it with audience.map_property().")
+            .raise();
+    }
+    let (first, last) = (full.aff.min_time_us, full.aff.max_time_us);
     let h = default_holdout(first, last, holdout);
-    let cutoff = last - h;
-    let tuned = if tune { Some(tune_on(cid, property, cutoff, h, &params)) } else { None };
-    let params = tuned.as_ref().map(|t| t.0.clone()).unwrap_or(params);
-    let train_c = collect(cid, None, Some(ts(cutoff)));
-    let test_c = collect(cid, Some(ts(cutoff)), None);
+    // The holdout starts at the midnight (UTC) before last - h: whole days on both sides.
+    let cut_day = day_of(last - h);
+    let train_c = full.until(cut_day);
+    if train_c.aff.users.is_empty() {
+        AudienceError::not_ready("no events fall before the holdout").hint("Use a shorter holdout.").raise();
+    }
+    let props = vec![property.to_string()];
+    // Tuned as a build would tune (automatically, unless the catalog has explicit knobs), or
+    // always with tune => true.
+    let tuned = if tune || (params.auto_tune && !params.knobs_explicit && !params.by_property.iter().any(|k| k.property == property)) {
+        match tune_split(&train_c, h, &params, &props, true) {
+            Ok(r) => Some(r),
+            Err(reason) if tune => cannot_tune(&reason),
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let baselines: Vec<(Own, f64)> = match &tuned {
+        Some(r) => r.per_property.iter().find(|(n, _)| n == property).map(|(_, t)| t.baselines.clone()).unwrap_or_default(),
+        None => baseline_objectives(&train_c, h, property),
+    };
+    let params = tuned.as_ref().map(|t| t.params.clone()).unwrap_or(params);
+    // The recency-decayed weight baseline: the half-life that validated best.
+    let decayed = baselines
+        .iter()
+        .filter(|(o, _)| matches!(o, Own::Weight(h) if h.is_finite()))
+        .fold((Own::Weight(30.0), f64::NEG_INFINITY), |acc, &(o, v)| if v > acc.1 { (o, v) } else { acc })
+        .0;
     let trained = train(train_c, &params);
     let model = &trained.model;
     let prop = model_property(model, property);
-    let wanted: Option<Vec<String>> = values.map(|v| v.into_iter().flatten().collect());
-    let t = truth(model, prop, &test_c, wanted.as_deref());
-    let scorer = Scorer::new(&model.ui, model.als.as_ref(), model.knn.as_ref())
-            .with_last_seen(&model.last_seen, MINUTES_PER_DAY);
-    let totals = scorer.totals().to_vec();
-    let ours = params.hybrid;
-    let methods: [(&'static str, Option<HybridParams>); 5] = [
+    let wanted: Option<Vec<String>> = values.map(|v| {
+        let mut v: Vec<String> = v.into_iter().flatten().collect();
+        v.sort();
+        v.dedup();
+        v
+    });
+    let values: Vec<String> = wanted.unwrap_or_else(|| prop.values.clone());
+    // Sparse positives: memory follows the holdout engagements, not values x users.
+    let positives = positives_after(&full, cut_day, property, &values, &model.users);
+    drop(full);
+    let sc = scorer(model);
+    let totals = sc.totals().to_vec();
+    let (ours, ours_cross) = model.knobs_for(property);
+    let (ours, ours_cross) = (*ours, *ours_cross);
+    let methods: [(&'static str, Option<HybridParams>); 8] = [
         ("pg_audience", Some(ours)),
-        ("past_engagers", Some(HybridParams::PAST_ENGAGERS)),
+        // The SQL an analyst writes: summed weight, distinct days, recency-decayed weight (the
+        // half-life chosen on validation), the most recent engagement, total activity.
+        ("past_engagers", Some(HybridParams::own_only(Own::Weight(f32::INFINITY)))),
+        ("past_engagers_days", Some(HybridParams::own_only(Own::Days(f32::INFINITY)))),
+        ("past_engagers_decayed", Some(HybridParams::own_only(decayed))),
+        ("most_recent", Some(HybridParams::own_only(Own::Recent))),
         ("most_active", None),
         // Summed ALS predictions x_u . Y_V, as the implicit library ranks.
         ("als", Some(HybridParams { volume: 1.0, ..HybridParams::pure_cf(1.0, 0.0) })),
         ("knn", Some(HybridParams::pure_cf(1.0, 1.0))),
     ];
+    let owns: Vec<Own> = methods.iter().filter_map(|(_, p)| p.map(|p| p.own)).chain([ours_cross.own]).collect();
     let mut rows: Vec<Row> = Vec::new();
-    for (v, value) in t.values.iter().enumerate() {
+    for (v, value) in values.iter().enumerate() {
         pgrx::check_for_interrupts!();
-        let c = scorer.components(&t.value_items[v]);
+        let c = sc.components_with(&prop.items_for(&[value.as_str()]), &owns);
         let engaged = crate::score::hybrid::engaged(&c);
+        let positive = dense(&positives[v], model.users.len());
         for (name, p) in methods.iter() {
             if (*name == "als" && model.als.is_none()) || (*name == "knn" && model.knn.is_none()) {
                 continue;
@@ -261,20 +185,21 @@ fn evaluate(
                 None => totals.clone(),
             };
             for cross in [false, true] {
-                let scores = if *name == "pg_audience" && cross && params.cross_sell != params.hybrid {
-                    score_from_components(&c, &totals, &params.cross_sell)
-                } else {
-                    scores.clone()
-                };
                 let m = if cross {
-                    evaluate_ranking(&scores, &t.positives[v], &|u| !engaged[u], &CUTS)
+                    let scores = if *name == "pg_audience" && ours_cross != ours {
+                        score_from_components(&c, &totals, &ours_cross)
+                    } else {
+                        scores.clone()
+                    };
+                    evaluate_ranking(&scores, &positive, &|u| !engaged[u], &CUTS)
                 } else {
-                    evaluate_ranking(&scores, &t.positives[v], &|_| true, &CUTS)
+                    evaluate_ranking(&scores, &positive, &|_| true, &CUTS)
                 };
                 rows.push(Row { method: name, value: value.clone(), cross_sell: cross, m });
             }
         }
     }
+    let cutoff = cut_day as i64 * 86_400_000_000;
     // Macro averages over values with at least one positive.
     let mut out: Vec<ResultRow> = Vec::new();
     for r in &rows {
@@ -321,7 +246,8 @@ fn evaluate(
     }
     let params_json = serde_json::json!({
         "holdout_seconds": h as f64 / 1e6,
-        "tuned": tuned.as_ref().map(|(_, obj)| serde_json::json!({"objective": obj})),
+        "tuned": tuned.as_ref().map(|t| t.report.clone()),
+        "decayed_baseline_half_life_days": crate::api::build::json_f32(decayed.half_life()),
         "model": crate::api::build::params_json(&params),
         "seconds": { "als": trained.als_seconds, "knn": trained.knn_seconds },
         // The backend's peak resident memory so far (VmHWM: includes shared buffers it touched).
@@ -377,29 +303,59 @@ fn tune(
         name!(volume, f64),
         name!(days_exp, f64),
         name!(tenure_exp, f64),
+        name!(own, String),
+        name!(own_half_life_days, Option<f64>),
         name!(objective, f64),
     ),
 > {
     let Some(property) = property else { AudienceError::null("property").raise() };
     let cid = crate::api::build::lock_catalog(catalog);
     let params = remembered_params(cid, serde_json::json!({}));
-    let (first, last) = time_range(cid);
+    let full = scan_all(cid);
+    if !full.item_values.iter().any(|(n, _)| n == property) {
+        AudienceError::undefined(format!("property \"{}\" is not mapped", crate::error::shown(property)))
+            .hint("Map it with audience.map_property().")
+            .raise();
+    }
+    let (first, last) = (full.aff.min_time_us, full.aff.max_time_us);
     let h = default_holdout(first, last, holdout);
-    // Validate on the most recent window: train before (last - h), validate on the rest.
-    let (chosen, obj) = tune_on(cid, property, last, h, &params);
-    let p = chosen.hybrid;
-    let mut settings = knobs_json(&p);
-    settings["cross_sell"] = knobs_json(&chosen.cross_sell);
-    if let Some(a) = &chosen.als {
+    // Validate on the most recent window: train before it, validate on the rest.
+    let r = tune_split(&full, h, &params, &[property.to_string()], true).unwrap_or_else(|reason| cannot_tune(&reason));
+    let (_, t) = r.per_property.into_iter().find(|(n, _)| n == property).unwrap_or_else(|| cannot_tune("no validation engagement"));
+    let p = t.params;
+    let mut settings = serde_json::json!({});
+    let mut tuned_map = query_rows(
+        "SELECT build_settings->'tuned' FROM audience.catalogs WHERE catalog_id OPERATOR(pg_catalog.=) $1",
+        &args![cid],
+        |row| row.get::<pgrx::JsonB>(1).ok().flatten().map(|j| j.0),
+    )
+    .into_iter()
+    .flatten()
+    .next()
+    .filter(|v| v.is_object())
+    .unwrap_or_else(|| serde_json::json!({}));
+    tuned_map[property] = serde_json::json!({"params": knobs_json(&p), "cross_sell": knobs_json(&t.cross_params)});
+    settings["tuned"] = tuned_map;
+    if let Some(a) = &r.params.als {
         settings["factors"] = serde_json::json!(a.factors);
         settings["iterations"] = serde_json::json!(a.iterations);
         settings["regularization"] = serde_json::json!(a.regularization);
         settings["alpha"] = serde_json::json!(a.alpha);
     }
     let _ = query_rows(
-        "UPDATE audience.catalogs SET build_settings = build_settings || $2 WHERE catalog_id = $1 RETURNING 1",
+        "UPDATE audience.catalogs SET build_settings = build_settings OPERATOR(pg_catalog.||) $2 WHERE catalog_id OPERATOR(pg_catalog.=) $1 RETURNING 1",
         &args![cid, pgrx::JsonB(settings)],
         |_| (),
     );
-    TableIterator::once((p.prior as f64, p.activity_exp as f64, p.knn_weight as f64, p.volume as f64, p.days_exp as f64, p.tenure_exp as f64, obj))
+    TableIterator::once((
+        p.prior as f64,
+        p.activity_exp as f64,
+        p.knn_weight as f64,
+        p.volume as f64,
+        p.days_exp as f64,
+        p.tenure_exp as f64,
+        p.own.name().to_string(),
+        if p.own.half_life().is_finite() { Some(p.own.half_life() as f64) } else { None },
+        t.objective,
+    ))
 }

@@ -4,4 +4,5 @@ pub mod cache;
 pub mod evaluate;
 pub mod recommend;
 pub mod spi_util;
+pub mod tuning;
 mod tests;

@@ -93,9 +93,10 @@ pub fn rank(req: &Request, l: &Loaded) -> Vec<(u32, f32)> {
         k = k.min(m as usize);
     }
     // Cross-sell audiences rank users new to the value with their own knobs (see audience.tune).
-    let knobs = if req.exclude_engaged.unwrap_or(false) { &l.model.cross_params } else { &l.model.params };
+    let (all_knobs, cross_knobs) = l.model.knobs_for(&prop.name);
+    let knobs = if req.exclude_engaged.unwrap_or(false) { cross_knobs } else { all_knobs };
     // One pass over the affinity matrix gives both the scores and who already engaged (e_u > 0).
-    let c = l.scorer.components(&items);
+    let c = l.scorer.components_with(&items, &[knobs.own]);
     let scores = crate::score::hybrid::score_from_components(&c, l.scorer.totals(), knobs);
     let excluded: Option<Vec<bool>> = if req.exclude_engaged.unwrap_or(false) {
         Some(match &req.lookback {

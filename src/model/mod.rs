@@ -2,5 +2,6 @@
 //! BM25-weighted item-kNN.
 pub mod als;
 pub mod csr;
+pub mod days;
 pub mod knn;
 pub mod stored;

@@ -2,11 +2,12 @@
 //! properties and the hybrid scoring knobs, with a versioned binary encoding. Pure Rust.
 use crate::model::als::AlsModel;
 use crate::model::csr::Csr;
-use crate::score::hybrid::HybridParams;
+use crate::model::days::DayIndex;
+use crate::score::hybrid::{HybridParams, Own};
 use crate::util::codec::{CodecError, Reader, Writer};
 
 const MAGIC: [u8; 4] = *b"PGAM";
-const VERSION: u32 = 4;
+const VERSION: u32 = 5;
 /// `Model::last_seen` is in minutes: this many make a (UTC) day.
 pub const MINUTES_PER_DAY: i64 = 1440;
 
@@ -85,6 +86,44 @@ pub struct Model {
     pub params: HybridParams,
     /// Knobs for cross-sell audiences (`exclude_engaged`), tuned on users new to each value.
     pub cross_params: HybridParams,
+    /// Per entry of `ui`: the days with events and their weights.
+    pub days: DayIndex,
+    /// The day (since 2000-01-01 UTC) ages are counted to: the day of the reference time.
+    pub reference_day: i32,
+    /// Knobs tuned for one property (they override `params` / `cross_params` for its audiences).
+    pub property_params: Vec<PropertyKnobs>,
+}
+
+/// The knobs chosen for the audiences of one property.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PropertyKnobs {
+    pub property: String,
+    pub params: HybridParams,
+    pub cross_params: HybridParams,
+}
+
+fn put_knobs(w: &mut Writer, p: &HybridParams) {
+    w.put_f32(p.prior);
+    w.put_f32(p.activity_exp);
+    w.put_f32(p.knn_weight);
+    w.put_f32(p.volume);
+    w.put_f32(p.days_exp);
+    w.put_f32(p.tenure_exp);
+    let (code, h) = p.own.code();
+    w.put_u32(code as u32);
+    w.put_f32(h);
+}
+
+fn get_knobs(r: &mut Reader) -> Result<HybridParams, CodecError> {
+    let (prior, activity_exp, knn_weight, volume, days_exp, tenure_exp) =
+        (r.get_f32()?, r.get_f32()?, r.get_f32()?, r.get_f32()?, r.get_f32()?, r.get_f32()?);
+    let code = r.get_u32()?;
+    let h = r.get_f32()?;
+    let own = u8::try_from(code)
+        .ok()
+        .and_then(|c| Own::from_code(c, h))
+        .ok_or_else(|| crate::util::codec::invalid(format!("unknown own-engagement measure {code}")))?;
+    Ok(HybridParams { prior, activity_exp, knn_weight, volume, days_exp, tenure_exp, own })
 }
 
 fn put_csr(w: &mut Writer, m: &Csr) {
@@ -118,6 +157,15 @@ impl Model {
         self.properties.iter().find(|p| p.name == name)
     }
 
+    /// The knobs for audiences of `property` (all users, cross-sell): the property's own when
+    /// tuned, else the model's.
+    pub fn knobs_for(&self, property: &str) -> (&HybridParams, &HybridParams) {
+        match self.property_params.iter().find(|k| k.property == property) {
+            Some(k) => (&k.params, &k.cross_params),
+            None => (&self.params, &self.cross_params),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.put_header(MAGIC, VERSION);
@@ -148,13 +196,19 @@ impl Model {
             w.put_strs(&p.values);
             put_csr(&mut w, &p.value_items);
         }
-        for p in [&self.params, &self.cross_params] {
-            w.put_f32(p.prior);
-            w.put_f32(p.activity_exp);
-            w.put_f32(p.knn_weight);
-            w.put_f32(p.volume);
-            w.put_f32(p.days_exp);
-            w.put_f32(p.tenure_exp);
+        put_knobs(&mut w, &self.params);
+        put_knobs(&mut w, &self.cross_params);
+        w.put_u32(self.days.day0 as u32);
+        w.put_u32(self.reference_day as u32);
+        w.put_u32s(&self.days.ptr);
+        let days: Vec<u8> = self.days.day.iter().flat_map(|d| d.to_le_bytes()).collect();
+        w.put_bytes(&days);
+        w.put_f32s(&self.days.weight);
+        w.put_usize(self.property_params.len());
+        for k in &self.property_params {
+            w.put_str(&k.property);
+            put_knobs(&mut w, &k.params);
+            put_knobs(&mut w, &k.cross_params);
         }
         w.into_inner()
     }
@@ -204,20 +258,31 @@ impl Model {
             }
             properties.push(Property { name, values, value_items });
         }
-        let mut knobs = || -> Result<HybridParams, CodecError> {
-            Ok(HybridParams {
-                prior: r.get_f32()?,
-                activity_exp: r.get_f32()?,
-                knn_weight: r.get_f32()?,
-                volume: r.get_f32()?,
-                days_exp: r.get_f32()?,
-                tenure_exp: r.get_f32()?,
-            })
-        };
-        let params = knobs()?;
-        let cross_params = knobs()?;
+        let params = get_knobs(&mut r)?;
+        let cross_params = get_knobs(&mut r)?;
+        let day0 = r.get_u32()? as i32;
+        let reference_day = r.get_u32()? as i32;
+        let ptr = r.get_u32s()?;
+        let raw = r.get_bytes()?;
+        if raw.len() % 2 != 0 {
+            return Err(bad("odd length of the day table"));
+        }
+        let day: Vec<u16> = raw.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        let weight = r.get_f32s()?;
+        let days = DayIndex { day0, ptr, day, weight };
+        if !days.is_valid_for(ui.nnz()) {
+            return Err(bad("engagement days do not match the affinity matrix"));
+        }
+        let n_knobs = r.get_usize()?;
+        let mut property_params = Vec::with_capacity(n_knobs.min(1024));
+        for _ in 0..n_knobs {
+            let property = r.get_str()?.to_string();
+            let params = get_knobs(&mut r)?;
+            let cross_params = get_knobs(&mut r)?;
+            property_params.push(PropertyKnobs { property, params, cross_params });
+        }
         r.finish()?;
-        Ok(Model { users, items, ui, last_seen, als, knn, properties, params, cross_params })
+        Ok(Model { users, items, ui, last_seen, als, knn, properties, params, cross_params, days, reference_day, property_params })
     }
 }
 
@@ -237,8 +302,15 @@ mod tests {
             als: Some(AlsModel { factors: 1, user_factors: vec![0.5, 0.25], item_factors: vec![1.0, 2.0] }),
             knn: Some(Csr::from_triplets(2, 2, &mut [(0, 1, 0.5)])),
             properties: vec![props],
-            params: HybridParams { prior: 1.0, activity_exp: 0.5, knn_weight: 0.5, volume: 1.0, days_exp: 0.0, tenure_exp: 0.0 },
-            cross_params: HybridParams { prior: f32::INFINITY, activity_exp: 1.0, knn_weight: 1.0, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 },
+            params: HybridParams { prior: 1.0, activity_exp: 0.5, knn_weight: 0.5, volume: 1.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity },
+            cross_params: HybridParams { prior: f32::INFINITY, activity_exp: 1.0, knn_weight: 1.0, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity },
+            days: DayIndex::from_records(&[0, 2, 3, 4], &[0, 1440 * 3, 1440, 1440 * 2 + 7], &[1.0, 2.0, 3.0, 4.0]),
+            reference_day: 3,
+            property_params: vec![PropertyKnobs {
+                property: "brand".into(),
+                params: HybridParams::own_only(Own::Days(30.0)),
+                cross_params: HybridParams::own_only(Own::Recent),
+            }],
         }
     }
 
@@ -247,6 +319,8 @@ mod tests {
         let m = small();
         let bytes = m.encode();
         assert_eq!(Model::decode(&bytes).unwrap(), m);
+        assert_eq!(m.knobs_for("brand").0.own, Own::Days(30.0));
+        assert_eq!(m.knobs_for("other").0, &m.params);
         // Every truncation is an error, never a panic.
         for cut in [0, 3, 10, bytes.len() / 2, bytes.len() - 1] {
             assert!(Model::decode(&bytes[..cut]).is_err(), "cut at {cut}");

@@ -25,6 +25,17 @@
 //! in a single burst; `days_exp` and `tenure_exp` (tuned, often 0) say how much that counts.
 //! Without event times (`Scorer::with_last_seen` not called) both factors are 1.
 //!
+//! **The user's own engagement** `e_u` / `t_u` above is measured in one of four ways, the knob
+//! `own` ([`Own`]), with the activity `t_u` always in the same unit (own engagement with every
+//! item): the catalog's decayed affinity (`Affinity`, the default); the summed weight of the
+//! engagement days, decayed with its own half-life `h` (`Weight(h)`, `h = inf`: the plain summed
+//! weight); the number of **distinct days** with engagement, each counted `2^(-age/h)`
+//! (`Days(h)`, `h = inf`: `count(DISTINCT date)`, the strongest simple SQL on repeat-purchase
+//! data); and the recency of the last engagement, `1 / (1 + days since)` (`Recent`). Each of
+//! them with `prior = 0, activity_exp = 1` is exactly one of the SQL baselines of
+//! `audience.evaluate`, so tuning can always fall back to the best of them. Ages are counted in
+//! days to the model's reference day.
+//!
 //! `share_u` is the posterior mean of the user's share of engagement going to `V` under a prior of
 //! strength `prior` (in affinity units) centred on the collaborative estimate. Special settings:
 //!
@@ -36,8 +47,89 @@
 
 use crate::model::als::AlsModel;
 use crate::model::csr::Csr;
+use crate::model::days::DayIndex;
+use std::sync::{Arc, Mutex};
 
-/// The three knobs of the hybrid score (see the module doc).
+/// How the user's own engagement is measured (see the module doc). Half-lives are in days;
+/// `f32::INFINITY` = no decay.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Own {
+    /// The catalog's decayed affinity `a_ui` (per-source weights and half-lives).
+    Affinity,
+    /// Summed weight per engagement day, decayed with this half-life.
+    Weight(f32),
+    /// Distinct engagement days, each decayed with this half-life.
+    Days(f32),
+    /// `1 / (1 + days since the last engagement)`.
+    Recent,
+}
+
+impl Own {
+    /// A hashable identity (kind, half-life bits).
+    pub fn key(self) -> (u8, u32) {
+        match self {
+            Own::Affinity => (0, 0),
+            Own::Weight(h) => (1, h.to_bits()),
+            Own::Days(h) => (2, h.to_bits()),
+            Own::Recent => (3, 0),
+        }
+    }
+
+    /// The stored code and half-life (see [`Own::from_code`]).
+    pub fn code(self) -> (u8, f32) {
+        match self {
+            Own::Affinity => (0, 0.0),
+            Own::Weight(h) => (1, h),
+            Own::Days(h) => (2, h),
+            Own::Recent => (3, 0.0),
+        }
+    }
+
+    /// Inverse of [`Own::code`]; `None` for an unknown code or a half-life that is not positive.
+    pub fn from_code(code: u8, half_life: f32) -> Option<Own> {
+        let ok = half_life > 0.0 && !half_life.is_nan();
+        match code {
+            0 => Some(Own::Affinity),
+            1 if ok => Some(Own::Weight(half_life)),
+            2 if ok => Some(Own::Days(half_life)),
+            3 => Some(Own::Recent),
+            _ => None,
+        }
+    }
+
+    /// The name used in SQL and JSON: `affinity`, `weight`, `days`, `recent`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Own::Affinity => "affinity",
+            Own::Weight(_) => "weight",
+            Own::Days(_) => "days",
+            Own::Recent => "recent",
+        }
+    }
+
+    /// The half-life in days (infinity when not decayed or not applicable).
+    pub fn half_life(self) -> f32 {
+        match self {
+            Own::Weight(h) | Own::Days(h) => h,
+            _ => f32::INFINITY,
+        }
+    }
+
+    /// From a name and a half-life in days (`None` or infinity = no decay).
+    pub fn from_name(name: &str, half_life: Option<f32>) -> Option<Own> {
+        let h = half_life.unwrap_or(f32::INFINITY);
+        let ok = h > 0.0 && !h.is_nan();
+        match name {
+            "affinity" => Some(Own::Affinity),
+            "weight" if ok => Some(Own::Weight(h)),
+            "days" if ok => Some(Own::Days(h)),
+            "recent" => Some(Own::Recent),
+            _ => None,
+        }
+    }
+}
+
+/// The knobs of the hybrid score (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HybridParams {
     /// Strength of the collaborative prior, in affinity units (compare with typical `t_u`); `+inf`
@@ -57,16 +149,30 @@ pub struct HybridParams {
     pub days_exp: f32,
     /// Exponent of the tenure factor `r_u ^ tenure_exp` (0 = ignore how long the user has returned).
     pub tenure_exp: f32,
+    /// How the user's own engagement `e_u` and activity `t_u` are measured.
+    pub own: Own,
 }
 
 impl HybridParams {
     /// The "past engagers by weighted frequency" baseline: `score_u = e_u`.
-    pub const PAST_ENGAGERS: HybridParams =
-        HybridParams { prior: 0.0, activity_exp: 1.0, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 };
+    pub const PAST_ENGAGERS: HybridParams = HybridParams {
+        prior: 0.0,
+        activity_exp: 1.0,
+        knn_weight: 0.5,
+        volume: 0.0,
+        days_exp: 0.0,
+        tenure_exp: 0.0,
+        own: Own::Affinity,
+    };
+
+    /// The SQL baseline ranking by the own engagement measure `own` alone (`score_u = e_u`).
+    pub fn own_only(own: Own) -> HybridParams {
+        HybridParams { own, ..HybridParams::PAST_ENGAGERS }
+    }
 
     /// Pure collaborative mode: `score_u = cf_u * t_u^activity_exp`.
     pub fn pure_cf(activity_exp: f32, knn_weight: f32) -> HybridParams {
-        HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 }
+        HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity }
     }
 }
 
@@ -85,6 +191,17 @@ pub struct Components {
     /// Active days `d_u` and tenure `r_u` (value-independent, shared), `None` when the event
     /// times are unknown.
     pub returns: Option<std::sync::Arc<Returns>>,
+    /// The own-engagement measures other than [`Own::Affinity`] that were asked for.
+    pub own: Vec<OwnPart>,
+}
+
+/// One own-engagement measure for a value: `e` per user, and the matching activity `t` over all
+/// items (value-independent, shared).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnPart {
+    pub own: Own,
+    pub e: Vec<f32>,
+    pub t: Arc<Vec<f32>>,
 }
 
 impl Components {
@@ -98,7 +215,21 @@ impl Components {
                 _ => false,
             }
         }
-        same(&self.als_volume, &other.als_volume) && same(&self.returns, &other.returns)
+        same(&self.als_volume, &other.als_volume)
+            && same(&self.returns, &other.returns)
+            && self.own.len() == other.own.len()
+            && self.own.iter().zip(&other.own).all(|(a, b)| a.own == b.own && Arc::ptr_eq(&a.t, &b.t))
+    }
+
+    /// The own engagement `e` and activity `t` for `own` (`t_affinity` are the affinity totals).
+    /// Panics when the measure was not computed (a caller bug: ask for it in
+    /// [`Scorer::components_with`]).
+    pub fn own_parts<'a>(&'a self, own: Own, t_affinity: &'a [f32]) -> (&'a [f32], &'a [f32]) {
+        if own == Own::Affinity {
+            return (&self.e, t_affinity);
+        }
+        let p = self.own.iter().find(|p| p.own == own).unwrap_or_else(|| panic!("own measure {own:?} not computed"));
+        (&p.e, &p.t)
     }
 }
 
@@ -118,8 +249,12 @@ pub struct Scorer<'a> {
     /// `x_u . Y_all` (empty without ALS).
     als_den: Vec<f32>,
     als_volume: std::sync::Arc<Vec<f32>>,
-    /// `d_u` and `r_u`, `None` until [`Scorer::with_last_seen`].
+    /// `d_u` and `r_u`, `None` until [`Scorer::with_days`].
     returns: Option<std::sync::Arc<Returns>>,
+    /// Engagement days per stored pair and the reference day ages are counted to.
+    days: Option<(&'a DayIndex, i32)>,
+    /// Activity totals of the own measures computed so far.
+    own_totals: Mutex<Vec<(Own, Arc<Vec<f32>>)>>,
     /// Threads for the per-user loops of [`Scorer::components`] (1 = the calling thread only).
     threads: usize,
 }
@@ -189,15 +324,60 @@ impl<'a> Scorer<'a> {
             als_den = (0..n_users).map(|u| dot(m.user(u), &y_all)).collect();
         }
         let als_volume = std::sync::Arc::new(als_den.iter().map(|&d| if d > 0.0 { d } else { 0.0 }).collect());
-        Scorer { ui, als, knn, knn_t, t, knn_den, als_den, als_volume, returns: None, threads: 1 }
+        Scorer {
+            ui,
+            als,
+            knn,
+            knn_t,
+            t,
+            knn_den,
+            als_den,
+            als_volume,
+            returns: None,
+            days: None,
+            own_totals: Mutex::new(Vec::new()),
+            threads: 1,
+        }
     }
 
-    /// Supplies the latest event time of every stored affinity (same order as the matrix entries,
-    /// any unit whose integer division by `per_day` gives the day), from which the active days
-    /// `d_u` and tenures `r_u` are computed. Panics if the length does not match the matrix.
-    pub fn with_last_seen<T: Copy + Into<i64>>(mut self, last_seen: &[T], per_day: i64) -> Self {
-        self.returns = Some(std::sync::Arc::new(Returns::from_last_seen(self.ui, last_seen, per_day)));
+    /// Supplies the engagement days of every stored affinity (same order as the matrix entries)
+    /// and the reference day ages are counted to (days since 2000-01-01): the active days `d_u`,
+    /// tenures `r_u` and the own measures other than [`Own::Affinity`] come from them. Panics if
+    /// the index does not match the matrix.
+    pub fn with_days(mut self, days: &'a DayIndex, reference_day: i32) -> Self {
+        assert_eq!(days.pairs(), self.ui.nnz(), "one day list per stored affinity");
+        self.returns = Some(std::sync::Arc::new(Returns::from_days(self.ui, days)));
+        self.days = Some((days, reference_day));
         self
+    }
+
+    /// Whether own measures other than [`Own::Affinity`] can be computed.
+    pub fn has_days(&self) -> bool {
+        self.days.is_some()
+    }
+
+    /// The activity `t_u` in the unit of `own` (computed once per measure).
+    pub fn own_totals(&self, own: Own) -> Arc<Vec<f32>> {
+        if own == Own::Affinity {
+            return Arc::new(self.t.clone());
+        }
+        if let Some((_, t)) = self.own_totals.lock().unwrap().iter().find(|(o, _)| *o == own) {
+            return t.clone();
+        }
+        let n = self.n_users();
+        let mut t = vec![0f32; n];
+        if let Some((days, ref_day)) = self.days {
+            let all = |_: u32| true;
+            par_chunks(&mut t, self.threads, |first, out| {
+                let mut buf = Vec::new();
+                for (k, slot) in out.iter_mut().enumerate() {
+                    *slot = own_measure(self.ui, days, ref_day, first + k, &all, &[own], &mut buf)[0];
+                }
+            });
+        }
+        let t = Arc::new(t);
+        self.own_totals.lock().unwrap().push((own, t.clone()));
+        t
     }
 
     /// Per-user active days and tenures, when known.
@@ -244,6 +424,12 @@ impl<'a> Scorer<'a> {
 
     /// The value-dependent ingredients `e`, `knn_share`, `als_share` for every user.
     pub fn components(&self, value_items: &[u32]) -> Components {
+        self.components_with(value_items, &[])
+    }
+
+    /// [`Scorer::components`] with the own-engagement measures `owns` too (those needing days are
+    /// zero without [`Scorer::with_days`]; [`Own::Affinity`] is always there).
+    pub fn components_with(&self, value_items: &[u32], owns: &[Own]) -> Components {
         let (n_users, n_items) = (self.n_users(), self.n_items());
         let (mask, distinct) = self.value_set(value_items);
         let mut e = vec![0f32; n_users];
@@ -313,12 +499,51 @@ impl<'a> Scorer<'a> {
             share
         });
         let als_volume = self.als.map(|_| self.als_volume.clone());
-        Components { e, knn_share, als_share, als_volume, returns: self.returns.clone() }
+        let mut wanted: Vec<Own> = Vec::new();
+        for &o in owns {
+            if o != Own::Affinity && !wanted.contains(&o) {
+                wanted.push(o);
+            }
+        }
+        let own = self.own_parts(&mask, &wanted);
+        Components { e, knn_share, als_share, als_volume, returns: self.returns.clone(), own }
+    }
+
+    /// The own measures `owns` (none of them [`Own::Affinity`]) of every user for the items of
+    /// `mask`.
+    fn own_parts(&self, mask: &[bool], owns: &[Own]) -> Vec<OwnPart> {
+        if owns.is_empty() {
+            return Vec::new();
+        }
+        let n = self.n_users();
+        let k = owns.len();
+        let mut flat = vec![0f32; n * k];
+        if let Some((days, ref_day)) = self.days {
+            let in_value = |i: u32| mask[i as usize];
+            // Rows of k values per user, in parallel chunks of whole users.
+            let mut rows: Vec<&mut [f32]> = flat.chunks_mut(k).collect();
+            par_chunks(&mut rows, self.threads, |first, out| {
+                let mut buf = Vec::new();
+                for (j, row) in out.iter_mut().enumerate() {
+                    let u = first + j;
+                    // Users without any item of the value score 0: skip the day lists.
+                    let (items, _) = self.ui.row(u);
+                    if !items.iter().any(|&i| mask[i as usize]) {
+                        continue;
+                    }
+                    row.copy_from_slice(&own_measure(self.ui, days, ref_day, u, &in_value, owns, &mut buf));
+                }
+            });
+        }
+        owns.iter()
+            .enumerate()
+            .map(|(j, &own)| OwnPart { own, e: (0..n).map(|u| flat[u * k + j]).collect(), t: self.own_totals(own) })
+            .collect()
     }
 
     /// One score per user for the value.
     pub fn score(&self, value_items: &[u32], p: &HybridParams) -> Vec<f32> {
-        score_from_components(&self.components(value_items), &self.t, p)
+        score_from_components(&self.components_with(value_items, &[p.own]), &self.t, p)
     }
 
     /// The history items of `user` contributing most to their score for the value, as
@@ -378,12 +603,68 @@ fn activity_factor(t: f32, exp: f32) -> f32 {
     }
 }
 
+/// `2^(-age / half_life)` (1 without decay).
+#[inline]
+fn day_decay(age: i32, half_life: f32) -> f32 {
+    if half_life.is_infinite() {
+        1.0
+    } else {
+        (-(age.max(0) as f32) / half_life).exp2()
+    }
+}
+
+/// The own measures `owns` of user `u` over the items with `in_value(item)`: gathers the user's
+/// (day, weight) pairs of those items into `buf` and folds them per measure.
+fn own_measure(
+    ui: &Csr,
+    days: &DayIndex,
+    ref_day: i32,
+    u: usize,
+    in_value: &dyn Fn(u32) -> bool,
+    owns: &[Own],
+    buf: &mut Vec<(u16, f32)>,
+) -> Vec<f32> {
+    buf.clear();
+    let (a, b) = (ui.indptr[u], ui.indptr[u + 1]);
+    for p in a..b {
+        if in_value(ui.indices[p]) {
+            let (ds, ws) = days.of(p);
+            buf.extend(ds.iter().copied().zip(ws.iter().copied()));
+        }
+    }
+    if buf.is_empty() {
+        return vec![0.0; owns.len()];
+    }
+    buf.sort_unstable_by_key(|x| x.0);
+    let age = |d: u16| ref_day - (days.day0 + d as i32);
+    owns.iter()
+        .map(|&own| match own {
+            Own::Affinity => unreachable!("the affinity measure is computed from the matrix"),
+            Own::Weight(h) => buf.iter().map(|&(d, w)| w.max(0.0) * day_decay(age(d), h)).sum(),
+            Own::Days(h) => {
+                let mut s = 0f32;
+                let mut last = None;
+                for &(d, _) in buf.iter() {
+                    if last != Some(d) {
+                        s += day_decay(age(d), h);
+                        last = Some(d);
+                    }
+                }
+                s
+            }
+            Own::Recent => 1.0 / (1.0 + age(buf.last().unwrap().0).max(0) as f32),
+        })
+        .collect()
+}
+
 /// A fixed subset of a scorer's users (for tuning on a sample): picks their entries out of
 /// per-user vectors and [`Components`], sharing the value-independent parts between values.
 pub struct Sample {
     pub users: Vec<usize>,
     als_volume: Option<std::sync::Arc<Vec<f32>>>,
     returns: Option<std::sync::Arc<Returns>>,
+    /// Picked own-measure totals, shared between values: (measure, whole-population vector, picked).
+    own_totals: Mutex<Vec<(Own, Arc<Vec<f32>>, Arc<Vec<f32>>)>>,
 }
 
 impl Sample {
@@ -393,7 +674,7 @@ impl Sample {
         let pick = |v: &[f32]| users.iter().map(|&u| v[u]).collect::<Vec<f32>>();
         let als_volume = scorer.als.map(|_| std::sync::Arc::new(pick(&scorer.als_volume)));
         let returns = scorer.returns().map(|r| std::sync::Arc::new(r.pick(&users)));
-        Sample { users, als_volume, returns }
+        Sample { users, als_volume, returns, own_totals: Mutex::new(Vec::new()) }
     }
 
     /// `v` restricted to the sample.
@@ -409,6 +690,19 @@ impl Sample {
             als_share: c.als_share.as_deref().map(|x| self.pick(x)),
             als_volume: c.als_volume.as_ref().and(self.als_volume.clone()),
             returns: c.returns.as_ref().and(self.returns.clone()),
+            own: c
+                .own
+                .iter()
+                .map(|p| {
+                    let t = self.own_totals.lock().unwrap().iter().find(|x| x.0 == p.own && Arc::ptr_eq(&x.1, &p.t)).map(|x| x.2.clone());
+                    let t = t.unwrap_or_else(|| {
+                        let t = Arc::new(self.pick(&p.t));
+                        self.own_totals.lock().unwrap().push((p.own, p.t.clone(), t.clone()));
+                        t
+                    });
+                    OwnPart { own: p.own, e: self.pick(&p.e), t }
+                })
+                .collect(),
         }
     }
 }
@@ -424,6 +718,27 @@ pub struct Returns {
 }
 
 impl Returns {
+    /// Exact active days and tenures from the engagement days of each stored pair.
+    pub fn from_days(ui: &Csr, days: &DayIndex) -> Returns {
+        let mut buf: Vec<u16> = Vec::new();
+        let (mut d_out, mut r_out) = (Vec::with_capacity(ui.n_rows), Vec::with_capacity(ui.n_rows));
+        for u in 0..ui.n_rows {
+            buf.clear();
+            for p in ui.indptr[u]..ui.indptr[u + 1] {
+                buf.extend_from_slice(days.of(p).0);
+            }
+            buf.sort_unstable();
+            let span = match (buf.first(), buf.last()) {
+                (Some(&a), Some(&b)) => (b - a) as f32 + 1.0,
+                _ => 0.0,
+            };
+            buf.dedup();
+            d_out.push(buf.len() as f32);
+            r_out.push(span);
+        }
+        Returns { days: d_out, tenure: r_out }
+    }
+
     pub fn from_last_seen<T: Copy + Into<i64>>(ui: &Csr, last_seen: &[T], per_day: i64) -> Returns {
         assert_eq!(last_seen.len(), ui.indices.len(), "one time per stored affinity");
         let per_day = per_day.max(1);
@@ -463,9 +778,14 @@ pub fn score_from_components(c: &Components, t: &[f32], p: &HybridParams) -> Vec
 
 /// What [`user_factors`] depends on besides the shared per-user vectors: two parameter sets with
 /// the same key get the same factors from the same components.
-pub fn factor_key(c: &Components, p: &HybridParams) -> (u32, bool, u32, u32) {
+pub type FactorKey = (u32, bool, u32, u32, (u8, u32));
+
+pub fn factor_key(c: &Components, p: &HybridParams) -> FactorKey {
     let used = |x: f32| if x != 0.0 && !x.is_nan() && c.returns.is_some() { x.to_bits() } else { 0 };
-    (p.activity_exp.to_bits(), c.als_volume.is_some() && p.volume >= 0.5, used(p.days_exp), used(p.tenure_exp))
+    let als_volume = c.als_volume.is_some() && p.volume >= 0.5;
+    // The observed volume is the activity in the own measure's unit.
+    let unit = if als_volume || p.activity_exp == 0.0 { (0, 0) } else { p.own.key() };
+    (p.activity_exp.to_bits(), als_volume, used(p.days_exp), used(p.tenure_exp), unit)
 }
 
 /// The per-user scale of the score, `v_u^activity_exp * d_u^days_exp * r_u^tenure_exp` (see the
@@ -476,7 +796,7 @@ pub fn user_factors(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
     assert_eq!(t.len(), n, "components and totals disagree on the number of users");
     let volume: &[f32] = match (&c.als_volume, p.volume >= 0.5) {
         (Some(v), true) => v.as_slice(),
-        _ => t,
+        _ => c.own_parts(p.own, t).1,
     };
     assert_eq!(volume.len(), n, "components and volumes disagree on the number of users");
     let used = |x: f32| x != 0.0 && !x.is_nan();
@@ -517,6 +837,7 @@ pub fn score_with_factors(c: &Components, t: &[f32], p: &HybridParams, f: &[f32]
     let prior = if p.prior.is_nan() { 0.0 } else { p.prior.max(0.0) };
     // Pure CF without any collaborative model would score everyone 0: use the own share instead.
     let prior = if prior == f32::INFINITY && c.knn_share.is_none() && c.als_share.is_none() { 0.0 } else { prior };
+    let (e, t) = c.own_parts(p.own, t);
     (0..n)
         .map(|u| {
             let (tu, f) = (t[u], f[u]);
@@ -525,13 +846,13 @@ pub fn score_with_factors(c: &Components, t: &[f32], p: &HybridParams, f: &[f32]
             } else if prior == 0.0 {
                 // e * (t^exp / t): bit-exact e_u for activity_exp = 1.
                 if tu > 0.0 {
-                    c.e[u] * (f / tu)
+                    e[u] * (f / tu)
                 } else {
                     0.0
                 }
             } else {
                 let d = tu + prior;
-                (c.e[u] + prior * cf(u)) * (f / d)
+                (e[u] + prior * cf(u)) * (f / d)
             };
             if s.is_nan() {
                 0.0
@@ -624,7 +945,7 @@ mod tests {
         let (ui, knn, als) = (ui(), knn(), als());
         let sc = Scorer::new(&ui, Some(&als), Some(&knn));
         let v = [0u32, 2];
-        let p = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.25, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 };
+        let p = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.25, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity };
         let knn_s = [0.6f32, 9.0 / 11.0, 1.0, 0.0];
         let als_s = [1.0f32 / 3.0, 2.0 / 3.0, 0.5, 0.0];
         let (e, t) = ([2.0f32, 1.0, 0.0, 0.0], [3.0f32, 4.0, 4.0, 0.0]);
@@ -641,7 +962,7 @@ mod tests {
         let pc = sc.score(&v, &HybridParams::pure_cf(1.0, 1.0));
         assert_close(&pc, &[0.6 * 3.0, 9.0 / 11.0 * 4.0, 4.0, 0.0]);
         // Share only (activity_exp 0) with no prior: e / t, users without history score 0.
-        let p0 = HybridParams { prior: 0.0, activity_exp: 0.0, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 };
+        let p0 = HybridParams { prior: 0.0, activity_exp: 0.0, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity };
         assert_close(&sc.score(&v, &p0), &[2.0 / 3.0, 0.25, 0.0, 0.0]);
         // Volume mode: pure ALS scaled by the predicted volume x_u . Y_all is the summed
         // prediction x_u . Y_V with Y_V = (1,2): u0 (1,0) -> 1, u1 (0,1) -> 2, u2 (1,1) -> 3.
@@ -656,7 +977,7 @@ mod tests {
     fn single_model_and_no_model() {
         let (ui, knn, als) = (ui(), knn(), als());
         let v = [0u32, 2];
-        let p = HybridParams { prior: 1.0, activity_exp: 1.0, knn_weight: 0.9, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 };
+        let p = HybridParams { prior: 1.0, activity_exp: 1.0, knn_weight: 0.9, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity };
         let t = [3.0f32, 4.0, 4.0, 0.0];
         let e = [2.0f32, 1.0, 0.0, 0.0];
         let expect = |cf: [f32; 4]| -> Vec<f32> { (0..4).map(|u| (e[u] + cf[u]) / (t[u] + 1.0) * t[u]).collect() };
@@ -693,6 +1014,10 @@ mod tests {
             k_in_row += 1;
         }
         let r = Returns::from_last_seen(&ui, &seen, 1440);
+        // One engagement day per pair: the exact counts from the days agree.
+        let ptr: Vec<u32> = (0..=nnz as u32).collect();
+        let days = DayIndex::from_records(&ptr, &seen, &vec![1.0; nnz]);
+        assert_eq!(Returns::from_days(&ui, &days), r);
         let len = |u: usize| (ui.indptr[u + 1] - ui.indptr[u]) as f32;
         assert_eq!(r.days[0], 1.0);
         assert_eq!(r.tenure[0], 1.0);
@@ -705,8 +1030,8 @@ mod tests {
         assert_eq!(r.pick(&[2, 0]).days, vec![r.days[2], r.days[0]]);
         let v = [0u32, 2];
         let plain = Scorer::new(&ui, None, None);
-        let with = Scorer::new(&ui, None, None).with_last_seen(&seen, 1440);
-        let base = HybridParams { prior: 1.0, activity_exp: 1.0, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 };
+        let with = Scorer::new(&ui, None, None).with_days(&days, 10);
+        let base = HybridParams { prior: 1.0, activity_exp: 1.0, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity };
         let s0 = plain.score(&v, &base);
         // Exponents 0 change nothing; without times the factors are 1.
         assert_eq!(with.score(&v, &base), s0);
@@ -717,11 +1042,14 @@ mod tests {
         assert_close(&got, &want);
         // A sample scores its users exactly as the whole population does.
         let (knn, als) = (knn(), als());
-        let full = Scorer::new(&ui, Some(&als), Some(&knn)).with_last_seen(&seen, 1440);
+        let full = Scorer::new(&ui, Some(&als), Some(&knn)).with_days(&days, 10);
         let sample = Sample::every(&full, 2);
         assert_eq!(sample.users, vec![0, 2]);
-        let c = sample.components(&full.components(&v));
-        for p in [dp, HybridParams { volume: 1.0, ..dp }, HybridParams::pure_cf(1.0, 0.5)] {
+        let owns = [Own::Days(f32::INFINITY), Own::Weight(14.0), Own::Recent];
+        let c = sample.components(&full.components_with(&v, &owns));
+        let mut ps = vec![dp, HybridParams { volume: 1.0, ..dp }, HybridParams::pure_cf(1.0, 0.5)];
+        ps.extend(owns.iter().map(|&own| HybridParams { own, ..dp }));
+        for p in ps {
             let whole = full.score(&v, &p);
             assert_eq!(score_from_components(&c, &sample.pick(full.totals()), &p), sample.pick(&whole));
         }

@@ -14,7 +14,9 @@
 //! hit rate (not lift) means values with a high base rate weigh more; it measures directly what a
 //! campaign buys: the share of the chosen audience that engages.
 
-use crate::score::hybrid::{factor_key, score_from_components, score_with_factors, user_factors, Components, HybridParams};
+use crate::score::hybrid::{factor_key, score_from_components, score_with_factors, user_factors, Components, FactorKey, HybridParams};
+#[cfg(test)]
+use crate::score::hybrid::Own;
 use crate::score::topk::top_k;
 #[cfg(doc)]
 use crate::score::topk::rank_order;
@@ -205,6 +207,28 @@ pub fn tune_eligible(
     check: &mut dyn FnMut(),
 ) -> (HybridParams, f64) {
     assert!(!grid.is_empty(), "empty tuning grid");
+    let objs = grid_objectives(components_per_value, t, grid, pcts, eligible, threads, check);
+    // The first best point wins ties.
+    let mut best = (grid[0], f64::NEG_INFINITY);
+    for (p, &o) in grid.iter().zip(&objs) {
+        if o > best.1 {
+            best = (*p, o);
+        }
+    }
+    best
+}
+
+/// The tuning objective (see the module doc) of every grid point, in grid order; arguments as
+/// for [`tune_eligible`].
+pub fn grid_objectives(
+    components_per_value: &[(Components, Vec<bool>)],
+    t: &[f32],
+    grid: &[HybridParams],
+    pcts: &[f64],
+    eligible: &(dyn Fn(usize, usize) -> bool + Sync),
+    threads: usize,
+    check: &mut dyn FnMut(),
+) -> Vec<f64> {
     // Per value: eligibility mask and cut sizes, or None when the value has no eligible positive.
     let plans: Vec<Option<(Vec<bool>, Vec<usize>)>> = components_per_value
         .iter()
@@ -219,7 +243,7 @@ pub fn tune_eligible(
     // The user factors depend on few knobs and on the shared parts of the components: when every
     // value shares them (as the scorer's components do), compute each distinct factor vector once.
     let shared = components_per_value.windows(2).all(|w| w[0].0.shares_user_parts(&w[1].0));
-    let mut factors: std::collections::HashMap<(u32, bool, u32, u32), Vec<f32>> = std::collections::HashMap::new();
+    let mut factors: std::collections::HashMap<FactorKey, Vec<f32>> = std::collections::HashMap::new();
     if let (true, Some((c0, _))) = (shared, components_per_value.first()) {
         for p in grid {
             factors.entry(factor_key(c0, p)).or_insert_with(|| user_factors(c0, t, p));
@@ -268,18 +292,15 @@ pub fn tune_eligible(
         });
     }
     check();
-    // The first best point wins ties.
-    let mut best = (grid[0], f64::NEG_INFINITY);
-    for (p, &o) in grid.iter().zip(&objs) {
-        if o > best.1 {
-            best = (*p, o);
-        }
-    }
-    best
+    objs
 }
 
-/// Relative prior multipliers of [`default_grid`] (the last is the pure-CF mode).
-pub const DEFAULT_PRIORS: [f32; 6] = [0.0, 0.5, 2.0, 8.0, 32.0, f32::INFINITY];
+/// Relative prior multipliers of [`default_grid`] (the last is the pure-CF mode). The first is
+/// not 0 but tiny: the user's own share ranks everyone who engaged, and the collaborative
+/// estimate only orders the users who did not (who would otherwise tie at 0 and fill the deeper
+/// cuts in user-id order). The exact own-only baselines (`prior = 0`) are scored separately
+/// ([`crate::score::tuning`]).
+pub const DEFAULT_PRIORS: [f32; 6] = [1e-3, 0.5, 2.0, 8.0, 32.0, f32::INFINITY];
 pub const DEFAULT_KNN_WEIGHTS: [f32; 3] = [0.0, 0.5, 1.0];
 /// Activity exponents of [`default_grid`], in grid order: {1, 0.5, 0} first (so ties keep favouring
 /// the past-engagers baseline and the shares), then the activity-leaning {1.5, 2, 3}. Values above 1
@@ -311,11 +332,11 @@ pub fn default_grid() -> Vec<HybridParams> {
     for &(days_exp, tenure_exp) in &DEFAULT_RETURN_EXPS {
         for &prior in &DEFAULT_PRIORS {
             for &activity_exp in &DEFAULT_ACTIVITY_EXPS {
-                if prior == 0.0 {
-                    g.push(HybridParams { prior, activity_exp, knn_weight: 0.5, volume: 0.0, days_exp, tenure_exp });
+                if prior == DEFAULT_PRIORS[0] {
+                    g.push(HybridParams { prior, activity_exp, knn_weight: 0.5, volume: 0.0, days_exp, tenure_exp, own: crate::score::hybrid::Own::Affinity });
                 } else {
                     for &knn_weight in &DEFAULT_KNN_WEIGHTS {
-                        g.push(HybridParams { prior, activity_exp, knn_weight, volume: 0.0, days_exp, tenure_exp });
+                        g.push(HybridParams { prior, activity_exp, knn_weight, volume: 0.0, days_exp, tenure_exp, own: crate::score::hybrid::Own::Affinity });
                     }
                 }
             }
@@ -324,7 +345,7 @@ pub fn default_grid() -> Vec<HybridParams> {
         // knn_weight 0 and activity_exp 1 this is the summed-ALS-predictions ranking.
         for &activity_exp in &[1.0f32, 0.5, 1.5] {
             for &knn_weight in &[0.0f32, 0.5] {
-                g.push(HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 1.0, days_exp, tenure_exp });
+                g.push(HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 1.0, days_exp, tenure_exp, own: crate::score::hybrid::Own::Affinity });
             }
         }
     }
@@ -339,6 +360,12 @@ pub fn typical_activity(t: &[f32]) -> f32 {
     }
     let mid = pos.len() / 2;
     *pos.select_nth_unstable_by(mid, |a, b| a.partial_cmp(b).unwrap()).1
+}
+
+/// [`default_grid`] for the own-engagement measure `own`, priors in multiples of the typical
+/// activity `t` measured in that unit.
+pub fn default_grid_own(t: &[f32], own: crate::score::hybrid::Own) -> Vec<HybridParams> {
+    default_grid_for(t).into_iter().map(|p| HybridParams { own, ..p }).collect()
 }
 
 /// `grid` with every prior multiplied by `scale`.
@@ -417,7 +444,7 @@ mod tests {
         let knn: Vec<f32> = (0..n).map(|u| if pos[u] { 0.5 + u as f32 / 100.0 } else { 0.1 }).collect();
         let e: Vec<f32> = (0..n).map(|u| if pos[u] { 0.0 } else { 1.0 + u as f32 }).collect();
         let als: Vec<f32> = (0..n).map(|u| ((u * 7) % 5) as f32 / 5.0).collect();
-        (Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: None, returns: None }, pos)
+        (Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: None, returns: None, own: Vec::new() }, pos)
     }
 
     #[test]
@@ -427,7 +454,7 @@ mod tests {
         let engagers = HybridParams::PAST_ENGAGERS;
         let knn_only = HybridParams::pure_cf(0.0, 1.0);
         let als_only = HybridParams::pure_cf(0.0, 0.0);
-        let grid = [engagers, als_only, knn_only, HybridParams { prior: 5.0, activity_exp: 1.0, knn_weight: 1.0, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0 }];
+        let grid = [engagers, als_only, knn_only, HybridParams { prior: 5.0, activity_exp: 1.0, knn_weight: 1.0, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity }];
         let (best, obj) = tune(&values, &t, &grid, &[20.0, 30.0]);
         assert_eq!(best, knn_only);
         // Value 1: k=2 -> 2/2, k=3 -> 3/3. Value 2: k=2 -> 2/2, k=3 -> 2/3.
@@ -459,7 +486,7 @@ mod tests {
         assert!(DEFAULT_RETURN_EXPS
             .iter()
             .all(|&(d, r)| g.iter().filter(|p| p.days_exp == d && p.tenure_exp == r).count() == DEFAULT_GRID_BLOCK));
-        assert_eq!(g[0], HybridParams::PAST_ENGAGERS);
+        assert_eq!(g[0], HybridParams { prior: DEFAULT_PRIORS[0], ..HybridParams::PAST_ENGAGERS });
         let mut dedup = g.clone();
         dedup.dedup();
         assert_eq!(dedup.len(), DEFAULT_GRID_LEN);
@@ -519,7 +546,7 @@ mod tests {
                 let als = (0..n).map(|_| r() as f32).collect();
                 let vol = vol.clone();
                 let pos = (0..n).map(|u| r() < 0.05 + 0.3 * (e[u] > 0.0) as u8 as f64 + 0.02 * days[u] as f64).collect();
-                let c = Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: Some(vol), returns: Some(returns.clone()) };
+                let c = Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: Some(vol), returns: Some(returns.clone()), own: Vec::new() };
                 (c, pos)
             })
             .collect();

@@ -4,3 +4,4 @@
 pub mod hybrid;
 pub mod metrics;
 pub mod topk;
+pub mod tuning;

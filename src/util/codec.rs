@@ -40,7 +40,7 @@ impl fmt::Display for CodecError {
                 String::from_utf8_lossy(found)
             ),
             CodecError::UnsupportedVersion { found, max_supported } => {
-                write!(f, "unsupported format version {found} (this build reads up to {max_supported})")
+                write!(f, "unsupported format version {found} (this build reads version {max_supported} only)")
             }
             CodecError::InvalidUtf8 => write!(f, "invalid UTF-8 in string"),
             CodecError::Invalid(msg) => write!(f, "invalid data: {msg}"),
@@ -287,17 +287,17 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    /// Reads the magic and version written by [`Writer::put_header`]; accepts versions
-    /// `1..=max_version` and returns the version found.
-    pub fn expect_header(&mut self, magic: [u8; 4], max_version: u32) -> Result<u32, CodecError> {
+    /// Reads the magic and version written by [`Writer::put_header`]; accepts exactly `version`
+    /// (an older layout must never be parsed as the new one) and returns it.
+    pub fn expect_header(&mut self, magic: [u8; 4], version: u32) -> Result<u32, CodecError> {
         let m = self.take(4)?;
         let found = [m[0], m[1], m[2], m[3]];
         if found != magic {
             return Err(CodecError::BadMagic { expected: magic, found });
         }
         let v = self.get_u32()?;
-        if v == 0 || v > max_version {
-            return Err(CodecError::UnsupportedVersion { found: v, max_supported: max_version });
+        if v != version {
+            return Err(CodecError::UnsupportedVersion { found: v, max_supported: version });
         }
         Ok(v)
     }
@@ -443,7 +443,8 @@ mod tests {
     fn round_trip() {
         let b = sample();
         let mut r = Reader::new(&b);
-        assert_eq!(r.expect_header(*b"TEST", 3).unwrap(), 2);
+        assert!(matches!(Reader::new(&b).expect_header(*b"TEST", 3), Err(CodecError::UnsupportedVersion { found: 2, .. })));
+        assert_eq!(r.expect_header(*b"TEST", 2).unwrap(), 2);
         assert_eq!(r.get_u8().unwrap(), 7);
         assert!(r.get_bool().unwrap());
         assert_eq!(r.get_u32().unwrap(), 0xdead_beef);
@@ -468,7 +469,7 @@ mod tests {
     /// Decodes the sample in order; used to check every truncation point fails cleanly.
     fn decode_all(b: &[u8]) -> Result<(), CodecError> {
         let mut r = Reader::new(b);
-        r.expect_header(*b"TEST", 3)?;
+        r.expect_header(*b"TEST", 2)?;
         r.get_u8()?;
         r.get_bool()?;
         r.get_u32()?;
