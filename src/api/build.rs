@@ -637,6 +637,14 @@ fn build(
         own_hl_days,
     );
     let cid = lock_catalog(catalog);
+    if own.is_some() && own_half_life.is_none() {
+        // A measure given without a half-life has none: forget the one remembered for the last.
+        Spi::run_with_args(
+            "UPDATE audience.catalogs SET build_settings = build_settings OPERATOR(pg_catalog.-) 'own_half_life_days'::text WHERE catalog_id OPERATOR(pg_catalog.=) $1",
+            &args![cid],
+        )
+        .or_raise("updating build settings");
+    }
     let params = remembered_params(
         cid,
         serde_json::json!({

@@ -49,6 +49,13 @@ SELECT * FROM audience.build('x', days_exp => -0.5);
 SELECT * FROM audience.build('x', tenure_exp => 'Infinity');
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM audience.build('x', neighbours => -1);
+-- Bad own-engagement measures (nothing is remembered from a failing call).
+SELECT * FROM audience.build('x', own => 'bogus');
+SELECT * FROM audience.build('x', own => 'days', own_half_life => '-1 day');
+SELECT * FROM audience.build('x', own => 'days', own_half_life => '0');
+SELECT * FROM audience.build('x', own => 'recent', own_half_life => '7 days');
+SELECT * FROM audience.build('x', own_half_life => '7 days');
+SELECT build_settings ? 'own' AS own_remembered FROM audience.catalogs WHERE name = 'x';
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM audience.build('nope');
 \echo :LAST_ERROR_SQLSTATE
