@@ -3,6 +3,9 @@
 #
 #   bench/implicit_baseline.sh [movielens_implicit.py args]   # MovieLens 100K audience benchmark
 #   bench/implicit_baseline.sh scale FILE.csv [args]           # time implicit ALS on a user,item,weight CSV
+#   bench/implicit_baseline.sh repeat --events E.tsv --items I.tsv --property P [--out F.json] [args]
+#                                                              # repeat-purchase audiences on any event log
+#                                                              # (bench/repeat_implicit.py; bench/completejourney.sh)
 #
 # Env: MOVIELENS_DIR (default ../shared/data/movielens-100k), BENCH_VENV, PYTHON (the interpreter
 # that creates the venv, default python3).
@@ -16,6 +19,22 @@ script="$ROOT/bench/movielens_implicit.py"
 if [ "${1:-}" = "scale" ]; then
     shift
     script="$ROOT/bench/implicit_scale.py"
+elif [ "${1:-}" = "repeat" ]; then
+    shift
+    script="$ROOT/bench/repeat_implicit.py"
+    # Missing data: say so and succeed before creating any venv.
+    prev=""
+    for a in "$@"; do
+        case "$prev" in
+            --events | --items)
+                if [ ! -f "$a" ]; then
+                    echo "skipped: $a not found"
+                    exit 0
+                fi
+                ;;
+        esac
+        prev="$a"
+    done
 else
     data="${MOVIELENS_DIR:-$ROOT/../shared/data/movielens-100k}"
     if [ ! -f "$data/ml-100k.inter" ] || [ ! -f "$data/ml-100k.item" ]; then
