@@ -12,7 +12,7 @@
 //!   item, and with any set of items, is exact whatever the push or merge order (two partial
 //!   states of a parallel scan hold the same day under the same key, and merging unites them).
 //!   The state holds one entry per (user, item, day, slot) instead of per (user, item, slot):
-//!   +14% entries on the 20M-event demo shop, where few pairs repeat on several days.
+//!   +25% entries on the demo shop, +70% on real grocery purchases (at most one per event).
 //! * An entry means "at time `time` (the latest event folded into it) the pair had decayed
 //!   weight `value`", i.e. `value = sum_k w_k * 2^(-(time - t_k) / half_life)`. Two entries of
 //!   the same key combine exactly by rescaling the older one to the newer time,
