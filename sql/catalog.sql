@@ -290,6 +290,12 @@ BEGIN
                   DETAIL = format('The half-life given was %s.', half_life),
                   HINT = 'Pass NULL for no recency decay, or e.g. ''30 days''.';
     END IF;
+    IF half_life IS NOT NULL AND half_life > '10000 years'::interval THEN
+        RAISE EXCEPTION 'half_life must be at most 10000 years'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The half-life given was %s.', half_life),
+                  HINT = 'Pass NULL for no recency decay.';
+    END IF;
     IF weight_column IS NOT NULL THEN
         t := audience._column_type(source, weight_column, 'weight column');
         IF t NOT IN ('smallint', 'integer', 'bigint', 'numeric', 'real', 'double precision') THEN

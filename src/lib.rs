@@ -34,7 +34,7 @@ extension_sql_file!("../sql/audiences.sql", name = "audiences", finalize);
 
 /// The extension's version, as installed.
 #[pg_extern(immutable, parallel_safe)]
-#[search_path(@extschema@, pg_catalog)]
+#[search_path(pg_catalog, @extschema@)]
 fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }

@@ -21,9 +21,27 @@ use std::cell::RefCell;
 /// Microseconds per unit of an interval, as `extract(epoch from interval)` counts them.
 const USECS_PER_DAY: i64 = 86_400_000_000;
 
+/// The interval in microseconds (a month counts 30 days, as in interval arithmetic with
+/// justify_days), or `None` when it does not fit in 64 bits (about 292,000 years).
+pub fn interval_micros_checked(iv: &Interval) -> Option<i64> {
+    let us = (iv.months() as i128 * 30 + iv.days() as i128) * USECS_PER_DAY as i128 + iv.micros() as i128;
+    i64::try_from(us).ok()
+}
+
+/// The interval in microseconds; an interval too long to count in microseconds is an error
+/// (`22023`) naming the argument `what`, never a wrapped value.
+pub fn interval_micros_for(iv: &Interval, what: &str) -> i64 {
+    interval_micros_checked(iv).unwrap_or_else(|| {
+        AudienceError::invalid(format!("{what} is too long"))
+            .detail("Intervals up to about 290,000 years can be used.")
+            .hint(format!("Pass a shorter {what}."))
+            .raise()
+    })
+}
+
+/// [`interval_micros_for`] for a half-life.
 pub fn interval_micros(iv: &Interval) -> i64 {
-    // A month is 30 days here, as in interval arithmetic with justify_days.
-    (iv.months() as i64 * 30 + iv.days() as i64) * USECS_PER_DAY + iv.micros()
+    interval_micros_for(iv, "half_life")
 }
 
 fn finite_time(t: TimestampWithTimeZone) -> Option<i64> {

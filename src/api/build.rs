@@ -393,10 +393,10 @@ pub fn build_params(
         knn_weight: kw,
         volume: match volume {
             None => DEFAULT_HYBRID.volume,
-            Some(v) if v == 0.0 || v == 1.0 => v as f32,
-            Some(v) => AudienceError::invalid("volume must be 0 or 1")
+            Some(v) if v == 0.0 || v == 1.0 || v == 2.0 => v as f32,
+            Some(v) => AudienceError::invalid("volume must be 0, 1 or 2")
                 .detail(format!("The value given was {}.", sql_float(v)))
-                .hint("0 scales scores by observed activity, 1 by the activity the ALS model predicts.")
+                .hint("0 scales scores by observed activity, 1 by the activity the ALS model predicts, 2 by the item-kNN volume.")
                 .raise(),
         },
         days_exp: finite_nonneg(days_exp, "days_exp", DEFAULT_HYBRID.days_exp),
@@ -470,7 +470,7 @@ pub fn knobs_from_json(v: Option<&serde_json::Value>, base: HybridParams) -> Hyb
         prior: num("prior").filter(|&x| ok(x)).unwrap_or(base.prior),
         activity_exp: num("activity_exp").filter(|&x| ok(x) && x.is_finite()).unwrap_or(base.activity_exp),
         knn_weight: num("knn_weight").filter(|&x| (0.0..=1.0).contains(&x)).unwrap_or(base.knn_weight),
-        volume: num("volume").filter(|&x| x == 0.0 || x == 1.0).unwrap_or(base.volume),
+        volume: num("volume").filter(|&x| x == 0.0 || x == 1.0 || x == 2.0).unwrap_or(base.volume),
         days_exp: num("days_exp").filter(|&x| ok(x) && x.is_finite()).unwrap_or(base.days_exp),
         tenure_exp: num("tenure_exp").filter(|&x| ok(x) && x.is_finite()).unwrap_or(base.tenure_exp),
     }
@@ -587,7 +587,7 @@ pub fn lock_catalog(catalog: Option<&str>) -> i32 {
 
 /// Builds (or rebuilds) the catalog's model from its registered events and makes it active.
 #[pg_extern(volatile)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn build(
     catalog: default!(Option<&str>, "NULL"),

@@ -52,7 +52,7 @@ struct Row {
 fn default_holdout(first: i64, last: i64, holdout: Option<Interval>) -> i64 {
     match holdout {
         Some(iv) => {
-            let h = crate::affinity::aggregate::interval_micros(&iv);
+            let h = crate::affinity::aggregate::interval_micros_for(&iv, "holdout");
             if h <= 0 {
                 AudienceError::invalid("holdout must be positive").raise();
             }
@@ -71,7 +71,7 @@ fn default_holdout(first: i64, last: i64, holdout: Option<Interval>) -> i64 {
 /// Backtests audiences for every value (or the given values) of a property: trains on events
 /// before (last event - holdout), ranks users and measures who engages in the holdout window.
 #[pg_extern(volatile)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
 #[allow(clippy::type_complexity)] // the named output columns of the SQL function
 fn evaluate(
     catalog: Option<&str>,
@@ -167,7 +167,8 @@ fn evaluate(
         ("most_active", None),
         // Summed ALS predictions x_u . Y_V, as the implicit library ranks.
         ("als", Some(HybridParams { volume: 1.0, ..HybridParams::pure_cf(1.0, 0.0) })),
-        ("knn", Some(HybridParams::pure_cf(1.0, 1.0))),
+        // Summed item-kNN similarities to the value, as the implicit library ranks.
+        ("knn", Some(HybridParams { volume: 2.0, ..HybridParams::pure_cf(1.0, 1.0) })),
     ];
     let owns: Vec<Own> = methods.iter().filter_map(|(_, p)| p.map(|p| p.own)).chain([ours_cross.own]).collect();
     let mut rows: Vec<Row> = Vec::new();
@@ -289,7 +290,7 @@ fn evaluate(
 /// validation on its own events (see `tune_on`) and remembers them for later builds. Returns the
 /// chosen scoring knobs.
 #[pg_extern(volatile)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
 fn tune(
     catalog: Option<&str>,
     property: Option<&str>,

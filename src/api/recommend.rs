@@ -102,8 +102,14 @@ pub fn rank(req: &Request, l: &Loaded) -> Vec<(u32, f32)> {
         Some(match &req.lookback {
             None => crate::score::hybrid::engaged(&c),
             Some(iv) => {
-                let since_us = now_micros() - crate::affinity::aggregate::interval_micros(iv);
-                engaged_since(l, &items, (since_us.div_euclid(60_000_000)) as i32)
+                let lb = crate::affinity::aggregate::interval_micros_for(iv, "lookback");
+                if lb <= 0 {
+                    AudienceError::invalid("lookback must be positive")
+                        .hint("Pass an interval such as '90 days': users who engaged with the value within it are left out.")
+                        .raise();
+                }
+                let since_us = now_micros().saturating_sub(lb);
+                engaged_since(l, &items, since_us.div_euclid(60_000_000).clamp(i32::MIN as i64, i32::MAX as i64) as i32)
             }
         })
     } else {

@@ -34,7 +34,7 @@ const MICROS_PER_DAY: f64 = 86_400e6;
 
 /// An interval in days (a month counts 30 days).
 pub fn interval_days(iv: &Interval) -> f64 {
-    crate::affinity::aggregate::interval_micros(iv) as f64 / MICROS_PER_DAY
+    crate::affinity::aggregate::interval_micros_for(iv, "own_half_life") as f64 / MICROS_PER_DAY
 }
 
 /// Per value of `values` (sorted), the users of `users` (sorted) who engaged on a day

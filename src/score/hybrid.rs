@@ -143,7 +143,9 @@ pub struct HybridParams {
     /// Which activity scales the share: 0 = the observed activity `t_u`; 1 = the ALS-predicted
     /// engagement volume `x_u . Y_all` (with `prior = +inf`, `knn_weight = 0`, `activity_exp = 1`
     /// this ranks by the summed ALS predictions `x_u . Y_V`, as users of the `implicit` library
-    /// do). Without an ALS model, 1 falls back to `t_u`.
+    /// do); 2 = the kNN volume `sum_j a_uj S_all(j)` (with `prior = +inf`, `knn_weight = 1`,
+    /// `activity_exp = 1`: the summed item-kNN similarities to the value, `implicit`'s item-kNN
+    /// ranking). Without the model, 1 and 2 fall back to `t_u`.
     pub volume: f32,
     /// Exponent of the active-days factor `d_u ^ days_exp` (0 = ignore how often the user returns).
     pub days_exp: f32,
@@ -188,6 +190,10 @@ pub struct Components {
     pub als_share: Option<Vec<f32>>,
     /// The ALS-predicted volume `max(0, x_u . Y_all)` (value-independent, shared), `None` without ALS.
     pub als_volume: Option<std::sync::Arc<Vec<f32>>>,
+    /// The kNN volume `sum_j a_uj S_all(j)` (value-independent, shared), `None` without kNN:
+    /// `knn_share_u` times it is the summed item-kNN similarity to the value, the ranking of the
+    /// `implicit` library's item-kNN recommenders.
+    pub knn_volume: Option<std::sync::Arc<Vec<f32>>>,
     /// Active days `d_u` and tenure `r_u` (value-independent, shared), `None` when the event
     /// times are unknown.
     pub returns: Option<std::sync::Arc<Returns>>,
@@ -216,6 +222,7 @@ impl Components {
             }
         }
         same(&self.als_volume, &other.als_volume)
+            && same(&self.knn_volume, &other.knn_volume)
             && same(&self.returns, &other.returns)
             && self.own.len() == other.own.len()
             && self.own.iter().zip(&other.own).all(|(a, b)| a.own == b.own && Arc::ptr_eq(&a.t, &b.t))
@@ -249,6 +256,7 @@ pub struct Scorer<'a> {
     /// `x_u . Y_all` (empty without ALS).
     als_den: Vec<f32>,
     als_volume: std::sync::Arc<Vec<f32>>,
+    knn_volume: std::sync::Arc<Vec<f32>>,
     /// `d_u` and `r_u`, `None` until [`Scorer::with_days`].
     returns: Option<std::sync::Arc<Returns>>,
     /// Engagement days per stored pair and the reference day ages are counted to.
@@ -324,6 +332,7 @@ impl<'a> Scorer<'a> {
             als_den = (0..n_users).map(|u| dot(m.user(u), &y_all)).collect();
         }
         let als_volume = std::sync::Arc::new(als_den.iter().map(|&d| if d > 0.0 { d } else { 0.0 }).collect());
+        let knn_volume = std::sync::Arc::new(knn_den.clone());
         Scorer {
             ui,
             als,
@@ -333,6 +342,7 @@ impl<'a> Scorer<'a> {
             knn_den,
             als_den,
             als_volume,
+            knn_volume,
             returns: None,
             days: None,
             own_totals: Mutex::new(Vec::new()),
@@ -499,6 +509,7 @@ impl<'a> Scorer<'a> {
             share
         });
         let als_volume = self.als.map(|_| self.als_volume.clone());
+        let knn_volume = self.knn.map(|_| self.knn_volume.clone());
         let mut wanted: Vec<Own> = Vec::new();
         for &o in owns {
             if o != Own::Affinity && !wanted.contains(&o) {
@@ -506,7 +517,7 @@ impl<'a> Scorer<'a> {
             }
         }
         let own = self.own_parts(&mask, &wanted);
-        Components { e, knn_share, als_share, als_volume, returns: self.returns.clone(), own }
+        Components { e, knn_share, als_share, als_volume, knn_volume, returns: self.returns.clone(), own }
     }
 
     /// The own measures `owns` (none of them [`Own::Affinity`]) of every user for the items of
@@ -662,6 +673,7 @@ fn own_measure(
 pub struct Sample {
     pub users: Vec<usize>,
     als_volume: Option<std::sync::Arc<Vec<f32>>>,
+    knn_volume: Option<std::sync::Arc<Vec<f32>>>,
     returns: Option<std::sync::Arc<Returns>>,
     /// Picked own-measure totals, shared between values: (measure, whole-population vector, picked).
     own_totals: Mutex<Vec<(Own, Arc<Vec<f32>>, Arc<Vec<f32>>)>>,
@@ -673,8 +685,9 @@ impl Sample {
         let users: Vec<usize> = (0..scorer.n_users()).step_by(step.max(1)).collect();
         let pick = |v: &[f32]| users.iter().map(|&u| v[u]).collect::<Vec<f32>>();
         let als_volume = scorer.als.map(|_| std::sync::Arc::new(pick(&scorer.als_volume)));
+        let knn_volume = scorer.knn.map(|_| std::sync::Arc::new(pick(&scorer.knn_volume)));
         let returns = scorer.returns().map(|r| std::sync::Arc::new(r.pick(&users)));
-        Sample { users, als_volume, returns, own_totals: Mutex::new(Vec::new()) }
+        Sample { users, als_volume, knn_volume, returns, own_totals: Mutex::new(Vec::new()) }
     }
 
     /// `v` restricted to the sample.
@@ -689,6 +702,7 @@ impl Sample {
             knn_share: c.knn_share.as_deref().map(|x| self.pick(x)),
             als_share: c.als_share.as_deref().map(|x| self.pick(x)),
             als_volume: c.als_volume.as_ref().and(self.als_volume.clone()),
+            knn_volume: c.knn_volume.as_ref().and(self.knn_volume.clone()),
             returns: c.returns.as_ref().and(self.returns.clone()),
             own: c
                 .own
@@ -778,14 +792,26 @@ pub fn score_from_components(c: &Components, t: &[f32], p: &HybridParams) -> Vec
 
 /// What [`user_factors`] depends on besides the shared per-user vectors: two parameter sets with
 /// the same key get the same factors from the same components.
-pub type FactorKey = (u32, bool, u32, u32, (u8, u32));
+pub type FactorKey = (u32, u8, u32, u32, (u8, u32));
+
+/// Which volume vector scales the score: 0 = the observed activity (in the own measure's unit),
+/// 1 = the ALS-predicted volume, 2 = the kNN volume; a model that is missing falls back to 0.
+fn volume_kind(c: &Components, p: &HybridParams) -> u8 {
+    if p.volume >= 1.5 && c.knn_volume.is_some() {
+        2
+    } else if (0.5..1.5).contains(&p.volume) && c.als_volume.is_some() {
+        1
+    } else {
+        0
+    }
+}
 
 pub fn factor_key(c: &Components, p: &HybridParams) -> FactorKey {
     let used = |x: f32| if x != 0.0 && !x.is_nan() && c.returns.is_some() { x.to_bits() } else { 0 };
-    let als_volume = c.als_volume.is_some() && p.volume >= 0.5;
+    let kind = volume_kind(c, p);
     // The observed volume is the activity in the own measure's unit.
-    let unit = if als_volume || p.activity_exp == 0.0 { (0, 0) } else { p.own.key() };
-    (p.activity_exp.to_bits(), als_volume, used(p.days_exp), used(p.tenure_exp), unit)
+    let unit = if kind != 0 || p.activity_exp == 0.0 { (0, 0) } else { p.own.key() };
+    (p.activity_exp.to_bits(), kind, used(p.days_exp), used(p.tenure_exp), unit)
 }
 
 /// The per-user scale of the score, `v_u^activity_exp * d_u^days_exp * r_u^tenure_exp` (see the
@@ -794,8 +820,8 @@ pub fn factor_key(c: &Components, p: &HybridParams) -> FactorKey {
 pub fn user_factors(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
     let n = c.e.len();
     assert_eq!(t.len(), n, "components and totals disagree on the number of users");
-    let volume: &[f32] = match (&c.als_volume, p.volume >= 0.5) {
-        (Some(v), true) => v.as_slice(),
+    let volume: &[f32] = match (volume_kind(c, p), &c.als_volume, &c.knn_volume) {
+        (1, Some(v), _) | (2, _, Some(v)) => v.as_slice(),
         _ => c.own_parts(p.own, t).1,
     };
     assert_eq!(volume.len(), n, "components and volumes disagree on the number of users");
@@ -968,6 +994,10 @@ mod tests {
         // prediction x_u . Y_V with Y_V = (1,2): u0 (1,0) -> 1, u1 (0,1) -> 2, u2 (1,1) -> 3.
         let raw = HybridParams { volume: 1.0, ..HybridParams::pure_cf(1.0, 0.0) };
         assert_close(&sc.score(&v, &raw), &[1.0, 2.0, 3.0, 0.0]);
+        // kNN volume: pure kNN scaled by sum_j a_uj S_all(j) is the summed similarity to the value,
+        // sum_j a_uj S_V(j) with S_V = [0, 3, 0, 2]: u0 1*3 = 3, u1 3*3 = 9, u2 4*2 = 8.
+        let knn_sum = HybridParams { volume: 2.0, ..HybridParams::pure_cf(1.0, 1.0) };
+        assert_close(&sc.score(&v, &knn_sum), &[3.0, 9.0, 8.0, 0.0]);
         // Without an ALS model, volume 1 falls back to the observed activity.
         let no_als = Scorer::new(&ui, None, Some(&knn));
         assert_eq!(no_als.score(&v, &raw), no_als.score(&v, &HybridParams::pure_cf(1.0, 0.0)));

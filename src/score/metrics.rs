@@ -314,13 +314,14 @@ pub const DEFAULT_ACTIVITY_EXPS: [f32; 6] = [1.0, 0.5, 0.0, 1.5, 2.0, 3.0];
 /// back over weeks, not the ones with the most ratings (bench/movielens_returns.sql), and validation
 /// picks tenure_exp = 1; on the demo shop and the 20M-event shop it picks days_exp = 0.5.
 pub const DEFAULT_RETURN_EXPS: [(f32, f32); 5] = [(0.0, 0.0), (0.5, 0.0), (1.0, 0.0), (0.0, 0.5), (0.0, 1.0)];
-/// Points of [`default_grid`] per `(days_exp, tenure_exp)` pair: one per activity exponent for prior 0,
-/// three knn weights otherwise, and 6 volume-scaled pure-CF points.
-pub const DEFAULT_GRID_BLOCK: usize = DEFAULT_ACTIVITY_EXPS.len() * (1 + (DEFAULT_PRIORS.len() - 1) * DEFAULT_KNN_WEIGHTS.len()) + 6;
+/// Points of [`default_grid`] per `(days_exp, tenure_exp)` pair: one per activity exponent for the
+/// smallest prior, three knn weights otherwise, 6 ALS-volume-scaled and 4 kNN-volume-scaled
+/// pure-CF points.
+pub const DEFAULT_GRID_BLOCK: usize = DEFAULT_ACTIVITY_EXPS.len() * (1 + (DEFAULT_PRIORS.len() - 1) * DEFAULT_KNN_WEIGHTS.len()) + 6 + 4;
 /// Points of [`default_grid`].
 pub const DEFAULT_GRID_LEN: usize = DEFAULT_RETURN_EXPS.len() * DEFAULT_GRID_BLOCK;
 
-/// The default tuning grid, [`DEFAULT_GRID_LEN`] (510) points: for each pair of
+/// The default tuning grid, [`DEFAULT_GRID_LEN`] (530) points: for each pair of
 /// [`DEFAULT_RETURN_EXPS`],
 /// 96 points with `volume = 0` and `prior` in **units of the typical activity** (multiples
 /// {0, 0.5, 2, 8, 32, +inf}; scale with [`scaled_grid`] or use [`default_grid_for`] before tuning),
@@ -346,6 +347,13 @@ pub fn default_grid() -> Vec<HybridParams> {
         for &activity_exp in &[1.0f32, 0.5, 1.5] {
             for &knn_weight in &[0.0f32, 0.5] {
                 g.push(HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 1.0, days_exp, tenure_exp, own: crate::score::hybrid::Own::Affinity });
+            }
+        }
+        // Pure CF scaled by the kNN volume: with knn_weight 1 and activity_exp 1 this is the
+        // summed item-kNN similarity ranking.
+        for &activity_exp in &[1.0f32, 0.5] {
+            for &knn_weight in &[1.0f32, 0.5] {
+                g.push(HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 2.0, days_exp, tenure_exp, own: crate::score::hybrid::Own::Affinity });
             }
         }
     }
@@ -444,7 +452,7 @@ mod tests {
         let knn: Vec<f32> = (0..n).map(|u| if pos[u] { 0.5 + u as f32 / 100.0 } else { 0.1 }).collect();
         let e: Vec<f32> = (0..n).map(|u| if pos[u] { 0.0 } else { 1.0 + u as f32 }).collect();
         let als: Vec<f32> = (0..n).map(|u| ((u * 7) % 5) as f32 / 5.0).collect();
-        (Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: None, returns: None, own: Vec::new() }, pos)
+        (Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: None, knn_volume: None, returns: None, own: Vec::new() }, pos)
     }
 
     #[test]
@@ -482,7 +490,7 @@ mod tests {
     fn default_grid_shape_and_scaling() {
         let g = default_grid();
         assert_eq!(g.len(), DEFAULT_GRID_LEN);
-        assert_eq!(g.len(), 510);
+        assert_eq!(g.len(), 530);
         assert!(DEFAULT_RETURN_EXPS
             .iter()
             .all(|&(d, r)| g.iter().filter(|p| p.days_exp == d && p.tenure_exp == r).count() == DEFAULT_GRID_BLOCK));
@@ -546,7 +554,7 @@ mod tests {
                 let als = (0..n).map(|_| r() as f32).collect();
                 let vol = vol.clone();
                 let pos = (0..n).map(|u| r() < 0.05 + 0.3 * (e[u] > 0.0) as u8 as f64 + 0.02 * days[u] as f64).collect();
-                let c = Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: Some(vol), returns: Some(returns.clone()), own: Vec::new() };
+                let c = Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: Some(vol), knn_volume: None, returns: Some(returns.clone()), own: Vec::new() };
                 (c, pos)
             })
             .collect();

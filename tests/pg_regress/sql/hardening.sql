@@ -1,0 +1,74 @@
+-- Defects found by a committer-level review, each with the case that failed before its fix:
+-- generated SQL that a role with CREATE on schema audience could hijack, intervals that wrapped
+-- around, stored formats read with the wrong layout. Every bad input is an ERROR with a SQLSTATE
+-- and leaves the catalog tables as they were.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pg_audience;
+SET audience.threads = 1;
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+CREATE SCHEMA h;
+CREATE TABLE h.ev (user_id text, product_id text, "timestamp" timestamptz, event text, brand text);
+INSERT INTO h.ev SELECT 'u' || (g % 40), 'p' || (g % 7), '2024-01-01'::timestamptz + g * interval '7 hours',
+                        CASE WHEN g % 3 = 0 THEN 'order' ELSE 'view' END, 'b' || (g % 7 % 3)
+  FROM generate_series(1, 400) g;
+SELECT audience.create_catalog('h') IS NOT NULL AS ok;
+SELECT audience.add_event('h', 'h.ev', 'product_id', event_column => 'event', event_value => 'order', weight => 3) IS NOT NULL AS ok;
+SELECT audience.add_event('h', 'h.ev', 'product_id', event_column => 'event', event_value => 'view', weight => 1) IS NOT NULL AS ok;
+SELECT audience.map_property('h', 'brand', column_name => 'brand');
+
+-- 1. search_path: a role with CREATE on schema audience defines audience.= and audience.|| for
+-- text. The build's own SQL and the scan it generates must not call them (pg_catalog comes first
+-- on the path and operators are qualified), or they would run with the builder's rights.
+CREATE FUNCTION audience.hijack(text, text) RETURNS boolean LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'hijacked by audience.='; END $$;
+CREATE FUNCTION audience.hijack_cat(text, text) RETURNS text LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'hijacked by audience.||'; END $$;
+CREATE OPERATOR audience.= (LEFTARG = text, RIGHTARG = text, FUNCTION = audience.hijack);
+CREATE OPERATOR audience.|| (LEFTARG = text, RIGHTARG = text, FUNCTION = audience.hijack_cat);
+SELECT users, items FROM audience.build('h', factors => 2, neighbours => 3, tune => false);
+SELECT count(*) > 0 AS audience FROM audience.recommend_audience('brand', 'b1', 50, catalog => 'h');
+SELECT count(*) > 0 AS evaluated FROM audience.evaluate('h', 'brand', tune => false);
+DROP OPERATOR audience.= (text, text);
+DROP OPERATOR audience.|| (text, text);
+DROP FUNCTION audience.hijack(text, text);
+DROP FUNCTION audience.hijack_cat(text, text);
+
+-- The catalog tables, to compare after the failing calls below.
+CREATE TEMP TABLE before AS
+SELECT (SELECT md5(string_agg(c::text, ',' ORDER BY catalog_id)) FROM audience.catalogs c) AS catalogs,
+       (SELECT md5(string_agg(e::text, ',' ORDER BY event_id)) FROM audience.events e) AS events,
+       (SELECT md5(string_agg(m.model_id::text, ',' ORDER BY m.model_id)) FROM audience.models m) AS models;
+
+-- 2. Intervals: a negative look-back used to exclude nobody, a huge one wrapped around.
+SELECT count(*) FROM audience.recommend_audience('brand', 'b1', 50, catalog => 'h', exclude_engaged => true, lookback => '-1 day');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM audience.recommend_audience('brand', 'b1', 50, catalog => 'h', exclude_engaged => true, lookback => '0');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM audience.recommend_audience('brand', 'b1', 50, catalog => 'h', exclude_engaged => true, lookback => '100000000 years');
+\echo :LAST_ERROR_SQLSTATE
+-- A look-back longer than the history excludes everyone who ever engaged: the same as none.
+SELECT (SELECT count(*) FROM audience.recommend_audience('brand', 'b1', 50, catalog => 'h', exclude_engaged => true, lookback => '5000 years'))
+     = (SELECT count(*) FROM audience.recommend_audience('brand', 'b1', 50, catalog => 'h', exclude_engaged => true)) AS same_as_ever;
+-- A half-life too long to decay anything is refused when it is registered, not at the next build.
+SELECT audience.add_event('h', 'h.ev', 'product_id', event_column => 'event', event_value => 'x', half_life => '300000 years');
+\echo :LAST_ERROR_SQLSTATE
+SELECT audience.add_event('h', 'h.ev', 'product_id', event_column => 'event', event_value => 'x', half_life => '-2 days');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM audience.evaluate('h', 'brand', holdout => '100000000 years');
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM audience.build('h', own => 'days', own_half_life => '100000000 years');
+\echo :LAST_ERROR_SQLSTATE
+-- The aggregate: a half-life beyond 64-bit microseconds is an error, not a wrapped value.
+SELECT audience.affinity('u', 'i', 1, '2024-01-01', '100000000 years', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT audience.affinity('u', 'i', 1, '2024-01-01', '10000 years', NULL) AS no_decay_to_speak_of;
+
+-- Nothing stored changed.
+SELECT b.catalogs = (SELECT md5(string_agg(c::text, ',' ORDER BY catalog_id)) FROM audience.catalogs c) AS catalogs_unchanged,
+       b.events = (SELECT md5(string_agg(e::text, ',' ORDER BY event_id)) FROM audience.events e) AS events_unchanged,
+       b.models = (SELECT md5(string_agg(m.model_id::text, ',' ORDER BY m.model_id)) FROM audience.models m) AS models_unchanged
+  FROM before b;
+
+SELECT audience.drop_catalog('h');
+DROP SCHEMA h CASCADE;
