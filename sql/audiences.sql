@@ -90,7 +90,7 @@ BEGIN
                                                max_users => max_users, min_score => min_score,
                                                exclude_engaged => exclude_engaged, lookback => lookback) LIMIT 1;
     IF EXISTS (SELECT 1 FROM audience.saved_audiences s WHERE s.name = save_audience.name) THEN
-        IF NOT replace THEN
+        IF NOT coalesce(replace, false) THEN  -- NULL is the default (false), never "replace"
             RAISE EXCEPTION 'audience "%" already exists', save_audience.name
                 USING ERRCODE = 'duplicate_object',
                       HINT = 'Refresh it with audience.refresh_audience(), or pass replace => true to change its definition.';

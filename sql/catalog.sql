@@ -121,8 +121,11 @@ BEGIN
     ELSIF t IN ('timestamp without time zone', 'date') THEN
         RETURN format('s.%I::pg_catalog.timestamptz', col);
     ELSIF t IN ('smallint', 'integer', 'bigint', 'numeric', 'double precision', 'real') THEN
-        -- Unix epoch seconds.
-        RETURN format('pg_catalog.to_timestamp(s.%I::pg_catalog.float8)', col);
+        -- Unix epoch seconds. NaN, infinities and values beyond +-2e11 s (about year 8300) are not
+        -- times: NULL, so the row is skipped like a NULL time instead of failing the scan (22008).
+        RETURN format('CASE WHEN s.%1$I::pg_catalog.float8 OPERATOR(pg_catalog.>=) (-2.0e11)::pg_catalog.float8'
+                      ' AND s.%1$I::pg_catalog.float8 OPERATOR(pg_catalog.<=) 2.0e11::pg_catalog.float8'
+                      ' THEN pg_catalog.to_timestamp(s.%1$I::pg_catalog.float8) END', col);
     END IF;
     RAISE EXCEPTION 'column "%" of relation "%" has type %, which cannot be used as an event time', col, rel::text, t::text
         USING ERRCODE = 'datatype_mismatch',

@@ -37,6 +37,35 @@
 
 -- One uniform draw in [0, 1) for key $1 in stream $2. A plain SQL expression so the planner
 -- inlines it (no SET clause, no STRICT): called tens of millions of times by the generator.
+-- Drops the tables of an earlier demo shop in `sch`, and refuses to touch tables of the same
+-- names that generate_demo_shop did not create (it marks its tracks table with a comment).
+CREATE FUNCTION audience._demo_drop_tables(sch text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    found text[];
+BEGIN
+    SELECT array_agg(c.relname ORDER BY c.relname) INTO found
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = sch AND c.relname IN ('tracks', 'wishlist_saves', 'users', 'products');
+    IF found IS NULL THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname = sch AND c.relname = 'tracks' AND c.relkind = 'r'
+                      AND obj_description(c.oid, 'pg_class') LIKE 'pg_audience demo shop%') THEN
+        RAISE EXCEPTION 'schema "%" already has tables the demo shop would replace: %', sch, array_to_string(found, ', ')
+            USING ERRCODE = 'duplicate_table',
+                  DETAIL = 'generate_demo_shop only replaces the tables of a demo shop it generated before.',
+                  HINT = 'Pass another target_schema, e.g. generate_demo_shop(''demo'').';
+    END IF;
+    EXECUTE format('DROP TABLE IF EXISTS %1$I.tracks, %1$I.wishlist_saves, %1$I.users, %1$I.products', sch);
+END
+$fn$;
+COMMENT ON FUNCTION audience._demo_drop_tables(text) IS
+    'Internal to audience.generate_demo_shop: drops an earlier demo shop''s tables, refuses other tables of those names.';
+
 CREATE FUNCTION audience._demo_rand(k bigint, s bigint)
 RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -629,7 +658,7 @@ BEGIN
 
     -- ---------------------------------------------------------------- target tables -----------
     EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', sch);
-    EXECUTE format('DROP TABLE IF EXISTS %1$I.tracks, %1$I.wishlist_saves, %1$I.users, %1$I.products', sch);
+    PERFORM audience._demo_drop_tables(sch);
 
     EXECUTE format($q$CREATE TABLE %I.products (
         product_id text PRIMARY KEY, name text NOT NULL, brand text NOT NULL, brand_type text NOT NULL,
@@ -1080,7 +1109,7 @@ BEGIN
 
     -- ---------------------------------------------------------------- target tables -----------
     EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', sch);
-    EXECUTE format('DROP TABLE IF EXISTS %1$I.tracks, %1$I.wishlist_saves, %1$I.users, %1$I.products', sch);
+    PERFORM audience._demo_drop_tables(sch);
 
     EXECUTE format($q$CREATE TABLE %I.products (
         product_id text PRIMARY KEY, name text NOT NULL, brand text NOT NULL, category text NOT NULL,

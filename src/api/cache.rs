@@ -61,6 +61,23 @@ pub fn resolve_catalog(catalog: Option<&str>) -> (i32, String, Option<i64>) {
 /// The active model of a catalog, loaded (or taken from this backend's cache).
 pub fn active(catalog: Option<&str>) -> Rc<Loaded> {
     let (_, name, model_id) = resolve_catalog(catalog);
+    // The cache outlives role changes (SET ROLE, pooled connections): check the current role's
+    // right to read the stored models on every call, not only when a model is loaded.
+    let allowed = query_rows(
+        "SELECT pg_catalog.has_table_privilege('audience.model_data'::pg_catalog.regclass, 'SELECT')",
+        &[],
+        |r| r.get::<bool>(1).ok().flatten(),
+    )
+    .into_iter()
+    .next()
+    .flatten()
+    .unwrap_or(false);
+    if !allowed {
+        AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "permission denied for table model_data")
+            .detail("Audiences are computed from the stored models in audience.model_data.")
+            .hint("GRANT SELECT ON audience.model_data TO the role (see the README, Privileges).")
+            .raise();
+    }
     let Some(model_id) = model_id else {
         AudienceError::not_ready(format!("catalog \"{}\" has no model yet", crate::error::shown(&name)))
             .hint(format!("Build one with SELECT * FROM audience.build('{}');", name.replace('\'', "''")))

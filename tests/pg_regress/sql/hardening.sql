@@ -70,5 +70,53 @@ SELECT b.catalogs = (SELECT md5(string_agg(c::text, ',' ORDER BY catalog_id)) FR
        b.models = (SELECT md5(string_agg(m.model_id::text, ',' ORDER BY m.model_id)) FROM audience.models m) AS models_unchanged
   FROM before b;
 
+-- 3. The model cache checks the current role on every call: a role without SELECT on
+-- audience.model_data gets no audience from a model another role loaded in this session.
+CREATE ROLE h_reader;
+GRANT USAGE ON SCHEMA audience TO h_reader;
+GRANT SELECT ON audience.catalogs TO h_reader;
+SELECT count(*) > 0 AS loaded_by_superuser FROM audience.recommend_audience('brand', 'b1', 50, catalog => 'h');
+SET ROLE h_reader;
+SELECT count(*) FROM audience.recommend_audience('brand', 'b1', 50, catalog => 'h');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM audience.explain('h', 'u1', 'brand', 'b1');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+GRANT SELECT ON audience.model_data TO h_reader;
+SET ROLE h_reader;
+SELECT count(*) > 0 AS granted_reader_sees_it FROM audience.recommend_audience('brand', 'b1', 50, catalog => 'h');
+RESET ROLE;
+REVOKE ALL ON audience.model_data, audience.catalogs FROM h_reader;
+REVOKE USAGE ON SCHEMA audience FROM h_reader;
+DROP ROLE h_reader;
+
+-- 4. Epoch-second times that are not times (NaN, infinity, 1e300) are skipped like NULL times,
+-- as the README says, instead of failing every build (22008).
+CREATE TABLE h.epoch (user_id int, product_id int, at float8, brand text);
+INSERT INTO h.epoch VALUES (1, 1, 1704103200, 'b'), (2, 1, 'NaN', 'b'), (3, 1, 'Infinity', 'b'),
+                           (4, 1, 1e300, 'b'), (5, 2, -1e300, 'b'), (6, 2, 1704189600, 'b');
+SELECT audience.create_catalog('epoch') IS NOT NULL AS ok;
+SELECT audience.add_event('epoch', 'h.epoch', 'product_id', event_time => 'at') IS NOT NULL AS ok;
+SELECT rows_read, users, items FROM audience.build('epoch', factors => 0, neighbours => 0);
+SELECT audience.drop_catalog('epoch');
+
+-- 5. save_audience(..., replace => NULL) is replace => false: it does not overwrite.
+SELECT members > 0 AS saved FROM audience.save_audience('h_top', 'brand', 'b1', 50, catalog => 'h');
+SELECT * FROM audience.save_audience('h_top', 'brand', 'b2', 50, catalog => 'h', replace => NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT "values" FROM audience.saved_audiences WHERE name = 'h_top';
+SELECT audience.drop_audience('h_top');
+
+-- 6. generate_demo_shop replaces only a demo shop it generated: other tables named users,
+-- products, tracks or wishlist_saves are left alone.
+CREATE TABLE h.users (id int);
+SELECT * FROM audience.generate_demo_shop('h', users => 100, products => 100, events => 500);
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS users_table_untouched FROM h.users;
+-- Its own earlier demo shop it replaces.
+SELECT count(*) AS tables FROM audience.generate_demo_shop('h2', users => 100, products => 100, events => 500);
+SELECT count(*) AS tables_again FROM audience.generate_demo_shop('h2', users => 100, products => 100, events => 500, kind => 'grocery');
+DROP SCHEMA h2 CASCADE;
+
 SELECT audience.drop_catalog('h');
 DROP SCHEMA h CASCADE;
