@@ -9,7 +9,21 @@ pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// even when larger).
 pub static CACHE_MB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 
+/// Memory, in MB, a build may allocate for training beyond the affinity it scanned (0 = the
+/// memory the operating system reports available).
+pub static BUILD_MEMORY_MB: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"audience.build_memory_mb",
+        c"Sets the memory, in MB, a model build may use for training (0: what the system has available).",
+        c"A build whose estimate exceeds it fails with 54000 before allocating.",
+        &BUILD_MEMORY_MB,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MB,
+    );
     GucRegistry::define_int_guc(
         c"audience.threads",
         c"Sets the number of threads a model build trains with.",

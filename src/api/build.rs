@@ -173,9 +173,49 @@ pub struct Trained {
     pub knn_seconds: f64,
 }
 
+/// Memory available to a build, in bytes: `audience.build_memory_mb`, or what the operating
+/// system reports available (MemAvailable), or no limit when neither is known.
+fn build_memory_limit() -> Option<u64> {
+    let mb = crate::guc::BUILD_MEMORY_MB.get();
+    if mb > 0 {
+        return Some(mb as u64 * 1024 * 1024);
+    }
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// Refuses (54000) a training whose memory estimate exceeds what the build may use, before
+/// anything is allocated, naming the settings that lower it.
+pub fn check_training_memory(n_users: usize, n_items: usize, nnz: usize, p: &BuildParams) {
+    let als = p.als.as_ref().map(|a| crate::model::als::memory_estimate(n_users, n_items, nnz, a)).unwrap_or(0);
+    let knn = p.knn.as_ref().map(|k| crate::model::knn::memory_estimate(n_users, n_items, nnz, k)).unwrap_or(0);
+    // The damped confidence copy of the affinity matrix.
+    let need = (als + knn + nnz * 8 + n_users * 8) as u64;
+    let Some(limit) = build_memory_limit() else { return };
+    if need > limit {
+        let mb = |b: u64| b.div_ceil(1024 * 1024);
+        AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, "training this model needs more memory than the build may use")
+            .detail(format!(
+                "Estimated {} MB (ALS {} MB, item-kNN {} MB) for {n_users} users, {n_items} items and {nnz} pairs; {} MB may be used.",
+                mb(need),
+                mb(als as u64),
+                mb(knn as u64),
+                mb(limit)
+            ))
+            .hint(format!(
+                "Lower factors (now {}) or neighbours (now {}), or raise audience.build_memory_mb.",
+                p.als.as_ref().map_or(0, |a| a.factors),
+                p.knn.as_ref().map_or(0, |k| k.neighbours)
+            ))
+            .raise();
+    }
+}
+
 /// Trains the collaborative models on collected affinity. Pure apart from interrupt checks.
 pub fn train(c: Collected, p: &BuildParams) -> Trained {
     let aff = c.aff;
+    check_training_memory(aff.users.len(), aff.items.len(), aff.matrix.nnz(), p);
     let conf = damped(&aff.matrix);
     let t0 = Instant::now();
     let als = p.als.as_ref().map(|ap| {
@@ -423,7 +463,7 @@ pub fn build_params_default() -> BuildParams {
 /// The own-engagement measure from its name and half-life in days (NULL = the default).
 pub fn parse_own(own: Option<&str>, half_life_days: Option<f64>) -> Own {
     if let Some(h) = half_life_days {
-        if !(h > 0.0) || h.is_nan() {
+        if h.is_nan() || h <= 0.0 {
             AudienceError::invalid("own_half_life must be positive")
                 .detail(format!("The value given was {} days.", sql_float(h)))
                 .hint("Pass an interval such as '30 days', or NULL for no decay.")
@@ -588,7 +628,7 @@ pub fn lock_catalog(catalog: Option<&str>) -> i32 {
 /// Builds (or rebuilds) the catalog's model from its registered events and makes it active.
 #[pg_extern(volatile)]
 #[search_path(pg_catalog, @extschema@, pg_temp)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)] // the named output columns of the SQL function
 fn build(
     catalog: default!(Option<&str>, "NULL"),
     factors: default!(Option<i32>, "NULL"),

@@ -291,6 +291,7 @@ fn evaluate(
 /// chosen scoring knobs.
 #[pg_extern(volatile)]
 #[search_path(pg_catalog, @extschema@, pg_temp)]
+#[allow(clippy::type_complexity)] // the named output columns of the SQL function
 fn tune(
     catalog: Option<&str>,
     property: Option<&str>,

@@ -176,7 +176,9 @@ pub fn tune_split(c: &Collected, holdout_us: i64, p: &BuildParams, properties: &
             candidates.push(BuildParams { als: Some(alt), ..p.clone() });
         }
     }
-    let mut best: Option<(f64, BuildParams, Vec<(String, Tuned)>)> = None;
+    // (objective, parameters, per-property choice) of the best ALS candidate so far.
+    type Best = (f64, BuildParams, Vec<(String, Tuned)>);
+    let mut best: Option<Best> = None;
     let mut positives_total = 0usize;
     for cand in candidates {
         let trained = train(train_c.clone(), &cand);

@@ -698,9 +698,32 @@ fn transpose_checked(m: &Csr, check: &mut dyn FnMut() -> Result<(), Interrupted>
 
 // ---------------------------------------------------------------------------------------------
 
+/// Bytes `train_als` allocates for an `n_users` x `n_items` matrix with `nnz` entries (an
+/// estimate within a few percent: both factor matrices, the transposed confidences, and per
+/// thread a Gram matrix and the conjugate-gradient vectors).
+pub fn memory_estimate(n_users: usize, n_items: usize, nnz: usize, p: &AlsParams) -> usize {
+    let k = p.factors;
+    let threads = p.threads.max(1);
+    (n_users + n_items).saturating_mul(k).saturating_mul(4)
+        + nnz.saturating_mul(8)
+        + (n_users + n_items + 2) * 8
+        + threads * (k * k * 4 + 8 * k * 4)
+}
+
 #[cfg(test)]
 #[allow(clippy::needless_range_loop)]
 mod tests {
+
+    #[test]
+    fn memory_estimate_counts_the_factor_matrices() {
+        // The review's example: 1024 factors for 10M users need about 40 GB.
+        let p = AlsParams { factors: 1024, threads: 2, ..AlsParams::default() };
+        let est = memory_estimate(10_000_000, 50_000, 0, &p);
+        assert!(est > 40_000_000_000 && est < 42_000_000_000, "{est}");
+        // Linear in the factors and the pairs.
+        let small = AlsParams { factors: 32, ..p.clone() };
+        assert!(memory_estimate(1000, 100, 5000, &small) < memory_estimate(1000, 100, 50_000, &small));
+    }
     use super::*;
 
     fn ok() -> impl FnMut() -> Result<(), Interrupted> {

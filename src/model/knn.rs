@@ -323,6 +323,17 @@ fn item_row(ctx: &Ctx, i: usize, sc: &mut Scratch, out: &mut Vec<(u32, f32)>) {
     out.sort_unstable_by_key(|c| c.0);
 }
 
+/// Bytes `train_knn` and the scorer's transpose allocate for `n_items` items over a matrix with
+/// `nnz` entries (an estimate: the BM25-weighted copy and its transpose, per-thread dense
+/// accumulators, and the neighbour lists twice).
+pub fn memory_estimate(n_users: usize, n_items: usize, nnz: usize, p: &KnnParams) -> usize {
+    let threads = if p.threads == 0 { 2 } else { p.threads };
+    nnz.saturating_mul(16)
+        + (n_users + n_items + 2) * 16
+        + threads * n_items * 8
+        + n_items.saturating_mul(p.neighbours.min(n_items)).saturating_mul(16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

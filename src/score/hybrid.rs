@@ -668,6 +668,9 @@ fn own_measure(
         .collect()
 }
 
+/// An own measure's activity totals for the whole population and picked for a sample.
+type PickedTotals = (Own, Arc<Vec<f32>>, Arc<Vec<f32>>);
+
 /// A fixed subset of a scorer's users (for tuning on a sample): picks their entries out of
 /// per-user vectors and [`Components`], sharing the value-independent parts between values.
 pub struct Sample {
@@ -675,8 +678,8 @@ pub struct Sample {
     als_volume: Option<std::sync::Arc<Vec<f32>>>,
     knn_volume: Option<std::sync::Arc<Vec<f32>>>,
     returns: Option<std::sync::Arc<Returns>>,
-    /// Picked own-measure totals, shared between values: (measure, whole-population vector, picked).
-    own_totals: Mutex<Vec<(Own, Arc<Vec<f32>>, Arc<Vec<f32>>)>>,
+    /// Picked own-measure totals, shared between values.
+    own_totals: Mutex<Vec<PickedTotals>>,
 }
 
 impl Sample {

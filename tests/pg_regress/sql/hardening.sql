@@ -64,6 +64,18 @@ SELECT audience.affinity('u', 'i', 1, '2024-01-01', '100000000 years', NULL);
 \echo :LAST_ERROR_SQLSTATE
 SELECT audience.affinity('u', 'i', 1, '2024-01-01', '10000 years', NULL) AS no_decay_to_speak_of;
 
+-- Memory is estimated before training: a build that would need more than the build may use
+-- (audience.build_memory_mb, else what the system has available) fails with 54000 and a hint.
+CREATE TABLE h.wide AS SELECT 'w' || g AS user_id, 'p' || (g % 5) AS product_id, now() AS "timestamp" FROM generate_series(1, 2000) g;
+SELECT audience.create_catalog('wide') IS NOT NULL AS ok;
+SELECT audience.add_event('wide', 'h.wide', 'product_id') IS NOT NULL AS ok;
+SET audience.build_memory_mb = 1;
+SELECT * FROM audience.build('wide', factors => 1024);
+\echo :LAST_ERROR_SQLSTATE
+RESET audience.build_memory_mb;
+SELECT build_settings ? 'factors' AS factors_remembered FROM audience.catalogs WHERE name = 'wide';
+SELECT audience.drop_catalog('wide');
+
 -- Nothing stored changed.
 SELECT b.catalogs = (SELECT md5(string_agg(c::text, ',' ORDER BY catalog_id)) FROM audience.catalogs c) AS catalogs_unchanged,
        b.events = (SELECT md5(string_agg(e::text, ',' ORDER BY event_id)) FROM audience.events e) AS events_unchanged,
