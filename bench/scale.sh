@@ -40,6 +40,8 @@ chmod 0777 "$OUT"
 
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+# NOTICEs (a build reports its automatic tuning as one) would land in captured values.
+export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
 q() { pga_psql "$CL" -Atq "$@"; }
 hr() { printf '\n\033[1;36m== %s\033[0m\n' "$*"; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }

@@ -101,7 +101,7 @@ fn main() {
     let per_value: Vec<(Components, Vec<bool>)> = (0..40u32)
         .map(|g| {
             let items: Vec<u32> = (0..aff.items.len() as u32).filter(|i| i % groups as u32 == g % groups as u32).collect();
-            let c = sample.components(&scorer.components_with(&items, &own_candidates(true)));
+            let c = sample.components_with(&scorer, &items, &own_candidates(true));
             // Stand-in truth: a deterministic fifth of the users who engaged with the group.
             let pos = c.e.iter().enumerate().map(|(u, &e)| e > 0.0 && u % 5 == 0).collect();
             (c, pos)

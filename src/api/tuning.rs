@@ -108,7 +108,7 @@ fn tuning_inputs(model: &Model, sc: &Scorer, positives: &[Vec<u32>], values: &[S
         .iter()
         .map(|&v| {
             pgrx::check_for_interrupts!();
-            let c = sample.components(&sc.components_with(&prop.items_for(&[values[v].as_str()]), &owns));
+            let c = sample.components_with(sc, &prop.items_for(&[values[v].as_str()]), &owns);
             (c, sample.pick(&dense(&positives[v], sc.n_users())))
         })
         .collect();

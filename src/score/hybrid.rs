@@ -374,17 +374,7 @@ impl<'a> Scorer<'a> {
         if let Some((_, t)) = self.own_totals.lock().unwrap().iter().find(|(o, _)| *o == own) {
             return t.clone();
         }
-        let n = self.n_users();
-        let mut t = vec![0f32; n];
-        if let Some((days, ref_day)) = self.days {
-            let all = |_: u32| true;
-            par_chunks(&mut t, self.threads, |first, out| {
-                let mut buf = Vec::new();
-                for (k, slot) in out.iter_mut().enumerate() {
-                    *slot = own_measure(self.ui, days, ref_day, first + k, &all, &[own], &mut buf)[0];
-                }
-            });
-        }
+        let t = self.own_columns(None, None, None, &[own]).pop().unwrap_or_default();
         let t = Arc::new(t);
         self.own_totals.lock().unwrap().push((own, t.clone()));
         t
@@ -516,40 +506,43 @@ impl<'a> Scorer<'a> {
                 wanted.push(o);
             }
         }
-        let own = self.own_parts(&mask, &wanted);
+        let own = self.own_parts(&mask, &e, &wanted);
         Components { e, knn_share, als_share, als_volume, knn_volume, returns: self.returns.clone(), own }
     }
 
     /// The own measures `owns` (none of them [`Own::Affinity`]) of every user for the items of
-    /// `mask`.
-    fn own_parts(&self, mask: &[bool], owns: &[Own]) -> Vec<OwnPart> {
+    /// `mask`; `e` (the affinity engagement) tells which users have any item of the value.
+    fn own_parts(&self, mask: &[bool], e: &[f32], owns: &[Own]) -> Vec<OwnPart> {
         if owns.is_empty() {
             return Vec::new();
         }
-        let n = self.n_users();
+        let cols = self.own_columns(None, Some(mask), Some(e), owns);
+        owns.iter().zip(cols).map(|(&own, e)| OwnPart { own, e, t: self.own_totals(own) }).collect()
+    }
+
+    /// One vector per measure of `owns` (none of them [`Own::Affinity`]) for the users `users`
+    /// (all when `None`, in that order): over the items of `mask` (all items when `None`).
+    /// Users whose `e` is 0 have no item of the value and get 0 without reading their days.
+    fn own_columns(&self, users: Option<&[usize]>, mask: Option<&[bool]>, e: Option<&[f32]>, owns: &[Own]) -> Vec<Vec<f32>> {
         let k = owns.len();
-        let mut flat = vec![0f32; n * k];
-        if let Some((days, ref_day)) = self.days {
-            let in_value = |i: u32| mask[i as usize];
+        let m = users.map_or(self.n_users(), |u| u.len());
+        let mut flat = vec![0f32; m * k];
+        if let (Some((days, ref_day)), true) = (self.days, k > 0) {
+            let in_value = |i: u32| mask.is_none_or(|mk| mk[i as usize]);
             // Rows of k values per user, in parallel chunks of whole users.
             let mut rows: Vec<&mut [f32]> = flat.chunks_mut(k).collect();
             par_chunks(&mut rows, self.threads, |first, out| {
                 let mut buf = Vec::new();
                 for (j, row) in out.iter_mut().enumerate() {
-                    let u = first + j;
-                    // Users without any item of the value score 0: skip the day lists.
-                    let (items, _) = self.ui.row(u);
-                    if !items.iter().any(|&i| mask[i as usize]) {
+                    let u = users.map_or(first + j, |us| us[first + j]);
+                    if e.is_some_and(|e| e[u] <= 0.0) {
                         continue;
                     }
                     row.copy_from_slice(&own_measure(self.ui, days, ref_day, u, &in_value, owns, &mut buf));
                 }
             });
         }
-        owns.iter()
-            .enumerate()
-            .map(|(j, &own)| OwnPart { own, e: (0..n).map(|u| flat[u * k + j]).collect(), t: self.own_totals(own) })
-            .collect()
+        (0..k).map(|j| (0..m).map(|r| flat[r * k + j]).collect()).collect()
     }
 
     /// One score per user for the value.
@@ -696,6 +689,44 @@ impl Sample {
     /// `v` restricted to the sample.
     pub fn pick<T: Copy>(&self, v: &[T]) -> Vec<T> {
         self.users.iter().map(|&u| v[u]).collect()
+    }
+
+    /// The scorer's components of a value with the own measures `owns`, for the sample's users:
+    /// the own measures and their totals are computed for these users only (the rest of the
+    /// components come from the whole population, as [`Sample::components`]).
+    pub fn components_with(&self, scorer: &Scorer, value_items: &[u32], owns: &[Own]) -> Components {
+        let mut c = self.components(&scorer.components(value_items));
+        let (mask, _) = scorer.value_set(value_items);
+        let wanted: Vec<Own> = {
+            let mut w: Vec<Own> = Vec::new();
+            for &o in owns {
+                if o != Own::Affinity && !w.contains(&o) {
+                    w.push(o);
+                }
+            }
+            w
+        };
+        // The sample's e was picked in user order, so index it by sample position.
+        let mut e_full = vec![0f32; scorer.n_users()];
+        for (r, &u) in self.users.iter().enumerate() {
+            e_full[u] = c.e[r];
+        }
+        let cols = scorer.own_columns(Some(&self.users), Some(&mask), Some(&e_full), &wanted);
+        c.own = wanted
+            .iter()
+            .zip(cols)
+            .map(|(&own, e)| {
+                let cached = self.own_totals.lock().unwrap().iter().find(|x| x.0 == own).map(|x| x.2.clone());
+                let t = cached.unwrap_or_else(|| {
+                    let t = Arc::new(scorer.own_columns(Some(&self.users), None, None, &[own]).pop().unwrap_or_default());
+                    // The whole-population slot is unused for totals computed on the sample only.
+                    self.own_totals.lock().unwrap().push((own, Arc::new(Vec::new()), t.clone()));
+                    t
+                });
+                OwnPart { own, e, t }
+            })
+            .collect();
+        c
     }
 
     /// `c` (computed by the same scorer) restricted to the sample.
@@ -1080,6 +1111,8 @@ mod tests {
         assert_eq!(sample.users, vec![0, 2]);
         let owns = [Own::Days(f32::INFINITY), Own::Weight(14.0), Own::Recent];
         let c = sample.components(&full.components_with(&v, &owns));
+        // Computing the own measures for the sample's users only gives the same components.
+        assert_eq!(sample.components_with(&full, &v, &owns), c);
         let mut ps = vec![dp, HybridParams { volume: 1.0, ..dp }, HybridParams::pure_cf(1.0, 0.5)];
         ps.extend(owns.iter().map(|&own| HybridParams { own, ..dp }));
         for p in ps {
