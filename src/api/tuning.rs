@@ -10,7 +10,7 @@ use crate::model::als::AlsParams;
 use crate::model::stored::{Model, PropertyKnobs};
 use crate::score::hybrid::{Components, Own, Sample, Scorer};
 use crate::score::metrics::grid_objectives;
-use crate::score::tuning::{own_candidates, tune_knobs, Tuned};
+use crate::score::tuning::{own_candidates, tune_knobs_with, Tuned, STAGE2_OWNS};
 use pgrx::prelude::*;
 
 pub const CUTS: [f64; 4] = [1.0, 5.0, 10.0, 20.0];
@@ -18,6 +18,11 @@ pub const CUTS: [f64; 4] = [1.0, 5.0, 10.0, 20.0];
 const TUNE_VALUES: usize = 40;
 /// Users the tuning grid is scored on (a fixed sample above this).
 const TUNE_USERS: usize = 100_000;
+/// Catalogs with more users than this are tuned lighter, so tuning costs about one build: a
+/// sample of [`LARGE_TUNE_USERS`] users and the full grid for the best own measure only (at 1M
+/// users and 20M events the full search added 120 s to a 75 s build, bench/scale.sh).
+const LARGE_USERS: usize = 200_000;
+const LARGE_TUNE_USERS: usize = 50_000;
 /// The ALS settings tried besides the catalog's own: fewer factors and a much larger confidence
 /// scale. On MovieLens 100K they win clearly (bench/movielens.sh); on the demo shop the
 /// defaults win. Which one a catalog gets is decided on its own validation window.
@@ -97,12 +102,19 @@ pub fn scorer(model: &Model) -> Scorer<'_> {
 
 /// Per-value components and validation positives of the (at most [`TUNE_VALUES`]) values with
 /// the most positives, on a fixed user sample, with every own measure.
-fn tuning_inputs(model: &Model, sc: &Scorer, positives: &[Vec<u32>], values: &[String], property: &str) -> (Vec<(Components, Vec<bool>)>, Vec<f32>) {
+fn tuning_inputs(
+    model: &Model,
+    sc: &Scorer,
+    positives: &[Vec<u32>],
+    values: &[String],
+    property: &str,
+    sample_users: usize,
+) -> (Vec<(Components, Vec<bool>)>, Vec<f32>) {
     let prop = model.property(property).expect("property of the model");
     let order = tuning_values(&positives.iter().map(|p| p.len()).collect::<Vec<_>>());
     // On large catalogs the grid is scored on a fixed sample of users (every k-th), which keeps
     // tuning to seconds; the knobs are per-user formulas, so a sample ranks them alike.
-    let sample = Sample::every(sc, sc.n_users().div_ceil(TUNE_USERS));
+    let sample = Sample::every(sc, sc.n_users().div_ceil(sample_users.max(1)));
     let owns = own_candidates(sc.has_days());
     let per_value = order
         .iter()
@@ -192,11 +204,14 @@ pub fn tune_split(c: &Collected, holdout_us: i64, p: &BuildParams, properties: &
             if pos.iter().map(|v| v.len()).sum::<usize>() < MIN_POSITIVES {
                 continue;
             }
-            let (per_value, totals) = tuning_inputs(model, &sc, &pos, &prop.values, name);
+            let large = sc.n_users() > LARGE_USERS;
+            let sample_users = if large { LARGE_TUNE_USERS } else { TUNE_USERS };
+            let stage2 = if large { 1 } else { STAGE2_OWNS };
+            let (per_value, totals) = tuning_inputs(model, &sc, &pos, &prop.values, name, sample_users);
             let mut check = || {
                 pgrx::check_for_interrupts!();
             };
-            let t = tune_knobs(&per_value, &totals, sc.has_days(), &CUTS, crate::guc::threads(), &mut check);
+            let t = tune_knobs_with(&per_value, &totals, sc.has_days(), &CUTS, stage2, crate::guc::threads(), &mut check);
             tuned.push((name.clone(), t));
         }
         if tuned.is_empty() {
@@ -311,7 +326,7 @@ pub fn baseline_objectives(c: &Collected, holdout_us: i64, property: &str) -> Ve
     let Some(prop) = model.property(property) else { return Vec::new() };
     let sc = scorer(model);
     let pos = positives_after(c, cut, property, &prop.values, &model.users);
-    let (per_value, totals) = tuning_inputs(model, &sc, &pos, &prop.values, property);
+    let (per_value, totals) = tuning_inputs(model, &sc, &pos, &prop.values, property, TUNE_USERS);
     let owns = own_candidates(true);
     let grid: Vec<_> = owns.iter().map(|&o| crate::score::hybrid::HybridParams::own_only(o)).collect();
     let mut check = || {

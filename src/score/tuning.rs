@@ -54,6 +54,19 @@ pub fn tune_knobs(
     threads: usize,
     check: &mut dyn FnMut(),
 ) -> Tuned {
+    tune_knobs_with(per_value, t, with_days, pcts, STAGE2_OWNS, threads, check)
+}
+
+/// [`tune_knobs`] with the full grid for the `stage2_owns` best own measures.
+pub fn tune_knobs_with(
+    per_value: &[(Components, Vec<bool>)],
+    t: &[f32],
+    with_days: bool,
+    pcts: &[f64],
+    stage2_owns: usize,
+    threads: usize,
+    check: &mut dyn FnMut(),
+) -> Tuned {
     let owns = own_candidates(with_days);
     let all = |_: usize, _: usize| true;
     let stage1: Vec<HybridParams> = owns.iter().map(|&o| HybridParams::own_only(o)).collect();
@@ -64,7 +77,7 @@ pub fn tune_knobs(
     order.sort_by(|&a, &b| objs1[b].partial_cmp(&objs1[a]).unwrap_or(std::cmp::Ordering::Equal));
     let mut grid = stage1.clone();
     if let Some((c0, _)) = per_value.first() {
-        for &i in order.iter().take(STAGE2_OWNS) {
+        for &i in order.iter().take(stage2_owns.max(1)) {
             let (_, t_own) = c0.own_parts(owns[i], t);
             grid.extend(default_grid_own(t_own, owns[i]));
         }
