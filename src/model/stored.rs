@@ -8,8 +8,6 @@ use crate::util::codec::{CodecError, Reader, Writer};
 
 const MAGIC: [u8; 4] = *b"PGAM";
 const VERSION: u32 = 5;
-/// `Model::last_seen` is in minutes: this many make a (UTC) day.
-pub const MINUTES_PER_DAY: i64 = 1440;
 
 /// One property: its distinct values (sorted) and, per value, the items having it.
 #[derive(Clone, Debug, PartialEq)]

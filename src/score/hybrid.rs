@@ -787,6 +787,8 @@ impl Returns {
         Returns { days: d_out, tenure: r_out }
     }
 
+    /// From the latest time of each pair only (lower bounds); kept to check [`Returns::from_days`].
+    #[cfg(test)]
     pub fn from_last_seen<T: Copy + Into<i64>>(ui: &Csr, last_seen: &[T], per_day: i64) -> Returns {
         assert_eq!(last_seen.len(), ui.indices.len(), "one time per stored affinity");
         let per_day = per_day.max(1);

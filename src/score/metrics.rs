@@ -208,9 +208,13 @@ pub fn tune_eligible(
 ) -> (HybridParams, f64) {
     assert!(!grid.is_empty(), "empty tuning grid");
     let objs = grid_objectives(components_per_value, t, grid, pcts, eligible, threads, check);
-    // The first best point wins ties.
+    best_of(grid, &objs)
+}
+
+/// The first grid point with the highest objective (earlier points win ties).
+pub fn best_of(grid: &[HybridParams], objs: &[f64]) -> (HybridParams, f64) {
     let mut best = (grid[0], f64::NEG_INFINITY);
-    for (p, &o) in grid.iter().zip(&objs) {
+    for (p, &o) in grid.iter().zip(objs) {
         if o > best.1 {
             best = (*p, o);
         }

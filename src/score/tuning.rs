@@ -10,7 +10,7 @@
 //! any of those baselines. Cross-sell knobs are chosen on the same grid, scored only on users new
 //! to each value.
 use crate::score::hybrid::{Components, HybridParams, Own};
-use crate::score::metrics::{default_grid_own, grid_objectives};
+use crate::score::metrics::{best_of, default_grid_own, grid_objectives};
 
 /// Half-lives (days) tried for the decayed own measures; infinity = no decay.
 pub const OWN_HALF_LIVES: [f32; 5] = [f32::INFINITY, 14.0, 30.0, 60.0, 120.0];
@@ -89,17 +89,6 @@ pub fn tune_knobs_with(
     let (cross_params, cross_objective) = best_of(&grid, &xobjs);
     let values_used = per_value.iter().filter(|(_, pos)| pos.iter().any(|&p| p)).count();
     Tuned { params, objective, cross_params, cross_objective, baselines, values_used }
-}
-
-/// The first grid point with the highest objective.
-fn best_of(grid: &[HybridParams], objs: &[f64]) -> (HybridParams, f64) {
-    let mut best = (grid[0], f64::NEG_INFINITY);
-    for (p, &o) in grid.iter().zip(objs) {
-        if o > best.1 {
-            best = (*p, o);
-        }
-    }
-    best
 }
 
 #[cfg(test)]
