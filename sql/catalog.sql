@@ -635,9 +635,11 @@ BEGIN
                 psame := false;
             END IF;
             IF grp.event_column IS NOT NULL THEN
-                wcase := wcase || format(' WHEN %L THEN %s', ev.event_value, wexpr);
-                hcase := hcase || format(' WHEN %L THEN %L::pg_catalog.interval', ev.event_value, ev.half_life);
-                pcase := pcase || format(' WHEN %L THEN %s', ev.event_value, pexpr);
+                -- (CASE WHEN with a qualified operator, not CASE x WHEN v: that form looks `=` up
+                -- on the search_path.)
+                wcase := wcase || format(' WHEN s.%I::pg_catalog.text OPERATOR(pg_catalog.=) %L::pg_catalog.text THEN %s', grp.event_column, ev.event_value, wexpr);
+                hcase := hcase || format(' WHEN s.%I::pg_catalog.text OPERATOR(pg_catalog.=) %L::pg_catalog.text THEN %L::pg_catalog.interval', grp.event_column, ev.event_value, ev.half_life);
+                pcase := pcase || format(' WHEN s.%I::pg_catalog.text OPERATOR(pg_catalog.=) %L::pg_catalog.text THEN %s', grp.event_column, ev.event_value, pexpr);
             END IF;
         END LOOP;
         IF grp.event_column IS NOT NULL THEN
@@ -647,12 +649,12 @@ BEGIN
         END IF;
         IF n > 1 THEN
             -- Several event types of one table in one pass.
-            wexpr := format('CASE s.%I::pg_catalog.text%s END', grp.event_column, wcase);
+            wexpr := format('CASE%s END', wcase);
             ev := NULL;
             parts := parts || format(
-                'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, CASE s.%I::pg_catalog.text%s END AS h, %s AS p FROM %s s WHERE %s',
-                grp.user_column, grp.product_column, wexpr, texpr, grp.event_column, hcase,
-                CASE WHEN psame THEN pfirst ELSE format('CASE s.%I::pg_catalog.text%s END', grp.event_column, pcase) END,
+                'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, CASE%s END AS h, %s AS p FROM %s s WHERE %s',
+                grp.user_column, grp.product_column, wexpr, texpr, hcase,
+                CASE WHEN psame THEN pfirst ELSE format('CASE%s END', pcase) END,
                 rel::text, filter);
         ELSE
             SELECT e.* INTO ev FROM audience.events e WHERE e.event_id = grp.ids[1];

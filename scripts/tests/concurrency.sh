@@ -198,5 +198,18 @@ t_eq "history is consistent: per user, entered/left alternate starting with ente
 t_eq "exactly one model remains" "$(q "SELECT count(*) FROM audience.models")" 1
 [[ -n "$MODEL_D" ]] || t_fail "build 3 printed no model id"
 
+t_say "(e) tune() while a build's transaction is open: it searches meanwhile and waits only to record its choice"
+t_bg build5 -c "BEGIN" -c "SELECT 'model=' || model_id FROM audience.build('shop', tune => false)" -c "$(t_gate_sql e)" -c "COMMIT"
+t_wait_for "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'build5' AND query LIKE 'DO %')" 120 "build5 to finish its build and wait"
+t_bg tune1 -c "SELECT 'own=' || own FROM audience.tune('shop', 'brand')"
+t_wait_lock_wait tune1 300
+t_pass "tune() did not fail with 55P03: it ran its search and waits on the build's row lock to record its choice"
+t_open e
+t_bg_wait build5 60 || t_fail "build5 failed: $(t_bg_out build5)"
+t_bg_wait tune1 120 || t_fail "tune failed: $(t_bg_out tune1)"
+t_check "tune() answered after the build committed ($(t_bg_out tune1 | grep own= || true))" grep -q own= "$T_TMP/tune1.out"
+t_eq "its choice is remembered beside the build's settings" \
+    "$(q "SELECT (build_settings->'tuned') ? 'brand' FROM audience.catalogs WHERE name = 'shop'")" t
+
 t_check_server_log
 t_finish

@@ -148,5 +148,15 @@ expect_ok nosel "build of a catalog on sources it can read" "SELECT rows_read FR
 out="$(as nosel "SELECT count(*) FROM audience.explain('shop', '$TOP_USER', 'brand', 'Nike', 5)" 2>&1 || true)"
 t_meas "nosel can still run explain() on catalog 'shop' (model-derived, per-user items): $out rows"
 
+t_say "CREATE EXTENSION refuses a schema 'audience' that another (non-superuser) role prepared"
+q "CREATE DATABASE planted" "CREATE ROLE mallory"
+res="$(DB=planted q_err "CREATE SCHEMA audience AUTHORIZATION mallory" "CREATE EXTENSION pg_audience")"
+t_eq "CREATE EXTENSION into mallory's schema audience: SQLSTATE" "${res%%$'\t'*}" 42501
+t_meas "${res#*$'\t'}"
+t_eq "nothing was installed" "$(DB=planted q "SELECT count(*) FROM pg_extension WHERE extname = 'pg_audience'")" 0
+res="$(DB=planted q_err "ALTER SCHEMA audience OWNER TO CURRENT_USER" "CREATE EXTENSION pg_audience" "SELECT audience.version()")"
+t_eq "after ALTER SCHEMA audience OWNER TO the installer, it installs" "$res" OK
+q "DROP DATABASE planted" "DROP ROLE mallory"
+
 t_check_server_log
 t_finish

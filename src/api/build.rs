@@ -360,18 +360,18 @@ pub fn store(
         let users = value_user_counts(model, prop);
         Spi::run_with_args(
             "INSERT INTO audience.property_values (model_id, property, value, items, users)
-             SELECT $1, $2, v, i, u FROM ROWS FROM (pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]), pg_catalog.unnest($5::bigint[])) AS t(v, i, u)",
+             SELECT $1, $2, v, i, u FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.int8[]), pg_catalog.unnest($5::pg_catalog.int8[])) AS t(v, i, u)",
             &args![model_id, prop.name.as_str(), prop.values.clone(), items, users],
         )
         .or_raise("storing property values");
     }
     Spi::run_with_args(
-        "UPDATE audience.catalogs SET active_model_id = $2, updated_at = pg_catalog.now() WHERE catalog_id = $1",
+        "UPDATE audience.catalogs SET active_model_id = $2, updated_at = pg_catalog.now() WHERE catalog_id OPERATOR(pg_catalog.=) $1",
         &args![cid, model_id],
     )
     .or_raise("activating the model");
     Spi::run_with_args(
-        "DELETE FROM audience.models WHERE catalog_id = $1 AND model_id OPERATOR(pg_catalog.<>) $2",
+        "DELETE FROM audience.models WHERE catalog_id OPERATOR(pg_catalog.=) $1 AND model_id OPERATOR(pg_catalog.<>) $2",
         &args![cid, model_id],
     )
     .or_raise("dropping older models");
@@ -600,7 +600,7 @@ pub fn remembered_params(cid: i32, explicit: serde_json::Value) -> BuildParams {
         _ => serde_json::Map::new(),
     };
     let merged = Spi::get_one_with_args::<pgrx::JsonB>(
-        "UPDATE audience.catalogs SET build_settings = build_settings || $2 WHERE catalog_id = $1 RETURNING build_settings",
+        "UPDATE audience.catalogs SET build_settings = build_settings OPERATOR(pg_catalog.||) $2 WHERE catalog_id OPERATOR(pg_catalog.=) $1 RETURNING build_settings",
         &args![cid, pgrx::JsonB(serde_json::Value::Object(explicit))],
     )
     .or_raise("reading build settings")
@@ -700,7 +700,7 @@ fn build(
     if own.is_some() && own_half_life.is_none() {
         // A measure given without a half-life has none: forget the one remembered for the last.
         Spi::run_with_args(
-            "UPDATE audience.catalogs SET build_settings = build_settings OPERATOR(pg_catalog.-) 'own_half_life_days'::text WHERE catalog_id OPERATOR(pg_catalog.=) $1",
+            "UPDATE audience.catalogs SET build_settings = build_settings OPERATOR(pg_catalog.-) 'own_half_life_days'::pg_catalog.text WHERE catalog_id OPERATOR(pg_catalog.=) $1",
             &args![cid],
         )
         .or_raise("updating build settings");
@@ -745,7 +745,7 @@ fn build(
     let store_s = t_store.elapsed().as_secs_f64();
     let total = t0.elapsed().as_secs_f64();
     Spi::run_with_args(
-        "UPDATE audience.models SET stats = stats || pg_catalog.jsonb_build_object('seconds', (stats->'seconds') || pg_catalog.jsonb_build_object('store', $2::float8, 'total', $3::float8), 'peak_rss_bytes', $4::bigint) WHERE model_id = $1",
+        "UPDATE audience.models SET stats = stats OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('seconds', (stats OPERATOR(pg_catalog.->) 'seconds') OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('store', $2::pg_catalog.float8, 'total', $3::pg_catalog.float8), 'peak_rss_bytes', $4::pg_catalog.int8) WHERE model_id OPERATOR(pg_catalog.=) $1",
         &args![model_id, store_s, total, peak_rss_bytes().map(|b| b as i64)],
     )
     .or_raise("recording build statistics");

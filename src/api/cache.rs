@@ -109,7 +109,7 @@ fn try_active(catalog: Option<&str>) -> Option<Rc<Loaded>> {
 
 /// The stored model, or None when it has no rows any more (replaced by a build that committed
 /// since it was resolved).
-fn load(model_id: i64) -> Option<Model> {
+pub(crate) fn load(model_id: i64) -> Option<Model> {
     let chunks = Spi::connect(|client| {
         let table = client
             .select(

@@ -96,6 +96,13 @@ fn evaluate(
     ),
 > {
     let Some(property) = property else { AudienceError::null("property").raise() };
+    // Arguments are checked before the (long) scan and training.
+    let values: Option<Vec<String>> = values.map(crate::api::recommend::non_null_values);
+    if values.as_ref().is_some_and(|v| v.is_empty()) {
+        AudienceError::invalid("values cannot be empty")
+            .hint("Pass NULL (or leave the argument out) to evaluate every value, or an array of values.")
+            .raise();
+    }
     let cid: i32 = Spi::get_one_with_args("SELECT audience._catalog_id($1)", &args![catalog])
         .or_raise("resolving the catalog")
         .unwrap_or_else(|| AudienceError::internal("no catalog").raise());
@@ -142,8 +149,7 @@ fn evaluate(
     let trained = train(train_c, &params);
     let model = &trained.model;
     let prop = model_property(model, property);
-    let wanted: Option<Vec<String>> = values.map(|v| {
-        let mut v: Vec<String> = v.into_iter().flatten().collect();
+    let wanted: Option<Vec<String>> = values.map(|mut v| {
         v.sort();
         v.dedup();
         v
@@ -263,10 +269,10 @@ fn evaluate(
     Spi::run_with_args(
         "INSERT INTO audience.evaluation_results
          SELECT $1, m, v, x, c, k, p, h, hr, r, l, a
-           FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bool[]),
-                           pg_catalog.unnest($5::float8[]), pg_catalog.unnest($6::bigint[]), pg_catalog.unnest($7::bigint[]),
-                           pg_catalog.unnest($8::bigint[]), pg_catalog.unnest($9::float8[]), pg_catalog.unnest($10::float8[]),
-                           pg_catalog.unnest($11::float8[]), pg_catalog.unnest($12::float8[])) AS t(m, v, x, c, k, p, h, hr, r, l, a)",
+           FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.bool[]),
+                           pg_catalog.unnest($5::pg_catalog.float8[]), pg_catalog.unnest($6::pg_catalog.int8[]), pg_catalog.unnest($7::pg_catalog.int8[]),
+                           pg_catalog.unnest($8::pg_catalog.int8[]), pg_catalog.unnest($9::pg_catalog.float8[]), pg_catalog.unnest($10::pg_catalog.float8[]),
+                           pg_catalog.unnest($11::pg_catalog.float8[]), pg_catalog.unnest($12::pg_catalog.float8[])) AS t(m, v, x, c, k, p, h, hr, r, l, a)",
         &args![
             eval_id,
             out.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),

@@ -40,6 +40,20 @@ pub fn model_property<'a>(l: &'a Loaded, name: Option<&str>) -> &'a Property {
         .raise()
 }
 
+/// The values of a value array argument: a NULL element is an error (22004), not skipped.
+pub fn non_null_values(values: Vec<Option<String>>) -> Vec<String> {
+    values
+        .into_iter()
+        .map(|v| {
+            v.unwrap_or_else(|| {
+                AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "values cannot contain NULL")
+                    .hint("Leave the NULL out of the array.")
+                    .raise()
+            })
+        })
+        .collect()
+}
+
 /// Arguments of an audience request, validated.
 pub struct Request<'a> {
     pub property: Option<&'a str>,
@@ -205,7 +219,7 @@ fn recommend_audience_values(
     let Some(values) = value else { AudienceError::null("value").raise() };
     let req = Request {
         property,
-        values: values.into_iter().flatten().collect(),
+        values: non_null_values(values),
         max_pct,
         catalog,
         max_users,

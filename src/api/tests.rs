@@ -160,4 +160,23 @@ mod tests {
                SELECT audience.build('r', factors => 2, neighbours => 2);
                SELECT * FROM audience.recommend_audience('b', 'x', 'NaN');"#);
     }
+
+    /// A model replaced by a build that committed after it was resolved has no rows any more:
+    /// loading it says so (and the caller resolves again) instead of reporting a corrupt model.
+    #[pg_test]
+    fn a_replaced_model_is_not_reported_as_corrupt() {
+        run(r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, b text);
+               INSERT INTO ev SELECT g % 7, 'p' || (g % 5), now() - g * interval '1 hour', 'x' FROM generate_series(1, 60) g;
+               SELECT audience.create_catalog('rep');
+               SELECT audience.add_event('rep', 'ev', 'product_id');
+               SELECT audience.map_property('rep', 'b', column_name => 'b');
+               SELECT audience.build('rep', factors => 2, neighbours => 2, tune => false);"#);
+        let first = Spi::get_one::<i64>("SELECT active_model_id FROM audience.catalogs WHERE name = 'rep'").unwrap().unwrap();
+        assert!(crate::api::cache::load(first).is_some());
+        run("SELECT audience.build('rep', factors => 2, neighbours => 2, tune => false)");
+        // The first model's rows are gone: None, not an error.
+        assert!(crate::api::cache::load(first).is_none());
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM audience.recommend_audience('b', 'x', 100, catalog => 'rep')").unwrap().unwrap();
+        assert!(n > 0);
+    }
 }

@@ -3,8 +3,9 @@
 -- only from erasable sources whose registrant still has DELETE, with the caller's own rights,
 -- reports every source (deleted, skipped and why, failed and why) and never fails as a whole
 -- because one source is a view, was dropped or refuses the caller.
-SET client_min_messages = notice;
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pg_audience;
+SET client_min_messages = notice;
 SET audience.threads = 1;
 \set VERBOSITY default
 \set SHOW_CONTEXT never
