@@ -27,7 +27,7 @@ BEGIN
     END IF;
     SELECT c.name, c.active_model_id INTO cat, mid FROM audience.catalogs c WHERE c.catalog_id = a.catalog_id;
 
-    CREATE TEMP TABLE IF NOT EXISTS pg_audience_refresh (user_id text PRIMARY KEY, score float8, rank bigint) ON COMMIT DROP;
+    CREATE TEMP TABLE IF NOT EXISTS pg_audience_refresh (user_id text, score float8, rank bigint) ON COMMIT DROP;
     TRUNCATE pg_audience_refresh;
     INSERT INTO pg_audience_refresh
     SELECT r.user_id, r.score, r.rank
@@ -49,10 +49,14 @@ BEGIN
     DELETE FROM audience.audience_members m
      WHERE m.audience_id = a.audience_id
        AND NOT EXISTS (SELECT 1 FROM pg_audience_refresh r WHERE r.user_id = m.user_id);
-    INSERT INTO audience.audience_members AS m (audience_id, user_id, score, rank, entered_at)
+    -- (No unique key to upsert on: ids of any length are members, see audience_members.)
+    UPDATE audience.audience_members m SET score = r.score, rank = r.rank
+      FROM pg_audience_refresh r
+     WHERE m.audience_id = a.audience_id AND m.user_id = r.user_id;
+    INSERT INTO audience.audience_members (audience_id, user_id, score, rank, entered_at)
     SELECT a.audience_id, r.user_id, r.score, r.rank, at FROM pg_audience_refresh r
-    ON CONFLICT (audience_id, user_id) DO UPDATE SET score = excluded.score, rank = excluded.rank;
-    GET DIAGNOSTICS n = ROW_COUNT;
+     WHERE NOT EXISTS (SELECT 1 FROM audience.audience_members m WHERE m.audience_id = a.audience_id AND m.user_id = r.user_id);
+    SELECT count(*) INTO n FROM pg_audience_refresh;
     DROP TABLE pg_audience_refresh;
 
     UPDATE audience.saved_audiences s SET refreshed_at = at, model_id = mid WHERE s.audience_id = a.audience_id;
@@ -131,13 +135,33 @@ AS $fn$
 $fn$;
 
 CREATE FUNCTION audience.refresh_all_audiences()
-RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint)
-LANGUAGE sql VOLATILE
+RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint, error text)
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    SELECT r.* FROM audience.saved_audiences s, LATERAL audience.refresh_audience(s.name) r ORDER BY s.name
+DECLARE
+    s record;
+    r record;
+    st text;
+    msg text;
+BEGIN
+    -- Each audience in its own subtransaction: one that fails (a dropped property, a catalog
+    -- without a model ...) is reported, with a WARNING for the server log, and the others refresh.
+    FOR s IN SELECT sa.name FROM audience.saved_audiences sa ORDER BY sa.name LOOP
+        BEGIN
+            SELECT * INTO r FROM audience.refresh_audience(s.name);
+            audience := r.audience; members := r.members; entered := r.entered; "left" := r."left"; error := NULL;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+            audience := s.name; members := NULL; entered := NULL; "left" := NULL;
+            error := format('%s (SQLSTATE %s)', msg, st);
+            RAISE WARNING 'refreshing audience "%" failed: %', s.name, error;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END
 $fn$;
-COMMENT ON FUNCTION audience.refresh_all_audiences() IS 'Refreshes every saved audience (one call for a pg_cron job).';
+COMMENT ON FUNCTION audience.refresh_all_audiences() IS 'Refreshes every saved audience, each on its own: a failing one is reported in the error column and the others refresh (one call for a pg_cron job).';
 
 CREATE FUNCTION audience.drop_audience(name text, if_exists boolean DEFAULT false)
 RETURNS boolean
@@ -158,44 +182,109 @@ BEGIN
 END
 $fn$;
 
--- Right to be forgotten: deletes a user's rows from every registered event source of every
--- catalog (the caller needs DELETE on them), from saved audiences and their history, and
--- rebuilds the catalogs that had a model so no model keeps a trace of the user.
+-- Right to be forgotten: deletes a user's memberships and history in saved audiences, then the
+-- user's rows from every erasable registered event source (each in its own subtransaction, with
+-- the caller's rights, comparing in the id column's own type so its index is used), reports per
+-- source what was deleted or why not, and rebuilds the catalogs that had a model so no model
+-- keeps a trace of the user. A source is erasable only when the role that registered it had
+-- DELETE on it (audience.add_event) and still has: registering a table one can only read never
+-- lets another role's forget_user delete from it.
 CREATE FUNCTION audience.forget_user(user_id text, rebuild boolean DEFAULT true)
-RETURNS TABLE(catalog text, source text, rows_deleted bigint)
+RETURNS TABLE(catalog text, source text, rows_deleted bigint, status text)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     ev record;
-    n bigint;
     c record;
+    rel regclass;
+    kind "char";
+    typ text;
+    n bigint;
+    st text;
+    msg text;
 BEGIN
     IF user_id IS NULL THEN
         RAISE EXCEPTION 'user_id cannot be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- The extension's own tables first: a role that may not delete there is no privacy officer
+    -- (42501 for the whole call, nothing deleted).
+    DELETE FROM audience.audience_members m WHERE m.user_id = forget_user.user_id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    catalog := NULL; source := 'audience.audience_members'; rows_deleted := n; status := 'deleted';
+    RETURN NEXT;
+    DELETE FROM audience.audience_changes ch WHERE ch.user_id = forget_user.user_id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    source := 'audience.audience_changes'; rows_deleted := n;
+    RETURN NEXT;
+
     FOR ev IN SELECT e.*, ca.name AS catalog_name FROM audience.events e JOIN audience.catalogs ca USING (catalog_id)
                ORDER BY ca.name, e.event_id LOOP
-        EXECUTE format('DELETE FROM %s s WHERE s.%I::pg_catalog.text OPERATOR(pg_catalog.=) $1',
-                       audience._relation(ev.source_schema, ev.source_table)::text, ev.user_column)
-           USING forget_user.user_id;
-        GET DIAGNOSTICS n = ROW_COUNT;
         catalog := ev.catalog_name;
         source := format('%I.%I', ev.source_schema, ev.source_table);
-        rows_deleted := n;
+        rows_deleted := NULL;
+        rel := to_regclass(source);
+        SELECT cl.relkind INTO kind FROM pg_class cl WHERE cl.oid = rel;
+        IF rel IS NULL THEN
+            status := 'skipped: the relation does not exist any more';
+        ELSIF kind IN ('v', 'm') THEN
+            status := 'skipped: a view; delete from the tables it reads';
+        ELSIF NOT ev.erasable THEN
+            status := format('skipped: not erasable (registered by %I without DELETE on it, or with erasable => false)', ev.registered_by);
+        ELSIF NOT coalesce((SELECT has_table_privilege(r.oid, rel, 'DELETE') FROM pg_roles r WHERE r.rolname = ev.registered_by), false) THEN
+            status := format('skipped: %I, who registered it, no longer has DELETE on it', ev.registered_by);
+        ELSE
+            BEGIN
+                SELECT format_type(a.atttypid, NULL) INTO typ
+                  FROM pg_attribute a
+                 WHERE a.attrelid = rel AND a.attname = ev.user_column AND a.attnum > 0 AND NOT a.attisdropped;
+                IF typ IS NULL THEN
+                    RAISE EXCEPTION 'column "%" of relation "%" does not exist', ev.user_column, source
+                        USING ERRCODE = 'undefined_column';
+                END IF;
+                BEGIN
+                    EXECUTE format('SELECT $1::%s', typ) USING forget_user.user_id;
+                EXCEPTION WHEN data_exception THEN
+                    typ := NULL;  -- not a valid id of the column's type: no row can hold it
+                END;
+                IF typ IS NULL THEN
+                    n := 0;
+                ELSE
+                    EXECUTE format('DELETE FROM %s s WHERE s.%I OPERATOR(pg_catalog.=) $1::%s', rel::text, ev.user_column, typ)
+                       USING forget_user.user_id;
+                    GET DIAGNOSTICS n = ROW_COUNT;
+                END IF;
+                rows_deleted := n;
+                status := 'deleted';
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+                status := format('failed: %s (SQLSTATE %s)', msg, st);
+            END;
+        END IF;
+        IF status <> 'deleted' THEN
+            RAISE WARNING 'forget_user: %: %', source, status;
+        END IF;
         RETURN NEXT;
     END LOOP;
-    DELETE FROM audience.audience_members m WHERE m.user_id = forget_user.user_id;
-    DELETE FROM audience.audience_changes ch WHERE ch.user_id = forget_user.user_id;
+
     IF rebuild THEN
         FOR c IN SELECT ca.name FROM audience.catalogs ca WHERE ca.active_model_id IS NOT NULL ORDER BY ca.name LOOP
-            PERFORM audience.build(c.name);
+            catalog := c.name; source := NULL; rows_deleted := NULL;
+            BEGIN
+                PERFORM audience.build(c.name);
+                status := 'rebuilt';
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+                status := format('rebuild failed: %s (SQLSTATE %s); the active model still holds the user', msg, st);
+                RAISE WARNING 'forget_user: catalog "%": %', c.name, status;
+            END;
+            RETURN NEXT;
         END LOOP;
     END IF;
 END
 $fn$;
 COMMENT ON FUNCTION audience.forget_user(text, boolean) IS
-    'Deletes a user''s events from every registered source and saved audience, then rebuilds the models (right to be forgotten).';
+    'Deletes a user''s saved-audience memberships and rows of every erasable registered source, reporting per source what was deleted or why not, then rebuilds the models (right to be forgotten).';
 
 -- Descriptions of the functions without one so far (most are defined in Rust; this file runs last).
 COMMENT ON FUNCTION audience.drop_event(text, text) IS 'Removes an event source registration from a catalog.';

@@ -254,7 +254,8 @@ CREATE FUNCTION audience.add_event(
     weight double precision DEFAULT 1,
     half_life interval DEFAULT NULL,
     weight_column text DEFAULT NULL,
-    name text DEFAULT NULL)
+    name text DEFAULT NULL,
+    erasable boolean DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -264,9 +265,29 @@ DECLARE
     eid integer;
     ename text;
     t regtype;
+    kind "char";
+    can_delete boolean;
+    is_erasable boolean;
 BEGIN
     cid := audience._catalog_id(catalog);
     PERFORM audience._check_source(source);
+    -- forget_user deletes only from erasable sources: tables the registering role may delete from.
+    SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = source;
+    can_delete := kind IN ('r', 'p', 'f') AND has_table_privilege(source, 'DELETE');
+    IF add_event.erasable THEN
+        IF kind NOT IN ('r', 'p', 'f') THEN
+            RAISE EXCEPTION '"%" is a view, which cannot be registered as erasable', source::text
+                USING ERRCODE = 'wrong_object_type',
+                      HINT = 'Pass erasable => false (forget_user reports views and skips them), and delete from the tables the view reads.';
+        END IF;
+        IF NOT can_delete THEN
+            RAISE EXCEPTION 'permission denied to register "%" as erasable', source::text
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'forget_user deletes from erasable sources, so the role registering one must have DELETE on it.',
+                      HINT = format('GRANT DELETE ON %s TO %I, or pass erasable => false.', source::text, current_user);
+        END IF;
+    END IF;
+    is_erasable := coalesce(add_event.erasable, can_delete);
     PERFORM audience._check_id_column(source, product_id, 'product id column');
     PERFORM audience._check_id_column(source, user_id, 'user id column');
     PERFORM audience._time_expr(source, event_time);
@@ -316,18 +337,24 @@ BEGIN
                   HINT = 'Pass name => ''...'' to register another source under a different name, or drop it with audience.drop_event().';
     END IF;
     INSERT INTO audience.events (catalog_id, name, source_schema, source_table, user_column, product_column, time_column,
-                                 event_column, event_value, weight, weight_column, half_life)
+                                 event_column, event_value, weight, weight_column, half_life, registered_by, erasable)
     SELECT cid, ename, n.nspname, c.relname, add_event.user_id, add_event.product_id, add_event.event_time,
-           add_event.event_column, add_event.event_value, add_event.weight, add_event.weight_column, add_event.half_life
+           add_event.event_column, add_event.event_value, add_event.weight, add_event.weight_column, add_event.half_life,
+           current_user, is_erasable
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.oid = source
     RETURNING event_id INTO eid;
+    IF add_event.erasable IS NULL AND NOT is_erasable THEN
+        RAISE NOTICE 'source "%" is registered as not erasable: audience.forget_user will not delete from it', source::text
+            USING DETAIL = CASE WHEN kind IN ('r', 'p', 'f') THEN format('%I has no DELETE on it.', current_user)
+                                ELSE 'It is a view.' END;
+    END IF;
     UPDATE audience.catalogs c SET updated_at = now() WHERE c.catalog_id = cid;
     RETURN eid;
 END
 $fn$;
-COMMENT ON FUNCTION audience.add_event(text, regclass, text, text, text, text, text, double precision, interval, text, text) IS
-    'Registers an interaction event source (table or view, optionally filtered on an event-name column) with a weight and a recency half-life.';
+COMMENT ON FUNCTION audience.add_event(text, regclass, text, text, text, text, text, double precision, interval, text, text, boolean) IS
+    'Registers an interaction event source (table or view, optionally filtered on an event-name column) with a weight and a recency half-life; erasable (default: whether you may DELETE from it) says whether forget_user deletes from it.';
 
 CREATE FUNCTION audience.drop_event(catalog text, event text)
 RETURNS void

@@ -1,6 +1,26 @@
 -- pg_audience catalog, model and audience tables.
 -- Everything is schema-qualified; the extension's schema is fixed (`audience`).
 
+-- Refuse to install into a schema someone else prepared: its owner could have planted objects
+-- (or keep CREATE on it) that run with the rights of whoever later builds. CREATE EXTENSION
+-- creates the schema itself, owned by the installing role, when it does not exist yet.
+DO $check$
+DECLARE
+    owner_name name;
+    owner_super boolean;
+BEGIN
+    SELECT r.rolname, r.rolsuper INTO owner_name, owner_super
+      FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
+     WHERE n.nspname OPERATOR(pg_catalog.=) 'audience';
+    IF owner_name OPERATOR(pg_catalog.<>) CURRENT_USER AND NOT owner_super THEN
+        RAISE EXCEPTION 'schema "audience" already exists and is owned by role "%"', owner_name
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'pg_audience installs only into a schema it creates, or one owned by the installing role or a superuser.',
+                  HINT = 'Drop or rename that schema (after checking what it contains), or ALTER SCHEMA audience OWNER TO the installing role.';
+    END IF;
+END
+$check$;
+
 -- A catalog: one set of event sources and property mappings, and the model built from them.
 CREATE TABLE audience.catalogs (
     catalog_id      serial PRIMARY KEY,
@@ -32,6 +52,10 @@ CREATE TABLE audience.events (
     weight_column   name,
     half_life       interval CHECK (half_life OPERATOR(pg_catalog.>) '0'::interval),
     created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- Who registered the source, and whether forget_user may delete from it: only a source whose
+    -- registering role had DELETE on it (checked at registration and again at each forget_user).
+    registered_by   name NOT NULL DEFAULT CURRENT_USER,
+    erasable        boolean NOT NULL DEFAULT false,
     UNIQUE (catalog_id, name)
 );
 COMMENT ON TABLE audience.events IS 'Registered interaction event sources. Edit through audience.add_event / drop_event.';
@@ -97,9 +121,11 @@ CREATE TABLE audience.property_values (
     property text NOT NULL,
     value    text NOT NULL,
     items    bigint NOT NULL,
-    users    bigint NOT NULL,
-    PRIMARY KEY (model_id, property, value)
+    users    bigint NOT NULL
 );
+-- Not a primary key: a btree key cannot hold a value over ~2.7 kB, and one such value would fail
+-- every build. A build writes each (property, value) once.
+CREATE INDEX property_values_by_model ON audience.property_values (model_id, property);
 COMMENT ON TABLE audience.property_values IS 'Item and user counts of each property value in each model (as of its build); read through audience.catalog_values.';
 
 -- Saved audiences, their current members and the history of who entered and left.
@@ -125,9 +151,12 @@ CREATE TABLE audience.audience_members (
     user_id     text NOT NULL,
     score       double precision NOT NULL,
     rank        bigint NOT NULL,
-    entered_at  timestamptz NOT NULL,
-    PRIMARY KEY (audience_id, user_id)
+    entered_at  timestamptz NOT NULL
 );
+-- Not a primary key on (audience_id, user_id): a btree key cannot hold an id over ~2.7 kB. A
+-- refresh writes each user once; lookups by user (forget_user) go through a hash index.
+CREATE INDEX audience_members_by_audience ON audience.audience_members (audience_id);
+CREATE INDEX audience_members_by_user ON audience.audience_members USING hash (user_id);
 COMMENT ON TABLE audience.audience_members IS 'Current members of each saved audience.';
 
 CREATE TABLE audience.audience_changes (
@@ -138,6 +167,7 @@ CREATE TABLE audience.audience_changes (
     score        double precision
 );
 CREATE INDEX audience_changes_by_time ON audience.audience_changes (audience_id, refreshed_at);
+CREATE INDEX audience_changes_by_user ON audience.audience_changes USING hash (user_id);
 COMMENT ON TABLE audience.audience_changes IS 'Who entered and who left each saved audience at each refresh: ship only these rows downstream.';
 
 -- Keep user rows in pg_dump output.
@@ -171,7 +201,7 @@ CREATE VIEW audience.catalog_events AS
 SELECT c.name AS catalog, e.name AS event,
        pg_catalog.format('%I.%I', e.source_schema, e.source_table) AS source,
        e.event_column, e.event_value, e.user_column, e.product_column, e.time_column,
-       e.weight, e.weight_column, e.half_life, e.created_at
+       e.weight, e.weight_column, e.half_life, e.created_at, e.registered_by, e.erasable
   FROM audience.events e JOIN audience.catalogs c USING (catalog_id);
 COMMENT ON VIEW audience.catalog_events IS 'Registered event sources of every catalog.';
 

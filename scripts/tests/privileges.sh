@@ -139,7 +139,7 @@ t_say "nosel: the editor's grants without SELECT ON demo.tracks"
 expect_denied nosel "add_event on demo.tracks" "SELECT audience.add_event('shop', 'demo.tracks', 'product_id', event_column => 'event', event_value => 'product_viewed', weight => 1, name => 'views2')"
 expect_denied nosel "build of 'shop' (reads demo.tracks; registered by someone else)" "SELECT * FROM audience.build('shop')"
 expect_denied nosel "the affinity aggregate on demo.tracks" "SELECT audience.affinity(user_id::text, product_id, 1, \"timestamp\", NULL, NULL) FROM demo.tracks"
-expect_denied nosel "forget_user (needs DELETE on the sources)" "SELECT * FROM audience.forget_user('$TOP_USER', rebuild => false)"
+expect_denied nosel "forget_user (needs DELETE on audience.audience_changes)" "SELECT * FROM audience.forget_user('$TOP_USER', rebuild => false)"
 t_eq "the failed build left the model in place" "$(q "SELECT count(*) FROM audience.models m JOIN audience.catalogs c ON c.active_model_id = m.model_id WHERE c.name = 'shop'")" 1
 expect_ok nosel "create_catalog + add_event on demo.wishlist_saves (readable)" "SELECT audience.create_catalog('ns_cat', is_default => false)" \
     "SELECT audience.add_event('ns_cat', 'demo.wishlist_saves', 'sku', event_time => 'saved_at')"

@@ -78,6 +78,24 @@ impl Collected {
     }
 }
 
+/// Runs `f` with `debug_parallel_query` (PostgreSQL 16+; `force_parallel_mode` before) off.
+/// When it is on, the planner may run the whole scan, final function included, in one parallel
+/// worker under a single-copy Gather, and the worker's stash is not the caller's. The setting is
+/// put back afterwards (an error aborts the transaction, which restores it too).
+fn without_single_copy_gather<T>(f: impl FnOnce() -> T) -> T {
+    let name = if pg_sys::PG_VERSION_NUM >= 160000 { "debug_parallel_query" } else { "force_parallel_mode" };
+    let old: Option<String> = Spi::get_one_with_args("SELECT pg_catalog.current_setting($1, true)", &args![name]).or_raise("reading a setting");
+    let forced = old.as_deref().is_some_and(|v| v != "off");
+    if forced {
+        Spi::run_with_args("SELECT pg_catalog.set_config($1, 'off', true)", &args![name]).or_raise("changing a setting");
+    }
+    let out = f();
+    if let (true, Some(v)) = (forced, old) {
+        Spi::run_with_args("SELECT pg_catalog.set_config($1, $2, true)", &args![name, v]).or_raise("restoring a setting");
+    }
+    out
+}
+
 pub fn interrupt_check() -> Result<(), Interrupted> {
     pgrx::check_for_interrupts!();
     Ok(())
@@ -95,7 +113,7 @@ pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<Tim
     let prop_names: Vec<String> = props.unwrap_or_default().into_iter().flatten().collect();
     // No row limit: the executor only runs a plan with parallel workers when it may fetch every
     // row (Spi::get_one asks for one, which silently disabled the parallel scan).
-    let token: i64 = query_rows(&query, &[], |row| row.get::<i64>(1).ok().flatten())
+    let token: i64 = without_single_copy_gather(|| query_rows(&query, &[], |row| row.get::<i64>(1).ok().flatten()))
         .into_iter()
         .next()
         .flatten()
@@ -293,7 +311,8 @@ pub fn value_user_counts(model: &Model, prop: &Property) -> Vec<i64> {
     counts
 }
 
-const CHUNK: usize = 256 << 20;
+/// Bytes per model_data row: small enough that a cancel between rows is noticed quickly.
+const CHUNK: usize = 64 << 20;
 
 /// Stores a model as the catalog's new active model, in the caller's transaction, and drops the
 /// catalog's older models. Returns the new model id.
@@ -325,7 +344,7 @@ pub fn store(
     )
     .or_raise("storing the model")
     .unwrap_or_else(|| AudienceError::internal("no model id").raise());
-    let bytes = model.encode();
+    let bytes = model.encode_with(&mut interrupt_check).unwrap_or_else(|_| AudienceError::internal("storing interrupted").raise());
     for (n, chunk) in bytes.chunks(CHUNK).enumerate() {
         pgrx::check_for_interrupts!();
         Spi::run_with_args(
@@ -336,6 +355,7 @@ pub fn store(
     }
     drop(bytes);
     for prop in &model.properties {
+        pgrx::check_for_interrupts!();
         let items: Vec<i64> = (0..prop.values.len()).map(|v| prop.value_items.row(v).0.len() as i64).collect();
         let users = value_user_counts(model, prop);
         Spi::run_with_args(

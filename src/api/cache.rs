@@ -61,6 +61,21 @@ pub fn resolve_catalog(catalog: Option<&str>) -> (i32, String, Option<i64>) {
 
 /// The active model of a catalog, loaded (or taken from this backend's cache).
 pub fn active(catalog: Option<&str>) -> Rc<Loaded> {
+    // A build that commits between resolving the active model and reading it deletes the
+    // resolved model's rows: resolve again (each statement sees the latest commit) instead of
+    // reporting a corrupt model.
+    for _ in 0..3 {
+        if let Some(loaded) = try_active(catalog) {
+            return loaded;
+        }
+    }
+    AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE, "the active model kept changing while being loaded")
+        .hint("Builds of this catalog committed three times during one call; retry.")
+        .raise()
+}
+
+/// The active model, or None when it was replaced (its rows deleted) before it could be read.
+fn try_active(catalog: Option<&str>) -> Option<Rc<Loaded>> {
     let (_, name, model_id) = resolve_catalog(catalog);
     // The cache outlives role changes (SET ROLE, pooled connections): check the current role's
     // right to read the stored models on every call, not only when a model is loaded.
@@ -85,16 +100,18 @@ pub fn active(catalog: Option<&str>) -> Rc<Loaded> {
             .raise()
     };
     if let Some(hit) = CACHE.with(|c| c.borrow().as_ref().filter(|l| l.model_id == model_id).cloned()) {
-        return hit;
+        return Some(hit);
     }
-    let model = load(model_id, &name);
+    let model = load(model_id, &name)?;
     let loaded = Rc::new(Loaded::new(model_id, name, model));
     let keep = loaded.approx_bytes() <= (crate::guc::CACHE_MB.get().max(0) as usize) << 20;
     CACHE.with(|c| *c.borrow_mut() = if keep { Some(loaded.clone()) } else { None });
-    loaded
+    Some(loaded)
 }
 
-fn load(model_id: i64, catalog: &str) -> Model {
+/// The stored model, or None when it has no rows any more (replaced by a build that committed
+/// since it was resolved).
+fn load(model_id: i64, catalog: &str) -> Option<Model> {
     let chunks = Spi::connect(|client| {
         let table = client
             .select(
@@ -104,13 +121,19 @@ fn load(model_id: i64, catalog: &str) -> Model {
             )
             .or_raise("reading the model");
         let mut bytes: Vec<u8> = Vec::new();
+        let mut rows = 0usize;
         for row in table {
             let part: Option<&[u8]> = row.get(1).or_raise("reading the model");
             bytes.extend_from_slice(part.unwrap_or_default());
+            rows += 1;
         }
-        bytes
+        (rows, bytes)
     });
-    Model::decode(&chunks).unwrap_or_else(|e| match e {
+    let (rows, chunks) = chunks;
+    if rows == 0 && !model_exists(model_id) {
+        return None;
+    }
+    Some(Model::decode(&chunks).unwrap_or_else(|e| match e {
         // A model written by an earlier release (ALTER EXTENSION pg_audience UPDATE keeps the stored
         // models, whose format changed): not corrupt, just to be rebuilt.
         CodecError::UnsupportedVersion { found, max_supported } if found < max_supported => AudienceError::not_ready(format!(
@@ -123,5 +146,14 @@ fn load(model_id: i64, catalog: &str) -> Model {
         e => AudienceError::corrupt(format!("stored model {model_id} cannot be read: {e}"))
             .hint("Rebuild it with audience.build().")
             .raise(),
-    })
+    }))
+}
+
+fn model_exists(model_id: i64) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM audience.models m WHERE m.model_id OPERATOR(pg_catalog.=) $1)",
+        &args![model_id],
+    )
+    .or_raise("reading the model")
+    .unwrap_or(false)
 }

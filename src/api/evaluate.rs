@@ -311,7 +311,11 @@ fn tune(
     ),
 > {
     let Some(property) = property else { AudienceError::null("property").raise() };
-    let cid = crate::api::build::lock_catalog(catalog);
+    // No catalog lock for the search (a build may run meanwhile); the result is merged into
+    // build_settings by one UPDATE at the end, under that statement's row lock.
+    let cid: i32 = Spi::get_one_with_args("SELECT audience._catalog_id($1)", &args![catalog])
+        .or_raise("resolving the catalog")
+        .unwrap_or_else(|| AudienceError::internal("no catalog").raise());
     let params = remembered_params(cid, serde_json::json!({}));
     let full = scan_all(cid);
     if !full.item_values.iter().any(|(n, _)| n == property) {
@@ -326,27 +330,23 @@ fn tune(
     let (_, t) = r.per_property.into_iter().find(|(n, _)| n == property).unwrap_or_else(|| cannot_tune("no validation engagement"));
     let p = t.params;
     let mut settings = serde_json::json!({});
-    let mut tuned_map = query_rows(
-        "SELECT build_settings->'tuned' FROM audience.catalogs WHERE catalog_id OPERATOR(pg_catalog.=) $1",
-        &args![cid],
-        |row| row.get::<pgrx::JsonB>(1).ok().flatten().map(|j| j.0),
-    )
-    .into_iter()
-    .flatten()
-    .next()
-    .filter(|v| v.is_object())
-    .unwrap_or_else(|| serde_json::json!({}));
-    tuned_map[property] = serde_json::json!({"params": knobs_json(&p), "cross_sell": knobs_json(&t.cross_params)});
-    settings["tuned"] = tuned_map;
     if let Some(a) = &r.params.als {
         settings["factors"] = serde_json::json!(a.factors);
         settings["iterations"] = serde_json::json!(a.iterations);
         settings["regularization"] = serde_json::json!(a.regularization);
         settings["alpha"] = serde_json::json!(a.alpha);
     }
+    let tuned = serde_json::json!({"params": knobs_json(&p), "cross_sell": knobs_json(&t.cross_params)});
+    // One statement reads and writes build_settings, so a build committing meanwhile loses nothing.
     let _ = query_rows(
-        "UPDATE audience.catalogs SET build_settings = build_settings OPERATOR(pg_catalog.||) $2 WHERE catalog_id OPERATOR(pg_catalog.=) $1 RETURNING 1",
-        &args![cid, pgrx::JsonB(settings)],
+        "UPDATE audience.catalogs c
+            SET build_settings = c.build_settings OPERATOR(pg_catalog.||) $2
+                OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('tuned',
+                    (CASE WHEN pg_catalog.jsonb_typeof(c.build_settings OPERATOR(pg_catalog.->) 'tuned') OPERATOR(pg_catalog.=) 'object'
+                          THEN c.build_settings OPERATOR(pg_catalog.->) 'tuned' ELSE '{}'::pg_catalog.jsonb END)
+                    OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object($3::pg_catalog.text, $4::pg_catalog.jsonb))
+          WHERE c.catalog_id OPERATOR(pg_catalog.=) $1 RETURNING 1",
+        &args![cid, pgrx::JsonB(settings), property, pgrx::JsonB(tuned)],
         |_| (),
     );
     TableIterator::once((

@@ -1,6 +1,6 @@
 //! A trained model as stored: id maps, the affinity matrix, the collaborative models, the item
 //! properties and the hybrid scoring knobs, with a versioned binary encoding. Pure Rust.
-use crate::model::als::AlsModel;
+use crate::model::als::{AlsModel, Interrupted};
 use crate::model::csr::Csr;
 use crate::model::days::DayIndex;
 use crate::score::hybrid::{HybridParams, Own};
@@ -165,11 +165,19 @@ impl Model {
     }
 
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with(&mut || Ok(())).unwrap_or_else(|_| unreachable!("no interrupt"))
+    }
+
+    /// [`Model::encode`], calling `check` between its sections (each at most one array), so a
+    /// cancel during storing is noticed within one section's copy.
+    pub fn encode_with(&self, check: &mut dyn FnMut() -> Result<(), Interrupted>) -> Result<Vec<u8>, Interrupted> {
         let mut w = Writer::new();
         w.put_header(MAGIC, VERSION);
         w.put_strs(&self.users);
+        check()?;
         w.put_strs(&self.items);
         put_csr(&mut w, &self.ui);
+        check()?;
         let ls: Vec<u32> = self.last_seen.iter().map(|&x| x as u32).collect();
         w.put_u32s(&ls);
         match &self.als {
@@ -177,10 +185,12 @@ impl Model {
                 w.put_bool(true);
                 w.put_usize(a.factors);
                 w.put_f32s(&a.user_factors);
+                check()?;
                 w.put_f32s(&a.item_factors);
             }
             None => w.put_bool(false),
         }
+        check()?;
         match &self.knn {
             Some(k) => {
                 w.put_bool(true);
@@ -188,8 +198,10 @@ impl Model {
             }
             None => w.put_bool(false),
         }
+        check()?;
         w.put_usize(self.properties.len());
         for p in &self.properties {
+            check()?;
             w.put_str(&p.name);
             w.put_strs(&p.values);
             put_csr(&mut w, &p.value_items);
@@ -198,9 +210,11 @@ impl Model {
         put_knobs(&mut w, &self.cross_params);
         w.put_u32(self.days.day0 as u32);
         w.put_u32(self.reference_day as u32);
+        check()?;
         w.put_u32s(&self.days.ptr);
         let days: Vec<u8> = self.days.day.iter().flat_map(|d| d.to_le_bytes()).collect();
         w.put_bytes(&days);
+        check()?;
         w.put_f32s(&self.days.weight);
         w.put_usize(self.property_params.len());
         for k in &self.property_params {
@@ -208,7 +222,7 @@ impl Model {
             put_knobs(&mut w, &k.params);
             put_knobs(&mut w, &k.cross_params);
         }
-        w.into_inner()
+        Ok(w.into_inner())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Model, CodecError> {

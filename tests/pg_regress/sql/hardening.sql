@@ -130,5 +130,46 @@ SELECT count(*) AS tables FROM audience.generate_demo_shop('h2', users => 100, p
 SELECT count(*) AS tables_again FROM audience.generate_demo_shop('h2', users => 100, products => 100, events => 500, kind => 'grocery');
 DROP SCHEMA h2 CASCADE;
 
+-- 7. One long value or id (over the ~2.7 kB a btree key holds) used to fail every build
+-- (property_values key) and every refresh (audience_members key) with 54000.
+CREATE TABLE h.long (user_id text, product_id text, "timestamp" timestamptz, brand text);
+INSERT INTO h.long SELECT CASE WHEN g % 10 = 0 THEN repeat('u', 5000) ELSE 'u' || (g % 20) END, 'p' || (g % 6),
+                          '2024-01-01'::timestamptz + g * interval '9 hours',
+                          CASE WHEN g % 6 = 0 THEN repeat('B', 6000) ELSE 'b' || (g % 6 % 2) END
+  FROM generate_series(1, 300) g;
+SELECT audience.create_catalog('long') IS NOT NULL AS ok;
+SELECT audience.add_event('long', 'h.long', 'product_id') IS NOT NULL AS ok;
+SELECT audience.map_property('long', 'brand', column_name => 'brand');
+SELECT users, items FROM audience.build('long', factors => 2, neighbours => 3, tune => false);
+SELECT length(value) AS value_length, items FROM audience.catalog_values WHERE catalog = 'long' ORDER BY 1, 2;
+SELECT members > 0 AS saved FROM audience.save_audience('long_b', 'brand', repeat('B', 6000), 100, catalog => 'long');
+SELECT max(length(user_id)) AS longest_member_id FROM audience.audience_members m JOIN audience.saved_audiences s USING (audience_id)
+ WHERE s.name = 'long_b';
+SELECT members > 0 AS refreshed FROM audience.refresh_audience('long_b');
+
+-- 8. refresh_all_audiences refreshes each audience on its own: one that fails (its property
+-- is not mapped any more) is reported with its error and a WARNING; the others refresh.
+SELECT members > 0 AS saved FROM audience.save_audience('long_b1', 'brand', 'b1', 50, catalog => 'long');
+SELECT audience.unmap_property('long', 'brand');
+SELECT audience.map_property('long', 'brand2', column_name => 'brand');
+SELECT rows_read > 0 AS rebuilt FROM audience.build('long', factors => 2, neighbours => 3, tune => false);
+SELECT members > 0 AS saved FROM audience.save_audience('long_ok', 'brand2', 'b1', 50, catalog => 'long');
+SELECT audience, members > 0 AS has_members, error FROM audience.refresh_all_audiences();
+SELECT audience.drop_audience('long_b');
+SELECT audience.drop_audience('long_b1');
+SELECT audience.drop_audience('long_ok');
+
+-- 9. Under debug_parallel_query (force_parallel_mode before PostgreSQL 16) the planner may run
+-- the whole scan, final function included, in a parallel worker; the build turns that off for
+-- its scan (it failed with XX000 "the scan's state was lost") and puts the setting back.
+SELECT set_config(CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'debug_parallel_query'
+                       ELSE 'force_parallel_mode' END, 'on', false) AS forced;
+SELECT rows_read, users FROM audience.build('long', factors => 2, neighbours => 3, tune => false);
+SELECT current_setting(CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'debug_parallel_query'
+                            ELSE 'force_parallel_mode' END) AS still_forced;
+SELECT set_config(CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'debug_parallel_query'
+                       ELSE 'force_parallel_mode' END, 'off', false) AS reset;
+SELECT audience.drop_catalog('long');
+
 SELECT audience.drop_catalog('h');
 DROP SCHEMA h CASCADE;
