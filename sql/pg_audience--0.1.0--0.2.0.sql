@@ -1,16 +1,19 @@
 -- pg_audience 0.1.0 -> 0.2.0, run by ALTER EXTENSION pg_audience UPDATE.
 --
--- Tables, views, triggers and their rows are unchanged: catalogs, event registrations, property
--- mappings, build settings, models, evaluations, saved audiences, their members and change logs
--- all stay as they are. Models keep their rows too, but 0.2.0 reads only its own model format
+-- Every row stays: catalogs, event registrations, property mappings, build settings, models,
+-- evaluations, saved audiences, their members and change logs. Tables change in place (events
+-- gains registered_by and erasable; property_values and audience_members lose the primary keys
+-- that could not hold long values, for plain and hash indexes). Models keep their rows, but 0.2.0
+-- reads only its own model format
 -- (v5, with the engagement days of each pair): until its catalog is rebuilt, a 0.1.0 model fails
 -- on first use with SQLSTATE 55000 and the hint to run audience.build() for the catalog; the
 -- rebuild replaces it (and remembers the catalog's build settings as before). The update names
 -- the catalogs to rebuild in a WARNING.
 --
--- Functions: build and tune changed their arguments or result (DROP + CREATE), generate_demo_shop
--- gained `kind` (DROP + CREATE), a few PL/pgSQL bodies changed (CREATE OR REPLACE), the Rust
--- functions put pg_catalog first on their search_path. Every C function keeps its symbol.
+-- Functions: build, tune, add_event, refresh_all_audiences, forget_user and generate_demo_shop
+-- changed their arguments or result (DROP + CREATE), other changed bodies are replaced (CREATE OR
+-- REPLACE), the Rust functions put pg_catalog first on their search_path. Every C function keeps
+-- its symbol.
 -- scripts/tests/upgrade.sh checks that an updated database has the same schema as a fresh
 -- CREATE EXTENSION of 0.2.0.
 
@@ -27,13 +30,45 @@ BEGIN
      WHERE p.proacl IS NOT NULL AND p.oid IN (
            'audience.build(text, integer, integer, double precision, double precision, integer, double precision, double precision, double precision, double precision, double precision, double precision, timestamp with time zone)'::pg_catalog.regprocedure,
            'audience.tune(text, text, interval)'::pg_catalog.regprocedure,
-           'audience.generate_demo_shop(text, integer, integer, bigint, integer, double precision)'::pg_catalog.regprocedure);
+           'audience.generate_demo_shop(text, integer, integer, bigint, integer, double precision)'::pg_catalog.regprocedure,
+           'audience.add_event(text, regclass, text, text, text, text, text, double precision, interval, text, text)'::pg_catalog.regprocedure,
+           'audience.refresh_all_audiences()'::pg_catalog.regprocedure,
+           'audience.forget_user(text, boolean)'::pg_catalog.regprocedure);
     IF fns IS NOT NULL THEN
         RAISE WARNING 'pg_audience 0.2.0 recreates % with the default privileges (EXECUTE for PUBLIC)', fns
             USING HINT = 'Repeat your GRANT and REVOKE statements on them (new signatures: see \df audience.*).';
     END IF;
 END
 $acl$;
+
+-- ---------------------------------------------------------------- tables
+
+-- events: who registered a source, and whether forget_user may delete from it. A registration of
+-- 0.1.0 counts as made by the role running the update, and is erasable when its source is a table
+-- that role may DELETE from, as add_event decides for a new one (forget_user checks that role's
+-- DELETE again at each call). 0.1.0's forget_user deleted from every source.
+ALTER TABLE audience.events
+    ADD COLUMN registered_by name NOT NULL DEFAULT CURRENT_USER,
+    ADD COLUMN erasable boolean NOT NULL DEFAULT false;
+UPDATE audience.events e SET erasable = true
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+ WHERE n.nspname OPERATOR(pg_catalog.=) e.source_schema AND c.relname OPERATOR(pg_catalog.=) e.source_table
+   AND c.relkind IN ('r', 'p', 'f') AND pg_catalog.has_table_privilege(c.oid, 'DELETE');
+-- catalog_events shows them.
+CREATE OR REPLACE VIEW audience.catalog_events AS
+SELECT c.name AS catalog, e.name AS event,
+       pg_catalog.format('%I.%I', e.source_schema, e.source_table) AS source,
+       e.event_column, e.event_value, e.user_column, e.product_column, e.time_column,
+       e.weight, e.weight_column, e.half_life, e.created_at, e.registered_by, e.erasable
+  FROM audience.events e JOIN audience.catalogs c USING (catalog_id);
+
+-- No btree keys on property values or user ids (a key cannot hold a value over ~2.7 kB).
+ALTER TABLE audience.property_values DROP CONSTRAINT property_values_pkey;
+CREATE INDEX property_values_by_model ON audience.property_values (model_id, property);
+ALTER TABLE audience.audience_members DROP CONSTRAINT audience_members_pkey;
+CREATE INDEX audience_members_by_audience ON audience.audience_members (audience_id);
+CREATE INDEX audience_members_by_user ON audience.audience_members USING hash (user_id);
+CREATE INDEX audience_changes_by_user ON audience.audience_changes USING hash (user_id);
 
 -- ---------------------------------------------------------------- Rust functions
 
@@ -130,8 +165,9 @@ BEGIN
 END
 $fn$;
 
--- add_event refuses half-lives above 10000 years.
-CREATE OR REPLACE FUNCTION audience.add_event(
+-- add_event: new argument erasable; refuses half-lives above 10000 years.
+DROP FUNCTION audience.add_event(text, regclass, text, text, text, text, text, double precision, interval, text, text);
+CREATE FUNCTION audience.add_event(
     catalog text,
     source regclass,
     product_id text,
@@ -142,7 +178,8 @@ CREATE OR REPLACE FUNCTION audience.add_event(
     weight double precision DEFAULT 1,
     half_life interval DEFAULT NULL,
     weight_column text DEFAULT NULL,
-    name text DEFAULT NULL)
+    name text DEFAULT NULL,
+    erasable boolean DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -152,9 +189,29 @@ DECLARE
     eid integer;
     ename text;
     t regtype;
+    kind "char";
+    can_delete boolean;
+    is_erasable boolean;
 BEGIN
     cid := audience._catalog_id(catalog);
     PERFORM audience._check_source(source);
+    -- forget_user deletes only from erasable sources: tables the registering role may delete from.
+    SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = source;
+    can_delete := kind IN ('r', 'p', 'f') AND has_table_privilege(source, 'DELETE');
+    IF add_event.erasable THEN
+        IF kind NOT IN ('r', 'p', 'f') THEN
+            RAISE EXCEPTION '"%" is a view, which cannot be registered as erasable', source::text
+                USING ERRCODE = 'wrong_object_type',
+                      HINT = 'Pass erasable => false (forget_user reports views and skips them), and delete from the tables the view reads.';
+        END IF;
+        IF NOT can_delete THEN
+            RAISE EXCEPTION 'permission denied to register "%" as erasable', source::text
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'forget_user deletes from erasable sources, so the role registering one must have DELETE on it.',
+                      HINT = format('GRANT DELETE ON %s TO %I, or pass erasable => false.', source::text, current_user);
+        END IF;
+    END IF;
+    is_erasable := coalesce(add_event.erasable, can_delete);
     PERFORM audience._check_id_column(source, product_id, 'product id column');
     PERFORM audience._check_id_column(source, user_id, 'user id column');
     PERFORM audience._time_expr(source, event_time);
@@ -204,20 +261,90 @@ BEGIN
                   HINT = 'Pass name => ''...'' to register another source under a different name, or drop it with audience.drop_event().';
     END IF;
     INSERT INTO audience.events (catalog_id, name, source_schema, source_table, user_column, product_column, time_column,
-                                 event_column, event_value, weight, weight_column, half_life)
+                                 event_column, event_value, weight, weight_column, half_life, registered_by, erasable)
     SELECT cid, ename, n.nspname, c.relname, add_event.user_id, add_event.product_id, add_event.event_time,
-           add_event.event_column, add_event.event_value, add_event.weight, add_event.weight_column, add_event.half_life
+           add_event.event_column, add_event.event_value, add_event.weight, add_event.weight_column, add_event.half_life,
+           current_user, is_erasable
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.oid = source
     RETURNING event_id INTO eid;
+    IF add_event.erasable IS NULL AND NOT is_erasable THEN
+        RAISE NOTICE 'source "%" is registered as not erasable: audience.forget_user will not delete from it', source::text
+            USING DETAIL = CASE WHEN kind IN ('r', 'p', 'f') THEN format('%I has no DELETE on it.', current_user)
+                                ELSE 'It is a view.' END;
+    END IF;
     UPDATE audience.catalogs c SET updated_at = now() WHERE c.catalog_id = cid;
     RETURN eid;
 END
 $fn$;
+COMMENT ON FUNCTION audience.add_event(text, regclass, text, text, text, text, text, double precision, interval, text, text, boolean) IS
+    'Registers an interaction event source (table or view, optionally filtered on an event-name column) with a weight and a recency half-life; erasable (default: whether you may DELETE from it) says whether forget_user deletes from it.';
 
 -- ---------------------------------------------------------------- saved audiences
 
--- save_audience(replace => NULL) does not replace.
+-- refresh_audience without an ON CONFLICT key; save_audience(replace => NULL) does not replace.
+CREATE OR REPLACE FUNCTION audience.refresh_audience(name text)
+RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    a audience.saved_audiences;
+    cat text;
+    mid bigint;
+    at timestamptz := clock_timestamp();
+    n_in bigint;
+    n_out bigint;
+    n bigint;
+BEGIN
+    PERFORM audience._check_name('audience name', refresh_audience.name);
+    -- Serialise refreshes of one audience.
+    SELECT * INTO a FROM audience.saved_audiences s WHERE s.name = refresh_audience.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'audience "%" does not exist', refresh_audience.name
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = coalesce('Saved audiences are: ' || (SELECT string_agg(format('%I', s.name), ', ' ORDER BY s.name) FROM audience.saved_audiences s) || '.', 'No audience is saved.'),
+                  HINT = 'Save one with audience.save_audience().';
+    END IF;
+    SELECT c.name, c.active_model_id INTO cat, mid FROM audience.catalogs c WHERE c.catalog_id = a.catalog_id;
+
+    CREATE TEMP TABLE IF NOT EXISTS pg_audience_refresh (user_id text, score float8, rank bigint) ON COMMIT DROP;
+    TRUNCATE pg_audience_refresh;
+    INSERT INTO pg_audience_refresh
+    SELECT r.user_id, r.score, r.rank
+      FROM audience.recommend_audience(a.property, a."values", a.max_pct, catalog => cat, max_users => a.max_users,
+                                       min_score => a.min_score, exclude_engaged => a.exclude_engaged, lookback => a.lookback) r;
+
+    INSERT INTO audience.audience_changes (audience_id, refreshed_at, user_id, change, score)
+    SELECT a.audience_id, at, r.user_id, 'entered', r.score
+      FROM pg_audience_refresh r
+     WHERE NOT EXISTS (SELECT 1 FROM audience.audience_members m WHERE m.audience_id = a.audience_id AND m.user_id = r.user_id);
+    GET DIAGNOSTICS n_in = ROW_COUNT;
+    INSERT INTO audience.audience_changes (audience_id, refreshed_at, user_id, change, score)
+    SELECT a.audience_id, at, m.user_id, 'left', NULL
+      FROM audience.audience_members m
+     WHERE m.audience_id = a.audience_id
+       AND NOT EXISTS (SELECT 1 FROM pg_audience_refresh r WHERE r.user_id = m.user_id);
+    GET DIAGNOSTICS n_out = ROW_COUNT;
+
+    DELETE FROM audience.audience_members m
+     WHERE m.audience_id = a.audience_id
+       AND NOT EXISTS (SELECT 1 FROM pg_audience_refresh r WHERE r.user_id = m.user_id);
+    -- (No unique key to upsert on: ids of any length are members, see audience_members.)
+    UPDATE audience.audience_members m SET score = r.score, rank = r.rank
+      FROM pg_audience_refresh r
+     WHERE m.audience_id = a.audience_id AND m.user_id = r.user_id;
+    INSERT INTO audience.audience_members (audience_id, user_id, score, rank, entered_at)
+    SELECT a.audience_id, r.user_id, r.score, r.rank, at FROM pg_audience_refresh r
+     WHERE NOT EXISTS (SELECT 1 FROM audience.audience_members m WHERE m.audience_id = a.audience_id AND m.user_id = r.user_id);
+    SELECT count(*) INTO n FROM pg_audience_refresh;
+    DROP TABLE pg_audience_refresh;
+
+    UPDATE audience.saved_audiences s SET refreshed_at = at, model_id = mid WHERE s.audience_id = a.audience_id;
+    RETURN QUERY SELECT a.name, n, n_in, n_out;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION audience.save_audience(
     name text,
     property text,
@@ -264,6 +391,136 @@ BEGIN
     RETURN QUERY SELECT * FROM audience.refresh_audience(save_audience.name);
 END
 $fn$;
+
+-- refresh_all_audiences refreshes each audience on its own (new result column error).
+DROP FUNCTION audience.refresh_all_audiences();
+CREATE FUNCTION audience.refresh_all_audiences()
+RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint, error text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    s record;
+    r record;
+    st text;
+    msg text;
+BEGIN
+    -- Each audience in its own subtransaction: one that fails (a dropped property, a catalog
+    -- without a model ...) is reported, with a WARNING for the server log, and the others refresh.
+    FOR s IN SELECT sa.name FROM audience.saved_audiences sa ORDER BY sa.name LOOP
+        BEGIN
+            SELECT * INTO r FROM audience.refresh_audience(s.name);
+            audience := r.audience; members := r.members; entered := r.entered; "left" := r."left"; error := NULL;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+            audience := s.name; members := NULL; entered := NULL; "left" := NULL;
+            error := format('%s (SQLSTATE %s)', msg, st);
+            RAISE WARNING 'refreshing audience "%" failed: %', s.name, error;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION audience.refresh_all_audiences() IS 'Refreshes every saved audience, each on its own: a failing one is reported in the error column and the others refresh (one call for a pg_cron job).';
+
+-- forget_user reports per source (new result column status), deletes from erasable sources only.
+DROP FUNCTION audience.forget_user(text, boolean);
+CREATE FUNCTION audience.forget_user(user_id text, rebuild boolean DEFAULT true)
+RETURNS TABLE(catalog text, source text, rows_deleted bigint, status text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    ev record;
+    c record;
+    rel regclass;
+    kind "char";
+    typ text;
+    n bigint;
+    st text;
+    msg text;
+BEGIN
+    IF user_id IS NULL THEN
+        RAISE EXCEPTION 'user_id cannot be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- The extension's own tables first: a role that may not delete there is no privacy officer
+    -- (42501 for the whole call, nothing deleted).
+    DELETE FROM audience.audience_members m WHERE m.user_id = forget_user.user_id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    catalog := NULL; source := 'audience.audience_members'; rows_deleted := n; status := 'deleted';
+    RETURN NEXT;
+    DELETE FROM audience.audience_changes ch WHERE ch.user_id = forget_user.user_id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    source := 'audience.audience_changes'; rows_deleted := n;
+    RETURN NEXT;
+
+    FOR ev IN SELECT e.*, ca.name AS catalog_name FROM audience.events e JOIN audience.catalogs ca USING (catalog_id)
+               ORDER BY ca.name, e.event_id LOOP
+        catalog := ev.catalog_name;
+        source := format('%I.%I', ev.source_schema, ev.source_table);
+        rows_deleted := NULL;
+        rel := to_regclass(source);
+        SELECT cl.relkind INTO kind FROM pg_class cl WHERE cl.oid = rel;
+        IF rel IS NULL THEN
+            status := 'skipped: the relation does not exist any more';
+        ELSIF kind IN ('v', 'm') THEN
+            status := 'skipped: a view; delete from the tables it reads';
+        ELSIF NOT ev.erasable THEN
+            status := format('skipped: not erasable (registered by %I without DELETE on it, or with erasable => false)', ev.registered_by);
+        ELSIF NOT coalesce((SELECT has_table_privilege(r.oid, rel, 'DELETE') FROM pg_roles r WHERE r.rolname = ev.registered_by), false) THEN
+            status := format('skipped: %I, who registered it, no longer has DELETE on it', ev.registered_by);
+        ELSE
+            BEGIN
+                SELECT format_type(a.atttypid, NULL) INTO typ
+                  FROM pg_attribute a
+                 WHERE a.attrelid = rel AND a.attname = ev.user_column AND a.attnum > 0 AND NOT a.attisdropped;
+                IF typ IS NULL THEN
+                    RAISE EXCEPTION 'column "%" of relation "%" does not exist', ev.user_column, source
+                        USING ERRCODE = 'undefined_column';
+                END IF;
+                BEGIN
+                    EXECUTE format('SELECT $1::%s', typ) USING forget_user.user_id;
+                EXCEPTION WHEN data_exception THEN
+                    typ := NULL;  -- not a valid id of the column's type: no row can hold it
+                END;
+                IF typ IS NULL THEN
+                    n := 0;
+                ELSE
+                    EXECUTE format('DELETE FROM %s s WHERE s.%I OPERATOR(pg_catalog.=) $1::%s', rel::text, ev.user_column, typ)
+                       USING forget_user.user_id;
+                    GET DIAGNOSTICS n = ROW_COUNT;
+                END IF;
+                rows_deleted := n;
+                status := 'deleted';
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+                status := format('failed: %s (SQLSTATE %s)', msg, st);
+            END;
+        END IF;
+        IF status <> 'deleted' THEN
+            RAISE WARNING 'forget_user: %: %', source, status;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+
+    IF rebuild THEN
+        FOR c IN SELECT ca.name FROM audience.catalogs ca WHERE ca.active_model_id IS NOT NULL ORDER BY ca.name LOOP
+            catalog := c.name; source := NULL; rows_deleted := NULL;
+            BEGIN
+                PERFORM audience.build(c.name);
+                status := 'rebuilt';
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+                status := format('rebuild failed: %s (SQLSTATE %s); the active model still holds the user', msg, st);
+                RAISE WARNING 'forget_user: catalog "%": %', c.name, status;
+            END;
+            RETURN NEXT;
+        END LOOP;
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION audience.forget_user(text, boolean) IS
+    'Deletes a user''s saved-audience memberships and rows of every erasable registered source, reporting per source what was deleted or why not, then rebuilds the models (right to be forgotten).';
 
 -- ---------------------------------------------------------------- demo shop
 
