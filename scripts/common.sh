@@ -47,7 +47,19 @@ pga_pgrx_configs() {
 }
 
 # pg_config of one version (default: the first one in pgrx-config.toml, or $PGA_PG).
+# PGA_PG_CONFIG=/path/to/pg_config overrides the default version's entry: the scripts then
+# install into, and run the servers of, that PostgreSQL (e.g. a private copy of the system one).
 pga_pg_config() {
+    local want="${1:-${PGA_PG:-}}"
+    if [[ -n "${PGA_PG_CONFIG:-}" ]] && [[ -z "$want" || "$want" == "$(pga_pg_version)" ]]; then
+        printf '%s\n' "$PGA_PG_CONFIG"
+        return 0
+    fi
+    pga_pgrx_pg_config "$want"
+}
+
+# The pg_config pgrx-config.toml lists (what `cargo pgrx` builds against), ignoring PGA_PG_CONFIG.
+pga_pgrx_pg_config() {
     local want="${1:-${PGA_PG:-}}" ver path
     while IFS=$'\t' read -r ver path; do
         if [[ -z "$want" || "$ver" == "$want" ]]; then

@@ -15,10 +15,14 @@ extdir="$("$pg_config" --sharedir)/extension"
 # Build into a staging tree, then move each file into place with rename(2): a backend that has
 # the old pg_audience.so mapped keeps its (unlinked) copy instead of crashing with SIGBUS, as it
 # would if the file were overwritten in place.
+# The staging tree holds what `cargo pgrx package` wrote: the library, the control file, the
+# generated pg_audience--<version>.sql and the upgrade scripts sql/pg_audience--<from>--<to>.sql.
+# Emptied first, so a script generated for an earlier version number is not installed again.
+pgmajor="$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')"
+stage="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/pg_audience-pg$pgmajor"
+rm -rf "$stage"
 pga_log "cargo pgrx package --pg-config $pg_config"
 cargo pgrx package --pg-config "$pg_config"
-pgmajor="$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')"
-stage="$REPO_ROOT/target/release/pg_audience-pg$pgmajor"
 [[ -d "$stage" ]] || pga_die "no package tree at $stage"
 sudo_cmd=()
 if ! pga_is_root && ! { [[ -w "$libdir" ]] && [[ -w "$extdir" ]]; }; then

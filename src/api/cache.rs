@@ -6,6 +6,7 @@
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{AudienceError, OrRaise};
 use crate::model::stored::Model;
+use crate::util::codec::CodecError;
 use crate::score::hybrid::Scorer;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -101,7 +102,8 @@ fn try_active(catalog: Option<&str>) -> Option<Rc<Loaded>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().as_ref().filter(|l| l.model_id == model_id).cloned()) {
         return Some(hit);
     }
-    let loaded = Rc::new(Loaded::new(model_id, name, load(model_id)?));
+    let model = load(model_id, &name)?;
+    let loaded = Rc::new(Loaded::new(model_id, name, model));
     let keep = loaded.approx_bytes() <= (crate::guc::CACHE_MB.get().max(0) as usize) << 20;
     CACHE.with(|c| *c.borrow_mut() = if keep { Some(loaded.clone()) } else { None });
     Some(loaded)
@@ -109,7 +111,7 @@ fn try_active(catalog: Option<&str>) -> Option<Rc<Loaded>> {
 
 /// The stored model, or None when it has no rows any more (replaced by a build that committed
 /// since it was resolved).
-pub(crate) fn load(model_id: i64) -> Option<Model> {
+pub(crate) fn load(model_id: i64, catalog: &str) -> Option<Model> {
     let chunks = Spi::connect(|client| {
         let table = client
             .select(
@@ -131,10 +133,19 @@ pub(crate) fn load(model_id: i64) -> Option<Model> {
     if rows == 0 && !model_exists(model_id) {
         return None;
     }
-    Some(Model::decode(&chunks).unwrap_or_else(|e| {
-        AudienceError::corrupt(format!("stored model {model_id} cannot be read: {e}"))
+    Some(Model::decode(&chunks).unwrap_or_else(|e| match e {
+        // A model written by an earlier release (ALTER EXTENSION pg_audience UPDATE keeps the stored
+        // models, whose format changed): not corrupt, just to be rebuilt.
+        CodecError::UnsupportedVersion { found, max_supported } if found < max_supported => AudienceError::not_ready(format!(
+            "the model of catalog \"{}\" was built by an earlier version of pg_audience and must be rebuilt",
+            crate::error::shown(catalog)
+        ))
+        .detail(format!("Model {model_id} is stored in format {found}; this version reads format {max_supported} only."))
+        .hint(format!("Rebuild it with SELECT * FROM audience.build('{}');", catalog.replace('\'', "''")))
+        .raise(),
+        e => AudienceError::corrupt(format!("stored model {model_id} cannot be read: {e}"))
             .hint("Rebuild it with audience.build().")
-            .raise()
+            .raise(),
     }))
 }
 

@@ -172,10 +172,10 @@ mod tests {
                SELECT audience.map_property('rep', 'b', column_name => 'b');
                SELECT audience.build('rep', factors => 2, neighbours => 2, tune => false);"#);
         let first = Spi::get_one::<i64>("SELECT active_model_id FROM audience.catalogs WHERE name = 'rep'").unwrap().unwrap();
-        assert!(crate::api::cache::load(first).is_some());
+        assert!(crate::api::cache::load(first, "rep").is_some());
         run("SELECT audience.build('rep', factors => 2, neighbours => 2, tune => false)");
         // The first model's rows are gone: None, not an error.
-        assert!(crate::api::cache::load(first).is_none());
+        assert!(crate::api::cache::load(first, "rep").is_none());
         let n = Spi::get_one::<i64>("SELECT count(*) FROM audience.recommend_audience('b', 'x', 100, catalog => 'rep')").unwrap().unwrap();
         assert!(n > 0);
     }
