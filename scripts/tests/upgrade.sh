@@ -119,15 +119,20 @@ done
 # ------------------------------------------------------------------ build 0.1.0
 t_say "build $OLD_VERSION from ${OLD_COMMIT:0:7}"
 t0="$(t_now)"
-if ! git cat-file -e "$OLD_COMMIT^{commit}" 2>/dev/null; then
-    git fetch --quiet origin "$OLD_COMMIT" 2>/dev/null || git fetch --quiet --unshallow origin 2>/dev/null || true
-fi
-git cat-file -e "$OLD_COMMIT^{commit}" 2>/dev/null ||
-    t_die "commit $OLD_COMMIT ($OLD_VERSION) is not in this clone (a shallow clone? git fetch --unshallow)"
+# The sources of 0.1.0: from its commit when the clone has it, else from the copy kept in the
+# repository (tests/upgrade/, made with `git archive` of that commit), so a shallow clone works.
+OLD_TARBALL="tests/upgrade/pg_audience-$OLD_VERSION-src.tar.gz"
 if [[ "$(cat "$OLD_SRC/.pga-commit" 2>/dev/null)" != "$OLD_COMMIT" ]]; then
     rm -rf "$OLD_SRC"
     mkdir -p "$OLD_SRC"
-    git archive "$OLD_COMMIT" | tar -x -C "$OLD_SRC"
+    if git cat-file -e "$OLD_COMMIT^{commit}" 2>/dev/null; then
+        git archive "$OLD_COMMIT" | tar -x -C "$OLD_SRC"
+    elif [[ -f "$OLD_TARBALL" ]]; then
+        t_meas "commit ${OLD_COMMIT:0:7} is not in this clone (shallow?): using $OLD_TARBALL"
+        tar -xzf "$OLD_TARBALL" -C "$OLD_SRC"
+    else
+        t_die "neither commit $OLD_COMMIT ($OLD_VERSION) nor $OLD_TARBALL is available"
+    fi
     echo "$OLD_COMMIT" >"$OLD_SRC/.pga-commit"
 fi
 if [[ ! -d "$OLD_TARGET/release" && -d "$TARGET/release" ]]; then
