@@ -326,6 +326,31 @@ mod tests {
         }
     }
 
+    /// Encoding checks for interrupts between its sections: the first failing check stops it,
+    /// and a check that always passes gives the same bytes as `encode`.
+    #[test]
+    fn encoding_stops_at_an_interrupt() {
+        let m = small();
+        let mut calls = 0;
+        let full = m
+            .encode_with(&mut || {
+                calls += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(full, m.encode());
+        assert!(calls >= 8, "checked {calls} times");
+        for stop_at in 1..=calls {
+            let mut n = 0;
+            let r = m.encode_with(&mut || {
+                n += 1;
+                if n == stop_at { Err(Interrupted) } else { Ok(()) }
+            });
+            assert!(r.is_err(), "stop at check {stop_at}");
+            assert_eq!(n, stop_at, "no check after the interrupt");
+        }
+    }
+
     #[test]
     fn encode_decode_round_trip() {
         let m = small();
