@@ -445,6 +445,7 @@ BEGIN
     SELECT r.user_id, r.score, r.rank
       FROM audience.recommend_audience(a.property, a."values", a.max_pct, catalog => cat, max_users => a.max_users,
                                        min_score => a.min_score, exclude_engaged => a.exclude_engaged, lookback => a.lookback) r;
+    GET DIAGNOSTICS n = ROW_COUNT;
 
     INSERT INTO audience.audience_changes (audience_id, refreshed_at, user_id, change, score)
     SELECT a.audience_id, at, r.user_id, 'entered', r.score
@@ -468,7 +469,6 @@ BEGIN
     INSERT INTO audience.audience_members (audience_id, user_id, score, rank, entered_at)
     SELECT a.audience_id, r.user_id, r.score, r.rank, at FROM pg_audience_refresh r
      WHERE NOT EXISTS (SELECT 1 FROM audience.audience_members m WHERE m.audience_id = a.audience_id AND m.user_id = r.user_id);
-    SELECT count(*) INTO n FROM pg_audience_refresh;
     DROP TABLE pg_audience_refresh;
 
     UPDATE audience.saved_audiences s SET refreshed_at = at, model_id = mid WHERE s.audience_id = a.audience_id;

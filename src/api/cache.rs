@@ -112,7 +112,7 @@ fn try_active(catalog: Option<&str>) -> Option<Rc<Loaded>> {
 /// The stored model, or None when it has no rows any more (replaced by a build that committed
 /// since it was resolved).
 pub(crate) fn load(model_id: i64, catalog: &str) -> Option<Model> {
-    let chunks = Spi::connect(|client| {
+    let (rows, chunks) = Spi::connect(|client| {
         let table = client
             .select(
                 "SELECT data FROM audience.model_data WHERE model_id OPERATOR(pg_catalog.=) $1 AND part OPERATOR(pg_catalog.=) 'model' ORDER BY chunk",
@@ -129,7 +129,6 @@ pub(crate) fn load(model_id: i64, catalog: &str) -> Option<Model> {
         }
         (rows, bytes)
     });
-    let (rows, chunks) = chunks;
     if rows == 0 && !model_exists(model_id) {
         return None;
     }

@@ -103,9 +103,7 @@ fn evaluate(
             .hint("Pass NULL (or leave the argument out) to evaluate every value, or an array of values.")
             .raise();
     }
-    let cid: i32 = Spi::get_one_with_args("SELECT audience._catalog_id($1)", &args![catalog])
-        .or_raise("resolving the catalog")
-        .unwrap_or_else(|| AudienceError::internal("no catalog").raise());
+    let cid = catalog_id(catalog);
     let params = remembered_params(cid, serde_json::json!({}));
     let full = scan_all(cid);
     if !full.item_values.iter().any(|(n, _)| n == property) {
@@ -319,9 +317,7 @@ fn tune(
     let Some(property) = property else { AudienceError::null("property").raise() };
     // No catalog lock for the search (a build may run meanwhile); the result is merged into
     // build_settings by one UPDATE at the end, under that statement's row lock.
-    let cid: i32 = Spi::get_one_with_args("SELECT audience._catalog_id($1)", &args![catalog])
-        .or_raise("resolving the catalog")
-        .unwrap_or_else(|| AudienceError::internal("no catalog").raise());
+    let cid = catalog_id(catalog);
     let params = remembered_params(cid, serde_json::json!({}));
     let full = scan_all(cid);
     if !full.item_values.iter().any(|(n, _)| n == property) {
@@ -366,4 +362,11 @@ fn tune(
         if p.own.half_life().is_finite() { Some(p.own.half_life() as f64) } else { None },
         t.objective,
     ))
+}
+
+/// The catalog's id (an error naming the catalogs when it does not exist); no lock taken.
+fn catalog_id(catalog: Option<&str>) -> i32 {
+    Spi::get_one_with_args("SELECT audience._catalog_id($1)", &args![catalog])
+        .or_raise("resolving the catalog")
+        .unwrap_or_else(|| AudienceError::internal("no catalog").raise())
 }
