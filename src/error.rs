@@ -28,8 +28,7 @@ impl AudienceError {
         self.hint = Some(h.into());
         self
     }
-    /// Raises the error as a Postgres ERROR; never returns.
-    pub fn raise(self) -> ! {
+    fn report(self, level: PgLogLevel) {
         let mut r = ErrorReport::new(self.code, self.message, "pg_audience");
         if let Some(d) = self.detail {
             r = r.set_detail(d);
@@ -37,8 +36,18 @@ impl AudienceError {
         if let Some(h) = self.hint {
             r = r.set_hint(h);
         }
-        r.report(PgLogLevel::ERROR);
+        r.report(level);
+    }
+
+    /// Raises the error as a Postgres ERROR; never returns.
+    pub fn raise(self) -> ! {
+        self.report(PgLogLevel::ERROR);
         unreachable!("ERROR returned")
+    }
+
+    /// Reports it as a WARNING and returns.
+    pub fn warn(self) {
+        self.report(PgLogLevel::WARNING)
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {

@@ -13,7 +13,19 @@ pub static CACHE_MB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 /// memory the operating system reports available).
 pub static BUILD_MEMORY_MB: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// Whether backends serve audiences from one shared, memory-mapped copy of each model (a file
+/// under the data directory) instead of each decoding its own.
+pub static SHARED_MODELS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"audience.shared_models",
+        c"Serves audiences from one memory-mapped copy of each model shared by all backends.",
+        c"The copy is a file under the data directory (pg_audience/), written from the stored model when missing. Off: each backend decodes its own copy.",
+        &SHARED_MODELS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"audience.build_memory_mb",
         c"Sets the memory, in MB, a model build may use for training (0: what the system has available).",

@@ -686,7 +686,7 @@ impl Affinity {
             indptr.push(indices.len());
         }
         let rows = occ.len() as u64;
-        let matrix = Csr { n_rows: m.n_rows, n_cols: m.n_cols, indptr, indices, data };
+        let matrix = Csr { n_rows: m.n_rows, n_cols: m.n_cols, indptr: indptr.into(), indices: indices.into(), data: data.into() };
         Affinity {
             users: self.users.clone(),
             items: self.items.clone(),
@@ -730,8 +730,8 @@ impl Affinity {
             }
         }
         // Column order is kept by the remap (it is monotonic), so rows stay sorted.
-        let indices = m.indices.iter().map(|&c| new_col[c as usize]).collect();
-        let matrix = Csr { n_rows: users.len(), n_cols: items.len(), indptr, indices, data: m.data.clone() };
+        let indices: Vec<u32> = m.indices.iter().map(|&c| new_col[c as usize]).collect();
+        let matrix = Csr { n_rows: users.len(), n_cols: items.len(), indptr: indptr.into(), indices: indices.into(), data: m.data.clone() };
         let item_props = self
             .item_props
             .into_iter()
@@ -1346,7 +1346,7 @@ impl Accumulator {
         }
         drop(std::mem::take(&mut self.entries));
 
-        let matrix = Csr { n_rows: n_users, n_cols: n_items, indptr, indices, data };
+        let matrix = Csr { n_rows: n_users, n_cols: n_items, indptr: indptr.into(), indices: indices.into(), data: data.into() };
         let item_props = std::mem::take(&mut self.props)
             .into_iter()
             .map(|p| p.into_iter().map(|v| v.value.map(|t| t.as_str().to_owned())).collect())

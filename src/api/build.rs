@@ -370,11 +370,18 @@ pub fn store(
         &args![cid, model_id],
     )
     .or_raise("activating the model");
-    Spi::run_with_args(
-        "DELETE FROM audience.models WHERE catalog_id OPERATOR(pg_catalog.=) $1 AND model_id OPERATOR(pg_catalog.<>) $2",
-        &args![cid, model_id],
-    )
-    .or_raise("dropping older models");
+    let replaced: Vec<i64> = Spi::connect_mut(|client| {
+        let table = client
+            .update(
+                "DELETE FROM audience.models WHERE catalog_id OPERATOR(pg_catalog.=) $1 AND model_id OPERATOR(pg_catalog.<>) $2 RETURNING model_id",
+                None,
+                &args![cid, model_id],
+            )
+            .or_raise("dropping older models");
+        table.filter_map(|r| r.get::<i64>(1).ok().flatten()).collect()
+    });
+    // The shared serving copy, made visible when this transaction commits.
+    crate::api::shared::stage_for_build(model, model_id, replaced);
     model_id
 }
 

@@ -2,9 +2,11 @@
 //! `search_path`, because Postgres would save and restore it for every row they return.
 //!
 //! Per-backend cache of the active model: models are immutable and ids never reused, so a cache
-//! keyed by model id never serves a stale model.
+//! keyed by model id never serves a stale model. The model itself is the shared, memory-mapped
+//! image of `shared.rs` (one copy for all backends), or a private copy when no file can be written.
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{AudienceError, OrRaise};
+use crate::model::image::Served;
 use crate::model::stored::Model;
 use crate::util::codec::CodecError;
 use crate::score::hybrid::Scorer;
@@ -17,28 +19,21 @@ pub struct Loaded {
     pub catalog: String,
     // Declared before `model` so it is dropped first: it borrows from the boxed model.
     pub scorer: Scorer<'static>,
-    pub model: Box<Model>,
+    pub model: Box<Served>,
+    /// Bytes of the image and whether they are the shared file mapping (else a private copy).
+    pub bytes: usize,
+    pub shared: bool,
 }
 
 impl Loaded {
-    fn new(model_id: i64, catalog: String, model: Model) -> Loaded {
-        let model = Box::new(model);
+    fn new(model_id: i64, catalog: String, served: Served, bytes: usize, shared: bool) -> Loaded {
+        let model = Box::new(served);
         // SAFETY: the Box's heap allocation does not move while `Loaded` lives, and `scorer` is
         // dropped before `model` (field order), so the 'static borrow never dangles.
-        let r: &'static Model = unsafe { &*(model.as_ref() as *const Model) };
-        let scorer = Scorer::new(&r.ui, r.als.as_ref(), r.knn.as_ref())
-            .with_days(&r.days, r.reference_day)
+        let r: &'static Served = unsafe { &*(model.as_ref() as *const Served) };
+        let scorer = Scorer::from_parts(&r.ui, r.als.as_ref(), r.knn.as_ref(), Some((&r.days, r.reference_day)), r.parts.clone())
             .with_threads(crate::guc::threads());
-        Loaded { model_id, catalog, scorer, model }
-    }
-
-    fn approx_bytes(&self) -> usize {
-        let m = &self.model;
-        // Affinities with their times; per user: the name, then six f32 vectors of the scorer (totals,
-        // CF denominators, ALS volume, active days, tenure).
-        m.ui.nnz() * 12 + m.days.memory_bytes() + m.users.len() * (48 + 24 + 8) + m.items.len() * 48
-            + m.als.as_ref().map(|a| (a.user_factors.len() + a.item_factors.len()) * 4).unwrap_or(0)
-            + m.knn.as_ref().map(|k| k.nnz() * 8).unwrap_or(0)
+        Loaded { model_id, catalog, scorer, model, bytes, shared }
     }
 }
 
@@ -102,9 +97,19 @@ fn try_active(catalog: Option<&str>) -> Option<Rc<Loaded>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().as_ref().filter(|l| l.model_id == model_id).cloned()) {
         return Some(hit);
     }
-    let model = load(model_id, &name)?;
-    let loaded = Rc::new(Loaded::new(model_id, name, model));
-    let keep = loaded.approx_bytes() <= (crate::guc::CACHE_MB.get().max(0) as usize) << 20;
+    let tags = crate::api::shared::tags(model_id);
+    let found = if crate::api::shared::enabled() { crate::api::shared::open(tags) } else { None };
+    let (served, bytes, shared) = match found {
+        Some((served, bytes)) => (served, bytes, true),
+        None => {
+            let model = load(model_id, &name)?;
+            crate::api::shared::publish(&model, tags)
+        }
+    };
+    let loaded = Rc::new(Loaded::new(model_id, name, served, bytes, shared));
+    // A shared mapping costs this backend no private memory: always kept. A private copy is kept
+    // within audience.model_cache_mb.
+    let keep = shared || bytes <= (crate::guc::CACHE_MB.get().max(0) as usize) << 20;
     CACHE.with(|c| *c.borrow_mut() = if keep { Some(loaded.clone()) } else { None });
     Some(loaded)
 }

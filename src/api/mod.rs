@@ -3,6 +3,7 @@ pub mod build;
 pub mod cache;
 pub mod evaluate;
 pub mod recommend;
+pub mod shared;
 pub mod spi_util;
 pub mod tuning;
 mod tests;

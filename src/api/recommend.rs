@@ -7,12 +7,12 @@
 use crate::api::cache::{active, Loaded};
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError};
-use crate::model::stored::Property;
+use crate::model::image::ServedProperty;
 use crate::score::topk::top_k;
 use pgrx::prelude::*;
 
 /// The property of the model, or an error that says whether it is unmapped or just unbuilt.
-pub fn model_property<'a>(l: &'a Loaded, name: Option<&str>) -> &'a Property {
+pub fn model_property<'a>(l: &'a Loaded, name: Option<&str>) -> &'a ServedProperty {
     let Some(name) = name else { AudienceError::null("property").raise() };
     if let Some(p) = l.model.property(name) {
         return p;
@@ -169,7 +169,7 @@ fn rows(l: &Loaded, ranked: Vec<(u32, f32)>) -> Vec<(String, f64, i64, f64)> {
     ranked
         .into_iter()
         .enumerate()
-        .map(|(r, (u, s))| (l.model.users[u as usize].clone(), s as f64, r as i64 + 1, 100.0 * (r as f64 + 1.0) / n))
+        .map(|(r, (u, s))| (l.model.users.get(u as usize).to_string(), s as f64, r as i64 + 1, 100.0 * (r as f64 + 1.0) / n))
         .collect()
 }
 
@@ -251,7 +251,7 @@ fn explain(
     }
     let l = active(catalog);
     let prop = model_property(&l, property);
-    let Ok(u) = l.model.users.binary_search_by(|x| x.as_str().cmp(user_id)) else {
+    let Ok(u) = l.model.users.binary_search(user_id) else {
         AudienceError::undefined(format!("user \"{}\" is not in the model of catalog \"{}\"", shown(user_id), shown(&l.catalog)))
             .hint("Users appear in the model once they have events in a registered source and the model is rebuilt.")
             .raise()
@@ -267,7 +267,7 @@ fn explain(
         .into_iter()
         .map(|(i, c)| {
             let reason = if items.binary_search(&i).is_ok() { "engaged with the value" } else { "similar to items with the value" };
-            (l.model.items[i as usize].clone(), c as f64, reason.to_string(), if total > 0.0 { (c / total) as f64 } else { 0.0 })
+            (l.model.items.get(i as usize).to_string(), c as f64, reason.to_string(), if total > 0.0 { (c / total) as f64 } else { 0.0 })
         })
         .collect();
     TableIterator::new(out)

@@ -37,6 +37,7 @@
 //! run time) the same code is used compiled for those features, with fused multiply-adds. The two
 //! variants round differently, so bit-identical results hold per CPU family, not across them.
 
+use crate::util::buf::Buf;
 use crate::model::csr::Csr;
 use crate::util::rand::SplitMix64;
 use std::sync::Mutex;
@@ -78,8 +79,8 @@ impl Default for AlsParams {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AlsModel {
     pub factors: usize,
-    pub user_factors: Vec<f32>,
-    pub item_factors: Vec<f32>,
+    pub user_factors: Buf<f32>,
+    pub item_factors: Buf<f32>,
 }
 
 /// Returned when the `check` callback asked to stop.
@@ -165,8 +166,8 @@ fn train_als_tuned(
     let (n_users, n_items) = (ui.n_rows, ui.n_cols);
     let mut model = AlsModel {
         factors: k,
-        user_factors: vec![0.0; n_users * k],
-        item_factors: vec![0.0; n_items * k],
+        user_factors: vec![0.0; n_users * k].into(),
+        item_factors: vec![0.0; n_items * k].into(),
     };
     if k == 0 || n_users == 0 || n_items == 0 {
         return Ok(model);
@@ -693,7 +694,7 @@ fn transpose_checked(m: &Csr, check: &mut dyn FnMut() -> Result<(), Interrupted>
         }
     }
     check()?;
-    Ok(Csr { n_rows: m.n_cols, n_cols: m.n_rows, indptr, indices, data })
+    Ok(Csr { n_rows: m.n_cols, n_cols: m.n_rows, indptr: indptr.into(), indices: indices.into(), data: data.into() })
 }
 
 // ---------------------------------------------------------------------------------------------

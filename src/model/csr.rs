@@ -1,5 +1,6 @@
 //! Compressed sparse row matrices: the one sparse layout the core uses for user x item affinity,
 //! its transpose, and item neighbour lists.
+use crate::util::buf::Buf;
 
 /// A sparse matrix in CSR form. Row `r` holds `indices[indptr[r]..indptr[r+1]]` (column ids, strictly
 /// increasing) with values `data[..]` at the same positions.
@@ -7,9 +8,9 @@
 pub struct Csr {
     pub n_rows: usize,
     pub n_cols: usize,
-    pub indptr: Vec<usize>,
-    pub indices: Vec<u32>,
-    pub data: Vec<f32>,
+    pub indptr: Buf<usize>,
+    pub indices: Buf<u32>,
+    pub data: Buf<f32>,
 }
 
 impl Csr {
@@ -34,7 +35,12 @@ impl Csr {
         for r in 0..n_rows {
             indptr[r + 1] += indptr[r];
         }
-        Csr { n_rows, n_cols, indptr, indices, data }
+        Csr { n_rows, n_cols, indptr: indptr.into(), indices: indices.into(), data: data.into() }
+    }
+
+    /// Heap bytes owned (0 when the arrays are borrowed from a mapping).
+    pub fn heap_bytes(&self) -> usize {
+        self.indptr.heap_bytes() + self.indices.heap_bytes() + self.data.heap_bytes()
     }
 
     /// Number of stored entries.
@@ -71,7 +77,7 @@ impl Csr {
                 next[c as usize] += 1;
             }
         }
-        Csr { n_rows: self.n_cols, n_cols: self.n_rows, indptr, indices, data }
+        Csr { n_rows: self.n_cols, n_cols: self.n_rows, indptr: indptr.into(), indices: indices.into(), data: data.into() }
     }
 
     /// Sum of each row's values.

@@ -3,6 +3,7 @@
 //! items, the number of distinct days a user engaged with it (the "occasions" of RFM analysis),
 //! its time-decayed forms, the recency of the last engagement and recency-decayed weights.
 //! Pure Rust.
+use crate::util::buf::Buf;
 
 /// Days per pair, column-wise. Days are stored as `u16` offsets from `day0` (179 years): older
 /// days are clamped to `day0`.
@@ -11,11 +12,11 @@ pub struct DayIndex {
     /// The UTC day (days since 2000-01-01) of offset 0.
     pub day0: i32,
     /// `ptr[p]..ptr[p + 1]` index the days of stored pair `p`.
-    pub ptr: Vec<u32>,
+    pub ptr: Buf<u32>,
     /// Day offsets, strictly ascending within a pair.
-    pub day: Vec<u16>,
+    pub day: Buf<u16>,
     /// Summed weight of the pair's events on that day.
-    pub weight: Vec<f32>,
+    pub weight: Buf<f32>,
 }
 
 impl DayIndex {
@@ -27,28 +28,25 @@ impl DayIndex {
         let max_day = minute.iter().map(|&m| day_of(m)).max().unwrap_or(0);
         let min_day = minute.iter().map(|&m| day_of(m)).min().unwrap_or(0);
         let day0 = min_day.max(max_day.saturating_sub(u16::MAX as i32));
-        let mut out = DayIndex {
-            day0,
-            ptr: Vec::with_capacity(ptr.len().max(1)),
-            day: Vec::with_capacity(minute.len()),
-            weight: Vec::with_capacity(minute.len()),
-        };
-        out.ptr.push(0);
+        let mut out_ptr: Vec<u32> = Vec::with_capacity(ptr.len().max(1));
+        let mut out_day: Vec<u16> = Vec::with_capacity(minute.len());
+        let mut out_weight: Vec<f32> = Vec::with_capacity(minute.len());
+        out_ptr.push(0);
         for w in ptr.windows(2) {
             for r in w[0] as usize..w[1] as usize {
                 let d = (day_of(minute[r]).max(day0) - day0) as u16;
                 let v = if value[r].is_finite() { value[r] } else { 0.0 };
-                let start = *out.ptr.last().unwrap() as usize;
-                if out.day.len() > start && *out.day.last().unwrap() == d {
-                    *out.weight.last_mut().unwrap() += v;
+                let start = *out_ptr.last().unwrap() as usize;
+                if out_day.len() > start && *out_day.last().unwrap() == d {
+                    *out_weight.last_mut().unwrap() += v;
                 } else {
-                    out.day.push(d);
-                    out.weight.push(v);
+                    out_day.push(d);
+                    out_weight.push(v);
                 }
             }
-            out.ptr.push(out.day.len() as u32);
+            out_ptr.push(out_day.len() as u32);
         }
-        out
+        DayIndex { day0, ptr: out_ptr.into(), day: out_day.into(), weight: out_weight.into() }
     }
 
     /// Number of pairs described.
@@ -74,7 +72,7 @@ impl DayIndex {
 
     /// Approximate heap bytes.
     pub fn memory_bytes(&self) -> usize {
-        self.ptr.capacity() * 4 + self.day.capacity() * 2 + self.weight.capacity() * 4
+        self.ptr.heap_bytes() + self.day.heap_bytes() + self.weight.heap_bytes()
     }
 }
 

@@ -77,7 +77,7 @@ pub fn bm25_weight(ui: &Csr, k1: f32, b: f32) -> Csr {
             data.push(w as f32);
         }
     }
-    Csr { n_rows: ui.n_rows, n_cols: ui.n_cols, indptr: ui.indptr.clone(), indices: ui.indices.clone(), data }
+    Csr { n_rows: ui.n_rows, n_cols: ui.n_cols, indptr: ui.indptr.clone(), indices: ui.indices.clone(), data: data.into() }
 }
 
 /// Trains the item-item neighbour matrix (items x items, row `j` = neighbours of `j` with their
@@ -142,7 +142,7 @@ pub fn train_knn(
         }
     }
     debug_assert_eq!(indptr.len(), n_items + 1);
-    Ok(Csr { n_rows: n_items, n_cols: n_items, indptr, indices, data })
+    Ok(Csr { n_rows: n_items, n_cols: n_items, indptr: indptr.into(), indices: indices.into(), data: data.into() })
 }
 
 /// Smallest weight kept for the similarity products: any product of two kept weights is a normal
@@ -167,7 +167,7 @@ fn drop_tiny(m: Csr) -> Csr {
         }
         indptr.push(indices.len());
     }
-    Csr { n_rows: m.n_rows, n_cols: m.n_cols, indptr, indices, data }
+    Csr { n_rows: m.n_rows, n_cols: m.n_cols, indptr: indptr.into(), indices: indices.into(), data: data.into() }
 }
 
 struct Ctx<'a> {

@@ -4,4 +4,5 @@ pub mod als;
 pub mod csr;
 pub mod days;
 pub mod knn;
+pub mod image;
 pub mod stored;

@@ -100,7 +100,7 @@ pub struct PropertyKnobs {
     pub cross_params: HybridParams,
 }
 
-fn put_knobs(w: &mut Writer, p: &HybridParams) {
+pub(crate) fn put_knobs(w: &mut Writer, p: &HybridParams) {
     w.put_f32(p.prior);
     w.put_f32(p.activity_exp);
     w.put_f32(p.knn_weight);
@@ -112,7 +112,7 @@ fn put_knobs(w: &mut Writer, p: &HybridParams) {
     w.put_f32(h);
 }
 
-fn get_knobs(r: &mut Reader) -> Result<HybridParams, CodecError> {
+pub(crate) fn get_knobs(r: &mut Reader) -> Result<HybridParams, CodecError> {
     let (prior, activity_exp, knn_weight, volume, days_exp, tenure_exp) =
         (r.get_f32()?, r.get_f32()?, r.get_f32()?, r.get_f32()?, r.get_f32()?, r.get_f32()?);
     let code = r.get_u32()?;
@@ -147,7 +147,7 @@ fn get_csr(r: &mut Reader) -> Result<Csr, CodecError> {
     if !ok {
         return Err(crate::util::codec::invalid("inconsistent sparse matrix"));
     }
-    Ok(Csr { n_rows, n_cols, indptr, indices, data })
+    Ok(Csr { n_rows, n_cols, indptr: indptr.into(), indices: indices.into(), data: data.into() })
 }
 
 impl Model {
@@ -246,7 +246,7 @@ impl Model {
             if user_factors.len() != users.len() * factors || item_factors.len() != items.len() * factors {
                 return Err(bad("factor shapes do not match the id maps"));
             }
-            Some(AlsModel { factors, user_factors, item_factors })
+            Some(AlsModel { factors, user_factors: user_factors.into(), item_factors: item_factors.into() })
         } else {
             None
         };
@@ -281,7 +281,7 @@ impl Model {
         }
         let day: Vec<u16> = raw.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
         let weight = r.get_f32s()?;
-        let days = DayIndex { day0, ptr, day, weight };
+        let days = DayIndex { day0, ptr: ptr.into(), day: day.into(), weight: weight.into() };
         if !days.is_valid_for(ui.nnz()) {
             return Err(bad("engagement days do not match the affinity matrix"));
         }
@@ -311,7 +311,7 @@ mod tests {
             items: vec!["i1".into(), "i2".into()],
             ui,
             last_seen: vec![1, 2, 3],
-            als: Some(AlsModel { factors: 1, user_factors: vec![0.5, 0.25], item_factors: vec![1.0, 2.0] }),
+            als: Some(AlsModel { factors: 1, user_factors: vec![0.5, 0.25].into(), item_factors: vec![1.0, 2.0].into() }),
             knn: Some(Csr::from_triplets(2, 2, &mut [(0, 1, 0.5)])),
             properties: vec![props],
             params: HybridParams { prior: 1.0, activity_exp: 0.5, knn_weight: 0.5, volume: 1.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity },

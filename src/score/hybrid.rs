@@ -48,6 +48,7 @@
 use crate::model::als::AlsModel;
 use crate::model::csr::Csr;
 use crate::model::days::DayIndex;
+use crate::util::buf::Buf;
 use std::sync::{Arc, Mutex};
 
 /// How the user's own engagement is measured (see the module doc). Half-lives are in days;
@@ -189,11 +190,11 @@ pub struct Components {
     /// `als_share_u`, `None` without an ALS model.
     pub als_share: Option<Vec<f32>>,
     /// The ALS-predicted volume `max(0, x_u . Y_all)` (value-independent, shared), `None` without ALS.
-    pub als_volume: Option<std::sync::Arc<Vec<f32>>>,
+    pub als_volume: Option<Arc<Buf<f32>>>,
     /// The kNN volume `sum_j a_uj S_all(j)` (value-independent, shared), `None` without kNN:
     /// `knn_share_u` times it is the summed item-kNN similarity to the value, the ranking of the
     /// `implicit` library's item-kNN recommenders.
-    pub knn_volume: Option<std::sync::Arc<Vec<f32>>>,
+    pub knn_volume: Option<Arc<Buf<f32>>>,
     /// Active days `d_u` and tenure `r_u` (value-independent, shared), `None` when the event
     /// times are unknown.
     pub returns: Option<std::sync::Arc<Returns>>,
@@ -207,7 +208,7 @@ pub struct Components {
 pub struct OwnPart {
     pub own: Own,
     pub e: Vec<f32>,
-    pub t: Arc<Vec<f32>>,
+    pub t: Arc<Buf<f32>>,
 }
 
 impl Components {
@@ -250,21 +251,35 @@ pub struct Scorer<'a> {
     /// Transposed kNN matrix: row `i` lists the items `j` having `i` as a neighbour, with `S(j,i)`.
     knn_t: Option<Csr>,
     /// `t_u`.
-    t: Vec<f32>,
+    t: Buf<f32>,
     /// `sum_j a_uj S_all(j)` (empty without kNN).
-    knn_den: Vec<f32>,
+    knn_den: Buf<f32>,
     /// `x_u . Y_all` (empty without ALS).
-    als_den: Vec<f32>,
-    als_volume: std::sync::Arc<Vec<f32>>,
-    knn_volume: std::sync::Arc<Vec<f32>>,
+    als_den: Buf<f32>,
+    als_volume: Arc<Buf<f32>>,
+    knn_volume: Arc<Buf<f32>>,
     /// `d_u` and `r_u`, `None` until [`Scorer::with_days`].
     returns: Option<std::sync::Arc<Returns>>,
     /// Engagement days per stored pair and the reference day ages are counted to.
     days: Option<(&'a DayIndex, i32)>,
     /// Activity totals of the own measures computed so far.
-    own_totals: Mutex<Vec<(Own, Arc<Vec<f32>>)>>,
+    own_totals: Mutex<Vec<(Own, Arc<Buf<f32>>)>>,
     /// Threads for the per-user loops of [`Scorer::components`] (1 = the calling thread only).
     threads: usize,
+}
+
+/// What [`Scorer::new`] and [`Scorer::with_days`] precompute, plus the activity totals of chosen own
+/// measures: written to a model's serving image and read back in place, so a backend serves a
+/// model without recomputing them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScorerParts {
+    pub t: Buf<f32>,
+    pub knn_den: Buf<f32>,
+    pub als_den: Buf<f32>,
+    pub knn_t: Option<Csr>,
+    pub als_volume: Buf<f32>,
+    pub returns: Option<Returns>,
+    pub own_totals: Vec<(Own, Buf<f32>)>,
 }
 
 /// Runs `f(first_user, chunk)` over `threads` contiguous chunks of `out` in parallel (scoped
@@ -331,21 +346,69 @@ impl<'a> Scorer<'a> {
             let y_all: Vec<f32> = y_all.into_iter().map(|x| x as f32).collect();
             als_den = (0..n_users).map(|u| dot(m.user(u), &y_all)).collect();
         }
-        let als_volume = std::sync::Arc::new(als_den.iter().map(|&d| if d > 0.0 { d } else { 0.0 }).collect());
-        let knn_volume = std::sync::Arc::new(knn_den.clone());
+        let als_volume = Arc::new(als_den.iter().map(|&d| if d > 0.0 { d } else { 0.0 }).collect());
+        let knn_volume = Arc::new(Buf::from(knn_den.clone()));
         Scorer {
             ui,
             als,
             knn,
             knn_t,
-            t,
-            knn_den,
-            als_den,
+            t: t.into(),
+            knn_den: knn_den.into(),
+            als_den: als_den.into(),
             als_volume,
             knn_volume,
             returns: None,
             days: None,
             own_totals: Mutex::new(Vec::new()),
+            threads: 1,
+        }
+    }
+
+    /// The precomputed parts, with the activity totals of `owns` computed now (for a serving image).
+    pub fn parts(&self, owns: &[Own]) -> ScorerParts {
+        let mut own_totals: Vec<(Own, Buf<f32>)> = Vec::new();
+        for &o in owns {
+            if o != Own::Affinity && self.has_days() && !own_totals.iter().any(|(x, _)| *x == o) {
+                own_totals.push((o, (*self.own_totals(o)).clone()));
+            }
+        }
+        ScorerParts {
+            t: self.t.clone(),
+            knn_den: self.knn_den.clone(),
+            als_den: self.als_den.clone(),
+            knn_t: self.knn_t.clone(),
+            als_volume: (*self.als_volume).clone(),
+            returns: self.returns.as_deref().cloned(),
+            own_totals,
+        }
+    }
+
+    /// A scorer from parts computed earlier by [`Scorer::parts`] for the same matrices (as read
+    /// from a serving image): nothing is recomputed. Panics when the shapes do not match.
+    pub fn from_parts(ui: &'a Csr, als: Option<&'a AlsModel>, knn: Option<&'a Csr>, days: Option<(&'a DayIndex, i32)>, parts: ScorerParts) -> Self {
+        let n = ui.n_rows;
+        assert!(parts.t.len() == n, "one activity per user");
+        assert!(knn.is_none() || (parts.knn_den.len() == n && parts.knn_t.as_ref().is_some_and(|t| t.n_rows == ui.n_cols)), "kNN parts");
+        assert!(als.is_none() || (parts.als_den.len() == n && parts.als_volume.len() == n), "ALS parts");
+        assert!(days.is_none() || parts.returns.as_ref().is_some_and(|r| r.days.len() == n && r.tenure.len() == n), "day parts");
+        assert!(parts.own_totals.iter().all(|(_, t)| t.len() == n), "own totals per user");
+        if let Some((d, _)) = days {
+            assert_eq!(d.pairs(), ui.nnz(), "one day list per stored affinity");
+        }
+        Scorer {
+            ui,
+            als,
+            knn,
+            knn_volume: Arc::new(parts.knn_den.clone()),
+            knn_t: parts.knn_t,
+            t: parts.t,
+            knn_den: parts.knn_den,
+            als_den: parts.als_den,
+            als_volume: Arc::new(parts.als_volume),
+            returns: if days.is_some() { parts.returns.map(Arc::new) } else { None },
+            days,
+            own_totals: Mutex::new(parts.own_totals.into_iter().map(|(o, t)| (o, Arc::new(t))).collect()),
             threads: 1,
         }
     }
@@ -367,7 +430,7 @@ impl<'a> Scorer<'a> {
     }
 
     /// The activity `t_u` in the unit of `own` (computed once per measure).
-    pub fn own_totals(&self, own: Own) -> Arc<Vec<f32>> {
+    pub fn own_totals(&self, own: Own) -> Arc<Buf<f32>> {
         if own == Own::Affinity {
             return Arc::new(self.t.clone());
         }
@@ -375,7 +438,7 @@ impl<'a> Scorer<'a> {
             return t.clone();
         }
         let t = self.own_columns(None, None, None, &[own]).pop().unwrap_or_default();
-        let t = Arc::new(t);
+        let t: Arc<Buf<f32>> = Arc::new(t.into());
         self.own_totals.lock().unwrap().push((own, t.clone()));
         t
     }
@@ -662,14 +725,14 @@ fn own_measure(
 }
 
 /// An own measure's activity totals for the whole population and picked for a sample.
-type PickedTotals = (Own, Arc<Vec<f32>>, Arc<Vec<f32>>);
+type PickedTotals = (Own, Arc<Buf<f32>>, Arc<Buf<f32>>);
 
 /// A fixed subset of a scorer's users (for tuning on a sample): picks their entries out of
 /// per-user vectors and [`Components`], sharing the value-independent parts between values.
 pub struct Sample {
     pub users: Vec<usize>,
-    als_volume: Option<std::sync::Arc<Vec<f32>>>,
-    knn_volume: Option<std::sync::Arc<Vec<f32>>>,
+    als_volume: Option<Arc<Buf<f32>>>,
+    knn_volume: Option<Arc<Buf<f32>>>,
     returns: Option<std::sync::Arc<Returns>>,
     /// Picked own-measure totals, shared between values.
     own_totals: Mutex<Vec<PickedTotals>>,
@@ -680,8 +743,8 @@ impl Sample {
     pub fn every(scorer: &Scorer, step: usize) -> Sample {
         let users: Vec<usize> = (0..scorer.n_users()).step_by(step.max(1)).collect();
         let pick = |v: &[f32]| users.iter().map(|&u| v[u]).collect::<Vec<f32>>();
-        let als_volume = scorer.als.map(|_| std::sync::Arc::new(pick(&scorer.als_volume)));
-        let knn_volume = scorer.knn.map(|_| std::sync::Arc::new(pick(&scorer.knn_volume)));
+        let als_volume = scorer.als.map(|_| Arc::new(pick(&scorer.als_volume).into()));
+        let knn_volume = scorer.knn.map(|_| Arc::new(pick(&scorer.knn_volume).into()));
         let returns = scorer.returns().map(|r| std::sync::Arc::new(r.pick(&users)));
         Sample { users, als_volume, knn_volume, returns, own_totals: Mutex::new(Vec::new()) }
     }
@@ -718,9 +781,9 @@ impl Sample {
             .map(|(&own, e)| {
                 let cached = self.own_totals.lock().unwrap().iter().find(|x| x.0 == own).map(|x| x.2.clone());
                 let t = cached.unwrap_or_else(|| {
-                    let t = Arc::new(scorer.own_columns(Some(&self.users), None, None, &[own]).pop().unwrap_or_default());
+                    let t: Arc<Buf<f32>> = Arc::new(scorer.own_columns(Some(&self.users), None, None, &[own]).pop().unwrap_or_default().into());
                     // The whole-population slot is unused for totals computed on the sample only.
-                    self.own_totals.lock().unwrap().push((own, Arc::new(Vec::new()), t.clone()));
+                    self.own_totals.lock().unwrap().push((own, Arc::new(Buf::new()), t.clone()));
                     t
                 });
                 OwnPart { own, e, t }
@@ -744,7 +807,7 @@ impl Sample {
                 .map(|p| {
                     let t = self.own_totals.lock().unwrap().iter().find(|x| x.0 == p.own && Arc::ptr_eq(&x.1, &p.t)).map(|x| x.2.clone());
                     let t = t.unwrap_or_else(|| {
-                        let t = Arc::new(self.pick(&p.t));
+                        let t: Arc<Buf<f32>> = Arc::new(self.pick(&p.t).into());
                         self.own_totals.lock().unwrap().push((p.own, p.t.clone(), t.clone()));
                         t
                     });
@@ -760,9 +823,9 @@ impl Sample {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Returns {
     /// `d_u`: distinct days (`time.div_euclid(per_day)`) among the row's times (0 for an empty row).
-    pub days: Vec<f32>,
+    pub days: Buf<f32>,
     /// `r_u`: 1 + days from the earliest to the latest of them (0 for an empty row).
-    pub tenure: Vec<f32>,
+    pub tenure: Buf<f32>,
 }
 
 impl Returns {
@@ -784,7 +847,7 @@ impl Returns {
             d_out.push(buf.len() as f32);
             r_out.push(span);
         }
-        Returns { days: d_out, tenure: r_out }
+        Returns { days: d_out.into(), tenure: r_out.into() }
     }
 
     /// From the latest time of each pair only (lower bounds); kept to check [`Returns::from_days`].
@@ -806,7 +869,7 @@ impl Returns {
             days.push(buf.len() as f32);
             tenure.push(span);
         }
-        Returns { days, tenure }
+        Returns { days: days.into(), tenure: tenure.into() }
     }
 
     /// The same users picked by index (for tuning on a sample).
@@ -980,8 +1043,8 @@ mod tests {
     fn als() -> AlsModel {
         AlsModel {
             factors: 2,
-            user_factors: vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0],
-            item_factors: vec![1.0, 0.0, 0.0, 1.0, 0.0, 2.0, 2.0, 0.0],
+            user_factors: vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0].into(),
+            item_factors: vec![1.0, 0.0, 0.0, 1.0, 0.0, 2.0, 2.0, 0.0].into(),
         }
     }
 

@@ -543,9 +543,9 @@ mod tests {
         let n = 500;
         let t: Vec<f32> = (0..n).map(|_| (r() * 50.0) as f32).collect();
         let days: Vec<f32> = (0..n).map(|_| 1.0 + (r() * 10.0).floor() as f32).collect();
-        let tenure = days.iter().map(|&d| d + (r() * 30.0).floor() as f32).collect();
-        let returns = std::sync::Arc::new(crate::score::hybrid::Returns { days: days.clone(), tenure });
-        let vol = std::sync::Arc::new((0..n).map(|_| r() as f32 * 10.0).collect::<Vec<f32>>());
+        let tenure: Vec<f32> = days.iter().map(|&d| d + (r() * 30.0).floor() as f32).collect();
+        let returns = std::sync::Arc::new(crate::score::hybrid::Returns { days: days.clone().into(), tenure: tenure.into() });
+        let vol = std::sync::Arc::new((0..n).map(|_| r() as f32 * 10.0).collect::<crate::util::buf::Buf<f32>>());
         let values: Vec<(Components, Vec<bool>)> = (0..6)
             .map(|_| {
                 let e: Vec<f32> = t.iter().map(|&x| if r() < 0.3 { x * r() as f32 } else { 0.0 }).collect();

@@ -2,6 +2,7 @@
 //! tables ([`hash`]), a little-endian byte codec for aggregate states and model blobs ([`codec`]) and
 //! a small deterministic random generator ([`rand`]).
 
+pub mod buf;
 pub mod codec;
 pub mod hash;
 pub mod rand;

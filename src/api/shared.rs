@@ -1,0 +1,252 @@
+//! One copy of each active model for every backend: the model's serving image (see
+//! `model::image`) kept as a file under the data directory, `pg_audience/<database oid>/`, and
+//! memory-mapped read-only by every backend that serves audiences from it.
+//!
+//! - The stored model (`audience.model_data`) stays the source of truth; the file is a cache made
+//!   from it. Its name carries the oid of `audience.models` (new after DROP/CREATE EXTENSION or a
+//!   restore) and the model id (never reused), and its header repeats both: a file is never
+//!   served for another model.
+//! - Files are written to a temporary name, flushed to disk and renamed, so a crash or a full
+//!   disk never leaves a partial file under the final name. A build writes the image of its new
+//!   model under a temporary name and renames it when its transaction commits (removes it when it
+//!   aborts); the first call that finds no image writes one from the stored model.
+//! - Files of models that no longer exist are removed when a build replaces them and by a sweep
+//!   whenever an image is written; a backend still mapping a removed file keeps reading it (the
+//!   kernel frees it with the last mapping).
+//! - When the file cannot be written (disk full, no permission), the backend serves from a private
+//!   copy and warns once per model.
+use crate::api::spi_util::query_rows;
+use crate::error::{AudienceError, OrRaise};
+use crate::model::image::{read_image, write_image, Served};
+use crate::model::stored::Model;
+use crate::score::hybrid::Scorer;
+use crate::util::buf::Mapping;
+use pgrx::prelude::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Temporary files older than this are leftovers of a crashed writer.
+const STALE_TMP_SECS: u64 = 3600;
+
+fn data_dir() -> PathBuf {
+    // SAFETY: DataDir is set at backend start and never changes afterwards.
+    let dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
+    PathBuf::from(dir.to_string_lossy().into_owned())
+}
+
+fn root() -> PathBuf {
+    data_dir().join("pg_audience")
+}
+
+fn db_dir() -> PathBuf {
+    // SAFETY: MyDatabaseId is set once the backend is connected to its database.
+    root().join(unsafe { pg_sys::MyDatabaseId }.to_u32().to_string())
+}
+
+/// `[oid of audience.models, model_id]`: what an image file is named after and checked against.
+pub fn tags(model_id: i64) -> [u64; 2] {
+    let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'audience.models'::pg_catalog.regclass::pg_catalog.oid")
+        .or_raise("locating the model table")
+        .map_or(0, |o| o.to_u32());
+    [oid as u64, model_id as u64]
+}
+
+fn file_name(tags: [u64; 2]) -> String {
+    format!("{}_{}.img", tags[0], tags[1])
+}
+
+pub fn path_of(tags: [u64; 2]) -> PathBuf {
+    db_dir().join(file_name(tags))
+}
+
+/// Whether serving from shared files is on (`audience.shared_models`).
+pub fn enabled() -> bool {
+    crate::guc::SHARED_MODELS.get()
+}
+
+/// The image of the model, mapped from its file; None when there is no usable file (a damaged or
+/// mismatching one is removed).
+pub fn open(tags: [u64; 2]) -> Option<(Served, usize)> {
+    let path = path_of(tags);
+    let file = std::fs::File::open(&path).ok()?;
+    let map = Arc::new(Mapping::of_file(&file).ok()?);
+    let len = map.bytes().len();
+    match read_image(map, tags) {
+        Ok(s) => Some((s, len)),
+        Err(e) => {
+            pgrx::log!("pg_audience: removing unusable model image {}: {e}", path.display());
+            let _ = std::fs::remove_file(&path);
+            None
+        }
+    }
+}
+
+/// A writer into 8-byte aligned memory, for images kept in the backend when no file can be written.
+struct Words {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Write for Words {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let end = self.len + b.len();
+        if end > self.words.len() * 8 {
+            self.words.resize(end.div_ceil(8).max(self.words.len() * 2), 0);
+        }
+        // SAFETY: the buffer holds at least `end` bytes after the resize above.
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), (self.words.as_mut_ptr() as *mut u8).add(self.len), b.len()) };
+        self.len = end;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn write_to_file(path: &Path, tags: [u64; 2], model: &Model, parts: &crate::score::hybrid::ScorerParts) -> std::io::Result<()> {
+    let dir = path.parent().expect("image files live in a directory");
+    std::fs::create_dir_all(dir)?;
+    let result = (|| {
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        write_image(&mut w, tags, model, parts)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn tmp_path(tags: [u64; 2]) -> PathBuf {
+    db_dir().join(format!("{}.tmp.{}", file_name(tags), std::process::id()))
+}
+
+/// The parts the scorer precomputes, for the image of `model`.
+fn parts_of(model: &Model) -> crate::score::hybrid::ScorerParts {
+    Scorer::new(&model.ui, model.als.as_ref(), model.knn.as_ref())
+        .with_days(&model.days, model.reference_day)
+        .with_threads(crate::guc::threads())
+        .parts(&Served::own_measures(model))
+}
+
+/// Writes the image of `model` (just read from the table) to its file and maps it; when the file
+/// cannot be written, keeps the image in this backend's memory instead (returns false then).
+pub fn publish(model: &Model, tags: [u64; 2]) -> (Served, usize, bool) {
+    let parts = parts_of(model);
+    if enabled() {
+        let (tmp, path) = (tmp_path(tags), path_of(tags));
+        match write_to_file(&tmp, tags, model, &parts).and_then(|_| std::fs::rename(&tmp, &path)) {
+            Ok(()) => {
+                sync_dir(&db_dir());
+                sweep(tags, false);
+                if let Some((s, len)) = open(tags) {
+                    return (s, len, true);
+                }
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                warn_once(tags, &e);
+            }
+        }
+    }
+    let mut w = Words { words: Vec::new(), len: 0 };
+    write_image(&mut w, tags, model, &parts).unwrap_or_else(|e| AudienceError::internal(format!("building the model image in memory: {e}")).raise());
+    let map = Arc::new(Mapping::of_words(w.words, w.len));
+    let len = map.bytes().len();
+    let served = read_image(map, tags).unwrap_or_else(|e| AudienceError::internal(format!("reading the model image back: {e}")).raise());
+    (served, len, false)
+}
+
+thread_local! {
+    static WARNED: std::cell::RefCell<Vec<[u64; 2]>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn warn_once(tags: [u64; 2], e: &std::io::Error) {
+    if WARNED.with(|w| w.borrow().contains(&tags)) {
+        return;
+    }
+    WARNED.with(|w| w.borrow_mut().push(tags));
+    AudienceError::new(PgSqlErrorCode::ERRCODE_IO_ERROR, format!("could not write the shared copy of model {}: {e}", tags[1]))
+        .detail("This session serves audiences from a private copy of the model, which costs memory and time per session.")
+        .hint(format!("Make room or fix permissions under {}; the next session tries again.", db_dir().display()))
+        .warn();
+}
+
+/// The image a build writes for its new model: under a temporary name until the transaction
+/// commits, when it is renamed (and the files of the models the build replaced are removed); an
+/// abort removes it. Failures only cost the first reader the time to write it.
+pub fn stage_for_build(model: &Model, model_id: i64, replaced: Vec<i64>) {
+    if !enabled() {
+        return;
+    }
+    let tags = tags(model_id);
+    let (tmp, path) = (tmp_path(tags), path_of(tags));
+    if let Err(e) = write_to_file(&tmp, tags, model, &parts_of(model)) {
+        pgrx::debug1!("pg_audience: the build could not write the image of model {model_id}: {e}");
+        return;
+    }
+    sweep(tags, true);
+    let old: Vec<PathBuf> = replaced.into_iter().map(|id| path_of([tags[0], id as u64])).collect();
+    let (tmp_abort, dir) = (tmp.clone(), db_dir());
+    // Post-commit and post-abort callbacks must not fail: plain file operations, errors ignored.
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+        if std::fs::rename(&tmp, &path).is_ok() {
+            sync_dir(&dir);
+        }
+        for p in &old {
+            let _ = std::fs::remove_file(p);
+        }
+    });
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
+        let _ = std::fs::remove_file(&tmp_abort);
+    });
+}
+
+/// Removes image files no backend will open again: of other extension installs (another oid of
+/// `audience.models`), of models that no longer exist, temporary files of crashed writers, and the
+/// directories of dropped databases. `keep` (just written; its model may not be visible to this
+/// statement's snapshot yet) is kept, and its oid of `audience.models` is the current one. A build
+/// passes `other_installs_only` (models committed by concurrent builds are not visible to it).
+pub fn sweep(keep: [u64; 2], other_installs_only: bool) {
+    let live: Vec<i64> = query_rows("SELECT m.model_id FROM audience.models m", &[], |r| r.get::<i64>(1).ok().flatten()).into_iter().flatten().collect();
+    let Ok(entries) = std::fs::read_dir(db_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let remove = if let Some((_, _pid)) = name.split_once(".img.tmp.") {
+            entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age.as_secs() > STALE_TMP_SECS)
+        } else if let Some(stem) = name.strip_suffix(".img") {
+            match stem.split_once('_').and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))) {
+                Some((oid, id)) if [oid, id] == keep => false,
+                Some((oid, id)) => oid != keep[0] || (!other_installs_only && !live.contains(&(id as i64))),
+                None => false,
+            }
+        } else {
+            false
+        };
+        if remove {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let dbs: Vec<u32> = query_rows("SELECT d.oid FROM pg_catalog.pg_database d", &[], |r| r.get::<pg_sys::Oid>(1).ok().flatten().map(|o| o.to_u32()))
+        .into_iter()
+        .flatten()
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(root()) {
+        for entry in entries.flatten() {
+            if let Some(oid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                if !dbs.contains(&oid) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Arrays that are either owned or borrowed from a read-only memory mapping: the serving image of
+//! a model (see `model::image`) is mapped once per backend and its arrays are read in place, so
+//! every backend shares the page cache's one copy. Pure Rust (plus `libc` for `mmap`).
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+/// Plain-old-data element types an image may hold: any bit pattern is a valid value.
+///
+/// # Safety
+/// Implementors must be `Copy` types without padding or invalid bit patterns.
+pub unsafe trait Pod: Copy + Send + Sync + 'static {}
+unsafe impl Pod for u8 {}
+unsafe impl Pod for u16 {}
+unsafe impl Pod for u32 {}
+unsafe impl Pod for u64 {}
+unsafe impl Pod for i32 {}
+unsafe impl Pod for f32 {}
+unsafe impl Pod for usize {}
+
+/// Read-only bytes: a shared file mapping (`munmap` on drop) or a heap buffer standing in for one
+/// (when the image could not be written to disk). 8-byte aligned at the start.
+pub struct Mapping {
+    ptr: *const u8,
+    len: usize,
+    heap: Option<Vec<u64>>,
+}
+
+// SAFETY: the bytes are never written after creation (PROT_READ mapping or an owned buffer that is
+// not exposed mutably), so sharing across threads is sound.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps a whole file read-only and shared. An empty file gives an empty mapping.
+    pub fn of_file(file: &std::fs::File) -> std::io::Result<Mapping> {
+        use std::os::fd::AsRawFd;
+        let len = file.metadata()?.len() as usize;
+        if len == 0 {
+            return Ok(Mapping::of_bytes(&[]));
+        }
+        // SAFETY: a fresh read-only shared mapping of an open file descriptor; checked for failure.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr: ptr as *const u8, len, heap: None })
+    }
+
+    /// A private copy of `bytes` in an aligned heap buffer.
+    pub fn of_bytes(bytes: &[u8]) -> Mapping {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: `words` has at least `bytes.len()` bytes; u64 has no invalid bit patterns.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr() as *mut u8, bytes.len()) };
+        let ptr = words.as_ptr() as *const u8;
+        Mapping { ptr, len: bytes.len(), heap: Some(words) }
+    }
+
+    /// The first `len` bytes of `words`, without copying.
+    pub fn of_words(words: Vec<u64>, len: usize) -> Mapping {
+        assert!(len <= words.len() * 8, "length within the buffer");
+        let ptr = words.as_ptr() as *const u8;
+        Mapping { ptr, len, heap: Some(words) }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr` points to `len` readable bytes for the life of `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// Whether the bytes are a file mapping (shared) rather than a private heap copy.
+    pub fn is_shared(&self) -> bool {
+        self.heap.is_none() && self.len > 0
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.heap.is_none() && self.len > 0 {
+            // SAFETY: unmapping exactly the region mapped in `of_file`; no borrow outlives `self`
+            // (every `Buf` holds an `Arc<Mapping>`).
+            unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+        }
+    }
+}
+
+enum Repr<T: Pod> {
+    Owned(Vec<T>),
+    Mapped { map: Arc<Mapping>, offset: usize, len: usize },
+}
+
+/// A `Vec<T>` or a `[T]` inside a [`Mapping`]; reads as a slice either way. Writing through
+/// `DerefMut` or [`Buf::to_mut`] first copies a mapped array into an owned one (copy on write), so a
+/// mapping is never modified.
+pub struct Buf<T: Pod>(Repr<T>);
+
+impl<T: Pod> Buf<T> {
+    pub fn new() -> Buf<T> {
+        Buf(Repr::Owned(Vec::new()))
+    }
+
+    /// `len` elements at byte `offset` of `map`; None when out of bounds or misaligned.
+    pub fn mapped(map: &Arc<Mapping>, offset: usize, len: usize) -> Option<Buf<T>> {
+        let size = len.checked_mul(std::mem::size_of::<T>())?;
+        let end = offset.checked_add(size)?;
+        if end > map.len || (map.ptr as usize + offset) % std::mem::align_of::<T>() != 0 {
+            return None;
+        }
+        Some(Buf(Repr::Mapped { map: map.clone(), offset, len }))
+    }
+
+    /// The owned vector (copying a mapped array).
+    pub fn to_mut(&mut self) -> &mut Vec<T> {
+        if let Repr::Mapped { .. } = self.0 {
+            self.0 = Repr::Owned(self.as_slice().to_vec());
+        }
+        match &mut self.0 {
+            Repr::Owned(v) => v,
+            Repr::Mapped { .. } => unreachable!("converted above"),
+        }
+    }
+
+    pub fn into_vec(self) -> Vec<T> {
+        match self.0 {
+            Repr::Owned(v) => v,
+            Repr::Mapped { .. } => self.as_slice().to_vec(),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        match &self.0 {
+            Repr::Owned(v) => v,
+            Repr::Mapped { len: 0, .. } => &[],
+            // SAFETY: bounds and alignment were checked in `mapped`; the mapping lives as long as
+            // the Arc held here and is never written.
+            Repr::Mapped { map, offset, len } => unsafe { std::slice::from_raw_parts(map.ptr.add(*offset) as *const T, *len) },
+        }
+    }
+
+    /// Heap bytes owned (0 for a mapped array).
+    pub fn heap_bytes(&self) -> usize {
+        match &self.0 {
+            Repr::Owned(v) => v.capacity() * std::mem::size_of::<T>(),
+            Repr::Mapped { .. } => 0,
+        }
+    }
+}
+
+impl<T: Pod> Default for Buf<T> {
+    fn default() -> Self {
+        Buf::new()
+    }
+}
+
+impl<T: Pod> Deref for Buf<T> {
+    type Target = [T];
+    #[inline]
+    fn deref(&self) -> &[T] {
+        self.as_slice()
+    }
+}
+
+impl<T: Pod> DerefMut for Buf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        self.to_mut()
+    }
+}
+
+impl<T: Pod> Clone for Buf<T> {
+    fn clone(&self) -> Self {
+        match &self.0 {
+            Repr::Owned(v) => Buf(Repr::Owned(v.clone())),
+            Repr::Mapped { map, offset, len } => Buf(Repr::Mapped { map: map.clone(), offset: *offset, len: *len }),
+        }
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for Buf<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_slice().fmt(f)
+    }
+}
+
+impl<T: Pod + PartialEq> PartialEq for Buf<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<T: Pod + PartialEq> PartialEq<Vec<T>> for Buf<T> {
+    fn eq(&self, other: &Vec<T>) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<T: Pod> From<Vec<T>> for Buf<T> {
+    fn from(v: Vec<T>) -> Self {
+        Buf(Repr::Owned(v))
+    }
+}
+
+impl<T: Pod> FromIterator<T> for Buf<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        Buf(Repr::Owned(iter.into_iter().collect()))
+    }
+}
+
+impl<'a, T: Pod> IntoIterator for &'a Buf<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter()
+    }
+}
+
+/// A list of strings as one byte array and `len + 1` offsets (owned or mapped).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct StrList {
+    offsets: Buf<u64>,
+    bytes: Buf<u8>,
+}
+
+impl StrList {
+    pub fn from_strs<S: AsRef<str>>(strs: &[S]) -> StrList {
+        let mut offsets = Vec::with_capacity(strs.len() + 1);
+        let mut bytes = Vec::with_capacity(strs.iter().map(|s| s.as_ref().len()).sum());
+        offsets.push(0u64);
+        for s in strs {
+            bytes.extend_from_slice(s.as_ref().as_bytes());
+            offsets.push(bytes.len() as u64);
+        }
+        StrList { offsets: offsets.into(), bytes: bytes.into() }
+    }
+
+    /// From parts, checking that offsets are ascending, end at the byte length and cut valid UTF-8.
+    pub fn from_parts(offsets: Buf<u64>, bytes: Buf<u8>) -> Option<StrList> {
+        if offsets.first() != Some(&0) || offsets.last().map(|&x| x as usize) != Some(bytes.len()) {
+            return None;
+        }
+        if offsets.windows(2).any(|w| w[0] > w[1]) || std::str::from_utf8(&bytes).is_err() {
+            return None;
+        }
+        let l = StrList { offsets, bytes };
+        // Every cut must fall on a character boundary.
+        if l.offsets.iter().any(|&o| !l.text().is_char_boundary(o as usize)) {
+            return None;
+        }
+        Some(l)
+    }
+
+    fn text(&self) -> &str {
+        // SAFETY: validated in `from_parts` or built from `&str`s.
+        unsafe { std::str::from_utf8_unchecked(&self.bytes) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> &str {
+        &self.text()[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+
+    /// Binary search in a sorted list.
+    pub fn binary_search(&self, key: &str) -> Result<usize, usize> {
+        let (mut lo, mut hi) = (0usize, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.get(mid).cmp(key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(lo)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        (0..self.len()).map(move |i| self.get(i))
+    }
+
+    pub fn parts(&self) -> (&[u64], &[u8]) {
+        (&self.offsets, &self.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_and_mapped_read_alike_and_writes_copy() {
+        let words: Vec<u32> = vec![1, 2, 3, 4];
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let map = Arc::new(Mapping::of_bytes(&bytes));
+        assert!(!map.is_shared());
+        let mut m: Buf<u32> = Buf::mapped(&map, 4, 3).unwrap();
+        assert_eq!(&m[..], &[2, 3, 4]);
+        assert_eq!(m, Buf::from(vec![2, 3, 4]));
+        assert!(Buf::<u32>::mapped(&map, 4, 4).is_none(), "out of bounds");
+        assert!(Buf::<u32>::mapped(&map, 2, 1).is_none(), "misaligned");
+        m[0] = 9;
+        assert_eq!(&m[..], &[9, 3, 4]);
+        assert_eq!(&map.bytes()[4..8], &2u32.to_ne_bytes(), "the mapping is untouched");
+        m.to_mut().push(5);
+        assert_eq!(m.into_vec(), vec![9, 3, 4, 5]);
+    }
+
+    #[test]
+    fn file_mapping_reads_the_file() {
+        let path = std::env::temp_dir().join(format!("pga-buf-{}", std::process::id()));
+        std::fs::write(&path, [7u8; 24]).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let map = Arc::new(Mapping::of_file(&f).unwrap());
+        std::fs::remove_file(&path).unwrap();
+        assert!(map.is_shared());
+        let b: Buf<u64> = Buf::mapped(&map, 8, 2).unwrap();
+        assert_eq!(&b[..], &[u64::from_ne_bytes([7; 8]); 2], "readable after the file is unlinked");
+    }
+
+    #[test]
+    fn string_lists_search_and_validate() {
+        let l = StrList::from_strs(&["a", "bé", "c"]);
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.get(1), "bé");
+        assert_eq!(l.binary_search("c"), Ok(2));
+        assert_eq!(l.binary_search("b"), Err(1));
+        let (o, b) = l.parts();
+        assert!(StrList::from_parts(o.to_vec().into(), b.to_vec().into()).is_some());
+        assert!(StrList::from_parts(vec![0u64, 3, 2, 5].into(), b.to_vec().into()).is_none(), "descending");
+        assert!(StrList::from_parts(vec![0u64, 3, 5].into(), b.to_vec().into()).is_none(), "cuts a character");
+        assert!(StrList::from_parts(vec![0u64, 4].into(), b.to_vec().into()).is_none(), "does not end at the length");
+    }
+}
