@@ -110,8 +110,16 @@ pub fn rank(req: &Request, l: &Loaded) -> Vec<(u32, f32)> {
     let (all_knobs, cross_knobs) = l.model.knobs_for(&prop.name);
     let knobs = if req.exclude_engaged.unwrap_or(false) { cross_knobs } else { all_knobs };
     // One pass over the affinity matrix gives both the scores and who already engaged (e_u > 0).
+    let t0 = std::time::Instant::now();
     let c = l.scorer.components_with(&items, &[knobs.own]);
+    let t1 = std::time::Instant::now();
     let scores = crate::score::hybrid::score_from_components(&c, l.scorer.totals(), knobs);
+    pgrx::debug1!(
+        "audience: {} items, components in {:.1} ms, scores in {:.1} ms",
+        items.len(),
+        (t1 - t0).as_secs_f64() * 1000.0,
+        t1.elapsed().as_secs_f64() * 1000.0
+    );
     let excluded: Option<Vec<bool>> = if req.exclude_engaged.unwrap_or(false) {
         Some(match &req.lookback {
             None => crate::score::hybrid::engaged(&c),
@@ -199,8 +207,28 @@ fn recommend_audience(
         exclude_engaged,
         lookback,
     };
+    serve(&req)
+}
+
+/// Ranks and returns the rows; with `client_min_messages = debug1`, reports where the time went.
+fn serve(req: &Request) -> TableIterator<'static, (name!(user_id, String), name!(score, f64), name!(rank, i64), name!(percentile, f64))> {
+    let t0 = std::time::Instant::now();
     let l = active(req.catalog);
-    TableIterator::new(rows(&l, rank(&req, &l)))
+    let t1 = std::time::Instant::now();
+    let ranked = rank(req, &l);
+    let t2 = std::time::Instant::now();
+    let out = rows(&l, ranked);
+    let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1000.0;
+    pgrx::debug1!(
+        "audience: model {} ({} copy) resolved in {:.1} ms, ranked in {:.1} ms, {} rows made in {:.1} ms",
+        l.model_id,
+        if l.shared { "shared" } else { "private" },
+        ms(t0, t1),
+        ms(t1, t2),
+        out.len(),
+        ms(t2, std::time::Instant::now())
+    );
+    TableIterator::new(out)
 }
 
 /// The same for several values at once (brand IN (...)): items having any of the values.
@@ -227,8 +255,7 @@ fn recommend_audience_values(
         exclude_engaged,
         lookback,
     };
-    let l = active(req.catalog);
-    TableIterator::new(rows(&l, rank(&req, &l)))
+    serve(&req)
 }
 
 /// The items of a user's history that contributed most to their score for a value.

@@ -479,6 +479,20 @@ mod tests {
     }
 
     #[test]
+    fn one_own_measure_computed_in_the_main_pass_matches_the_separate_pass() {
+        let m = model();
+        let sc = scorer(&m);
+        for own in [Own::Days(30.0), Own::Days(f32::INFINITY), Own::Weight(60.0), Own::Recent] {
+            for items in [vec![0u32, 2], vec![1], vec![0, 1, 2]] {
+                let fused = sc.components_with(&items, &[own]);
+                let separate = sc.components_with(&items, &[own, Own::Weight(7.0)]);
+                assert_eq!(fused.own[0], separate.own[0], "{own:?} {items:?}");
+                assert_eq!(fused.e, separate.e);
+            }
+        }
+    }
+
+    #[test]
     fn a_file_image_is_read_in_place() {
         let m = model();
         let bytes = image(&m, [1, 2]);

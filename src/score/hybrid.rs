@@ -495,6 +495,13 @@ impl<'a> Scorer<'a> {
     pub fn components_with(&self, value_items: &[u32], owns: &[Own]) -> Components {
         let (n_users, n_items) = (self.n_users(), self.n_items());
         let (mask, distinct) = self.value_set(value_items);
+        let mut wanted: Vec<Own> = Vec::new();
+        for &o in owns {
+            if o != Own::Affinity && !wanted.contains(&o) {
+                wanted.push(o);
+            }
+        }
+        let mut fused_own: Option<OwnPart> = None;
         let mut e = vec![0f32; n_users];
         let mut knn_share = None;
         if let Some(kt) = &self.knn_t {
@@ -507,9 +514,15 @@ impl<'a> Scorer<'a> {
                     tab[j as usize][1] += s;
                 }
             }
-            // (e_u, knn_share_u) per user, in parallel chunks.
-            let mut pairs = vec![(0f32, 0f32); n_users];
+            // (e_u, knn_share_u, own_u) per user, in parallel chunks. One own measure (serving an
+            // audience) is computed in the same pass, while the user's row is in cache.
+            let fused = match (&wanted[..], self.days) {
+                ([o], Some((days, ref_day))) => Some((*o, days, ref_day, decay_tables(days, ref_day, &[*o]))),
+                _ => None,
+            };
+            let mut pairs = vec![(0f32, 0f32, 0f32); n_users];
             par_chunks(&mut pairs, self.threads, |first, out| {
+                let mut buf = Vec::new();
                 for (k, slot) in out.iter_mut().enumerate() {
                     let u = first + k;
                     let (items, vals) = self.ui.row(u);
@@ -520,9 +533,16 @@ impl<'a> Scorer<'a> {
                         num += a * w[1];
                     }
                     let den = self.knn_den[u];
-                    *slot = (eu, if den > 0.0 { (num / den).clamp(0.0, 1.0) } else { 0.0 });
+                    let mut own = 0f32;
+                    if let (Some((o, days, ref_day, tables)), true) = (&fused, eu > 0.0) {
+                        own_measure(self.ui, days, *ref_day, u, Some(&mask), std::slice::from_ref(o), tables, &mut buf, std::slice::from_mut(&mut own));
+                    }
+                    *slot = (eu, if den > 0.0 { (num / den).clamp(0.0, 1.0) } else { 0.0 }, own);
                 }
             });
+            if let Some((o, ..)) = fused {
+                fused_own = Some(OwnPart { own: o, e: pairs.iter().map(|p| p.2).collect(), t: self.own_totals(o) });
+            }
             let share = pairs.iter().map(|p| p.1).collect();
             for (eu, p) in e.iter_mut().zip(&pairs) {
                 *eu = p.0;
@@ -563,13 +583,10 @@ impl<'a> Scorer<'a> {
         });
         let als_volume = self.als.map(|_| self.als_volume.clone());
         let knn_volume = self.knn.map(|_| self.knn_volume.clone());
-        let mut wanted: Vec<Own> = Vec::new();
-        for &o in owns {
-            if o != Own::Affinity && !wanted.contains(&o) {
-                wanted.push(o);
-            }
-        }
-        let own = self.own_parts(&mask, &e, &wanted);
+        let own = match fused_own {
+            Some(part) => vec![part],
+            None => self.own_parts(&mask, &e, &wanted),
+        };
         Components { e, knn_share, als_share, als_volume, knn_volume, returns: self.returns.clone(), own }
     }
 
@@ -591,17 +608,29 @@ impl<'a> Scorer<'a> {
         let m = users.map_or(self.n_users(), |u| u.len());
         let mut flat = vec![0f32; m * k];
         if let (Some((days, ref_day)), true) = (self.days, k > 0) {
-            let in_value = |i: u32| mask.is_none_or(|mk| mk[i as usize]);
+            let tables = decay_tables(days, ref_day, owns);
+            let one = |u: usize, buf: &mut Vec<(u16, f32)>, row: &mut [f32]| {
+                if e.is_some_and(|e| e[u] <= 0.0) {
+                    return;
+                }
+                own_measure(self.ui, days, ref_day, u, mask, owns, &tables, buf, row);
+            };
+            if k == 1 {
+                // The common case (serving one audience): the output is the column itself.
+                par_chunks(&mut flat, self.threads, |first, out| {
+                    let mut buf = Vec::new();
+                    for (j, slot) in out.iter_mut().enumerate() {
+                        one(users.map_or(first + j, |us| us[first + j]), &mut buf, std::slice::from_mut(slot));
+                    }
+                });
+                return vec![flat];
+            }
             // Rows of k values per user, in parallel chunks of whole users.
             let mut rows: Vec<&mut [f32]> = flat.chunks_mut(k).collect();
             par_chunks(&mut rows, self.threads, |first, out| {
                 let mut buf = Vec::new();
                 for (j, row) in out.iter_mut().enumerate() {
-                    let u = users.map_or(first + j, |us| us[first + j]);
-                    if e.is_some_and(|e| e[u] <= 0.0) {
-                        continue;
-                    }
-                    row.copy_from_slice(&own_measure(self.ui, days, ref_day, u, &in_value, owns, &mut buf));
+                    one(users.map_or(first + j, |us| us[first + j]), &mut buf, row);
                 }
             });
         }
@@ -682,46 +711,96 @@ fn day_decay(age: i32, half_life: f32) -> f32 {
 
 /// The own measures `owns` of user `u` over the items with `in_value(item)`: gathers the user's
 /// (day, weight) pairs of those items into `buf` and folds them per measure.
+/// `day_decay(age, h)` for every age a day of `days` can have (0 ..= ref_day - day0), so the
+/// per-day loops of [`own_measure`] look the factor up instead of computing `exp2`.
+struct DecayTable {
+    /// One factor per age; empty for an infinite half-life (every factor is 1).
+    by_age: Vec<f32>,
+}
+
+impl DecayTable {
+    fn new(days: &DayIndex, ref_day: i32, half_life: f32) -> DecayTable {
+        if half_life.is_infinite() {
+            return DecayTable { by_age: Vec::new() };
+        }
+        let max_age = (ref_day - days.day0).clamp(0, u16::MAX as i32) as usize;
+        DecayTable { by_age: (0..=max_age).map(|a| day_decay(a as i32, half_life)).collect() }
+    }
+
+    #[inline]
+    fn at(&self, age: i32) -> f32 {
+        if self.by_age.is_empty() {
+            return 1.0;
+        }
+        let a = age.max(0) as usize;
+        // Days after the reference day have age 0; older than the table cannot occur (day0 bounds).
+        self.by_age.get(a).copied().unwrap_or(0.0)
+    }
+}
+
+/// The decay tables of `owns` (one per measure; unused for `Recent`).
+fn decay_tables(days: &DayIndex, ref_day: i32, owns: &[Own]) -> Vec<DecayTable> {
+    owns.iter()
+        .map(|&o| match o {
+            Own::Weight(h) | Own::Days(h) => DecayTable::new(days, ref_day, h),
+            _ => DecayTable { by_age: Vec::new() },
+        })
+        .collect()
+}
+
+/// The own measures `owns` of user `u` over the items of `mask` (all when None), written to `out` (one
+/// per measure). `buf` is scratch space.
+#[allow(clippy::too_many_arguments)]
 fn own_measure(
     ui: &Csr,
     days: &DayIndex,
     ref_day: i32,
     u: usize,
-    in_value: &dyn Fn(u32) -> bool,
+    mask: Option<&[bool]>,
     owns: &[Own],
+    tables: &[DecayTable],
     buf: &mut Vec<(u16, f32)>,
-) -> Vec<f32> {
+    out: &mut [f32],
+) {
     buf.clear();
     let (a, b) = (ui.indptr[u], ui.indptr[u + 1]);
+    let mut pairs = 0usize;
     for p in a..b {
-        if in_value(ui.indices[p]) {
+        if mask.is_none_or(|mk| mk[ui.indices[p] as usize]) {
             let (ds, ws) = days.of(p);
             buf.extend(ds.iter().copied().zip(ws.iter().copied()));
+            pairs += 1;
         }
     }
     if buf.is_empty() {
-        return vec![0.0; owns.len()];
+        out.fill(0.0);
+        return;
     }
-    buf.sort_unstable_by_key(|x| x.0);
+    // One pair's days are already strictly ascending; several pairs' are merged by a sort, which
+    // only the distinct-day count and the latest day need.
+    let sorted = pairs == 1 || !owns.iter().any(|o| matches!(o, Own::Days(_) | Own::Recent));
+    if !sorted {
+        buf.sort_unstable_by_key(|x| x.0);
+    }
     let age = |d: u16| ref_day - (days.day0 + d as i32);
-    owns.iter()
-        .map(|&own| match own {
+    for ((slot, &own), table) in out.iter_mut().zip(owns).zip(tables) {
+        *slot = match own {
             Own::Affinity => unreachable!("the affinity measure is computed from the matrix"),
-            Own::Weight(h) => buf.iter().map(|&(d, w)| w.max(0.0) * day_decay(age(d), h)).sum(),
-            Own::Days(h) => {
+            Own::Weight(_) => buf.iter().map(|&(d, w)| w.max(0.0) * table.at(age(d))).sum(),
+            Own::Days(_) => {
                 let mut s = 0f32;
                 let mut last = None;
                 for &(d, _) in buf.iter() {
                     if last != Some(d) {
-                        s += day_decay(age(d), h);
+                        s += table.at(age(d));
                         last = Some(d);
                     }
                 }
                 s
             }
             Own::Recent => 1.0 / (1.0 + age(buf.last().unwrap().0).max(0) as f32),
-        })
-        .collect()
+        };
+    }
 }
 
 /// An own measure's activity totals for the whole population and picked for a sample.

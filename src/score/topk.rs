@@ -15,10 +15,32 @@ pub fn top_k(scores: &[f32], k: usize, keep: &dyn Fn(usize) -> bool) -> Vec<(u32
     if k == 0 {
         return Vec::new();
     }
+    // A histogram of the scores' top 16 key bits finds the bucket holding the k-th best, so only
+    // the users at or above it (about k) are collected and sorted: O(n) with a small constant,
+    // instead of a selection over every user.
+    let mut hist = vec![0u32; 1 << 16];
+    let mut n = 0usize;
+    for (u, &s) in scores.iter().enumerate() {
+        if !s.is_nan() && keep(u) {
+            hist[(order_key(s) >> 16) as usize] += 1;
+            n += 1;
+        }
+    }
+    let mut floor = 0u32;
+    if n > k {
+        let mut seen = 0usize;
+        for b in (0..hist.len()).rev() {
+            seen += hist[b] as usize;
+            if seen >= k {
+                floor = b as u32;
+                break;
+            }
+        }
+    }
     let mut cand: Vec<(u32, f32)> = scores
         .iter()
         .enumerate()
-        .filter(|&(u, s)| !s.is_nan() && keep(u))
+        .filter(|&(u, &s)| !s.is_nan() && (order_key(s) >> 16) >= floor && keep(u))
         .map(|(u, &s)| (u as u32, s))
         .collect();
     if cand.len() > k {
@@ -27,6 +49,18 @@ pub fn top_k(scores: &[f32], k: usize, keep: &dyn Fn(usize) -> bool) -> Vec<(u32
     }
     cand.sort_unstable_by(rank_order);
     cand
+}
+
+/// A u32 whose order is the float order (non-NaN floats; -0.0 counts as 0.0, so equal scores
+/// always have equal keys).
+#[inline]
+fn order_key(s: f32) -> u32 {
+    let b = if s == 0.0 { 0u32 } else { s.to_bits() };
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
 }
 
 #[cfg(test)]

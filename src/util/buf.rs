@@ -87,19 +87,29 @@ impl Drop for Mapping {
     }
 }
 
-enum Repr<T: Pod> {
-    Owned(Vec<T>),
-    Mapped { map: Arc<Mapping>, offset: usize, len: usize },
+enum Owner<T: Pod> {
+    Vec(Vec<T>),
+    Map(Arc<Mapping>),
 }
 
-/// A `Vec<T>` or a `[T]` inside a [`Mapping`]; reads as a slice either way. Writing through
-/// `DerefMut` or [`Buf::to_mut`] first copies a mapped array into an owned one (copy on write), so a
-/// mapping is never modified.
-pub struct Buf<T: Pod>(Repr<T>);
+/// A `Vec<T>` or a `[T]` inside a [`Mapping`]; reads as a slice either way (one pointer and a
+/// length, so indexing in hot loops costs what a slice costs). Writing through `DerefMut` first
+/// copies a mapped array into an owned one (copy on write), so a mapping is never modified. The
+/// length never changes after creation.
+pub struct Buf<T: Pod> {
+    ptr: *const T,
+    len: usize,
+    owner: Owner<T>,
+}
+
+// SAFETY: `ptr` points into memory owned by `owner` (a Vec, or an immutable mapping that is Send +
+// Sync), and T is Send + Sync.
+unsafe impl<T: Pod> Send for Buf<T> {}
+unsafe impl<T: Pod> Sync for Buf<T> {}
 
 impl<T: Pod> Buf<T> {
     pub fn new() -> Buf<T> {
-        Buf(Repr::Owned(Vec::new()))
+        Buf::from(Vec::new())
     }
 
     /// `len` elements at byte `offset` of `map`; None when out of bounds or misaligned.
@@ -109,42 +119,35 @@ impl<T: Pod> Buf<T> {
         if end > map.len || (map.ptr as usize + offset) % std::mem::align_of::<T>() != 0 {
             return None;
         }
-        Some(Buf(Repr::Mapped { map: map.clone(), offset, len }))
-    }
-
-    /// The owned vector (copying a mapped array).
-    pub fn to_mut(&mut self) -> &mut Vec<T> {
-        if let Repr::Mapped { .. } = self.0 {
-            self.0 = Repr::Owned(self.as_slice().to_vec());
-        }
-        match &mut self.0 {
-            Repr::Owned(v) => v,
-            Repr::Mapped { .. } => unreachable!("converted above"),
-        }
+        let ptr = if len == 0 {
+            std::ptr::NonNull::<T>::dangling().as_ptr() as *const T
+        } else {
+            // SAFETY: offset + size is within the mapping (checked above).
+            unsafe { map.ptr.add(offset) as *const T }
+        };
+        Some(Buf { ptr, len, owner: Owner::Map(map.clone()) })
     }
 
     pub fn into_vec(self) -> Vec<T> {
-        match self.0 {
-            Repr::Owned(v) => v,
-            Repr::Mapped { .. } => self.as_slice().to_vec(),
+        match self.owner {
+            Owner::Vec(v) => v,
+            Owner::Map(_) => self.as_slice().to_vec(),
         }
     }
 
+    #[inline]
     pub fn as_slice(&self) -> &[T] {
-        match &self.0 {
-            Repr::Owned(v) => v,
-            Repr::Mapped { len: 0, .. } => &[],
-            // SAFETY: bounds and alignment were checked in `mapped`; the mapping lives as long as
-            // the Arc held here and is never written.
-            Repr::Mapped { map, offset, len } => unsafe { std::slice::from_raw_parts(map.ptr.add(*offset) as *const T, *len) },
-        }
+        // SAFETY: `ptr` is non-null, aligned and valid for `len` reads while `owner` lives (a Vec's
+        // heap buffer never moves because the length never changes; a mapping is never unmapped
+        // while an Arc to it exists).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
     /// Heap bytes owned (0 for a mapped array).
     pub fn heap_bytes(&self) -> usize {
-        match &self.0 {
-            Repr::Owned(v) => v.capacity() * std::mem::size_of::<T>(),
-            Repr::Mapped { .. } => 0,
+        match &self.owner {
+            Owner::Vec(v) => v.capacity() * std::mem::size_of::<T>(),
+            Owner::Map(_) => 0,
         }
     }
 }
@@ -165,15 +168,21 @@ impl<T: Pod> Deref for Buf<T> {
 
 impl<T: Pod> DerefMut for Buf<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        self.to_mut()
+        if let Owner::Map(_) = self.owner {
+            *self = Buf::from(self.as_slice().to_vec());
+        }
+        match &mut self.owner {
+            Owner::Vec(v) => v,
+            Owner::Map(_) => unreachable!("copied above"),
+        }
     }
 }
 
 impl<T: Pod> Clone for Buf<T> {
     fn clone(&self) -> Self {
-        match &self.0 {
-            Repr::Owned(v) => Buf(Repr::Owned(v.clone())),
-            Repr::Mapped { map, offset, len } => Buf(Repr::Mapped { map: map.clone(), offset: *offset, len: *len }),
+        match &self.owner {
+            Owner::Vec(v) => Buf::from(v.clone()),
+            Owner::Map(m) => Buf { ptr: self.ptr, len: self.len, owner: Owner::Map(m.clone()) },
         }
     }
 }
@@ -198,13 +207,13 @@ impl<T: Pod + PartialEq> PartialEq<Vec<T>> for Buf<T> {
 
 impl<T: Pod> From<Vec<T>> for Buf<T> {
     fn from(v: Vec<T>) -> Self {
-        Buf(Repr::Owned(v))
+        Buf { ptr: v.as_ptr(), len: v.len(), owner: Owner::Vec(v) }
     }
 }
 
 impl<T: Pod> FromIterator<T> for Buf<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
-        Buf(Repr::Owned(iter.into_iter().collect()))
+        Buf::from(iter.into_iter().collect::<Vec<T>>())
     }
 }
 
@@ -266,7 +275,11 @@ impl StrList {
 
     #[inline]
     pub fn get(&self, i: usize) -> &str {
-        &self.text()[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+        let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+        assert!(a <= b && b <= self.bytes.len(), "string list offsets");
+        // SAFETY: in bounds (checked above) and on character boundaries (checked in `from_parts`,
+        // or built from whole strings).
+        unsafe { self.text().get_unchecked(a..b) }
     }
 
     /// Binary search in a sorted list.
@@ -310,8 +323,9 @@ mod tests {
         m[0] = 9;
         assert_eq!(&m[..], &[9, 3, 4]);
         assert_eq!(&map.bytes()[4..8], &2u32.to_ne_bytes(), "the mapping is untouched");
-        m.to_mut().push(5);
-        assert_eq!(m.into_vec(), vec![9, 3, 4, 5]);
+        assert_eq!(m.into_vec(), vec![9, 3, 4]);
+        let e: Buf<u64> = Buf::mapped(&map, 16, 0).unwrap();
+        assert!(e.is_empty());
     }
 
     #[test]
