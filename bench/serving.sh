@@ -14,7 +14,8 @@
 # (each backend decoding its own copy, as before 0.3.0); (c) 10 warm calls in one session, min /
 # median; (d) pgbench, CLIENTS sessions calling recommend_audience on random brands for DURATION
 # seconds: throughput, latency, failures, and the backends' memory sampled mid-run (anonymous =
-# private, and proportional set size); (e) the same while a rebuild commits mid-run.
+# private, and proportional set size); (e) the same in 10-second pgbench runs while a rebuild
+# commits: audiences served, failures, and the image files left.
 set -euo pipefail
 PGA_SCRIPT=bench-serving
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -119,20 +120,24 @@ report steady
 
 if [[ "${BENCH_SKIP_REBUILD:-}" != 1 ]]; then
     hr "(e) pgbench while a rebuild commits mid-run"
-    # The run outlasts the build: the rebuild starts 10 s in; the run lasts 10 s + twice the last
-    # build's time + DURATION.
-    last="$(q -c "SELECT ceil(coalesce((m.stats -> 'seconds' ->> 'total')::float8, 120)) FROM audience.models m JOIN audience.catalogs c ON c.active_model_id = m.model_id WHERE c.name = '$CAT'")"
-    total=$((10 + 2 * ${last%.*} + DURATION))
-    t0="$(date +%s)"
-    run_pgbench rebuild "$total" &
-    bench_pid=$!
-    sleep 10
-    q -c "SELECT 'rebuilt: model ' || model_id || ' in ' || round(seconds::numeric, 1) || ' s' FROM audience.build('$CAT')"
-    sleep $((DURATION / 2))
-    sample_memory
-    wait "$bench_pid" || true
-    echo "   ran $(($(date +%s) - t0)) s"
-    report rebuild
+    # pgbench in 10-second runs, back to back, from 10 s before the rebuild starts until 30 s after
+    # it committed; their counts are summed.
+    q -c "SELECT 'rebuilt: model ' || model_id || ' in ' || round(seconds::numeric, 1) || ' s' FROM audience.build('$CAT')" >"$OUT/rebuild.out" 2>&1 &
+    build_pid=$!
+    rm -f "$OUT"/seg_*.out
+    i=0
+    after=0
+    while ((after < 3)); do
+        i=$((i + 1))
+        run_pgbench "seg_$i" 10
+        if ! kill -0 "$build_pid" 2>/dev/null; then after=$((after + 1)); fi
+        if ((i == 2)); then sample_memory; fi
+    done
+    wait "$build_pid" || true
+    cat "$OUT/rebuild.out"
+    awk '/number of transactions actually processed/ { n += $NF } /number of failed transactions/ { f += $5 } /aborted in command/ { a++ }
+         END { printf "   %d runs of 10 s: %d audiences, %d failed, %d clients aborted; %.1f audiences/s\n", '"$i"', n, f, a, n / ('"$i"' * 10) }' "$OUT"/seg_*.out
+    grep -h -E "ERROR|aborted in command" "$OUT"/seg_*.out | sort | uniq -c | head -5 || true
     NEW="$(q -c "SELECT active_model_id FROM audience.catalogs WHERE name = '$CAT'")"
     echo "   image files now: $(q -c "SELECT string_agg(f, ' ') FROM pg_ls_dir('$(dirname "$IMG")') f") (model $NEW active)"
 fi

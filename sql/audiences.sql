@@ -305,3 +305,5 @@ COMMENT ON FUNCTION audience.evaluate(text, text, interval, text[], boolean) IS
 COMMENT ON FUNCTION audience.tune(text, text, interval) IS
     'Chooses the ALS settings and the scoring knobs of one property (own engagement measure, prior, activity_exp, knn_weight, volume, days_exp, tenure_exp) by temporal validation on the catalog''s events and remembers them for later builds.';
 COMMENT ON FUNCTION audience.version() IS 'The installed pg_audience version.';
+COMMENT ON FUNCTION audience.build_progress() IS
+    'The builds running now, one row each, with their phase (scan, products, tune, als, knn, store) and seconds; a role sees the builds of roles it is a member of (members of pg_read_all_stats see all).';

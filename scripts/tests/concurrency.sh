@@ -48,6 +48,8 @@ hold_products a
 t_bg build1 -c "SELECT 'model=' || model_id || ' rows=' || rows_read FROM audience.build('shop')"
 t_wait_lock_wait build1 60
 t_pass "build 1 is running (scan done, holds the catalog, waits on demo.products)"
+prog="$(q "SELECT p.catalog || ' ' || p.phase || ' ' || (p.pid = a.pid) || ' ' || (p.seconds >= p.phase_seconds) FROM audience.build_progress() p JOIN pg_stat_activity a ON a.application_name = 'build1'")"
+t_eq "audience.build_progress() shows build 1 from another session, in phase products" "$prog" "shop products true true"
 
 t0="$(t_now)"
 res="$(q_err "SET statement_timeout = '20s'" "SELECT * FROM audience.build('shop')")"

@@ -7,7 +7,8 @@
 #   (c) a terminated backend and a server restart leave no stale copy in use: the file survives
 #       both, unchanged, and serves the same audience;
 #   (d) a missing or damaged file is rebuilt from the stored model (same audience); with
-#       audience.shared_models = off the audience is the same too;
+#       audience.shared_models = off, or when the file cannot be written (a WARNING, 58030), the
+#       audience is the same too;
 #   (e) DROP EXTENSION / CREATE EXTENSION: the old install's files are swept by the next build.
 set -euo pipefail
 PGA_SCRIPT=serving
@@ -88,6 +89,15 @@ t_eq "with the file truncated, a new session serves the same audience" "$(q "$AU
 t_eq "and replaced the damaged file with a whole one" "$(q "SELECT size FROM pg_stat_file('$IMG_DIR/$(img_of "$MODEL_B")')")" "$size"
 if grep -q "removing unusable model image" "$T_LOG"; then t_pass "the server log names the damaged file"; else t_fail "no log line about the damaged file"; fi
 t_eq "audience.shared_models = off serves the same audience" "$(q "SET audience.shared_models = off" "$AUD")" "$MD5_B"
+# A file that cannot be written (here: no permission; a full disk behaves the same): the session
+# serves from a private copy and warns once, with SQLSTATE 58030.
+pga_run_server rm -f "$IMG_PATH"
+pga_run_server chmod 0500 "$DATA_DIR/$IMG_DIR"
+out="$(pga_psql "$CL" -d "$DB" -Atq -v VERBOSITY=verbose -c "$AUD" -c "$AUD" 2>&1)"
+pga_run_server chmod 0700 "$DATA_DIR/$IMG_DIR"
+t_eq "an unwritable directory: both calls serve the same audience" "$(grep -c -x -F "$MD5_B" <<<"$out")" 2
+t_eq "and the session warned once, with SQLSTATE 58030" "$(grep -c 'WARNING:  58030: could not write the shared copy' <<<"$out")" 1
+t_eq "the next session writes the file again" "$(q "$AUD")|$(files)" "$MD5_B|$(img_of "$MODEL_B")"
 
 # ------------------------------------------------------------------ (e)
 t_say "(e) DROP EXTENSION, CREATE EXTENSION: the old install's files are swept"

@@ -127,6 +127,7 @@ pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<Tim
     pgrx::check_for_interrupts!();
     let aff = acc.finish().without_empty();
     let scan_seconds = t0.elapsed().as_secs_f64();
+    crate::api::progress::phase("products", format!("{} items", aff.items.len()));
 
     let t1 = Instant::now();
     let n_items = aff.items.len();
@@ -236,15 +237,27 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
     check_training_memory(aff.users.len(), aff.items.len(), aff.matrix.nnz(), p);
     let conf = damped(&aff.matrix);
     let t0 = Instant::now();
+    if let Some(ap) = &p.als {
+        crate::api::progress::phase("als", format!("{} factors, {} iterations, {} users x {} items", ap.factors, ap.iterations, aff.users.len(), aff.items.len()));
+    }
     let als = p.als.as_ref().map(|ap| {
         train_als(&conf, ap, &mut interrupt_check).unwrap_or_else(|_| AudienceError::internal("training interrupted").raise())
     });
     let als_seconds = t0.elapsed().as_secs_f64();
+    if let Some(ap) = &p.als {
+        crate::api::progress::finished(format!("trained ALS ({} factors, {} iterations)", ap.factors, ap.iterations), als_seconds);
+    }
     let t1 = Instant::now();
+    if let Some(kp) = &p.knn {
+        crate::api::progress::phase("knn", format!("{} neighbours", kp.neighbours));
+    }
     let knn = p.knn.as_ref().map(|kp| {
         train_knn(&conf, kp, &mut interrupt_check).unwrap_or_else(|_| AudienceError::internal("training interrupted").raise())
     });
     let knn_seconds = t1.elapsed().as_secs_f64();
+    if let Some(kp) = &p.knn {
+        crate::api::progress::finished(format!("trained item-kNN ({} neighbours)", kp.neighbours), knn_seconds);
+    }
     drop(conf);
     let n_items = aff.items.len();
     let properties = c
@@ -721,6 +734,10 @@ fn build(
             "own_half_life_days": own_hl_days, "tune": tune,
         }),
     );
+    let catalog_name: String = Spi::get_one_with_args("SELECT c.name FROM audience.catalogs c WHERE c.catalog_id OPERATOR(pg_catalog.=) $1", &args![cid])
+        .or_raise("reading the catalog")
+        .unwrap_or_default();
+    let _progress = crate::api::progress::begin(&catalog_name);
     let collected = collect(cid, None, until);
     let rows_read = collected.aff.rows as i64;
     if collected.aff.users.is_empty() {
@@ -731,12 +748,27 @@ fn build(
     }
     let (scan_s, products_s, state_bytes) = (collected.scan_seconds, collected.products_seconds, collected.state_bytes);
     let (min_t, max_t, ref_t) = (collected.aff.min_time_us, collected.aff.max_time_us, collected.aff.reference_us);
+    crate::api::progress::finished(
+        format!(
+            "scanned {rows_read} event rows ({} users, {} items, {} pairs; {} MB of state)",
+            collected.aff.users.len(),
+            collected.aff.items.len(),
+            collected.aff.matrix.nnz(),
+            state_bytes >> 20
+        ),
+        scan_s + products_s,
+    );
+    crate::api::progress::phase("tune", "");
     let t_tune = Instant::now();
     let (params, tuning) = crate::api::tuning::auto_tune(&collected, params);
     let tune_s = t_tune.elapsed().as_secs_f64();
+    if tuning.is_some() {
+        crate::api::progress::finished("automatic tuning", tune_s);
+    }
     let trained = train(collected, &params);
     // Measured with the affinity matrix and the trained models in memory, the build's high point.
     let private_bytes = private_rss_bytes();
+    crate::api::progress::phase("store", "");
     let t_store = Instant::now();
     let m = &trained.model;
     let (users, items, pairs) = (m.users.len() as i64, m.items.len() as i64, m.ui.nnz() as i64);
@@ -750,6 +782,7 @@ fn build(
     });
     let model_id = store(cid, m, rows_read, until, ref_t, &params_json(&params), &stats);
     let store_s = t_store.elapsed().as_secs_f64();
+    crate::api::progress::finished(format!("stored model {model_id} and its serving image"), store_s);
     let total = t0.elapsed().as_secs_f64();
     Spi::run_with_args(
         "UPDATE audience.models SET stats = stats OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('seconds', (stats OPERATOR(pg_catalog.->) 'seconds') OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('store', $2::pg_catalog.float8, 'total', $3::pg_catalog.float8), 'peak_rss_bytes', $4::pg_catalog.int8) WHERE model_id OPERATOR(pg_catalog.=) $1",

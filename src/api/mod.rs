@@ -2,6 +2,7 @@
 pub mod build;
 pub mod cache;
 pub mod evaluate;
+pub mod progress;
 pub mod recommend;
 pub mod shared;
 pub mod spi_util;

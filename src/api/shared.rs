@@ -35,7 +35,7 @@ fn data_dir() -> PathBuf {
     PathBuf::from(dir.to_string_lossy().into_owned())
 }
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     data_dir().join("pg_audience")
 }
 

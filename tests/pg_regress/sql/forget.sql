@@ -41,6 +41,8 @@ SELECT audience.add_event('f', 'f.views', 'product_id') IS NOT NULL AS ok;
 RESET ROLE;
 SELECT event, source, registered_by, erasable FROM audience.catalog_events WHERE catalog = 'f' ORDER BY event;
 SELECT audience.map_property('f', 'brand', column_name => 'brand', event => 'orders');
+-- Builds report their phases as NOTICEs (with seconds): not shown from here on.
+SET client_min_messages = warning;
 SELECT users > 0 AS built FROM audience.build('f', factors => 2, neighbours => 3, tune => false);
 
 SELECT count(*) > 0 AS user_7_in_model FROM audience.explain('f', '7', 'brand', 'b1');

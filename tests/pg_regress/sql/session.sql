@@ -36,6 +36,10 @@ SELECT * FROM audience.recommend_audience('brand', 'Nike', 10);
 \echo :LAST_ERROR_SQLSTATE
 
 SELECT model_id > 0 AS built, rows_read, users, items, pairs FROM audience.build('demo', factors => 4, iterations => 10, neighbours => 5);
+-- Running builds, as another session sees them (none now: the build above has ended). While a
+-- build runs, one row per build: its pid, catalog, role, phase (scan, products, tune, als, knn,
+-- store), a detail, when it started and the seconds in the phase and in all.
+SELECT * FROM audience.build_progress();
 SELECT catalog, property, value, items, users FROM audience.catalog_values ORDER BY property, value;
 
 -- The top 25% of users for Nike: the Nike fans first.
