@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Scenario: ALTER EXTENSION pg_audience UPDATE from 0.1.0 keeps the data, and gives the schema of
+# Scenario: ALTER EXTENSION pg_audience UPDATE from 0.1.0 (through every upgrade script to the
+# current version) keeps the data, and gives the schema of
 # a fresh install.
 #   1. Builds 0.1.0 from its commit (OLD_COMMIT, extracted with git archive into target/upgrade/,
 #      built in its own target dir seeded from target/release so dependencies are not recompiled).
@@ -44,8 +45,21 @@ OLD_TARGET="$UP_DIR/target-$OLD_VERSION"
 OLD_STAGE="$OLD_TARGET/release/pg_audience-pg$PGMAJOR"
 t_say "upgrade $OLD_VERSION (${OLD_COMMIT:0:7}) -> $NEW_VERSION; installs into $LIBDIR and $EXTDIR"
 [[ "$NEW_VERSION" != "$OLD_VERSION" ]] || t_die "Cargo.toml still says version $OLD_VERSION"
-[[ -f "sql/pg_audience--$OLD_VERSION--$NEW_VERSION.sql" ]] ||
-    t_die "no upgrade script sql/pg_audience--$OLD_VERSION--$NEW_VERSION.sql (or a chain to it: extend this test)"
+# The chain of upgrade scripts from the old version to the new one (0.1.0--0.2.0--0.3.0 ...).
+UPDATE_PATH="$OLD_VERSION"
+CHAIN=()
+v="$OLD_VERSION"
+while [[ "$v" != "$NEW_VERSION" ]]; do
+    next=(sql/pg_audience--"$v"--*.sql)
+    [[ -f "${next[0]}" && ${#next[@]} -eq 1 ]] ||
+        t_die "no single upgrade script from $v (sql/pg_audience--$v--*.sql) on the way to $NEW_VERSION"
+    CHAIN+=("$(basename "${next[0]}")")
+    v="$(basename "${next[0]}" .sql)"
+    v="${v##*--}"
+    UPDATE_PATH="$UPDATE_PATH--$v"
+    ((${#CHAIN[@]} < 20)) || t_die "the upgrade scripts loop"
+done
+LATEST_SCRIPT="sql/${CHAIN[-1]}"
 
 # ------------------------------------------------------------------ installing files
 SUDO=()
@@ -112,7 +126,7 @@ else
         { tail -n 40 "$T_TMP/build-new.log" >&2; t_die "building the current release failed"; }
 fi
 for f in "$NEW_STAGE$B_LIBDIR/pg_audience.so" "$NEW_STAGE$B_EXTDIR/pg_audience--$NEW_VERSION.sql" \
-    "$NEW_STAGE$B_EXTDIR/pg_audience--$OLD_VERSION--$NEW_VERSION.sql"; do
+    "${CHAIN[@]/#/$NEW_STAGE$B_EXTDIR/}"; do
     t_check "the package of $NEW_VERSION has $(basename "$f") (cargo pgrx package ships sql/pg_audience--*--*.sql)" test -f "$f"
 done
 
@@ -202,7 +216,7 @@ pga_cluster_stop "$CL" >&2
 pga_cluster_start "$CL" >&2
 t_eq "update path $OLD_VERSION -> $NEW_VERSION" \
     "$(q "SELECT path FROM pg_extension_update_paths('pg_audience') WHERE source = '$OLD_VERSION' AND target = '$NEW_VERSION'")" \
-    "$OLD_VERSION--$NEW_VERSION"
+    "$UPDATE_PATH"
 rc=0
 out="$(pga_psql "$CL" -d "$DB" -Atq -v VERBOSITY=verbose -c "ALTER EXTENSION pg_audience UPDATE" 2>&1)" || rc=$?
 printf '%s\n' "$out" | sed 's/^/      /'
@@ -341,7 +355,7 @@ if diff -u --label "fresh CREATE EXTENSION $NEW_VERSION" --label "updated from $
     "$T_TMP/schema-fresh.txt" "$T_TMP/schema-updated.txt" >"$T_TMP/schema.diff"; then
     t_pass "the updated schema equals a fresh install of $NEW_VERSION"
 else
-    t_fail "the updated schema differs from a fresh install of $NEW_VERSION (extend sql/pg_audience--$OLD_VERSION--$NEW_VERSION.sql); diff:"
+    t_fail "the updated schema differs from a fresh install of $NEW_VERSION (extend $LATEST_SCRIPT); diff:"
     sed 's/^/      /' "$T_TMP/schema.diff"
 fi
 
