@@ -116,7 +116,7 @@ impl<T: Pod> Buf<T> {
     pub fn mapped(map: &Arc<Mapping>, offset: usize, len: usize) -> Option<Buf<T>> {
         let size = len.checked_mul(std::mem::size_of::<T>())?;
         let end = offset.checked_add(size)?;
-        if end > map.len || (map.ptr as usize + offset) % std::mem::align_of::<T>() != 0 {
+        if end > map.len || !(map.ptr as usize + offset).is_multiple_of(std::mem::align_of::<T>()) {
             return None;
         }
         let ptr = if len == 0 {
