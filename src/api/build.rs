@@ -357,7 +357,9 @@ pub fn store(
     )
     .or_raise("storing the model")
     .unwrap_or_else(|| AudienceError::internal("no model id").raise());
+    let t0 = Instant::now();
     let bytes = model.encode_with(&mut interrupt_check).unwrap_or_else(|_| AudienceError::internal("storing interrupted").raise());
+    let t_encode = t0.elapsed().as_secs_f64();
     for (n, chunk) in bytes.chunks(CHUNK).enumerate() {
         pgrx::check_for_interrupts!();
         Spi::run_with_args(
@@ -366,6 +368,7 @@ pub fn store(
         )
         .or_raise("storing the model data");
     }
+    let (t_rows, n_bytes) = (t0.elapsed().as_secs_f64() - t_encode, bytes.len());
     drop(bytes);
     for prop in &model.properties {
         pgrx::check_for_interrupts!();
@@ -393,8 +396,15 @@ pub fn store(
             .or_raise("dropping older models");
         table.filter_map(|r| r.get::<i64>(1).ok().flatten()).collect()
     });
+    let t_rest = t0.elapsed().as_secs_f64() - t_encode - t_rows;
     // The shared serving copy, made visible when this transaction commits.
+    let t1 = Instant::now();
     crate::api::shared::stage_for_build(model, model_id, replaced);
+    pgrx::debug1!(
+        "audience: stored model {model_id}: encoded {} MB in {t_encode:.2} s, wrote its rows in {t_rows:.2} s, property values and older models in {t_rest:.2} s, serving image in {:.2} s",
+        n_bytes >> 20,
+        t1.elapsed().as_secs_f64()
+    );
     model_id
 }
 
@@ -762,6 +772,7 @@ fn build(
     let t_tune = Instant::now();
     let (params, tuning) = crate::api::tuning::auto_tune(&collected, params);
     let tune_s = t_tune.elapsed().as_secs_f64();
+    crate::api::progress::phase("training", "");
     if tuning.is_some() {
         crate::api::progress::finished("automatic tuning", tune_s);
     }

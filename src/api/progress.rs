@@ -72,12 +72,17 @@ pub fn begin(catalog: &str) -> Guard {
 }
 
 /// Moves the running build (if any) to `phase`.
+/// While tuning, training the validation model stays in phase `tune` (its step goes to `detail`).
 pub fn phase(phase: &str, detail: impl Into<String>) {
     CURRENT.with(|c| {
         if let Some(s) = c.borrow_mut().as_mut() {
-            s.phase = phase.to_string();
-            s.detail = detail.into();
-            s.phase_started_ms = now_ms();
+            if s.phase == "tune" && matches!(phase, "scan" | "products" | "als" | "knn") {
+                s.detail = format!("validation model: {phase} {}", detail.into()).trim_end().to_string();
+            } else {
+                s.phase = phase.to_string();
+                s.detail = detail.into();
+                s.phase_started_ms = now_ms();
+            }
             write(s);
         }
     });
@@ -86,8 +91,9 @@ pub fn phase(phase: &str, detail: impl Into<String>) {
 /// Reports the end of a phase as a NOTICE (filtered by `client_min_messages` as usual).
 /// Nothing when no build is running in this backend (tune and evaluate train models too).
 pub fn finished(what: impl std::fmt::Display, seconds: f64) {
-    if let Some(catalog) = CURRENT.with(|c| c.borrow().as_ref().map(|s| s.catalog.clone())) {
-        pgrx::notice!("build of \"{}\": {what} in {seconds:.1} s", crate::error::shown(&catalog));
+    if let Some((catalog, phase)) = CURRENT.with(|c| c.borrow().as_ref().map(|s| (s.catalog.clone(), s.phase.clone()))) {
+        let within = if phase == "tune" { "automatic tuning: " } else { "" };
+        pgrx::notice!("build of \"{}\": {within}{what} in {seconds:.1} s", crate::error::shown(&catalog));
     }
 }
 

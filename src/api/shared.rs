@@ -190,7 +190,10 @@ pub fn stage_for_build(model: &Model, model_id: i64, replaced: Vec<i64>) {
     }
     let tags = tags(model_id);
     let (tmp, path) = (tmp_path(tags), path_of(tags));
-    if let Err(e) = write_to_file(&tmp, tags, model, &parts_of(model)) {
+    let t0 = std::time::Instant::now();
+    let parts = parts_of(model);
+    pgrx::debug1!("audience: serving image parts of model {model_id} in {:.2} s", t0.elapsed().as_secs_f64());
+    if let Err(e) = write_to_file(&tmp, tags, model, &parts) {
         pgrx::debug1!("pg_audience: the build could not write the image of model {model_id}: {e}");
         return;
     }
