@@ -27,16 +27,27 @@ BEGIN
     END IF;
     SELECT c.name, c.active_model_id INTO cat, mid FROM audience.catalogs c WHERE c.catalog_id = a.catalog_id;
 
-    CREATE TEMP TABLE IF NOT EXISTS pg_audience_refresh (user_id text, score float8, rank bigint) ON COMMIT DROP;
+    CREATE TEMP TABLE IF NOT EXISTS pg_audience_refresh (user_id text, score float8, rank bigint, is_control boolean) ON COMMIT DROP;
     TRUNCATE pg_audience_refresh;
-    INSERT INTO pg_audience_refresh
-    SELECT r.user_id, r.score, r.rank
-      FROM audience.recommend_audience(a.property, a."values", a.max_pct, catalog => cat, max_users => a.max_users,
-                                       min_score => a.min_score, exclude_engaged => a.exclude_engaged, lookback => a.lookback) r;
+    -- The control group: a member is held out when a hash of the audience and the user falls in
+    -- the first control_pct percent, so a user who stays keeps their side across refreshes.
+    IF a.items IS NOT NULL THEN
+        INSERT INTO pg_audience_refresh
+        SELECT r.user_id, r.score, r.rank,
+               (hashtextextended(a.audience_id::text || ':' || r.user_id, 0) % 10000 + 10000) % 10000 < a.control_pct * 100
+          FROM audience.recommend_audience_items(a.items, a.max_pct, catalog => cat, max_users => a.max_users,
+                                                 min_score => a.min_score, exclude_engaged => a.exclude_engaged, lookback => a.lookback) r;
+    ELSE
+        INSERT INTO pg_audience_refresh
+        SELECT r.user_id, r.score, r.rank,
+               (hashtextextended(a.audience_id::text || ':' || r.user_id, 0) % 10000 + 10000) % 10000 < a.control_pct * 100
+          FROM audience.recommend_audience(a.property, a."values", a.max_pct, catalog => cat, max_users => a.max_users,
+                                           min_score => a.min_score, exclude_engaged => a.exclude_engaged, lookback => a.lookback) r;
+    END IF;
     GET DIAGNOSTICS n = ROW_COUNT;
 
-    INSERT INTO audience.audience_changes (audience_id, refreshed_at, user_id, change, score)
-    SELECT a.audience_id, at, r.user_id, 'entered', r.score
+    INSERT INTO audience.audience_changes (audience_id, refreshed_at, user_id, change, score, is_control)
+    SELECT a.audience_id, at, r.user_id, 'entered', r.score, r.is_control
       FROM pg_audience_refresh r
      WHERE NOT EXISTS (SELECT 1 FROM audience.audience_members m WHERE m.audience_id = a.audience_id AND m.user_id = r.user_id);
     GET DIAGNOSTICS n_in = ROW_COUNT;
@@ -51,15 +62,18 @@ BEGIN
      WHERE m.audience_id = a.audience_id
        AND NOT EXISTS (SELECT 1 FROM pg_audience_refresh r WHERE r.user_id = m.user_id);
     -- (No unique key to upsert on: ids of any length are members, see audience_members.)
-    UPDATE audience.audience_members m SET score = r.score, rank = r.rank
+    UPDATE audience.audience_members m SET score = r.score, rank = r.rank, is_control = r.is_control
       FROM pg_audience_refresh r
      WHERE m.audience_id = a.audience_id AND m.user_id = r.user_id;
-    INSERT INTO audience.audience_members (audience_id, user_id, score, rank, entered_at)
-    SELECT a.audience_id, r.user_id, r.score, r.rank, at FROM pg_audience_refresh r
+    INSERT INTO audience.audience_members (audience_id, user_id, score, rank, entered_at, is_control)
+    SELECT a.audience_id, r.user_id, r.score, r.rank, at, r.is_control FROM pg_audience_refresh r
      WHERE NOT EXISTS (SELECT 1 FROM audience.audience_members m WHERE m.audience_id = a.audience_id AND m.user_id = r.user_id);
     DROP TABLE pg_audience_refresh;
 
-    UPDATE audience.saved_audiences s SET refreshed_at = at, model_id = mid WHERE s.audience_id = a.audience_id;
+    UPDATE audience.saved_audiences s
+       SET refreshed_at = at, model_id = mid, refresh_seconds = extract(epoch FROM clock_timestamp() - at)::float8,
+           last_error = NULL, last_error_at = NULL
+     WHERE s.audience_id = a.audience_id;
     RETURN QUERY SELECT a.name, n, n_in, n_out;
 END
 $fn$;
@@ -76,7 +90,8 @@ CREATE FUNCTION audience.save_audience(
     min_score double precision DEFAULT NULL,
     exclude_engaged boolean DEFAULT false,
     lookback interval DEFAULT NULL,
-    replace boolean DEFAULT false)
+    replace boolean DEFAULT false,
+    control_pct double precision DEFAULT 0)
 RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -88,6 +103,7 @@ BEGIN
     IF value IS NULL OR cardinality(value) = 0 THEN
         RAISE EXCEPTION 'value cannot be null or empty' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    PERFORM audience._check_control_pct(control_pct);
     cid := audience._catalog_id(catalog);
     -- Validate the definition once now (errors here leave nothing behind).
     PERFORM 1 FROM audience.recommend_audience(property, value, max_pct, catalog => (SELECT c.name FROM audience.catalogs c WHERE c.catalog_id = cid),
@@ -100,20 +116,89 @@ BEGIN
                       HINT = 'Refresh it with audience.refresh_audience(), or pass replace => true to change its definition.';
         END IF;
         UPDATE audience.saved_audiences s
-           SET catalog_id = cid, property = save_audience.property, "values" = save_audience.value,
+           SET catalog_id = cid, property = save_audience.property, "values" = save_audience.value, items = NULL,
                max_pct = save_audience.max_pct, max_users = save_audience.max_users, min_score = save_audience.min_score,
-               exclude_engaged = coalesce(save_audience.exclude_engaged, false), lookback = save_audience.lookback
+               exclude_engaged = coalesce(save_audience.exclude_engaged, false), lookback = save_audience.lookback,
+               control_pct = save_audience.control_pct
          WHERE s.name = save_audience.name;
     ELSE
-        INSERT INTO audience.saved_audiences (name, catalog_id, property, "values", max_pct, max_users, min_score, exclude_engaged, lookback)
+        INSERT INTO audience.saved_audiences (name, catalog_id, property, "values", max_pct, max_users, min_score, exclude_engaged, lookback, control_pct)
         VALUES (save_audience.name, cid, save_audience.property, save_audience.value, save_audience.max_pct, save_audience.max_users,
-                save_audience.min_score, coalesce(save_audience.exclude_engaged, false), save_audience.lookback);
+                save_audience.min_score, coalesce(save_audience.exclude_engaged, false), save_audience.lookback, save_audience.control_pct);
     END IF;
     RETURN QUERY SELECT * FROM audience.refresh_audience(save_audience.name);
 END
 $fn$;
-COMMENT ON FUNCTION audience.save_audience(text, text, text[], double precision, text, bigint, double precision, boolean, interval, boolean) IS
-    'Saves an audience definition and materialises its members (see audience.refresh_audience).';
+COMMENT ON FUNCTION audience.save_audience(text, text, text[], double precision, text, bigint, double precision, boolean, interval, boolean, double precision) IS
+    'Saves an audience definition and materialises its members (see audience.refresh_audience); control_pct holds out that share of them as a control group.';
+
+CREATE FUNCTION audience._check_control_pct(control_pct double precision) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF control_pct IS NULL OR NOT (control_pct >= 0 AND control_pct <= 50) THEN
+        RAISE EXCEPTION 'control_pct must be between 0 and 50'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The value given was %s.', coalesce(control_pct::text, 'NULL')),
+                  HINT = 'Pass the percentage of the audience to hold out as a control group, e.g. 10 (0: none).';
+    END IF;
+END
+$fn$;
+
+-- An audience of any set of items (product ids). The item list is stored as given (the query
+-- that produced it is not re-run at refresh: save again with replace => true to change it).
+CREATE FUNCTION audience.save_audience_items(
+    name text,
+    items text[],
+    max_pct double precision,
+    catalog text DEFAULT NULL,
+    max_users bigint DEFAULT NULL,
+    min_score double precision DEFAULT NULL,
+    exclude_engaged boolean DEFAULT false,
+    lookback interval DEFAULT NULL,
+    replace boolean DEFAULT false,
+    control_pct double precision DEFAULT 0)
+RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    cid integer;
+BEGIN
+    PERFORM audience._check_name('audience name', save_audience_items.name);
+    IF items IS NULL THEN
+        RAISE EXCEPTION 'items cannot be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM audience._check_control_pct(control_pct);
+    cid := audience._catalog_id(catalog);
+    -- Validate the definition once now (errors here leave nothing behind).
+    PERFORM 1 FROM audience.recommend_audience_items(items, max_pct, catalog => (SELECT c.name FROM audience.catalogs c WHERE c.catalog_id = cid),
+                                                     max_users => max_users, min_score => min_score,
+                                                     exclude_engaged => exclude_engaged, lookback => lookback) LIMIT 1;
+    IF EXISTS (SELECT 1 FROM audience.saved_audiences s WHERE s.name = save_audience_items.name) THEN
+        IF NOT coalesce(replace, false) THEN
+            RAISE EXCEPTION 'audience "%" already exists', save_audience_items.name
+                USING ERRCODE = 'duplicate_object',
+                      HINT = 'Refresh it with audience.refresh_audience(), or pass replace => true to change its definition.';
+        END IF;
+        UPDATE audience.saved_audiences s
+           SET catalog_id = cid, property = NULL, "values" = NULL, items = save_audience_items.items,
+               max_pct = save_audience_items.max_pct, max_users = save_audience_items.max_users, min_score = save_audience_items.min_score,
+               exclude_engaged = coalesce(save_audience_items.exclude_engaged, false), lookback = save_audience_items.lookback,
+               control_pct = save_audience_items.control_pct
+         WHERE s.name = save_audience_items.name;
+    ELSE
+        INSERT INTO audience.saved_audiences (name, catalog_id, items, max_pct, max_users, min_score, exclude_engaged, lookback, control_pct)
+        VALUES (save_audience_items.name, cid, save_audience_items.items, save_audience_items.max_pct, save_audience_items.max_users,
+                save_audience_items.min_score, coalesce(save_audience_items.exclude_engaged, false), save_audience_items.lookback,
+                save_audience_items.control_pct);
+    END IF;
+    RETURN QUERY SELECT * FROM audience.refresh_audience(save_audience_items.name);
+END
+$fn$;
+COMMENT ON FUNCTION audience.save_audience_items(text, text[], double precision, text, bigint, double precision, boolean, interval, boolean, double precision) IS
+    'Saves an audience of any set of items (the list is stored as given) and materialises its members; control_pct holds out that share of them as a control group.';
 
 CREATE FUNCTION audience.save_audience(
     name text,
@@ -125,13 +210,14 @@ CREATE FUNCTION audience.save_audience(
     min_score double precision DEFAULT NULL,
     exclude_engaged boolean DEFAULT false,
     lookback interval DEFAULT NULL,
-    replace boolean DEFAULT false)
+    replace boolean DEFAULT false,
+    control_pct double precision DEFAULT 0)
 RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint)
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT * FROM audience.save_audience(name, property, CASE WHEN value IS NOT NULL THEN ARRAY[value] END, max_pct,
-                                         catalog, max_users, min_score, exclude_engaged, lookback, replace)
+                                         catalog, max_users, min_score, exclude_engaged, lookback, replace, control_pct)
 $fn$;
 
 CREATE FUNCTION audience.refresh_all_audiences()
@@ -156,6 +242,8 @@ BEGIN
             audience := s.name; members := NULL; entered := NULL; "left" := NULL;
             error := format('%s (SQLSTATE %s)', msg, st);
             RAISE WARNING 'refreshing audience "%" failed: %', s.name, error;
+            -- Kept for audience.saved_audience_status until a refresh succeeds.
+            UPDATE audience.saved_audiences sa SET last_error = error, last_error_at = clock_timestamp() WHERE sa.name = s.name;
         END;
         RETURN NEXT;
     END LOOP;
@@ -290,8 +378,14 @@ COMMENT ON FUNCTION audience.forget_user(text, boolean) IS
 COMMENT ON FUNCTION audience.drop_event(text, text) IS 'Removes an event source registration from a catalog.';
 COMMENT ON FUNCTION audience.unmap_property(text, text, text) IS 'Removes the mappings of a property (for one event, or all).';
 COMMENT ON FUNCTION audience.drop_audience(text, boolean) IS 'Drops a saved audience with its members and history.';
-COMMENT ON FUNCTION audience.save_audience(text, text, text, double precision, text, bigint, double precision, boolean, interval, boolean) IS
+COMMENT ON FUNCTION audience.save_audience(text, text, text, double precision, text, bigint, double precision, boolean, interval, boolean, double precision) IS
     'Saves an audience definition for one value and materialises it into audience.audience_members.';
+COMMENT ON FUNCTION audience.recommend_audience_items(text[], double precision, text, bigint, double precision, boolean, interval) IS
+    'The users most likely to engage with any of the given items (product ids), best first, capped at the top max_pct percent of users.';
+COMMENT ON FUNCTION audience.audience_size(text, text, double precision[], text, boolean) IS
+    'The size of a property value''s audience at several cuts (percentages): users, lowest score and how many engaged with the value before.';
+COMMENT ON FUNCTION audience.audience_size_items(text[], double precision[], text, boolean) IS
+    'The size of the audience of a set of items at several cuts (percentages): users, lowest score and how many engaged with the items before.';
 COMMENT ON FUNCTION audience.build(text, integer, integer, double precision, double precision, integer, double precision, double precision, double precision, double precision, double precision, double precision, timestamp with time zone, text, interval, boolean) IS
     'Builds the catalog''s model from its registered events (one parallel scan, ALS and item-kNN training) and activates it; tunes the scoring knobs of untuned properties on a validation window first (tune => false turns that off). Arguments given once are remembered in catalogs.build_settings.';
 COMMENT ON FUNCTION audience.recommend_audience(text, text, double precision, text, bigint, double precision, boolean, interval) IS

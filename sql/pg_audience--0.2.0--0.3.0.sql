@@ -4,7 +4,13 @@
 -- 0.3.0: audiences are served from one memory-mapped copy of each model shared by every backend
 -- (files under the data directory, pg_audience/; written from the stored model on first use, so
 -- nothing to do here), builds report their phases as NOTICEs, and audience.build_progress() shows
--- the running builds to other sessions.
+-- the running builds to other sessions. For marketers: audiences of any set of items
+-- (recommend_audience_items, save_audience_items), size previews (audience_size), control groups
+-- (save_audience(..., control_pct), audience_members.is_control) and the saved_audience_status
+-- view. Tables change in place (saved_audiences: property and values may be NULL for item
+-- audiences, new columns items, control_pct, refresh_seconds, last_error, last_error_at;
+-- audience_members and audience_changes: is_control); both save_audience functions gain
+-- control_pct (DROP + CREATE: GRANTs on them must be repeated, a WARNING says when there were any).
 -- scripts/tests/upgrade.sh checks that an updated database has the same schema as a fresh
 -- CREATE EXTENSION of 0.3.0.
 
@@ -25,3 +31,355 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'build_progress_wrapper';
 COMMENT ON FUNCTION audience.build_progress() IS
     'The builds running now, one row each, with their phase (scan, products, tune, als, knn, store) and seconds; a role sees the builds of roles it is a member of (members of pg_read_all_stats see all).';
+
+-- Functions recreated below lose GRANTs and REVOKEs made on them after CREATE EXTENSION.
+DO $acl$
+DECLARE
+    fns text;
+BEGIN
+    SELECT string_agg(pg_catalog.format('audience.%s(%s)', p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)), ', '
+                      ORDER BY p.proname) INTO fns
+      FROM pg_catalog.pg_proc p
+     WHERE p.proacl IS NOT NULL AND p.oid IN (
+           'audience.save_audience(text, text, text[], double precision, text, bigint, double precision, boolean, interval, boolean)'::pg_catalog.regprocedure,
+           'audience.save_audience(text, text, text, double precision, text, bigint, double precision, boolean, interval, boolean)'::pg_catalog.regprocedure);
+    IF fns IS NOT NULL THEN
+        RAISE WARNING 'pg_audience 0.3.0 recreates % with the default privileges (EXECUTE for PUBLIC)', fns
+            USING HINT = 'Repeat your GRANT and REVOKE statements on them (new signatures: see \df audience.*).';
+    END IF;
+END
+$acl$;
+
+-- ---------------------------------------------------------------- tables
+ALTER TABLE audience.saved_audiences
+    ALTER COLUMN property DROP NOT NULL,
+    ALTER COLUMN "values" DROP NOT NULL,
+    ADD COLUMN items           text[],
+    ADD COLUMN control_pct     double precision NOT NULL DEFAULT 0,
+    ADD COLUMN refresh_seconds double precision,
+    ADD COLUMN last_error      text,
+    ADD COLUMN last_error_at   timestamptz,
+    ADD CONSTRAINT saved_audiences_target CHECK ((items IS NULL) OPERATOR(pg_catalog.=) (property IS NOT NULL AND "values" IS NOT NULL)),
+    ADD CONSTRAINT saved_audiences_control_pct CHECK (control_pct OPERATOR(pg_catalog.>=) 0 AND control_pct OPERATOR(pg_catalog.<=) 50);
+ALTER TABLE audience.audience_members ADD COLUMN is_control boolean NOT NULL DEFAULT false;
+ALTER TABLE audience.audience_changes ADD COLUMN is_control boolean;
+
+CREATE VIEW audience.saved_audience_status AS
+SELECT s.name AS audience, c.name AS catalog,
+       CASE WHEN s.items IS NULL THEN s.property END AS property, s."values", s.items,
+       s.max_pct, s.control_pct,
+       CASE WHEN s.last_error IS NOT NULL THEN 'refresh failed'
+            WHEN s.refreshed_at IS NULL THEN 'never refreshed'
+            ELSE 'live' END AS state,
+       (SELECT pg_catalog.count(*) FROM audience.audience_members m WHERE m.audience_id OPERATOR(pg_catalog.=) s.audience_id) AS members,
+       (SELECT pg_catalog.count(*) FROM audience.audience_members m WHERE m.audience_id OPERATOR(pg_catalog.=) s.audience_id AND m.is_control) AS control_members,
+       s.refreshed_at, s.refresh_seconds, s.last_error, s.last_error_at,
+       s.model_id, c.active_model_id,
+       (c.active_model_id IS NOT NULL AND c.active_model_id IS DISTINCT FROM s.model_id) AS newer_model
+  FROM audience.saved_audiences s JOIN audience.catalogs c USING (catalog_id);
+COMMENT ON VIEW audience.saved_audience_status IS 'One row per saved audience: live, never refreshed or refresh failed (with the error), its size and control group, its last refresh, the model it was computed from and whether a newer model exists.';
+
+-- ---------------------------------------------------------------- functions
+CREATE FUNCTION audience.recommend_audience_items(
+    "items" TEXT[],
+    "max_pct" double precision,
+    "catalog" TEXT DEFAULT NULL,
+    "max_users" bigint DEFAULT NULL,
+    "min_score" double precision DEFAULT NULL,
+    "exclude_engaged" bool DEFAULT false,
+    "lookback" interval DEFAULT NULL
+) RETURNS TABLE (
+    "user_id" TEXT,
+    "score" double precision,
+    "rank" bigint,
+    "percentile" double precision
+)
+STABLE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'recommend_audience_items_wrapper';
+
+CREATE FUNCTION audience.audience_size(
+    "property" TEXT,
+    "value" TEXT,
+    "pcts" double precision[] DEFAULT '{1,5,10,20}',
+    "catalog" TEXT DEFAULT NULL,
+    "exclude_engaged" bool DEFAULT false
+) RETURNS TABLE (
+    "pct" double precision,
+    "users" bigint,
+    "min_score" double precision,
+    "engaged_before" bigint
+)
+STABLE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'audience_size_wrapper';
+
+CREATE FUNCTION audience.audience_size_items(
+    "items" TEXT[],
+    "pcts" double precision[] DEFAULT '{1,5,10,20}',
+    "catalog" TEXT DEFAULT NULL,
+    "exclude_engaged" bool DEFAULT false
+) RETURNS TABLE (
+    "pct" double precision,
+    "users" bigint,
+    "min_score" double precision,
+    "engaged_before" bigint
+)
+STABLE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'audience_size_items_wrapper';
+
+CREATE OR REPLACE FUNCTION audience.refresh_audience(name text)
+RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    a audience.saved_audiences;
+    cat text;
+    mid bigint;
+    at timestamptz := clock_timestamp();
+    n_in bigint;
+    n_out bigint;
+    n bigint;
+BEGIN
+    PERFORM audience._check_name('audience name', refresh_audience.name);
+    -- Serialise refreshes of one audience.
+    SELECT * INTO a FROM audience.saved_audiences s WHERE s.name = refresh_audience.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'audience "%" does not exist', refresh_audience.name
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = coalesce('Saved audiences are: ' || (SELECT string_agg(format('%I', s.name), ', ' ORDER BY s.name) FROM audience.saved_audiences s) || '.', 'No audience is saved.'),
+                  HINT = 'Save one with audience.save_audience().';
+    END IF;
+    SELECT c.name, c.active_model_id INTO cat, mid FROM audience.catalogs c WHERE c.catalog_id = a.catalog_id;
+
+    CREATE TEMP TABLE IF NOT EXISTS pg_audience_refresh (user_id text, score float8, rank bigint, is_control boolean) ON COMMIT DROP;
+    TRUNCATE pg_audience_refresh;
+    -- The control group: a member is held out when a hash of the audience and the user falls in
+    -- the first control_pct percent, so a user who stays keeps their side across refreshes.
+    IF a.items IS NOT NULL THEN
+        INSERT INTO pg_audience_refresh
+        SELECT r.user_id, r.score, r.rank,
+               (hashtextextended(a.audience_id::text || ':' || r.user_id, 0) % 10000 + 10000) % 10000 < a.control_pct * 100
+          FROM audience.recommend_audience_items(a.items, a.max_pct, catalog => cat, max_users => a.max_users,
+                                                 min_score => a.min_score, exclude_engaged => a.exclude_engaged, lookback => a.lookback) r;
+    ELSE
+        INSERT INTO pg_audience_refresh
+        SELECT r.user_id, r.score, r.rank,
+               (hashtextextended(a.audience_id::text || ':' || r.user_id, 0) % 10000 + 10000) % 10000 < a.control_pct * 100
+          FROM audience.recommend_audience(a.property, a."values", a.max_pct, catalog => cat, max_users => a.max_users,
+                                           min_score => a.min_score, exclude_engaged => a.exclude_engaged, lookback => a.lookback) r;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+
+    INSERT INTO audience.audience_changes (audience_id, refreshed_at, user_id, change, score, is_control)
+    SELECT a.audience_id, at, r.user_id, 'entered', r.score, r.is_control
+      FROM pg_audience_refresh r
+     WHERE NOT EXISTS (SELECT 1 FROM audience.audience_members m WHERE m.audience_id = a.audience_id AND m.user_id = r.user_id);
+    GET DIAGNOSTICS n_in = ROW_COUNT;
+    INSERT INTO audience.audience_changes (audience_id, refreshed_at, user_id, change, score)
+    SELECT a.audience_id, at, m.user_id, 'left', NULL
+      FROM audience.audience_members m
+     WHERE m.audience_id = a.audience_id
+       AND NOT EXISTS (SELECT 1 FROM pg_audience_refresh r WHERE r.user_id = m.user_id);
+    GET DIAGNOSTICS n_out = ROW_COUNT;
+
+    DELETE FROM audience.audience_members m
+     WHERE m.audience_id = a.audience_id
+       AND NOT EXISTS (SELECT 1 FROM pg_audience_refresh r WHERE r.user_id = m.user_id);
+    -- (No unique key to upsert on: ids of any length are members, see audience_members.)
+    UPDATE audience.audience_members m SET score = r.score, rank = r.rank, is_control = r.is_control
+      FROM pg_audience_refresh r
+     WHERE m.audience_id = a.audience_id AND m.user_id = r.user_id;
+    INSERT INTO audience.audience_members (audience_id, user_id, score, rank, entered_at, is_control)
+    SELECT a.audience_id, r.user_id, r.score, r.rank, at, r.is_control FROM pg_audience_refresh r
+     WHERE NOT EXISTS (SELECT 1 FROM audience.audience_members m WHERE m.audience_id = a.audience_id AND m.user_id = r.user_id);
+    DROP TABLE pg_audience_refresh;
+
+    UPDATE audience.saved_audiences s
+       SET refreshed_at = at, model_id = mid, refresh_seconds = extract(epoch FROM clock_timestamp() - at)::float8,
+           last_error = NULL, last_error_at = NULL
+     WHERE s.audience_id = a.audience_id;
+    RETURN QUERY SELECT a.name, n, n_in, n_out;
+END
+$fn$;
+
+DROP FUNCTION audience.save_audience(text, text, text, double precision, text, bigint, double precision, boolean, interval, boolean);
+DROP FUNCTION audience.save_audience(text, text, text[], double precision, text, bigint, double precision, boolean, interval, boolean);
+CREATE FUNCTION audience.save_audience(
+    name text,
+    property text,
+    value text[],
+    max_pct double precision,
+    catalog text DEFAULT NULL,
+    max_users bigint DEFAULT NULL,
+    min_score double precision DEFAULT NULL,
+    exclude_engaged boolean DEFAULT false,
+    lookback interval DEFAULT NULL,
+    replace boolean DEFAULT false,
+    control_pct double precision DEFAULT 0)
+RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    cid integer;
+BEGIN
+    PERFORM audience._check_name('audience name', save_audience.name);
+    IF value IS NULL OR cardinality(value) = 0 THEN
+        RAISE EXCEPTION 'value cannot be null or empty' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM audience._check_control_pct(control_pct);
+    cid := audience._catalog_id(catalog);
+    -- Validate the definition once now (errors here leave nothing behind).
+    PERFORM 1 FROM audience.recommend_audience(property, value, max_pct, catalog => (SELECT c.name FROM audience.catalogs c WHERE c.catalog_id = cid),
+                                               max_users => max_users, min_score => min_score,
+                                               exclude_engaged => exclude_engaged, lookback => lookback) LIMIT 1;
+    IF EXISTS (SELECT 1 FROM audience.saved_audiences s WHERE s.name = save_audience.name) THEN
+        IF NOT coalesce(replace, false) THEN  -- NULL is the default (false), never "replace"
+            RAISE EXCEPTION 'audience "%" already exists', save_audience.name
+                USING ERRCODE = 'duplicate_object',
+                      HINT = 'Refresh it with audience.refresh_audience(), or pass replace => true to change its definition.';
+        END IF;
+        UPDATE audience.saved_audiences s
+           SET catalog_id = cid, property = save_audience.property, "values" = save_audience.value, items = NULL,
+               max_pct = save_audience.max_pct, max_users = save_audience.max_users, min_score = save_audience.min_score,
+               exclude_engaged = coalesce(save_audience.exclude_engaged, false), lookback = save_audience.lookback,
+               control_pct = save_audience.control_pct
+         WHERE s.name = save_audience.name;
+    ELSE
+        INSERT INTO audience.saved_audiences (name, catalog_id, property, "values", max_pct, max_users, min_score, exclude_engaged, lookback, control_pct)
+        VALUES (save_audience.name, cid, save_audience.property, save_audience.value, save_audience.max_pct, save_audience.max_users,
+                save_audience.min_score, coalesce(save_audience.exclude_engaged, false), save_audience.lookback, save_audience.control_pct);
+    END IF;
+    RETURN QUERY SELECT * FROM audience.refresh_audience(save_audience.name);
+END
+$fn$;
+
+CREATE FUNCTION audience._check_control_pct(control_pct double precision) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF control_pct IS NULL OR NOT (control_pct >= 0 AND control_pct <= 50) THEN
+        RAISE EXCEPTION 'control_pct must be between 0 and 50'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The value given was %s.', coalesce(control_pct::text, 'NULL')),
+                  HINT = 'Pass the percentage of the audience to hold out as a control group, e.g. 10 (0: none).';
+    END IF;
+END
+$fn$;
+
+CREATE FUNCTION audience.save_audience_items(
+    name text,
+    items text[],
+    max_pct double precision,
+    catalog text DEFAULT NULL,
+    max_users bigint DEFAULT NULL,
+    min_score double precision DEFAULT NULL,
+    exclude_engaged boolean DEFAULT false,
+    lookback interval DEFAULT NULL,
+    replace boolean DEFAULT false,
+    control_pct double precision DEFAULT 0)
+RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    cid integer;
+BEGIN
+    PERFORM audience._check_name('audience name', save_audience_items.name);
+    IF items IS NULL THEN
+        RAISE EXCEPTION 'items cannot be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM audience._check_control_pct(control_pct);
+    cid := audience._catalog_id(catalog);
+    -- Validate the definition once now (errors here leave nothing behind).
+    PERFORM 1 FROM audience.recommend_audience_items(items, max_pct, catalog => (SELECT c.name FROM audience.catalogs c WHERE c.catalog_id = cid),
+                                                     max_users => max_users, min_score => min_score,
+                                                     exclude_engaged => exclude_engaged, lookback => lookback) LIMIT 1;
+    IF EXISTS (SELECT 1 FROM audience.saved_audiences s WHERE s.name = save_audience_items.name) THEN
+        IF NOT coalesce(replace, false) THEN
+            RAISE EXCEPTION 'audience "%" already exists', save_audience_items.name
+                USING ERRCODE = 'duplicate_object',
+                      HINT = 'Refresh it with audience.refresh_audience(), or pass replace => true to change its definition.';
+        END IF;
+        UPDATE audience.saved_audiences s
+           SET catalog_id = cid, property = NULL, "values" = NULL, items = save_audience_items.items,
+               max_pct = save_audience_items.max_pct, max_users = save_audience_items.max_users, min_score = save_audience_items.min_score,
+               exclude_engaged = coalesce(save_audience_items.exclude_engaged, false), lookback = save_audience_items.lookback,
+               control_pct = save_audience_items.control_pct
+         WHERE s.name = save_audience_items.name;
+    ELSE
+        INSERT INTO audience.saved_audiences (name, catalog_id, items, max_pct, max_users, min_score, exclude_engaged, lookback, control_pct)
+        VALUES (save_audience_items.name, cid, save_audience_items.items, save_audience_items.max_pct, save_audience_items.max_users,
+                save_audience_items.min_score, coalesce(save_audience_items.exclude_engaged, false), save_audience_items.lookback,
+                save_audience_items.control_pct);
+    END IF;
+    RETURN QUERY SELECT * FROM audience.refresh_audience(save_audience_items.name);
+END
+$fn$;
+
+CREATE FUNCTION audience.save_audience(
+    name text,
+    property text,
+    value text,
+    max_pct double precision,
+    catalog text DEFAULT NULL,
+    max_users bigint DEFAULT NULL,
+    min_score double precision DEFAULT NULL,
+    exclude_engaged boolean DEFAULT false,
+    lookback interval DEFAULT NULL,
+    replace boolean DEFAULT false,
+    control_pct double precision DEFAULT 0)
+RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT * FROM audience.save_audience(name, property, CASE WHEN value IS NOT NULL THEN ARRAY[value] END, max_pct,
+                                         catalog, max_users, min_score, exclude_engaged, lookback, replace, control_pct)
+$fn$;
+
+CREATE OR REPLACE FUNCTION audience.refresh_all_audiences()
+RETURNS TABLE(audience text, members bigint, entered bigint, "left" bigint, error text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    s record;
+    r record;
+    st text;
+    msg text;
+BEGIN
+    -- Each audience in its own subtransaction: one that fails (a dropped property, a catalog
+    -- without a model ...) is reported, with a WARNING for the server log, and the others refresh.
+    FOR s IN SELECT sa.name FROM audience.saved_audiences sa ORDER BY sa.name LOOP
+        BEGIN
+            SELECT * INTO r FROM audience.refresh_audience(s.name);
+            audience := r.audience; members := r.members; entered := r.entered; "left" := r."left"; error := NULL;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+            audience := s.name; members := NULL; entered := NULL; "left" := NULL;
+            error := format('%s (SQLSTATE %s)', msg, st);
+            RAISE WARNING 'refreshing audience "%" failed: %', s.name, error;
+            -- Kept for audience.saved_audience_status until a refresh succeeds.
+            UPDATE audience.saved_audiences sa SET last_error = error, last_error_at = clock_timestamp() WHERE sa.name = s.name;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
+
+COMMENT ON FUNCTION audience.save_audience(text, text, text[], double precision, text, bigint, double precision, boolean, interval, boolean, double precision) IS
+    'Saves an audience definition and materialises its members (see audience.refresh_audience); control_pct holds out that share of them as a control group.';
+COMMENT ON FUNCTION audience.save_audience_items(text, text[], double precision, text, bigint, double precision, boolean, interval, boolean, double precision) IS
+    'Saves an audience of any set of items (the list is stored as given) and materialises its members; control_pct holds out that share of them as a control group.';
+COMMENT ON FUNCTION audience.save_audience(text, text, text, double precision, text, bigint, double precision, boolean, interval, boolean, double precision) IS
+    'Saves an audience definition for one value and materialises it into audience.audience_members.';
+COMMENT ON FUNCTION audience.recommend_audience_items(text[], double precision, text, bigint, double precision, boolean, interval) IS
+    'The users most likely to engage with any of the given items (product ids), best first, capped at the top max_pct percent of users.';
+COMMENT ON FUNCTION audience.audience_size(text, text, double precision[], text, boolean) IS
+    'The size of a property value''s audience at several cuts (percentages): users, lowest score and how many engaged with the value before.';
+COMMENT ON FUNCTION audience.audience_size_items(text[], double precision[], text, boolean) IS
+    'The size of the audience of a set of items at several cuts (percentages): users, lowest score and how many engaged with the items before.';

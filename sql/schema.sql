@@ -133,8 +133,8 @@ CREATE TABLE audience.saved_audiences (
     audience_id     serial PRIMARY KEY,
     name            text NOT NULL UNIQUE CHECK (name OPERATOR(pg_catalog.<>) ''),
     catalog_id      integer NOT NULL,
-    property        text NOT NULL,
-    "values"        text[] NOT NULL,
+    property        text,
+    "values"        text[],
     max_pct         double precision NOT NULL,
     max_users       bigint,
     min_score       double precision,
@@ -142,7 +142,14 @@ CREATE TABLE audience.saved_audiences (
     lookback        interval,
     model_id        bigint,
     created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    refreshed_at    timestamptz
+    refreshed_at    timestamptz,
+    items           text[],
+    control_pct     double precision NOT NULL DEFAULT 0,
+    refresh_seconds double precision,
+    last_error      text,
+    last_error_at   timestamptz,
+    CONSTRAINT saved_audiences_target CHECK ((items IS NULL) OPERATOR(pg_catalog.=) (property IS NOT NULL AND "values" IS NOT NULL)),
+    CONSTRAINT saved_audiences_control_pct CHECK (control_pct OPERATOR(pg_catalog.>=) 0 AND control_pct OPERATOR(pg_catalog.<=) 50)
 );
 COMMENT ON TABLE audience.saved_audiences IS 'Audience definitions materialised by audience.save_audience and refreshed by audience.refresh_audience.';
 
@@ -151,7 +158,8 @@ CREATE TABLE audience.audience_members (
     user_id     text NOT NULL,
     score       double precision NOT NULL,
     rank        bigint NOT NULL,
-    entered_at  timestamptz NOT NULL
+    entered_at  timestamptz NOT NULL,
+    is_control  boolean NOT NULL DEFAULT false
 );
 -- Not a primary key on (audience_id, user_id): a btree key cannot hold an id over ~2.7 kB. A
 -- refresh writes each user once; lookups by user (forget_user) go through a hash index.
@@ -164,7 +172,8 @@ CREATE TABLE audience.audience_changes (
     refreshed_at timestamptz NOT NULL,
     user_id      text NOT NULL,
     change       text NOT NULL CHECK (change OPERATOR(pg_catalog.=) ANY (ARRAY['entered', 'left'])),
-    score        double precision
+    score        double precision,
+    is_control   boolean
 );
 CREATE INDEX audience_changes_by_time ON audience.audience_changes (audience_id, refreshed_at);
 CREATE INDEX audience_changes_by_user ON audience.audience_changes USING hash (user_id);
@@ -222,6 +231,21 @@ SELECT c.name AS catalog, v.property, v.value, v.items, v.users, v.model_id
   FROM audience.catalogs c
   JOIN audience.property_values v ON v.model_id OPERATOR(pg_catalog.=) c.active_model_id;
 COMMENT ON VIEW audience.catalog_values IS 'Distinct values of each property in the active model, with item and user counts (as of the last build).';
+
+CREATE VIEW audience.saved_audience_status AS
+SELECT s.name AS audience, c.name AS catalog,
+       CASE WHEN s.items IS NULL THEN s.property END AS property, s."values", s.items,
+       s.max_pct, s.control_pct,
+       CASE WHEN s.last_error IS NOT NULL THEN 'refresh failed'
+            WHEN s.refreshed_at IS NULL THEN 'never refreshed'
+            ELSE 'live' END AS state,
+       (SELECT pg_catalog.count(*) FROM audience.audience_members m WHERE m.audience_id OPERATOR(pg_catalog.=) s.audience_id) AS members,
+       (SELECT pg_catalog.count(*) FROM audience.audience_members m WHERE m.audience_id OPERATOR(pg_catalog.=) s.audience_id AND m.is_control) AS control_members,
+       s.refreshed_at, s.refresh_seconds, s.last_error, s.last_error_at,
+       s.model_id, c.active_model_id,
+       (c.active_model_id IS NOT NULL AND c.active_model_id IS DISTINCT FROM s.model_id) AS newer_model
+  FROM audience.saved_audiences s JOIN audience.catalogs c USING (catalog_id);
+COMMENT ON VIEW audience.saved_audience_status IS 'One row per saved audience: live, never refreshed or refresh failed (with the error), its size and control group, its last refresh, the model it was computed from and whether a newer model exists.';
 
 -- Backtest results of audience.evaluate, one row per method, value, variant and cut.
 CREATE TABLE audience.evaluations (

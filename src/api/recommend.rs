@@ -55,6 +55,7 @@ pub fn non_null_values(values: Vec<Option<String>>) -> Vec<String> {
 }
 
 /// Arguments of an audience request, validated.
+#[derive(Clone)]
 pub struct Request<'a> {
     pub property: Option<&'a str>,
     pub values: Vec<String>,
@@ -68,6 +69,34 @@ pub struct Request<'a> {
 
 /// Ranks users for the request; returns (user index, score) in rank order and the number of users.
 pub fn rank(req: &Request, l: &Loaded) -> Vec<(u32, f32)> {
+    rank_target(req, l, None).0
+}
+
+/// The model's item indexes of the given item ids (unknown ids are counted, not errors; an empty
+/// array or a NULL element is).
+pub fn items_of(l: &Loaded, ids: Vec<Option<String>>) -> (Vec<u32>, usize) {
+    if ids.iter().any(|i| i.is_none()) {
+        AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "items cannot contain NULL").hint("Leave the NULL out of the array.").raise();
+    }
+    let ids: Vec<String> = ids.into_iter().flatten().collect();
+    if ids.is_empty() {
+        AudienceError::invalid("items cannot be empty").hint("Pass at least one product id, e.g. ARRAY['SKU-1'].").raise();
+    }
+    let mut wanted: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut found: Vec<u32> = Vec::with_capacity(wanted.len());
+    for (i, id) in l.model.items.iter().enumerate() {
+        if wanted.binary_search(&id).is_ok() {
+            found.push(i as u32);
+        }
+    }
+    (found, wanted.len())
+}
+
+/// [`rank`], for `items` (model item indexes) instead of the request's property values when
+/// given; also returns, per returned user, whether they engaged with the items before.
+pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> (Vec<(u32, f32)>, Vec<bool>) {
     let max_pct = match req.max_pct {
         None => AudienceError::null("max_pct").raise(),
         Some(p) if p > 0.0 && p <= 100.0 => p,
@@ -86,20 +115,32 @@ pub fn rank(req: &Request, l: &Loaded) -> Vec<(u32, f32)> {
             AudienceError::invalid("min_score cannot be NaN").raise();
         }
     }
-    let prop = model_property(l, req.property);
-    if req.values.is_empty() {
-        AudienceError::invalid("at least one value must be given").hint("Pass a value such as 'Nike', or an array of values.").raise();
-    }
-    let wanted: Vec<&str> = req.values.iter().map(|s| s.as_str()).collect();
-    let items = prop.items_for(&wanted);
-    if items.is_empty() {
-        pgrx::notice!(
-            "no item in the model has {} {}; the audience is empty",
-            prop.name,
-            if wanted.len() == 1 { format!("\"{}\"", shown(wanted[0])) } else { format!("in ({})", shown(&wanted.join(", "))) }
-        );
-        return Vec::new();
-    }
+    let (items, knob_property): (Vec<u32>, Option<String>) = match items {
+        Some(items) => {
+            if items.is_empty() {
+                pgrx::notice!("none of the items is in the model; the audience is empty");
+                return (Vec::new(), Vec::new());
+            }
+            (items.to_vec(), None)
+        }
+        None => {
+            let prop = model_property(l, req.property);
+            if req.values.is_empty() {
+                AudienceError::invalid("at least one value must be given").hint("Pass a value such as 'Nike', or an array of values.").raise();
+            }
+            let wanted: Vec<&str> = req.values.iter().map(|s| s.as_str()).collect();
+            let items = prop.items_for(&wanted);
+            if items.is_empty() {
+                pgrx::notice!(
+                    "no item in the model has {} {}; the audience is empty",
+                    prop.name,
+                    if wanted.len() == 1 { format!("\"{}\"", shown(wanted[0])) } else { format!("in ({})", shown(&wanted.join(", "))) }
+                );
+                return (Vec::new(), Vec::new());
+            }
+            (items, Some(prop.name.clone()))
+        }
+    };
     let n_users = l.model.users.len();
     let mut k = ((max_pct / 100.0) * n_users as f64).floor() as usize;
     k = k.max(1).min(n_users);
@@ -107,7 +148,11 @@ pub fn rank(req: &Request, l: &Loaded) -> Vec<(u32, f32)> {
         k = k.min(m as usize);
     }
     // Cross-sell audiences rank users new to the value with their own knobs (see audience.tune).
-    let (all_knobs, cross_knobs) = l.model.knobs_for(&prop.name);
+    // A set of items has no property of its own: the model's knobs.
+    let (all_knobs, cross_knobs) = match &knob_property {
+        Some(p) => l.model.knobs_for(p),
+        None => (&l.model.params, &l.model.cross_params),
+    };
     let knobs = if req.exclude_engaged.unwrap_or(false) { cross_knobs } else { all_knobs };
     // One pass over the affinity matrix gives both the scores and who already engaged (e_u > 0).
     let t0 = std::time::Instant::now();
@@ -143,10 +188,12 @@ pub fn rank(req: &Request, l: &Loaded) -> Vec<(u32, f32)> {
         None
     };
     let min_score = req.min_score.map(|s| s as f32);
-    top_k(&scores, k, &|u| {
+    let ranked = top_k(&scores, k, &|u| {
         let s = scores[u];
         s > 0.0 && min_score.is_none_or(|m| s >= m) && !excluded.as_ref().is_some_and(|e| e[u])
-    })
+    });
+    let engaged = ranked.iter().map(|&(u, _)| c.e[u as usize] > 0.0).collect();
+    (ranked, engaged)
 }
 
 fn now_micros() -> i64 {
@@ -212,10 +259,31 @@ fn recommend_audience(
 
 /// Ranks and returns the rows; with `client_min_messages = debug1`, reports where the time went.
 fn serve(req: &Request) -> TableIterator<'static, (name!(user_id, String), name!(score, f64), name!(rank, i64), name!(percentile, f64))> {
+    serve_target(req, None)
+}
+
+/// The model's indexes of item ids, with a NOTICE for ids it does not know.
+fn known_items(l: &Loaded, ids: Vec<Option<String>>) -> Vec<u32> {
+    let (found, asked) = items_of(l, ids);
+    if found.len() < asked {
+        pgrx::notice!(
+            "{} of the {asked} items are not in the model of catalog \"{}\" (no events, or new since its build)",
+            asked - found.len(),
+            shown(&l.catalog)
+        );
+    }
+    found
+}
+
+fn serve_target(
+    req: &Request,
+    items: Option<Vec<Option<String>>>,
+) -> TableIterator<'static, (name!(user_id, String), name!(score, f64), name!(rank, i64), name!(percentile, f64))> {
     let t0 = std::time::Instant::now();
     let l = active(req.catalog);
     let t1 = std::time::Instant::now();
-    let ranked = rank(req, &l);
+    let items = items.map(|ids| known_items(&l, ids));
+    let ranked = rank_target(req, &l, items.as_deref()).0;
     let t2 = std::time::Instant::now();
     let out = rows(&l, ranked);
     let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1000.0;
@@ -256,6 +324,87 @@ fn recommend_audience_values(
         lookback,
     };
     serve(&req)
+}
+
+/// The users most likely to engage with any of the given items (product ids): a single product, or
+/// any predicate over the products table, e.g.
+/// `items => (SELECT array_agg(product_id) FROM products WHERE price_band = 'premium')`.
+#[pg_extern(stable, parallel_restricted, name = "recommend_audience_items")]
+#[allow(clippy::too_many_arguments)]
+fn recommend_audience_items(
+    items: Option<Vec<Option<String>>>,
+    max_pct: Option<f64>,
+    catalog: default!(Option<&str>, "NULL"),
+    max_users: default!(Option<i64>, "NULL"),
+    min_score: default!(Option<f64>, "NULL"),
+    exclude_engaged: default!(Option<bool>, "false"),
+    lookback: default!(Option<Interval>, "NULL"),
+) -> TableIterator<'static, (name!(user_id, String), name!(score, f64), name!(rank, i64), name!(percentile, f64))> {
+    let Some(items) = items else { AudienceError::null("items").raise() };
+    let req = Request { property: None, values: Vec::new(), max_pct, catalog, max_users, min_score, exclude_engaged, lookback };
+    serve_target(&req, Some(items))
+}
+
+/// pct, users, min_score, engaged_before.
+type SizeRow = (f64, i64, Option<f64>, i64);
+
+/// The size of an audience at several cuts, without returning its users: per percentage, the
+/// users it would hold, the lowest score among them and how many engaged with the value before.
+fn sizes(l: &Loaded, req: &Request, items: Option<&[u32]>, pcts: Option<Vec<Option<f64>>>) -> Vec<SizeRow> {
+    let Some(pcts) = pcts else { AudienceError::null("pcts").raise() };
+    if pcts.is_empty() {
+        AudienceError::invalid("pcts cannot be empty").hint("Pass the cuts to size, e.g. ARRAY[1, 5, 10, 20].").raise();
+    }
+    let pcts: Vec<f64> = pcts
+        .into_iter()
+        .map(|p| match p {
+            None => AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "pcts cannot contain NULL").hint("Leave the NULL out of the array.").raise(),
+            Some(p) if p > 0.0 && p <= 100.0 => p,
+            Some(p) => AudienceError::invalid("each of pcts must be greater than 0 and at most 100").detail(format!("The value given was {p}.")).raise(),
+        })
+        .collect();
+    let widest = pcts.iter().cloned().fold(0.0f64, f64::max);
+    let req = Request { max_pct: Some(widest), ..req.clone() };
+    let (ranked, engaged) = rank_target(&req, l, items);
+    let n_users = l.model.users.len();
+    pcts.into_iter()
+        .map(|p| {
+            let k = (((p / 100.0) * n_users as f64).floor() as usize).max(1).min(n_users);
+            let k = req.max_users.map_or(k, |m| k.min(m as usize)).min(ranked.len());
+            let min_score = if k > 0 { Some(ranked[k - 1].1 as f64) } else { None };
+            (p, k as i64, min_score, engaged[..k].iter().filter(|&&e| e).count() as i64)
+        })
+        .collect()
+}
+
+/// Sizes the audience of a property value at several cuts (for a slider in a UI).
+#[pg_extern(stable, parallel_restricted)]
+fn audience_size(
+    property: Option<&str>,
+    value: Option<&str>,
+    pcts: default!(Option<Vec<Option<f64>>>, "'{1,5,10,20}'"),
+    catalog: default!(Option<&str>, "NULL"),
+    exclude_engaged: default!(Option<bool>, "false"),
+) -> TableIterator<'static, (name!(pct, f64), name!(users, i64), name!(min_score, Option<f64>), name!(engaged_before, i64))> {
+    let Some(value) = value else { AudienceError::null("value").raise() };
+    let req = Request { property, values: vec![value.to_string()], max_pct: None, catalog, max_users: None, min_score: None, exclude_engaged, lookback: None };
+    let l = active(catalog);
+    TableIterator::new(sizes(&l, &req, None, pcts))
+}
+
+/// Sizes the audience of a set of items at several cuts.
+#[pg_extern(stable, parallel_restricted)]
+fn audience_size_items(
+    items: Option<Vec<Option<String>>>,
+    pcts: default!(Option<Vec<Option<f64>>>, "'{1,5,10,20}'"),
+    catalog: default!(Option<&str>, "NULL"),
+    exclude_engaged: default!(Option<bool>, "false"),
+) -> TableIterator<'static, (name!(pct, f64), name!(users, i64), name!(min_score, Option<f64>), name!(engaged_before, i64))> {
+    let Some(items) = items else { AudienceError::null("items").raise() };
+    let req = Request { property: None, values: Vec::new(), max_pct: None, catalog, max_users: None, min_score: None, exclude_engaged, lookback: None };
+    let l = active(catalog);
+    let items = known_items(&l, items);
+    TableIterator::new(sizes(&l, &req, Some(&items), pcts))
 }
 
 /// The items of a user's history that contributed most to their score for a value.
