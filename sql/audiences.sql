@@ -29,18 +29,18 @@ BEGIN
 
     CREATE TEMP TABLE IF NOT EXISTS pg_audience_refresh (user_id text, score float8, rank bigint, is_control boolean) ON COMMIT DROP;
     TRUNCATE pg_audience_refresh;
-    -- The control group: a member is held out when a hash of the audience and the user falls in
+    -- The control group: a member is held out when a hash of the audience name and the user falls in
     -- the first control_pct percent, so a user who stays keeps their side across refreshes.
     IF a.items IS NOT NULL THEN
         INSERT INTO pg_audience_refresh
         SELECT r.user_id, r.score, r.rank,
-               (hashtextextended(a.audience_id::text || ':' || r.user_id, 0) % 10000 + 10000) % 10000 < a.control_pct * 100
+               (hashtextextended(a.name || ':' || r.user_id, 0) % 10000 + 10000) % 10000 < a.control_pct * 100
           FROM audience.recommend_audience_items(a.items, a.max_pct, catalog => cat, max_users => a.max_users,
                                                  min_score => a.min_score, exclude_engaged => a.exclude_engaged, lookback => a.lookback) r;
     ELSE
         INSERT INTO pg_audience_refresh
         SELECT r.user_id, r.score, r.rank,
-               (hashtextextended(a.audience_id::text || ':' || r.user_id, 0) % 10000 + 10000) % 10000 < a.control_pct * 100
+               (hashtextextended(a.name || ':' || r.user_id, 0) % 10000 + 10000) % 10000 < a.control_pct * 100
           FROM audience.recommend_audience(a.property, a."values", a.max_pct, catalog => cat, max_users => a.max_users,
                                            min_score => a.min_score, exclude_engaged => a.exclude_engaged, lookback => a.lookback) r;
     END IF;
@@ -251,6 +251,73 @@ END
 $fn$;
 COMMENT ON FUNCTION audience.refresh_all_audiences() IS 'Refreshes every saved audience, each on its own: a failing one is reported in the error column and the others refresh (one call for a pg_cron job).';
 
+-- Did the audience work? Engagement with the audience's items (its property values in the active
+-- model, or its saved item list) at or after `since` (and before `until`) in the catalog's
+-- registered event sources, for the current treated members vs the control group, with the
+-- difference of the two rates and its 95% confidence interval (normal approximation). Runs with
+-- the caller's rights: the caller needs SELECT on the sources, as for a build.
+CREATE FUNCTION audience.control_uplift(name text, since timestamptz, until timestamptz DEFAULT NULL)
+RETURNS TABLE(treated_users bigint, treated_engaged bigint, treated_rate double precision,
+              control_users bigint, control_engaged bigint, control_rate double precision,
+              uplift double precision, uplift_low double precision, uplift_high double precision)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    a audience.saved_audiences;
+    cat text;
+    wanted text[];
+    ev record;
+    rel regclass;
+    texpr text;
+    parts text[] := '{}';
+    se double precision;
+BEGIN
+    PERFORM audience._check_name('audience name', control_uplift.name);
+    IF since IS NULL THEN
+        RAISE EXCEPTION 'since cannot be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass the time the campaign started: engagement from then on is counted.';
+    END IF;
+    SELECT * INTO a FROM audience.saved_audiences s WHERE s.name = control_uplift.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'audience "%" does not exist', control_uplift.name
+            USING ERRCODE = 'undefined_object', HINT = 'Save one with audience.save_audience().';
+    END IF;
+    SELECT c.name INTO cat FROM audience.catalogs c WHERE c.catalog_id = a.catalog_id;
+    wanted := coalesce(a.items, audience._value_items(cat, a.property, a."values"));
+    FOR ev IN SELECT e.* FROM audience.events e WHERE e.catalog_id = a.catalog_id ORDER BY e.event_id LOOP
+        rel := audience._relation(ev.source_schema, ev.source_table);
+        texpr := audience._time_expr(rel, ev.time_column);
+        parts := parts || format(
+            'SELECT s.%I::pg_catalog.text AS user_id FROM %s s WHERE s.%I::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1)'
+            ' AND %s OPERATOR(pg_catalog.>=) $2 AND ($3 IS NULL OR %s OPERATOR(pg_catalog.<) $3)%s',
+            ev.user_column, rel::text, ev.product_column, texpr, texpr,
+            CASE WHEN ev.event_column IS NOT NULL
+                 THEN format(' AND s.%I::pg_catalog.text OPERATOR(pg_catalog.=) %L', ev.event_column, ev.event_value) ELSE '' END);
+    END LOOP;
+    IF cardinality(parts) = 0 THEN
+        parts := ARRAY['SELECT NULL::pg_catalog.text AS user_id WHERE false'];
+    END IF;
+    EXECUTE format(
+        'WITH engaged AS (SELECT DISTINCT e.user_id FROM (%s) e)
+         SELECT pg_catalog.count(*) FILTER (WHERE NOT m.is_control),
+                pg_catalog.count(*) FILTER (WHERE NOT m.is_control AND e.user_id IS NOT NULL),
+                pg_catalog.count(*) FILTER (WHERE m.is_control),
+                pg_catalog.count(*) FILTER (WHERE m.is_control AND e.user_id IS NOT NULL)
+           FROM audience.audience_members m LEFT JOIN engaged e ON e.user_id OPERATOR(pg_catalog.=) m.user_id
+          WHERE m.audience_id OPERATOR(pg_catalog.=) $4', array_to_string(parts, ' UNION ALL '))
+        INTO treated_users, treated_engaged, control_users, control_engaged
+        USING wanted, since, until, a.audience_id;
+    treated_rate := treated_engaged::float8 / nullif(treated_users, 0);
+    control_rate := control_engaged::float8 / nullif(control_users, 0);
+    uplift := treated_rate - control_rate;
+    se := sqrt(treated_rate * (1 - treated_rate) / treated_users + control_rate * (1 - control_rate) / control_users);
+    uplift_low := uplift - 1.959964 * se;
+    uplift_high := uplift + 1.959964 * se;
+    RETURN NEXT;
+END
+$fn$;
+
 CREATE FUNCTION audience.drop_audience(name text, if_exists boolean DEFAULT false)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE
@@ -384,6 +451,8 @@ COMMENT ON FUNCTION audience.recommend_audience_items(text[], double precision, 
     'The users most likely to engage with any of the given items (product ids), best first, capped at the top max_pct percent of users.';
 COMMENT ON FUNCTION audience.audience_size(text, text, double precision[], text, boolean) IS
     'The size of a property value''s audience at several cuts (percentages): users, lowest score and how many engaged with the value before.';
+COMMENT ON FUNCTION audience.control_uplift(text, timestamp with time zone, timestamp with time zone) IS
+    'Engagement with a saved audience''s items since a time, treated members vs control group, with the uplift and its 95% confidence interval.';
 COMMENT ON FUNCTION audience.audience_size_items(text[], double precision[], text, boolean) IS
     'The size of the audience of a set of items at several cuts (percentages): users, lowest score and how many engaged with the items before.';
 COMMENT ON FUNCTION audience.build(text, integer, integer, double precision, double precision, integer, double precision, double precision, double precision, double precision, double precision, double precision, timestamp with time zone, text, interval, boolean) IS

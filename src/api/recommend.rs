@@ -407,6 +407,18 @@ fn audience_size_items(
     TableIterator::new(sizes(&l, &req, Some(&items), pcts))
 }
 
+/// The ids of the items having any of the property values in the catalog's active model (for
+/// audience.control_uplift, which looks for engagement with them in the event sources).
+#[pg_extern(stable, parallel_restricted, name = "_value_items")]
+fn value_items(catalog: Option<&str>, property: Option<&str>, values: Option<Vec<Option<String>>>) -> Vec<String> {
+    let Some(values) = values else { AudienceError::null("values").raise() };
+    let values = non_null_values(values);
+    let l = active(catalog);
+    let prop = model_property(&l, property);
+    let wanted: Vec<&str> = values.iter().map(|s| s.as_str()).collect();
+    prop.items_for(&wanted).into_iter().map(|i| l.model.items.get(i as usize).to_string()).collect()
+}
+
 /// The items of a user's history that contributed most to their score for a value.
 // Parallel restricted: each parallel worker would load its own copy of the model.
 #[pg_extern(stable, parallel_restricted)]

@@ -72,6 +72,21 @@ SELECT * FROM audience.save_audience('bad', 'brand', 'Nike', 10, catalog => 'mk'
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM audience.save_audience('bad', 'brand', 'Nike', 10, catalog => 'mk', control_pct => NULL);
 \echo :LAST_ERROR_SQLSTATE
+-- Did it work? Engagement with the audience's items since the campaign started, treated vs
+-- control, from the registered events: here every member with an even rank buys a Nike product in June.
+INSERT INTO mk.orders
+SELECT m.user_id, 'p03', '2024-06-15'
+  FROM audience.audience_members m JOIN audience.saved_audiences s USING (audience_id)
+ WHERE s.name = 'nike_test' AND m.rank % 2 = 0;
+SELECT treated_users, treated_engaged, round(treated_rate::numeric, 3) AS treated_rate,
+       control_users, control_engaged, round(control_rate::numeric, 3) AS control_rate,
+       round(uplift::numeric, 3) AS uplift, round(uplift_low::numeric, 3) AS low, round(uplift_high::numeric, 3) AS high
+  FROM audience.control_uplift('nike_test', since => '2024-06-01');
+SELECT treated_engaged, control_engaged, uplift FROM audience.control_uplift('nike_test', '2024-06-01', until => '2024-06-10');
+SELECT * FROM audience.control_uplift('nike_test', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM audience.control_uplift('no_such_audience', '2024-06-01');
+\echo :LAST_ERROR_SQLSTATE
 -- Saved audiences of items store the item list as given.
 SELECT * FROM audience.save_audience_items('premium',
     (SELECT array_agg(product_id ORDER BY product_id) FROM mk.products WHERE price_band = 'premium'), 10, catalog => 'mk', control_pct => 10);
