@@ -41,3 +41,15 @@ SELECT n.user_id, e.item_id, p.brand, p.category, round(e.contribution::numeric,
 
 \echo '== 6. Cross-sell: users who have not engaged with Nike yet'
 SELECT user_id, round(score::numeric, 4) AS score, rank FROM audience.recommend_audience('brand', 'Nike', 5, exclude_engaged => true) ORDER BY rank LIMIT 5;
+
+\echo '== 7. Before saving: how big is the Nike audience at 1, 5, 10 and 20%, and how many bought Nike before?'
+SELECT pct, users, round(min_score::numeric, 4) AS min_score, engaged_before FROM audience.audience_size('brand', 'Nike');
+
+\echo '== 8. Save it with a 10% control group (held out of the campaign to measure its uplift later)'
+SELECT * FROM audience.save_audience('nike_campaign', 'brand', 'Nike', 5, control_pct => 10, replace => true);
+SELECT audience, state, members, control_members, refreshed_at IS NOT NULL AS refreshed FROM audience.saved_audience_status;
+\echo 'After the campaign: SELECT * FROM audience.control_uplift(''nike_campaign'', since => <campaign start>);'
+
+\echo '== 9. Any set of items: premium products that are not Nike'
+SELECT count(*) AS users FROM audience.recommend_audience_items(
+    (SELECT array_agg(product_id) FROM demo.products WHERE price_band = 'premium' AND brand <> 'Nike'), 5);
