@@ -69,7 +69,13 @@ fn main() {
     let mut ok = || Ok(());
     let t2 = Instant::now();
     let als = train_als(&conf, &AlsParams { threads, ..AlsParams::default() }, &mut ok).unwrap();
-    println!("ALS (factors 32, 10 iterations): {:.2} s", t2.elapsed().as_secs_f64());
+    // A checksum of the factors' bits: kernel changes must leave it unchanged (same arithmetic).
+    let bits = |v: &[f32]| v.iter().fold(0u64, |h, x| (h ^ x.to_bits() as u64).wrapping_mul(0x100000001b3));
+    println!(
+        "ALS (factors 32, 10 iterations): {:.2} s, factor checksum {:016x}",
+        t2.elapsed().as_secs_f64(),
+        bits(&als.user_factors) ^ bits(&als.item_factors).rotate_left(1)
+    );
     let t3 = Instant::now();
     let knn = train_knn(&conf, &KnnParams { threads, ..KnnParams::default() }, &mut ok).unwrap();
     println!("item-kNN (100 neighbours): {:.2} s", t3.elapsed().as_secs_f64());

@@ -7,7 +7,8 @@
 -- the running builds to other sessions. For marketers: audiences of any set of items
 -- (recommend_audience_items, save_audience_items), size previews (audience_size), control groups
 -- (save_audience(..., control_pct), audience_members.is_control, control_uplift) and the
--- saved_audience_status view. Tables change in place (saved_audiences: property and values may be NULL for item
+-- saved_audience_status view. Builds whose scan's final step runs in another session (Citus)
+-- take the state as bytes (new aggregate _affinity_collect_bytes). Tables change in place (saved_audiences: property and values may be NULL for item
 -- audiences, new columns items, control_pct, refresh_seconds, last_error, last_error_at;
 -- audience_members and audience_changes: is_control); both save_audience functions gain
 -- control_pct (DROP + CREATE: GRANTs on them must be repeated, a WARNING says when there were any).
@@ -456,3 +457,24 @@ END
 $fn$;
 COMMENT ON FUNCTION audience.control_uplift(text, timestamp with time zone, timestamp with time zone) IS
     'Engagement with a saved audience''s items since a time, treated members vs control group, with the uplift and its 95% confidence interval.';
+
+-- A build whose scan's final step ran in another session (a single-shard Citus table, say) takes
+-- the state as bytes through this aggregate (audience.scan_state).
+CREATE FUNCTION audience._affinity_final_bytes(
+    "state" internal
+) RETURNS bytea
+PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_affinity_final_bytes_wrapper';
+CREATE AGGREGATE audience._affinity_collect_bytes(user_id text, item_id text, weight double precision,
+                                                  event_time timestamptz, half_life interval, reference_time timestamptz,
+                                                  n_props integer, props text) (
+    sfunc = audience._affinity_collect_sfunc,
+    stype = internal,
+    finalfunc = audience._affinity_final_bytes,
+    finalfunc_modify = read_write,
+    combinefunc = audience._affinity_combine,
+    serialfunc = audience._affinity_serial,
+    deserialfunc = audience._affinity_deserial,
+    parallel = safe
+);

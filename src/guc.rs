@@ -17,7 +17,18 @@ pub static BUILD_MEMORY_MB: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// under the data directory) instead of each decoding its own.
 pub static SHARED_MODELS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// How the build's scan hands its state over (see `api::build::ScanState`).
+pub static SCAN_STATE: GucSetting<crate::api::build::ScanState> = GucSetting::<crate::api::build::ScanState>::new(crate::api::build::ScanState::Auto);
+
 pub fn init() {
+    GucRegistry::define_enum_guc(
+        c"audience.scan_state",
+        c"How a build's scan hands the affinity state to the build: auto or bytes.",
+        c"auto: through the backend (no copy), falling back to bytes when the aggregate's final step ran in another session (Citus); bytes: always one serialized copy.",
+        &SCAN_STATE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"audience.shared_models",
         c"Serves audiences from one memory-mapped copy of each model shared by all backends.",

@@ -237,7 +237,28 @@ fn _affinity_final_jsonb(mut state: Internal) -> pgrx::JsonB {
 
 thread_local! {
     static STASH: RefCell<Vec<(i64, Accumulator)>> = const { RefCell::new(Vec::new()) };
-    static NEXT_TOKEN: RefCell<i64> = const { RefCell::new(1) };
+    static NEXT_TOKEN: RefCell<u32> = const { RefCell::new(0) };
+}
+
+/// A token no other live session can hand out: this backend's pid in the high 32 bits, a
+/// per-backend counter in the low ones. A token that comes back from another session (the final
+/// function ran elsewhere, as on a single-shard Citus table) is never found here, so it can never
+/// match a stale state of this session.
+fn next_token() -> i64 {
+    // SAFETY: MyProcPid is set at backend start.
+    let pid = unsafe { pg_sys::MyProcPid } as u32 as i64;
+    let n = NEXT_TOKEN.with(|t| {
+        let mut t = t.borrow_mut();
+        *t = t.wrapping_add(1).max(1);
+        *t
+    });
+    (pid << 32) | n as i64
+}
+
+/// Whether `token` was handed out by this backend (see [`next_token`]).
+pub fn token_is_ours(token: i64) -> bool {
+    // SAFETY: as in next_token.
+    (token >> 32) == unsafe { pg_sys::MyProcPid } as u32 as i64
 }
 
 /// Moves the finished state into this backend's stash and returns a token for `take_stashed`.
@@ -247,11 +268,7 @@ fn _affinity_final_stash(mut state: Internal) -> i64 {
         Some(acc) => std::mem::replace(acc, Accumulator::new(0)),
         None => Accumulator::new(0),
     };
-    let token = NEXT_TOKEN.with(|t| {
-        let mut t = t.borrow_mut();
-        *t += 1;
-        *t
-    });
+    let token = next_token();
     STASH.with(|s| {
         let mut s = s.borrow_mut();
         // Only the most recent states are kept: a direct caller that never takes them cannot
@@ -262,6 +279,16 @@ fn _affinity_final_stash(mut state: Internal) -> i64 {
         s.push((token, acc));
     });
     token
+}
+
+/// The finished state as bytes: what `audience.build` reads when the final function ran in
+/// another session (its stash token is not found here), e.g. on Citus.
+#[pg_extern(parallel_safe)]
+fn _affinity_final_bytes(mut state: Internal) -> Vec<u8> {
+    match unsafe { state.get_mut::<Accumulator>() } {
+        Some(acc) => acc.serialize(),
+        None => Accumulator::new(0).serialize(),
+    }
 }
 
 /// Takes a stashed state (see `_affinity_final_stash`).
@@ -301,6 +328,19 @@ CREATE AGGREGATE audience._affinity_collect(user_id text, item_id text, weight d
     deserialfunc = audience._affinity_deserial,
     parallel = safe
 );
+
+CREATE AGGREGATE audience._affinity_collect_bytes(user_id text, item_id text, weight double precision,
+                                                  event_time timestamptz, half_life interval, reference_time timestamptz,
+                                                  n_props integer, props text) (
+    sfunc = audience._affinity_collect_sfunc,
+    stype = internal,
+    finalfunc = audience._affinity_final_bytes,
+    finalfunc_modify = read_write,
+    combinefunc = audience._affinity_combine,
+    serialfunc = audience._affinity_serial,
+    deserialfunc = audience._affinity_deserial,
+    parallel = safe
+);
 "#,
     name = "affinity_aggregates",
     requires = [
@@ -310,6 +350,7 @@ CREATE AGGREGATE audience._affinity_collect(user_id text, item_id text, weight d
         _affinity_serial,
         _affinity_deserial,
         _affinity_final_jsonb,
-        _affinity_final_stash
+        _affinity_final_stash,
+        _affinity_final_bytes
     ]
 );

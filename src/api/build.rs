@@ -101,6 +101,30 @@ pub fn interrupt_check() -> Result<(), Interrupted> {
     Ok(())
 }
 
+/// How the scan hands its state to the build (`audience.scan_state`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, pgrx::PostgresGucEnum)]
+pub enum ScanState {
+    /// Through this backend's stash (no copy), falling back to bytes when the final step ran in
+    /// another session.
+    #[name = c"auto"]
+    Auto,
+    /// Always as bytes (one serialized copy of the state; under 1 GB).
+    #[name = c"bytes"]
+    Bytes,
+}
+
+/// Runs the scan with the aggregate that returns the finished state as bytes.
+fn scan_as_bytes(query: &str) -> crate::affinity::accumulator::Accumulator {
+    let q = query.replacen("audience._affinity_collect(", "audience._affinity_collect_bytes(", 1);
+    let bytes: Vec<u8> = without_single_copy_gather(|| query_rows(&q, &[], |row| row.get::<Vec<u8>>(1).ok().flatten()))
+        .into_iter()
+        .next()
+        .flatten()
+        .unwrap_or_else(|| AudienceError::internal("the scan returned no state").raise());
+    crate::affinity::accumulator::Accumulator::deserialize(&bytes)
+        .unwrap_or_else(|e| AudienceError::corrupt(format!("the scan's state cannot be read: {e}")).raise())
+}
+
 /// Runs the catalog's scan (optionally restricted to [since, until)) and resolves item properties.
 pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<TimestampWithTimeZone>) -> Collected {
     let t0 = Instant::now();
@@ -113,12 +137,28 @@ pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<Tim
     let prop_names: Vec<String> = props.unwrap_or_default().into_iter().flatten().collect();
     // No row limit: the executor only runs a plan with parallel workers when it may fetch every
     // row (Spi::get_one asks for one, which silently disabled the parallel scan).
-    let token: i64 = without_single_copy_gather(|| query_rows(&query, &[], |row| row.get::<i64>(1).ok().flatten()))
-        .into_iter()
-        .next()
-        .flatten()
-        .unwrap_or_else(|| AudienceError::internal("the scan returned no state").raise());
-    let mut acc = take_stashed(token).unwrap_or_else(|| AudienceError::internal("the scan's state was lost").raise());
+    let mut acc = match crate::guc::SCAN_STATE.get() {
+        ScanState::Bytes => scan_as_bytes(&query),
+        ScanState::Auto => {
+            let token: i64 = without_single_copy_gather(|| query_rows(&query, &[], |row| row.get::<i64>(1).ok().flatten()))
+                .into_iter()
+                .next()
+                .flatten()
+                .unwrap_or_else(|| AudienceError::internal("the scan returned no state").raise());
+            match take_stashed(token) {
+                Some(acc) => acc,
+                None => {
+                    // The aggregate's final step ran in another session (a single-shard Citus
+                    // table, say): its state is not here. Scan again, returning the state as bytes.
+                    pgrx::notice!(
+                        "the scan's final step ran in another session{}; scanning again and transferring the state as bytes",
+                        if crate::affinity::aggregate::token_is_ours(token) { "" } else { " (a distributed table?)" }
+                    );
+                    scan_as_bytes(&query)
+                }
+            }
+        }
+    };
     // Decay is measured to the latest event, but never to a time after `until` or now: one event
     // stamped in the future must not decay every other event away.
     let now: i64 = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };

@@ -179,4 +179,25 @@ mod tests {
         let n = Spi::get_one::<i64>("SELECT count(*) FROM audience.recommend_audience('b', 'x', 100, catalog => 'rep')").unwrap().unwrap();
         assert!(n > 0);
     }
+
+    /// A stash token names the backend that made it: a token from another session (the scan's
+    /// final step ran elsewhere) is never found here, even when its counter matches one of ours.
+    #[pg_test]
+    fn stash_tokens_are_unique_to_the_session() {
+        run(r#"CREATE TABLE tev (user_id int, product_id text, "timestamp" timestamptz);
+               INSERT INTO tev SELECT g % 5, 'p' || (g % 3), now() - g * interval '1 hour' FROM generate_series(1, 30) g;"#);
+        let q = "SELECT audience._affinity_collect(user_id::text, product_id, 1, \"timestamp\", NULL, NULL, 0, NULL) FROM tev";
+        let token = Spi::get_one::<i64>(q).unwrap().unwrap();
+        assert!(crate::affinity::aggregate::token_is_ours(token));
+        let foreign = token ^ (1i64 << 40);
+        assert!(!crate::affinity::aggregate::token_is_ours(foreign));
+        assert!(crate::affinity::aggregate::take_stashed(foreign).is_none(), "another session's token matches nothing");
+        let acc = crate::affinity::aggregate::take_stashed(token).expect("our own token finds the state");
+        assert_eq!(acc.finish().users.len(), 5);
+        assert!(crate::affinity::aggregate::take_stashed(token).is_none(), "a state is taken once");
+        // The bytes path gives the same state.
+        let bytes = Spi::get_one::<Vec<u8>>(&q.replace("_affinity_collect(", "_affinity_collect_bytes(")).unwrap().unwrap();
+        let acc = crate::affinity::accumulator::Accumulator::deserialize(&bytes).unwrap();
+        assert_eq!(acc.finish().users.len(), 5);
+    }
 }

@@ -169,6 +169,20 @@ SELECT current_setting(CASE WHEN current_setting('server_version_num')::int >= 1
                             ELSE 'force_parallel_mode' END) AS still_forced;
 SELECT set_config(CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'debug_parallel_query'
                        ELSE 'force_parallel_mode' END, 'off', false) AS reset;
+
+-- 10. When the scan's final step runs in another session (a single-shard Citus table, say), its
+-- stash token is not found in the building session: the build scans again and takes the state as
+-- bytes (with a NOTICE). Tokens carry the backend's pid, so another session's token never matches
+-- a state of this one. audience.scan_state = bytes takes the bytes path always: same model.
+CREATE TEMP TABLE by_stash AS
+SELECT user_id, score, rank FROM audience.recommend_audience('brand2', 'b1', 100, catalog => 'long');
+SET audience.scan_state = bytes;
+SELECT rows_read, users FROM audience.build('long', factors => 2, neighbours => 3, tune => false);
+RESET audience.scan_state;
+SELECT count(*) AS users, count(*) FILTER (WHERE b.user_id IS NULL OR b.score <> a.score OR b.rank <> a.rank) AS differ
+  FROM audience.recommend_audience('brand2', 'b1', 100, catalog => 'long') a LEFT JOIN by_stash b USING (user_id);
+SET audience.scan_state = sideways;
+\echo :LAST_ERROR_SQLSTATE
 SELECT audience.drop_catalog('long');
 
 SELECT audience.drop_catalog('h');
