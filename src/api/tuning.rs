@@ -55,6 +55,9 @@ pub fn positives_after(c: &Collected, cut_day: i32, property: &str, values: &[St
     let (aff, occ) = (&c.aff, &c.aff.occasions);
     let mut j = 0usize;
     for (u, name) in aff.users.iter().enumerate() {
+        if u % 65_536 == 0 {
+            pgrx::check_for_interrupts!();
+        }
         // Both user lists are sorted: walk them together.
         while j < users.len() && users[j] < *name {
             j += 1;
