@@ -129,9 +129,13 @@ if [[ "${BENCH_SKIP_REBUILD:-}" != 1 ]]; then
     after=0
     while ((after < 3)); do
         i=$((i + 1))
-        run_pgbench "seg_$i" 10
+        run_pgbench "seg_$i" 10 &
+        if ((i == 2)); then
+            sleep 5
+            sample_memory
+        fi
+        wait "$!" || true
         if ! kill -0 "$build_pid" 2>/dev/null; then after=$((after + 1)); fi
-        if ((i == 2)); then sample_memory; fi
     done
     wait "$build_pid" || true
     cat "$OUT/rebuild.out"
