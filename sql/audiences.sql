@@ -80,6 +80,39 @@ $fn$;
 COMMENT ON FUNCTION audience.refresh_audience(text) IS
     'Recomputes a saved audience from the active model; records who entered and left in audience.audience_changes.';
 
+-- Inserts or (with replace) updates a saved audience's definition: of property values, or of
+-- items (exactly one of vals and items is given).
+CREATE FUNCTION audience._store_definition(
+    name text, cid integer, property text, vals text[], items text[], max_pct double precision,
+    max_users bigint, min_score double precision, exclude_engaged boolean, lookback interval,
+    control_pct double precision, replace boolean)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF EXISTS (SELECT 1 FROM audience.saved_audiences s WHERE s.name = _store_definition.name) THEN
+        IF NOT coalesce(replace, false) THEN  -- NULL is the default (false), never "replace"
+            RAISE EXCEPTION 'audience "%" already exists', _store_definition.name
+                USING ERRCODE = 'duplicate_object',
+                      HINT = 'Refresh it with audience.refresh_audience(), or pass replace => true to change its definition.';
+        END IF;
+        UPDATE audience.saved_audiences s
+           SET catalog_id = cid, property = _store_definition.property, "values" = vals, items = _store_definition.items,
+               max_pct = _store_definition.max_pct, max_users = _store_definition.max_users, min_score = _store_definition.min_score,
+               exclude_engaged = coalesce(_store_definition.exclude_engaged, false), lookback = _store_definition.lookback,
+               control_pct = _store_definition.control_pct
+         WHERE s.name = _store_definition.name;
+    ELSE
+        INSERT INTO audience.saved_audiences (name, catalog_id, property, "values", items, max_pct, max_users, min_score,
+                                              exclude_engaged, lookback, control_pct)
+        VALUES (_store_definition.name, cid, _store_definition.property, vals, _store_definition.items, _store_definition.max_pct,
+                _store_definition.max_users, _store_definition.min_score, coalesce(_store_definition.exclude_engaged, false),
+                _store_definition.lookback, _store_definition.control_pct);
+    END IF;
+END
+$fn$;
+
 CREATE FUNCTION audience.save_audience(
     name text,
     property text,
@@ -109,23 +142,9 @@ BEGIN
     PERFORM 1 FROM audience.recommend_audience(property, value, max_pct, catalog => (SELECT c.name FROM audience.catalogs c WHERE c.catalog_id = cid),
                                                max_users => max_users, min_score => min_score,
                                                exclude_engaged => exclude_engaged, lookback => lookback) LIMIT 1;
-    IF EXISTS (SELECT 1 FROM audience.saved_audiences s WHERE s.name = save_audience.name) THEN
-        IF NOT coalesce(replace, false) THEN  -- NULL is the default (false), never "replace"
-            RAISE EXCEPTION 'audience "%" already exists', save_audience.name
-                USING ERRCODE = 'duplicate_object',
-                      HINT = 'Refresh it with audience.refresh_audience(), or pass replace => true to change its definition.';
-        END IF;
-        UPDATE audience.saved_audiences s
-           SET catalog_id = cid, property = save_audience.property, "values" = save_audience.value, items = NULL,
-               max_pct = save_audience.max_pct, max_users = save_audience.max_users, min_score = save_audience.min_score,
-               exclude_engaged = coalesce(save_audience.exclude_engaged, false), lookback = save_audience.lookback,
-               control_pct = save_audience.control_pct
-         WHERE s.name = save_audience.name;
-    ELSE
-        INSERT INTO audience.saved_audiences (name, catalog_id, property, "values", max_pct, max_users, min_score, exclude_engaged, lookback, control_pct)
-        VALUES (save_audience.name, cid, save_audience.property, save_audience.value, save_audience.max_pct, save_audience.max_users,
-                save_audience.min_score, coalesce(save_audience.exclude_engaged, false), save_audience.lookback, save_audience.control_pct);
-    END IF;
+    PERFORM audience._store_definition(save_audience.name, cid, save_audience.property, save_audience.value, NULL,
+                                       save_audience.max_pct, save_audience.max_users, save_audience.min_score,
+                                       save_audience.exclude_engaged, save_audience.lookback, save_audience.control_pct, replace);
     RETURN QUERY SELECT * FROM audience.refresh_audience(save_audience.name);
 END
 $fn$;
@@ -176,24 +195,10 @@ BEGIN
     PERFORM 1 FROM audience.recommend_audience_items(items, max_pct, catalog => (SELECT c.name FROM audience.catalogs c WHERE c.catalog_id = cid),
                                                      max_users => max_users, min_score => min_score,
                                                      exclude_engaged => exclude_engaged, lookback => lookback) LIMIT 1;
-    IF EXISTS (SELECT 1 FROM audience.saved_audiences s WHERE s.name = save_audience_items.name) THEN
-        IF NOT coalesce(replace, false) THEN
-            RAISE EXCEPTION 'audience "%" already exists', save_audience_items.name
-                USING ERRCODE = 'duplicate_object',
-                      HINT = 'Refresh it with audience.refresh_audience(), or pass replace => true to change its definition.';
-        END IF;
-        UPDATE audience.saved_audiences s
-           SET catalog_id = cid, property = NULL, "values" = NULL, items = save_audience_items.items,
-               max_pct = save_audience_items.max_pct, max_users = save_audience_items.max_users, min_score = save_audience_items.min_score,
-               exclude_engaged = coalesce(save_audience_items.exclude_engaged, false), lookback = save_audience_items.lookback,
-               control_pct = save_audience_items.control_pct
-         WHERE s.name = save_audience_items.name;
-    ELSE
-        INSERT INTO audience.saved_audiences (name, catalog_id, items, max_pct, max_users, min_score, exclude_engaged, lookback, control_pct)
-        VALUES (save_audience_items.name, cid, save_audience_items.items, save_audience_items.max_pct, save_audience_items.max_users,
-                save_audience_items.min_score, coalesce(save_audience_items.exclude_engaged, false), save_audience_items.lookback,
-                save_audience_items.control_pct);
-    END IF;
+    PERFORM audience._store_definition(save_audience_items.name, cid, NULL, NULL, save_audience_items.items,
+                                       save_audience_items.max_pct, save_audience_items.max_users, save_audience_items.min_score,
+                                       save_audience_items.exclude_engaged, save_audience_items.lookback, save_audience_items.control_pct,
+                                       replace);
     RETURN QUERY SELECT * FROM audience.refresh_audience(save_audience_items.name);
 END
 $fn$;

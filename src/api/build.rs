@@ -113,6 +113,22 @@ pub enum ScanState {
     Bytes,
 }
 
+/// Whether one of the catalog's sources is a Citus distributed table (false without Citus).
+fn has_distributed_source(cid: i32) -> bool {
+    let citus = Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
+        .or_raise("looking for Citus")
+        .unwrap_or(false);
+    citus
+        && Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM audience.events e JOIN pg_catalog.pg_dist_partition d
+                ON d.logicalrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.format('%I.%I', e.source_schema, e.source_table))
+              WHERE e.catalog_id OPERATOR(pg_catalog.=) $1)",
+            &args![cid],
+        )
+        .or_raise("looking for distributed sources")
+        .unwrap_or(false)
+}
+
 /// Runs the scan with the aggregate that returns the finished state as bytes.
 fn scan_as_bytes(query: &str) -> crate::affinity::accumulator::Accumulator {
     let q = query.replacen("audience._affinity_collect(", "audience._affinity_collect_bytes(", 1);
@@ -137,7 +153,12 @@ pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<Tim
     let prop_names: Vec<String> = props.unwrap_or_default().into_iter().flatten().collect();
     // No row limit: the executor only runs a plan with parallel workers when it may fetch every
     // row (Spi::get_one asks for one, which silently disabled the parallel scan).
-    let mut acc = match crate::guc::SCAN_STATE.get() {
+    let state = match crate::guc::SCAN_STATE.get() {
+        // A Citus table may run the final step in another session: take bytes at once (one scan).
+        ScanState::Auto if has_distributed_source(cid) => ScanState::Bytes,
+        s => s,
+    };
+    let mut acc = match state {
         ScanState::Bytes => scan_as_bytes(&query),
         ScanState::Auto => {
             let token: i64 = without_single_copy_gather(|| query_rows(&query, &[], |row| row.get::<i64>(1).ok().flatten()))
