@@ -23,6 +23,9 @@ times=()
 n_failed=0
 n_passed=0
 t_start="$(pga_now)"
+# Scenarios append each failed check here (scripts/tests/_lib.sh t_fail); the summary repeats them.
+export PGA_FAILED_CHECKS="$PWD/target/test-failed-checks.txt"
+mkdir -p target && : >"$PGA_FAILED_CHECKS"
 
 skipped() { [[ " ${PGA_SKIP:-} " == *" $1 "* ]]; }
 
@@ -65,6 +68,10 @@ summary() {
     printf '  %-34s %8s\n' "total" "$(pga_fmt_secs "$total")"
     printf '===================================================================\n'
     printf 'phases: %d passed, %d failed\n' "$n_passed" "$n_failed"
+    if [[ -s "$PGA_FAILED_CHECKS" ]]; then
+        printf 'failed checks:\n'
+        tail -n 40 "$PGA_FAILED_CHECKS" | sed 's/^/  /'
+    fi
     if ((n_failed > 0)); then exit 1; fi
     exit 0
 }

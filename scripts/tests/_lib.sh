@@ -51,6 +51,10 @@ t_fail() {
     T_FAILS=$((T_FAILS + 1))
     printf '   \033[1;31mFAIL\033[0m %s\n' "$*"
     printf '\033[1;31mFAIL\033[0m [%s] %s\n' "${PGA_SCRIPT:-test}" "$*" >&2
+    # scripts/test.sh repeats every failed check in its summary (a CI log may keep only its tail).
+    if [[ -n "${PGA_FAILED_CHECKS:-}" ]]; then
+        printf '[%s] %s\n' "${PGA_SCRIPT:-test}" "$*" >>"$PGA_FAILED_CHECKS"
+    fi
 }
 t_die() { t_fail "$@"; exit 1; }
 

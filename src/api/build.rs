@@ -96,9 +96,31 @@ fn without_single_copy_gather<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// The check the core's long loops call on the backend's own thread. A pending cancel, statement
+/// timeout or terminate is returned as `Err(Interrupted)` instead of raised: raising here would
+/// unwind through `std::thread::scope`, which waits for the worker threads to finish all their work
+/// first (the whole kNN training). The core stops its workers and returns, and the caller raises
+/// the proper error with [`raise_interrupted`]. Other pending interrupts are processed as usual.
 pub fn interrupt_check() -> Result<(), Interrupted> {
-    pgrx::check_for_interrupts!();
+    // SAFETY: flags set by signal handlers (volatile sig_atomic_t in C), read on the backend's thread.
+    unsafe {
+        if std::ptr::read_volatile(&raw const pg_sys::InterruptPending) != 0 {
+            if std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0
+                || std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
+            {
+                return Err(Interrupted);
+            }
+            pg_sys::ProcessInterrupts();
+        }
+    }
     Ok(())
+}
+
+/// Raises the error of the interrupt that stopped `what` (see [`interrupt_check`]): the cancel's
+/// or terminate's own error, or 57014 when PostgreSQL holds it off for now.
+pub fn raise_interrupted(what: &str) -> ! {
+    pgrx::check_for_interrupts!();
+    AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_QUERY_CANCELED, format!("{what} was interrupted")).raise()
 }
 
 /// How the scan hands its state to the build (`audience.scan_state`).
@@ -302,7 +324,7 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
         crate::api::progress::phase("als", format!("{} factors, {} iterations, {} users x {} items", ap.factors, ap.iterations, aff.users.len(), aff.items.len()));
     }
     let als = p.als.as_ref().map(|ap| {
-        train_als(&conf, ap, &mut interrupt_check).unwrap_or_else(|_| AudienceError::internal("training interrupted").raise())
+        train_als(&conf, ap, &mut interrupt_check).unwrap_or_else(|_| raise_interrupted("ALS training"))
     });
     let als_seconds = t0.elapsed().as_secs_f64();
     if let Some(ap) = &p.als {
@@ -313,7 +335,7 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
         crate::api::progress::phase("knn", format!("{} neighbours", kp.neighbours));
     }
     let knn = p.knn.as_ref().map(|kp| {
-        train_knn(&conf, kp, &mut interrupt_check).unwrap_or_else(|_| AudienceError::internal("training interrupted").raise())
+        train_knn(&conf, kp, &mut interrupt_check).unwrap_or_else(|_| raise_interrupted("item-kNN training"))
     });
     let knn_seconds = t1.elapsed().as_secs_f64();
     if let Some(kp) = &p.knn {
@@ -386,7 +408,7 @@ pub fn value_user_counts(model: &Model, prop: &Property) -> Vec<i64> {
 }
 
 /// Bytes per model_data row: small enough that a cancel between rows is noticed quickly.
-const CHUNK: usize = 64 << 20;
+const CHUNK: usize = 8 << 20;
 
 /// Stores a model as the catalog's new active model, in the caller's transaction, and drops the
 /// catalog's older models. Returns the new model id.
@@ -419,7 +441,7 @@ pub fn store(
     .or_raise("storing the model")
     .unwrap_or_else(|| AudienceError::internal("no model id").raise());
     let t0 = Instant::now();
-    let bytes = model.encode_with(&mut interrupt_check).unwrap_or_else(|_| AudienceError::internal("storing interrupted").raise());
+    let bytes = model.encode_with(&mut interrupt_check).unwrap_or_else(|_| raise_interrupted("storing the model"));
     let t_encode = t0.elapsed().as_secs_f64();
     for (n, chunk) in bytes.chunks(CHUNK).enumerate() {
         pgrx::check_for_interrupts!();

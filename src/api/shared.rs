@@ -107,17 +107,48 @@ impl Write for Words {
 fn write_to_file(path: &Path, tags: [u64; 2], model: &Model, parts: &crate::score::hybrid::ScorerParts) -> std::io::Result<()> {
     let dir = path.parent().expect("image files live in a directory");
     std::fs::create_dir_all(dir)?;
-    let result = (|| {
-        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        write_image(&mut w, tags, model, parts)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(path);
+    // Removes the partial file on an error and when a cancel unwinds out of the writer.
+    let mut partial = RemoveOnDrop(Some(path));
+    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, Interruptible { inner: file, unchecked: 0 });
+    write_image(&mut w, tags, model, parts)?;
+    let file = w.into_inner().map_err(|e| e.into_error())?.inner;
+    file.sync_all()?;
+    partial.0 = None;
+    Ok(())
+}
+
+struct RemoveOnDrop<'a>(Option<&'a Path>);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = std::fs::remove_file(p);
+        }
     }
-    result
+}
+
+/// A writer that lets a cancel or statement_timeout stop a long write: it checks for interrupts
+/// every [`CHECK_BYTES`] (an image of a large model takes seconds to write).
+struct Interruptible<W> {
+    inner: W,
+    unchecked: usize,
+}
+
+const CHECK_BYTES: usize = 4 << 20;
+
+impl<W: std::io::Write> std::io::Write for Interruptible<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.unchecked += buf.len();
+        if self.unchecked >= CHECK_BYTES {
+            self.unchecked = 0;
+            pgrx::check_for_interrupts!();
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn sync_dir(dir: &Path) {

@@ -19,8 +19,8 @@
 //! their items accumulated into a dense per-thread `f32` buffer (plus a branch-free touched list,
 //! with the users' rows software-prefetched since the loop is memory-latency bound), then a bounded
 //! heap keeps the top `neighbours`. Items are processed in blocks handed out through an atomic
-//! counter; the calling thread works too and calls `check()` between its blocks (workers never call
-//! it; they stop at their next block once the caller was interrupted). Every item's row is computed in
+//! counter; the calling thread works too and calls `check()` before each of its items (workers never call
+//! it; they stop before their next item once the caller was interrupted). Every item's row is computed in
 //! a fixed order, so the result does not depend on the number of threads.
 
 use crate::model::als::Interrupted;
@@ -204,9 +204,6 @@ fn run_blocks(
                 return Err(e);
             }
         }
-        if ctx.stop.load(Ordering::Relaxed) {
-            return Err(Interrupted);
-        }
         let b = ctx.next.fetch_add(1, Ordering::Relaxed);
         if b >= ctx.n_blocks {
             return Ok(done);
@@ -215,6 +212,16 @@ fn run_blocks(
         let hi = (lo + BLOCK).min(ctx.n_items);
         let mut blk = Block { lens: Vec::with_capacity(hi - lo), entries: Vec::new() };
         for i in lo..hi {
+            // Per item, not per block: a block of popular items can take a second.
+            if let Some(c) = check.as_mut() {
+                if let Err(e) = c() {
+                    ctx.stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            if ctx.stop.load(Ordering::Relaxed) {
+                return Err(Interrupted);
+            }
             item_row(ctx, i, &mut sc, &mut cand);
             blk.lens.push(cand.len() as u32);
             blk.entries.extend_from_slice(&cand);
@@ -490,7 +497,7 @@ mod tests {
     }
 
     #[test]
-    fn interruption_stops_training_and_check_runs_between_blocks() {
+    fn interruption_stops_training_and_check_runs_before_each_item() {
         let ui = planted(500, 10, 30, 7); // 300 items = 5 blocks
         let mut calls = 0;
         let mut check = || {
@@ -498,10 +505,13 @@ mod tests {
             Ok(())
         };
         let p = KnnParams { neighbours: 5, threads: 1, ..Default::default() };
-        train_knn(&ui, &p, &mut check).unwrap();
-        assert!(calls >= 5, "check called {calls} times");
-        // 3 calls before the block loop; fail at the 2nd block (1 thread) / first block (2 threads).
-        for (threads, fail_after) in [(1, 4), (2, 3)] {
+        let full = train_knn(&ui, &p, &mut check).unwrap();
+        // 3 calls before the blocks, one before taking each block (5, and the 6th finds none left),
+        // one before each item (1 thread: the caller does them all).
+        assert_eq!(calls, 3 + 6 + 300);
+        // Fail inside the 2nd block (1 thread: check 3 + 1 + 64 + 1 + 10) / before the caller's
+        // first block (2 threads); no check runs after the failing one.
+        for (threads, fail_after) in [(1, 3 + 1 + 64 + 1 + 10), (2, 3)] {
             let mut n = 0;
             let mut fail = || {
                 n += 1;
@@ -513,8 +523,9 @@ mod tests {
             };
             let p2 = KnnParams { threads, ..p };
             assert_eq!(train_knn(&ui, &p2, &mut fail), Err(Interrupted));
-            assert_eq!(n, fail_after + 1);
+            assert_eq!(n, fail_after + 1, "no check after the interrupt");
         }
+        assert_eq!(train_knn(&ui, &KnnParams { threads: 2, ..p }, &mut ok).unwrap(), full);
         let empty = Csr::from_triplets(3, 0, &mut []);
         let s = train_knn(&empty, &p, &mut ok).unwrap();
         assert_eq!((s.n_rows, s.nnz(), s.indptr.len()), (0, 0, 1));
