@@ -6,17 +6,20 @@
 //!     BENCH_USERS=200000 BENCH_ITEMS=20000 BENCH_EVENTS=4000000 cargo bench --bench core
 use pg_audience::affinity::accumulator::Accumulator;
 use pg_audience::model::als::{train_als, AlsParams};
+use pg_audience::model::days::DayIndex;
 use pg_audience::model::knn::{train_knn, KnnParams};
 use pg_audience::score::hybrid::{Components, HybridParams, Own, Sample, Scorer};
-use pg_audience::model::days::DayIndex;
 use pg_audience::score::metrics::DEFAULT_GRID_LEN;
-use pg_audience::score::tuning::{own_candidates, tune_knobs};
 use pg_audience::score::topk::top_k;
+use pg_audience::score::tuning::{own_candidates, tune_knobs};
 use pg_audience::util::rand::SplitMix64;
 use std::time::Instant;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -68,25 +71,65 @@ fn main() {
     }
     let mut ok = || Ok(());
     let t2 = Instant::now();
-    let als = train_als(&conf, &AlsParams { threads, ..AlsParams::default() }, &mut ok).unwrap();
+    let als = train_als(
+        &conf,
+        &AlsParams {
+            threads,
+            ..AlsParams::default()
+        },
+        &mut ok,
+    )
+    .unwrap();
     // A checksum of the factors' bits: kernel changes must leave it unchanged (same arithmetic).
-    let bits = |v: &[f32]| v.iter().fold(0u64, |h, x| (h ^ x.to_bits() as u64).wrapping_mul(0x100000001b3));
+    let bits = |v: &[f32]| {
+        v.iter().fold(0u64, |h, x| {
+            (h ^ x.to_bits() as u64).wrapping_mul(0x100000001b3)
+        })
+    };
     println!(
         "ALS (factors 32, 10 iterations): {:.2} s, factor checksum {:016x}",
         t2.elapsed().as_secs_f64(),
         bits(&als.user_factors) ^ bits(&als.item_factors).rotate_left(1)
     );
     let t3 = Instant::now();
-    let knn = train_knn(&conf, &KnnParams { threads, ..KnnParams::default() }, &mut ok).unwrap();
-    println!("item-kNN (100 neighbours): {:.2} s", t3.elapsed().as_secs_f64());
+    let knn = train_knn(
+        &conf,
+        &KnnParams {
+            threads,
+            ..KnnParams::default()
+        },
+        &mut ok,
+    )
+    .unwrap();
+    println!(
+        "item-kNN (100 neighbours): {:.2} s",
+        t3.elapsed().as_secs_f64()
+    );
 
     let t4 = Instant::now();
-    let days = DayIndex::from_records(&aff.occasions.ptr, &aff.occasions.minute, &aff.occasions.value);
+    let days = DayIndex::from_records(
+        &aff.occasions.ptr,
+        &aff.occasions.minute,
+        &aff.occasions.value,
+    );
     let ref_day = pg_audience::affinity::accumulator::day_of(aff.reference_us);
     let scorer = Scorer::new(&aff.matrix, Some(&als), Some(&knn)).with_days(&days, ref_day);
-    println!("scorer setup (once per model and backend): {:.3} s", t4.elapsed().as_secs_f64());
-    let value: Vec<u32> = (0..aff.items.len() as u32).filter(|i| i % groups as u32 == 7).collect();
-    let p = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity };
+    println!(
+        "scorer setup (once per model and backend): {:.3} s",
+        t4.elapsed().as_secs_f64()
+    );
+    let value: Vec<u32> = (0..aff.items.len() as u32)
+        .filter(|i| i % groups as u32 == 7)
+        .collect();
+    let p = HybridParams {
+        prior: 2.0,
+        activity_exp: 0.5,
+        knn_weight: 0.5,
+        volume: 0.0,
+        days_exp: 0.0,
+        tenure_exp: 0.0,
+        own: Own::Affinity,
+    };
     let mut times = Vec::new();
     for _ in 0..7 {
         let t = Instant::now();
@@ -97,7 +140,12 @@ fn main() {
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!("one audience (top 5%, {} items in the value): median {:.1} ms, min {:.1} ms", value.len(), times[3], times[0]);
+    println!(
+        "one audience (top 5%, {} items in the value): median {:.1} ms, min {:.1} ms",
+        value.len(),
+        times[3],
+        times[0]
+    );
 
     // The knob search: components of 40 values on a 100k-user sample with every own measure, then
     // the own baselines and the grid for the best two of them, all users and cross-sell, as
@@ -106,10 +154,16 @@ fn main() {
     let sample = Sample::every(&scorer, aff.users.len().div_ceil(100_000));
     let per_value: Vec<(Components, Vec<bool>)> = (0..40u32)
         .map(|g| {
-            let items: Vec<u32> = (0..aff.items.len() as u32).filter(|i| i % groups as u32 == g % groups as u32).collect();
+            let items: Vec<u32> = (0..aff.items.len() as u32)
+                .filter(|i| i % groups as u32 == g % groups as u32)
+                .collect();
             let c = sample.components_with(&scorer, &items, &own_candidates(true));
             // Stand-in truth: a deterministic fifth of the users who engaged with the group.
-            let pos = c.e.iter().enumerate().map(|(u, &e)| e > 0.0 && u % 5 == 0).collect();
+            let pos =
+                c.e.iter()
+                    .enumerate()
+                    .map(|(u, &e)| e > 0.0 && u % 5 == 0)
+                    .collect();
             (c, pos)
         })
         .collect();

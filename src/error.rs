@@ -18,7 +18,12 @@ pub struct AudienceError {
 
 impl AudienceError {
     pub fn new(code: PgSqlErrorCode, message: impl Into<String>) -> Self {
-        AudienceError { code, message: message.into(), detail: None, hint: None }
+        AudienceError {
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
     pub fn detail(mut self, d: impl Into<String>) -> Self {
         self.detail = Some(d.into());
@@ -54,13 +59,19 @@ impl AudienceError {
         Self::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message)
     }
     pub fn null(what: &str) -> Self {
-        Self::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{what} cannot be null"))
+        Self::new(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{what} cannot be null"),
+        )
     }
     pub fn undefined(message: impl Into<String>) -> Self {
         Self::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, message)
     }
     pub fn not_ready(message: impl Into<String>) -> Self {
-        Self::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message)
+        Self::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            message,
+        )
     }
     pub fn corrupt(message: impl Into<String>) -> Self {
         Self::new(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, message)

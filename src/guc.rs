@@ -18,7 +18,8 @@ pub static BUILD_MEMORY_MB: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static SHARED_MODELS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// How the build's scan hands its state over (see `api::build::ScanState`).
-pub static SCAN_STATE: GucSetting<crate::api::build::ScanState> = GucSetting::<crate::api::build::ScanState>::new(crate::api::build::ScanState::Auto);
+pub static SCAN_STATE: GucSetting<crate::api::build::ScanState> =
+    GucSetting::<crate::api::build::ScanState>::new(crate::api::build::ScanState::Auto);
 
 pub fn init() {
     GucRegistry::define_enum_guc(

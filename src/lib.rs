@@ -28,8 +28,16 @@ pub extern "C-unwind" fn _PG_init() {
 }
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/catalog.sql", name = "catalog", requires = ["schema"]);
-extension_sql_file!("../sql/demo_shop.sql", name = "demo_shop", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/catalog.sql",
+    name = "catalog",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../sql/demo_shop.sql",
+    name = "demo_shop",
+    requires = ["schema"]
+);
 extension_sql_file!("../sql/audiences.sql", name = "audiences", finalize);
 
 /// The extension's version, as installed.

@@ -63,7 +63,9 @@ struct Entry {
 /// The UTC day of a time in microseconds, clamped to `i32`.
 #[inline(always)]
 pub fn day_of(time_us: i64) -> i32 {
-    time_us.div_euclid(DAY_US).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    time_us
+        .div_euclid(DAY_US)
+        .clamp(i32::MIN as i64, i32::MAX as i64) as i32
 }
 
 impl Entry {
@@ -76,7 +78,10 @@ impl Entry {
     #[inline(always)]
     fn key(&self) -> u128 {
         let day = (self.day() as u32) ^ 0x8000_0000;
-        ((self.user as u128) << 72) | ((self.item as u128) << 40) | ((day as u128) << 8) | self.slot as u128
+        ((self.user as u128) << 72)
+            | ((self.item as u128) << 40)
+            | ((day as u128) << 8)
+            | self.slot as u128
     }
 }
 
@@ -100,7 +105,13 @@ fn combine(a: Entry, b: Entry, hls: &[Option<i64>]) -> Entry {
     } else {
         (tb, vb + va * decay(tb as i128 - ta as i128, hl))
     };
-    Entry { user: a.user, item: a.item, slot: a.slot, time, value }
+    Entry {
+        user: a.user,
+        item: a.item,
+        slot: a.slot,
+        time,
+        value,
+    }
 }
 
 /// Combines adjacent equal keys of a sorted slice in place; returns the new length.
@@ -178,7 +189,11 @@ struct Slot {
     data: [u8; INLINE],
 }
 
-const EMPTY_SLOT: Slot = Slot { meta: EMPTY, id: 0, data: [0; INLINE] };
+const EMPTY_SLOT: Slot = Slot {
+    meta: EMPTY,
+    id: 0,
+    data: [0; INLINE],
+};
 
 #[inline]
 fn hash_bytes(b: &[u8]) -> u64 {
@@ -210,7 +225,10 @@ struct Interner {
 
 impl Interner {
     fn new() -> Self {
-        Interner { sorted: true, ..Default::default() }
+        Interner {
+            sorted: true,
+            ..Default::default()
+        }
     }
 
     fn len(&self) -> usize {
@@ -250,7 +268,11 @@ impl Interner {
         if 2 * (self.n + 1) > self.slots.len() {
             self.grow();
         }
-        let mut slot = Slot { meta: EMPTY, id, data: [0; INLINE] };
+        let mut slot = Slot {
+            meta: EMPTY,
+            id,
+            data: [0; INLINE],
+        };
         if b.len() <= INLINE {
             slot.meta = b.len() as u32 + 1;
             slot.data[..b.len()].copy_from_slice(b);
@@ -258,7 +280,9 @@ impl Interner {
             slot.meta = LONG;
             slot.data[..8].copy_from_slice(&h.to_le_bytes());
             slot.data[8..12].copy_from_slice(&(self.long.len() as u32).to_le_bytes());
-            let text = owned.unwrap_or_else(|| Box::from(std::str::from_utf8(b).expect("interned text is UTF-8")));
+            let text = owned.unwrap_or_else(|| {
+                Box::from(std::str::from_utf8(b).expect("interned text is UTF-8"))
+            });
             self.long.push(text);
         }
         let mask = self.slots.len() - 1;
@@ -327,7 +351,10 @@ impl Interner {
                 pos = (pos + 1) & mask;
             }
         }
-        let id = u32::try_from(self.n).ok().filter(|&i| i != NO_ID).expect("more than 2^32-1 distinct ids");
+        let id = u32::try_from(self.n)
+            .ok()
+            .filter(|&i| i != NO_ID)
+            .expect("more than 2^32-1 distinct ids");
         self.bytes += b.len();
         self.insert_new(b, h, id, None);
         id
@@ -347,7 +374,10 @@ impl Interner {
                 let idx = u32::from_le_bytes(sl.data[8..12].try_into().unwrap()) as usize;
                 std::mem::take(&mut long[idx])
             } else {
-                Box::from(std::str::from_utf8(&sl.data[..sl.meta as usize - 1]).expect("interned text is UTF-8"))
+                Box::from(
+                    std::str::from_utf8(&sl.data[..sl.meta as usize - 1])
+                        .expect("interned text is UTF-8"),
+                )
             };
             v.push((prefix8(text.as_bytes()), sl.id, text));
         }
@@ -438,7 +468,10 @@ impl PText {
         if s.len() <= 22 {
             let mut buf = [0u8; 22];
             buf[..s.len()].copy_from_slice(s.as_bytes());
-            PText::Inline { len: s.len() as u8, buf }
+            PText::Inline {
+                len: s.len() as u8,
+                buf,
+            }
         } else {
             PText::Heap(Box::from(s))
         }
@@ -482,7 +515,10 @@ struct PropVal {
 
 impl Default for PropVal {
     fn default() -> Self {
-        PropVal { time: i64::MIN, value: None }
+        PropVal {
+            time: i64::MIN,
+            value: None,
+        }
     }
 }
 
@@ -525,12 +561,17 @@ impl PropVal {
         let Some(ov) = other.value else { return };
         let take = match &self.value {
             None => true,
-            Some(cur) => other.time > self.time || (other.time == self.time && ov.as_bytes() > cur.as_bytes()),
+            Some(cur) => {
+                other.time > self.time
+                    || (other.time == self.time && ov.as_bytes() > cur.as_bytes())
+            }
         };
         if take {
             self.value = Some(ov);
             self.time = other.time;
-        } else if self.value.as_ref().map(|c| c.as_bytes()) == Some(ov.as_bytes()) && other.time > self.time {
+        } else if self.value.as_ref().map(|c| c.as_bytes()) == Some(ov.as_bytes())
+            && other.time > self.time
+        {
             self.time = other.time;
         }
     }
@@ -629,7 +670,10 @@ impl Occasions {
 
     /// Approximate heap bytes.
     pub fn memory_bytes(&self) -> usize {
-        self.ptr.capacity() * 4 + self.minute.capacity() * 4 + self.value.capacity() * 4 + self.slot.capacity()
+        self.ptr.capacity() * 4
+            + self.minute.capacity() * 4
+            + self.value.capacity() * 4
+            + self.slot.capacity()
     }
 }
 
@@ -654,7 +698,11 @@ impl Affinity {
         let mut indptr = Vec::with_capacity(m.n_rows + 1);
         indptr.push(0usize);
         let (mut indices, mut data, mut last_seen) = (Vec::new(), Vec::new(), Vec::new());
-        let mut occ = Occasions { ptr: vec![0], half_lives: o.half_lives.clone(), ..Default::default() };
+        let mut occ = Occasions {
+            ptr: vec![0],
+            half_lives: o.half_lives.clone(),
+            ..Default::default()
+        };
         for u in 0..m.n_rows {
             for p in m.indptr[u]..m.indptr[u + 1] {
                 let mut a = 0f64;
@@ -665,13 +713,21 @@ impl Affinity {
                         break; // records are in day order
                     }
                     let t = o.minute[r] as i64 * MINUTE_US;
-                    a += o.value[r] as f64 * decay(reference as i128 - t as i128, o.half_lives[o.slot[r] as usize]);
+                    a += o.value[r] as f64
+                        * decay(
+                            reference as i128 - t as i128,
+                            o.half_lives[o.slot[r] as usize],
+                        );
                     last = last.max(t);
                     occ.minute.push(o.minute[r]);
                     occ.value.push(o.value[r]);
                     occ.slot.push(o.slot[r]);
                 }
-                let af = if a >= f32::MAX as f64 { f32::MAX } else { a as f32 };
+                let af = if a >= f32::MAX as f64 {
+                    f32::MAX
+                } else {
+                    a as f32
+                };
                 if af > 0.0 {
                     indices.push(m.indices[p]);
                     data.push(af);
@@ -686,7 +742,13 @@ impl Affinity {
             indptr.push(indices.len());
         }
         let rows = occ.len() as u64;
-        let matrix = Csr { n_rows: m.n_rows, n_cols: m.n_cols, indptr: indptr.into(), indices: indices.into(), data: data.into() };
+        let matrix = Csr {
+            n_rows: m.n_rows,
+            n_cols: m.n_cols,
+            indptr: indptr.into(),
+            indices: indices.into(),
+            data: data.into(),
+        };
         Affinity {
             users: self.users.clone(),
             items: self.items.clone(),
@@ -710,7 +772,9 @@ impl Affinity {
         for &c in &m.indices {
             item_used[c as usize] = true;
         }
-        let user_used: Vec<bool> = (0..m.n_rows).map(|r| m.indptr[r + 1] > m.indptr[r]).collect();
+        let user_used: Vec<bool> = (0..m.n_rows)
+            .map(|r| m.indptr[r + 1] > m.indptr[r])
+            .collect();
         if item_used.iter().all(|&b| b) && user_used.iter().all(|&b| b) {
             return self;
         }
@@ -722,7 +786,13 @@ impl Affinity {
                 items.push(name);
             }
         }
-        let users: Vec<String> = self.users.into_iter().zip(&user_used).filter(|(_, &u)| u).map(|(n, _)| n).collect();
+        let users: Vec<String> = self
+            .users
+            .into_iter()
+            .zip(&user_used)
+            .filter(|(_, &u)| u)
+            .map(|(n, _)| n)
+            .collect();
         let mut indptr = vec![0usize];
         for (r, &used) in user_used.iter().enumerate() {
             if used {
@@ -731,13 +801,31 @@ impl Affinity {
         }
         // Column order is kept by the remap (it is monotonic), so rows stay sorted.
         let indices: Vec<u32> = m.indices.iter().map(|&c| new_col[c as usize]).collect();
-        let matrix = Csr { n_rows: users.len(), n_cols: items.len(), indptr: indptr.into(), indices: indices.into(), data: m.data.clone() };
+        let matrix = Csr {
+            n_rows: users.len(),
+            n_cols: items.len(),
+            indptr: indptr.into(),
+            indices: indices.into(),
+            data: m.data.clone(),
+        };
         let item_props = self
             .item_props
             .into_iter()
-            .map(|col| col.into_iter().zip(&item_used).filter(|(_, &u)| u).map(|(v, _)| v).collect())
+            .map(|col| {
+                col.into_iter()
+                    .zip(&item_used)
+                    .filter(|(_, &u)| u)
+                    .map(|(v, _)| v)
+                    .collect()
+            })
             .collect();
-        Affinity { users, items, matrix, item_props, ..self }
+        Affinity {
+            users,
+            items,
+            matrix,
+            item_props,
+            ..self
+        }
     }
 }
 
@@ -804,7 +892,13 @@ impl Accumulator {
         self.rows += 1;
         self.min_time = self.min_time.min(time_us);
         self.max_time = self.max_time.max(time_us);
-        self.entries.push(Entry { user, item, slot, time: time_us, value: weight });
+        self.entries.push(Entry {
+            user,
+            item,
+            slot,
+            time: time_us,
+            value: weight,
+        });
         if let Some(vals) = props {
             let it = item as usize;
             for (p, v) in self.props.iter_mut().zip(vals) {
@@ -832,7 +926,10 @@ impl Accumulator {
         let s = match self.hls.iter().position(|&x| x == hl) {
             Some(p) => p as u8,
             None => {
-                assert!(self.hls.len() < MAX_SLOTS, "more than {MAX_SLOTS} distinct half-life values in one aggregate");
+                assert!(
+                    self.hls.len() < MAX_SLOTS,
+                    "more than {MAX_SLOTS} distinct half-life values in one aggregate"
+                );
                 self.hls.push(hl);
                 (self.hls.len() - 1) as u8
             }
@@ -869,7 +966,11 @@ impl Accumulator {
             + self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.users.memory_bytes()
             + self.items.memory_bytes()
-            + self.props.iter().map(|p| p.capacity() * std::mem::size_of::<PropVal>()).sum::<usize>()
+            + self
+                .props
+                .iter()
+                .map(|p| p.capacity() * std::mem::size_of::<PropVal>())
+                .sum::<usize>()
             + self.prop_bytes
     }
 
@@ -1006,8 +1107,14 @@ impl Accumulator {
         self.canonicalize();
         other.canonicalize();
 
-        let (users, ura, urb) = merge_names(std::mem::take(&mut self.users.names), std::mem::take(&mut other.users.names));
-        let (items, ira, irb) = merge_names(std::mem::take(&mut self.items.names), std::mem::take(&mut other.items.names));
+        let (users, ura, urb) = merge_names(
+            std::mem::take(&mut self.users.names),
+            std::mem::take(&mut other.users.names),
+        );
+        let (items, ira, irb) = merge_names(
+            std::mem::take(&mut self.items.names),
+            std::mem::take(&mut other.items.names),
+        );
         self.users.names = users;
         self.users.bytes += other.users.bytes; // upper bound; shared texts are counted twice
         self.items.names = items;
@@ -1017,9 +1124,15 @@ impl Accumulator {
         let mut hls: Vec<Option<i64>> = self.hls.iter().chain(other.hls.iter()).copied().collect();
         hls.sort();
         hls.dedup();
-        assert!(hls.len() <= MAX_SLOTS, "more than {MAX_SLOTS} distinct half-life values in one aggregate");
+        assert!(
+            hls.len() <= MAX_SLOTS,
+            "more than {MAX_SLOTS} distinct half-life values in one aggregate"
+        );
         let slot_map = |t: &[Option<i64>]| -> Option<Vec<u8>> {
-            let r: Vec<u8> = t.iter().map(|h| hls.binary_search(h).unwrap() as u8).collect();
+            let r: Vec<u8> = t
+                .iter()
+                .map(|h| hls.binary_search(h).unwrap() as u8)
+                .collect();
             if r.iter().enumerate().all(|(i, &x)| i as u8 == x) {
                 None
             } else {
@@ -1108,7 +1221,9 @@ impl Accumulator {
     pub fn serialize(&mut self) -> Vec<u8> {
         self.canonicalize();
         let n = self.entries.len();
-        let mut w = Writer::with_capacity(64 + n * 21 + self.users.bytes + self.items.bytes + self.users.names.len() * 8);
+        let mut w = Writer::with_capacity(
+            64 + n * 21 + self.users.bytes + self.items.bytes + self.users.names.len() * 8,
+        );
         w.put_header(MAGIC, VERSION);
         w.put_u32(self.n_props as u32);
         w.put_u64(self.rows);
@@ -1147,7 +1262,10 @@ impl Accumulator {
             w.put_i64s(&times);
             let flags: Vec<u8> = p.iter().map(|v| v.value.is_some() as u8).collect();
             w.put_bytes(&flags);
-            let vals: Vec<&str> = p.iter().filter_map(|v| v.value.as_ref().map(|t| t.as_str())).collect();
+            let vals: Vec<&str> = p
+                .iter()
+                .filter_map(|v| v.value.as_ref().map(|t| t.as_str()))
+                .collect();
             w.put_strs(&vals);
         }
         w.into_inner()
@@ -1226,7 +1344,13 @@ impl Accumulator {
                 if item as usize >= n_items || slot as usize >= n_hls {
                     return Err(invalid("entry id out of range"));
                 }
-                let e = Entry { user: user as u32, item, slot, time, value };
+                let e = Entry {
+                    user: user as u32,
+                    item,
+                    slot,
+                    time,
+                    value,
+                };
                 if entries.last().is_some_and(|l: &Entry| l.key() >= e.key()) {
                     return Err(invalid("entries not strictly sorted"));
                 }
@@ -1256,7 +1380,14 @@ impl Accumulator {
             let p: Vec<PropVal> = times
                 .iter()
                 .zip(flags)
-                .map(|(&time, &f)| PropVal { time, value: if f == 1 { vals.next().map(PText::from_box) } else { None } })
+                .map(|(&time, &f)| PropVal {
+                    time,
+                    value: if f == 1 {
+                        vals.next().map(PText::from_box)
+                    } else {
+                        None
+                    },
+                })
                 .collect();
             props.push(p);
         }
@@ -1265,8 +1396,18 @@ impl Accumulator {
         let len = entries.len();
         Ok(Accumulator {
             n_props,
-            users: Interner { names: user_names, sorted: true, bytes: user_bytes, ..Default::default() },
-            items: Interner { names: item_names, sorted: true, bytes: item_bytes, ..Default::default() },
+            users: Interner {
+                names: user_names,
+                sorted: true,
+                bytes: user_bytes,
+                ..Default::default()
+            },
+            items: Interner {
+                names: item_names,
+                sorted: true,
+                bytes: item_bytes,
+                ..Default::default()
+            },
             hls,
             last_hl: None,
             entries,
@@ -1288,7 +1429,11 @@ impl Accumulator {
     pub fn finish(mut self) -> Affinity {
         self.canonicalize();
         let empty = self.rows == 0;
-        let (min_time, max_time) = if empty { (0, 0) } else { (self.min_time, self.max_time) };
+        let (min_time, max_time) = if empty {
+            (0, 0)
+        } else {
+            (self.min_time, self.max_time)
+        };
         let reference = self.reference.unwrap_or(match self.reference_cap {
             Some(cap) => max_time.min(cap),
             None => max_time,
@@ -1319,14 +1464,26 @@ impl Accumulator {
             let start = occ.minute.len();
             while k < es.len() && es[k].user == user && es[k].item == item {
                 let e = es[k];
-                a += e.value * decay(reference as i128 - e.time as i128, self.hls[e.slot as usize]);
+                a += e.value
+                    * decay(
+                        reference as i128 - e.time as i128,
+                        self.hls[e.slot as usize],
+                    );
                 last = last.max(e.time);
-                occ.minute.push(e.time.div_euclid(MINUTE_US).clamp(i32::MIN as i64, i32::MAX as i64) as i32);
+                occ.minute.push(
+                    e.time
+                        .div_euclid(MINUTE_US)
+                        .clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+                );
                 occ.value.push(e.value as f32);
                 occ.slot.push(e.slot);
                 k += 1;
             }
-            let af = if a >= f32::MAX as f64 { f32::MAX } else { a as f32 };
+            let af = if a >= f32::MAX as f64 {
+                f32::MAX
+            } else {
+                a as f32
+            };
             if af > 0.0 {
                 while indptr.len() <= user as usize {
                     indptr.push(indices.len());
@@ -1346,14 +1503,30 @@ impl Accumulator {
         }
         drop(std::mem::take(&mut self.entries));
 
-        let matrix = Csr { n_rows: n_users, n_cols: n_items, indptr: indptr.into(), indices: indices.into(), data: data.into() };
+        let matrix = Csr {
+            n_rows: n_users,
+            n_cols: n_items,
+            indptr: indptr.into(),
+            indices: indices.into(),
+            data: data.into(),
+        };
         let item_props = std::mem::take(&mut self.props)
             .into_iter()
-            .map(|p| p.into_iter().map(|v| v.value.map(|t| t.as_str().to_owned())).collect())
+            .map(|p| {
+                p.into_iter()
+                    .map(|v| v.value.map(|t| t.as_str().to_owned()))
+                    .collect()
+            })
             .collect();
         Affinity {
-            users: std::mem::take(&mut self.users.names).into_iter().map(String::from).collect(),
-            items: std::mem::take(&mut self.items.names).into_iter().map(String::from).collect(),
+            users: std::mem::take(&mut self.users.names)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            items: std::mem::take(&mut self.items.names)
+                .into_iter()
+                .map(String::from)
+                .collect(),
             matrix,
             last_seen,
             occasions: occ,
@@ -1498,14 +1671,28 @@ mod tests {
     #[test]
     fn props_latest_wins_with_ties() {
         let mut acc = Accumulator::new(3);
-        acc.push("u", "a", 1.0, 10, None, Some(&[Some("red"), Some("x"), None]));
+        acc.push(
+            "u",
+            "a",
+            1.0,
+            10,
+            None,
+            Some(&[Some("red"), Some("x"), None]),
+        );
         acc.push("u", "a", 1.0, 5, None, Some(&[Some("blue"), None, None])); // older: loses
         acc.push("v", "a", 1.0, 20, None, Some(&[None, Some("y"), None])); // null does not erase
         acc.push("v", "a", 1.0, 20, None, Some(&[None, Some("w"), None])); // tie: larger "y" stays
         acc.push("v", "a", 1.0, 20, None, Some(&[None, Some("z"), None])); // tie: "z" wins
         acc.push("u", "b", 1.0, 1, None, Some(&[Some("green")])); // short slice = nulls
         acc.push("u", "c", 1.0, 1, None, None);
-        acc.push("u", "b", 1.0, 0, None, Some(&[Some("old"), Some("p"), Some("q"), Some("extra")]));
+        acc.push(
+            "u",
+            "b",
+            1.0,
+            0,
+            None,
+            Some(&[Some("old"), Some("p"), Some("q"), Some("extra")]),
+        );
         let a = acc.finish();
         assert_eq!(a.items, vec!["a", "b", "c"]);
         let s = |v: &str| Some(v.to_string());
@@ -1545,9 +1732,21 @@ mod tests {
                     1 => Some(DAY),
                     _ => Some(2 * DAY),
                 };
-                let hl = if hl == Some(2 * DAY) && t % (2 * DAY) != 0 { Some(DAY) } else { hl };
-                let p0 = if g.below(3) == 0 { None } else { Some(colors[g.below(4) as usize].to_string()) };
-                let p1 = if g.below(2) == 0 { None } else { Some(format!("b{}", g.below(3))) };
+                let hl = if hl == Some(2 * DAY) && t % (2 * DAY) != 0 {
+                    Some(DAY)
+                } else {
+                    hl
+                };
+                let p0 = if g.below(3) == 0 {
+                    None
+                } else {
+                    Some(colors[g.below(4) as usize].to_string())
+                };
+                let p1 = if g.below(2) == 0 {
+                    None
+                } else {
+                    Some(format!("b{}", g.below(3)))
+                };
                 (u, i, w, t, hl, vec![p0, p1])
             })
             .collect()
@@ -1584,18 +1783,40 @@ mod tests {
         for round in 0..6 {
             let mut r = rows.clone();
             shuffle(&mut r, &mut g);
-            assert_eq!(build(&r, reference).finish(), base, "shuffled push, round {round}");
+            assert_eq!(
+                build(&r, reference).finish(),
+                base,
+                "shuffled push, round {round}"
+            );
             // split into 3 partial states
             let c1 = g.below(r.len() as u64) as usize;
             let c2 = c1 + g.below((r.len() - c1) as u64) as usize;
-            let mut parts: Vec<Accumulator> = vec![build(&r[..c1], reference), build(&r[c1..c2], reference), build(&r[c2..], reference)];
+            let mut parts: Vec<Accumulator> = vec![
+                build(&r[..c1], reference),
+                build(&r[c1..c2], reference),
+                build(&r[c2..], reference),
+            ];
             if round % 2 == 1 {
                 // go through the wire format like parallel workers do
-                parts = parts.into_iter().map(|mut p| Accumulator::deserialize(&p.serialize()).unwrap()).collect();
+                parts = parts
+                    .into_iter()
+                    .map(|mut p| Accumulator::deserialize(&p.serialize()).unwrap())
+                    .collect();
             }
-            let order: [usize; 3] = [[0, 1, 2], [2, 1, 0], [1, 2, 0], [1, 0, 2], [2, 0, 1], [0, 2, 1]][round];
+            let order: [usize; 3] = [
+                [0, 1, 2],
+                [2, 1, 0],
+                [1, 2, 0],
+                [1, 0, 2],
+                [2, 0, 1],
+                [0, 2, 1],
+            ][round];
             let mut taken: Vec<Option<Accumulator>> = parts.into_iter().map(Some).collect();
-            let mut acc = if round == 0 { Accumulator::new(2) } else { taken[order[0]].take().unwrap() };
+            let mut acc = if round == 0 {
+                Accumulator::new(2)
+            } else {
+                taken[order[0]].take().unwrap()
+            };
             for &o in &order {
                 if let Some(p) = taken[o].take() {
                     acc.merge(p);
@@ -1615,7 +1836,14 @@ mod tests {
             let u = format!("u{}", g.below(15));
             let i = format!("i{}", g.below(6));
             let t = g.below(20) as i64 * DAY + g.below(DAY as u64 / 1000) as i64 * 1000;
-            rows.push((u, i, 1.0 + g.below(3) as f64, t, if g.below(2) == 0 { None } else { Some(7 * DAY) }, vec![None, None]));
+            rows.push((
+                u,
+                i,
+                1.0 + g.below(3) as f64,
+                t,
+                if g.below(2) == 0 { None } else { Some(7 * DAY) },
+                vec![None, None],
+            ));
         }
         let whole = build(&rows, None).finish();
         let mut a = build(&rows[..777], None);
@@ -1646,7 +1874,13 @@ mod tests {
                     .map(|r| r.3)
                     .max()
                     .unwrap();
-                assert_eq!(o.range(p).map(|r| o.minute[r] as i64 * MINUTE_US).max().unwrap(), latest.div_euclid(MINUTE_US) * MINUTE_US);
+                assert_eq!(
+                    o.range(p)
+                        .map(|r| o.minute[r] as i64 * MINUTE_US)
+                        .max()
+                        .unwrap(),
+                    latest.div_euclid(MINUTE_US) * MINUTE_US
+                );
             }
         }
     }
@@ -1655,7 +1889,10 @@ mod tests {
     fn until_equals_a_scan_of_the_earlier_days() {
         // Positive weights only: a pair whose whole history sums to <= 0 is dropped by finish(),
         // occasions included, so a split cannot recover its earlier positive part.
-        let rows: Vec<Row> = dyadic_rows(3000, 11).into_iter().filter(|r| r.2 > 0.0).collect();
+        let rows: Vec<Row> = dyadic_rows(3000, 11)
+            .into_iter()
+            .filter(|r| r.2 > 0.0)
+            .collect();
         let full = build(&rows, None).finish();
         for cut in [5i64, 17, 29] {
             let before: Vec<Row> = rows.iter().filter(|r| r.3 < cut * DAY).cloned().collect();
@@ -1705,7 +1942,11 @@ mod tests {
         let bytes = acc.serialize();
         let mut back = Accumulator::deserialize(&bytes).unwrap();
         assert_eq!(back.rows(), acc.rows());
-        assert_eq!(back.serialize(), bytes, "re-serialization is byte-identical");
+        assert_eq!(
+            back.serialize(),
+            bytes,
+            "re-serialization is byte-identical"
+        );
         // pushing into a deserialized state works
         let mut back2 = Accumulator::deserialize(&bytes).unwrap();
         back2.push("aaa", "item0", 2.0, 0, None, None);
@@ -1720,7 +1961,10 @@ mod tests {
         let mut e = Accumulator::new(4);
         let b = e.serialize();
         let a = Accumulator::deserialize(&b).unwrap().finish();
-        assert_eq!((a.users.len(), a.item_props.len(), a.rows, a.reference_us), (0, 4, 0, 0));
+        assert_eq!(
+            (a.users.len(), a.item_props.len(), a.rows, a.reference_us),
+            (0, 4, 0, 0)
+        );
     }
 
     #[test]
@@ -1729,7 +1973,10 @@ mod tests {
         let bytes = build(&rows, None).serialize();
         assert!(Accumulator::deserialize(&bytes).is_ok());
         for n in (0..bytes.len()).step_by(7).chain([bytes.len() - 1]) {
-            assert!(Accumulator::deserialize(&bytes[..n]).is_err(), "truncated at {n}");
+            assert!(
+                Accumulator::deserialize(&bytes[..n]).is_err(),
+                "truncated at {n}"
+            );
         }
         let mut g = Rng(1234);
         let mut errs = 0;
@@ -1761,13 +2008,23 @@ mod tests {
     #[test]
     fn ids_sorted_by_text() {
         let mut acc = Accumulator::new(1);
-        for (u, i) in [("zed", "b"), ("Alice", "é"), ("bob", "a"), ("alice", "B"), ("", "ab"), ("bob", "b")] {
+        for (u, i) in [
+            ("zed", "b"),
+            ("Alice", "é"),
+            ("bob", "a"),
+            ("alice", "B"),
+            ("", "ab"),
+            ("bob", "b"),
+        ] {
             acc.push(u, i, 1.0, 0, None, Some(&[Some(i)]));
         }
         let a = acc.finish();
         assert_eq!(a.users, vec!["", "Alice", "alice", "bob", "zed"]);
         assert_eq!(a.items, vec!["B", "a", "ab", "b", "é"]);
-        assert_eq!(a.item_props[0], a.items.iter().map(|s| Some(s.clone())).collect::<Vec<_>>());
+        assert_eq!(
+            a.item_props[0],
+            a.items.iter().map(|s| Some(s.clone())).collect::<Vec<_>>()
+        );
         for r in 0..a.matrix.n_rows {
             assert!(a.matrix.row(r).0.windows(2).all(|w| w[0] < w[1]));
         }
@@ -1783,8 +2040,22 @@ mod tests {
         let long_p = "a property value that is longer than twenty-two bytes";
         let mut acc = Accumulator::new(1);
         for k in (0..5000).rev() {
-            acc.push(&long_u(k), &format!("i{}", k % 7), 1.0, k as i64, None, Some(&[Some(long_p)]));
-            acc.push(&format!("u{k}"), &format!("item-{}-{}", k % 3, "x".repeat(30)), 2.0, 0, None, None);
+            acc.push(
+                &long_u(k),
+                &format!("i{}", k % 7),
+                1.0,
+                k as i64,
+                None,
+                Some(&[Some(long_p)]),
+            );
+            acc.push(
+                &format!("u{k}"),
+                &format!("item-{}-{}", k % 3, "x".repeat(30)),
+                2.0,
+                0,
+                None,
+                None,
+            );
             acc.push(&long_u(k), &format!("i{}", k % 7), 0.5, 0, None, None);
         }
         let mut bytes = acc.serialize();
@@ -1798,10 +2069,17 @@ mod tests {
         assert!(a.users.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(get(&a, &long_u(123), "i4"), Some((2.5, 123)));
         assert_eq!(get(&a, &long_u(99_999), "i4"), Some((1.0, 1)));
-        assert_eq!(get(&a, "u42", &format!("item-0-{}", "x".repeat(30))), Some((2.0, 0)));
+        assert_eq!(
+            get(&a, "u42", &format!("item-0-{}", "x".repeat(30))),
+            Some((2.0, 0))
+        );
         let i4 = a.items.iter().position(|x| x == "i4").unwrap();
         assert_eq!(a.item_props[0][i4].as_deref(), Some(long_p)); // k=4998 at t=4998 beats "short" at t=1
-        let i0 = a.items.iter().position(|x| x.starts_with("item-0")).unwrap();
+        let i0 = a
+            .items
+            .iter()
+            .position(|x| x.starts_with("item-0"))
+            .unwrap();
         assert_eq!(a.item_props[0][i0], None);
     }
 
@@ -1822,7 +2100,10 @@ mod tests {
         assert_eq!(f.users, vec!["u1", "u3"]);
         assert_eq!(f.items, vec!["i1", "i3"]);
         assert_eq!(f.matrix.row(1), (&[1u32][..], &[2.0f32][..]));
-        assert_eq!(f.item_props, vec![vec![Some("x".to_string()), Some("z".to_string())]]);
+        assert_eq!(
+            f.item_props,
+            vec![vec![Some("x".to_string()), Some("z".to_string())]]
+        );
         assert_eq!(f.last_seen.len(), f.matrix.nnz());
     }
 

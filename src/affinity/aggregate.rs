@@ -24,7 +24,8 @@ const USECS_PER_DAY: i64 = 86_400_000_000;
 /// The interval in microseconds (a month counts 30 days, as in interval arithmetic with
 /// justify_days), or `None` when it does not fit in 64 bits (about 292,000 years).
 pub fn interval_micros_checked(iv: &Interval) -> Option<i64> {
-    let us = (iv.months() as i128 * 30 + iv.days() as i128) * USECS_PER_DAY as i128 + iv.micros() as i128;
+    let us = (iv.months() as i128 * 30 + iv.days() as i128) * USECS_PER_DAY as i128
+        + iv.micros() as i128;
     i64::try_from(us).ok()
 }
 
@@ -54,7 +55,11 @@ fn finite_time(t: TimestampWithTimeZone) -> Option<i64> {
 }
 
 /// The state of the current aggregate call, created in the aggregate's memory context.
-unsafe fn state_mut(state: &mut Internal, fcinfo: pg_sys::FunctionCallInfo, n_props: usize) -> &mut Accumulator {
+unsafe fn state_mut(
+    state: &mut Internal,
+    fcinfo: pg_sys::FunctionCallInfo,
+    n_props: usize,
+) -> &mut Accumulator {
     if state.initialized() {
         return state.get_mut::<Accumulator>().expect("initialized state");
     }
@@ -104,10 +109,13 @@ fn push_row(
         _ => time,
     };
     if !acc.accepts_half_life(half_life) {
-        AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, "too many distinct half-life values in one affinity aggregate")
-            .detail("One aggregate call supports at most 256 distinct half-lives.")
-            .hint("Use one half-life per event type.")
-            .raise();
+        AudienceError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            "too many distinct half-life values in one affinity aggregate",
+        )
+        .detail("One aggregate call supports at most 256 distinct half-lives.")
+        .hint("Use one half-life per event type.")
+        .raise();
     }
     acc.push(user, item, weight.unwrap_or(1.0), time, half_life, props);
 }
@@ -125,7 +133,16 @@ fn _affinity_sfunc(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Internal {
     let acc = unsafe { state_mut(&mut state, fcinfo, 0) };
-    push_row(acc, user_id, item_id, weight, event_time, half_life, reference_time, None);
+    push_row(
+        acc,
+        user_id,
+        item_id,
+        weight,
+        event_time,
+        half_life,
+        reference_time,
+        None,
+    );
     state
 }
 
@@ -171,17 +188,41 @@ fn _affinity_collect_sfunc(
             for (slot, v) in vals.iter_mut().zip(p.split(PROPS_SEPARATOR)) {
                 *slot = (!v.is_empty()).then_some(v);
             }
-            push_row(acc, user_id, item_id, weight, event_time, half_life, reference_time, Some(vals));
+            push_row(
+                acc,
+                user_id,
+                item_id,
+                weight,
+                event_time,
+                half_life,
+                reference_time,
+                Some(vals),
+            );
         }
-        _ => push_row(acc, user_id, item_id, weight, event_time, half_life, reference_time, None),
+        _ => push_row(
+            acc,
+            user_id,
+            item_id,
+            weight,
+            event_time,
+            half_life,
+            reference_time,
+            None,
+        ),
     }
     state
 }
 
 #[pg_extern(parallel_safe)]
-fn _affinity_combine(mut a: Internal, mut b: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+fn _affinity_combine(
+    mut a: Internal,
+    mut b: Internal,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Internal {
     unsafe {
-        let Some(right) = b.get_mut::<Accumulator>() else { return a };
+        let Some(right) = b.get_mut::<Accumulator>() else {
+            return a;
+        };
         if a.get_mut::<Accumulator>().is_none() {
             return b;
         }
@@ -201,7 +242,11 @@ fn _affinity_serial(mut state: Internal) -> Vec<u8> {
 }
 
 #[pg_extern(strict, parallel_safe)]
-fn _affinity_deserial(bytes: &[u8], _unused: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+fn _affinity_deserial(
+    bytes: &[u8],
+    _unused: Internal,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Internal {
     let acc = Accumulator::deserialize(bytes).unwrap_or_else(|e| {
         AudienceError::corrupt(format!("invalid affinity state: {e}"))
             .hint("The bytes must come from audience._affinity_serial().")
@@ -228,7 +273,10 @@ fn _affinity_final_jsonb(mut state: Internal) -> pgrx::JsonB {
         let (cols, vals) = aff.matrix.row(u);
         let mut items = serde_json::Map::with_capacity(cols.len());
         for (&c, &v) in cols.iter().zip(vals) {
-            items.insert(aff.items[c as usize].clone(), serde_json::json!((v as f64 * 1e6).round() / 1e6));
+            items.insert(
+                aff.items[c as usize].clone(),
+                serde_json::json!((v as f64 * 1e6).round() / 1e6),
+            );
         }
         users.insert(name.clone(), serde_json::Value::Object(items));
     }

@@ -6,8 +6,8 @@ use crate::api::spi_util::{args, query_rows};
 use crate::error::{AudienceError, OrRaise};
 use crate::model::als::{train_als, AlsParams, Interrupted};
 use crate::model::csr::Csr;
-use crate::model::knn::{train_knn, KnnParams};
 use crate::model::days::DayIndex;
+use crate::model::knn::{train_knn, KnnParams};
 use crate::model::stored::{split_values, Model, Property, PropertyKnobs};
 use crate::score::hybrid::{HybridParams, Own};
 use pgrx::prelude::*;
@@ -72,9 +72,23 @@ impl Collected {
                 j += 1;
             }
         }
-        let item_values =
-            self.item_values.iter().map(|(n, per_item)| (n.clone(), keep.iter().map(|&i| per_item[i].clone()).collect())).collect();
-        Collected { aff, item_values, scan_seconds: 0.0, products_seconds: 0.0, state_bytes: 0 }
+        let item_values = self
+            .item_values
+            .iter()
+            .map(|(n, per_item)| {
+                (
+                    n.clone(),
+                    keep.iter().map(|&i| per_item[i].clone()).collect(),
+                )
+            })
+            .collect();
+        Collected {
+            aff,
+            item_values,
+            scan_seconds: 0.0,
+            products_seconds: 0.0,
+            state_bytes: 0,
+        }
     }
 }
 
@@ -83,15 +97,29 @@ impl Collected {
 /// worker under a single-copy Gather, and the worker's stash is not the caller's. The setting is
 /// put back afterwards (an error aborts the transaction, which restores it too).
 fn without_single_copy_gather<T>(f: impl FnOnce() -> T) -> T {
-    let name = if pg_sys::PG_VERSION_NUM >= 160000 { "debug_parallel_query" } else { "force_parallel_mode" };
-    let old: Option<String> = Spi::get_one_with_args("SELECT pg_catalog.current_setting($1, true)", &args![name]).or_raise("reading a setting");
+    let name = if pg_sys::PG_VERSION_NUM >= 160000 {
+        "debug_parallel_query"
+    } else {
+        "force_parallel_mode"
+    };
+    let old: Option<String> =
+        Spi::get_one_with_args("SELECT pg_catalog.current_setting($1, true)", &args![name])
+            .or_raise("reading a setting");
     let forced = old.as_deref().is_some_and(|v| v != "off");
     if forced {
-        Spi::run_with_args("SELECT pg_catalog.set_config($1, 'off', true)", &args![name]).or_raise("changing a setting");
+        Spi::run_with_args(
+            "SELECT pg_catalog.set_config($1, 'off', true)",
+            &args![name],
+        )
+        .or_raise("changing a setting");
     }
     let out = f();
     if let (true, Some(v)) = (forced, old) {
-        Spi::run_with_args("SELECT pg_catalog.set_config($1, $2, true)", &args![name, v]).or_raise("restoring a setting");
+        Spi::run_with_args(
+            "SELECT pg_catalog.set_config($1, $2, true)",
+            &args![name, v],
+        )
+        .or_raise("restoring a setting");
     }
     out
 }
@@ -120,7 +148,11 @@ pub fn interrupt_check() -> Result<(), Interrupted> {
 /// or terminate's own error, or 57014 when PostgreSQL holds it off for now.
 pub fn raise_interrupted(what: &str) -> ! {
     pgrx::check_for_interrupts!();
-    AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_QUERY_CANCELED, format!("{what} was interrupted")).raise()
+    AudienceError::new(
+        pgrx::PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+        format!("{what} was interrupted"),
+    )
+    .raise()
 }
 
 /// How the scan hands its state to the build (`audience.scan_state`).
@@ -137,9 +169,11 @@ pub enum ScanState {
 
 /// Whether one of the catalog's sources is a Citus distributed table (false without Citus).
 fn has_distributed_source(cid: i32) -> bool {
-    let citus = Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
-        .or_raise("looking for Citus")
-        .unwrap_or(false);
+    let citus = Spi::get_one::<bool>(
+        "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL",
+    )
+    .or_raise("looking for Citus")
+    .unwrap_or(false);
     citus
         && Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT 1 FROM audience.events e JOIN pg_catalog.pg_dist_partition d
@@ -153,18 +187,29 @@ fn has_distributed_source(cid: i32) -> bool {
 
 /// Runs the scan with the aggregate that returns the finished state as bytes.
 fn scan_as_bytes(query: &str) -> crate::affinity::accumulator::Accumulator {
-    let q = query.replacen("audience._affinity_collect(", "audience._affinity_collect_bytes(", 1);
-    let bytes: Vec<u8> = without_single_copy_gather(|| query_rows(&q, &[], |row| row.get::<Vec<u8>>(1).ok().flatten()))
-        .into_iter()
-        .next()
-        .flatten()
-        .unwrap_or_else(|| AudienceError::internal("the scan returned no state").raise());
-    crate::affinity::accumulator::Accumulator::deserialize(&bytes)
-        .unwrap_or_else(|e| AudienceError::corrupt(format!("the scan's state cannot be read: {e}")).raise())
+    let q = query.replacen(
+        "audience._affinity_collect(",
+        "audience._affinity_collect_bytes(",
+        1,
+    );
+    let bytes: Vec<u8> = without_single_copy_gather(|| {
+        query_rows(&q, &[], |row| row.get::<Vec<u8>>(1).ok().flatten())
+    })
+    .into_iter()
+    .next()
+    .flatten()
+    .unwrap_or_else(|| AudienceError::internal("the scan returned no state").raise());
+    crate::affinity::accumulator::Accumulator::deserialize(&bytes).unwrap_or_else(|e| {
+        AudienceError::corrupt(format!("the scan's state cannot be read: {e}")).raise()
+    })
 }
 
 /// Runs the catalog's scan (optionally restricted to [since, until)) and resolves item properties.
-pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<TimestampWithTimeZone>) -> Collected {
+pub fn collect(
+    cid: i32,
+    since: Option<TimestampWithTimeZone>,
+    until: Option<TimestampWithTimeZone>,
+) -> Collected {
     let t0 = Instant::now();
     let (query, props): (Option<String>, Option<Vec<Option<String>>>) = Spi::get_two_with_args(
         "SELECT query, properties FROM audience._build_query($1, $2, $3, NULL)",
@@ -183,11 +228,13 @@ pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<Tim
     let mut acc = match state {
         ScanState::Bytes => scan_as_bytes(&query),
         ScanState::Auto => {
-            let token: i64 = without_single_copy_gather(|| query_rows(&query, &[], |row| row.get::<i64>(1).ok().flatten()))
-                .into_iter()
-                .next()
-                .flatten()
-                .unwrap_or_else(|| AudienceError::internal("the scan returned no state").raise());
+            let token: i64 = without_single_copy_gather(|| {
+                query_rows(&query, &[], |row| row.get::<i64>(1).ok().flatten())
+            })
+            .into_iter()
+            .next()
+            .flatten()
+            .unwrap_or_else(|| AudienceError::internal("the scan returned no state").raise());
             match take_stashed(token) {
                 Some(acc) => acc,
                 None => {
@@ -221,7 +268,11 @@ pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<Tim
             let per_item = aff
                 .item_props
                 .get(p)
-                .map(|col| col.iter().map(|v| v.as_deref().map(split_values).unwrap_or_default()).collect())
+                .map(|col| {
+                    col.iter()
+                        .map(|v| v.as_deref().map(split_values).unwrap_or_default())
+                        .collect()
+                })
                 .unwrap_or_else(|| vec![Vec::new(); n_items]);
             (name.clone(), per_item)
         })
@@ -230,12 +281,20 @@ pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<Tim
     let products = query_rows::<(String, String)>(
         "SELECT property, query FROM audience._products_queries($1)",
         &args![cid],
-        |row| (row.get::<String>(1).ok().flatten().unwrap_or_default(), row.get::<String>(2).ok().flatten().unwrap_or_default()),
+        |row| {
+            (
+                row.get::<String>(1).ok().flatten().unwrap_or_default(),
+                row.get::<String>(2).ok().flatten().unwrap_or_default(),
+            )
+        },
     );
     for (name, q) in products {
         let mut per_item: Vec<Vec<String>> = vec![Vec::new(); n_items];
         let rows = query_rows::<(Option<String>, Option<String>)>(&q, &[], |row| {
-            (row.get::<String>(1).ok().flatten(), row.get::<String>(2).ok().flatten())
+            (
+                row.get::<String>(1).ok().flatten(),
+                row.get::<String>(2).ok().flatten(),
+            )
         });
         for (id, val) in rows {
             if let (Some(id), Some(val)) = (id, val) {
@@ -256,7 +315,13 @@ pub fn collect(cid: i32, since: Option<TimestampWithTimeZone>, until: Option<Tim
         }
     }
     item_values.sort_by(|a, b| a.0.cmp(&b.0));
-    Collected { aff, item_values, scan_seconds, products_seconds: t1.elapsed().as_secs_f64(), state_bytes }
+    Collected {
+        aff,
+        item_values,
+        scan_seconds,
+        products_seconds: t1.elapsed().as_secs_f64(),
+        state_bytes,
+    }
 }
 
 /// The confidence input of the collaborative models: log-damped affinity, so one heavy repeat
@@ -284,17 +349,31 @@ fn build_memory_limit() -> Option<u64> {
     }
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
 }
 
 /// Refuses (54000) a training whose memory estimate exceeds what the build may use, before
 /// anything is allocated, naming the settings that lower it.
 pub fn check_training_memory(n_users: usize, n_items: usize, nnz: usize, p: &BuildParams) {
-    let als = p.als.as_ref().map(|a| crate::model::als::memory_estimate(n_users, n_items, nnz, a)).unwrap_or(0);
-    let knn = p.knn.as_ref().map(|k| crate::model::knn::memory_estimate(n_users, n_items, nnz, k)).unwrap_or(0);
+    let als = p
+        .als
+        .as_ref()
+        .map(|a| crate::model::als::memory_estimate(n_users, n_items, nnz, a))
+        .unwrap_or(0);
+    let knn = p
+        .knn
+        .as_ref()
+        .map(|k| crate::model::knn::memory_estimate(n_users, n_items, nnz, k))
+        .unwrap_or(0);
     // The damped confidence copy of the affinity matrix.
     let need = (als + knn + nnz * 8 + n_users * 8) as u64;
-    let Some(limit) = build_memory_limit() else { return };
+    let Some(limit) = build_memory_limit() else {
+        return;
+    };
     if need > limit {
         let mb = |b: u64| b.div_ceil(1024 * 1024);
         AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, "training this model needs more memory than the build may use")
@@ -321,25 +400,45 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
     let conf = damped(&aff.matrix);
     let t0 = Instant::now();
     if let Some(ap) = &p.als {
-        crate::api::progress::phase("als", format!("{} factors, {} iterations, {} users x {} items", ap.factors, ap.iterations, aff.users.len(), aff.items.len()));
+        crate::api::progress::phase(
+            "als",
+            format!(
+                "{} factors, {} iterations, {} users x {} items",
+                ap.factors,
+                ap.iterations,
+                aff.users.len(),
+                aff.items.len()
+            ),
+        );
     }
     let als = p.als.as_ref().map(|ap| {
-        train_als(&conf, ap, &mut interrupt_check).unwrap_or_else(|_| raise_interrupted("ALS training"))
+        train_als(&conf, ap, &mut interrupt_check)
+            .unwrap_or_else(|_| raise_interrupted("ALS training"))
     });
     let als_seconds = t0.elapsed().as_secs_f64();
     if let Some(ap) = &p.als {
-        crate::api::progress::finished(format!("trained ALS ({} factors, {} iterations)", ap.factors, ap.iterations), als_seconds);
+        crate::api::progress::finished(
+            format!(
+                "trained ALS ({} factors, {} iterations)",
+                ap.factors, ap.iterations
+            ),
+            als_seconds,
+        );
     }
     let t1 = Instant::now();
     if let Some(kp) = &p.knn {
         crate::api::progress::phase("knn", format!("{} neighbours", kp.neighbours));
     }
     let knn = p.knn.as_ref().map(|kp| {
-        train_knn(&conf, kp, &mut interrupt_check).unwrap_or_else(|_| raise_interrupted("item-kNN training"))
+        train_knn(&conf, kp, &mut interrupt_check)
+            .unwrap_or_else(|_| raise_interrupted("item-kNN training"))
     });
     let knn_seconds = t1.elapsed().as_secs_f64();
     if let Some(kp) = &p.knn {
-        crate::api::progress::finished(format!("trained item-kNN ({} neighbours)", kp.neighbours), knn_seconds);
+        crate::api::progress::finished(
+            format!("trained item-kNN ({} neighbours)", kp.neighbours),
+            knn_seconds,
+        );
     }
     drop(conf);
     let n_items = aff.items.len();
@@ -349,8 +448,16 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
         .map(|(name, per_item)| Property::from_item_values(name, n_items, per_item))
         .collect();
     // Minutes since 2000-01-01 keep the per-entry time in 4 bytes.
-    let last_seen = aff.last_seen.iter().map(|&us| (us.div_euclid(60_000_000)).clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect();
-    let days = DayIndex::from_records(&aff.occasions.ptr, &aff.occasions.minute, &aff.occasions.value);
+    let last_seen = aff
+        .last_seen
+        .iter()
+        .map(|&us| (us.div_euclid(60_000_000)).clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+        .collect();
+    let days = DayIndex::from_records(
+        &aff.occasions.ptr,
+        &aff.occasions.minute,
+        &aff.occasions.value,
+    );
     let reference_day = crate::affinity::accumulator::day_of(aff.reference_us);
     let model = Model {
         users: aff.users,
@@ -366,7 +473,11 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
         reference_day,
         property_params: p.by_property.clone(),
     };
-    Trained { model, als_seconds, knn_seconds }
+    Trained {
+        model,
+        als_seconds,
+        knn_seconds,
+    }
 }
 
 /// A memory figure of this backend from /proc/self/status, in bytes (Linux only).
@@ -441,7 +552,9 @@ pub fn store(
     .or_raise("storing the model")
     .unwrap_or_else(|| AudienceError::internal("no model id").raise());
     let t0 = Instant::now();
-    let bytes = model.encode_with(&mut interrupt_check).unwrap_or_else(|_| raise_interrupted("storing the model"));
+    let bytes = model
+        .encode_with(&mut interrupt_check)
+        .unwrap_or_else(|_| raise_interrupted("storing the model"));
     let t_encode = t0.elapsed().as_secs_f64();
     for (n, chunk) in bytes.chunks(CHUNK).enumerate() {
         pgrx::check_for_interrupts!();
@@ -455,7 +568,9 @@ pub fn store(
     drop(bytes);
     for prop in &model.properties {
         pgrx::check_for_interrupts!();
-        let items: Vec<i64> = (0..prop.values.len()).map(|v| prop.value_items.row(v).0.len() as i64).collect();
+        let items: Vec<i64> = (0..prop.values.len())
+            .map(|v| prop.value_items.row(v).0.len() as i64)
+            .collect();
         let users = value_user_counts(model, prop);
         Spi::run_with_args(
             "INSERT INTO audience.property_values (model_id, property, value, items, users)
@@ -477,7 +592,9 @@ pub fn store(
                 &args![cid, model_id],
             )
             .or_raise("dropping older models");
-        table.filter_map(|r| r.get::<i64>(1).ok().flatten()).collect()
+        table
+            .filter_map(|r| r.get::<i64>(1).ok().flatten())
+            .collect()
     });
     let t_rest = t0.elapsed().as_secs_f64() - t_encode - t_rows;
     // The shared serving copy, made visible when this transaction commits.
@@ -516,7 +633,9 @@ fn finite_nonneg(v: Option<f64>, what: &str, default: f32) -> f32 {
         Some(x) if x.is_finite() && x >= 0.0 => x as f32,
         Some(x) => AudienceError::invalid(format!("{what} must be a finite number not below zero"))
             .detail(format!("The value given was {}.", sql_float(x)))
-            .hint("Pass NULL (or leave the argument out) to keep the remembered or default setting.")
+            .hint(
+                "Pass NULL (or leave the argument out) to keep the remembered or default setting.",
+            )
             .raise(),
     }
 }
@@ -551,7 +670,11 @@ pub fn build_params(
     });
     let kd = KnnParams::default();
     let neighbours = positive_int(neighbours, "neighbours", kd.neighbours, 0, 10_000);
-    let knn = (neighbours > 0).then_some(KnnParams { neighbours, threads, ..kd });
+    let knn = (neighbours > 0).then_some(KnnParams {
+        neighbours,
+        threads,
+        ..kd
+    });
     let kw = finite_nonneg(knn_weight, "knn_weight", DEFAULT_HYBRID.knn_weight);
     if kw > 1.0 {
         AudienceError::invalid("knn_weight must be between 0 and 1").raise();
@@ -590,7 +713,9 @@ pub fn build_params(
 
 /// The parameters of a catalog with nothing remembered.
 pub fn build_params_default() -> BuildParams {
-    build_params(None, None, None, None, None, None, None, None, None, None, None, None, None)
+    build_params(
+        None, None, None, None, None, None, None, None, None, None, None, None, None,
+    )
 }
 
 /// The own-engagement measure from its name and half-life in days (NULL = the default).
@@ -616,9 +741,12 @@ pub fn parse_own(own: Option<&str>, half_life_days: Option<f64>) -> Own {
                 .raise()
         }
         Some(o) => o,
-        None => AudienceError::invalid(format!("unknown own-engagement measure \"{}\"", crate::error::shown(name)))
-            .hint("Use one of 'affinity', 'weight', 'days', 'recent'.")
-            .raise(),
+        None => AudienceError::invalid(format!(
+            "unknown own-engagement measure \"{}\"",
+            crate::error::shown(name)
+        ))
+        .hint("Use one of 'affinity', 'weight', 'days', 'recent'.")
+        .raise(),
     }
 }
 
@@ -641,11 +769,21 @@ pub fn knobs_from_json(v: Option<&serde_json::Value>, base: HybridParams) -> Hyb
     HybridParams {
         own,
         prior: num("prior").filter(|&x| ok(x)).unwrap_or(base.prior),
-        activity_exp: num("activity_exp").filter(|&x| ok(x) && x.is_finite()).unwrap_or(base.activity_exp),
-        knn_weight: num("knn_weight").filter(|&x| (0.0..=1.0).contains(&x)).unwrap_or(base.knn_weight),
-        volume: num("volume").filter(|&x| x == 0.0 || x == 1.0 || x == 2.0).unwrap_or(base.volume),
-        days_exp: num("days_exp").filter(|&x| ok(x) && x.is_finite()).unwrap_or(base.days_exp),
-        tenure_exp: num("tenure_exp").filter(|&x| ok(x) && x.is_finite()).unwrap_or(base.tenure_exp),
+        activity_exp: num("activity_exp")
+            .filter(|&x| ok(x) && x.is_finite())
+            .unwrap_or(base.activity_exp),
+        knn_weight: num("knn_weight")
+            .filter(|&x| (0.0..=1.0).contains(&x))
+            .unwrap_or(base.knn_weight),
+        volume: num("volume")
+            .filter(|&x| x == 0.0 || x == 1.0 || x == 2.0)
+            .unwrap_or(base.volume),
+        days_exp: num("days_exp")
+            .filter(|&x| ok(x) && x.is_finite())
+            .unwrap_or(base.days_exp),
+        tenure_exp: num("tenure_exp")
+            .filter(|&x| ok(x) && x.is_finite())
+            .unwrap_or(base.tenure_exp),
     }
 }
 
@@ -669,14 +807,23 @@ pub fn property_knobs_json(k: &[PropertyKnobs]) -> serde_json::Value {
 }
 
 /// Inverse of [`property_knobs_json`] (entries that do not parse are skipped).
-pub fn property_knobs_from_json(v: Option<&serde_json::Value>, base: HybridParams) -> Vec<PropertyKnobs> {
-    let Some(serde_json::Value::Object(m)) = v else { return Vec::new() };
+pub fn property_knobs_from_json(
+    v: Option<&serde_json::Value>,
+    base: HybridParams,
+) -> Vec<PropertyKnobs> {
+    let Some(serde_json::Value::Object(m)) = v else {
+        return Vec::new();
+    };
     let mut out: Vec<PropertyKnobs> = m
         .iter()
         .map(|(prop, k)| {
             let params = knobs_from_json(k.get("params"), base);
             let cross_params = knobs_from_json(k.get("cross_sell"), params);
-            PropertyKnobs { property: prop.clone(), params, cross_params }
+            PropertyKnobs {
+                property: prop.clone(),
+                params,
+                cross_params,
+            }
         })
         .collect();
     out.sort_by(|a, b| a.property.cmp(&b.property));
@@ -719,7 +866,12 @@ pub fn remembered_params(cid: i32, explicit: serde_json::Value) -> BuildParams {
     .or_raise("reading build settings")
     .map(|j| j.0)
     .unwrap_or_default();
-    let int = |k: &str| merged.get(k).and_then(|v| v.as_i64()).map(|v| v.clamp(i32::MIN as i64, i32::MAX as i64) as i32);
+    let int = |k: &str| {
+        merged
+            .get(k)
+            .and_then(|v| v.as_i64())
+            .map(|v| v.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+    };
     let num = |k: &str| {
         merged.get(k).and_then(|v| match v {
             serde_json::Value::String(s) if s == "Infinity" => Some(f64::INFINITY),
@@ -744,10 +896,21 @@ pub fn remembered_params(cid: i32, explicit: serde_json::Value) -> BuildParams {
     p.cross_sell = knobs_from_json(merged.get("cross_sell"), p.hybrid);
     p.by_property = property_knobs_from_json(merged.get("tuned"), p.hybrid);
     p.auto_tune = merged.get("tune").and_then(|v| v.as_bool()).unwrap_or(true);
-    p.als_explicit = ["factors", "iterations", "regularization", "alpha"].iter().any(|k| merged.get(*k).is_some());
-    p.knobs_explicit = ["prior", "activity_exp", "knn_weight", "volume", "days_exp", "tenure_exp", "own", "cross_sell"]
+    p.als_explicit = ["factors", "iterations", "regularization", "alpha"]
         .iter()
         .any(|k| merged.get(*k).is_some());
+    p.knobs_explicit = [
+        "prior",
+        "activity_exp",
+        "knn_weight",
+        "volume",
+        "days_exp",
+        "tenure_exp",
+        "own",
+        "cross_sell",
+    ]
+    .iter()
+    .any(|k| merged.get(*k).is_some());
     p
 }
 
@@ -793,7 +956,9 @@ fn build(
 > {
     let t0 = Instant::now();
     // Validate the explicit arguments before anything is stored.
-    let own_hl_days = own_half_life.as_ref().map(crate::api::tuning::interval_days);
+    let own_hl_days = own_half_life
+        .as_ref()
+        .map(crate::api::tuning::interval_days);
     build_params(
         factors,
         iterations,
@@ -827,9 +992,12 @@ fn build(
             "own_half_life_days": own_hl_days, "tune": tune,
         }),
     );
-    let catalog_name: String = Spi::get_one_with_args("SELECT c.name FROM audience.catalogs c WHERE c.catalog_id OPERATOR(pg_catalog.=) $1", &args![cid])
-        .or_raise("reading the catalog")
-        .unwrap_or_default();
+    let catalog_name: String = Spi::get_one_with_args(
+        "SELECT c.name FROM audience.catalogs c WHERE c.catalog_id OPERATOR(pg_catalog.=) $1",
+        &args![cid],
+    )
+    .or_raise("reading the catalog")
+    .unwrap_or_default();
     let _progress = crate::api::progress::begin(&catalog_name);
     let collected = collect(cid, None, until);
     let rows_read = collected.aff.rows as i64;
@@ -839,8 +1007,16 @@ fn build(
             .hint("Check the registered sources with SELECT * FROM audience.catalog_events.")
             .raise();
     }
-    let (scan_s, products_s, state_bytes) = (collected.scan_seconds, collected.products_seconds, collected.state_bytes);
-    let (min_t, max_t, ref_t) = (collected.aff.min_time_us, collected.aff.max_time_us, collected.aff.reference_us);
+    let (scan_s, products_s, state_bytes) = (
+        collected.scan_seconds,
+        collected.products_seconds,
+        collected.state_bytes,
+    );
+    let (min_t, max_t, ref_t) = (
+        collected.aff.min_time_us,
+        collected.aff.max_time_us,
+        collected.aff.reference_us,
+    );
     crate::api::progress::finished(
         format!(
             "scanned {rows_read} event rows ({} users, {} items, {} pairs; {} MB of state)",
@@ -865,7 +1041,11 @@ fn build(
     crate::api::progress::phase("store", "");
     let t_store = Instant::now();
     let m = &trained.model;
-    let (users, items, pairs) = (m.users.len() as i64, m.items.len() as i64, m.ui.nnz() as i64);
+    let (users, items, pairs) = (
+        m.users.len() as i64,
+        m.items.len() as i64,
+        m.ui.nnz() as i64,
+    );
     let stats = serde_json::json!({
         "seconds": { "scan": scan_s, "products": products_s, "tune": tune_s, "als": trained.als_seconds, "knn": trained.knn_seconds },
         "tuning": tuning.clone(),
@@ -874,14 +1054,33 @@ fn build(
         "private_rss_after_training_bytes": private_bytes,
         "first_event_us": min_t, "last_event_us": max_t, "reference_us": ref_t,
     });
-    let model_id = store(cid, m, rows_read, until, ref_t, &params_json(&params), &stats);
+    let model_id = store(
+        cid,
+        m,
+        rows_read,
+        until,
+        ref_t,
+        &params_json(&params),
+        &stats,
+    );
     let store_s = t_store.elapsed().as_secs_f64();
-    crate::api::progress::finished(format!("stored model {model_id} and its serving image"), store_s);
+    crate::api::progress::finished(
+        format!("stored model {model_id} and its serving image"),
+        store_s,
+    );
     let total = t0.elapsed().as_secs_f64();
     Spi::run_with_args(
         "UPDATE audience.models SET stats = stats OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('seconds', (stats OPERATOR(pg_catalog.->) 'seconds') OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('store', $2::pg_catalog.float8, 'total', $3::pg_catalog.float8), 'peak_rss_bytes', $4::pg_catalog.int8) WHERE model_id OPERATOR(pg_catalog.=) $1",
         &args![model_id, store_s, total, peak_rss_bytes().map(|b| b as i64)],
     )
     .or_raise("recording build statistics");
-    TableIterator::once((model_id, rows_read, users, items, pairs, total, tuning.map(pgrx::JsonB)))
+    TableIterator::once((
+        model_id,
+        rows_read,
+        users,
+        items,
+        pairs,
+        total,
+        tuning.map(pgrx::JsonB),
+    ))
 }

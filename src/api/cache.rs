@@ -8,8 +8,8 @@ use crate::api::spi_util::{args, query_rows};
 use crate::error::{AudienceError, OrRaise};
 use crate::model::image::Served;
 use crate::model::stored::Model;
-use crate::util::codec::CodecError;
 use crate::score::hybrid::Scorer;
+use crate::util::codec::CodecError;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -31,9 +31,22 @@ impl Loaded {
         // SAFETY: the Box's heap allocation does not move while `Loaded` lives, and `scorer` is
         // dropped before `model` (field order), so the 'static borrow never dangles.
         let r: &'static Served = unsafe { &*(model.as_ref() as *const Served) };
-        let scorer = Scorer::from_parts(&r.ui, r.als.as_ref(), r.knn.as_ref(), Some((&r.days, r.reference_day)), r.parts.clone())
-            .with_threads(crate::guc::threads());
-        Loaded { model_id, catalog, scorer, model, bytes, shared }
+        let scorer = Scorer::from_parts(
+            &r.ui,
+            r.als.as_ref(),
+            r.knn.as_ref(),
+            Some((&r.days, r.reference_day)),
+            r.parts.clone(),
+        )
+        .with_threads(crate::guc::threads());
+        Loaded {
+            model_id,
+            catalog,
+            scorer,
+            model,
+            bytes,
+            shared,
+        }
     }
 }
 
@@ -64,9 +77,12 @@ pub fn active(catalog: Option<&str>) -> Rc<Loaded> {
             return loaded;
         }
     }
-    AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE, "the active model kept changing while being loaded")
-        .hint("Builds of this catalog committed three times during one call; retry.")
-        .raise()
+    AudienceError::new(
+        pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+        "the active model kept changing while being loaded",
+    )
+    .hint("Builds of this catalog committed three times during one call; retry.")
+    .raise()
 }
 
 /// The active model, or None when it was replaced (its rows deleted) before it could be read.
@@ -84,21 +100,39 @@ fn try_active(catalog: Option<&str>) -> Option<Rc<Loaded>> {
     .flatten()
     .unwrap_or(false);
     if !allowed {
-        AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "permission denied for table model_data")
-            .detail("Audiences are computed from the stored models in audience.model_data.")
-            .hint("GRANT SELECT ON audience.model_data TO the role (see the README, Privileges).")
-            .raise();
+        AudienceError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied for table model_data",
+        )
+        .detail("Audiences are computed from the stored models in audience.model_data.")
+        .hint("GRANT SELECT ON audience.model_data TO the role (see the README, Privileges).")
+        .raise();
     }
     let Some(model_id) = model_id else {
-        AudienceError::not_ready(format!("catalog \"{}\" has no model yet", crate::error::shown(&name)))
-            .hint(format!("Build one with SELECT * FROM audience.build('{}');", name.replace('\'', "''")))
-            .raise()
+        AudienceError::not_ready(format!(
+            "catalog \"{}\" has no model yet",
+            crate::error::shown(&name)
+        ))
+        .hint(format!(
+            "Build one with SELECT * FROM audience.build('{}');",
+            name.replace('\'', "''")
+        ))
+        .raise()
     };
-    if let Some(hit) = CACHE.with(|c| c.borrow().as_ref().filter(|l| l.model_id == model_id).cloned()) {
+    if let Some(hit) = CACHE.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|l| l.model_id == model_id)
+            .cloned()
+    }) {
         return Some(hit);
     }
     let tags = crate::api::shared::tags(model_id);
-    let found = if crate::api::shared::enabled() { crate::api::shared::open(tags) } else { None };
+    let found = if crate::api::shared::enabled() {
+        crate::api::shared::open(tags)
+    } else {
+        None
+    };
     let (served, bytes, shared) = match found {
         Some((served, bytes)) => (served, bytes, true),
         None => {

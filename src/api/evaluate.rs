@@ -4,7 +4,9 @@
 use crate::affinity::accumulator::day_of;
 use crate::api::build::{collect, knobs_json, remembered_params, train, Collected};
 use crate::api::spi_util::{args, query_rows};
-use crate::api::tuning::{baseline_objectives, cannot_tune, dense, positives_after, scorer, tune_split, CUTS};
+use crate::api::tuning::{
+    baseline_objectives, cannot_tune, dense, positives_after, scorer, tune_split, CUTS,
+};
 use crate::error::{AudienceError, OrRaise};
 use crate::model::stored::{Model, Property};
 use crate::score::hybrid::{score_from_components, HybridParams, Own};
@@ -12,7 +14,8 @@ use crate::score::metrics::{evaluate_ranking, RankingMetrics};
 use pgrx::prelude::*;
 
 fn ts(us: i64) -> TimestampWithTimeZone {
-    TimestampWithTimeZone::try_from(us).unwrap_or_else(|_| AudienceError::internal("timestamp out of range").raise())
+    TimestampWithTimeZone::try_from(us)
+        .unwrap_or_else(|_| AudienceError::internal("timestamp out of range").raise())
 }
 
 /// The whole history of the catalog (one scan), or an error when it holds no usable event.
@@ -28,13 +31,21 @@ fn scan_all(cid: i32) -> Collected {
 
 fn model_property<'a>(model: &'a Model, name: &str) -> &'a Property {
     model.property(name).unwrap_or_else(|| {
-        AudienceError::undefined(format!("property \"{}\" is not mapped", crate::error::shown(name)))
-            .detail(format!(
-                "Mapped properties are: {}.",
-                model.properties.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
-            ))
-            .hint("Map it with audience.map_property().")
-            .raise()
+        AudienceError::undefined(format!(
+            "property \"{}\" is not mapped",
+            crate::error::shown(name)
+        ))
+        .detail(format!(
+            "Mapped properties are: {}.",
+            model
+                .properties
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .hint("Map it with audience.map_property().")
+        .raise()
     })
 }
 
@@ -58,7 +69,10 @@ fn default_holdout(first: i64, last: i64, holdout: Option<Interval>) -> i64 {
             }
             if h >= last - first {
                 AudienceError::invalid("holdout must be shorter than the span of the events")
-                    .detail(format!("The events span {:.1} days.", (last - first) as f64 / 86_400e6))
+                    .detail(format!(
+                        "The events span {:.1} days.",
+                        (last - first) as f64 / 86_400e6
+                    ))
                     .raise();
             }
             h
@@ -95,7 +109,9 @@ fn evaluate(
         name!(auc, f64),
     ),
 > {
-    let Some(property) = property else { AudienceError::null("property").raise() };
+    let Some(property) = property else {
+        AudienceError::null("property").raise()
+    };
     // Arguments are checked before the (long) scan and training.
     let values: Option<Vec<String>> = values.map(crate::api::recommend::non_null_values);
     if values.as_ref().is_some_and(|v| v.is_empty()) {
@@ -108,10 +124,13 @@ fn evaluate(
     let full = scan_all(cid);
     if !full.item_values.iter().any(|(n, _)| n == property) {
         let names: Vec<&str> = full.item_values.iter().map(|(n, _)| n.as_str()).collect();
-        AudienceError::undefined(format!("property \"{}\" is not mapped", crate::error::shown(property)))
-            .detail(format!("Mapped properties are: {}.", names.join(", ")))
-            .hint("Map it with audience.map_property().")
-            .raise();
+        AudienceError::undefined(format!(
+            "property \"{}\" is not mapped",
+            crate::error::shown(property)
+        ))
+        .detail(format!("Mapped properties are: {}.", names.join(", ")))
+        .hint("Map it with audience.map_property().")
+        .raise();
     }
     let (first, last) = (full.aff.min_time_us, full.aff.max_time_us);
     let h = default_holdout(first, last, holdout);
@@ -119,12 +138,18 @@ fn evaluate(
     let cut_day = day_of(last - h);
     let train_c = full.until(cut_day);
     if train_c.aff.users.is_empty() {
-        AudienceError::not_ready("no events fall before the holdout").hint("Use a shorter holdout.").raise();
+        AudienceError::not_ready("no events fall before the holdout")
+            .hint("Use a shorter holdout.")
+            .raise();
     }
     let props = vec![property.to_string()];
     // Tuned as a build would tune (automatically, unless the catalog has explicit knobs), or
     // always with tune => true.
-    let tuned = if tune || (params.auto_tune && !params.knobs_explicit && !params.by_property.iter().any(|k| k.property == property)) {
+    let tuned = if tune
+        || (params.auto_tune
+            && !params.knobs_explicit
+            && !params.by_property.iter().any(|k| k.property == property))
+    {
         match tune_split(&train_c, h, &params, &props, true) {
             Ok(r) => Some(r),
             Err(reason) if tune => cannot_tune(&reason),
@@ -134,7 +159,12 @@ fn evaluate(
         None
     };
     let baselines: Vec<(Own, f64)> = match &tuned {
-        Some(r) => r.per_property.iter().find(|(n, _)| n == property).map(|(_, t)| t.baselines.clone()).unwrap_or_default(),
+        Some(r) => r
+            .per_property
+            .iter()
+            .find(|(n, _)| n == property)
+            .map(|(_, t)| t.baselines.clone())
+            .unwrap_or_default(),
         None => baseline_objectives(&train_c, h, property),
     };
     let params = tuned.as_ref().map(|t| t.params.clone()).unwrap_or(params);
@@ -142,7 +172,13 @@ fn evaluate(
     let decayed = baselines
         .iter()
         .filter(|(o, _)| matches!(o, Own::Weight(h) if h.is_finite()))
-        .fold((Own::Weight(30.0), f64::NEG_INFINITY), |acc, &(o, v)| if v > acc.1 { (o, v) } else { acc })
+        .fold((Own::Weight(30.0), f64::NEG_INFINITY), |acc, &(o, v)| {
+            if v > acc.1 {
+                (o, v)
+            } else {
+                acc
+            }
+        })
         .0;
     let trained = train(train_c, &params);
     let model = &trained.model;
@@ -164,17 +200,42 @@ fn evaluate(
         ("pg_audience", Some(ours)),
         // The SQL an analyst writes: summed weight, distinct days, recency-decayed weight (the
         // half-life chosen on validation), the most recent engagement, total activity.
-        ("past_engagers", Some(HybridParams::own_only(Own::Weight(f32::INFINITY)))),
-        ("past_engagers_days", Some(HybridParams::own_only(Own::Days(f32::INFINITY)))),
-        ("past_engagers_decayed", Some(HybridParams::own_only(decayed))),
+        (
+            "past_engagers",
+            Some(HybridParams::own_only(Own::Weight(f32::INFINITY))),
+        ),
+        (
+            "past_engagers_days",
+            Some(HybridParams::own_only(Own::Days(f32::INFINITY))),
+        ),
+        (
+            "past_engagers_decayed",
+            Some(HybridParams::own_only(decayed)),
+        ),
         ("most_recent", Some(HybridParams::own_only(Own::Recent))),
         ("most_active", None),
         // Summed ALS predictions x_u . Y_V, as the implicit library ranks.
-        ("als", Some(HybridParams { volume: 1.0, ..HybridParams::pure_cf(1.0, 0.0) })),
+        (
+            "als",
+            Some(HybridParams {
+                volume: 1.0,
+                ..HybridParams::pure_cf(1.0, 0.0)
+            }),
+        ),
         // Summed item-kNN similarities to the value, as the implicit library ranks.
-        ("knn", Some(HybridParams { volume: 2.0, ..HybridParams::pure_cf(1.0, 1.0) })),
+        (
+            "knn",
+            Some(HybridParams {
+                volume: 2.0,
+                ..HybridParams::pure_cf(1.0, 1.0)
+            }),
+        ),
     ];
-    let owns: Vec<Own> = methods.iter().filter_map(|(_, p)| p.map(|p| p.own)).chain([ours_cross.own]).collect();
+    let owns: Vec<Own> = methods
+        .iter()
+        .filter_map(|(_, p)| p.map(|p| p.own))
+        .chain([ours_cross.own])
+        .collect();
     let mut rows: Vec<Row> = Vec::new();
     for (v, value) in values.iter().enumerate() {
         pgrx::check_for_interrupts!();
@@ -200,7 +261,12 @@ fn evaluate(
                 } else {
                     evaluate_ranking(&scores, &positive, &|_| true, &CUTS)
                 };
-                rows.push(Row { method: name, value: value.clone(), cross_sell: cross, m });
+                rows.push(Row {
+                    method: name,
+                    value: value.clone(),
+                    cross_sell: cross,
+                    m,
+                });
             }
         }
     }
@@ -226,7 +292,10 @@ fn evaluate(
     }
     for (name, _) in methods.iter() {
         for cross in [false, true] {
-            let sel: Vec<&Row> = rows.iter().filter(|r| r.method == *name && r.cross_sell == cross && r.m.positives > 0).collect();
+            let sel: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.method == *name && r.cross_sell == cross && r.m.positives > 0)
+                .collect();
             if sel.is_empty() {
                 continue;
             }
@@ -314,22 +383,32 @@ fn tune(
         name!(objective, f64),
     ),
 > {
-    let Some(property) = property else { AudienceError::null("property").raise() };
+    let Some(property) = property else {
+        AudienceError::null("property").raise()
+    };
     // No catalog lock for the search (a build may run meanwhile); the result is merged into
     // build_settings by one UPDATE at the end, under that statement's row lock.
     let cid = catalog_id(catalog);
     let params = remembered_params(cid, serde_json::json!({}));
     let full = scan_all(cid);
     if !full.item_values.iter().any(|(n, _)| n == property) {
-        AudienceError::undefined(format!("property \"{}\" is not mapped", crate::error::shown(property)))
-            .hint("Map it with audience.map_property().")
-            .raise();
+        AudienceError::undefined(format!(
+            "property \"{}\" is not mapped",
+            crate::error::shown(property)
+        ))
+        .hint("Map it with audience.map_property().")
+        .raise();
     }
     let (first, last) = (full.aff.min_time_us, full.aff.max_time_us);
     let h = default_holdout(first, last, holdout);
     // Validate on the most recent window: train before it, validate on the rest.
-    let r = tune_split(&full, h, &params, &[property.to_string()], true).unwrap_or_else(|reason| cannot_tune(&reason));
-    let (_, t) = r.per_property.into_iter().find(|(n, _)| n == property).unwrap_or_else(|| cannot_tune("no validation engagement"));
+    let r = tune_split(&full, h, &params, &[property.to_string()], true)
+        .unwrap_or_else(|reason| cannot_tune(&reason));
+    let (_, t) = r
+        .per_property
+        .into_iter()
+        .find(|(n, _)| n == property)
+        .unwrap_or_else(|| cannot_tune("no validation engagement"));
     let p = t.params;
     let mut settings = serde_json::json!({});
     if let Some(a) = &r.params.als {
@@ -338,7 +417,8 @@ fn tune(
         settings["regularization"] = serde_json::json!(a.regularization);
         settings["alpha"] = serde_json::json!(a.alpha);
     }
-    let tuned = serde_json::json!({"params": knobs_json(&p), "cross_sell": knobs_json(&t.cross_params)});
+    let tuned =
+        serde_json::json!({"params": knobs_json(&p), "cross_sell": knobs_json(&t.cross_params)});
     // One statement reads and writes build_settings, so a build committing meanwhile loses nothing.
     let _ = query_rows(
         "UPDATE audience.catalogs c
@@ -359,7 +439,11 @@ fn tune(
         p.days_exp as f64,
         p.tenure_exp as f64,
         p.own.name().to_string(),
-        if p.own.half_life().is_finite() { Some(p.own.half_life() as f64) } else { None },
+        if p.own.half_life().is_finite() {
+            Some(p.own.half_life() as f64)
+        } else {
+            None
+        },
         t.objective,
     ))
 }

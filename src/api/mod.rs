@@ -6,5 +6,5 @@ pub mod progress;
 pub mod recommend;
 pub mod shared;
 pub mod spi_util;
-pub mod tuning;
 mod tests;
+pub mod tuning;

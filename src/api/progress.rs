@@ -28,7 +28,9 @@ thread_local! {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn dir() -> PathBuf {
@@ -40,10 +42,15 @@ fn write(s: &State) {
     let path = d.join(s.pid.to_string());
     let tmp = d.join(format!("{}.tmp", s.pid));
     let ok = std::fs::create_dir_all(&d).is_ok()
-        && serde_json::to_vec(s).ok().is_some_and(|b| std::fs::write(&tmp, b).is_ok())
+        && serde_json::to_vec(s)
+            .ok()
+            .is_some_and(|b| std::fs::write(&tmp, b).is_ok())
         && std::fs::rename(&tmp, &path).is_ok();
     if !ok {
-        pgrx::debug1!("pg_audience: could not record build progress in {}", d.display());
+        pgrx::debug1!(
+            "pg_audience: could not record build progress in {}",
+            d.display()
+        );
     }
 }
 
@@ -65,7 +72,15 @@ pub fn begin(catalog: &str) -> Guard {
     // SAFETY: plain reads of backend globals set at connection start.
     let (pid, role) = unsafe { (pg_sys::MyProcPid, pg_sys::GetUserId().to_u32()) };
     let t = now_ms();
-    let s = State { pid, role, catalog: catalog.to_string(), phase: "scan".into(), detail: String::new(), started_ms: t, phase_started_ms: t };
+    let s = State {
+        pid,
+        role,
+        catalog: catalog.to_string(),
+        phase: "scan".into(),
+        detail: String::new(),
+        started_ms: t,
+        phase_started_ms: t,
+    };
     write(&s);
     CURRENT.with(|c| *c.borrow_mut() = Some(s));
     Guard(())
@@ -77,7 +92,9 @@ pub fn phase(phase: &str, detail: impl Into<String>) {
     CURRENT.with(|c| {
         if let Some(s) = c.borrow_mut().as_mut() {
             if s.phase == "tune" && matches!(phase, "scan" | "products" | "als" | "knn") {
-                s.detail = format!("validation model: {phase} {}", detail.into()).trim_end().to_string();
+                s.detail = format!("validation model: {phase} {}", detail.into())
+                    .trim_end()
+                    .to_string();
             } else {
                 s.phase = phase.to_string();
                 s.detail = detail.into();
@@ -91,12 +108,22 @@ pub fn phase(phase: &str, detail: impl Into<String>) {
 /// Reports the end of a phase as a NOTICE (filtered by `client_min_messages` as usual).
 /// Nothing when no build is running in this backend (tune and evaluate train models too).
 pub fn finished(what: impl std::fmt::Display, seconds: f64) {
-    if let Some((catalog, phase)) = CURRENT.with(|c| c.borrow().as_ref().map(|s| (s.catalog.clone(), s.phase.clone()))) {
-        let within = if phase == "tune" { "automatic tuning: " } else { "" };
-        pgrx::notice!("build of \"{}\": {within}{what} in {seconds:.1} s", crate::error::shown(&catalog));
+    if let Some((catalog, phase)) = CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .map(|s| (s.catalog.clone(), s.phase.clone()))
+    }) {
+        let within = if phase == "tune" {
+            "automatic tuning: "
+        } else {
+            ""
+        };
+        pgrx::notice!(
+            "build of \"{}\": {within}{what} in {seconds:.1} s",
+            crate::error::shown(&catalog)
+        );
     }
 }
-
 
 /// The builds running now, one row each, with their phase: `scan` (reading the events),
 /// `products` (item properties), `tune` (automatic tuning), `als`, `knn` (training), `store`
@@ -116,12 +143,23 @@ fn build_progress() -> TableIterator<
         name!(seconds, f64),
     ),
 > {
-    let running: Vec<i32> = query_rows("SELECT a.pid FROM pg_catalog.pg_stat_activity a", &[], |r| r.get::<i32>(1).ok().flatten()).into_iter().flatten().collect();
+    let running: Vec<i32> = query_rows(
+        "SELECT a.pid FROM pg_catalog.pg_stat_activity a",
+        &[],
+        |r| r.get::<i32>(1).ok().flatten(),
+    )
+    .into_iter()
+    .flatten()
+    .collect();
     let mut states: Vec<State> = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir()) {
         for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-            let state = std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice::<State>(&b).ok());
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let state = std::fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<State>(&b).ok());
             match state {
                 Some(s) if running.contains(&pid) && s.pid == pid => states.push(s),
                 // The backend is gone (a crash skips the cleanup), or the file is not ours.

@@ -13,7 +13,9 @@ use pgrx::prelude::*;
 
 /// The property of the model, or an error that says whether it is unmapped or just unbuilt.
 pub fn model_property<'a>(l: &'a Loaded, name: Option<&str>) -> &'a ServedProperty {
-    let Some(name) = name else { AudienceError::null("property").raise() };
+    let Some(name) = name else {
+        AudienceError::null("property").raise()
+    };
     if let Some(p) = l.model.property(name) {
         return p;
     }
@@ -29,10 +31,14 @@ pub fn model_property<'a>(l: &'a Loaded, name: Option<&str>) -> &'a ServedProper
         format!("Mapped properties are: {}.", known.join(", "))
     };
     if !mapped_now.is_empty() {
-        AudienceError::undefined(format!("property \"{}\" is not in the model of catalog \"{}\"", shown(name), shown(&l.catalog)))
-            .detail(format!("It was mapped after the last build. {detail}"))
-            .hint("Rebuild the model with audience.build().")
-            .raise()
+        AudienceError::undefined(format!(
+            "property \"{}\" is not in the model of catalog \"{}\"",
+            shown(name),
+            shown(&l.catalog)
+        ))
+        .detail(format!("It was mapped after the last build. {detail}"))
+        .hint("Rebuild the model with audience.build().")
+        .raise()
     }
     AudienceError::undefined(format!("property \"{}\" is not mapped", shown(name)))
         .detail(detail)
@@ -46,9 +52,12 @@ pub fn non_null_values(values: Vec<Option<String>>) -> Vec<String> {
         .into_iter()
         .map(|v| {
             v.unwrap_or_else(|| {
-                AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "values cannot contain NULL")
-                    .hint("Leave the NULL out of the array.")
-                    .raise()
+                AudienceError::new(
+                    pgrx::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                    "values cannot contain NULL",
+                )
+                .hint("Leave the NULL out of the array.")
+                .raise()
             })
         })
         .collect()
@@ -76,11 +85,18 @@ pub fn rank(req: &Request, l: &Loaded) -> Vec<(u32, f32)> {
 /// array or a NULL element is).
 pub fn items_of(l: &Loaded, ids: Vec<Option<String>>) -> (Vec<u32>, usize) {
     if ids.iter().any(|i| i.is_none()) {
-        AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "items cannot contain NULL").hint("Leave the NULL out of the array.").raise();
+        AudienceError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "items cannot contain NULL",
+        )
+        .hint("Leave the NULL out of the array.")
+        .raise();
     }
     let ids: Vec<String> = ids.into_iter().flatten().collect();
     if ids.is_empty() {
-        AudienceError::invalid("items cannot be empty").hint("Pass at least one product id, e.g. ARRAY['SKU-1'].").raise();
+        AudienceError::invalid("items cannot be empty")
+            .hint("Pass at least one product id, e.g. ARRAY['SKU-1'].")
+            .raise();
     }
     let mut wanted: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
     wanted.sort_unstable();
@@ -96,7 +112,11 @@ pub fn items_of(l: &Loaded, ids: Vec<Option<String>>) -> (Vec<u32>, usize) {
 
 /// [`rank`], for `items` (model item indexes) instead of the request's property values when
 /// given; also returns, per returned user, whether they engaged with the items before.
-pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> (Vec<(u32, f32)>, Vec<bool>) {
+pub fn rank_target(
+    req: &Request,
+    l: &Loaded,
+    items: Option<&[u32]>,
+) -> (Vec<(u32, f32)>, Vec<bool>) {
     let max_pct = match req.max_pct {
         None => AudienceError::null("max_pct").raise(),
         Some(p) if p > 0.0 && p <= 100.0 => p,
@@ -107,7 +127,9 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> (Vec<(u3
     };
     if let Some(m) = req.max_users {
         if m < 0 {
-            AudienceError::invalid("max_users cannot be negative").detail(format!("The value given was {m}.")).raise();
+            AudienceError::invalid("max_users cannot be negative")
+                .detail(format!("The value given was {m}."))
+                .raise();
         }
     }
     if let Some(s) = req.min_score {
@@ -126,7 +148,9 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> (Vec<(u3
         None => {
             let prop = model_property(l, req.property);
             if req.values.is_empty() {
-                AudienceError::invalid("at least one value must be given").hint("Pass a value such as 'Nike', or an array of values.").raise();
+                AudienceError::invalid("at least one value must be given")
+                    .hint("Pass a value such as 'Nike', or an array of values.")
+                    .raise();
             }
             let wanted: Vec<&str> = req.values.iter().map(|s| s.as_str()).collect();
             let items = prop.items_for(&wanted);
@@ -134,7 +158,11 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> (Vec<(u3
                 pgrx::notice!(
                     "no item in the model has {} {}; the audience is empty",
                     prop.name,
-                    if wanted.len() == 1 { format!("\"{}\"", shown(wanted[0])) } else { format!("in ({})", shown(&wanted.join(", "))) }
+                    if wanted.len() == 1 {
+                        format!("\"{}\"", shown(wanted[0]))
+                    } else {
+                        format!("in ({})", shown(&wanted.join(", ")))
+                    }
                 );
                 return (Vec::new(), Vec::new());
             }
@@ -153,7 +181,11 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> (Vec<(u3
         Some(p) => l.model.knobs_for(p),
         None => (&l.model.params, &l.model.cross_params),
     };
-    let knobs = if req.exclude_engaged.unwrap_or(false) { cross_knobs } else { all_knobs };
+    let knobs = if req.exclude_engaged.unwrap_or(false) {
+        cross_knobs
+    } else {
+        all_knobs
+    };
     // One pass over the affinity matrix gives both the scores and who already engaged (e_u > 0).
     let t0 = std::time::Instant::now();
     let c = l.scorer.components_with(&items, &[knobs.own]);
@@ -176,7 +208,13 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> (Vec<(u3
                         .raise();
                 }
                 let since_us = now_micros().saturating_sub(lb);
-                engaged_since(l, &items, since_us.div_euclid(60_000_000).clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+                engaged_since(
+                    l,
+                    &items,
+                    since_us
+                        .div_euclid(60_000_000)
+                        .clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+                )
             }
         })
     } else {
@@ -197,9 +235,9 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> (Vec<(u3
 }
 
 fn now_micros() -> i64 {
-    let ts: TimestampWithTimeZone = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }.try_into().unwrap_or_else(|_| {
-        AudienceError::internal("no transaction timestamp").raise()
-    });
+    let ts: TimestampWithTimeZone = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
+        .try_into()
+        .unwrap_or_else(|_| AudienceError::internal("no transaction timestamp").raise());
     ts.into()
 }
 
@@ -224,7 +262,14 @@ fn rows(l: &Loaded, ranked: Vec<(u32, f32)>) -> Vec<(String, f64, i64, f64)> {
     ranked
         .into_iter()
         .enumerate()
-        .map(|(r, (u, s))| (l.model.users.get(u as usize).to_string(), s as f64, r as i64 + 1, 100.0 * (r as f64 + 1.0) / n))
+        .map(|(r, (u, s))| {
+            (
+                l.model.users.get(u as usize).to_string(),
+                s as f64,
+                r as i64 + 1,
+                100.0 * (r as f64 + 1.0) / n,
+            )
+        })
         .collect()
 }
 
@@ -242,8 +287,18 @@ fn recommend_audience(
     min_score: default!(Option<f64>, "NULL"),
     exclude_engaged: default!(Option<bool>, "false"),
     lookback: default!(Option<Interval>, "NULL"),
-) -> TableIterator<'static, (name!(user_id, String), name!(score, f64), name!(rank, i64), name!(percentile, f64))> {
-    let Some(value) = value else { AudienceError::null("value").raise() };
+) -> TableIterator<
+    'static,
+    (
+        name!(user_id, String),
+        name!(score, f64),
+        name!(rank, i64),
+        name!(percentile, f64),
+    ),
+> {
+    let Some(value) = value else {
+        AudienceError::null("value").raise()
+    };
     let req = Request {
         property,
         values: vec![value.to_string()],
@@ -258,7 +313,17 @@ fn recommend_audience(
 }
 
 /// Ranks and returns the rows; with `client_min_messages = debug1`, reports where the time went.
-fn serve(req: &Request) -> TableIterator<'static, (name!(user_id, String), name!(score, f64), name!(rank, i64), name!(percentile, f64))> {
+fn serve(
+    req: &Request,
+) -> TableIterator<
+    'static,
+    (
+        name!(user_id, String),
+        name!(score, f64),
+        name!(rank, i64),
+        name!(percentile, f64),
+    ),
+> {
     serve_target(req, None)
 }
 
@@ -278,7 +343,15 @@ fn known_items(l: &Loaded, ids: Vec<Option<String>>) -> Vec<u32> {
 fn serve_target(
     req: &Request,
     items: Option<Vec<Option<String>>>,
-) -> TableIterator<'static, (name!(user_id, String), name!(score, f64), name!(rank, i64), name!(percentile, f64))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(user_id, String),
+        name!(score, f64),
+        name!(rank, i64),
+        name!(percentile, f64),
+    ),
+> {
     let t0 = std::time::Instant::now();
     let l = active(req.catalog);
     let t1 = std::time::Instant::now();
@@ -311,8 +384,18 @@ fn recommend_audience_values(
     min_score: default!(Option<f64>, "NULL"),
     exclude_engaged: default!(Option<bool>, "false"),
     lookback: default!(Option<Interval>, "NULL"),
-) -> TableIterator<'static, (name!(user_id, String), name!(score, f64), name!(rank, i64), name!(percentile, f64))> {
-    let Some(values) = value else { AudienceError::null("value").raise() };
+) -> TableIterator<
+    'static,
+    (
+        name!(user_id, String),
+        name!(score, f64),
+        name!(rank, i64),
+        name!(percentile, f64),
+    ),
+> {
+    let Some(values) = value else {
+        AudienceError::null("value").raise()
+    };
     let req = Request {
         property,
         values: non_null_values(values),
@@ -339,9 +422,28 @@ fn recommend_audience_items(
     min_score: default!(Option<f64>, "NULL"),
     exclude_engaged: default!(Option<bool>, "false"),
     lookback: default!(Option<Interval>, "NULL"),
-) -> TableIterator<'static, (name!(user_id, String), name!(score, f64), name!(rank, i64), name!(percentile, f64))> {
-    let Some(items) = items else { AudienceError::null("items").raise() };
-    let req = Request { property: None, values: Vec::new(), max_pct, catalog, max_users, min_score, exclude_engaged, lookback };
+) -> TableIterator<
+    'static,
+    (
+        name!(user_id, String),
+        name!(score, f64),
+        name!(rank, i64),
+        name!(percentile, f64),
+    ),
+> {
+    let Some(items) = items else {
+        AudienceError::null("items").raise()
+    };
+    let req = Request {
+        property: None,
+        values: Vec::new(),
+        max_pct,
+        catalog,
+        max_users,
+        min_score,
+        exclude_engaged,
+        lookback,
+    };
     serve_target(&req, Some(items))
 }
 
@@ -350,29 +452,64 @@ type SizeRow = (f64, i64, Option<f64>, i64);
 
 /// The size of an audience at several cuts, without returning its users: per percentage, the
 /// users it would hold, the lowest score among them and how many engaged with the value before.
-fn sizes(l: &Loaded, req: &Request, items: Option<&[u32]>, pcts: Option<Vec<Option<f64>>>) -> Vec<SizeRow> {
-    let Some(pcts) = pcts else { AudienceError::null("pcts").raise() };
+fn sizes(
+    l: &Loaded,
+    req: &Request,
+    items: Option<&[u32]>,
+    pcts: Option<Vec<Option<f64>>>,
+) -> Vec<SizeRow> {
+    let Some(pcts) = pcts else {
+        AudienceError::null("pcts").raise()
+    };
     if pcts.is_empty() {
-        AudienceError::invalid("pcts cannot be empty").hint("Pass the cuts to size, e.g. ARRAY[1, 5, 10, 20].").raise();
+        AudienceError::invalid("pcts cannot be empty")
+            .hint("Pass the cuts to size, e.g. ARRAY[1, 5, 10, 20].")
+            .raise();
     }
     let pcts: Vec<f64> = pcts
         .into_iter()
         .map(|p| match p {
-            None => AudienceError::new(pgrx::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "pcts cannot contain NULL").hint("Leave the NULL out of the array.").raise(),
+            None => AudienceError::new(
+                pgrx::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                "pcts cannot contain NULL",
+            )
+            .hint("Leave the NULL out of the array.")
+            .raise(),
             Some(p) if p > 0.0 && p <= 100.0 => p,
-            Some(p) => AudienceError::invalid("each of pcts must be greater than 0 and at most 100").detail(format!("The value given was {p}.")).raise(),
+            Some(p) => {
+                AudienceError::invalid("each of pcts must be greater than 0 and at most 100")
+                    .detail(format!("The value given was {p}."))
+                    .raise()
+            }
         })
         .collect();
     let widest = pcts.iter().cloned().fold(0.0f64, f64::max);
-    let req = Request { max_pct: Some(widest), ..req.clone() };
+    let req = Request {
+        max_pct: Some(widest),
+        ..req.clone()
+    };
     let (ranked, engaged) = rank_target(&req, l, items);
     let n_users = l.model.users.len();
     pcts.into_iter()
         .map(|p| {
-            let k = (((p / 100.0) * n_users as f64).floor() as usize).max(1).min(n_users);
-            let k = req.max_users.map_or(k, |m| k.min(m as usize)).min(ranked.len());
-            let min_score = if k > 0 { Some(ranked[k - 1].1 as f64) } else { None };
-            (p, k as i64, min_score, engaged[..k].iter().filter(|&&e| e).count() as i64)
+            let k = (((p / 100.0) * n_users as f64).floor() as usize)
+                .max(1)
+                .min(n_users);
+            let k = req
+                .max_users
+                .map_or(k, |m| k.min(m as usize))
+                .min(ranked.len());
+            let min_score = if k > 0 {
+                Some(ranked[k - 1].1 as f64)
+            } else {
+                None
+            };
+            (
+                p,
+                k as i64,
+                min_score,
+                engaged[..k].iter().filter(|&&e| e).count() as i64,
+            )
         })
         .collect()
 }
@@ -385,9 +522,28 @@ fn audience_size(
     pcts: default!(Option<Vec<Option<f64>>>, "'{1,5,10,20}'"),
     catalog: default!(Option<&str>, "NULL"),
     exclude_engaged: default!(Option<bool>, "false"),
-) -> TableIterator<'static, (name!(pct, f64), name!(users, i64), name!(min_score, Option<f64>), name!(engaged_before, i64))> {
-    let Some(value) = value else { AudienceError::null("value").raise() };
-    let req = Request { property, values: vec![value.to_string()], max_pct: None, catalog, max_users: None, min_score: None, exclude_engaged, lookback: None };
+) -> TableIterator<
+    'static,
+    (
+        name!(pct, f64),
+        name!(users, i64),
+        name!(min_score, Option<f64>),
+        name!(engaged_before, i64),
+    ),
+> {
+    let Some(value) = value else {
+        AudienceError::null("value").raise()
+    };
+    let req = Request {
+        property,
+        values: vec![value.to_string()],
+        max_pct: None,
+        catalog,
+        max_users: None,
+        min_score: None,
+        exclude_engaged,
+        lookback: None,
+    };
     let l = active(catalog);
     TableIterator::new(sizes(&l, &req, None, pcts))
 }
@@ -399,9 +555,28 @@ fn audience_size_items(
     pcts: default!(Option<Vec<Option<f64>>>, "'{1,5,10,20}'"),
     catalog: default!(Option<&str>, "NULL"),
     exclude_engaged: default!(Option<bool>, "false"),
-) -> TableIterator<'static, (name!(pct, f64), name!(users, i64), name!(min_score, Option<f64>), name!(engaged_before, i64))> {
-    let Some(items) = items else { AudienceError::null("items").raise() };
-    let req = Request { property: None, values: Vec::new(), max_pct: None, catalog, max_users: None, min_score: None, exclude_engaged, lookback: None };
+) -> TableIterator<
+    'static,
+    (
+        name!(pct, f64),
+        name!(users, i64),
+        name!(min_score, Option<f64>),
+        name!(engaged_before, i64),
+    ),
+> {
+    let Some(items) = items else {
+        AudienceError::null("items").raise()
+    };
+    let req = Request {
+        property: None,
+        values: Vec::new(),
+        max_pct: None,
+        catalog,
+        max_users: None,
+        min_score: None,
+        exclude_engaged,
+        lookback: None,
+    };
     let l = active(catalog);
     let items = known_items(&l, items);
     TableIterator::new(sizes(&l, &req, Some(&items), pcts))
@@ -410,13 +585,22 @@ fn audience_size_items(
 /// The ids of the items having any of the property values in the catalog's active model (for
 /// audience.control_uplift, which looks for engagement with them in the event sources).
 #[pg_extern(stable, parallel_restricted, name = "_value_items")]
-fn value_items(catalog: Option<&str>, property: Option<&str>, values: Option<Vec<Option<String>>>) -> Vec<String> {
-    let Some(values) = values else { AudienceError::null("values").raise() };
+fn value_items(
+    catalog: Option<&str>,
+    property: Option<&str>,
+    values: Option<Vec<Option<String>>>,
+) -> Vec<String> {
+    let Some(values) = values else {
+        AudienceError::null("values").raise()
+    };
     let values = non_null_values(values);
     let l = active(catalog);
     let prop = model_property(&l, property);
     let wanted: Vec<&str> = values.iter().map(|s| s.as_str()).collect();
-    prop.items_for(&wanted).into_iter().map(|i| l.model.items.get(i as usize).to_string()).collect()
+    prop.items_for(&wanted)
+        .into_iter()
+        .map(|i| l.model.items.get(i as usize).to_string())
+        .collect()
 }
 
 /// The items of a user's history that contributed most to their score for a value.
@@ -430,10 +614,19 @@ fn explain(
     max_items: default!(i32, 10),
 ) -> TableIterator<
     'static,
-    (name!(item_id, String), name!(contribution, f64), name!(reason, String), name!(share, f64)),
+    (
+        name!(item_id, String),
+        name!(contribution, f64),
+        name!(reason, String),
+        name!(share, f64),
+    ),
 > {
-    let Some(user_id) = user_id else { AudienceError::null("user_id").raise() };
-    let Some(value) = value else { AudienceError::null("value").raise() };
+    let Some(user_id) = user_id else {
+        AudienceError::null("user_id").raise()
+    };
+    let Some(value) = value else {
+        AudienceError::null("value").raise()
+    };
     if max_items < 1 {
         AudienceError::invalid("max_items must be at least 1").raise();
     }
@@ -446,7 +639,11 @@ fn explain(
     };
     let items = prop.items_for(&[value]);
     if items.is_empty() {
-        pgrx::notice!("no item in the model has {} \"{}\"", prop.name, shown(value));
+        pgrx::notice!(
+            "no item in the model has {} \"{}\"",
+            prop.name,
+            shown(value)
+        );
         return TableIterator::new(Vec::new());
     }
     let contributions = l.scorer.explain(u as u32, &items, max_items as usize);
@@ -454,8 +651,17 @@ fn explain(
     let out: Vec<(String, f64, String, f64)> = contributions
         .into_iter()
         .map(|(i, c)| {
-            let reason = if items.binary_search(&i).is_ok() { "engaged with the value" } else { "similar to items with the value" };
-            (l.model.items.get(i as usize).to_string(), c as f64, reason.to_string(), if total > 0.0 { (c / total) as f64 } else { 0.0 })
+            let reason = if items.binary_search(&i).is_ok() {
+                "engaged with the value"
+            } else {
+                "similar to items with the value"
+            };
+            (
+                l.model.items.get(i as usize).to_string(),
+                c as f64,
+                reason.to_string(),
+                if total > 0.0 { (c / total) as f64 } else { 0.0 },
+            )
         })
         .collect();
     TableIterator::new(out)

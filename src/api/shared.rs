@@ -46,9 +46,11 @@ fn db_dir() -> PathBuf {
 
 /// `[oid of audience.models, model_id]`: what an image file is named after and checked against.
 pub fn tags(model_id: i64) -> [u64; 2] {
-    let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'audience.models'::pg_catalog.regclass::pg_catalog.oid")
-        .or_raise("locating the model table")
-        .map_or(0, |o| o.to_u32());
+    let oid = Spi::get_one::<pg_sys::Oid>(
+        "SELECT 'audience.models'::pg_catalog.regclass::pg_catalog.oid",
+    )
+    .or_raise("locating the model table")
+    .map_or(0, |o| o.to_u32());
     [oid as u64, model_id as u64]
 }
 
@@ -75,7 +77,10 @@ pub fn open(tags: [u64; 2]) -> Option<(Served, usize)> {
     match read_image(map, tags) {
         Ok(s) => Some((s, len)),
         Err(e) => {
-            pgrx::log!("pg_audience: removing unusable model image {}: {e}", path.display());
+            pgrx::log!(
+                "pg_audience: removing unusable model image {}: {e}",
+                path.display()
+            );
             let _ = std::fs::remove_file(&path);
             None
         }
@@ -92,10 +97,17 @@ impl Write for Words {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         let end = self.len + b.len();
         if end > self.words.len() * 8 {
-            self.words.resize(end.div_ceil(8).max(self.words.len() * 2), 0);
+            self.words
+                .resize(end.div_ceil(8).max(self.words.len() * 2), 0);
         }
         // SAFETY: the buffer holds at least `end` bytes after the resize above.
-        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), (self.words.as_mut_ptr() as *mut u8).add(self.len), b.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                b.as_ptr(),
+                (self.words.as_mut_ptr() as *mut u8).add(self.len),
+                b.len(),
+            )
+        };
         self.len = end;
         Ok(b.len())
     }
@@ -104,13 +116,28 @@ impl Write for Words {
     }
 }
 
-fn write_to_file(path: &Path, tags: [u64; 2], model: &Model, parts: &crate::score::hybrid::ScorerParts) -> std::io::Result<()> {
+fn write_to_file(
+    path: &Path,
+    tags: [u64; 2],
+    model: &Model,
+    parts: &crate::score::hybrid::ScorerParts,
+) -> std::io::Result<()> {
     let dir = path.parent().expect("image files live in a directory");
     std::fs::create_dir_all(dir)?;
     // Removes the partial file on an error and when a cancel unwinds out of the writer.
     let mut partial = RemoveOnDrop(Some(path));
-    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, Interruptible { inner: file, unchecked: 0 });
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let mut w = std::io::BufWriter::with_capacity(
+        1 << 20,
+        Interruptible {
+            inner: file,
+            unchecked: 0,
+        },
+    );
     write_image(&mut w, tags, model, parts)?;
     let file = w.into_inner().map_err(|e| e.into_error())?.inner;
     file.sync_all()?;
@@ -189,11 +216,18 @@ pub fn publish(model: &Model, tags: [u64; 2]) -> (Served, usize, bool) {
             }
         }
     }
-    let mut w = Words { words: Vec::new(), len: 0 };
-    write_image(&mut w, tags, model, &parts).unwrap_or_else(|e| AudienceError::internal(format!("building the model image in memory: {e}")).raise());
+    let mut w = Words {
+        words: Vec::new(),
+        len: 0,
+    };
+    write_image(&mut w, tags, model, &parts).unwrap_or_else(|e| {
+        AudienceError::internal(format!("building the model image in memory: {e}")).raise()
+    });
     let map = Arc::new(Mapping::of_words(w.words, w.len));
     let len = map.bytes().len();
-    let served = read_image(map, tags).unwrap_or_else(|e| AudienceError::internal(format!("reading the model image back: {e}")).raise());
+    let served = read_image(map, tags).unwrap_or_else(|e| {
+        AudienceError::internal(format!("reading the model image back: {e}")).raise()
+    });
     (served, len, false)
 }
 
@@ -223,13 +257,19 @@ pub fn stage_for_build(model: &Model, model_id: i64, replaced: Vec<i64>) {
     let (tmp, path) = (tmp_path(tags), path_of(tags));
     let t0 = std::time::Instant::now();
     let parts = parts_of(model);
-    pgrx::debug1!("audience: serving image parts of model {model_id} in {:.2} s", t0.elapsed().as_secs_f64());
+    pgrx::debug1!(
+        "audience: serving image parts of model {model_id} in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
     if let Err(e) = write_to_file(&tmp, tags, model, &parts) {
         pgrx::debug1!("pg_audience: the build could not write the image of model {model_id}: {e}");
         return;
     }
     sweep(tags, true);
-    let old: Vec<PathBuf> = replaced.into_iter().map(|id| path_of([tags[0], id as u64])).collect();
+    let old: Vec<PathBuf> = replaced
+        .into_iter()
+        .map(|id| path_of([tags[0], id as u64]))
+        .collect();
     let (tmp_abort, dir) = (tmp.clone(), db_dir());
     // Post-commit and post-abort callbacks must not fail: plain file operations, errors ignored.
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
@@ -251,16 +291,33 @@ pub fn stage_for_build(model: &Model, model_id: i64, replaced: Vec<i64>) {
 /// statement's snapshot yet) is kept, and its oid of `audience.models` is the current one. A build
 /// passes `other_installs_only` (models committed by concurrent builds are not visible to it).
 pub fn sweep(keep: [u64; 2], other_installs_only: bool) {
-    let live: Vec<i64> = query_rows("SELECT m.model_id FROM audience.models m", &[], |r| r.get::<i64>(1).ok().flatten()).into_iter().flatten().collect();
-    let Ok(entries) = std::fs::read_dir(db_dir()) else { return };
+    let live: Vec<i64> = query_rows("SELECT m.model_id FROM audience.models m", &[], |r| {
+        r.get::<i64>(1).ok().flatten()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    let Ok(entries) = std::fs::read_dir(db_dir()) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let remove = if let Some((_, _pid)) = name.split_once(".img.tmp.") {
-            entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age.as_secs() > STALE_TMP_SECS)
+            entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > STALE_TMP_SECS)
         } else if let Some(stem) = name.strip_suffix(".img") {
-            match stem.split_once('_').and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))) {
+            match stem
+                .split_once('_')
+                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+            {
                 Some((oid, id)) if [oid, id] == keep => false,
-                Some((oid, id)) => oid != keep[0] || (!other_installs_only && !live.contains(&(id as i64))),
+                Some((oid, id)) => {
+                    oid != keep[0] || (!other_installs_only && !live.contains(&(id as i64)))
+                }
                 None => false,
             }
         } else {
@@ -270,13 +327,19 @@ pub fn sweep(keep: [u64; 2], other_installs_only: bool) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    let dbs: Vec<u32> = query_rows("SELECT d.oid FROM pg_catalog.pg_database d", &[], |r| r.get::<pg_sys::Oid>(1).ok().flatten().map(|o| o.to_u32()))
-        .into_iter()
-        .flatten()
-        .collect();
+    let dbs: Vec<u32> = query_rows("SELECT d.oid FROM pg_catalog.pg_database d", &[], |r| {
+        r.get::<pg_sys::Oid>(1).ok().flatten().map(|o| o.to_u32())
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     if let Ok(entries) = std::fs::read_dir(root()) {
         for entry in entries.flatten() {
-            if let Some(oid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+            if let Some(oid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            {
                 if !dbs.contains(&oid) {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }

@@ -11,7 +11,11 @@ macro_rules! args {
 pub(crate) use args;
 
 /// Runs a read-only query and maps each row.
-pub fn query_rows<T>(query: &str, args: &[DatumWithOid], f: impl Fn(&SpiHeapTupleData) -> T) -> Vec<T> {
+pub fn query_rows<T>(
+    query: &str,
+    args: &[DatumWithOid],
+    f: impl Fn(&SpiHeapTupleData) -> T,
+) -> Vec<T> {
     Spi::connect(|client| {
         let table = client.select(query, None, args).or_raise("query");
         table.map(|row| f(&row)).collect()

@@ -41,7 +41,8 @@ mod tests {
     /// Multi-valued properties: array columns, delimited strings and JSON arrays.
     #[pg_test]
     fn multi_valued_properties_split() {
-        run(r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, props jsonb, tags text[], genres text);
+        run(
+            r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, props jsonb, tags text[], genres text);
                INSERT INTO ev VALUES
                  (1, 'm1', '2024-01-01', '{"cast": ["Ann", "Bob"]}', '{red,blue}', 'Action|Comedy'),
                  (2, 'm2', '2024-01-02', '{"cast": "Cid"}', '{blue}', 'Drama');
@@ -50,20 +51,24 @@ mod tests {
                SELECT audience.map_property('m', 'cast', json_key => 'cast', json_column => 'props');
                SELECT audience.map_property('m', 'tag', column_name => 'tags');
                SELECT audience.map_property('m', 'genre', column_name => 'genres', delimiter => '|');
-               SELECT audience.build('m', factors => 2, neighbours => 2);"#);
+               SELECT audience.build('m', factors => 2, neighbours => 2);"#,
+        );
         assert_eq!(values("cast"), vec!["Ann", "Bob", "Cid"]);
         assert_eq!(values("tag"), vec!["blue", "red"]);
         assert_eq!(values("genre"), vec!["Action", "Comedy", "Drama"]);
-        let users = Spi::get_one::<i64>("SELECT users FROM audience.catalog_values WHERE property = 'tag' AND value = 'blue'")
-            .unwrap()
-            .unwrap();
+        let users = Spi::get_one::<i64>(
+            "SELECT users FROM audience.catalog_values WHERE property = 'tag' AND value = 'blue'",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(users, 2);
     }
 
     /// Conflicting values for one item: the most recent event wins; a products table wins over events.
     #[pg_test]
     fn most_recent_event_wins_and_products_table_overrides() {
-        run(r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, brand text, cat text);
+        run(
+            r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, brand text, cat text);
                INSERT INTO ev VALUES (1, 'p', '2024-01-01', 'Old', 'c1'), (2, 'p', '2024-02-01', 'New', 'c2'), (3, 'p', '2024-01-15', 'Mid', 'c3');
                CREATE TABLE products (product_id text, cat text);
                INSERT INTO products VALUES ('p', 'catalogued');
@@ -72,7 +77,8 @@ mod tests {
                SELECT audience.map_property('w', 'brand', column_name => 'brand');
                SELECT audience.map_property('w', 'cat', column_name => 'cat');
                SELECT audience.map_property('w', 'cat', column_name => 'cat', products => 'products');
-               SELECT audience.build('w', factors => 2, neighbours => 2);"#);
+               SELECT audience.build('w', factors => 2, neighbours => 2);"#,
+        );
         assert_eq!(values("brand"), vec!["New"]);
         assert_eq!(values("cat"), vec!["catalogued"]);
     }
@@ -80,7 +86,8 @@ mod tests {
     /// A source whose events carry no property mapping, read in the same scan as one that does.
     #[pg_test]
     fn sources_with_and_without_mappings_mix() {
-        run(r#"CREATE TABLE views (user_id int, product_id text, "timestamp" timestamptz);
+        run(
+            r#"CREATE TABLE views (user_id int, product_id text, "timestamp" timestamptz);
                CREATE TABLE orders (user_id int, product_id text, "timestamp" timestamptz, brand text);
                INSERT INTO views SELECT g, 'p' || (g % 5), '2024-01-01' FROM generate_series(1, 50) g;
                INSERT INTO orders VALUES (1, 'p1', '2024-01-02', 'B1'), (2, 'p2', '2024-01-02', 'B2');
@@ -88,36 +95,47 @@ mod tests {
                SELECT audience.add_event('mix', 'views', 'product_id');
                SELECT audience.add_event('mix', 'orders', 'product_id', weight => 5);
                SELECT audience.map_property('mix', 'brand', column_name => 'brand', event => 'orders');
-               SELECT audience.build('mix', factors => 2, neighbours => 2);"#);
+               SELECT audience.build('mix', factors => 2, neighbours => 2);"#,
+        );
         assert_eq!(values("brand"), vec!["B1", "B2"]);
     }
 
     /// Ids of any scalar type come out as text; NULL ids and times are skipped, not errors.
     #[pg_test]
     fn id_types_and_null_rows() {
-        run(r#"CREATE TABLE ev (user_id uuid, product_id bigint, ts bigint);
+        run(
+            r#"CREATE TABLE ev (user_id uuid, product_id bigint, ts bigint);
                INSERT INTO ev VALUES ('00000000-0000-0000-0000-000000000001', 10, 1700000000),
                                      ('00000000-0000-0000-0000-000000000002', 10, 1700000100),
                                      (NULL, 10, 1700000000), ('00000000-0000-0000-0000-000000000003', NULL, 1700000000),
                                      ('00000000-0000-0000-0000-000000000004', 11, NULL);
                SELECT audience.create_catalog('ids');
-               SELECT audience.add_event('ids', 'ev', 'product_id', event_time => 'ts');"#);
-        let (rows, users) = Spi::get_two::<i64, i64>("SELECT rows_read, users FROM audience.build('ids', factors => 2, neighbours => 2)").unwrap();
+               SELECT audience.add_event('ids', 'ev', 'product_id', event_time => 'ts');"#,
+        );
+        let (rows, users) = Spi::get_two::<i64, i64>(
+            "SELECT rows_read, users FROM audience.build('ids', factors => 2, neighbours => 2)",
+        )
+        .unwrap();
         assert_eq!((rows, users), (Some(2), Some(2)));
     }
 
     /// Event types of one tracks table are read in one scan and keep their own weights.
     #[pg_test]
     fn event_types_of_one_table_keep_their_weights() {
-        run(r#"CREATE TABLE tracks (user_id int, event text, product_id text, "timestamp" timestamptz, brand text);
+        run(
+            r#"CREATE TABLE tracks (user_id int, event text, product_id text, "timestamp" timestamptz, brand text);
                INSERT INTO tracks VALUES (1, 'order', 'p1', '2024-01-01', 'B'), (1, 'view', 'p1', '2024-01-01', 'B'),
                                          (1, 'view', 'p2', '2024-01-01', 'B'), (1, 'ignored', 'p2', '2024-01-01', 'B'),
                                          (2, 'view', 'p2', '2024-01-01', 'B');
                SELECT audience.create_catalog('t');
                SELECT audience.add_event('t', 'tracks', 'product_id', event_column => 'event', event_value => 'order', weight => 5);
                SELECT audience.add_event('t', 'tracks', 'product_id', event_column => 'event', event_value => 'view', weight => 1);
-               SELECT audience.map_property('t', 'brand', column_name => 'brand');"#);
-        let rows = Spi::get_one::<i64>("SELECT rows_read FROM audience.build('t', factors => 0, neighbours => 0)").unwrap();
+               SELECT audience.map_property('t', 'brand', column_name => 'brand');"#,
+        );
+        let rows = Spi::get_one::<i64>(
+            "SELECT rows_read FROM audience.build('t', factors => 0, neighbours => 0)",
+        )
+        .unwrap();
         assert_eq!(rows, Some(4));
         let c = Spi::get_one::<f64>("SELECT contribution FROM audience.explain('t', '1', 'brand', 'B') WHERE item_id = 'p1'").unwrap();
         assert_eq!(c, Some(6.0));
@@ -128,12 +146,14 @@ mod tests {
     /// A per-row weight column multiplies the event weight; a NULL there counts as 1.
     #[pg_test]
     fn weight_column_multiplies() {
-        run(r#"CREATE TABLE ratings (user_id int, item text, t bigint, rating real, g text);
+        run(
+            r#"CREATE TABLE ratings (user_id int, item text, t bigint, rating real, g text);
                INSERT INTO ratings VALUES (1, 'm1', 1000, 4, 'x'), (1, 'm2', 1000, NULL, 'x');
                SELECT audience.create_catalog('wc');
                SELECT audience.add_event('wc', 'ratings', 'item', event_time => 't', weight => 2, weight_column => 'rating');
                SELECT audience.map_property('wc', 'g', column_name => 'g');
-               SELECT audience.build('wc', factors => 0, neighbours => 0);"#);
+               SELECT audience.build('wc', factors => 0, neighbours => 0);"#,
+        );
         let c = |item: &str| {
             Spi::get_one_with_args::<f64>(
                 "SELECT contribution FROM audience.explain('wc', '1', 'g', 'x') WHERE item_id = $1",
@@ -152,31 +172,42 @@ mod tests {
 
     #[pg_test(error = "max_pct must be greater than 0 and at most 100")]
     fn max_pct_out_of_range() {
-        run(r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, b text);
+        run(
+            r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, b text);
                INSERT INTO ev VALUES (1, 'p', now(), 'x');
                SELECT audience.create_catalog('r');
                SELECT audience.add_event('r', 'ev', 'product_id');
                SELECT audience.map_property('r', 'b', column_name => 'b');
                SELECT audience.build('r', factors => 2, neighbours => 2);
-               SELECT * FROM audience.recommend_audience('b', 'x', 'NaN');"#);
+               SELECT * FROM audience.recommend_audience('b', 'x', 'NaN');"#,
+        );
     }
 
     /// A model replaced by a build that committed after it was resolved has no rows any more:
     /// loading it says so (and the caller resolves again) instead of reporting a corrupt model.
     #[pg_test]
     fn a_replaced_model_is_not_reported_as_corrupt() {
-        run(r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, b text);
+        run(
+            r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, b text);
                INSERT INTO ev SELECT g % 7, 'p' || (g % 5), now() - g * interval '1 hour', 'x' FROM generate_series(1, 60) g;
                SELECT audience.create_catalog('rep');
                SELECT audience.add_event('rep', 'ev', 'product_id');
                SELECT audience.map_property('rep', 'b', column_name => 'b');
-               SELECT audience.build('rep', factors => 2, neighbours => 2, tune => false);"#);
-        let first = Spi::get_one::<i64>("SELECT active_model_id FROM audience.catalogs WHERE name = 'rep'").unwrap().unwrap();
+               SELECT audience.build('rep', factors => 2, neighbours => 2, tune => false);"#,
+        );
+        let first =
+            Spi::get_one::<i64>("SELECT active_model_id FROM audience.catalogs WHERE name = 'rep'")
+                .unwrap()
+                .unwrap();
         assert!(crate::api::cache::load(first, "rep").is_some());
         run("SELECT audience.build('rep', factors => 2, neighbours => 2, tune => false)");
         // The first model's rows are gone: None, not an error.
         assert!(crate::api::cache::load(first, "rep").is_none());
-        let n = Spi::get_one::<i64>("SELECT count(*) FROM audience.recommend_audience('b', 'x', 100, catalog => 'rep')").unwrap().unwrap();
+        let n = Spi::get_one::<i64>(
+            "SELECT count(*) FROM audience.recommend_audience('b', 'x', 100, catalog => 'rep')",
+        )
+        .unwrap()
+        .unwrap();
         assert!(n > 0);
     }
 
@@ -184,19 +215,31 @@ mod tests {
     /// final step ran elsewhere) is never found here, even when its counter matches one of ours.
     #[pg_test]
     fn stash_tokens_are_unique_to_the_session() {
-        run(r#"CREATE TABLE tev (user_id int, product_id text, "timestamp" timestamptz);
-               INSERT INTO tev SELECT g % 5, 'p' || (g % 3), now() - g * interval '1 hour' FROM generate_series(1, 30) g;"#);
+        run(
+            r#"CREATE TABLE tev (user_id int, product_id text, "timestamp" timestamptz);
+               INSERT INTO tev SELECT g % 5, 'p' || (g % 3), now() - g * interval '1 hour' FROM generate_series(1, 30) g;"#,
+        );
         let q = "SELECT audience._affinity_collect(user_id::text, product_id, 1, \"timestamp\", NULL, NULL, 0, NULL) FROM tev";
         let token = Spi::get_one::<i64>(q).unwrap().unwrap();
         assert!(crate::affinity::aggregate::token_is_ours(token));
         let foreign = token ^ (1i64 << 40);
         assert!(!crate::affinity::aggregate::token_is_ours(foreign));
-        assert!(crate::affinity::aggregate::take_stashed(foreign).is_none(), "another session's token matches nothing");
-        let acc = crate::affinity::aggregate::take_stashed(token).expect("our own token finds the state");
+        assert!(
+            crate::affinity::aggregate::take_stashed(foreign).is_none(),
+            "another session's token matches nothing"
+        );
+        let acc =
+            crate::affinity::aggregate::take_stashed(token).expect("our own token finds the state");
         assert_eq!(acc.finish().users.len(), 5);
-        assert!(crate::affinity::aggregate::take_stashed(token).is_none(), "a state is taken once");
+        assert!(
+            crate::affinity::aggregate::take_stashed(token).is_none(),
+            "a state is taken once"
+        );
         // The bytes path gives the same state.
-        let bytes = Spi::get_one::<Vec<u8>>(&q.replace("_affinity_collect(", "_affinity_collect_bytes(")).unwrap().unwrap();
+        let bytes =
+            Spi::get_one::<Vec<u8>>(&q.replace("_affinity_collect(", "_affinity_collect_bytes("))
+                .unwrap()
+                .unwrap();
         let acc = crate::affinity::accumulator::Accumulator::deserialize(&bytes).unwrap();
         assert_eq!(acc.finish().users.len(), 5);
     }

@@ -45,12 +45,24 @@ pub fn interval_days(iv: &Interval) -> f64 {
 /// Per value of `values` (sorted), the users of `users` (sorted) who engaged on a day
 /// `>= cut_day` with an item having the value, per `c`'s occasions and item values of
 /// `property`: sorted user indices, so memory follows the positives, not values x users.
-pub fn positives_after(c: &Collected, cut_day: i32, property: &str, values: &[String], users: &[String]) -> Vec<Vec<u32>> {
+pub fn positives_after(
+    c: &Collected,
+    cut_day: i32,
+    property: &str,
+    values: &[String],
+    users: &[String],
+) -> Vec<Vec<u32>> {
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); values.len()];
-    let Some((_, per_item)) = c.item_values.iter().find(|(n, _)| n == property) else { return out };
+    let Some((_, per_item)) = c.item_values.iter().find(|(n, _)| n == property) else {
+        return out;
+    };
     let item_vals: Vec<Vec<u32>> = per_item
         .iter()
-        .map(|vs| vs.iter().filter_map(|v| values.binary_search(v).ok().map(|i| i as u32)).collect())
+        .map(|vs| {
+            vs.iter()
+                .filter_map(|v| values.binary_search(v).ok().map(|i| i as u32))
+                .collect()
+        })
         .collect();
     let (aff, occ) = (&c.aff, &c.aff.occasions);
     let mut j = 0usize;
@@ -141,12 +153,17 @@ const MIN_VALUE_POSITIVES: usize = 5;
 pub fn tuning_values(positives: &[usize]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..positives.len()).filter(|&v| positives[v] > 0).collect();
     order.sort_by_key(|&v| (std::cmp::Reverse(positives[v]), v));
-    let strong = order.iter().filter(|&&v| positives[v] >= MIN_VALUE_POSITIVES).count();
+    let strong = order
+        .iter()
+        .filter(|&&v| positives[v] >= MIN_VALUE_POSITIVES)
+        .count();
     if strong <= TUNE_VALUES {
         order.truncate(TUNE_VALUES);
         return order;
     }
-    let mut picked: Vec<usize> = (0..TUNE_VALUES).map(|k| order[k * (strong - 1) / (TUNE_VALUES - 1)]).collect();
+    let mut picked: Vec<usize> = (0..TUNE_VALUES)
+        .map(|k| order[k * (strong - 1) / (TUNE_VALUES - 1)])
+        .collect();
     picked.dedup();
     picked
 }
@@ -156,7 +173,9 @@ fn validation_cut(c: &Collected, holdout_us: i64) -> Result<i32, String> {
     let (first, last) = (c.aff.min_time_us, c.aff.max_time_us);
     let span_days = (last - first) / 86_400_000_000;
     if c.aff.users.is_empty() || span_days < MIN_HISTORY_DAYS {
-        return Err(format!("the events span {span_days} days; tuning needs at least {MIN_HISTORY_DAYS}"));
+        return Err(format!(
+            "the events span {span_days} days; tuning needs at least {MIN_HISTORY_DAYS}"
+        ));
     }
     let cut = day_of(last - holdout_us);
     if cut <= day_of(first) {
@@ -177,7 +196,13 @@ pub struct TuneResult {
 /// `max - holdout_us` on, models trained on the days before. Tunes `properties` (their knobs
 /// replace those in `p.by_property`) and, unless `p.als_explicit` or not `try_alt_als`, the ALS
 /// settings among the catalog's and [`ALT_ALS`].
-pub fn tune_split(c: &Collected, holdout_us: i64, p: &BuildParams, properties: &[String], try_alt_als: bool) -> Result<TuneResult, String> {
+pub fn tune_split(
+    c: &Collected,
+    holdout_us: i64,
+    p: &BuildParams,
+    properties: &[String],
+    try_alt_als: bool,
+) -> Result<TuneResult, String> {
     let cut = validation_cut(c, holdout_us)?;
     let train_c = c.until(cut);
     if train_c.aff.users.is_empty() {
@@ -186,9 +211,18 @@ pub fn tune_split(c: &Collected, holdout_us: i64, p: &BuildParams, properties: &
     let mut candidates = vec![p.clone()];
     if let (Some(a), true) = (&p.als, try_alt_als && !p.als_explicit) {
         let (factors, iterations, regularization, alpha) = ALT_ALS;
-        let alt = AlsParams { factors, iterations, regularization, alpha, ..a.clone() };
+        let alt = AlsParams {
+            factors,
+            iterations,
+            regularization,
+            alpha,
+            ..a.clone()
+        };
         if alt != *a {
-            candidates.push(BuildParams { als: Some(alt), ..p.clone() });
+            candidates.push(BuildParams {
+                als: Some(alt),
+                ..p.clone()
+            });
         }
     }
     // (objective, parameters, per-property choice) of the best ALS candidate so far.
@@ -201,20 +235,35 @@ pub fn tune_split(c: &Collected, holdout_us: i64, p: &BuildParams, properties: &
         let sc = scorer(model);
         let mut tuned: Vec<(String, Tuned)> = Vec::new();
         for name in properties {
-            let Some(prop) = model.property(name) else { continue };
+            let Some(prop) = model.property(name) else {
+                continue;
+            };
             let pos = positives_after(c, cut, name, &prop.values, &model.users);
-            positives_total = pos.iter().map(|v| v.len()).sum::<usize>().max(positives_total);
+            positives_total = pos
+                .iter()
+                .map(|v| v.len())
+                .sum::<usize>()
+                .max(positives_total);
             if pos.iter().map(|v| v.len()).sum::<usize>() < MIN_POSITIVES {
                 continue;
             }
             let large = sc.n_users() > LARGE_USERS;
             let sample_users = if large { LARGE_TUNE_USERS } else { TUNE_USERS };
             let stage2 = if large { 1 } else { STAGE2_OWNS };
-            let (per_value, totals) = tuning_inputs(model, &sc, &pos, &prop.values, name, sample_users);
+            let (per_value, totals) =
+                tuning_inputs(model, &sc, &pos, &prop.values, name, sample_users);
             let mut check = || {
                 pgrx::check_for_interrupts!();
             };
-            let t = tune_knobs_with(&per_value, &totals, sc.has_days(), &CUTS, stage2, crate::guc::threads(), &mut check);
+            let t = tune_knobs_with(
+                &per_value,
+                &totals,
+                sc.has_days(),
+                &CUTS,
+                stage2,
+                crate::guc::threads(),
+                &mut check,
+            );
             tuned.push((name.clone(), t));
         }
         if tuned.is_empty() {
@@ -228,11 +277,19 @@ pub fn tune_split(c: &Collected, holdout_us: i64, p: &BuildParams, properties: &
         }
     }
     let (_, mut params, per_property) = best.expect("at least one candidate");
-    params.by_property.retain(|k| !per_property.iter().any(|(n, _)| *n == k.property));
+    params
+        .by_property
+        .retain(|k| !per_property.iter().any(|(n, _)| *n == k.property));
     for (name, t) in &per_property {
-        params.by_property.push(PropertyKnobs { property: name.clone(), params: t.params, cross_params: t.cross_params });
+        params.by_property.push(PropertyKnobs {
+            property: name.clone(),
+            params: t.params,
+            cross_params: t.cross_params,
+        });
     }
-    params.by_property.sort_by(|a, b| a.property.cmp(&b.property));
+    params
+        .by_property
+        .sort_by(|a, b| a.property.cmp(&b.property));
     let report = serde_json::json!({
         "validation_days": holdout_us as f64 / MICROS_PER_DAY,
         "validation_from": day_iso(cut),
@@ -240,19 +297,33 @@ pub fn tune_split(c: &Collected, holdout_us: i64, p: &BuildParams, properties: &
             "factors": a.factors, "iterations": a.iterations, "regularization": a.regularization, "alpha": a.alpha })),
         "properties": serde_json::Value::Object(per_property.iter().map(|(n, t)| (n.clone(), tuned_json(t))).collect()),
     });
-    Ok(TuneResult { params, per_property, report })
+    Ok(TuneResult {
+        params,
+        per_property,
+        report,
+    })
 }
 
 fn own_label(o: Own) -> String {
     match o {
-        Own::Weight(h) | Own::Days(h) if h.is_finite() => format!("{} (half-life {} days)", o.name(), h),
+        Own::Weight(h) | Own::Days(h) if h.is_finite() => {
+            format!("{} (half-life {} days)", o.name(), h)
+        }
         _ => o.name().to_string(),
     }
 }
 
 fn tuned_json(t: &Tuned) -> serde_json::Value {
     let (best_base, best_obj) =
-        t.baselines.iter().fold((Own::Affinity, f64::NEG_INFINITY), |acc, &(o, v)| if v > acc.1 { (o, v) } else { acc });
+        t.baselines
+            .iter()
+            .fold((Own::Affinity, f64::NEG_INFINITY), |acc, &(o, v)| {
+                if v > acc.1 {
+                    (o, v)
+                } else {
+                    acc
+                }
+            });
     serde_json::json!({
         "params": crate::api::build::knobs_json(&t.params),
         "cross_sell": crate::api::build::knobs_json(&t.cross_params),
@@ -287,8 +358,12 @@ pub fn auto_tune(c: &Collected, p: BuildParams) -> (BuildParams, Option<serde_js
     if !p.auto_tune || p.knobs_explicit {
         return (p, None);
     }
-    let todo: Vec<String> =
-        c.item_values.iter().map(|(n, _)| n.clone()).filter(|n| !p.by_property.iter().any(|k| k.property == *n)).collect();
+    let todo: Vec<String> = c
+        .item_values
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| !p.by_property.iter().any(|k| k.property == *n))
+        .collect();
     if todo.is_empty() {
         return (p, None);
     }
@@ -321,25 +396,46 @@ pub fn auto_tune(c: &Collected, p: BuildParams) -> (BuildParams, Option<serde_js
 /// `c`, without training collaborative models: what `evaluate` uses to choose the half-life of
 /// its decayed baseline when no tuning ran.
 pub fn baseline_objectives(c: &Collected, holdout_us: i64, property: &str) -> Vec<(Own, f64)> {
-    let Ok(cut) = validation_cut(c, holdout_us) else { return Vec::new() };
+    let Ok(cut) = validation_cut(c, holdout_us) else {
+        return Vec::new();
+    };
     let train_c = c.until(cut);
-    let no_models = BuildParams { als: None, knn: None, ..crate::api::build::build_params_default() };
+    let no_models = BuildParams {
+        als: None,
+        knn: None,
+        ..crate::api::build::build_params_default()
+    };
     let trained = train(train_c, &no_models);
     let model = &trained.model;
-    let Some(prop) = model.property(property) else { return Vec::new() };
+    let Some(prop) = model.property(property) else {
+        return Vec::new();
+    };
     let sc = scorer(model);
     let pos = positives_after(c, cut, property, &prop.values, &model.users);
     let (per_value, totals) = tuning_inputs(model, &sc, &pos, &prop.values, property, TUNE_USERS);
     let owns = own_candidates(true);
-    let grid: Vec<_> = owns.iter().map(|&o| crate::score::hybrid::HybridParams::own_only(o)).collect();
+    let grid: Vec<_> = owns
+        .iter()
+        .map(|&o| crate::score::hybrid::HybridParams::own_only(o))
+        .collect();
     let mut check = || {
-                pgrx::check_for_interrupts!();
-            };
-    let objs = grid_objectives(&per_value, &totals, &grid, &CUTS, &|_, _| true, crate::guc::threads(), &mut check);
+        pgrx::check_for_interrupts!();
+    };
+    let objs = grid_objectives(
+        &per_value,
+        &totals,
+        &grid,
+        &CUTS,
+        &|_, _| true,
+        crate::guc::threads(),
+        &mut check,
+    );
     owns.into_iter().zip(objs).collect()
 }
 
 /// Raised when a caller asked for tuning explicitly and it cannot run.
 pub fn cannot_tune(reason: &str) -> ! {
-    AudienceError::not_ready(format!("cannot tune: {reason}")).hint("Use a shorter holdout, or load more history.").raise()
+    AudienceError::not_ready(format!("cannot tune: {reason}"))
+        .hint("Use a shorter holdout, or load more history.")
+        .raise()
 }

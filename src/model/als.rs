@@ -37,8 +37,8 @@
 //! run time) the same code is used compiled for those features, with fused multiply-adds. The two
 //! variants round differently, so bit-identical results hold per CPU family, not across them.
 
-use crate::util::buf::Buf;
 use crate::model::csr::Csr;
+use crate::util::buf::Buf;
 use crate::util::rand::SplitMix64;
 use std::sync::Mutex;
 
@@ -90,12 +90,18 @@ pub struct Interrupted;
 impl AlsModel {
     /// Number of users (rows of `user_factors`).
     pub fn n_users(&self) -> usize {
-        self.user_factors.len().checked_div(self.factors).unwrap_or(0)
+        self.user_factors
+            .len()
+            .checked_div(self.factors)
+            .unwrap_or(0)
     }
 
     /// Number of items (rows of `item_factors`).
     pub fn n_items(&self) -> usize {
-        self.item_factors.len().checked_div(self.factors).unwrap_or(0)
+        self.item_factors
+            .len()
+            .checked_div(self.factors)
+            .unwrap_or(0)
     }
 
     /// Factor vector of user `u`.
@@ -180,7 +186,13 @@ fn train_als_tuned(
     let iu = transpose_checked(ui, check)?;
     let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::new(k)).collect();
     let fast = simd && fast_kernels_available();
-    let mut cfg = Sweep { params, fast, threads, task_work, scratch: &mut scratch };
+    let mut cfg = Sweep {
+        params,
+        fast,
+        threads,
+        task_work,
+        scratch: &mut scratch,
+    };
     for _ in 0..params.iterations {
         cfg.half_sweep(ui, &model.item_factors, &mut model.user_factors, check)?;
         cfg.half_sweep(&iu, &model.user_factors, &mut model.item_factors, check)?;
@@ -193,7 +205,11 @@ fn train_als_tuned(
 pub fn loss(ui: &Csr, model: &AlsModel, params: &AlsParams) -> f64 {
     let k = model.factors;
     if k == 0 {
-        return ui.data.iter().map(|&r| 1.0 + params.alpha as f64 * r as f64).sum();
+        return ui
+            .data
+            .iter()
+            .map(|&r| 1.0 + params.alpha as f64 * r as f64)
+            .sum();
     }
     let gram64 = |f: &[f32]| {
         let mut g = vec![0f64; k * k];
@@ -242,7 +258,13 @@ struct Scratch {
 
 impl Scratch {
     fn new(k: usize) -> Scratch {
-        Scratch { r: vec![0.0; k], p: vec![0.0; k], ap: vec![0.0; k], ys: Vec::new(), cs: Vec::new() }
+        Scratch {
+            r: vec![0.0; k],
+            p: vec![0.0; k],
+            ap: vec![0.0; k],
+            ys: Vec::new(),
+            cs: Vec::new(),
+        }
     }
 }
 
@@ -334,17 +356,25 @@ impl Sweep<'_> {
         let mut partial = vec![0f32; per_batch.min(blocks.len()) * kk];
         for group in blocks.chunks(per_batch) {
             let outs = &mut partial[..group.len() * kk];
-            let batch: Vec<(&[f32], &mut [f32])> = group.iter().copied().zip(outs.chunks_exact_mut(kk)).collect();
+            let batch: Vec<(&[f32], &mut [f32])> = group
+                .iter()
+                .copied()
+                .zip(outs.chunks_exact_mut(kk))
+                .collect();
             let fast = self.fast;
-            run_batch(batch, self.scratch, &|_: &mut Scratch, (rows, g): (&[f32], &mut [f32])| {
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    // SAFETY: `fast` is only set when the CPU supports AVX2 and FMA.
-                    return unsafe { kernels::gram_block_fma(rows, k, g) };
-                }
-                let _ = fast;
-                gram_block::<false>(rows, k, g)
-            });
+            run_batch(
+                batch,
+                self.scratch,
+                &|_: &mut Scratch, (rows, g): (&[f32], &mut [f32])| {
+                    #[cfg(target_arch = "x86_64")]
+                    if fast {
+                        // SAFETY: `fast` is only set when the CPU supports AVX2 and FMA.
+                        return unsafe { kernels::gram_block_fma(rows, k, g) };
+                    }
+                    let _ = fast;
+                    gram_block::<false>(rows, k, g)
+                },
+            );
             for g in partial[..group.len() * kk].chunks_exact(kk) {
                 for (t, &v) in total.iter_mut().zip(g) {
                     *t += v as f64;
@@ -421,7 +451,11 @@ mod kernels {
 
 /// Runs `work` over `tasks` on up to `scratch.len()` threads: `n - 1` scoped workers and the
 /// calling thread, pulling tasks in order from a shared queue.
-fn run_batch<T: Send, F: Fn(&mut Scratch, T) + Sync>(tasks: Vec<T>, scratch: &mut [Scratch], work: &F) {
+fn run_batch<T: Send, F: Fn(&mut Scratch, T) + Sync>(
+    tasks: Vec<T>,
+    scratch: &mut [Scratch],
+    work: &F,
+) {
     let n = scratch.len().min(tasks.len());
     let Some((mine, others)) = scratch.split_first_mut() else {
         unreachable!("at least one scratch buffer");
@@ -535,8 +569,22 @@ fn update_row<const F: bool>(
         let e = Gathered { ys, cs, k };
         cg::<F, _>(&e, gram, x, r, p, ap, params.cg_steps);
     } else {
-        let e = Direct { cols, vals, other, alpha: params.alpha, k };
-        cg::<F, _>(&e, gram, x, &mut sc.r, &mut sc.p, &mut sc.ap, params.cg_steps);
+        let e = Direct {
+            cols,
+            vals,
+            other,
+            alpha: params.alpha,
+            k,
+        };
+        cg::<F, _>(
+            &e,
+            gram,
+            x,
+            &mut sc.r,
+            &mut sc.p,
+            &mut sc.ap,
+            params.cg_steps,
+        );
     }
 }
 
@@ -618,7 +666,12 @@ fn dot_k<const F: bool>(a: &[f32], b: &[f32]) -> f32 {
             *s = madd::<F>(x, y, *s);
         }
     }
-    let h = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    let h = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
     (h[0] + h[2]) + (h[1] + h[3]) + tail
 }
 
@@ -643,7 +696,6 @@ fn symv<const F: bool>(g: &[f32], v: &[f32], out: &mut [f32]) {
 // ---------------------------------------------------------------------------------------------
 // Setup helpers
 
-
 /// Fills `v` uniformly with mean 0 and standard deviation `std`.
 fn init_uniform(
     v: &mut [f32],
@@ -663,7 +715,10 @@ fn init_uniform(
 }
 
 /// `Csr::transpose`, calling `check` every `TRANSPOSE_CHUNK` entries.
-fn transpose_checked(m: &Csr, check: &mut dyn FnMut() -> Result<(), Interrupted>) -> Result<Csr, Interrupted> {
+fn transpose_checked(
+    m: &Csr,
+    check: &mut dyn FnMut() -> Result<(), Interrupted>,
+) -> Result<Csr, Interrupted> {
     let nnz = m.nnz();
     let mut indptr = vec![0usize; m.n_cols + 1];
     for chunk in m.indices.chunks(TRANSPOSE_CHUNK) {
@@ -694,7 +749,13 @@ fn transpose_checked(m: &Csr, check: &mut dyn FnMut() -> Result<(), Interrupted>
         }
     }
     check()?;
-    Ok(Csr { n_rows: m.n_cols, n_cols: m.n_rows, indptr: indptr.into(), indices: indices.into(), data: data.into() })
+    Ok(Csr {
+        n_rows: m.n_cols,
+        n_cols: m.n_rows,
+        indptr: indptr.into(),
+        indices: indices.into(),
+        data: data.into(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -718,12 +779,21 @@ mod tests {
     #[test]
     fn memory_estimate_counts_the_factor_matrices() {
         // The review's example: 1024 factors for 10M users need about 40 GB.
-        let p = AlsParams { factors: 1024, threads: 2, ..AlsParams::default() };
+        let p = AlsParams {
+            factors: 1024,
+            threads: 2,
+            ..AlsParams::default()
+        };
         let est = memory_estimate(10_000_000, 50_000, 0, &p);
         assert!(est > 40_000_000_000 && est < 42_000_000_000, "{est}");
         // Linear in the factors and the pairs.
-        let small = AlsParams { factors: 32, ..p.clone() };
-        assert!(memory_estimate(1000, 100, 5000, &small) < memory_estimate(1000, 100, 50_000, &small));
+        let small = AlsParams {
+            factors: 32,
+            ..p.clone()
+        };
+        assert!(
+            memory_estimate(1000, 100, 5000, &small) < memory_estimate(1000, 100, 50_000, &small)
+        );
     }
     use super::*;
 
@@ -732,7 +802,13 @@ mod tests {
     }
 
     /// 3 user groups x 3 item groups: each user touches ~`p_own` of its group's items and a little noise.
-    fn planted(n_users: usize, n_items: usize, p_own: f64, p_noise: f64, seed: u64) -> (Csr, Vec<usize>, Vec<usize>) {
+    fn planted(
+        n_users: usize,
+        n_items: usize,
+        p_own: f64,
+        p_noise: f64,
+        seed: u64,
+    ) -> (Csr, Vec<usize>, Vec<usize>) {
         let mut rng = SplitMix64(seed);
         let mut unif = move || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let ug: Vec<usize> = (0..n_users).map(|u| u % 3).collect();
@@ -752,12 +828,19 @@ mod tests {
     #[test]
     fn recovers_planted_groups() {
         let (ui, ug, ig) = planted(300, 90, 0.3, 0.02, 7);
-        let params = AlsParams { factors: 4, iterations: 15, threads: 2, ..AlsParams::default() };
+        let params = AlsParams {
+            factors: 4,
+            iterations: 15,
+            threads: 2,
+            ..AlsParams::default()
+        };
         let m = train_als(&ui, &params, &mut ok()).unwrap();
         let (mut good, mut total) = (0u64, 0u64);
         for u in 0..ui.n_rows {
             let seen: Vec<u32> = ui.row(u).0.to_vec();
-            let unseen: Vec<usize> = (0..ui.n_cols).filter(|&i| !seen.contains(&(i as u32))).collect();
+            let unseen: Vec<usize> = (0..ui.n_cols)
+                .filter(|&i| !seen.contains(&(i as u32)))
+                .collect();
             for &a in unseen.iter().filter(|&&i| ig[i] == ug[u]) {
                 for &b in unseen.iter().filter(|&&i| ig[i] != ug[u]) {
                     total += 1;
@@ -769,16 +852,26 @@ mod tests {
         }
         let frac = good as f64 / total as f64;
         assert!(total > 10_000, "{total}");
-        assert!(frac > 0.9, "own-group held-out items ranked first in only {frac}");
+        assert!(
+            frac > 0.9,
+            "own-group held-out items ranked first in only {frac}"
+        );
     }
 
     #[test]
     fn identical_for_any_thread_count() {
         let (ui, _, _) = planted(500, 120, 0.2, 0.03, 11);
-        let base = AlsParams { factors: 12, iterations: 4, ..AlsParams::default() };
+        let base = AlsParams {
+            factors: 12,
+            iterations: 4,
+            ..AlsParams::default()
+        };
         let mut models = Vec::new();
         for threads in [1, 2, 3] {
-            let p = AlsParams { threads, ..base.clone() };
+            let p = AlsParams {
+                threads,
+                ..base.clone()
+            };
             // Tiny tasks: many batches and tasks per batch, so the threads really interleave.
             models.push(train_als_tuned(&ui, &p, &mut ok(), 2000, true).unwrap());
             models.push(train_als(&ui, &p, &mut ok()).unwrap());
@@ -789,7 +882,10 @@ mod tests {
         // The portable kernels (used where AVX2/FMA is missing) agree up to rounding.
         let portable = train_als_tuned(&ui, &base, &mut ok(), TASK_WORK, false).unwrap();
         let (l_fast, l_portable) = (loss(&ui, &models[0], &base), loss(&ui, &portable, &base));
-        assert!((l_fast - l_portable).abs() < 1e-3 * l_fast, "{l_fast} vs {l_portable}");
+        assert!(
+            (l_fast - l_portable).abs() < 1e-3 * l_fast,
+            "{l_fast} vs {l_portable}"
+        );
         // ... and deterministic across runs, different across seeds.
         let p = AlsParams { seed: 43, ..base };
         assert_ne!(train_als(&ui, &p, &mut ok()).unwrap(), models[0]);
@@ -798,7 +894,11 @@ mod tests {
     #[test]
     fn interrupt_stops_training() {
         let (ui, _, _) = planted(200, 60, 0.2, 0.03, 3);
-        let params = AlsParams { factors: 8, iterations: 5, ..AlsParams::default() };
+        let params = AlsParams {
+            factors: 8,
+            iterations: 5,
+            ..AlsParams::default()
+        };
         let mut calls = 0;
         let mut check = || {
             calls += 1;
@@ -821,7 +921,10 @@ mod tests {
                     Ok(())
                 }
             };
-            assert_eq!(train_als_tuned(&ui, &params, &mut check, 500, true), Err(Interrupted));
+            assert_eq!(
+                train_als_tuned(&ui, &params, &mut check, 500, true),
+                Err(Interrupted)
+            );
             assert_eq!(calls, stop_at);
         }
         // check is called regularly: every batch of a half sweep.
@@ -836,27 +939,68 @@ mod tests {
 
     #[test]
     fn degenerate_inputs() {
-        let params = AlsParams { factors: 4, iterations: 3, ..AlsParams::default() };
+        let params = AlsParams {
+            factors: 4,
+            iterations: 3,
+            ..AlsParams::default()
+        };
         let empty = |r: usize, c: usize| Csr::from_triplets(r, c, &mut Vec::new());
         for (r, c) in [(0, 0), (0, 5), (5, 0), (3, 4)] {
             let m = train_als(&empty(r, c), &params, &mut ok()).unwrap();
             assert_eq!(m.factors, 4);
             assert_eq!(m.user_factors.len(), r * 4);
             assert_eq!(m.item_factors.len(), c * 4);
-            assert!(m.user_factors.iter().chain(&m.item_factors).all(|&v| v == 0.0));
+            assert!(m
+                .user_factors
+                .iter()
+                .chain(&m.item_factors)
+                .all(|&v| v == 0.0));
         }
         // Zero factors / zero iterations / zero cg steps / zero threads.
         let mut t = vec![(0, 0, 1.0), (1, 2, 2.0), (1, 0, 1.0)];
         let ui = Csr::from_triplets(4, 5, &mut t);
-        let m = train_als(&ui, &AlsParams { factors: 0, ..params.clone() }, &mut ok()).unwrap();
+        let m = train_als(
+            &ui,
+            &AlsParams {
+                factors: 0,
+                ..params.clone()
+            },
+            &mut ok(),
+        )
+        .unwrap();
         assert_eq!((m.n_users(), m.n_items(), m.score(1, 2)), (0, 0, 0.0));
         assert!(m.user(3).is_empty());
-        let m = train_als(&ui, &AlsParams { iterations: 0, ..params.clone() }, &mut ok()).unwrap();
+        let m = train_als(
+            &ui,
+            &AlsParams {
+                iterations: 0,
+                ..params.clone()
+            },
+            &mut ok(),
+        )
+        .unwrap();
         assert!(m.user_factors.iter().all(|&v| v == 0.0));
-        let m = train_als(&ui, &AlsParams { cg_steps: 0, threads: 0, ..params.clone() }, &mut ok()).unwrap();
+        let m = train_als(
+            &ui,
+            &AlsParams {
+                cg_steps: 0,
+                threads: 0,
+                ..params.clone()
+            },
+            &mut ok(),
+        )
+        .unwrap();
         assert!(m.user_factors.iter().all(|v| v.is_finite()));
         // Users 2, 3 and items 1, 3, 4 have no entries: all-zero factors.
-        let m = train_als(&ui, &AlsParams { threads: 8, ..params.clone() }, &mut ok()).unwrap();
+        let m = train_als(
+            &ui,
+            &AlsParams {
+                threads: 8,
+                ..params.clone()
+            },
+            &mut ok(),
+        )
+        .unwrap();
         assert_eq!((m.n_users(), m.n_items()), (4, 5));
         for u in [2, 3] {
             assert!(m.user(u).iter().all(|&v| v == 0.0));
@@ -874,11 +1018,29 @@ mod tests {
     #[test]
     fn loss_decreases_every_iteration() {
         let (ui, _, _) = planted(400, 100, 0.2, 0.03, 5);
-        let base = AlsParams { factors: 10, ..AlsParams::default() };
+        let base = AlsParams {
+            factors: 10,
+            ..AlsParams::default()
+        };
         let mut prev = f64::INFINITY;
-        let l0 = loss(&ui, &train_als(&ui, &AlsParams { iterations: 0, ..base.clone() }, &mut ok()).unwrap(), &base);
+        let l0 = loss(
+            &ui,
+            &train_als(
+                &ui,
+                &AlsParams {
+                    iterations: 0,
+                    ..base.clone()
+                },
+                &mut ok(),
+            )
+            .unwrap(),
+            &base,
+        );
         for it in 1..=8 {
-            let p = AlsParams { iterations: it, ..base.clone() };
+            let p = AlsParams {
+                iterations: it,
+                ..base.clone()
+            };
             let l = loss(&ui, &train_als(&ui, &p, &mut ok()).unwrap(), &p);
             assert!(l < prev && l < l0, "iteration {it}: {l} !< {prev}");
             prev = l;
@@ -895,7 +1057,13 @@ mod tests {
         let other: Vec<f32> = (0..20 * k).map(|_| rng.next_sym()).collect();
         let cols: Vec<u32> = vec![1, 4, 7, 11, 19];
         let vals: Vec<f32> = vec![1.0, 2.0, 0.5, 3.0, 1.0];
-        let params = AlsParams { factors: k, cg_steps: 50, alpha: 2.0, regularization: 0.1, ..AlsParams::default() };
+        let params = AlsParams {
+            factors: k,
+            cg_steps: 50,
+            alpha: 2.0,
+            regularization: 0.1,
+            ..AlsParams::default()
+        };
         let mut g = vec![0f32; k * k];
         gram_block::<false>(&other, k, &mut g);
         let mut a = vec![0f64; k * k];
@@ -936,7 +1104,8 @@ mod tests {
             let s: f64 = (row + 1..k).map(|j| a[row * k + j] * sol[j]).sum();
             sol[row] = (b[row] - s) / a[row * k + row];
         }
-        let mut trip: Vec<(u32, u32, f32)> = cols.iter().zip(&vals).map(|(&c, &v)| (0, c, v)).collect();
+        let mut trip: Vec<(u32, u32, f32)> =
+            cols.iter().zip(&vals).map(|(&c, &v)| (0, c, v)).collect();
         let row_csr = Csr::from_triplets(1, 20, &mut trip);
         for (gathered, fused) in [(true, false), (false, false), (true, true)] {
             if fused && !fast_kernels_available() {
@@ -945,14 +1114,24 @@ mod tests {
             let mut x = vec![0f32; k];
             let mut sc = Scratch::new(k);
             match (gathered, fused) {
-                (true, false) => update_row::<false>(&cols, &vals, &other, &gram, &mut x, &mut sc, &params),
+                (true, false) => {
+                    update_row::<false>(&cols, &vals, &other, &gram, &mut x, &mut sc, &params)
+                }
                 (false, false) => {
-                    let e = Direct { cols: &cols, vals: &vals, other: &other, alpha: 2.0, k };
+                    let e = Direct {
+                        cols: &cols,
+                        vals: &vals,
+                        other: &other,
+                        alpha: 2.0,
+                        k,
+                    };
                     cg::<false, _>(&e, &gram, &mut x, &mut sc.r, &mut sc.p, &mut sc.ap, 50);
                 }
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: fast_kernels_available() checked above.
-                _ => unsafe { kernels::update_rows_fma(&row_csr, 0, &mut x, &other, &gram, &mut sc, &params) },
+                _ => unsafe {
+                    kernels::update_rows_fma(&row_csr, 0, &mut x, &other, &gram, &mut sc, &params)
+                },
                 #[cfg(not(target_arch = "x86_64"))]
                 _ => unreachable!(),
             }

@@ -22,7 +22,10 @@ impl Csr {
         let mut data: Vec<f32> = Vec::with_capacity(triples.len());
         let mut last: Option<(u32, u32)> = None;
         for &(r, c, v) in triples.iter() {
-            assert!((r as usize) < n_rows && (c as usize) < n_cols, "triple out of bounds");
+            assert!(
+                (r as usize) < n_rows && (c as usize) < n_cols,
+                "triple out of bounds"
+            );
             if last == Some((r, c)) {
                 *data.last_mut().unwrap() += v;
             } else {
@@ -35,7 +38,13 @@ impl Csr {
         for r in 0..n_rows {
             indptr[r + 1] += indptr[r];
         }
-        Csr { n_rows, n_cols, indptr: indptr.into(), indices: indices.into(), data: data.into() }
+        Csr {
+            n_rows,
+            n_cols,
+            indptr: indptr.into(),
+            indices: indices.into(),
+            data: data.into(),
+        }
     }
 
     /// Heap bytes owned (0 when the arrays are borrowed from a mapping).
@@ -77,12 +86,20 @@ impl Csr {
                 next[c as usize] += 1;
             }
         }
-        Csr { n_rows: self.n_cols, n_cols: self.n_rows, indptr: indptr.into(), indices: indices.into(), data: data.into() }
+        Csr {
+            n_rows: self.n_cols,
+            n_cols: self.n_rows,
+            indptr: indptr.into(),
+            indices: indices.into(),
+            data: data.into(),
+        }
     }
 
     /// Sum of each row's values.
     pub fn row_sums(&self) -> Vec<f32> {
-        (0..self.n_rows).map(|r| self.row(r).1.iter().sum()).collect()
+        (0..self.n_rows)
+            .map(|r| self.row(r).1.iter().sum())
+            .collect()
     }
 }
 

@@ -46,7 +46,12 @@ impl DayIndex {
             }
             out_ptr.push(out_day.len() as u32);
         }
-        DayIndex { day0, ptr: out_ptr.into(), day: out_day.into(), weight: out_weight.into() }
+        DayIndex {
+            day0,
+            ptr: out_ptr.into(),
+            day: out_day.into(),
+            weight: out_weight.into(),
+        }
     }
 
     /// Number of pairs described.
@@ -67,7 +72,12 @@ impl DayIndex {
             && self.ptr.first() == Some(&0)
             && self.ptr.last().map(|&x| x as usize) == Some(self.day.len())
             && self.day.len() == self.weight.len()
-            && self.ptr.windows(2).all(|w| w[0] <= w[1] && self.day[w[0] as usize..w[1] as usize].windows(2).all(|d| d[0] < d[1]))
+            && self.ptr.windows(2).all(|w| {
+                w[0] <= w[1]
+                    && self.day[w[0] as usize..w[1] as usize]
+                        .windows(2)
+                        .all(|d| d[0] < d[1])
+            })
     }
 
     /// Approximate heap bytes.

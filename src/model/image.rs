@@ -101,7 +101,12 @@ impl Served {
     /// Every own measure the model's knobs use (their activity totals go into the image).
     pub fn own_measures(model: &Model) -> Vec<Own> {
         let mut owns: Vec<Own> = Vec::new();
-        let all = [&model.params, &model.cross_params].into_iter().chain(model.property_params.iter().flat_map(|k| [&k.params, &k.cross_params]));
+        let all = [&model.params, &model.cross_params].into_iter().chain(
+            model
+                .property_params
+                .iter()
+                .flat_map(|k| [&k.params, &k.cross_params]),
+        );
         for p in all {
             if !owns.contains(&p.own) {
                 owns.push(p.own);
@@ -192,9 +197,22 @@ fn meta_blob(model: &Model, parts: &ScorerParts) -> Vec<u8> {
     w.into_inner()
 }
 
-fn write_all<W: Write>(out: &mut ImageWriter<W>, tags: [u64; 2], total: u64, model: &Model, parts: &ScorerParts) -> std::io::Result<()> {
+fn write_all<W: Write>(
+    out: &mut ImageWriter<W>,
+    tags: [u64; 2],
+    total: u64,
+    model: &Model,
+    parts: &ScorerParts,
+) -> std::io::Result<()> {
     out.raw(&MAGIC)?;
-    for x in [FORMAT, ORDER, std::mem::size_of::<usize>() as u64, tags[0], tags[1], total] {
+    for x in [
+        FORMAT,
+        ORDER,
+        std::mem::size_of::<usize>() as u64,
+        tags[0],
+        tags[1],
+        total,
+    ] {
         out.u64(x)?;
     }
     out.arr(&meta_blob(model, parts))?;
@@ -235,9 +253,17 @@ fn write_all<W: Write>(out: &mut ImageWriter<W>, tags: [u64; 2], total: u64, mod
 /// over the same model) to `w`; `tags` identify the model (checked when reading). Returns the byte
 /// length. The sink is only written to, in order; a failure leaves a prefix (callers write to a
 /// temporary file and rename it when complete).
-pub fn write_image<W: Write>(w: W, tags: [u64; 2], model: &Model, parts: &ScorerParts) -> std::io::Result<u64> {
+pub fn write_image<W: Write>(
+    w: W,
+    tags: [u64; 2],
+    model: &Model,
+    parts: &ScorerParts,
+) -> std::io::Result<u64> {
     // A first pass sizes the image, so the header can state the length a reader checks.
-    let mut count = ImageWriter { w: std::io::sink(), pos: 0 };
+    let mut count = ImageWriter {
+        w: std::io::sink(),
+        pos: 0,
+    };
     write_all(&mut count, tags, 0, model, parts)?;
     let total = count.pos;
     let mut out = ImageWriter { w, pos: 0 };
@@ -262,7 +288,9 @@ impl ImageReader {
     }
 
     fn u64(&mut self) -> Result<u64, ImageError> {
-        Ok(u64::from_ne_bytes(self.raw(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_ne_bytes(
+            self.raw(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn usize(&mut self) -> Result<usize, ImageError> {
@@ -292,7 +320,13 @@ impl ImageReader {
 
     fn csr(&mut self) -> Result<Csr, ImageError> {
         let (n_rows, n_cols) = (self.usize()?, self.usize()?);
-        let m = Csr { n_rows, n_cols, indptr: self.arr()?, indices: self.arr()?, data: self.arr()? };
+        let m = Csr {
+            n_rows,
+            n_cols,
+            indptr: self.arr()?,
+            indices: self.arr()?,
+            data: self.arr()?,
+        };
         // Row bounds are checked here; column ids are bounds-checked where they are used.
         let ok = m.indptr.len() == n_rows + 1
             && m.indptr.first() == Some(&0)
@@ -318,7 +352,10 @@ impl ImageReader {
 /// Reads an image in place: every array of the result borrows from `map`. Fails when the image
 /// is of another format, machine or model (`tags`), or is damaged in a way the structure shows.
 pub fn read_image(map: Arc<Mapping>, tags: [u64; 2]) -> Result<Served, ImageError> {
-    let mut r = ImageReader { map: map.clone(), pos: 0 };
+    let mut r = ImageReader {
+        map: map.clone(),
+        pos: 0,
+    };
     if r.raw(8)? != MAGIC {
         return Err(ImageError::Mismatch("not an image"));
     }
@@ -340,8 +377,15 @@ pub fn read_image(map: Arc<Mapping>, tags: [u64; 2]) -> Result<Served, ImageErro
     let mut property_params = Vec::new();
     for _ in 0..m.get_usize().map_err(bad)? {
         let property = m.get_str().map_err(bad)?.to_string();
-        let (params, cross_params) = (get_knobs(&mut m).map_err(bad)?, get_knobs(&mut m).map_err(bad)?);
-        property_params.push(PropertyKnobs { property, params, cross_params });
+        let (params, cross_params) = (
+            get_knobs(&mut m).map_err(bad)?,
+            get_knobs(&mut m).map_err(bad)?,
+        );
+        property_params.push(PropertyKnobs {
+            property,
+            params,
+            cross_params,
+        });
     }
     let mut names = Vec::new();
     for _ in 0..m.get_usize().map_err(bad)? {
@@ -353,23 +397,44 @@ pub fn read_image(map: Arc<Mapping>, tags: [u64; 2]) -> Result<Served, ImageErro
     let mut owns = Vec::new();
     for _ in 0..m.get_usize().map_err(bad)? {
         let (code, h) = (m.get_u32().map_err(bad)?, m.get_f32().map_err(bad)?);
-        owns.push(u8::try_from(code).ok().and_then(|c| Own::from_code(c, h)).ok_or(ImageError::Corrupt("own measure"))?);
+        owns.push(
+            u8::try_from(code)
+                .ok()
+                .and_then(|c| Own::from_code(c, h))
+                .ok_or(ImageError::Corrupt("own measure"))?,
+        );
     }
     let users = r.strs()?;
     let items = r.strs()?;
     let ui = r.csr()?;
     let last_seen: Buf<i32> = r.arr()?;
-    let days = DayIndex { day0, ptr: r.arr()?, day: r.arr()?, weight: r.arr()? };
+    let days = DayIndex {
+        day0,
+        ptr: r.arr()?,
+        day: r.arr()?,
+        weight: r.arr()?,
+    };
     let days_ok = days.ptr.len() == ui.nnz() + 1
         && days.ptr.first() == Some(&0)
         && days.ptr.last().map(|&x| x as usize) == Some(days.day.len())
         && days.day.len() == days.weight.len();
-    if !days_ok || last_seen.len() != ui.nnz() || ui.n_rows != users.len() || ui.n_cols != items.len() {
+    if !days_ok
+        || last_seen.len() != ui.nnz()
+        || ui.n_rows != users.len()
+        || ui.n_cols != items.len()
+    {
         return Err(ImageError::Corrupt("shapes"));
     }
     let als = if r.flag()? {
-        let a = AlsModel { factors, user_factors: r.arr()?, item_factors: r.arr()? };
-        if factors == 0 || a.user_factors.len() != users.len() * factors || a.item_factors.len() != items.len() * factors {
+        let a = AlsModel {
+            factors,
+            user_factors: r.arr()?,
+            item_factors: r.arr()?,
+        };
+        if factors == 0
+            || a.user_factors.len() != users.len() * factors
+            || a.item_factors.len() != items.len() * factors
+        {
             return Err(ImageError::Corrupt("ALS shapes"));
         }
         Some(a)
@@ -377,7 +442,10 @@ pub fn read_image(map: Arc<Mapping>, tags: [u64; 2]) -> Result<Served, ImageErro
         None
     };
     let knn = r.opt_csr()?;
-    if knn.as_ref().is_some_and(|k| k.n_rows != items.len() || k.n_cols != items.len()) {
+    if knn
+        .as_ref()
+        .is_some_and(|k| k.n_rows != items.len() || k.n_cols != items.len())
+    {
         return Err(ImageError::Corrupt("kNN shape"));
     }
     let mut properties = Vec::new();
@@ -387,21 +455,48 @@ pub fn read_image(map: Arc<Mapping>, tags: [u64; 2]) -> Result<Served, ImageErro
         if value_items.n_rows != values.len() || value_items.n_cols != items.len() {
             return Err(ImageError::Corrupt("property shape"));
         }
-        properties.push(ServedProperty { name, values, value_items });
+        properties.push(ServedProperty {
+            name,
+            values,
+            value_items,
+        });
     }
     let n = users.len();
     let (t, knn_den, als_den, als_volume) = (r.arr()?, r.arr()?, r.arr()?, r.arr()?);
     let knn_t = r.opt_csr()?;
-    let returns = if r.flag()? { Some(Returns { days: r.arr()?, tenure: r.arr()? }) } else { None };
+    let returns = if r.flag()? {
+        Some(Returns {
+            days: r.arr()?,
+            tenure: r.arr()?,
+        })
+    } else {
+        None
+    };
     let mut own_totals = Vec::new();
     for o in owns {
         own_totals.push((o, r.arr()?));
     }
-    let parts = ScorerParts { t, knn_den, als_den, knn_t, als_volume, returns, own_totals };
+    let parts = ScorerParts {
+        t,
+        knn_den,
+        als_den,
+        knn_t,
+        als_volume,
+        returns,
+        own_totals,
+    };
     let parts_ok = parts.t.len() == n
-        && (knn.is_none() || (parts.knn_den.len() == n && parts.knn_t.as_ref().is_some_and(|k| k.n_rows == items.len() && k.n_cols == items.len())))
+        && (knn.is_none()
+            || (parts.knn_den.len() == n
+                && parts
+                    .knn_t
+                    .as_ref()
+                    .is_some_and(|k| k.n_rows == items.len() && k.n_cols == items.len())))
         && (als.is_none() || (parts.als_den.len() == n && parts.als_volume.len() == n))
-        && parts.returns.as_ref().is_some_and(|x| x.days.len() == n && x.tenure.len() == n)
+        && parts
+            .returns
+            .as_ref()
+            .is_some_and(|x| x.days.len() == n && x.tenure.len() == n)
         && parts.own_totals.iter().all(|(_, t)| t.len() == n);
     if !parts_ok {
         return Err(ImageError::Corrupt("scorer parts"));
@@ -409,7 +504,21 @@ pub fn read_image(map: Arc<Mapping>, tags: [u64; 2]) -> Result<Served, ImageErro
     if r.raw(8)? != TRAILER || r.pos != map.bytes().len() {
         return Err(ImageError::Corrupt("trailer"));
     }
-    Ok(Served { users, items, ui, last_seen, days, reference_day, als, knn, properties, params, cross_params, property_params, parts })
+    Ok(Served {
+        users,
+        items,
+        ui,
+        last_seen,
+        days,
+        reference_day,
+        als,
+        knn,
+        properties,
+        params,
+        cross_params,
+        property_params,
+        parts,
+    })
 }
 
 #[cfg(test)]
@@ -421,7 +530,11 @@ mod tests {
     fn model() -> Model {
         let mut t = vec![(0u32, 0u32, 1.0f32), (0, 1, 2.0), (1, 1, 3.0), (2, 2, 0.5)];
         let ui = Csr::from_triplets(3, 3, &mut t);
-        let days = DayIndex::from_records(&[0, 1, 3, 4, 5], &[1440, 1440, 3 * 1440, 2 * 1440, 5 * 1440], &[1.0, 1.0, 1.0, 3.0, 0.5]);
+        let days = DayIndex::from_records(
+            &[0, 1, 3, 4, 5],
+            &[1440, 1440, 3 * 1440, 2 * 1440, 5 * 1440],
+            &[1.0, 1.0, 1.0, 3.0, 0.5],
+        );
         let mut k = vec![(0u32, 1u32, 0.5f32), (1, 0, 0.5), (1, 2, 0.25)];
         let mut params = HybridParams::own_only(Own::Days(30.0));
         params.knn_weight = 0.5;
@@ -429,14 +542,30 @@ mod tests {
             users: vec!["u1".into(), "u2".into(), "ü3".into()],
             items: vec!["a".into(), "b".into(), "c".into()],
             last_seen: (0..ui.nnz() as i32).collect(),
-            als: Some(AlsModel { factors: 2, user_factors: vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6].into(), item_factors: vec![1.0, 0.0, 0.0, 1.0, 0.5, 0.5].into() }),
+            als: Some(AlsModel {
+                factors: 2,
+                user_factors: vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6].into(),
+                item_factors: vec![1.0, 0.0, 0.0, 1.0, 0.5, 0.5].into(),
+            }),
             knn: Some(Csr::from_triplets(3, 3, &mut k)),
-            properties: vec![Property::from_item_values("brand", 3, &[vec!["X".into()], vec!["Y".into()], vec!["X".into(), "Z".into()]])],
+            properties: vec![Property::from_item_values(
+                "brand",
+                3,
+                &[
+                    vec!["X".into()],
+                    vec!["Y".into()],
+                    vec!["X".into(), "Z".into()],
+                ],
+            )],
             params,
             cross_params: HybridParams::pure_cf(1.0, 1.0),
             days,
             reference_day: 6,
-            property_params: vec![PropertyKnobs { property: "brand".into(), params: HybridParams::own_only(Own::Days(f32::INFINITY)), cross_params: HybridParams::pure_cf(0.5, 0.5) }],
+            property_params: vec![PropertyKnobs {
+                property: "brand".into(),
+                params: HybridParams::own_only(Own::Days(f32::INFINITY)),
+                cross_params: HybridParams::pure_cf(0.5, 0.5),
+            }],
             ui,
         }
     }
@@ -468,11 +597,27 @@ mod tests {
         let p = s.property("brand").unwrap();
         assert_eq!(p.items_for(&["X"]), vec![0, 2]);
         assert_eq!(p.items_for(&["Z", "nope"]), vec![2]);
-        let own = Scorer::new(&m.ui, m.als.as_ref(), m.knn.as_ref()).with_days(&m.days, m.reference_day);
-        let served = Scorer::from_parts(&s.ui, s.als.as_ref(), s.knn.as_ref(), Some((&s.days, s.reference_day)), s.parts.clone());
-        for knobs in [&m.params, &m.cross_params, &m.property_params[0].params, &m.property_params[0].cross_params] {
+        let own =
+            Scorer::new(&m.ui, m.als.as_ref(), m.knn.as_ref()).with_days(&m.days, m.reference_day);
+        let served = Scorer::from_parts(
+            &s.ui,
+            s.als.as_ref(),
+            s.knn.as_ref(),
+            Some((&s.days, s.reference_day)),
+            s.parts.clone(),
+        );
+        for knobs in [
+            &m.params,
+            &m.cross_params,
+            &m.property_params[0].params,
+            &m.property_params[0].cross_params,
+        ] {
             for items in [vec![0u32, 2], vec![1]] {
-                assert_eq!(own.score(&items, knobs), served.score(&items, knobs), "{knobs:?} {items:?}");
+                assert_eq!(
+                    own.score(&items, knobs),
+                    served.score(&items, knobs),
+                    "{knobs:?} {items:?}"
+                );
             }
         }
         assert_eq!(own.explain(0, &[1], 5), served.explain(0, &[1], 5));
@@ -482,7 +627,12 @@ mod tests {
     fn one_own_measure_computed_in_the_main_pass_matches_the_separate_pass() {
         let m = model();
         let sc = scorer(&m);
-        for own in [Own::Days(30.0), Own::Days(f32::INFINITY), Own::Weight(60.0), Own::Recent] {
+        for own in [
+            Own::Days(30.0),
+            Own::Days(f32::INFINITY),
+            Own::Weight(60.0),
+            Own::Recent,
+        ] {
             for items in [vec![0u32, 2], vec![1], vec![0, 1, 2]] {
                 let fused = sc.components_with(&items, &[own]);
                 let separate = sc.components_with(&items, &[own, Own::Weight(7.0)]);
@@ -511,7 +661,10 @@ mod tests {
         let bytes = image(&m, [1, 2]);
         let read = |b: &[u8], tags| read_image(Arc::new(Mapping::of_bytes(b)), tags);
         assert!(matches!(read(&bytes, [1, 3]), Err(ImageError::Mismatch(_))));
-        assert!(matches!(read(&bytes[..8], [1, 2]), Err(ImageError::Corrupt(_))));
+        assert!(matches!(
+            read(&bytes[..8], [1, 2]),
+            Err(ImageError::Corrupt(_))
+        ));
         for cut in [bytes.len() / 3, bytes.len() - 1] {
             assert!(read(&bytes[..cut], [1, 2]).is_err(), "cut at {cut}");
         }

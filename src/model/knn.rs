@@ -44,7 +44,12 @@ pub struct KnnParams {
 
 impl Default for KnnParams {
     fn default() -> Self {
-        KnnParams { neighbours: 100, k1: 100.0, b: 0.8, threads: 0 }
+        KnnParams {
+            neighbours: 100,
+            k1: 100.0,
+            b: 0.8,
+            threads: 0,
+        }
     }
 }
 
@@ -58,7 +63,11 @@ pub fn bm25_weight(ui: &Csr, k1: f32, b: f32) -> Csr {
     for (&i, &a) in ui.indices.iter().zip(&ui.data) {
         item_sums[i as usize] += a as f64;
     }
-    let mean = if n_items > 0 { item_sums.iter().sum::<f64>() / n_items as f64 } else { 0.0 };
+    let mean = if n_items > 0 {
+        item_sums.iter().sum::<f64>() / n_items as f64
+    } else {
+        0.0
+    };
     let (k1, b) = (k1 as f64, b as f64);
     // K1 * len_norm_i, precomputed per item.
     let k1_norm: Vec<f64> = item_sums
@@ -73,11 +82,21 @@ pub fn bm25_weight(ui: &Csr, k1: f32, b: f32) -> Csr {
         for (&i, &a) in items.iter().zip(vals) {
             let a = a as f64;
             let denom = k1_norm[i as usize] + a;
-            let w = if denom > 0.0 { a * (k1 + 1.0) / denom * idf } else { 0.0 };
+            let w = if denom > 0.0 {
+                a * (k1 + 1.0) / denom * idf
+            } else {
+                0.0
+            };
             data.push(w as f32);
         }
     }
-    Csr { n_rows: ui.n_rows, n_cols: ui.n_cols, indptr: ui.indptr.clone(), indices: ui.indices.clone(), data: data.into() }
+    Csr {
+        n_rows: ui.n_rows,
+        n_cols: ui.n_cols,
+        indptr: ui.indptr.clone(),
+        indices: ui.indices.clone(),
+        data: data.into(),
+    }
 }
 
 /// Trains the item-item neighbour matrix (items x items, row `j` = neighbours of `j` with their
@@ -96,7 +115,9 @@ pub fn train_knn(
     check()?;
     let n_blocks = n_items.div_ceil(BLOCK);
     let threads = if p.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else {
         p.threads
     }
@@ -112,7 +133,9 @@ pub fn train_knn(
     };
     let mut blocks: Vec<(usize, Block)> = Vec::with_capacity(n_blocks);
     let mine = std::thread::scope(|s| {
-        let handles: Vec<_> = (1..threads).map(|_| s.spawn(|| run_blocks(&ctx, None))).collect();
+        let handles: Vec<_> = (1..threads)
+            .map(|_| s.spawn(|| run_blocks(&ctx, None)))
+            .collect();
         let mine = run_blocks(&ctx, Some(check));
         for h in handles {
             match h.join() {
@@ -142,7 +165,13 @@ pub fn train_knn(
         }
     }
     debug_assert_eq!(indptr.len(), n_items + 1);
-    Ok(Csr { n_rows: n_items, n_cols: n_items, indptr: indptr.into(), indices: indices.into(), data: data.into() })
+    Ok(Csr {
+        n_rows: n_items,
+        n_cols: n_items,
+        indptr: indptr.into(),
+        indices: indices.into(),
+        data: data.into(),
+    })
 }
 
 /// Smallest weight kept for the similarity products: any product of two kept weights is a normal
@@ -167,7 +196,13 @@ fn drop_tiny(m: Csr) -> Csr {
         }
         indptr.push(indices.len());
     }
-    Csr { n_rows: m.n_rows, n_cols: m.n_cols, indptr: indptr.into(), indices: indices.into(), data: data.into() }
+    Csr {
+        n_rows: m.n_rows,
+        n_cols: m.n_cols,
+        indptr: indptr.into(),
+        indices: indices.into(),
+        data: data.into(),
+    }
 }
 
 struct Ctx<'a> {
@@ -210,7 +245,10 @@ fn run_blocks(
         }
         let lo = b * BLOCK;
         let hi = (lo + BLOCK).min(ctx.n_items);
-        let mut blk = Block { lens: Vec::with_capacity(hi - lo), entries: Vec::new() };
+        let mut blk = Block {
+            lens: Vec::with_capacity(hi - lo),
+            entries: Vec::new(),
+        };
         for i in lo..hi {
             // Per item, not per block: a block of popular items can take a second.
             if let Some(c) = check.as_mut() {
@@ -246,7 +284,11 @@ impl PartialOrd for Cand {
 impl Ord for Cand {
     fn cmp(&self, other: &Self) -> CmpOrdering {
         // Similarities are finite and > 0 here, so partial_cmp never fails.
-        other.0.partial_cmp(&self.0).unwrap_or(CmpOrdering::Equal).then(self.1.cmp(&other.1))
+        other
+            .0
+            .partial_cmp(&self.0)
+            .unwrap_or(CmpOrdering::Equal)
+            .then(self.1.cmp(&other.1))
     }
 }
 
@@ -338,7 +380,9 @@ pub fn memory_estimate(n_users: usize, n_items: usize, nnz: usize, p: &KnnParams
     nnz.saturating_mul(16)
         + (n_users + n_items + 2) * 16
         + threads * n_items * 8
-        + n_items.saturating_mul(p.neighbours.min(n_items)).saturating_mul(16)
+        + n_items
+            .saturating_mul(p.neighbours.min(n_items))
+            .saturating_mul(16)
 }
 
 #[cfg(test)]
@@ -360,7 +404,17 @@ mod tests {
     #[test]
     fn bm25_weights_match_hand_computation() {
         // 3 users x 4 items.
-        let ui = csr(3, 4, &[(0, 0, 1.0), (0, 1, 2.0), (1, 1, 1.0), (1, 2, 3.0), (2, 3, 4.0)]);
+        let ui = csr(
+            3,
+            4,
+            &[
+                (0, 0, 1.0),
+                (0, 1, 2.0),
+                (1, 1, 1.0),
+                (1, 2, 3.0),
+                (2, 3, 4.0),
+            ],
+        );
         let (k1, b) = (100.0f64, 0.8f64);
         let w = bm25_weight(&ui, k1 as f32, b as f32);
         // item sums: [1, 3, 3, 4], mean 11/4; N = 4.
@@ -371,7 +425,13 @@ mod tests {
             let ln = (1.0 - b) + b * sums[i] / mean;
             (a * (k1 + 1.0) / (k1 * ln + a) * idf(df)) as f32
         };
-        let expect = [want(1.0, 0, 2.0), want(2.0, 1, 2.0), want(1.0, 1, 2.0), want(3.0, 2, 2.0), want(4.0, 3, 1.0)];
+        let expect = [
+            want(1.0, 0, 2.0),
+            want(2.0, 1, 2.0),
+            want(1.0, 1, 2.0),
+            want(3.0, 2, 2.0),
+            want(4.0, 3, 1.0),
+        ];
         assert_eq!(w.indices, ui.indices);
         for (g, e) in w.data.iter().zip(expect) {
             assert!(close(*g, e), "{g} vs {e}");
@@ -384,9 +444,22 @@ mod tests {
         let ui = csr(
             4,
             4,
-            &[(0, 0, 1.0), (0, 1, 2.0), (1, 0, 1.0), (1, 1, 1.0), (1, 2, 3.0), (2, 2, 1.0), (2, 3, 1.0), (3, 3, 2.0)],
+            &[
+                (0, 0, 1.0),
+                (0, 1, 2.0),
+                (1, 0, 1.0),
+                (1, 1, 1.0),
+                (1, 2, 3.0),
+                (2, 2, 1.0),
+                (2, 3, 1.0),
+                (3, 3, 2.0),
+            ],
         );
-        let p = KnnParams { neighbours: 10, threads: 1, ..Default::default() };
+        let p = KnnParams {
+            neighbours: 10,
+            threads: 1,
+            ..Default::default()
+        };
         let s = train_knn(&ui, &p, &mut ok).unwrap();
         let w = bm25_weight(&ui, p.k1, p.b).transpose(); // items x users
         let dense = |m: &Csr, r: usize| {
@@ -410,7 +483,9 @@ mod tests {
                 let wj = dense(&w, j);
                 let dot: f32 = wi.iter().zip(&wj).map(|(a, b)| a * b).sum();
                 match cols.iter().position(|&c| c as usize == j) {
-                    Some(pos) => assert!(close(vals[pos], dot), "S({i},{j}) {} vs {dot}", vals[pos]),
+                    Some(pos) => {
+                        assert!(close(vals[pos], dot), "S({i},{j}) {} vs {dot}", vals[pos])
+                    }
                     None => assert_eq!(dot, 0.0, "missing S({i},{j})"),
                 }
             }
@@ -434,7 +509,11 @@ mod tests {
             t.push((u, 6 + (u - 6), 1.0));
         }
         let ui = csr(12, 12, &t);
-        let p = KnnParams { neighbours: 3, threads: 1, ..Default::default() };
+        let p = KnnParams {
+            neighbours: 3,
+            threads: 1,
+            ..Default::default()
+        };
         let s = train_knn(&ui, &p, &mut ok).unwrap();
         assert_eq!(s.row(0).0, &[1u32, 2, 5][..]);
         let p0 = KnnParams { neighbours: 0, ..p };
@@ -478,7 +557,11 @@ mod tests {
     fn planted_groups_are_neighbours_and_threads_do_not_change_result() {
         let (groups, per_group) = (4, 25);
         let ui = planted(2000, groups, per_group, 42);
-        let p1 = KnnParams { neighbours: 10, threads: 1, ..Default::default() };
+        let p1 = KnnParams {
+            neighbours: 10,
+            threads: 1,
+            ..Default::default()
+        };
         let s1 = train_knn(&ui, &p1, &mut ok).unwrap();
         let (mut same, mut all) = (0, 0);
         for i in 0..groups * per_group {
@@ -491,7 +574,10 @@ mod tests {
                 }
             }
         }
-        assert!(same as f64 >= 0.95 * all as f64, "{same}/{all} neighbours in the same group");
+        assert!(
+            same as f64 >= 0.95 * all as f64,
+            "{same}/{all} neighbours in the same group"
+        );
         let p3 = KnnParams { threads: 3, ..p1 };
         assert_eq!(train_knn(&ui, &p3, &mut ok).unwrap(), s1);
     }
@@ -504,7 +590,11 @@ mod tests {
             calls += 1;
             Ok(())
         };
-        let p = KnnParams { neighbours: 5, threads: 1, ..Default::default() };
+        let p = KnnParams {
+            neighbours: 5,
+            threads: 1,
+            ..Default::default()
+        };
         let full = train_knn(&ui, &p, &mut check).unwrap();
         // 3 calls before the blocks, one before taking each block (5, and the 6th finds none left),
         // one before each item (1 thread: the caller does them all).
@@ -525,7 +615,10 @@ mod tests {
             assert_eq!(train_knn(&ui, &p2, &mut fail), Err(Interrupted));
             assert_eq!(n, fail_after + 1, "no check after the interrupt");
         }
-        assert_eq!(train_knn(&ui, &KnnParams { threads: 2, ..p }, &mut ok).unwrap(), full);
+        assert_eq!(
+            train_knn(&ui, &KnnParams { threads: 2, ..p }, &mut ok).unwrap(),
+            full
+        );
         let empty = Csr::from_triplets(3, 0, &mut []);
         let s = train_knn(&empty, &p, &mut ok).unwrap();
         assert_eq!((s.n_rows, s.nnz(), s.indptr.len()), (0, 0, 1));

@@ -3,6 +3,6 @@
 pub mod als;
 pub mod csr;
 pub mod days;
-pub mod knn;
 pub mod image;
+pub mod knn;
 pub mod stored;

@@ -32,7 +32,11 @@ impl Property {
             }
         }
         let value_items = Csr::from_triplets(values.len(), n_items, &mut triples);
-        Property { name: name.to_string(), values, value_items }
+        Property {
+            name: name.to_string(),
+            values,
+            value_items,
+        }
     }
 
     /// Items having any of the given values (sorted, unique); unknown values are skipped.
@@ -66,7 +70,10 @@ pub fn split_values(raw: &str) -> Vec<String> {
                 .collect();
         }
     }
-    raw.split('\u{1f}').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    raw.split('\u{1f}')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -113,15 +120,31 @@ pub(crate) fn put_knobs(w: &mut Writer, p: &HybridParams) {
 }
 
 pub(crate) fn get_knobs(r: &mut Reader) -> Result<HybridParams, CodecError> {
-    let (prior, activity_exp, knn_weight, volume, days_exp, tenure_exp) =
-        (r.get_f32()?, r.get_f32()?, r.get_f32()?, r.get_f32()?, r.get_f32()?, r.get_f32()?);
+    let (prior, activity_exp, knn_weight, volume, days_exp, tenure_exp) = (
+        r.get_f32()?,
+        r.get_f32()?,
+        r.get_f32()?,
+        r.get_f32()?,
+        r.get_f32()?,
+        r.get_f32()?,
+    );
     let code = r.get_u32()?;
     let h = r.get_f32()?;
     let own = u8::try_from(code)
         .ok()
         .and_then(|c| Own::from_code(c, h))
-        .ok_or_else(|| crate::util::codec::invalid(format!("unknown own-engagement measure {code}")))?;
-    Ok(HybridParams { prior, activity_exp, knn_weight, volume, days_exp, tenure_exp, own })
+        .ok_or_else(|| {
+            crate::util::codec::invalid(format!("unknown own-engagement measure {code}"))
+        })?;
+    Ok(HybridParams {
+        prior,
+        activity_exp,
+        knn_weight,
+        volume,
+        days_exp,
+        tenure_exp,
+        own,
+    })
 }
 
 fn put_csr(w: &mut Writer, m: &Csr) {
@@ -147,7 +170,13 @@ fn get_csr(r: &mut Reader) -> Result<Csr, CodecError> {
     if !ok {
         return Err(crate::util::codec::invalid("inconsistent sparse matrix"));
     }
-    Ok(Csr { n_rows, n_cols, indptr: indptr.into(), indices: indices.into(), data: data.into() })
+    Ok(Csr {
+        n_rows,
+        n_cols,
+        indptr: indptr.into(),
+        indices: indices.into(),
+        data: data.into(),
+    })
 }
 
 impl Model {
@@ -165,12 +194,16 @@ impl Model {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        self.encode_with(&mut || Ok(())).unwrap_or_else(|_| unreachable!("no interrupt"))
+        self.encode_with(&mut || Ok(()))
+            .unwrap_or_else(|_| unreachable!("no interrupt"))
     }
 
     /// [`Model::encode`], calling `check` between its sections (each at most one array), so a
     /// cancel during storing is noticed within one section's copy.
-    pub fn encode_with(&self, check: &mut dyn FnMut() -> Result<(), Interrupted>) -> Result<Vec<u8>, Interrupted> {
+    pub fn encode_with(
+        &self,
+        check: &mut dyn FnMut() -> Result<(), Interrupted>,
+    ) -> Result<Vec<u8>, Interrupted> {
         let mut w = Writer::new();
         w.put_header(MAGIC, VERSION);
         w.put_strs(&self.users);
@@ -243,10 +276,16 @@ impl Model {
             let factors = r.get_usize()?;
             let user_factors = r.get_f32s()?;
             let item_factors = r.get_f32s()?;
-            if user_factors.len() != users.len() * factors || item_factors.len() != items.len() * factors {
+            if user_factors.len() != users.len() * factors
+                || item_factors.len() != items.len() * factors
+            {
                 return Err(bad("factor shapes do not match the id maps"));
             }
-            Some(AlsModel { factors, user_factors: user_factors.into(), item_factors: item_factors.into() })
+            Some(AlsModel {
+                factors,
+                user_factors: user_factors.into(),
+                item_factors: item_factors.into(),
+            })
         } else {
             None
         };
@@ -268,7 +307,11 @@ impl Model {
             if value_items.n_rows != values.len() || value_items.n_cols != items.len() {
                 return Err(bad("property index shape does not match"));
             }
-            properties.push(Property { name, values, value_items });
+            properties.push(Property {
+                name,
+                values,
+                value_items,
+            });
         }
         let params = get_knobs(&mut r)?;
         let cross_params = get_knobs(&mut r)?;
@@ -279,9 +322,17 @@ impl Model {
         if raw.len() % 2 != 0 {
             return Err(bad("odd length of the day table"));
         }
-        let day: Vec<u16> = raw.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        let day: Vec<u16> = raw
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
         let weight = r.get_f32s()?;
-        let days = DayIndex { day0, ptr: ptr.into(), day: day.into(), weight: weight.into() };
+        let days = DayIndex {
+            day0,
+            ptr: ptr.into(),
+            day: day.into(),
+            weight: weight.into(),
+        };
         if !days.is_valid_for(ui.nnz()) {
             return Err(bad("engagement days do not match the affinity matrix"));
         }
@@ -291,10 +342,27 @@ impl Model {
             let property = r.get_str()?.to_string();
             let params = get_knobs(&mut r)?;
             let cross_params = get_knobs(&mut r)?;
-            property_params.push(PropertyKnobs { property, params, cross_params });
+            property_params.push(PropertyKnobs {
+                property,
+                params,
+                cross_params,
+            });
         }
         r.finish()?;
-        Ok(Model { users, items, ui, last_seen, als, knn, properties, params, cross_params, days, reference_day, property_params })
+        Ok(Model {
+            users,
+            items,
+            ui,
+            last_seen,
+            als,
+            knn,
+            properties,
+            params,
+            cross_params,
+            days,
+            reference_day,
+            property_params,
+        })
     }
 }
 
@@ -305,18 +373,46 @@ mod tests {
     fn small() -> Model {
         let mut t = vec![(0, 0, 1.0), (0, 1, 2.0), (1, 1, 3.0)];
         let ui = Csr::from_triplets(2, 2, &mut t);
-        let props = Property::from_item_values("brand", 2, &[vec!["A".into()], vec!["A".into(), "B".into()]]);
+        let props = Property::from_item_values(
+            "brand",
+            2,
+            &[vec!["A".into()], vec!["A".into(), "B".into()]],
+        );
         Model {
             users: vec!["u1".into(), "u2".into()],
             items: vec!["i1".into(), "i2".into()],
             ui,
             last_seen: vec![1, 2, 3],
-            als: Some(AlsModel { factors: 1, user_factors: vec![0.5, 0.25].into(), item_factors: vec![1.0, 2.0].into() }),
+            als: Some(AlsModel {
+                factors: 1,
+                user_factors: vec![0.5, 0.25].into(),
+                item_factors: vec![1.0, 2.0].into(),
+            }),
             knn: Some(Csr::from_triplets(2, 2, &mut [(0, 1, 0.5)])),
             properties: vec![props],
-            params: HybridParams { prior: 1.0, activity_exp: 0.5, knn_weight: 0.5, volume: 1.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity },
-            cross_params: HybridParams { prior: f32::INFINITY, activity_exp: 1.0, knn_weight: 1.0, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity },
-            days: DayIndex::from_records(&[0, 2, 3, 4], &[0, 1440 * 3, 1440, 1440 * 2 + 7], &[1.0, 2.0, 3.0, 4.0]),
+            params: HybridParams {
+                prior: 1.0,
+                activity_exp: 0.5,
+                knn_weight: 0.5,
+                volume: 1.0,
+                days_exp: 0.0,
+                tenure_exp: 0.0,
+                own: Own::Affinity,
+            },
+            cross_params: HybridParams {
+                prior: f32::INFINITY,
+                activity_exp: 1.0,
+                knn_weight: 1.0,
+                volume: 0.0,
+                days_exp: 0.0,
+                tenure_exp: 0.0,
+                own: Own::Affinity,
+            },
+            days: DayIndex::from_records(
+                &[0, 2, 3, 4],
+                &[0, 1440 * 3, 1440, 1440 * 2 + 7],
+                &[1.0, 2.0, 3.0, 4.0],
+            ),
             reference_day: 3,
             property_params: vec![PropertyKnobs {
                 property: "brand".into(),
@@ -344,7 +440,11 @@ mod tests {
             let mut n = 0;
             let r = m.encode_with(&mut || {
                 n += 1;
-                if n == stop_at { Err(Interrupted) } else { Ok(()) }
+                if n == stop_at {
+                    Err(Interrupted)
+                } else {
+                    Ok(())
+                }
             });
             assert!(r.is_err(), "stop at check {stop_at}");
             assert_eq!(n, stop_at, "no check after the interrupt");

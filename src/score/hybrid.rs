@@ -170,12 +170,23 @@ impl HybridParams {
 
     /// The SQL baseline ranking by the own engagement measure `own` alone (`score_u = e_u`).
     pub fn own_only(own: Own) -> HybridParams {
-        HybridParams { own, ..HybridParams::PAST_ENGAGERS }
+        HybridParams {
+            own,
+            ..HybridParams::PAST_ENGAGERS
+        }
     }
 
     /// Pure collaborative mode: `score_u = cf_u * t_u^activity_exp`.
     pub fn pure_cf(activity_exp: f32, knn_weight: f32) -> HybridParams {
-        HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity }
+        HybridParams {
+            prior: f32::INFINITY,
+            activity_exp,
+            knn_weight,
+            volume: 0.0,
+            days_exp: 0.0,
+            tenure_exp: 0.0,
+            own: Own::Affinity,
+        }
     }
 }
 
@@ -226,7 +237,11 @@ impl Components {
             && same(&self.knn_volume, &other.knn_volume)
             && same(&self.returns, &other.returns)
             && self.own.len() == other.own.len()
-            && self.own.iter().zip(&other.own).all(|(a, b)| a.own == b.own && Arc::ptr_eq(&a.t, &b.t))
+            && self
+                .own
+                .iter()
+                .zip(&other.own)
+                .all(|(a, b)| a.own == b.own && Arc::ptr_eq(&a.t, &b.t))
     }
 
     /// The own engagement `e` and activity `t` for `own` (`t_affinity` are the affinity totals).
@@ -236,7 +251,11 @@ impl Components {
         if own == Own::Affinity {
             return (&self.e, t_affinity);
         }
-        let p = self.own.iter().find(|p| p.own == own).unwrap_or_else(|| panic!("own measure {own:?} not computed"));
+        let p = self
+            .own
+            .iter()
+            .find(|p| p.own == own)
+            .unwrap_or_else(|| panic!("own measure {own:?} not computed"));
         (&p.e, &p.t)
     }
 }
@@ -316,16 +335,27 @@ impl<'a> Scorer<'a> {
     /// (kNN must be items x items, ALS must have `n_users` user and `n_items` item vectors).
     pub fn new(ui: &'a Csr, als: Option<&'a AlsModel>, knn: Option<&'a Csr>) -> Self {
         let (n_users, n_items) = (ui.n_rows, ui.n_cols);
-        let t: Vec<f32> = (0..n_users).map(|u| ui.row(u).1.iter().map(|&a| a as f64).sum::<f64>() as f32).collect();
+        let t: Vec<f32> = (0..n_users)
+            .map(|u| ui.row(u).1.iter().map(|&a| a as f64).sum::<f64>() as f32)
+            .collect();
         let mut knn_den = Vec::new();
         let mut knn_t = None;
         if let Some(s) = knn {
-            assert!(s.n_rows == n_items && s.n_cols == n_items, "kNN matrix must be items x items");
-            let s_all: Vec<f32> = (0..n_items).map(|j| s.row(j).1.iter().map(|&x| x as f64).sum::<f64>() as f32).collect();
+            assert!(
+                s.n_rows == n_items && s.n_cols == n_items,
+                "kNN matrix must be items x items"
+            );
+            let s_all: Vec<f32> = (0..n_items)
+                .map(|j| s.row(j).1.iter().map(|&x| x as f64).sum::<f64>() as f32)
+                .collect();
             knn_den = (0..n_users)
                 .map(|u| {
                     let (items, vals) = ui.row(u);
-                    items.iter().zip(vals).map(|(&j, &a)| a as f64 * s_all[j as usize] as f64).sum::<f64>() as f32
+                    items
+                        .iter()
+                        .zip(vals)
+                        .map(|(&j, &a)| a as f64 * s_all[j as usize] as f64)
+                        .sum::<f64>() as f32
                 })
                 .collect();
             knn_t = Some(s.transpose());
@@ -346,7 +376,12 @@ impl<'a> Scorer<'a> {
             let y_all: Vec<f32> = y_all.into_iter().map(|x| x as f32).collect();
             als_den = (0..n_users).map(|u| dot(m.user(u), &y_all)).collect();
         }
-        let als_volume = Arc::new(als_den.iter().map(|&d| if d > 0.0 { d } else { 0.0 }).collect());
+        let als_volume = Arc::new(
+            als_den
+                .iter()
+                .map(|&d| if d > 0.0 { d } else { 0.0 })
+                .collect(),
+        );
         let knn_volume = Arc::new(Buf::from(knn_den.clone()));
         Scorer {
             ui,
@@ -386,13 +421,37 @@ impl<'a> Scorer<'a> {
 
     /// A scorer from parts computed earlier by [`Scorer::parts`] for the same matrices (as read
     /// from a serving image): nothing is recomputed. Panics when the shapes do not match.
-    pub fn from_parts(ui: &'a Csr, als: Option<&'a AlsModel>, knn: Option<&'a Csr>, days: Option<(&'a DayIndex, i32)>, parts: ScorerParts) -> Self {
+    pub fn from_parts(
+        ui: &'a Csr,
+        als: Option<&'a AlsModel>,
+        knn: Option<&'a Csr>,
+        days: Option<(&'a DayIndex, i32)>,
+        parts: ScorerParts,
+    ) -> Self {
         let n = ui.n_rows;
         assert!(parts.t.len() == n, "one activity per user");
-        assert!(knn.is_none() || (parts.knn_den.len() == n && parts.knn_t.as_ref().is_some_and(|t| t.n_rows == ui.n_cols)), "kNN parts");
-        assert!(als.is_none() || (parts.als_den.len() == n && parts.als_volume.len() == n), "ALS parts");
-        assert!(days.is_none() || parts.returns.as_ref().is_some_and(|r| r.days.len() == n && r.tenure.len() == n), "day parts");
-        assert!(parts.own_totals.iter().all(|(_, t)| t.len() == n), "own totals per user");
+        assert!(
+            knn.is_none()
+                || (parts.knn_den.len() == n
+                    && parts.knn_t.as_ref().is_some_and(|t| t.n_rows == ui.n_cols)),
+            "kNN parts"
+        );
+        assert!(
+            als.is_none() || (parts.als_den.len() == n && parts.als_volume.len() == n),
+            "ALS parts"
+        );
+        assert!(
+            days.is_none()
+                || parts
+                    .returns
+                    .as_ref()
+                    .is_some_and(|r| r.days.len() == n && r.tenure.len() == n),
+            "day parts"
+        );
+        assert!(
+            parts.own_totals.iter().all(|(_, t)| t.len() == n),
+            "own totals per user"
+        );
         if let Some((d, _)) = days {
             assert_eq!(d.pairs(), ui.nnz(), "one day list per stored affinity");
         }
@@ -406,9 +465,19 @@ impl<'a> Scorer<'a> {
             knn_den: parts.knn_den,
             als_den: parts.als_den,
             als_volume: Arc::new(parts.als_volume),
-            returns: if days.is_some() { parts.returns.map(Arc::new) } else { None },
+            returns: if days.is_some() {
+                parts.returns.map(Arc::new)
+            } else {
+                None
+            },
             days,
-            own_totals: Mutex::new(parts.own_totals.into_iter().map(|(o, t)| (o, Arc::new(t))).collect()),
+            own_totals: Mutex::new(
+                parts
+                    .own_totals
+                    .into_iter()
+                    .map(|(o, t)| (o, Arc::new(t)))
+                    .collect(),
+            ),
             threads: 1,
         }
     }
@@ -418,7 +487,11 @@ impl<'a> Scorer<'a> {
     /// tenures `r_u` and the own measures other than [`Own::Affinity`] come from them. Panics if
     /// the index does not match the matrix.
     pub fn with_days(mut self, days: &'a DayIndex, reference_day: i32) -> Self {
-        assert_eq!(days.pairs(), self.ui.nnz(), "one day list per stored affinity");
+        assert_eq!(
+            days.pairs(),
+            self.ui.nnz(),
+            "one day list per stored affinity"
+        );
         self.returns = Some(std::sync::Arc::new(Returns::from_days(self.ui, days)));
         self.days = Some((days, reference_day));
         self
@@ -434,10 +507,19 @@ impl<'a> Scorer<'a> {
         if own == Own::Affinity {
             return Arc::new(self.t.clone());
         }
-        if let Some((_, t)) = self.own_totals.lock().unwrap().iter().find(|(o, _)| *o == own) {
+        if let Some((_, t)) = self
+            .own_totals
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(o, _)| *o == own)
+        {
             return t.clone();
         }
-        let t = self.own_columns(None, None, None, &[own]).pop().unwrap_or_default();
+        let t = self
+            .own_columns(None, None, None, &[own])
+            .pop()
+            .unwrap_or_default();
         let t: Arc<Buf<f32>> = Arc::new(t.into());
         self.own_totals.lock().unwrap().push((own, t.clone()));
         t
@@ -517,7 +599,9 @@ impl<'a> Scorer<'a> {
             // (e_u, knn_share_u, own_u) per user, in parallel chunks. One own measure (serving an
             // audience) is computed in the same pass, while the user's row is in cache.
             let fused = match (&wanted[..], self.days) {
-                ([o], Some((days, ref_day))) => Some((*o, days, ref_day, decay_tables(days, ref_day, &[*o]))),
+                ([o], Some((days, ref_day))) => {
+                    Some((*o, days, ref_day, decay_tables(days, ref_day, &[*o])))
+                }
                 _ => None,
             };
             let mut pairs = vec![(0f32, 0f32, 0f32); n_users];
@@ -535,13 +619,35 @@ impl<'a> Scorer<'a> {
                     let den = self.knn_den[u];
                     let mut own = 0f32;
                     if let (Some((o, days, ref_day, tables)), true) = (&fused, eu > 0.0) {
-                        own_measure(self.ui, days, *ref_day, u, Some(&mask), std::slice::from_ref(o), tables, &mut buf, std::slice::from_mut(&mut own));
+                        own_measure(
+                            self.ui,
+                            days,
+                            *ref_day,
+                            u,
+                            Some(&mask),
+                            std::slice::from_ref(o),
+                            tables,
+                            &mut buf,
+                            std::slice::from_mut(&mut own),
+                        );
                     }
-                    *slot = (eu, if den > 0.0 { (num / den).clamp(0.0, 1.0) } else { 0.0 }, own);
+                    *slot = (
+                        eu,
+                        if den > 0.0 {
+                            (num / den).clamp(0.0, 1.0)
+                        } else {
+                            0.0
+                        },
+                        own,
+                    );
                 }
             });
             if let Some((o, ..)) = fused {
-                fused_own = Some(OwnPart { own: o, e: pairs.iter().map(|p| p.2).collect(), t: self.own_totals(o) });
+                fused_own = Some(OwnPart {
+                    own: o,
+                    e: pairs.iter().map(|p| p.2).collect(),
+                    t: self.own_totals(o),
+                });
             }
             let share = pairs.iter().map(|p| p.1).collect();
             for (eu, p) in e.iter_mut().zip(&pairs) {
@@ -551,7 +657,11 @@ impl<'a> Scorer<'a> {
         } else {
             for (u, eu) in e.iter_mut().enumerate() {
                 let (items, vals) = self.ui.row(u);
-                *eu = items.iter().zip(vals).map(|(&j, &a)| if mask[j as usize] { a } else { 0.0 }).sum();
+                *eu = items
+                    .iter()
+                    .zip(vals)
+                    .map(|(&j, &a)| if mask[j as usize] { a } else { 0.0 })
+                    .sum();
             }
         }
         let als_share = self.als.map(|m| {
@@ -587,7 +697,15 @@ impl<'a> Scorer<'a> {
             Some(part) => vec![part],
             None => self.own_parts(&mask, &e, &wanted),
         };
-        Components { e, knn_share, als_share, als_volume, knn_volume, returns: self.returns.clone(), own }
+        Components {
+            e,
+            knn_share,
+            als_share,
+            als_volume,
+            knn_volume,
+            returns: self.returns.clone(),
+            own,
+        }
     }
 
     /// The own measures `owns` (none of them [`Own::Affinity`]) of every user for the items of
@@ -597,13 +715,26 @@ impl<'a> Scorer<'a> {
             return Vec::new();
         }
         let cols = self.own_columns(None, Some(mask), Some(e), owns);
-        owns.iter().zip(cols).map(|(&own, e)| OwnPart { own, e, t: self.own_totals(own) }).collect()
+        owns.iter()
+            .zip(cols)
+            .map(|(&own, e)| OwnPart {
+                own,
+                e,
+                t: self.own_totals(own),
+            })
+            .collect()
     }
 
     /// One vector per measure of `owns` (none of them [`Own::Affinity`]) for the users `users`
     /// (all when `None`, in that order): over the items of `mask` (all items when `None`).
     /// Users whose `e` is 0 have no item of the value and get 0 without reading their days.
-    fn own_columns(&self, users: Option<&[usize]>, mask: Option<&[bool]>, e: Option<&[f32]>, owns: &[Own]) -> Vec<Vec<f32>> {
+    fn own_columns(
+        &self,
+        users: Option<&[usize]>,
+        mask: Option<&[bool]>,
+        e: Option<&[f32]>,
+        owns: &[Own],
+    ) -> Vec<Vec<f32>> {
         let k = owns.len();
         let m = users.map_or(self.n_users(), |u| u.len());
         let mut flat = vec![0f32; m * k];
@@ -620,7 +751,11 @@ impl<'a> Scorer<'a> {
                 par_chunks(&mut flat, self.threads, |first, out| {
                     let mut buf = Vec::new();
                     for (j, slot) in out.iter_mut().enumerate() {
-                        one(users.map_or(first + j, |us| us[first + j]), &mut buf, std::slice::from_mut(slot));
+                        one(
+                            users.map_or(first + j, |us| us[first + j]),
+                            &mut buf,
+                            std::slice::from_mut(slot),
+                        );
                     }
                 });
                 return vec![flat];
@@ -634,7 +769,9 @@ impl<'a> Scorer<'a> {
                 }
             });
         }
-        (0..k).map(|j| (0..m).map(|r| flat[r * k + j]).collect()).collect()
+        (0..k)
+            .map(|j| (0..m).map(|r| flat[r * k + j]).collect())
+            .collect()
     }
 
     /// One score per user for the value.
@@ -668,7 +805,11 @@ impl<'a> Scorer<'a> {
                 let cf = match self.knn {
                     Some(s) if cf_scale > 0.0 => {
                         let (ns, ss) = s.row(j as usize);
-                        let s_v: f32 = ns.iter().zip(ss).map(|(&i, &x)| if mask[i as usize] { x } else { 0.0 }).sum();
+                        let s_v: f32 = ns
+                            .iter()
+                            .zip(ss)
+                            .map(|(&i, &x)| if mask[i as usize] { x } else { 0.0 })
+                            .sum();
                         a * s_v * cf_scale
                     }
                     _ => 0.0,
@@ -724,7 +865,11 @@ impl DecayTable {
             return DecayTable { by_age: Vec::new() };
         }
         let max_age = (ref_day - days.day0).clamp(0, u16::MAX as i32) as usize;
-        DecayTable { by_age: (0..=max_age).map(|a| day_decay(a as i32, half_life)).collect() }
+        DecayTable {
+            by_age: (0..=max_age)
+                .map(|a| day_decay(a as i32, half_life))
+                .collect(),
+        }
     }
 
     #[inline]
@@ -786,7 +931,10 @@ fn own_measure(
     for ((slot, &own), table) in out.iter_mut().zip(owns).zip(tables) {
         *slot = match own {
             Own::Affinity => unreachable!("the affinity measure is computed from the matrix"),
-            Own::Weight(_) => buf.iter().map(|&(d, w)| w.max(0.0) * table.at(age(d))).sum(),
+            Own::Weight(_) => buf
+                .iter()
+                .map(|&(d, w)| w.max(0.0) * table.at(age(d)))
+                .sum(),
             Own::Days(_) => {
                 let mut s = 0f32;
                 let mut last = None;
@@ -822,10 +970,22 @@ impl Sample {
     pub fn every(scorer: &Scorer, step: usize) -> Sample {
         let users: Vec<usize> = (0..scorer.n_users()).step_by(step.max(1)).collect();
         let pick = |v: &[f32]| users.iter().map(|&u| v[u]).collect::<Vec<f32>>();
-        let als_volume = scorer.als.map(|_| Arc::new(pick(&scorer.als_volume).into()));
-        let knn_volume = scorer.knn.map(|_| Arc::new(pick(&scorer.knn_volume).into()));
-        let returns = scorer.returns().map(|r| std::sync::Arc::new(r.pick(&users)));
-        Sample { users, als_volume, knn_volume, returns, own_totals: Mutex::new(Vec::new()) }
+        let als_volume = scorer
+            .als
+            .map(|_| Arc::new(pick(&scorer.als_volume).into()));
+        let knn_volume = scorer
+            .knn
+            .map(|_| Arc::new(pick(&scorer.knn_volume).into()));
+        let returns = scorer
+            .returns()
+            .map(|r| std::sync::Arc::new(r.pick(&users)));
+        Sample {
+            users,
+            als_volume,
+            knn_volume,
+            returns,
+            own_totals: Mutex::new(Vec::new()),
+        }
     }
 
     /// `v` restricted to the sample.
@@ -836,7 +996,12 @@ impl Sample {
     /// The scorer's components of a value with the own measures `owns`, for the sample's users:
     /// the own measures and their totals are computed for these users only (the rest of the
     /// components come from the whole population, as [`Sample::components`]).
-    pub fn components_with(&self, scorer: &Scorer, value_items: &[u32], owns: &[Own]) -> Components {
+    pub fn components_with(
+        &self,
+        scorer: &Scorer,
+        value_items: &[u32],
+        owns: &[Own],
+    ) -> Components {
         let mut c = self.components(&scorer.components(value_items));
         let (mask, _) = scorer.value_set(value_items);
         let wanted: Vec<Own> = {
@@ -858,11 +1023,26 @@ impl Sample {
             .iter()
             .zip(cols)
             .map(|(&own, e)| {
-                let cached = self.own_totals.lock().unwrap().iter().find(|x| x.0 == own).map(|x| x.2.clone());
+                let cached = self
+                    .own_totals
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|x| x.0 == own)
+                    .map(|x| x.2.clone());
                 let t = cached.unwrap_or_else(|| {
-                    let t: Arc<Buf<f32>> = Arc::new(scorer.own_columns(Some(&self.users), None, None, &[own]).pop().unwrap_or_default().into());
+                    let t: Arc<Buf<f32>> = Arc::new(
+                        scorer
+                            .own_columns(Some(&self.users), None, None, &[own])
+                            .pop()
+                            .unwrap_or_default()
+                            .into(),
+                    );
                     // The whole-population slot is unused for totals computed on the sample only.
-                    self.own_totals.lock().unwrap().push((own, Arc::new(Buf::new()), t.clone()));
+                    self.own_totals
+                        .lock()
+                        .unwrap()
+                        .push((own, Arc::new(Buf::new()), t.clone()));
                     t
                 });
                 OwnPart { own, e, t }
@@ -884,13 +1064,26 @@ impl Sample {
                 .own
                 .iter()
                 .map(|p| {
-                    let t = self.own_totals.lock().unwrap().iter().find(|x| x.0 == p.own && Arc::ptr_eq(&x.1, &p.t)).map(|x| x.2.clone());
+                    let t = self
+                        .own_totals
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .find(|x| x.0 == p.own && Arc::ptr_eq(&x.1, &p.t))
+                        .map(|x| x.2.clone());
                     let t = t.unwrap_or_else(|| {
                         let t: Arc<Buf<f32>> = Arc::new(self.pick(&p.t).into());
-                        self.own_totals.lock().unwrap().push((p.own, p.t.clone(), t.clone()));
+                        self.own_totals
+                            .lock()
+                            .unwrap()
+                            .push((p.own, p.t.clone(), t.clone()));
                         t
                     });
-                    OwnPart { own: p.own, e: self.pick(&p.e), t }
+                    OwnPart {
+                        own: p.own,
+                        e: self.pick(&p.e),
+                        t,
+                    }
                 })
                 .collect(),
         }
@@ -926,19 +1119,30 @@ impl Returns {
             d_out.push(buf.len() as f32);
             r_out.push(span);
         }
-        Returns { days: d_out.into(), tenure: r_out.into() }
+        Returns {
+            days: d_out.into(),
+            tenure: r_out.into(),
+        }
     }
 
     /// From the latest time of each pair only (lower bounds); kept to check [`Returns::from_days`].
     #[cfg(test)]
     pub fn from_last_seen<T: Copy + Into<i64>>(ui: &Csr, last_seen: &[T], per_day: i64) -> Returns {
-        assert_eq!(last_seen.len(), ui.indices.len(), "one time per stored affinity");
+        assert_eq!(
+            last_seen.len(),
+            ui.indices.len(),
+            "one time per stored affinity"
+        );
         let per_day = per_day.max(1);
         let mut buf: Vec<i64> = Vec::new();
         let (mut days, mut tenure) = (Vec::with_capacity(ui.n_rows), Vec::with_capacity(ui.n_rows));
         for u in 0..ui.n_rows {
             buf.clear();
-            buf.extend(last_seen[ui.indptr[u]..ui.indptr[u + 1]].iter().map(|&x| x.into().div_euclid(per_day)));
+            buf.extend(
+                last_seen[ui.indptr[u]..ui.indptr[u + 1]]
+                    .iter()
+                    .map(|&x| x.into().div_euclid(per_day)),
+            );
             buf.sort_unstable();
             let span = match (buf.first(), buf.last()) {
                 (Some(a), Some(b)) => (b - a + 1) as f32,
@@ -948,12 +1152,18 @@ impl Returns {
             days.push(buf.len() as f32);
             tenure.push(span);
         }
-        Returns { days: days.into(), tenure: tenure.into() }
+        Returns {
+            days: days.into(),
+            tenure: tenure.into(),
+        }
     }
 
     /// The same users picked by index (for tuning on a sample).
     pub fn pick(&self, users: &[usize]) -> Returns {
-        Returns { days: users.iter().map(|&u| self.days[u]).collect(), tenure: users.iter().map(|&u| self.tenure[u]).collect() }
+        Returns {
+            days: users.iter().map(|&u| self.days[u]).collect(),
+            tenure: users.iter().map(|&u| self.tenure[u]).collect(),
+        }
     }
 }
 
@@ -985,11 +1195,27 @@ fn volume_kind(c: &Components, p: &HybridParams) -> u8 {
 }
 
 pub fn factor_key(c: &Components, p: &HybridParams) -> FactorKey {
-    let used = |x: f32| if x != 0.0 && !x.is_nan() && c.returns.is_some() { x.to_bits() } else { 0 };
+    let used = |x: f32| {
+        if x != 0.0 && !x.is_nan() && c.returns.is_some() {
+            x.to_bits()
+        } else {
+            0
+        }
+    };
     let kind = volume_kind(c, p);
     // The observed volume is the activity in the own measure's unit.
-    let unit = if kind != 0 || p.activity_exp == 0.0 { (0, 0) } else { p.own.key() };
-    (p.activity_exp.to_bits(), kind, used(p.days_exp), used(p.tenure_exp), unit)
+    let unit = if kind != 0 || p.activity_exp == 0.0 {
+        (0, 0)
+    } else {
+        p.own.key()
+    };
+    (
+        p.activity_exp.to_bits(),
+        kind,
+        used(p.days_exp),
+        used(p.tenure_exp),
+        unit,
+    )
 }
 
 /// The per-user scale of the score, `v_u^activity_exp * d_u^days_exp * r_u^tenure_exp` (see the
@@ -997,16 +1223,30 @@ pub fn factor_key(c: &Components, p: &HybridParams) -> FactorKey {
 /// returns) and [`factor_key`] only.
 pub fn user_factors(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
     let n = c.e.len();
-    assert_eq!(t.len(), n, "components and totals disagree on the number of users");
+    assert_eq!(
+        t.len(),
+        n,
+        "components and totals disagree on the number of users"
+    );
     let volume: &[f32] = match (volume_kind(c, p), &c.als_volume, &c.knn_volume) {
         (1, Some(v), _) | (2, _, Some(v)) => v.as_slice(),
         _ => c.own_parts(p.own, t).1,
     };
-    assert_eq!(volume.len(), n, "components and volumes disagree on the number of users");
+    assert_eq!(
+        volume.len(),
+        n,
+        "components and volumes disagree on the number of users"
+    );
     let used = |x: f32| x != 0.0 && !x.is_nan();
-    let returns: Option<&Returns> = c.returns.as_deref().filter(|_| used(p.days_exp) || used(p.tenure_exp));
+    let returns: Option<&Returns> = c
+        .returns
+        .as_deref()
+        .filter(|_| used(p.days_exp) || used(p.tenure_exp));
     if let Some(r) = returns {
-        assert!(r.days.len() == n && r.tenure.len() == n, "components and returns disagree on the number of users");
+        assert!(
+            r.days.len() == n && r.tenure.len() == n,
+            "components and returns disagree on the number of users"
+        );
     }
     (0..n)
         .map(|u| {
@@ -1028,8 +1268,15 @@ pub fn user_factors(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
 /// same `t`, shared components and [`factor_key`]).
 pub fn score_with_factors(c: &Components, t: &[f32], p: &HybridParams, f: &[f32]) -> Vec<f32> {
     let n = c.e.len();
-    assert!(t.len() == n && f.len() == n, "components, totals and factors disagree on the number of users");
-    let kw = if p.knn_weight.is_nan() { 0.5 } else { p.knn_weight.clamp(0.0, 1.0) };
+    assert!(
+        t.len() == n && f.len() == n,
+        "components, totals and factors disagree on the number of users"
+    );
+    let kw = if p.knn_weight.is_nan() {
+        0.5
+    } else {
+        p.knn_weight.clamp(0.0, 1.0)
+    };
     let cf = |u: usize| -> f32 {
         match (&c.knn_share, &c.als_share) {
             (Some(k), Some(a)) => kw * k[u] + (1.0 - kw) * a[u],
@@ -1038,9 +1285,17 @@ pub fn score_with_factors(c: &Components, t: &[f32], p: &HybridParams, f: &[f32]
             (None, None) => 0.0,
         }
     };
-    let prior = if p.prior.is_nan() { 0.0 } else { p.prior.max(0.0) };
+    let prior = if p.prior.is_nan() {
+        0.0
+    } else {
+        p.prior.max(0.0)
+    };
     // Pure CF without any collaborative model would score everyone 0: use the own share instead.
-    let prior = if prior == f32::INFINITY && c.knn_share.is_none() && c.als_share.is_none() { 0.0 } else { prior };
+    let prior = if prior == f32::INFINITY && c.knn_share.is_none() && c.als_share.is_none() {
+        0.0
+    } else {
+        prior
+    };
     let (e, t) = c.own_parts(p.own, t);
     (0..n)
         .map(|u| {
@@ -1096,7 +1351,10 @@ mod tests {
     fn assert_close(got: &[f32], want: &[f32]) {
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            assert!(close(*g, *w), "user {i}: got {g}, want {w} ({got:?} vs {want:?})");
+            assert!(
+                close(*g, *w),
+                "user {i}: got {g}, want {w} ({got:?} vs {want:?})"
+            );
         }
     }
 
@@ -1105,7 +1363,13 @@ mod tests {
         Csr::from_triplets(
             4,
             4,
-            &mut [(0, 0, 2.0), (0, 1, 1.0), (1, 1, 3.0), (1, 2, 1.0), (2, 3, 4.0)],
+            &mut [
+                (0, 0, 2.0),
+                (0, 1, 1.0),
+                (1, 1, 3.0),
+                (1, 2, 1.0),
+                (2, 3, 4.0),
+            ],
         )
     }
 
@@ -1114,7 +1378,14 @@ mod tests {
         Csr::from_triplets(
             4,
             4,
-            &mut [(0, 1, 1.0), (1, 0, 1.0), (1, 2, 2.0), (2, 1, 2.0), (3, 0, 0.5), (3, 2, 1.5)],
+            &mut [
+                (0, 1, 1.0),
+                (1, 0, 1.0),
+                (1, 2, 2.0),
+                (2, 1, 2.0),
+                (3, 0, 0.5),
+                (3, 2, 1.5),
+            ],
         )
     }
 
@@ -1139,7 +1410,10 @@ mod tests {
         assert_close(c.knn_share.as_ref().unwrap(), &[0.6, 9.0 / 11.0, 1.0, 0.0]);
         // Y_V = (1,0)+(0,2) = (1,2); Y_all = (3,3).
         // u0 (1,0): 1/3; u1 (0,1): 2/3; u2 (1,1): 3/6; u3 zero vector -> 0.
-        assert_close(c.als_share.as_ref().unwrap(), &[1.0 / 3.0, 2.0 / 3.0, 0.5, 0.0]);
+        assert_close(
+            c.als_share.as_ref().unwrap(),
+            &[1.0 / 3.0, 2.0 / 3.0, 0.5, 0.0],
+        );
         // Unsorted, duplicated and out-of-range ids give the same result.
         assert_eq!(sc.components(&[2, 0, 2, 99]), c);
     }
@@ -1149,7 +1423,15 @@ mod tests {
         let (ui, knn, als) = (ui(), knn(), als());
         let sc = Scorer::new(&ui, Some(&als), Some(&knn));
         let v = [0u32, 2];
-        let p = HybridParams { prior: 2.0, activity_exp: 0.5, knn_weight: 0.25, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity };
+        let p = HybridParams {
+            prior: 2.0,
+            activity_exp: 0.5,
+            knn_weight: 0.25,
+            volume: 0.0,
+            days_exp: 0.0,
+            tenure_exp: 0.0,
+            own: Own::Affinity,
+        };
         let knn_s = [0.6f32, 9.0 / 11.0, 1.0, 0.0];
         let als_s = [1.0f32 / 3.0, 2.0 / 3.0, 0.5, 0.0];
         let (e, t) = ([2.0f32, 1.0, 0.0, 0.0], [3.0f32, 4.0, 4.0, 0.0]);
@@ -1166,41 +1448,82 @@ mod tests {
         let pc = sc.score(&v, &HybridParams::pure_cf(1.0, 1.0));
         assert_close(&pc, &[0.6 * 3.0, 9.0 / 11.0 * 4.0, 4.0, 0.0]);
         // Share only (activity_exp 0) with no prior: e / t, users without history score 0.
-        let p0 = HybridParams { prior: 0.0, activity_exp: 0.0, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity };
+        let p0 = HybridParams {
+            prior: 0.0,
+            activity_exp: 0.0,
+            knn_weight: 0.5,
+            volume: 0.0,
+            days_exp: 0.0,
+            tenure_exp: 0.0,
+            own: Own::Affinity,
+        };
         assert_close(&sc.score(&v, &p0), &[2.0 / 3.0, 0.25, 0.0, 0.0]);
         // Volume mode: pure ALS scaled by the predicted volume x_u . Y_all is the summed
         // prediction x_u . Y_V with Y_V = (1,2): u0 (1,0) -> 1, u1 (0,1) -> 2, u2 (1,1) -> 3.
-        let raw = HybridParams { volume: 1.0, ..HybridParams::pure_cf(1.0, 0.0) };
+        let raw = HybridParams {
+            volume: 1.0,
+            ..HybridParams::pure_cf(1.0, 0.0)
+        };
         assert_close(&sc.score(&v, &raw), &[1.0, 2.0, 3.0, 0.0]);
         // kNN volume: pure kNN scaled by sum_j a_uj S_all(j) is the summed similarity to the value,
         // sum_j a_uj S_V(j) with S_V = [0, 3, 0, 2]: u0 1*3 = 3, u1 3*3 = 9, u2 4*2 = 8.
-        let knn_sum = HybridParams { volume: 2.0, ..HybridParams::pure_cf(1.0, 1.0) };
+        let knn_sum = HybridParams {
+            volume: 2.0,
+            ..HybridParams::pure_cf(1.0, 1.0)
+        };
         assert_close(&sc.score(&v, &knn_sum), &[3.0, 9.0, 8.0, 0.0]);
         // Without an ALS model, volume 1 falls back to the observed activity.
         let no_als = Scorer::new(&ui, None, Some(&knn));
-        assert_eq!(no_als.score(&v, &raw), no_als.score(&v, &HybridParams::pure_cf(1.0, 0.0)));
+        assert_eq!(
+            no_als.score(&v, &raw),
+            no_als.score(&v, &HybridParams::pure_cf(1.0, 0.0))
+        );
     }
 
     #[test]
     fn single_model_and_no_model() {
         let (ui, knn, als) = (ui(), knn(), als());
         let v = [0u32, 2];
-        let p = HybridParams { prior: 1.0, activity_exp: 1.0, knn_weight: 0.9, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity };
+        let p = HybridParams {
+            prior: 1.0,
+            activity_exp: 1.0,
+            knn_weight: 0.9,
+            volume: 0.0,
+            days_exp: 0.0,
+            tenure_exp: 0.0,
+            own: Own::Affinity,
+        };
         let t = [3.0f32, 4.0, 4.0, 0.0];
         let e = [2.0f32, 1.0, 0.0, 0.0];
-        let expect = |cf: [f32; 4]| -> Vec<f32> { (0..4).map(|u| (e[u] + cf[u]) / (t[u] + 1.0) * t[u]).collect() };
+        let expect = |cf: [f32; 4]| -> Vec<f32> {
+            (0..4)
+                .map(|u| (e[u] + cf[u]) / (t[u] + 1.0) * t[u])
+                .collect()
+        };
         let only_knn = Scorer::new(&ui, None, Some(&knn));
         assert!(only_knn.components(&v).als_share.is_none());
-        assert_close(&only_knn.score(&v, &p), &expect([0.6, 9.0 / 11.0, 1.0, 0.0]));
+        assert_close(
+            &only_knn.score(&v, &p),
+            &expect([0.6, 9.0 / 11.0, 1.0, 0.0]),
+        );
         let only_als = Scorer::new(&ui, Some(&als), None);
         assert!(only_als.components(&v).knn_share.is_none());
-        assert_close(&only_als.score(&v, &p), &expect([1.0 / 3.0, 2.0 / 3.0, 0.5, 0.0]));
+        assert_close(
+            &only_als.score(&v, &p),
+            &expect([1.0 / 3.0, 2.0 / 3.0, 0.5, 0.0]),
+        );
         let none = Scorer::new(&ui, None, None);
         assert_close(&none.score(&v, &p), &expect([0.0; 4]));
         assert_eq!(none.components(&v).e, e.to_vec());
         // Without any model, pure CF falls back to the own share (prior 0).
-        let share_only = HybridParams { prior: 0.0, ..HybridParams::pure_cf(0.0, 0.5) };
-        assert_eq!(none.score(&v, &HybridParams::pure_cf(0.0, 0.5)), none.score(&v, &share_only));
+        let share_only = HybridParams {
+            prior: 0.0,
+            ..HybridParams::pure_cf(0.0, 0.5)
+        };
+        assert_eq!(
+            none.score(&v, &HybridParams::pure_cf(0.0, 0.5)),
+            none.score(&v, &share_only)
+        );
         assert_close(&none.score(&v, &share_only), &[2.0 / 3.0, 0.25, 0.0, 0.0]);
     }
 
@@ -1209,7 +1532,9 @@ mod tests {
         let ui = ui();
         // Entry times in minutes (1440 per day), one per stored affinity, row by row.
         let nnz = ui.nnz();
-        let row_of: Vec<usize> = (0..ui.n_rows).flat_map(|u| std::iter::repeat_n(u, ui.indptr[u + 1] - ui.indptr[u])).collect();
+        let row_of: Vec<usize> = (0..ui.n_rows)
+            .flat_map(|u| std::iter::repeat_n(u, ui.indptr[u + 1] - ui.indptr[u]))
+            .collect();
         // u0: every item on day 3; others: item k of the row on day 2 * k (so days = tenure-ish);
         // negative times fall on negative days (div_euclid).
         let mut seen = vec![0i32; nnz];
@@ -1218,7 +1543,11 @@ mod tests {
             if p > 0 && row_of[p] != row_of[p - 1] {
                 k_in_row = 0;
             }
-            seen[p] = if row_of[p] == 0 { 3 * 1440 + 5 } else { 2 * 1440 * k_in_row - 1 };
+            seen[p] = if row_of[p] == 0 {
+                3 * 1440 + 5
+            } else {
+                2 * 1440 * k_in_row - 1
+            };
             k_in_row += 1;
         }
         let r = Returns::from_last_seen(&ui, &seen, 1440);
@@ -1239,14 +1568,28 @@ mod tests {
         let v = [0u32, 2];
         let plain = Scorer::new(&ui, None, None);
         let with = Scorer::new(&ui, None, None).with_days(&days, 10);
-        let base = HybridParams { prior: 1.0, activity_exp: 1.0, knn_weight: 0.5, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity };
+        let base = HybridParams {
+            prior: 1.0,
+            activity_exp: 1.0,
+            knn_weight: 0.5,
+            volume: 0.0,
+            days_exp: 0.0,
+            tenure_exp: 0.0,
+            own: Own::Affinity,
+        };
         let s0 = plain.score(&v, &base);
         // Exponents 0 change nothing; without times the factors are 1.
         assert_eq!(with.score(&v, &base), s0);
-        let dp = HybridParams { days_exp: 2.0, tenure_exp: 0.5, ..base };
+        let dp = HybridParams {
+            days_exp: 2.0,
+            tenure_exp: 0.5,
+            ..base
+        };
         assert_eq!(plain.score(&v, &dp), s0);
         let got = with.score(&v, &dp);
-        let want: Vec<f32> = (0..4).map(|u| s0[u] * r.days[u].powi(2) * r.tenure[u].sqrt()).collect();
+        let want: Vec<f32> = (0..4)
+            .map(|u| s0[u] * r.days[u].powi(2) * r.tenure[u].sqrt())
+            .collect();
         assert_close(&got, &want);
         // A sample scores its users exactly as the whole population does.
         let (knn, als) = (knn(), als());
@@ -1257,11 +1600,18 @@ mod tests {
         let c = sample.components(&full.components_with(&v, &owns));
         // Computing the own measures for the sample's users only gives the same components.
         assert_eq!(sample.components_with(&full, &v, &owns), c);
-        let mut ps = vec![dp, HybridParams { volume: 1.0, ..dp }, HybridParams::pure_cf(1.0, 0.5)];
+        let mut ps = vec![
+            dp,
+            HybridParams { volume: 1.0, ..dp },
+            HybridParams::pure_cf(1.0, 0.5),
+        ];
         ps.extend(owns.iter().map(|&own| HybridParams { own, ..dp }));
         for p in ps {
             let whole = full.score(&v, &p);
-            assert_eq!(score_from_components(&c, &sample.pick(full.totals()), &p), sample.pick(&whole));
+            assert_eq!(
+                score_from_components(&c, &sample.pick(full.totals()), &p),
+                sample.pick(&whole)
+            );
         }
     }
 
@@ -1269,8 +1619,14 @@ mod tests {
     fn engaged_flags_users_with_value_engagement() {
         let ui = ui();
         let sc = Scorer::new(&ui, None, None);
-        assert_eq!(engaged(&sc.components(&[0, 2])), vec![true, true, false, false]);
-        assert_eq!(engaged(&sc.components(&[3])), vec![false, false, true, false]);
+        assert_eq!(
+            engaged(&sc.components(&[0, 2])),
+            vec![true, true, false, false]
+        );
+        assert_eq!(
+            engaged(&sc.components(&[3])),
+            vec![false, false, true, false]
+        );
         assert_eq!(engaged(&sc.components(&[])), vec![false; 4]);
     }
 
@@ -1294,7 +1650,10 @@ mod tests {
         let ui2 = Csr::from_triplets(1, 3, &mut [(0, 2, 1.0), (0, 0, 1.0), (0, 1, 5.0)]);
         let sc2 = Scorer::new(&ui2, None, None);
         assert_eq!(sc2.explain(0, &[0, 2], 5), vec![(0, 1.0), (2, 1.0)]);
-        assert_eq!(sc2.explain(0, &[1, 0, 2], 5), vec![(1, 5.0), (0, 1.0), (2, 1.0)]);
+        assert_eq!(
+            sc2.explain(0, &[1, 0, 2], 5),
+            vec![(1, 5.0), (0, 1.0), (2, 1.0)]
+        );
         assert!(sc2.explain(7, &[0], 5).is_empty());
         assert!(sc2.explain(0, &[0], 0).is_empty());
     }
@@ -1313,22 +1672,38 @@ mod tests {
         let mut t = Vec::new();
         for u in 0..n_users {
             for _ in 0..3 {
-                t.push((u as u32, (next() % n_items as u64) as u32, 1.0 + (next() % 5) as f32));
+                t.push((
+                    u as u32,
+                    (next() % n_items as u64) as u32,
+                    1.0 + (next() % 5) as f32,
+                ));
             }
         }
         let ui = Csr::from_triplets(n_users, n_items, &mut t);
-        let mut kt: Vec<(u32, u32, f32)> =
-            (0..n_items as u32).flat_map(|i| [(i, (i + 1) % n_items as u32, 0.5), (i, (i + 7) % n_items as u32, 0.25)]).collect();
+        let mut kt: Vec<(u32, u32, f32)> = (0..n_items as u32)
+            .flat_map(|i| {
+                [
+                    (i, (i + 1) % n_items as u32, 0.5),
+                    (i, (i + 7) % n_items as u32, 0.25),
+                ]
+            })
+            .collect();
         let knn = Csr::from_triplets(n_items, n_items, &mut kt);
         let k = 4;
         let als = AlsModel {
             factors: k,
-            user_factors: (0..n_users * k).map(|_| (next() % 100) as f32 / 100.0).collect(),
-            item_factors: (0..n_items * k).map(|_| (next() % 100) as f32 / 100.0).collect(),
+            user_factors: (0..n_users * k)
+                .map(|_| (next() % 100) as f32 / 100.0)
+                .collect(),
+            item_factors: (0..n_items * k)
+                .map(|_| (next() % 100) as f32 / 100.0)
+                .collect(),
         };
         let v = [1u32, 5, 9];
         let one = Scorer::new(&ui, Some(&als), Some(&knn)).components(&v);
-        let three = Scorer::new(&ui, Some(&als), Some(&knn)).with_threads(3).components(&v);
+        let three = Scorer::new(&ui, Some(&als), Some(&knn))
+            .with_threads(3)
+            .components(&v);
         assert_eq!(one, three);
         assert!(one.e.iter().any(|&e| e > 0.0));
     }

@@ -14,12 +14,15 @@
 //! hit rate (not lift) means values with a high base rate weigh more; it measures directly what a
 //! campaign buys: the share of the chosen audience that engages.
 
-use crate::score::hybrid::{factor_key, score_from_components, score_with_factors, user_factors, Components, FactorKey, HybridParams};
 #[cfg(test)]
 use crate::score::hybrid::Own;
-use crate::score::topk::top_k;
+use crate::score::hybrid::{
+    factor_key, score_from_components, score_with_factors, user_factors, Components, FactorKey,
+    HybridParams,
+};
 #[cfg(doc)]
 use crate::score::topk::rank_order;
+use crate::score::topk::top_k;
 
 /// Metrics of one cut of a ranking.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,8 +96,17 @@ fn ratio(a: f64, b: f64) -> f64 {
 
 /// Evaluates `scores` (one per user) against `positive` (holdout engagement) over the users with
 /// `eligible(user)`, at the cuts `pcts` (percent of eligible users). See the module doc.
-pub fn evaluate_ranking(scores: &[f32], positive: &[bool], eligible: &dyn Fn(usize) -> bool, pcts: &[f64]) -> RankingMetrics {
-    assert_eq!(scores.len(), positive.len(), "scores and positives disagree on the number of users");
+pub fn evaluate_ranking(
+    scores: &[f32],
+    positive: &[bool],
+    eligible: &dyn Fn(usize) -> bool,
+    pcts: &[f64],
+) -> RankingMetrics {
+    assert_eq!(
+        scores.len(),
+        positive.len(),
+        "scores and positives disagree on the number of users"
+    );
     let (mut n_elig, mut n_pos) = (0usize, 0usize);
     let mut pairs: Vec<(f32, bool)> = Vec::new();
     for (u, (&s, &p)) in scores.iter().zip(positive).enumerate() {
@@ -114,10 +126,23 @@ pub fn evaluate_ranking(scores: &[f32], positive: &[bool], eligible: &dyn Fn(usi
         .zip(ks.iter().zip(hits))
         .map(|(&pct, (&k, hits))| {
             let hit_rate = ratio(hits as f64, k as f64);
-            CutMetrics { pct, k, hits, hit_rate, recall: ratio(hits as f64, n_pos as f64), lift: ratio(hit_rate, base_rate) }
+            CutMetrics {
+                pct,
+                k,
+                hits,
+                hit_rate,
+                recall: ratio(hits as f64, n_pos as f64),
+                lift: ratio(hit_rate, base_rate),
+            }
         })
         .collect();
-    RankingMetrics { positives: n_pos, eligible: n_elig, base_rate, cuts, auc: auc(pairs) }
+    RankingMetrics {
+        positives: n_pos,
+        eligible: n_elig,
+        base_rate,
+        cuts,
+        auc: auc(pairs),
+    }
 }
 
 /// Mann-Whitney AUC of (score, positive) pairs with ties counted half; 0.5 if a class is empty.
@@ -151,8 +176,21 @@ fn auc(mut pairs: Vec<(f32, bool)>) -> f64 {
 
 /// Picks the grid point with the best objective (see the module doc) over all users; returns it and
 /// its objective.
-pub fn tune(components_per_value: &[(Components, Vec<bool>)], t: &[f32], grid: &[HybridParams], pcts: &[f64]) -> (HybridParams, f64) {
-    tune_eligible(components_per_value, t, grid, pcts, &|_, _| true, 1, &mut || {})
+pub fn tune(
+    components_per_value: &[(Components, Vec<bool>)],
+    t: &[f32],
+    grid: &[HybridParams],
+    pcts: &[f64],
+) -> (HybridParams, f64) {
+    tune_eligible(
+        components_per_value,
+        t,
+        grid,
+        pcts,
+        &|_, _| true,
+        1,
+        &mut || {},
+    )
 }
 
 /// A key whose ascending order is [`rank_order`]: score descending (with -0.0 = 0.0), then user
@@ -162,7 +200,11 @@ fn rank_key(score: f32, user: u32) -> u64 {
     let s = if score == 0.0 { 0.0f32 } else { score };
     let b = s.to_bits();
     // Monotone map of the float onto u32 (negative floats reversed), then reversed for descending.
-    let ord = if b & 0x8000_0000 != 0 { !b } else { b | 0x8000_0000 };
+    let ord = if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    };
     ((!ord as u64) << 32) | user as u64
 }
 
@@ -170,10 +212,20 @@ fn rank_key(score: f32, user: u32) -> u64 {
 /// The same counts as ranking with [`top_k`] and counting prefixes, in O(n + sum k) instead of
 /// O(n + k log k): nested selections from the largest cut down on integer keys, since the order
 /// is total.
-fn hits_at_cuts(scores: &[f32], positive: &[bool], eligible: &[bool], ks: &[usize], cand: &mut Vec<u64>) -> Vec<usize> {
+fn hits_at_cuts(
+    scores: &[f32],
+    positive: &[bool],
+    eligible: &[bool],
+    ks: &[usize],
+    cand: &mut Vec<u64>,
+) -> Vec<usize> {
     cand.clear();
     cand.extend(
-        scores.iter().enumerate().filter(|&(u, s)| eligible[u] && !s.is_nan()).map(|(u, &s)| rank_key(s, u as u32)),
+        scores
+            .iter()
+            .enumerate()
+            .filter(|&(u, s)| eligible[u] && !s.is_nan())
+            .map(|(u, &s)| rank_key(s, u as u32)),
     );
     let mut order: Vec<usize> = (0..ks.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(ks[i]));
@@ -188,7 +240,10 @@ fn hits_at_cuts(scores: &[f32], positive: &[bool], eligible: &[bool], ks: &[usiz
             cand[..len].select_nth_unstable(k - 1);
             len = k;
         }
-        hits[i] = cand[..k].iter().filter(|&&key| positive[key as u32 as usize]).count();
+        hits[i] = cand[..k]
+            .iter()
+            .filter(|&&key| positive[key as u32 as usize])
+            .count();
     }
     hits
 }
@@ -207,7 +262,15 @@ pub fn tune_eligible(
     check: &mut dyn FnMut(),
 ) -> (HybridParams, f64) {
     assert!(!grid.is_empty(), "empty tuning grid");
-    let objs = grid_objectives(components_per_value, t, grid, pcts, eligible, threads, check);
+    let objs = grid_objectives(
+        components_per_value,
+        t,
+        grid,
+        pcts,
+        eligible,
+        threads,
+        check,
+    );
     best_of(grid, &objs)
 }
 
@@ -246,11 +309,16 @@ pub fn grid_objectives(
         .collect();
     // The user factors depend on few knobs and on the shared parts of the components: when every
     // value shares them (as the scorer's components do), compute each distinct factor vector once.
-    let shared = components_per_value.windows(2).all(|w| w[0].0.shares_user_parts(&w[1].0));
-    let mut factors: std::collections::HashMap<FactorKey, Vec<f32>> = std::collections::HashMap::new();
+    let shared = components_per_value
+        .windows(2)
+        .all(|w| w[0].0.shares_user_parts(&w[1].0));
+    let mut factors: std::collections::HashMap<FactorKey, Vec<f32>> =
+        std::collections::HashMap::new();
     if let (true, Some((c0, _))) = (shared, components_per_value.first()) {
         for p in grid {
-            factors.entry(factor_key(c0, p)).or_insert_with(|| user_factors(c0, t, p));
+            factors
+                .entry(factor_key(c0, p))
+                .or_insert_with(|| user_factors(c0, t, p));
         }
     }
     let objective = |p: &HybridParams, cand: &mut Vec<u64>| -> f64 {
@@ -262,7 +330,12 @@ pub fn grid_objectives(
                 None => score_from_components(c, t, p),
             };
             let hits = hits_at_cuts(&scores, pos, mask, ks, cand);
-            sum += ks.iter().zip(&hits).map(|(&k, &h)| ratio(h as f64, k as f64)).sum::<f64>() / ks.len() as f64;
+            sum += ks
+                .iter()
+                .zip(&hits)
+                .map(|(&k, &h)| ratio(h as f64, k as f64))
+                .sum::<f64>()
+                / ks.len() as f64;
             n += 1;
         }
         if n > 0 {
@@ -317,10 +390,12 @@ pub const DEFAULT_ACTIVITY_EXPS: [f32; 6] = [1.0, 0.5, 0.0, 1.5, 2.0, 3.0];
 /// ignoring how users return). On MovieLens 100K the users who rate again are the ones who came
 /// back over weeks, not the ones with the most ratings (bench/movielens_returns.sql), and validation
 /// picks tenure_exp = 1; on the demo shop and the 20M-event shop it picks days_exp = 0.5.
-pub const DEFAULT_RETURN_EXPS: [(f32, f32); 5] = [(0.0, 0.0), (0.5, 0.0), (1.0, 0.0), (0.0, 0.5), (0.0, 1.0)];
+pub const DEFAULT_RETURN_EXPS: [(f32, f32); 5] =
+    [(0.0, 0.0), (0.5, 0.0), (1.0, 0.0), (0.0, 0.5), (0.0, 1.0)];
 /// Points of [`default_grid`] per `(days_exp, tenure_exp)` pair: one per activity exponent for the
 /// smallest prior, three knn weights otherwise, and 6 ALS-volume-scaled pure-CF points.
-pub const DEFAULT_GRID_BLOCK: usize = DEFAULT_ACTIVITY_EXPS.len() * (1 + (DEFAULT_PRIORS.len() - 1) * DEFAULT_KNN_WEIGHTS.len()) + 6;
+pub const DEFAULT_GRID_BLOCK: usize =
+    DEFAULT_ACTIVITY_EXPS.len() * (1 + (DEFAULT_PRIORS.len() - 1) * DEFAULT_KNN_WEIGHTS.len()) + 6;
 /// Points of [`default_grid`].
 pub const DEFAULT_GRID_LEN: usize = DEFAULT_RETURN_EXPS.len() * DEFAULT_GRID_BLOCK;
 
@@ -337,10 +412,26 @@ pub fn default_grid() -> Vec<HybridParams> {
         for &prior in &DEFAULT_PRIORS {
             for &activity_exp in &DEFAULT_ACTIVITY_EXPS {
                 if prior == DEFAULT_PRIORS[0] {
-                    g.push(HybridParams { prior, activity_exp, knn_weight: 0.5, volume: 0.0, days_exp, tenure_exp, own: crate::score::hybrid::Own::Affinity });
+                    g.push(HybridParams {
+                        prior,
+                        activity_exp,
+                        knn_weight: 0.5,
+                        volume: 0.0,
+                        days_exp,
+                        tenure_exp,
+                        own: crate::score::hybrid::Own::Affinity,
+                    });
                 } else {
                     for &knn_weight in &DEFAULT_KNN_WEIGHTS {
-                        g.push(HybridParams { prior, activity_exp, knn_weight, volume: 0.0, days_exp, tenure_exp, own: crate::score::hybrid::Own::Affinity });
+                        g.push(HybridParams {
+                            prior,
+                            activity_exp,
+                            knn_weight,
+                            volume: 0.0,
+                            days_exp,
+                            tenure_exp,
+                            own: crate::score::hybrid::Own::Affinity,
+                        });
                     }
                 }
             }
@@ -349,7 +440,15 @@ pub fn default_grid() -> Vec<HybridParams> {
         // knn_weight 0 and activity_exp 1 this is the summed-ALS-predictions ranking.
         for &activity_exp in &[1.0f32, 0.5, 1.5] {
             for &knn_weight in &[0.0f32, 0.5] {
-                g.push(HybridParams { prior: f32::INFINITY, activity_exp, knn_weight, volume: 1.0, days_exp, tenure_exp, own: crate::score::hybrid::Own::Affinity });
+                g.push(HybridParams {
+                    prior: f32::INFINITY,
+                    activity_exp,
+                    knn_weight,
+                    volume: 1.0,
+                    days_exp,
+                    tenure_exp,
+                    own: crate::score::hybrid::Own::Affinity,
+                });
             }
         }
         // (Pure CF scaled by the kNN volume, `volume = 2`, is not in the grid: on the grocery
@@ -361,23 +460,36 @@ pub fn default_grid() -> Vec<HybridParams> {
 
 /// The typical activity used to scale priors: the median of the positive `t_u` (1 if none).
 pub fn typical_activity(t: &[f32]) -> f32 {
-    let mut pos: Vec<f32> = t.iter().copied().filter(|&x| x > 0.0 && x.is_finite()).collect();
+    let mut pos: Vec<f32> = t
+        .iter()
+        .copied()
+        .filter(|&x| x > 0.0 && x.is_finite())
+        .collect();
     if pos.is_empty() {
         return 1.0;
     }
     let mid = pos.len() / 2;
-    *pos.select_nth_unstable_by(mid, |a, b| a.partial_cmp(b).unwrap()).1
+    *pos.select_nth_unstable_by(mid, |a, b| a.partial_cmp(b).unwrap())
+        .1
 }
 
 /// [`default_grid`] for the own-engagement measure `own`, priors in multiples of the typical
 /// activity `t` measured in that unit.
 pub fn default_grid_own(t: &[f32], own: crate::score::hybrid::Own) -> Vec<HybridParams> {
-    default_grid_for(t).into_iter().map(|p| HybridParams { own, ..p }).collect()
+    default_grid_for(t)
+        .into_iter()
+        .map(|p| HybridParams { own, ..p })
+        .collect()
 }
 
 /// `grid` with every prior multiplied by `scale`.
 pub fn scaled_grid(grid: &[HybridParams], scale: f32) -> Vec<HybridParams> {
-    grid.iter().map(|p| HybridParams { prior: p.prior * scale, ..*p }).collect()
+    grid.iter()
+        .map(|p| HybridParams {
+            prior: p.prior * scale,
+            ..*p
+        })
+        .collect()
 }
 
 /// [`default_grid`] with priors in affinity units: multiples of [`typical_activity`]`(t)`.
@@ -403,7 +515,9 @@ mod tests {
         // Top 3 = users 0, 1, 2 (2 before 3 on the tie): 2 hits.
         let c = &m.cuts[0];
         assert_eq!((c.k, c.hits), (3, 2));
-        assert!(close(c.hit_rate, 2.0 / 3.0) && close(c.recall, 2.0 / 3.0) && close(c.lift, 4.0 / 3.0));
+        assert!(
+            close(c.hit_rate, 2.0 / 3.0) && close(c.recall, 2.0 / 3.0) && close(c.lift, 4.0 / 3.0)
+        );
         let c = &m.cuts[1];
         assert_eq!((c.k, c.hits), (2, 1));
         assert!(close(c.hit_rate, 0.5) && close(c.recall, 1.0 / 3.0) && close(c.lift, 1.0));
@@ -433,13 +547,22 @@ mod tests {
     #[test]
     fn degenerate_cases() {
         let m = evaluate_ranking(&[1.0, 2.0], &[false, false], &|_| true, &[50.0]);
-        assert_eq!((m.positives, m.auc, m.cuts[0].recall, m.cuts[0].lift), (0, 0.5, 0.0, 0.0));
+        assert_eq!(
+            (m.positives, m.auc, m.cuts[0].recall, m.cuts[0].lift),
+            (0, 0.5, 0.0, 0.0)
+        );
         let m = evaluate_ranking(&[1.0, 2.0], &[true, false], &|_| false, &[50.0]);
         assert_eq!((m.eligible, m.cuts[0].k, m.cuts[0].hit_rate), (0, 0, 0.0));
         // Perfect and reversed rankings; all-tied ranking has AUC 0.5.
         let pos = [true, true, false, false];
-        assert_eq!(evaluate_ranking(&[4.0, 3.0, 2.0, 1.0], &pos, &|_| true, &[]).auc, 1.0);
-        assert_eq!(evaluate_ranking(&[1.0, 2.0, 3.0, 4.0], &pos, &|_| true, &[]).auc, 0.0);
+        assert_eq!(
+            evaluate_ranking(&[4.0, 3.0, 2.0, 1.0], &pos, &|_| true, &[]).auc,
+            1.0
+        );
+        assert_eq!(
+            evaluate_ranking(&[1.0, 2.0, 3.0, 4.0], &pos, &|_| true, &[]).auc,
+            0.0
+        );
         assert_eq!(evaluate_ranking(&[1.0; 4], &pos, &|_| true, &[]).auc, 0.5);
         assert_eq!(cut_sizes(&[10.0, 200.0, 0.0], 30), vec![3, 30, 1]);
     }
@@ -448,10 +571,25 @@ mod tests {
     /// ranks them last and the ALS share is noise.
     fn case(n: usize, positives: &[usize]) -> (Components, Vec<bool>) {
         let pos: Vec<bool> = (0..n).map(|u| positives.contains(&u)).collect();
-        let knn: Vec<f32> = (0..n).map(|u| if pos[u] { 0.5 + u as f32 / 100.0 } else { 0.1 }).collect();
-        let e: Vec<f32> = (0..n).map(|u| if pos[u] { 0.0 } else { 1.0 + u as f32 }).collect();
+        let knn: Vec<f32> = (0..n)
+            .map(|u| if pos[u] { 0.5 + u as f32 / 100.0 } else { 0.1 })
+            .collect();
+        let e: Vec<f32> = (0..n)
+            .map(|u| if pos[u] { 0.0 } else { 1.0 + u as f32 })
+            .collect();
         let als: Vec<f32> = (0..n).map(|u| ((u * 7) % 5) as f32 / 5.0).collect();
-        (Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: None, knn_volume: None, returns: None, own: Vec::new() }, pos)
+        (
+            Components {
+                e,
+                knn_share: Some(knn),
+                als_share: Some(als),
+                als_volume: None,
+                knn_volume: None,
+                returns: None,
+                own: Vec::new(),
+            },
+            pos,
+        )
     }
 
     #[test]
@@ -461,7 +599,20 @@ mod tests {
         let engagers = HybridParams::PAST_ENGAGERS;
         let knn_only = HybridParams::pure_cf(0.0, 1.0);
         let als_only = HybridParams::pure_cf(0.0, 0.0);
-        let grid = [engagers, als_only, knn_only, HybridParams { prior: 5.0, activity_exp: 1.0, knn_weight: 1.0, volume: 0.0, days_exp: 0.0, tenure_exp: 0.0, own: Own::Affinity }];
+        let grid = [
+            engagers,
+            als_only,
+            knn_only,
+            HybridParams {
+                prior: 5.0,
+                activity_exp: 1.0,
+                knn_weight: 1.0,
+                volume: 0.0,
+                days_exp: 0.0,
+                tenure_exp: 0.0,
+                own: Own::Affinity,
+            },
+        ];
         let (best, obj) = tune(&values, &t, &grid, &[20.0, 30.0]);
         assert_eq!(best, knn_only);
         // Value 1: k=2 -> 2/2, k=3 -> 3/3. Value 2: k=2 -> 2/2, k=3 -> 2/3.
@@ -469,19 +620,38 @@ mod tests {
         // The objective agrees with evaluate_ranking.
         let per_value: Vec<f64> = values
             .iter()
-            .map(|(c, pos)| evaluate_ranking(&score_from_components(c, &t, &knn_only), pos, &|_| true, &[20.0, 30.0]).mean_hit_rate())
+            .map(|(c, pos)| {
+                evaluate_ranking(
+                    &score_from_components(c, &t, &knn_only),
+                    pos,
+                    &|_| true,
+                    &[20.0, 30.0],
+                )
+                .mean_hit_rate()
+            })
             .collect();
         assert!(close(obj, per_value.iter().sum::<f64>() / 2.0));
         // On the default grid something collaborative and kNN-heavy wins, never past engagers.
         let (best, obj2) = tune(&values, &t, &default_grid_for(&t), &[20.0, 30.0]);
-        assert!(best.prior > 0.0 && best.knn_weight > 0.5 && close(obj2, obj), "{best:?} {obj2}");
+        assert!(
+            best.prior > 0.0 && best.knn_weight > 0.5 && close(obj2, obj),
+            "{best:?} {obj2}"
+        );
         // Ties go to the first grid point; a value without positives is ignored.
         let mut v3 = values.clone();
         v3.push(case(10, &[]));
         assert_eq!(tune(&v3, &t, &[knn_only, knn_only], &[20.0]).0, knn_only);
         assert!(close(tune(&v3, &t, &[knn_only], &[20.0, 30.0]).1, obj));
         // With eligibility excluding the positives of value 1, it no longer counts.
-        let (_, o) = tune_eligible(&values, &t, &[knn_only], &[20.0], &|v, u| v == 1 || ![1, 4, 7].contains(&u), 1, &mut || {});
+        let (_, o) = tune_eligible(
+            &values,
+            &t,
+            &[knn_only],
+            &[20.0],
+            &|v, u| v == 1 || ![1, 4, 7].contains(&u),
+            1,
+            &mut || {},
+        );
         assert!(close(o, 1.0));
     }
 
@@ -490,10 +660,18 @@ mod tests {
         let g = default_grid();
         assert_eq!(g.len(), DEFAULT_GRID_LEN);
         assert_eq!(g.len(), 510);
-        assert!(DEFAULT_RETURN_EXPS
+        assert!(DEFAULT_RETURN_EXPS.iter().all(|&(d, r)| g
             .iter()
-            .all(|&(d, r)| g.iter().filter(|p| p.days_exp == d && p.tenure_exp == r).count() == DEFAULT_GRID_BLOCK));
-        assert_eq!(g[0], HybridParams { prior: DEFAULT_PRIORS[0], ..HybridParams::PAST_ENGAGERS });
+            .filter(|p| p.days_exp == d && p.tenure_exp == r)
+            .count()
+            == DEFAULT_GRID_BLOCK));
+        assert_eq!(
+            g[0],
+            HybridParams {
+                prior: DEFAULT_PRIORS[0],
+                ..HybridParams::PAST_ENGAGERS
+            }
+        );
         let mut dedup = g.clone();
         dedup.dedup();
         assert_eq!(dedup.len(), DEFAULT_GRID_LEN);
@@ -501,7 +679,10 @@ mod tests {
         assert_eq!(typical_activity(&[0.0, 4.0, 1.0, 9.0, 0.0]), 4.0);
         assert_eq!(typical_activity(&[0.0]), 1.0);
         let s = default_grid_for(&[2.0, 2.0, 2.0]);
-        assert!(s.iter().zip(&g).all(|(a, b)| a.prior == b.prior * 2.0 && a.activity_exp == b.activity_exp));
+        assert!(s
+            .iter()
+            .zip(&g)
+            .all(|(a, b)| a.prior == b.prior * 2.0 && a.activity_exp == b.activity_exp));
         assert!(s.iter().any(|p| p.prior == f32::INFINITY));
     }
 
@@ -543,17 +724,40 @@ mod tests {
         let n = 500;
         let t: Vec<f32> = (0..n).map(|_| (r() * 50.0) as f32).collect();
         let days: Vec<f32> = (0..n).map(|_| 1.0 + (r() * 10.0).floor() as f32).collect();
-        let tenure: Vec<f32> = days.iter().map(|&d| d + (r() * 30.0).floor() as f32).collect();
-        let returns = std::sync::Arc::new(crate::score::hybrid::Returns { days: days.clone().into(), tenure: tenure.into() });
-        let vol = std::sync::Arc::new((0..n).map(|_| r() as f32 * 10.0).collect::<crate::util::buf::Buf<f32>>());
+        let tenure: Vec<f32> = days
+            .iter()
+            .map(|&d| d + (r() * 30.0).floor() as f32)
+            .collect();
+        let returns = std::sync::Arc::new(crate::score::hybrid::Returns {
+            days: days.clone().into(),
+            tenure: tenure.into(),
+        });
+        let vol = std::sync::Arc::new(
+            (0..n)
+                .map(|_| r() as f32 * 10.0)
+                .collect::<crate::util::buf::Buf<f32>>(),
+        );
         let values: Vec<(Components, Vec<bool>)> = (0..6)
             .map(|_| {
-                let e: Vec<f32> = t.iter().map(|&x| if r() < 0.3 { x * r() as f32 } else { 0.0 }).collect();
+                let e: Vec<f32> = t
+                    .iter()
+                    .map(|&x| if r() < 0.3 { x * r() as f32 } else { 0.0 })
+                    .collect();
                 let knn = (0..n).map(|_| r() as f32).collect();
                 let als = (0..n).map(|_| r() as f32).collect();
                 let vol = vol.clone();
-                let pos = (0..n).map(|u| r() < 0.05 + 0.3 * (e[u] > 0.0) as u8 as f64 + 0.02 * days[u] as f64).collect();
-                let c = Components { e, knn_share: Some(knn), als_share: Some(als), als_volume: Some(vol), knn_volume: None, returns: Some(returns.clone()), own: Vec::new() };
+                let pos = (0..n)
+                    .map(|u| r() < 0.05 + 0.3 * (e[u] > 0.0) as u8 as f64 + 0.02 * days[u] as f64)
+                    .collect();
+                let c = Components {
+                    e,
+                    knn_share: Some(knn),
+                    als_share: Some(als),
+                    als_volume: Some(vol),
+                    knn_volume: None,
+                    returns: Some(returns.clone()),
+                    own: Vec::new(),
+                };
                 (c, pos)
             })
             .collect();
@@ -564,7 +768,11 @@ mod tests {
         let one = tune_eligible(&values, &t, &grid, &cuts, &elig, 1, &mut || calls += 1);
         assert_eq!(calls, DEFAULT_GRID_LEN.div_ceil(4) + 1);
         for threads in [2, 3, 8] {
-            assert_eq!(tune_eligible(&values, &t, &grid, &cuts, &elig, threads, &mut || {}), one, "{threads} threads");
+            assert_eq!(
+                tune_eligible(&values, &t, &grid, &cuts, &elig, threads, &mut || {}),
+                one,
+                "{threads} threads"
+            );
         }
         // Values sharing their user parts (as above) use cached user factors; unshared copies
         // take the direct path: the same result.
@@ -573,7 +781,10 @@ mod tests {
             .iter()
             .map(|(c, pos)| {
                 let c = Components {
-                    als_volume: c.als_volume.as_deref().map(|v| std::sync::Arc::new(v.clone())),
+                    als_volume: c
+                        .als_volume
+                        .as_deref()
+                        .map(|v| std::sync::Arc::new(v.clone())),
                     returns: c.returns.as_deref().map(|r| std::sync::Arc::new(r.clone())),
                     ..c.clone()
                 };
@@ -581,13 +792,30 @@ mod tests {
             })
             .collect();
         assert!(!unshared[0].0.shares_user_parts(&unshared[1].0));
-        assert_eq!(tune_eligible(&unshared, &t, &grid, &cuts, &elig, 2, &mut || {}), one);
+        assert_eq!(
+            tune_eligible(&unshared, &t, &grid, &cuts, &elig, 2, &mut || {}),
+            one
+        );
         // The winner's objective is the mean over values of evaluate_ranking's mean hit rate.
         let per_value: Vec<f64> = values
             .iter()
             .enumerate()
-            .map(|(v, (c, pos))| evaluate_ranking(&score_from_components(c, &t, &one.0), pos, &|u| elig(v, u), &cuts).mean_hit_rate())
+            .map(|(v, (c, pos))| {
+                evaluate_ranking(
+                    &score_from_components(c, &t, &one.0),
+                    pos,
+                    &|u| elig(v, u),
+                    &cuts,
+                )
+                .mean_hit_rate()
+            })
             .collect();
-        assert!(close(one.1, per_value.iter().sum::<f64>() / per_value.len() as f64), "{one:?} {per_value:?}");
+        assert!(
+            close(
+                one.1,
+                per_value.iter().sum::<f64>() / per_value.len() as f64
+            ),
+            "{one:?} {per_value:?}"
+        );
     }
 }

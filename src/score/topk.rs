@@ -6,7 +6,9 @@ use std::cmp::Ordering;
 /// SQL `ORDER BY score DESC, id` tie-break). Inputs never contain NaN; -0.0 and 0.0 are equal.
 #[inline]
 pub fn rank_order(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
-    b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal).then(a.0.cmp(&b.0))
+    b.1.partial_cmp(&a.1)
+        .unwrap_or(Ordering::Equal)
+        .then(a.0.cmp(&b.0))
 }
 
 /// The `k` best users among those with `keep(user)`, as `(user, score)` sorted by score descending
@@ -71,13 +73,19 @@ mod tests {
     fn orders_by_score_then_index() {
         let s = [1.0, 3.0, 2.0, 3.0, 0.5, 2.0];
         assert_eq!(top_k(&s, 3, &|_| true), vec![(1, 3.0), (3, 3.0), (2, 2.0)]);
-        assert_eq!(top_k(&s, 4, &|_| true), vec![(1, 3.0), (3, 3.0), (2, 2.0), (5, 2.0)]);
+        assert_eq!(
+            top_k(&s, 4, &|_| true),
+            vec![(1, 3.0), (3, 3.0), (2, 2.0), (5, 2.0)]
+        );
         // Ties at the boundary keep the smaller index.
         let t = [5.0f32; 10];
         assert_eq!(top_k(&t, 3, &|_| true), vec![(0, 5.0), (1, 5.0), (2, 5.0)]);
         // -0.0 and 0.0 tie.
         assert_eq!(top_k(&[-0.0, 0.0], 1, &|_| true), vec![(0, -0.0)]);
-        assert_eq!(top_k(&[f32::NEG_INFINITY, -1.0], 2, &|_| true), vec![(1, -1.0), (0, f32::NEG_INFINITY)]);
+        assert_eq!(
+            top_k(&[f32::NEG_INFINITY, -1.0], 2, &|_| true),
+            vec![(1, -1.0), (0, f32::NEG_INFINITY)]
+        );
     }
 
     #[test]
@@ -95,15 +103,26 @@ mod tests {
         let mut x = 12345u64;
         let s: Vec<f32> = (0..5000)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((x >> 33) % 50) as f32
             })
             .collect();
         let keep = |u: usize| !u.is_multiple_of(3);
-        let mut all: Vec<(u32, f32)> = s.iter().enumerate().filter(|p| keep(p.0)).map(|(u, &v)| (u as u32, v)).collect();
+        let mut all: Vec<(u32, f32)> = s
+            .iter()
+            .enumerate()
+            .filter(|p| keep(p.0))
+            .map(|(u, &v)| (u as u32, v))
+            .collect();
         all.sort_by(rank_order);
         for k in [1, 7, 100, 3333, 4000] {
-            assert_eq!(top_k(&s, k, &keep), all[..k.min(all.len())].to_vec(), "k={k}");
+            assert_eq!(
+                top_k(&s, k, &keep),
+                all[..k.min(all.len())].to_vec(),
+                "k={k}"
+            );
         }
     }
 }

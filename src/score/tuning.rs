@@ -74,7 +74,11 @@ pub fn tune_knobs_with(
     let baselines: Vec<(Own, f64)> = owns.iter().copied().zip(objs1.iter().copied()).collect();
     // The best own measures (stable: ties keep candidate order).
     let mut order: Vec<usize> = (0..owns.len()).collect();
-    order.sort_by(|&a, &b| objs1[b].partial_cmp(&objs1[a]).unwrap_or(std::cmp::Ordering::Equal));
+    order.sort_by(|&a, &b| {
+        objs1[b]
+            .partial_cmp(&objs1[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     let mut grid = stage1.clone();
     if let Some((c0, _)) = per_value.first() {
         for &i in order.iter().take(stage2_owns.max(1)) {
@@ -87,8 +91,18 @@ pub fn tune_knobs_with(
     let cross = |v: usize, u: usize| per_value[v].0.e[u] <= 0.0;
     let xobjs = grid_objectives(per_value, t, &grid, pcts, &cross, threads, check);
     let (cross_params, cross_objective) = best_of(&grid, &xobjs);
-    let values_used = per_value.iter().filter(|(_, pos)| pos.iter().any(|&p| p)).count();
-    Tuned { params, objective, cross_params, cross_objective, baselines, values_used }
+    let values_used = per_value
+        .iter()
+        .filter(|(_, pos)| pos.iter().any(|&p| p))
+        .count();
+    Tuned {
+        params,
+        objective,
+        cross_params,
+        cross_objective,
+        baselines,
+        values_used,
+    }
 }
 
 #[cfg(test)]
@@ -134,7 +148,11 @@ mod tests {
         let per_value = vec![(c, pos)];
         let tuned = tune_knobs(&per_value, sc.totals(), true, &[10.0, 20.0], 1, &mut || {});
         let base = |o: Own| tuned.baselines.iter().find(|b| b.0 == o).unwrap().1;
-        assert!(base(Own::Recent) > base(Own::Days(f32::INFINITY)), "{:?}", tuned.baselines);
+        assert!(
+            base(Own::Recent) > base(Own::Days(f32::INFINITY)),
+            "{:?}",
+            tuned.baselines
+        );
         for &(_, b) in &tuned.baselines {
             assert!(tuned.objective >= b);
         }
@@ -142,7 +160,11 @@ mod tests {
         assert_ne!(tuned.params.own, Own::Days(f32::INFINITY));
         assert_eq!(tuned.values_used, 1);
         // Distinct days alone ranks the long-ago heavy buyers first (8 days vs 2).
-        let dd = crate::score::hybrid::score_from_components(&per_value[0].0, sc.totals(), &HybridParams::own_only(Own::Days(f32::INFINITY)));
+        let dd = crate::score::hybrid::score_from_components(
+            &per_value[0].0,
+            sc.totals(),
+            &HybridParams::own_only(Own::Days(f32::INFINITY)),
+        );
         assert_eq!(dd[0], 8.0);
         assert_eq!(dd[60], 2.0);
         assert_eq!(dd[150], 0.0);

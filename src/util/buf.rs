@@ -40,27 +40,54 @@ impl Mapping {
             return Ok(Mapping::of_bytes(&[]));
         }
         // SAFETY: a fresh read-only shared mapping of an open file descriptor; checked for failure.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Mapping { ptr: ptr as *const u8, len, heap: None })
+        Ok(Mapping {
+            ptr: ptr as *const u8,
+            len,
+            heap: None,
+        })
     }
 
     /// A private copy of `bytes` in an aligned heap buffer.
     pub fn of_bytes(bytes: &[u8]) -> Mapping {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         // SAFETY: `words` has at least `bytes.len()` bytes; u64 has no invalid bit patterns.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr() as *mut u8, bytes.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                words.as_mut_ptr() as *mut u8,
+                bytes.len(),
+            )
+        };
         let ptr = words.as_ptr() as *const u8;
-        Mapping { ptr, len: bytes.len(), heap: Some(words) }
+        Mapping {
+            ptr,
+            len: bytes.len(),
+            heap: Some(words),
+        }
     }
 
     /// The first `len` bytes of `words`, without copying.
     pub fn of_words(words: Vec<u64>, len: usize) -> Mapping {
         assert!(len <= words.len() * 8, "length within the buffer");
         let ptr = words.as_ptr() as *const u8;
-        Mapping { ptr, len, heap: Some(words) }
+        Mapping {
+            ptr,
+            len,
+            heap: Some(words),
+        }
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -125,7 +152,11 @@ impl<T: Pod> Buf<T> {
             // SAFETY: offset + size is within the mapping (checked above).
             unsafe { map.ptr.add(offset) as *const T }
         };
-        Some(Buf { ptr, len, owner: Owner::Map(map.clone()) })
+        Some(Buf {
+            ptr,
+            len,
+            owner: Owner::Map(map.clone()),
+        })
     }
 
     pub fn into_vec(self) -> Vec<T> {
@@ -182,7 +213,11 @@ impl<T: Pod> Clone for Buf<T> {
     fn clone(&self) -> Self {
         match &self.owner {
             Owner::Vec(v) => Buf::from(v.clone()),
-            Owner::Map(m) => Buf { ptr: self.ptr, len: self.len, owner: Owner::Map(m.clone()) },
+            Owner::Map(m) => Buf {
+                ptr: self.ptr,
+                len: self.len,
+                owner: Owner::Map(m.clone()),
+            },
         }
     }
 }
@@ -207,7 +242,11 @@ impl<T: Pod + PartialEq> PartialEq<Vec<T>> for Buf<T> {
 
 impl<T: Pod> From<Vec<T>> for Buf<T> {
     fn from(v: Vec<T>) -> Self {
-        Buf { ptr: v.as_ptr(), len: v.len(), owner: Owner::Vec(v) }
+        Buf {
+            ptr: v.as_ptr(),
+            len: v.len(),
+            owner: Owner::Vec(v),
+        }
     }
 }
 
@@ -241,7 +280,10 @@ impl StrList {
             bytes.extend_from_slice(s.as_ref().as_bytes());
             offsets.push(bytes.len() as u64);
         }
-        StrList { offsets: offsets.into(), bytes: bytes.into() }
+        StrList {
+            offsets: offsets.into(),
+            bytes: bytes.into(),
+        }
     }
 
     /// From parts, checking that offsets are ascending, end at the byte length and cut valid UTF-8.
@@ -254,7 +296,10 @@ impl StrList {
         }
         let l = StrList { offsets, bytes };
         // Every cut must fall on a character boundary.
-        if l.offsets.iter().any(|&o| !l.text().is_char_boundary(o as usize)) {
+        if l.offsets
+            .iter()
+            .any(|&o| !l.text().is_char_boundary(o as usize))
+        {
             return None;
         }
         Some(l)
@@ -322,7 +367,11 @@ mod tests {
         assert!(Buf::<u32>::mapped(&map, 2, 1).is_none(), "misaligned");
         m[0] = 9;
         assert_eq!(&m[..], &[9, 3, 4]);
-        assert_eq!(&map.bytes()[4..8], &2u32.to_ne_bytes(), "the mapping is untouched");
+        assert_eq!(
+            &map.bytes()[4..8],
+            &2u32.to_ne_bytes(),
+            "the mapping is untouched"
+        );
         assert_eq!(m.into_vec(), vec![9, 3, 4]);
         let e: Buf<u64> = Buf::mapped(&map, 16, 0).unwrap();
         assert!(e.is_empty());
@@ -337,7 +386,11 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(map.is_shared());
         let b: Buf<u64> = Buf::mapped(&map, 8, 2).unwrap();
-        assert_eq!(&b[..], &[u64::from_ne_bytes([7; 8]); 2], "readable after the file is unlinked");
+        assert_eq!(
+            &b[..],
+            &[u64::from_ne_bytes([7; 8]); 2],
+            "readable after the file is unlinked"
+        );
     }
 
     #[test]
@@ -349,8 +402,17 @@ mod tests {
         assert_eq!(l.binary_search("b"), Err(1));
         let (o, b) = l.parts();
         assert!(StrList::from_parts(o.to_vec().into(), b.to_vec().into()).is_some());
-        assert!(StrList::from_parts(vec![0u64, 3, 2, 5].into(), b.to_vec().into()).is_none(), "descending");
-        assert!(StrList::from_parts(vec![0u64, 3, 5].into(), b.to_vec().into()).is_none(), "cuts a character");
-        assert!(StrList::from_parts(vec![0u64, 4].into(), b.to_vec().into()).is_none(), "does not end at the length");
+        assert!(
+            StrList::from_parts(vec![0u64, 3, 2, 5].into(), b.to_vec().into()).is_none(),
+            "descending"
+        );
+        assert!(
+            StrList::from_parts(vec![0u64, 3, 5].into(), b.to_vec().into()).is_none(),
+            "cuts a character"
+        );
+        assert!(
+            StrList::from_parts(vec![0u64, 4].into(), b.to_vec().into()).is_none(),
+            "does not end at the length"
+        );
     }
 }

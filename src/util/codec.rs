@@ -31,7 +31,10 @@ impl fmt::Display for CodecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CodecError::Truncated { needed, remaining } => {
-                write!(f, "truncated input: needed {needed} more bytes, {remaining} left")
+                write!(
+                    f,
+                    "truncated input: needed {needed} more bytes, {remaining} left"
+                )
             }
             CodecError::BadMagic { expected, found } => write!(
                 f,
@@ -39,7 +42,10 @@ impl fmt::Display for CodecError {
                 String::from_utf8_lossy(expected),
                 String::from_utf8_lossy(found)
             ),
-            CodecError::UnsupportedVersion { found, max_supported } => {
+            CodecError::UnsupportedVersion {
+                found,
+                max_supported,
+            } => {
                 write!(f, "unsupported format version {found} (this build reads version {max_supported} only)")
             }
             CodecError::InvalidUtf8 => write!(f, "invalid UTF-8 in string"),
@@ -280,7 +286,10 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         if n > self.remaining() {
-            return Err(CodecError::Truncated { needed: n as u64, remaining: self.remaining() });
+            return Err(CodecError::Truncated {
+                needed: n as u64,
+                remaining: self.remaining(),
+            });
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -293,11 +302,17 @@ impl<'a> Reader<'a> {
         let m = self.take(4)?;
         let found = [m[0], m[1], m[2], m[3]];
         if found != magic {
-            return Err(CodecError::BadMagic { expected: magic, found });
+            return Err(CodecError::BadMagic {
+                expected: magic,
+                found,
+            });
         }
         let v = self.get_u32()?;
         if v != version {
-            return Err(CodecError::UnsupportedVersion { found: v, max_supported: version });
+            return Err(CodecError::UnsupportedVersion {
+                found: v,
+                max_supported: version,
+            });
         }
         Ok(v)
     }
@@ -401,7 +416,9 @@ impl<'a> Reader<'a> {
     pub fn get_usizes(&mut self) -> Result<Vec<usize>, CodecError> {
         let v = self.get_u64s()?;
         v.into_iter()
-            .map(|x| usize::try_from(x).map_err(|_| invalid(format!("value {x} does not fit in usize"))))
+            .map(|x| {
+                usize::try_from(x).map_err(|_| invalid(format!("value {x} does not fit in usize")))
+            })
             .collect()
     }
 
@@ -443,7 +460,10 @@ mod tests {
     fn round_trip() {
         let b = sample();
         let mut r = Reader::new(&b);
-        assert!(matches!(Reader::new(&b).expect_header(*b"TEST", 3), Err(CodecError::UnsupportedVersion { found: 2, .. })));
+        assert!(matches!(
+            Reader::new(&b).expect_header(*b"TEST", 3),
+            Err(CodecError::UnsupportedVersion { found: 2, .. })
+        ));
         assert_eq!(r.expect_header(*b"TEST", 2).unwrap(), 2);
         assert_eq!(r.get_u8().unwrap(), 7);
         assert!(r.get_bool().unwrap());
@@ -515,7 +535,10 @@ mod tests {
         // bad magic / version
         let mut w = Writer::new();
         w.put_header(*b"NOPE", 1);
-        assert!(matches!(Reader::new(w.as_slice()).expect_header(*b"TEST", 1), Err(CodecError::BadMagic { .. })));
+        assert!(matches!(
+            Reader::new(w.as_slice()).expect_header(*b"TEST", 1),
+            Err(CodecError::BadMagic { .. })
+        ));
         let mut w = Writer::new();
         w.put_header(*b"TEST", 9);
         assert!(matches!(
@@ -525,14 +548,20 @@ mod tests {
         // invalid utf-8, bad bool
         let mut w = Writer::new();
         w.put_bytes(&[0xff, 0xfe]);
-        assert_eq!(Reader::new(w.as_slice()).get_str(), Err(CodecError::InvalidUtf8));
+        assert_eq!(
+            Reader::new(w.as_slice()).get_str(),
+            Err(CodecError::InvalidUtf8)
+        );
         assert!(Reader::new(&[2u8]).get_bool().is_err());
         // a multi-byte char split across two strings of a put_strs blob
         let mut w = Writer::new();
         w.put_u32s(&[1, 1]);
         w.put_u64(2);
         w.put_raw("é".as_bytes());
-        assert_eq!(Reader::new(w.as_slice()).get_strs(), Err(CodecError::InvalidUtf8));
+        assert_eq!(
+            Reader::new(w.as_slice()).get_strs(),
+            Err(CodecError::InvalidUtf8)
+        );
         // pseudo-random garbage
         let mut x = 0x1234_5678_9abc_def0u64;
         for len in 0..300 {

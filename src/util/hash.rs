@@ -31,7 +31,9 @@ impl Hasher for FxHasher {
     fn write(&mut self, bytes: &[u8]) {
         let mut b = bytes;
         while b.len() >= 8 {
-            self.add(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+            self.add(u64::from_le_bytes([
+                b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+            ]));
             b = &b[8..];
         }
         if b.len() >= 4 {
@@ -149,6 +151,10 @@ mod tests {
         for i in 0..4096u32 {
             seen.insert(fx_hash(&format!("u{i:07}")) & 1023);
         }
-        assert!(seen.len() > 900, "only {} distinct low-bit buckets", seen.len());
+        assert!(
+            seen.len() > 900,
+            "only {} distinct low-bit buckets",
+            seen.len()
+        );
     }
 }
