@@ -81,6 +81,9 @@ pga_pg_version() {
 
 pga_pg_bindir() { "$(pga_pg_config "$@")" --bindir; }
 
+# Exit status of a test that could not run here (a component is missing): reported SKIPPED.
+PGA_EXIT_SKIPPED=77
+
 # Seconds since the epoch, for phase timings.
 pga_now() { date +%s; }
 pga_fmt_secs() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }

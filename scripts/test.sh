@@ -5,7 +5,8 @@
 #   3. scripts/install.sh       release build installed into the system PostgreSQL
 #   4. scripts/regress.sh       pg_regress tests tests/pg_regress/sql/*.sql
 #   5. scripts/tests/*.sh       scenario tests (each executable one, alphabetical,
-#                               cwd = repo root; they may `source scripts/pg.sh`)
+#                               cwd = repo root; they may `source scripts/pg.sh`); exit
+#                               status 77 reports the scenario SKIPPED (a component is missing)
 #   6. PostgreSQL 18            2-4 again on the PostgreSQL 18 that setup fetched (scripts/pg18.sh);
 #                               SKIPPED when it could not be fetched
 # Exits non-zero when any phase fails. Later phases still run when they can
@@ -22,6 +23,7 @@ results=()
 times=()
 n_failed=0
 n_passed=0
+n_skipped=0
 t_start="$(pga_now)"
 # Scenarios append each failed check here (scripts/tests/_lib.sh t_fail); the summary repeats them.
 export PGA_FAILED_CHECKS="$PWD/target/test-failed-checks.txt"
@@ -43,6 +45,12 @@ run_phase() {
         results+=(ok)
         n_passed=$((n_passed + 1))
         printf '\033[1;32m######## %s: ok\033[0m (%s)\n' "$name" "$(pga_fmt_secs "$t")" >&2
+    elif ((rc == PGA_EXIT_SKIPPED)); then
+        # A scenario that needs a component this machine lacks (pg_cron, Citus): neither passed nor failed.
+        results+=(SKIPPED)
+        n_skipped=$((n_skipped + 1))
+        printf '\033[1;33m######## %s: SKIPPED\033[0m\n' "$name" >&2
+        rc=0
     else
         results+=("FAILED (exit $rc)")
         n_failed=$((n_failed + 1))
@@ -67,7 +75,7 @@ summary() {
     done
     printf '  %-34s %8s\n' "total" "$(pga_fmt_secs "$total")"
     printf '===================================================================\n'
-    printf 'phases: %d passed, %d failed\n' "$n_passed" "$n_failed"
+    printf 'phases: %d passed, %d failed, %d skipped\n' "$n_passed" "$n_failed" "$n_skipped"
     if [[ -s "$PGA_FAILED_CHECKS" ]]; then
         printf 'failed checks:\n'
         tail -n 40 "$PGA_FAILED_CHECKS" | sed 's/^/  /'
@@ -174,6 +182,7 @@ else
     names+=("pg18")
     times+=(0)
     results+=("SKIPPED (PostgreSQL 18 could not be fetched by setup: see its log)")
+    n_skipped=$((n_skipped + 1))
 fi
 
 summary

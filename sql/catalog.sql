@@ -547,7 +547,8 @@ $fn$;
 -- chosen per row with CASE on the event column. Text of a query, built from stored names with %I
 -- and values with %L only.
 CREATE FUNCTION audience._build_query(cid integer, since timestamptz, until timestamptz, reference timestamptz,
-                                       OUT query text, OUT properties text[], OUT time_query text)
+                                       OUT query text, OUT properties text[], OUT time_query text,
+                                       OUT source_queries text[])
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -671,6 +672,11 @@ BEGIN
     query := format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p) FROM (%s) ev',
                     reference, coalesce(array_length(props, 1), 0), array_to_string(parts, ' UNION ALL '));
     time_query := format('SELECT pg_catalog.min(ev.t), pg_catalog.max(ev.t) FROM (%s) ev', array_to_string(parts, ' UNION ALL '));
+    -- The same aggregate over each source alone (Citus pushes it down to the workers only over
+    -- one distributed table; the build merges the states).
+    SELECT array_agg(format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p) FROM (%s) ev',
+                            reference, coalesce(array_length(props, 1), 0), x) ORDER BY o)
+      INTO source_queries FROM unnest(parts) WITH ORDINALITY AS u(x, o);
     properties := props;
 END
 $fn$;

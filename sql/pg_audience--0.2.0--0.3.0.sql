@@ -8,7 +8,7 @@
 -- (recommend_audience_items, save_audience_items), size previews (audience_size), control groups
 -- (save_audience(..., control_pct), audience_members.is_control, control_uplift) and the
 -- saved_audience_status view. Builds whose scan's final step runs in another session (Citus)
--- take the state as bytes (new aggregate _affinity_collect_bytes). Tables change in place (saved_audiences: property and values may be NULL for item
+-- take the state as bytes (new aggregate _affinity_collect_bytes), one scan per source on Citus. Tables change in place (saved_audiences: property and values may be NULL for item
 -- audiences, new columns items, control_pct, refresh_seconds, last_error, last_error_at;
 -- audience_members and audience_changes: is_control); both save_audience functions gain
 -- control_pct (DROP + CREATE: GRANTs on them must be repeated, a WARNING says when there were any).
@@ -462,6 +462,145 @@ END
 $fn$;
 COMMENT ON FUNCTION audience.control_uplift(text, timestamp with time zone, timestamp with time zone) IS
     'Engagement with a saved audience''s items since a time, treated members vs control group, with the uplift and its 95% confidence interval.';
+
+-- The scan's generator also returns one query per source (a build on Citus tables aggregates
+-- each source alone, so that Citus can push the aggregate down to the workers): a new OUT
+-- parameter, hence DROP + CREATE.
+DROP FUNCTION audience._build_query(integer, timestamptz, timestamptz, timestamptz);
+CREATE FUNCTION audience._build_query(cid integer, since timestamptz, until timestamptz, reference timestamptz,
+                                       OUT query text, OUT properties text[], OUT time_query text,
+                                       OUT source_queries text[])
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    grp record;
+    ev record;
+    rel regclass;
+    parts text[] := '{}';
+    props text[];
+    exprs text[];
+    texpr text;
+    filter text;
+    wexpr text;
+    pexpr text;
+    wcase text;
+    hcase text;
+    pcase text;
+    pfirst text;
+    psame boolean;
+    m record;
+    i integer;
+    n integer;
+BEGIN
+    SELECT coalesce(array_agg(DISTINCT pm.property ORDER BY pm.property), '{}') INTO props
+      FROM audience.property_mappings pm WHERE pm.catalog_id = cid AND pm.event_id IS NOT NULL;
+    FOR grp IN
+        SELECT e.source_schema, e.source_table, e.user_column, e.product_column, e.time_column, e.event_column,
+               array_agg(e.event_id ORDER BY e.event_id) AS ids
+          FROM audience.events e
+         WHERE e.catalog_id = cid
+         GROUP BY e.source_schema, e.source_table, e.user_column, e.product_column, e.time_column, e.event_column,
+                  CASE WHEN e.event_column IS NULL THEN e.event_id END
+         ORDER BY min(e.event_id)
+    LOOP
+        rel := audience._relation(grp.source_schema, grp.source_table);
+        PERFORM audience._check_id_column(rel, grp.product_column, 'product id column');
+        PERFORM audience._check_id_column(rel, grp.user_column, 'user id column');
+        texpr := audience._time_expr(rel, grp.time_column);
+        filter := format('s.%I IS NOT NULL AND s.%I IS NOT NULL AND pg_catalog.isfinite(%s)', grp.user_column, grp.product_column, texpr);
+        IF since IS NOT NULL THEN
+            filter := filter || format(' AND %s OPERATOR(pg_catalog.>=) %L::pg_catalog.timestamptz', texpr, since);
+        END IF;
+        IF until IS NOT NULL THEN
+            filter := filter || format(' AND %s OPERATOR(pg_catalog.<) %L::pg_catalog.timestamptz', texpr, until);
+        END IF;
+        wcase := '';
+        hcase := '';
+        pcase := '';
+        pfirst := NULL;
+        psame := true;
+        n := 0;
+        FOR ev IN SELECT e.* FROM audience.events e WHERE e.event_id = ANY (grp.ids) ORDER BY e.event_id LOOP
+            n := n + 1;
+            IF ev.weight_column IS NULL THEN
+                wexpr := format('%s::pg_catalog.float8', ev.weight);
+            ELSE
+                PERFORM audience._column_type(rel, ev.weight_column, 'weight column');
+                wexpr := format('(%s::pg_catalog.float8 OPERATOR(pg_catalog.*) coalesce(s.%I::pg_catalog.float8, 1))', ev.weight, ev.weight_column);
+            END IF;
+            exprs := '{}';
+            FOR i IN 1 .. coalesce(array_length(props, 1), 0) LOOP
+                SELECT * INTO m FROM audience.property_mappings pm
+                 WHERE pm.catalog_id = cid AND pm.event_id = ev.event_id AND pm.property = props[i];
+                IF FOUND THEN
+                    exprs := exprs || audience._property_expr(rel,
+                        CASE WHEN m.json_key IS NULL THEN m.column_name END, m.json_key, m.column_name, m.delimiter);
+                ELSE
+                    exprs := exprs || 'NULL::pg_catalog.text'::text;
+                END IF;
+            END LOOP;
+            IF array_length(exprs, 1) IS NULL OR NOT EXISTS (SELECT 1 FROM audience.property_mappings pm WHERE pm.event_id = ev.event_id) THEN
+                pexpr := 'NULL::pg_catalog.text';
+            ELSE
+                -- One text per row: the values joined by chr(30), NULL as an empty segment.
+                IF array_length(exprs, 1) = 1 THEN
+                    pexpr := exprs[1];
+                ELSE
+                    SELECT string_agg(format('coalesce(%s, %L)', x, ''), ' OPERATOR(pg_catalog.||) pg_catalog.chr(30) OPERATOR(pg_catalog.||) ')
+                      INTO pexpr FROM unnest(exprs) AS x;
+                END IF;
+            END IF;
+            IF pfirst IS NULL THEN
+                pfirst := pexpr;
+            ELSIF pfirst <> pexpr THEN
+                psame := false;
+            END IF;
+            IF grp.event_column IS NOT NULL THEN
+                -- (CASE WHEN with a qualified operator, not CASE x WHEN v: that form looks `=` up
+                -- on the search_path.)
+                wcase := wcase || format(' WHEN s.%I::pg_catalog.text OPERATOR(pg_catalog.=) %L::pg_catalog.text THEN %s', grp.event_column, ev.event_value, wexpr);
+                hcase := hcase || format(' WHEN s.%I::pg_catalog.text OPERATOR(pg_catalog.=) %L::pg_catalog.text THEN %L::pg_catalog.interval', grp.event_column, ev.event_value, ev.half_life);
+                pcase := pcase || format(' WHEN s.%I::pg_catalog.text OPERATOR(pg_catalog.=) %L::pg_catalog.text THEN %s', grp.event_column, ev.event_value, pexpr);
+            END IF;
+        END LOOP;
+        IF grp.event_column IS NOT NULL THEN
+            PERFORM audience._column_type(rel, grp.event_column, 'event name column');
+            filter := filter || format(' AND s.%I::pg_catalog.text OPERATOR(pg_catalog.=) ANY (%L::pg_catalog.text[])', grp.event_column,
+                                       (SELECT array_agg(e.event_value ORDER BY e.event_id) FROM audience.events e WHERE e.event_id = ANY (grp.ids)));
+        END IF;
+        IF n > 1 THEN
+            -- Several event types of one table in one pass.
+            wexpr := format('CASE%s END', wcase);
+            ev := NULL;
+            parts := parts || format(
+                'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, CASE%s END AS h, %s AS p FROM %s s WHERE %s',
+                grp.user_column, grp.product_column, wexpr, texpr, hcase,
+                CASE WHEN psame THEN pfirst ELSE format('CASE%s END', pcase) END,
+                rel::text, filter);
+        ELSE
+            SELECT e.* INTO ev FROM audience.events e WHERE e.event_id = grp.ids[1];
+            parts := parts || format(
+                'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, %L::pg_catalog.interval AS h, %s AS p FROM %s s WHERE %s',
+                grp.user_column, grp.product_column, wexpr, texpr, ev.half_life, pfirst, rel::text, filter);
+        END IF;
+    END LOOP;
+    IF array_length(parts, 1) IS NULL THEN
+        RAISE EXCEPTION 'catalog "%" has no events', (SELECT c.name FROM audience.catalogs c WHERE c.catalog_id = cid)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Register event sources with audience.add_event() before building.';
+    END IF;
+    query := format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p) FROM (%s) ev',
+                    reference, coalesce(array_length(props, 1), 0), array_to_string(parts, ' UNION ALL '));
+    time_query := format('SELECT pg_catalog.min(ev.t), pg_catalog.max(ev.t) FROM (%s) ev', array_to_string(parts, ' UNION ALL '));
+    -- The same aggregate over each source alone (Citus pushes it down to the workers only over
+    -- one distributed table; the build merges the states).
+    SELECT array_agg(format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p) FROM (%s) ev',
+                            reference, coalesce(array_length(props, 1), 0), x) ORDER BY o)
+      INTO source_queries FROM unnest(parts) WITH ORDINALITY AS u(x, o);
+    properties := props;
+END
+$fn$;
 
 -- A build whose scan's final step ran in another session (a single-shard Citus table, say) takes
 -- the state as bytes through this aggregate (audience.scan_state).

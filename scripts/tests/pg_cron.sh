@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # pg_cron recipe from the README, for real: a cron job rebuilds the catalog and refreshes every
-# saved audience; the audience history shows the refresh. Skips (exit 0) when Debian's
+# saved audience; the audience history shows the refresh. SKIPPED (exit 77) when Debian's
 # postgresql-15-cron is not installed. Takes about a minute (pg_cron 1.4's smallest period).
 set -euo pipefail
 PGA_SCRIPT=pg_cron
@@ -8,7 +8,7 @@ source scripts/pg.sh
 libdir="$("$(pga_pg_config)" --pkglibdir)"
 if [[ ! -f "$libdir/pg_cron.so" ]]; then
     echo "skipped: pg_cron is not installed ($libdir/pg_cron.so; apt-get install postgresql-15-cron)"
-    exit 0
+    exit "$PGA_EXIT_SKIPPED"
 fi
 cl=t-pg-cron
 pga_cluster_fresh "$cl" "shared_preload_libraries = 'pg_cron'" "cron.database_name = 'postgres'"

@@ -56,6 +56,9 @@ pub struct Collected {
     pub scan_seconds: f64,
     pub products_seconds: f64,
     pub state_bytes: usize,
+    /// How the scan handed its state over: "stash" (in this backend), "bytes" (serialized), or
+    /// "bytes after a second scan" (the final step ran in another session).
+    pub scan_state: &'static str,
 }
 
 impl Collected {
@@ -88,33 +91,39 @@ impl Collected {
             scan_seconds: 0.0,
             products_seconds: 0.0,
             state_bytes: 0,
+            scan_state: self.scan_state,
         }
     }
 }
 
 /// Runs `f` with `debug_parallel_query` (PostgreSQL 16+; `force_parallel_mode` before) off.
 /// When it is on, the planner may run the whole scan, final function included, in one parallel
-/// worker under a single-copy Gather, and the worker's stash is not the caller's. The setting is
-/// put back afterwards (an error aborts the transaction, which restores it too).
+/// worker under a single-copy Gather, and the worker's stash is not the caller's.
 fn without_single_copy_gather<T>(f: impl FnOnce() -> T) -> T {
     let name = if pg_sys::PG_VERSION_NUM >= 160000 {
         "debug_parallel_query"
     } else {
         "force_parallel_mode"
     };
+    with_setting(name, "off", f)
+}
+
+/// Runs `f` with the setting `name` at `value` when the setting exists and differs, and puts it
+/// back afterwards (an error aborts the transaction, which restores it too).
+fn with_setting<T>(name: &str, value: &str, f: impl FnOnce() -> T) -> T {
     let old: Option<String> =
         Spi::get_one_with_args("SELECT pg_catalog.current_setting($1, true)", &args![name])
             .or_raise("reading a setting");
-    let forced = old.as_deref().is_some_and(|v| v != "off");
-    if forced {
+    let change = old.as_deref().is_some_and(|v| v != value);
+    if change {
         Spi::run_with_args(
-            "SELECT pg_catalog.set_config($1, 'off', true)",
-            &args![name],
+            "SELECT pg_catalog.set_config($1, $2, true)",
+            &args![name, value],
         )
         .or_raise("changing a setting");
     }
     let out = f();
-    if let (true, Some(v)) = (forced, old) {
+    if let (true, Some(v)) = (change, old) {
         Spi::run_with_args(
             "SELECT pg_catalog.set_config($1, $2, true)",
             &args![name, v],
@@ -204,6 +213,31 @@ fn scan_as_bytes(query: &str) -> crate::affinity::accumulator::Accumulator {
     })
 }
 
+/// The scan of a catalog with a Citus distributed source: one aggregate per source, each returning
+/// its state as bytes, merged here. Citus runs an aggregate as partial aggregates on the workers
+/// only over one distributed table (or co-located ones joined on the distribution column); over
+/// the UNION ALL of all sources it would pull every row to the coordinator. Citus main combines
+/// aggregates with an internal state on the workers only when
+/// `citus.allow_aggregate_worker_combine_on_internal_types` is on: it is, for these scans.
+fn scan_distributed(source_queries: &[String]) -> crate::affinity::accumulator::Accumulator {
+    with_setting(
+        "citus.allow_aggregate_worker_combine_on_internal_types",
+        "on",
+        || {
+            let mut acc: Option<crate::affinity::accumulator::Accumulator> = None;
+            for q in source_queries {
+                let part = scan_as_bytes(q);
+                match acc.as_mut() {
+                    None => acc = Some(part),
+                    Some(a) => a.merge(part),
+                }
+                pgrx::check_for_interrupts!();
+            }
+            acc.unwrap_or_else(|| AudienceError::internal("no scan query").raise())
+        },
+    )
+}
+
 /// Runs the catalog's scan (optionally restricted to [since, until)) and resolves item properties.
 pub fn collect(
     cid: i32,
@@ -211,22 +245,37 @@ pub fn collect(
     until: Option<TimestampWithTimeZone>,
 ) -> Collected {
     let t0 = Instant::now();
-    let (query, props): (Option<String>, Option<Vec<Option<String>>>) = Spi::get_two_with_args(
-        "SELECT query, properties FROM audience._build_query($1, $2, $3, NULL)",
+    let (query, props, source_queries): (
+        Option<String>,
+        Option<Vec<Option<String>>>,
+        Option<Vec<Option<String>>>,
+    ) = Spi::get_three_with_args(
+        "SELECT query, properties, source_queries FROM audience._build_query($1, $2, $3, NULL)",
         &args![cid, since, until],
     )
     .or_raise("planning the scan");
+    let source_queries: Vec<String> = source_queries
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .collect();
     let query = query.unwrap_or_else(|| AudienceError::internal("no scan query").raise());
     let prop_names: Vec<String> = props.unwrap_or_default().into_iter().flatten().collect();
     // No row limit: the executor only runs a plan with parallel workers when it may fetch every
     // row (Spi::get_one asks for one, which silently disabled the parallel scan).
-    let state = match crate::guc::SCAN_STATE.get() {
-        // A Citus table may run the final step in another session: take bytes at once (one scan).
-        ScanState::Auto if has_distributed_source(cid) => ScanState::Bytes,
-        s => s,
+    // A Citus table may run the final step in another session: bytes at once (no second scan).
+    let distributed = has_distributed_source(cid);
+    let state = if distributed {
+        ScanState::Bytes
+    } else {
+        crate::guc::SCAN_STATE.get()
     };
-    let mut acc = match state {
-        ScanState::Bytes => scan_as_bytes(&query),
+    let (mut acc, scan_state) = match state {
+        ScanState::Bytes if distributed && source_queries.len() > 1 => (
+            scan_distributed(&source_queries),
+            "bytes, one scan per source",
+        ),
+        ScanState::Bytes => (scan_as_bytes(&query), "bytes"),
         ScanState::Auto => {
             let token: i64 = without_single_copy_gather(|| {
                 query_rows(&query, &[], |row| row.get::<i64>(1).ok().flatten())
@@ -236,7 +285,7 @@ pub fn collect(
             .flatten()
             .unwrap_or_else(|| AudienceError::internal("the scan returned no state").raise());
             match take_stashed(token) {
-                Some(acc) => acc,
+                Some(acc) => (acc, "stash"),
                 None => {
                     // The aggregate's final step ran in another session (a single-shard Citus
                     // table, say): its state is not here. Scan again, returning the state as bytes.
@@ -244,7 +293,7 @@ pub fn collect(
                         "the scan's final step ran in another session{}; scanning again and transferring the state as bytes",
                         if crate::affinity::aggregate::token_is_ours(token) { "" } else { " (a distributed table?)" }
                     );
-                    scan_as_bytes(&query)
+                    (scan_as_bytes(&query), "bytes after a second scan")
                 }
             }
         }
@@ -321,6 +370,7 @@ pub fn collect(
         scan_seconds,
         products_seconds: t1.elapsed().as_secs_f64(),
         state_bytes,
+        scan_state,
     }
 }
 
@@ -1007,10 +1057,11 @@ fn build(
             .hint("Check the registered sources with SELECT * FROM audience.catalog_events.")
             .raise();
     }
-    let (scan_s, products_s, state_bytes) = (
+    let (scan_s, products_s, state_bytes, scan_state) = (
         collected.scan_seconds,
         collected.products_seconds,
         collected.state_bytes,
+        collected.scan_state,
     );
     let (min_t, max_t, ref_t) = (
         collected.aff.min_time_us,
@@ -1050,6 +1101,7 @@ fn build(
         "seconds": { "scan": scan_s, "products": products_s, "tune": tune_s, "als": trained.als_seconds, "knn": trained.knn_seconds },
         "tuning": tuning.clone(),
         "affinity_state_bytes": state_bytes,
+        "scan_state": scan_state,
         "peak_rss_bytes": peak_rss_bytes(),
         "private_rss_after_training_bytes": private_bytes,
         "first_event_us": min_t, "last_event_us": max_t, "reference_us": ref_t,
