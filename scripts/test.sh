@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # THE test command: runs every test of pg_audience and prints a timed summary.
 #   1. scripts/setup.sh         Debian packages, cargo-pgrx, cargo pgrx init
+#      lint                     cargo fmt --check, cargo clippy --all-targets -D warnings
 #   2. cargo pgrx test          #[test] unit tests and #[pg_test]s (own temporary cluster)
 #   3. scripts/install.sh       release build installed into the system PostgreSQL
 #   4. scripts/regress.sh       pg_regress tests tests/pg_regress/sql/*.sql
@@ -11,7 +12,7 @@
 #                               SKIPPED when it could not be fetched
 # Exits non-zero when any phase fails. Later phases still run when they can
 # (regress and scenarios need a successful install), unless PGA_FAIL_FAST=1.
-# Skip phases while iterating (never in CI): PGA_SKIP="setup pgrx regress scenarios pg18".
+# Skip phases while iterating (never in CI): PGA_SKIP="setup lint pgrx regress scenarios pg18".
 set -euo pipefail
 PGA_SCRIPT="test"
 # shellcheck source=scripts/common.sh
@@ -89,6 +90,27 @@ if skipped setup; then
     pga_log "skipping setup (PGA_SKIP)"
 else
     run_phase setup bash scripts/setup.sh || summary
+fi
+
+# ------------------------------------------------------------ 1b. lint
+# Formatting (rustfmt.toml) and clippy with warnings as errors, over every target (tests and
+# benches too). SKIPPED when the toolchain has no rustfmt or clippy and rustup cannot add them.
+# shellcheck disable=SC2317  # (called through run_phase)
+lint() {
+    local c
+    for c in rustfmt clippy; do
+        if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1 && ! rustup component add "$c" >&2; then
+            pga_warn "cargo ${c/rustfmt/fmt} is not available: lint SKIPPED"
+            return "$PGA_EXIT_SKIPPED"
+        fi
+    done
+    cargo fmt --check || { pga_warn "run: cargo fmt"; return 1; }
+    cargo clippy --all-targets --features "$(pga_pg_version)" -- -D warnings
+}
+if skipped lint; then
+    pga_log "skipping lint (PGA_SKIP)"
+else
+    run_phase lint lint || true
 fi
 
 # ------------------------------------------------------------ 2. cargo pgrx test

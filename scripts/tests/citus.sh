@@ -53,7 +53,7 @@ audiences() {
 audiences local >"$T_TMP/local.txt"
 # How the active model of catalog $1 was built: rows, scan seconds, how the state came over.
 scan_of() {
-    q "SELECT format('%s rows, scan %s s, state handed over as %s', rows_read, round((stats->'seconds'->>'scan')::numeric, 2), stats->>'scan_state')
+    q "SELECT format('%s rows, scan %s s (state: %s)', rows_read, round((stats->'seconds'->>'scan')::numeric, 2), stats->>'scan_state')
        FROM audience.models m JOIN audience.catalogs c ON c.active_model_id = m.model_id WHERE c.name = '$1'"
 }
 t_meas "$(wc -l <"$T_TMP/local.txt") brands; $(scan_of local)"

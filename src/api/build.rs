@@ -213,27 +213,73 @@ fn scan_as_bytes(query: &str) -> crate::affinity::accumulator::Accumulator {
     })
 }
 
-/// The scan of a catalog with a Citus distributed source: one aggregate per source, each returning
-/// its state as bytes, merged here. Citus runs an aggregate as partial aggregates on the workers
-/// only over one distributed table (or co-located ones joined on the distribution column); over
-/// the UNION ALL of all sources it would pull every row to the coordinator. Citus main combines
-/// aggregates with an internal state on the workers only when
-/// `citus.allow_aggregate_worker_combine_on_internal_types` is on: it is, for these scans.
-fn scan_distributed(source_queries: &[String]) -> crate::affinity::accumulator::Accumulator {
+/// Runs one scan query, handing the state over as `state` says; returns it and how it came.
+fn scan_one(
+    query: &str,
+    state: ScanState,
+) -> (crate::affinity::accumulator::Accumulator, &'static str) {
+    if state == ScanState::Bytes {
+        return (scan_as_bytes(query), "bytes");
+    }
+    let token: i64 = without_single_copy_gather(|| {
+        query_rows(query, &[], |row| row.get::<i64>(1).ok().flatten())
+    })
+    .into_iter()
+    .next()
+    .flatten()
+    .unwrap_or_else(|| AudienceError::internal("the scan returned no state").raise());
+    match take_stashed(token) {
+        Some(acc) => (acc, "stash"),
+        None => {
+            // The aggregate's final step ran in another session (a single-shard Citus table,
+            // say): its state is not here. Scan again, returning the state as bytes.
+            pgrx::notice!(
+                "the scan's final step ran in another session{}; scanning again and transferring the state as bytes",
+                if crate::affinity::aggregate::token_is_ours(token) {
+                    ""
+                } else {
+                    " (a distributed table?)"
+                }
+            );
+            (scan_as_bytes(query), "bytes after a second scan")
+        }
+    }
+}
+
+/// The scan of a catalog with a Citus distributed source: one aggregate per source, merged here.
+/// Citus runs an aggregate as partial aggregates on the workers (combined and finished in this
+/// session) only over one distributed table; over the UNION ALL of all sources it would pull every
+/// row to the coordinator. Citus main combines aggregates with an internal state on the workers
+/// only when `citus.allow_aggregate_worker_combine_on_internal_types` is on: it is, for these
+/// scans. A single-shard table runs the whole aggregate on its worker: its source is scanned
+/// again with the state as bytes (`audience.scan_state = bytes` scans it once).
+fn scan_distributed(
+    source_queries: &[String],
+    state: ScanState,
+) -> (crate::affinity::accumulator::Accumulator, &'static str) {
     with_setting(
         "citus.allow_aggregate_worker_combine_on_internal_types",
         "on",
         || {
             let mut acc: Option<crate::affinity::accumulator::Accumulator> = None;
+            let mut how = "stash, one scan per source";
             for q in source_queries {
-                let part = scan_as_bytes(q);
+                let (part, h) = scan_one(q, state);
+                if h != "stash" {
+                    how = if h == "bytes" {
+                        "bytes, one scan per source"
+                    } else {
+                        "one scan per source, single-shard ones again as bytes"
+                    };
+                }
                 match acc.as_mut() {
                     None => acc = Some(part),
                     Some(a) => a.merge(part),
                 }
                 pgrx::check_for_interrupts!();
             }
-            acc.unwrap_or_else(|| AudienceError::internal("no scan query").raise())
+            let acc = acc.unwrap_or_else(|| AudienceError::internal("no scan query").raise());
+            (acc, how)
         },
     )
 }
@@ -245,11 +291,8 @@ pub fn collect(
     until: Option<TimestampWithTimeZone>,
 ) -> Collected {
     let t0 = Instant::now();
-    let (query, props, source_queries): (
-        Option<String>,
-        Option<Vec<Option<String>>>,
-        Option<Vec<Option<String>>>,
-    ) = Spi::get_three_with_args(
+    type Texts = Option<Vec<Option<String>>>;
+    let (query, props, source_queries): (Option<String>, Texts, Texts) = Spi::get_three_with_args(
         "SELECT query, properties, source_queries FROM audience._build_query($1, $2, $3, NULL)",
         &args![cid, since, until],
     )
@@ -263,40 +306,11 @@ pub fn collect(
     let prop_names: Vec<String> = props.unwrap_or_default().into_iter().flatten().collect();
     // No row limit: the executor only runs a plan with parallel workers when it may fetch every
     // row (Spi::get_one asks for one, which silently disabled the parallel scan).
-    // A Citus table may run the final step in another session: bytes at once (no second scan).
-    let distributed = has_distributed_source(cid);
-    let state = if distributed {
-        ScanState::Bytes
+    let state = crate::guc::SCAN_STATE.get();
+    let (mut acc, scan_state) = if has_distributed_source(cid) {
+        scan_distributed(&source_queries, state)
     } else {
-        crate::guc::SCAN_STATE.get()
-    };
-    let (mut acc, scan_state) = match state {
-        ScanState::Bytes if distributed && source_queries.len() > 1 => (
-            scan_distributed(&source_queries),
-            "bytes, one scan per source",
-        ),
-        ScanState::Bytes => (scan_as_bytes(&query), "bytes"),
-        ScanState::Auto => {
-            let token: i64 = without_single_copy_gather(|| {
-                query_rows(&query, &[], |row| row.get::<i64>(1).ok().flatten())
-            })
-            .into_iter()
-            .next()
-            .flatten()
-            .unwrap_or_else(|| AudienceError::internal("the scan returned no state").raise());
-            match take_stashed(token) {
-                Some(acc) => (acc, "stash"),
-                None => {
-                    // The aggregate's final step ran in another session (a single-shard Citus
-                    // table, say): its state is not here. Scan again, returning the state as bytes.
-                    pgrx::notice!(
-                        "the scan's final step ran in another session{}; scanning again and transferring the state as bytes",
-                        if crate::affinity::aggregate::token_is_ours(token) { "" } else { " (a distributed table?)" }
-                    );
-                    (scan_as_bytes(&query), "bytes after a second scan")
-                }
-            }
-        }
+        scan_one(&query, state)
     };
     // Decay is measured to the latest event, but never to a time after `until` or now: one event
     // stamped in the future must not decay every other event away.
