@@ -25,6 +25,12 @@ pub extern "C-unwind" fn _PG_init() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
     guc::init();
+    util::interrupt::set_hook(raise_pending_interrupt);
+}
+
+/// The core's interrupt hook: raises a pending cancel, timeout or terminate (backend thread only).
+fn raise_pending_interrupt() {
+    pgrx::check_for_interrupts!();
 }
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);

@@ -704,6 +704,7 @@ impl Affinity {
             ..Default::default()
         };
         for u in 0..m.n_rows {
+            crate::util::interrupt::poll_every(u);
             for p in m.indptr[u]..m.indptr[u + 1] {
                 let mut a = 0f64;
                 let mut last = i64::MIN;

@@ -78,6 +78,7 @@ impl Csr {
         let mut indices = vec![0u32; self.nnz()];
         let mut data = vec![0f32; self.nnz()];
         for r in 0..self.n_rows {
+            crate::util::interrupt::poll_every(r);
             let (cols, vals) = self.row(r);
             for (&c, &v) in cols.iter().zip(vals) {
                 let p = next[c as usize];

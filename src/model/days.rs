@@ -32,7 +32,8 @@ impl DayIndex {
         let mut out_day: Vec<u16> = Vec::with_capacity(minute.len());
         let mut out_weight: Vec<f32> = Vec::with_capacity(minute.len());
         out_ptr.push(0);
-        for w in ptr.windows(2) {
+        for (p, w) in ptr.windows(2).enumerate() {
+            crate::util::interrupt::poll_every(p);
             for r in w[0] as usize..w[1] as usize {
                 let d = (day_of(minute[r]).max(day0) - day0) as u16;
                 let v = if value[r].is_finite() { value[r] } else { 0.0 };

@@ -77,6 +77,7 @@ pub fn bm25_weight(ui: &Csr, k1: f32, b: f32) -> Csr {
     let ln_n = (n_items.max(1) as f64).ln();
     let mut data = Vec::with_capacity(ui.nnz());
     for u in 0..ui.n_rows {
+        crate::util::interrupt::poll_every(u);
         let (items, vals) = ui.row(u);
         let idf = (ln_n - (items.len() as f64).ln_1p()).max(0.0);
         for (&i, &a) in items.iter().zip(vals) {

@@ -1106,6 +1106,7 @@ impl Returns {
         let mut buf: Vec<u16> = Vec::new();
         let (mut d_out, mut r_out) = (Vec::with_capacity(ui.n_rows), Vec::with_capacity(ui.n_rows));
         for u in 0..ui.n_rows {
+            crate::util::interrupt::poll_every(u);
             buf.clear();
             for p in ui.indptr[u]..ui.indptr[u + 1] {
                 buf.extend_from_slice(days.of(p).0);
