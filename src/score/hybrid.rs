@@ -606,31 +606,37 @@ impl<'a> Scorer<'a> {
             };
             let mut pairs = vec![(0f32, 0f32, 0f32); n_users];
             par_chunks(&mut pairs, self.threads, |first, out| {
-                let mut buf = Vec::new();
+                let mut bits = DayBits::new();
                 for (k, slot) in out.iter_mut().enumerate() {
                     let u = first + k;
                     let (items, vals) = self.ui.row(u);
                     let (mut eu, mut num) = (0f32, 0f32);
-                    for (&j, &a) in items.iter().zip(vals) {
-                        let w = tab[j as usize];
-                        eu += a * w[0];
-                        num += a * w[1];
+                    let mut own = 0f32;
+                    if let Some((o, days, ref_day, tables)) = &fused {
+                        // The own measure in the same pass, from the pairs of the value's items.
+                        let first = self.ui.indptr[u];
+                        let mut acc = OwnAcc::new(*o, &tables[0], days, *ref_day);
+                        for (k, (&j, &a)) in items.iter().zip(vals).enumerate() {
+                            let w = tab[j as usize];
+                            eu += a * w[0];
+                            num += a * w[1];
+                            if w[0] != 0.0 {
+                                let (ds, ws) = days.of(first + k);
+                                acc.add(ds, ws, &mut bits);
+                            }
+                        }
+                        let m = acc.finish(&mut bits);
+                        if eu > 0.0 {
+                            own = m;
+                        }
+                    } else {
+                        for (&j, &a) in items.iter().zip(vals) {
+                            let w = tab[j as usize];
+                            eu += a * w[0];
+                            num += a * w[1];
+                        }
                     }
                     let den = self.knn_den[u];
-                    let mut own = 0f32;
-                    if let (Some((o, days, ref_day, tables)), true) = (&fused, eu > 0.0) {
-                        own_measure(
-                            self.ui,
-                            days,
-                            *ref_day,
-                            u,
-                            Some(&mask),
-                            std::slice::from_ref(o),
-                            tables,
-                            &mut buf,
-                            std::slice::from_mut(&mut own),
-                        );
-                    }
                     *slot = (
                         eu,
                         if den > 0.0 {
@@ -949,6 +955,121 @@ fn own_measure(
             Own::Recent => 1.0 / (1.0 + age(buf.last().unwrap().0).max(0) as f32),
         };
     }
+}
+
+/// Scratch for [`own_measure_one`]: one bit per day offset (all 2^16 of them), cleared after use.
+pub(crate) struct DayBits {
+    words: Vec<u64>,
+}
+
+impl DayBits {
+    pub(crate) fn new() -> DayBits {
+        DayBits {
+            words: vec![0u64; (u16::MAX as usize + 1) / 64],
+        }
+    }
+}
+
+/// One own measure of one user accumulated pair by pair, in row order, without collecting or
+/// sorting the days (serving an audience: the hot loop). The result is bit for bit that of
+/// [`own_measure`]: weights are summed in row order as there, and distinct days in ascending day
+/// order (read back from the bit set), as there after its sort.
+struct OwnAcc<'a> {
+    own: Own,
+    table: &'a DecayTable,
+    day0: i32,
+    ref_day: i32,
+    weight: f32,
+    lo: usize,
+    hi: usize,
+}
+
+impl<'a> OwnAcc<'a> {
+    fn new(own: Own, table: &'a DecayTable, days: &DayIndex, ref_day: i32) -> OwnAcc<'a> {
+        assert!(
+            own != Own::Affinity,
+            "the affinity measure is computed from the matrix"
+        );
+        OwnAcc {
+            own,
+            table,
+            day0: days.day0,
+            ref_day,
+            weight: 0.0,
+            lo: usize::MAX,
+            hi: 0,
+        }
+    }
+
+    #[inline]
+    fn age(&self, d: u16) -> i32 {
+        self.ref_day - (self.day0 + d as i32)
+    }
+
+    /// Adds one pair's days and day weights.
+    #[inline]
+    fn add(&mut self, ds: &[u16], ws: &[f32], bits: &mut DayBits) {
+        if let Own::Weight(_) = self.own {
+            for (&d, &w) in ds.iter().zip(ws) {
+                self.weight += w.max(0.0) * self.table.at(self.age(d));
+            }
+        } else {
+            for &d in ds {
+                let d = d as usize;
+                bits.words[d / 64] |= 1u64 << (d % 64);
+                self.lo = self.lo.min(d / 64);
+                self.hi = self.hi.max(d / 64);
+            }
+        }
+    }
+
+    /// The measure; clears the bits it set.
+    fn finish(self, bits: &mut DayBits) -> f32 {
+        if let Own::Weight(_) = self.own {
+            return self.weight;
+        }
+        if self.lo == usize::MAX {
+            return 0.0;
+        }
+        let (mut s, mut latest) = (0f32, 0u16);
+        for wi in self.lo..=self.hi {
+            let mut w = std::mem::take(&mut bits.words[wi]);
+            while w != 0 {
+                let d = (wi * 64 + w.trailing_zeros() as usize) as u16;
+                w &= w - 1;
+                s += self.table.at(self.age(d));
+                latest = d;
+            }
+        }
+        if self.own == Own::Recent {
+            1.0 / (1.0 + self.age(latest).max(0) as f32)
+        } else {
+            s
+        }
+    }
+}
+
+/// [`OwnAcc`] over the items of `mask` in user `u`'s row (to check it against [`own_measure`]).
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+fn own_measure_one(
+    ui: &Csr,
+    days: &DayIndex,
+    ref_day: i32,
+    u: usize,
+    mask: &[bool],
+    own: Own,
+    table: &DecayTable,
+    bits: &mut DayBits,
+) -> f32 {
+    let mut acc = OwnAcc::new(own, table, days, ref_day);
+    for p in ui.indptr[u]..ui.indptr[u + 1] {
+        if mask[ui.indices[p] as usize] {
+            let (ds, ws) = days.of(p);
+            acc.add(ds, ws, bits);
+        }
+    }
+    acc.finish(bits)
 }
 
 /// An own measure's activity totals for the whole population and picked for a sample.
@@ -1345,6 +1466,73 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
+    /// The serving pass's single own measure is bit for bit the general one, for every measure,
+    /// on random users with several engagement days per pair (shared days, negative ages).
+    #[test]
+    fn own_measure_one_equals_own_measure() {
+        let mut rng = crate::util::rand::SplitMix64(7);
+        let mut below = |n: u64| rng.next_u64() % n;
+        let (n_users, n_items) = (60usize, 25usize);
+        let mut trip = Vec::new();
+        for u in 0..n_users {
+            for i in 0..n_items {
+                if below(3) == 0 {
+                    trip.push((u as u32, i as u32, 1.0 + below(5) as f32));
+                }
+            }
+        }
+        let ui = Csr::from_triplets(n_users, n_items, &mut trip);
+        let (mut ptr, mut minute, mut value) = (vec![0u32], Vec::new(), Vec::new());
+        for _ in 0..ui.nnz() {
+            let mut d = 8000 + below(40) as i32;
+            for _ in 0..1 + below(4) {
+                minute.push(d * 1440 + 7);
+                value.push(below(4) as f32 - 0.5);
+                d += 1 + below(9) as i32;
+            }
+            ptr.push(minute.len() as u32);
+        }
+        let days = DayIndex::from_records(&ptr, &minute, &value);
+        let ref_day = 8030; // some days are after it (negative ages)
+        let mask: Vec<bool> = (0..n_items).map(|i| i % 3 != 1).collect();
+        let (mut bits, mut buf) = (DayBits::new(), Vec::new());
+        for own in [
+            Own::Weight(f32::INFINITY),
+            Own::Weight(20.0),
+            Own::Days(f32::INFINITY),
+            Own::Days(10.0),
+            Own::Recent,
+        ] {
+            let tables = decay_tables(&days, ref_day, &[own]);
+            for u in 0..n_users {
+                let mut want = [0f32];
+                own_measure(
+                    &ui,
+                    &days,
+                    ref_day,
+                    u,
+                    Some(&mask),
+                    &[own],
+                    &tables,
+                    &mut buf,
+                    &mut want,
+                );
+                let got =
+                    own_measure_one(&ui, &days, ref_day, u, &mask, own, &tables[0], &mut bits);
+                assert_eq!(
+                    got.to_bits(),
+                    want[0].to_bits(),
+                    "{own:?}, user {u}: {got} vs {}",
+                    want[0]
+                );
+            }
+        }
+        assert!(
+            bits.words.iter().all(|&w| w == 0),
+            "the bit set is left cleared"
+        );
+    }
+
     fn close(a: f32, b: f32) -> bool {
         (a - b).abs() <= 1e-5 * (1.0 + a.abs().max(b.abs()))
     }
@@ -1601,6 +1789,13 @@ mod tests {
         let c = sample.components(&full.components_with(&v, &owns));
         // Computing the own measures for the sample's users only gives the same components.
         assert_eq!(sample.components_with(&full, &v, &owns), c);
+        // One own measure (serving) is computed in the kNN pass: the same values as with several.
+        let all = full.components_with(&v, &owns);
+        for (k, &o) in owns.iter().enumerate() {
+            let one = full.components_with(&v, &[o]);
+            assert_eq!(one.own.len(), 1);
+            assert_eq!(one.own[0].e, all.own[k].e, "{o:?}");
+        }
         let mut ps = vec![
             dp,
             HybridParams { volume: 1.0, ..dp },

@@ -33,7 +33,7 @@ pub fn poll() {
 /// Polls every [`POLL_EVERY`] values of a loop counter.
 #[inline]
 pub fn poll_every(i: usize) {
-    if i % POLL_EVERY == 0 {
+    if i.is_multiple_of(POLL_EVERY) {
         poll();
     }
 }
