@@ -212,6 +212,10 @@ fn rank_key(score: f32, user: u32) -> u64 {
 /// The same counts as ranking with [`top_k`] and counting prefixes, in O(n + sum k) instead of
 /// O(n + k log k): nested selections from the largest cut down on integer keys, since the order
 /// is total.
+///
+/// Only the best `max(ks)` users matter: a threshold estimated from a strided sample of the
+/// scores keeps the candidates at or above it, when at least `max(ks)` are (else all are kept).
+/// Every user left out scores strictly below every user kept, so the selections are the same.
 fn hits_at_cuts(
     scores: &[f32],
     positive: &[bool],
@@ -219,18 +223,16 @@ fn hits_at_cuts(
     ks: &[usize],
     cand: &mut Vec<u64>,
 ) -> Vec<usize> {
-    cand.clear();
-    cand.extend(
-        scores
-            .iter()
-            .enumerate()
-            .filter(|&(u, s)| eligible[u] && !s.is_nan())
-            .map(|(u, &s)| rank_key(s, u as u32)),
-    );
+    let k_max = ks.iter().copied().max().unwrap_or(0);
+    let thr = sampled_threshold(scores, eligible, k_max);
+    let mut n_cand = compact_keys(scores, eligible, thr, cand);
+    if n_cand < k_max && thr > f32::NEG_INFINITY {
+        n_cand = compact_keys(scores, eligible, f32::NEG_INFINITY, cand);
+    }
     let mut order: Vec<usize> = (0..ks.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(ks[i]));
     let mut hits = vec![0usize; ks.len()];
-    let mut len = cand.len();
+    let mut len = n_cand;
     for i in order {
         let k = ks[i].min(len);
         if k == 0 {
@@ -246,6 +248,51 @@ fn hits_at_cuts(
             .count();
     }
     hits
+}
+
+/// Writes the rank keys of the eligible users scoring at least `thr` (never NaN) to the front of
+/// `cand` (grown to the number of users + 1, never shrunk); returns how many. Branch-free: every key is written and the end advances only for the
+/// kept ones (whether a score passes is unpredictable, and a branch per user cost more than the
+/// rest of the ranking).
+fn compact_keys(scores: &[f32], eligible: &[bool], thr: f32, cand: &mut Vec<u64>) -> usize {
+    let n = scores.len().min(eligible.len());
+    if cand.len() < n + 1 {
+        cand.resize(n + 1, 0);
+    }
+    let mut len = 0usize;
+    for (u, (&s, &e)) in scores.iter().zip(eligible).enumerate() {
+        cand[len] = rank_key(s, u as u32);
+        len += (e & (s >= thr)) as usize;
+    }
+    len
+}
+
+/// A score that about `1.3 * k + 16` of the eligible users reach, from a sample of about 1,024
+/// eligible scores (-inf: keep every user, when the sample is too small to tell). NaN never
+/// passes `s >= threshold`, as the plain selection drops NaN scores.
+fn sampled_threshold(scores: &[f32], eligible: &[bool], k: usize) -> f32 {
+    let n = scores.len();
+    if n < 4096 || k == 0 {
+        return f32::NEG_INFINITY;
+    }
+    let stride = n / 1024;
+    let mut sample: Vec<f32> = (0..n)
+        .step_by(stride)
+        .filter(|&u| eligible[u] && !scores[u].is_nan())
+        .map(|u| scores[u])
+        .collect();
+    if sample.len() < 256 {
+        return f32::NEG_INFINITY;
+    }
+    // The share of eligible users the cut takes, estimated from the sample, with a margin.
+    let est_eligible = sample.len() * stride;
+    let want =
+        ((k as f64 * 1.3 + 16.0) / est_eligible as f64 * sample.len() as f64).ceil() as usize;
+    if want >= sample.len() {
+        return f32::NEG_INFINITY;
+    }
+    let (_, &mut t, _) = sample.select_nth_unstable_by(want, |a, b| b.total_cmp(a));
+    t
 }
 
 /// [`tune`] with an eligibility predicate `eligible(value_index, user)` (e.g. to exclude users who
@@ -296,15 +343,47 @@ pub fn grid_objectives(
     threads: usize,
     check: &mut dyn FnMut(),
 ) -> Vec<f64> {
-    // Per value: eligibility mask and cut sizes, or None when the value has no eligible positive.
-    let plans: Vec<Option<(Vec<bool>, Vec<usize>)>> = components_per_value
+    grid_objectives_multi(
+        components_per_value,
+        t,
+        grid,
+        pcts,
+        &[eligible],
+        threads,
+        check,
+    )
+    .pop()
+    .expect("one eligibility")
+}
+
+/// [`grid_objectives`] for several eligibility predicates at once (all users and cross-sell, say):
+/// each grid point's scores are computed once per value and ranked for every predicate. One
+/// vector of objectives per predicate, each the same as [`grid_objectives`] with that predicate.
+pub fn grid_objectives_multi(
+    components_per_value: &[(Components, Vec<bool>)],
+    t: &[f32],
+    grid: &[HybridParams],
+    pcts: &[f64],
+    eligibles: &[&(dyn Fn(usize, usize) -> bool + Sync)],
+    threads: usize,
+    check: &mut dyn FnMut(),
+) -> Vec<Vec<f64>> {
+    // Per predicate, per value: eligibility mask and cut sizes, or None when the value has no
+    // eligible positive.
+    type Plan = Option<(Vec<bool>, Vec<usize>)>;
+    let plans: Vec<Vec<Plan>> = eligibles
         .iter()
-        .enumerate()
-        .map(|(v, (_, pos))| {
-            let mask: Vec<bool> = (0..pos.len()).map(|u| eligible(v, u)).collect();
-            let n_elig = mask.iter().filter(|&&b| b).count();
-            let n_pos = pos.iter().zip(&mask).filter(|&(&p, &m)| p && m).count();
-            (n_pos > 0 && !pcts.is_empty()).then(|| (mask, cut_sizes(pcts, n_elig)))
+        .map(|eligible| {
+            components_per_value
+                .iter()
+                .enumerate()
+                .map(|(v, (_, pos))| {
+                    let mask: Vec<bool> = (0..pos.len()).map(|u| eligible(v, u)).collect();
+                    let n_elig = mask.iter().filter(|&&b| b).count();
+                    let n_pos = pos.iter().zip(&mask).filter(|&(&p, &m)| p && m).count();
+                    (n_pos > 0 && !pcts.is_empty()).then(|| (mask, cut_sizes(pcts, n_elig)))
+                })
+                .collect()
         })
         .collect();
     // The user factors depend on few knobs and on the shared parts of the components: when every
@@ -321,55 +400,64 @@ pub fn grid_objectives(
                 .or_insert_with(|| user_factors(c0, t, p));
         }
     }
-    let objective = |p: &HybridParams, cand: &mut Vec<u64>| -> f64 {
-        let (mut sum, mut n) = (0f64, 0usize);
-        for ((c, pos), plan) in components_per_value.iter().zip(&plans) {
-            let Some((mask, ks)) = plan else { continue };
+    let n_e = eligibles.len();
+    // The objectives of one grid point, one per predicate.
+    let objective = |p: &HybridParams, cand: &mut Vec<u64>, out: &mut [f64]| {
+        let (mut sum, mut n) = (vec![0f64; n_e], vec![0usize; n_e]);
+        for (v, (c, pos)) in components_per_value.iter().enumerate() {
+            if plans.iter().all(|pl| pl[v].is_none()) {
+                continue;
+            }
             let scores = match factors.get(&factor_key(c, p)) {
                 Some(f) => score_with_factors(c, t, p, f),
                 None => score_from_components(c, t, p),
             };
-            let hits = hits_at_cuts(&scores, pos, mask, ks, cand);
-            sum += ks
-                .iter()
-                .zip(&hits)
-                .map(|(&k, &h)| ratio(h as f64, k as f64))
-                .sum::<f64>()
-                / ks.len() as f64;
-            n += 1;
+            for (e, pl) in plans.iter().enumerate() {
+                let Some((mask, ks)) = &pl[v] else { continue };
+                let hits = hits_at_cuts(&scores, pos, mask, ks, cand);
+                sum[e] += ks
+                    .iter()
+                    .zip(&hits)
+                    .map(|(&k, &h)| ratio(h as f64, k as f64))
+                    .sum::<f64>()
+                    / ks.len() as f64;
+                n[e] += 1;
+            }
         }
-        if n > 0 {
-            sum / n as f64
-        } else {
-            0.0
+        for e in 0..n_e {
+            out[e] = if n[e] > 0 { sum[e] / n[e] as f64 } else { 0.0 };
         }
     };
     let threads = threads.clamp(1, 64);
-    let mut objs = vec![f64::NEG_INFINITY; grid.len()];
-    for (batch, out) in grid.chunks(threads * 4).zip(objs.chunks_mut(threads * 4)) {
+    // Grid point g's objectives at objs[g * n_e..(g + 1) * n_e].
+    let mut objs = vec![f64::NEG_INFINITY; grid.len() * n_e];
+    let per_batch = threads * 4;
+    for (batch, out) in grid.chunks(per_batch).zip(objs.chunks_mut(per_batch * n_e)) {
         check();
         if threads == 1 {
             let mut cand = Vec::new();
-            for (p, o) in batch.iter().zip(out.iter_mut()) {
-                *o = objective(p, &mut cand);
+            for (p, o) in batch.iter().zip(out.chunks_mut(n_e)) {
+                objective(p, &mut cand, o);
             }
             continue;
         }
         std::thread::scope(|scope| {
             let per = batch.len().div_ceil(threads);
-            for (ps, os) in batch.chunks(per).zip(out.chunks_mut(per)) {
+            for (ps, os) in batch.chunks(per).zip(out.chunks_mut(per * n_e)) {
                 let objective = &objective;
                 scope.spawn(move || {
                     let mut cand = Vec::new();
-                    for (p, o) in ps.iter().zip(os.iter_mut()) {
-                        *o = objective(p, &mut cand);
+                    for (p, o) in ps.iter().zip(os.chunks_mut(n_e)) {
+                        objective(p, &mut cand, o);
                     }
                 });
             }
         });
     }
     check();
-    objs
+    (0..n_e)
+        .map(|e| (0..grid.len()).map(|g| objs[g * n_e + e]).collect())
+        .collect()
 }
 
 /// Relative prior multipliers of [`default_grid`] (the last is the pure-CF mode). The first is
@@ -718,6 +806,62 @@ mod tests {
         }
     }
 
+    /// Large rankings take the sampled threshold: the same hits as the full ranking, with ties,
+    /// NaN, infinities, eligibility patterns that line up with the sample's stride, and cuts up
+    /// to everyone (no threshold then).
+    #[test]
+    fn hits_at_cuts_with_a_sampled_threshold_matches_top_k() {
+        let mut r = noise(23);
+        for (case, n) in [5000usize, 20000, 60000, 60000, 20000]
+            .into_iter()
+            .enumerate()
+        {
+            let scores: Vec<f32> = (0..n)
+                .map(|u| match case {
+                    // Few distinct scores: many ties at any threshold.
+                    0 => (r() * 6.0).floor() as f32,
+                    // Continuous, with NaN and infinities.
+                    1 => match r() {
+                        x if x < 0.01 => f32::NAN,
+                        x if x < 0.02 => f32::INFINITY,
+                        x if x < 0.03 => f32::NEG_INFINITY,
+                        x => (x * 1000.0) as f32,
+                    },
+                    // Scores rising with the user id (the sample is strided).
+                    2 => u as f32 * 0.5,
+                    // Most scores 0 (users without signal), -0.0 among them.
+                    3 => match r() {
+                        x if x < 0.85 => 0.0,
+                        x if x < 0.90 => -0.0,
+                        x => x as f32,
+                    },
+                    _ => r() as f32,
+                })
+                .collect();
+            let pos: Vec<bool> = (0..n).map(|_| r() < 0.2).collect();
+            let elig: Vec<bool> = (0..n)
+                .map(|u| match case {
+                    // Eligibility on the sample's stride only, or never on it.
+                    2 => u % (n / 1024) == 0,
+                    4 => u % (n / 1024) != 0,
+                    _ => r() < 0.7,
+                })
+                .collect();
+            let n_elig = elig.iter().filter(|&&b| b).count();
+            for pcts in [&[1.0, 5.0, 10.0, 20.0][..], &[0.1][..], &[30.0, 100.0][..]] {
+                let ks = cut_sizes(pcts, n_elig);
+                let mut cand = Vec::new();
+                let got = hits_at_cuts(&scores, &pos, &elig, &ks, &mut cand);
+                let ranked = top_k(&scores, n, &|u| elig[u]);
+                assert_eq!(
+                    got,
+                    hits_at(&ranked, &pos, &ks),
+                    "case {case}, n = {n}, ks = {ks:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn tuning_does_not_depend_on_threads_and_checks_between_batches() {
         let mut r = noise(11);
@@ -772,6 +916,34 @@ mod tests {
                 tune_eligible(&values, &t, &grid, &cuts, &elig, threads, &mut || {}),
                 one,
                 "{threads} threads"
+            );
+        }
+        // Several predicates in one pass: each the same objectives as alone, on any thread count.
+        let all = |_: usize, _: usize| true;
+        let none = |_: usize, _: usize| false;
+        for threads in [1, 3] {
+            let multi = grid_objectives_multi(
+                &values,
+                &t,
+                &grid,
+                &cuts,
+                &[&elig, &all, &none],
+                threads,
+                &mut || {},
+            );
+            assert_eq!(multi.len(), 3);
+            assert_eq!(
+                multi[0],
+                grid_objectives(&values, &t, &grid, &cuts, &elig, 1, &mut || {})
+            );
+            assert_eq!(
+                multi[1],
+                grid_objectives(&values, &t, &grid, &cuts, &all, 2, &mut || {})
+            );
+            assert_eq!(
+                multi[2],
+                vec![0.0; grid.len()],
+                "no eligible user: objective 0"
             );
         }
         // Values sharing their user parts (as above) use cached user factors; unshared copies

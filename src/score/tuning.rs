@@ -10,7 +10,7 @@
 //! any of those baselines. Cross-sell knobs are chosen on the same grid, scored only on users new
 //! to each value.
 use crate::score::hybrid::{Components, HybridParams, Own};
-use crate::score::metrics::{best_of, default_grid_own, grid_objectives};
+use crate::score::metrics::{best_of, default_grid_own, grid_objectives_multi};
 
 /// Half-lives (days) tried for the decayed own measures; infinity = no decay.
 pub const OWN_HALF_LIVES: [f32; 5] = [f32::INFINITY, 14.0, 30.0, 60.0, 120.0];
@@ -69,8 +69,13 @@ pub fn tune_knobs_with(
 ) -> Tuned {
     let owns = own_candidates(with_days);
     let all = |_: usize, _: usize| true;
+    let cross = |v: usize, u: usize| per_value[v].0.e[u] <= 0.0;
     let stage1: Vec<HybridParams> = owns.iter().map(|&o| HybridParams::own_only(o)).collect();
-    let objs1 = grid_objectives(per_value, t, &stage1, pcts, &all, threads, check);
+    // Every grid point is scored once per value, for all users and for cross-sell together; the
+    // own measures alone (stage 1) are the first points of the full grid.
+    let mut both1 =
+        grid_objectives_multi(per_value, t, &stage1, pcts, &[&all, &cross], threads, check);
+    let objs1 = both1[0].clone();
     let baselines: Vec<(Own, f64)> = owns.iter().copied().zip(objs1.iter().copied()).collect();
     // The best own measures (stable: ties keep candidate order).
     let mut order: Vec<usize> = (0..owns.len()).collect();
@@ -86,10 +91,19 @@ pub fn tune_knobs_with(
             grid.extend(default_grid_own(t_own, owns[i]));
         }
     }
-    let objs = grid_objectives(per_value, t, &grid, pcts, &all, threads, check);
+    let rest = grid_objectives_multi(
+        per_value,
+        t,
+        &grid[stage1.len()..],
+        pcts,
+        &[&all, &cross],
+        threads,
+        check,
+    );
+    let (mut objs, mut xobjs) = (std::mem::take(&mut both1[0]), std::mem::take(&mut both1[1]));
+    objs.extend(&rest[0]);
+    xobjs.extend(&rest[1]);
     let (params, objective) = best_of(&grid, &objs);
-    let cross = |v: usize, u: usize| per_value[v].0.e[u] <= 0.0;
-    let xobjs = grid_objectives(per_value, t, &grid, pcts, &cross, threads, check);
     let (cross_params, cross_objective) = best_of(&grid, &xobjs);
     let values_used = per_value
         .iter()
