@@ -65,10 +65,7 @@ fn main() {
         aff.matrix.nnz()
     );
 
-    let mut conf = aff.matrix.clone();
-    for v in conf.data.iter_mut() {
-        *v = v.ln_1p();
-    }
+    let conf = pg_audience::model::train::damped(&aff.matrix);
     let mut ok = || Ok(());
     let t2 = Instant::now();
     let als = train_als(

@@ -4,12 +4,13 @@ use crate::affinity::accumulator::Affinity;
 use crate::affinity::aggregate::take_stashed;
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{AudienceError, OrRaise};
-use crate::model::als::{train_als, AlsParams, Interrupted};
-use crate::model::csr::Csr;
+use crate::model::als::{train_als, AlsParams};
 use crate::model::days::DayIndex;
 use crate::model::knn::{train_knn, KnnParams};
 use crate::model::stored::{split_values, Model, Property, PropertyKnobs};
+use crate::model::train::{damped, value_user_counts};
 use crate::score::hybrid::{HybridParams, Own};
+use crate::util::interrupt::Interrupted;
 use pgrx::prelude::*;
 use std::time::Instant;
 
@@ -388,16 +389,6 @@ pub fn collect(
     }
 }
 
-/// The confidence input of the collaborative models: log-damped affinity, so one heavy repeat
-/// buyer does not dominate an item's neighbours.
-pub fn damped(ui: &Csr) -> Csr {
-    let mut m = ui.clone();
-    for v in m.data.iter_mut() {
-        *v = v.max(0.0).ln_1p();
-    }
-    m
-}
-
 pub struct Trained {
     pub model: Model,
     pub als_seconds: f64,
@@ -560,26 +551,6 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Private (anonymous) resident memory now: the backend's own allocations, without shared buffers.
 pub fn private_rss_bytes() -> Option<u64> {
     proc_status_bytes("RssAnon:")
-}
-
-/// Distinct users per property value (users with affinity to any item having it).
-pub fn value_user_counts(model: &Model, prop: &Property) -> Vec<i64> {
-    let n_values = prop.values.len();
-    // item -> values
-    let item_values = prop.value_items.transpose();
-    let mut counts = vec![0i64; n_values];
-    let mut last_user = vec![u32::MAX; n_values];
-    for u in 0..model.ui.n_rows {
-        for &i in model.ui.row(u).0 {
-            for &v in item_values.row(i as usize).0 {
-                if last_user[v as usize] != u as u32 {
-                    last_user[v as usize] = u as u32;
-                    counts[v as usize] += 1;
-                }
-            }
-        }
-    }
-    counts
 }
 
 /// Bytes per model_data row: small enough that a cancel between rows is noticed quickly.

@@ -83,9 +83,7 @@ pub struct AlsModel {
     pub item_factors: Buf<f32>,
 }
 
-/// Returned when the `check` callback asked to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Interrupted;
+pub use crate::util::interrupt::Interrupted;
 
 impl AlsModel {
     /// Number of users (rows of `user_factors`).

@@ -23,8 +23,8 @@
 //! it; they stop before their next item once the caller was interrupted). Every item's row is computed in
 //! a fixed order, so the result does not depend on the number of threads.
 
-use crate::model::als::Interrupted;
 use crate::model::csr::Csr;
+use crate::util::interrupt::Interrupted;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -6,3 +6,4 @@ pub mod days;
 pub mod image;
 pub mod knn;
 pub mod stored;
+pub mod train;

@@ -1,10 +1,11 @@
 //! A trained model as stored: id maps, the affinity matrix, the collaborative models, the item
 //! properties and the hybrid scoring knobs, with a versioned binary encoding. Pure Rust.
-use crate::model::als::{AlsModel, Interrupted};
+use crate::model::als::AlsModel;
 use crate::model::csr::Csr;
 use crate::model::days::DayIndex;
 use crate::score::hybrid::{HybridParams, Own};
 use crate::util::codec::{CodecError, Reader, Writer};
+use crate::util::interrupt::Interrupted;
 
 const MAGIC: [u8; 4] = *b"PGAM";
 const VERSION: u32 = 5;

@@ -10,6 +10,11 @@
 use std::sync::OnceLock;
 use std::thread::ThreadId;
 
+/// Returned by the core's multi-threaded loops when their `check` callback asked them to stop
+/// (one type for ALS, item-kNN, model encoding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted;
+
 /// Steps between two polls in the core's loops.
 pub const POLL_EVERY: usize = 1 << 16;
 

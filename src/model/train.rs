@@ -1,0 +1,57 @@
+//! Pure steps of a build around the collaborative models: the confidence input they train on
+//! and the per-value user counts stored with a model. (The SQL layer, `api::build`, wires them
+//! to the scan, the training phases and the tables; `benches/core.rs` calls the same functions.)
+use crate::model::csr::Csr;
+use crate::model::stored::{Model, Property};
+
+/// The confidence input of the collaborative models: log-damped affinity, so one heavy repeat
+/// buyer does not dominate an item's neighbours.
+pub fn damped(ui: &Csr) -> Csr {
+    let mut m = ui.clone();
+    for v in m.data.iter_mut() {
+        *v = v.max(0.0).ln_1p();
+    }
+    m
+}
+
+/// Distinct users per property value (users with affinity to any item having it).
+pub fn value_user_counts(model: &Model, prop: &Property) -> Vec<i64> {
+    let n_values = prop.values.len();
+    // item -> values
+    let item_values = prop.value_items.transpose();
+    let mut counts = vec![0i64; n_values];
+    let mut last_user = vec![u32::MAX; n_values];
+    for u in 0..model.ui.n_rows {
+        for &i in model.ui.row(u).0 {
+            for &v in item_values.row(i as usize).0 {
+                if last_user[v as usize] != u as u32 {
+                    last_user[v as usize] = u as u32;
+                    counts[v as usize] += 1;
+                }
+            }
+        }
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damped_is_log1p_of_the_positive_part() {
+        let ui = Csr::from_triplets(
+            2,
+            3,
+            &mut [(0, 0, 0.0), (0, 2, (1f32).exp_m1()), (1, 1, -3.0)],
+        );
+        let d = damped(&ui);
+        assert_eq!(
+            (d.indptr.clone(), d.indices.clone()),
+            (ui.indptr.clone(), ui.indices.clone())
+        );
+        assert_eq!(d.data[0], 0.0);
+        assert!((d.data[1] - 1.0).abs() < 1e-6);
+        assert_eq!(d.data[2], 0.0, "negative affinity gives no confidence");
+    }
+}
