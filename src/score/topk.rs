@@ -13,7 +13,8 @@ pub fn rank_order(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
 
 /// The `k` best users among those with `keep(user)`, as `(user, score)` sorted by score descending
 /// then user index ascending. NaN scores are never returned. O(n + k log k).
-pub fn top_k(scores: &[f32], k: usize, keep: &dyn Fn(usize) -> bool) -> Vec<(u32, f32)> {
+/// Generic over `keep` so that the predicate is inlined into the two passes over all users.
+pub fn top_k<F: Fn(usize) -> bool + ?Sized>(scores: &[f32], k: usize, keep: &F) -> Vec<(u32, f32)> {
     if k == 0 {
         return Vec::new();
     }
