@@ -9,7 +9,8 @@
 # Env: USERS, PRODUCTS, EVENTS, MONTHS (6), SEED (0.42): the shop (generated once per size into
 # schema shop_u<USERS>_p<PRODUCTS>_e<EVENTS> and reused while it exists); BENCH_CLUSTER
 # (bench-scale); BENCH_KEEP=1 leaves the cluster running; BENCH_SKIP_IMPLICIT=1 skips (d);
-# BENCH_SKIP_CANCEL=1 skips (e), CANCEL_AT="5 20 30" sets when (e) cancels (seconds into a build);
+# BENCH_SKIP_CANCEL=1 skips (e), CANCEL_IN="scan:5 tune:20 als:10 knn:3 store:2" sets where (e)
+# cancels (seconds into each build phase); BENCH_ONLY_CANCEL=1 runs (e) alone on the existing model;
 # BENCH_OUT (target/bench/scale-<size>): CSV files and the JSON summary.
 # Cluster: shared_buffers=2GB, max_parallel_workers_per_gather=2, max_wal_size=20GB.
 #
@@ -89,6 +90,8 @@ q -c "SET client_min_messages = warning" \
   >/dev/null
 CID="$(q -c "SELECT catalog_id FROM audience.catalogs WHERE name = '$CAT'")"
 
+# (c), (a), (b): skipped with BENCH_ONLY_CANCEL=1.
+measure_build_and_serving() {
 # ------------------------------------------------------------------ (c) EXPLAIN first (cheap)
 hr "(c) EXPLAIN of the build's scan query"
 SCAN_Q="$(q -c "SELECT query FROM audience._build_query($CID, NULL, NULL, NULL)")"
@@ -162,27 +165,42 @@ if ((model_bytes > 900 * 1048576)); then
     summarize "model_cache_mb = 16384 (the model is $(mb "$model_bytes") stored)" "${t_big[@]}" | tee -a "$OUT/latency.txt"
 fi
 
+}
+if [[ "${BENCH_ONLY_CANCEL:-}" != 1 ]]; then
+    measure_build_and_serving
+fi
+
 # ------------------------------------------------------------------ (e) cancel during a build
-# A second build is cancelled at several points (in the scan, in ALS, late in the build) and once
-# stopped by statement_timeout; each must end within 1 s with 57014 and keep model 1 active.
+# A second build is cancelled in each of its phases (as audience.build_progress() reports them:
+# CANCEL_IN="phase:seconds-into-it ...") and once stopped by statement_timeout; each must end
+# within 1 s with 57014 and keep the active model.
 if [[ "${BENCH_SKIP_CANCEL:-}" != 1 ]]; then
-    hr "(e) cancel and statement_timeout during a build (offsets ${CANCEL_AT:-5 20 30} s)"
+    CANCEL_IN="${CANCEL_IN:-scan:5 tune:20 als:10 knn:3 store:2}"
+    hr "(e) cancel and statement_timeout during a build (in: $CANCEL_IN)"
     q -c "CREATE TABLE IF NOT EXISTS public.bench_marks (name text, at timestamptz)" -c "TRUNCATE public.bench_marks"
     active_before="$(q -c "SELECT active_model_id FROM audience.catalogs WHERE name = '$CAT'")"
     worst=0
-    for off in ${CANCEL_AT:-5 20 30}; do
+    for spec in $CANCEL_IN; do
+        ph="${spec%%:*}"
+        off="${spec##*:}"
         (PGAPPNAME=bench_cancel pga_psql "$CL" -At -v ON_ERROR_STOP=0 \
-            -c "INSERT INTO public.bench_marks VALUES ('start$off', clock_timestamp())" \
             -c "SELECT model_id FROM audience.build('$CAT')" \
-            -c "INSERT INTO public.bench_marks VALUES ('end$off', clock_timestamp())" >"$OUT/cancel$off.out" 2>&1) &
+            -c "INSERT INTO public.bench_marks VALUES ('end_$ph', clock_timestamp())" >"$OUT/cancel_$ph.out" 2>&1) &
         bp=$!
-        until [[ -n "$(q -c "SELECT 1 FROM public.bench_marks WHERE name = 'start$off'")" ]]; do sleep 0.05; done
+        bpid=""
+        until [[ -n "$bpid" ]]; do
+            sleep 0.1
+            bpid="$(q -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'bench_cancel' AND backend_type = 'client backend'")"
+        done
+        until [[ "$(q -c "SELECT EXISTS (SELECT 1 FROM audience.build_progress() WHERE pid = $bpid AND phase = '$ph')")" == t ]] || ! kill -0 "$bp" 2>/dev/null; do
+            sleep 0.1
+        done
         sleep "$off"
-        q -c "INSERT INTO public.bench_marks SELECT 'sent$off', clock_timestamp() FROM (SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'bench_cancel' AND backend_type = 'client backend') x"
+        q -c "INSERT INTO public.bench_marks SELECT 'sent_$ph', clock_timestamp() FROM (SELECT pg_cancel_backend($bpid)) x"
         wait "$bp" || true
-        ms="$(q -c "SELECT round(extract(epoch FROM (SELECT at FROM public.bench_marks WHERE name = 'end$off') - (SELECT at FROM public.bench_marks WHERE name = 'sent$off')) * 1000)")"
-        err="$(grep -o 'ERROR:.*' "$OUT/cancel$off.out" | head -n1)"
-        echo "cancel ${off} s into the build: cancel -> error ${ms} ms (${err:-no error: the build finished first})"
+        ms="$(q -c "SELECT round(extract(epoch FROM (SELECT at FROM public.bench_marks WHERE name = 'end_$ph') - (SELECT at FROM public.bench_marks WHERE name = 'sent_$ph')) * 1000)")"
+        err="$(grep -o 'ERROR:.*' "$OUT/cancel_$ph.out" | head -n1)"
+        echo "cancel ${off} s into the $ph phase: cancel -> error ${ms} ms (${err:-no error: the build finished first})"
         [[ -n "$err" && "$ms" -gt "$worst" ]] && worst="$ms"
     done
     t0="$(now)"
@@ -196,7 +214,7 @@ if [[ "${BENCH_SKIP_CANCEL:-}" != 1 ]]; then
 fi
 
 # ------------------------------------------------------------------ (d) export + implicit + load
-if [[ "${BENCH_SKIP_IMPLICIT:-}" == 1 ]]; then
+if [[ "${BENCH_SKIP_IMPLICIT:-}" == 1 || "${BENCH_ONLY_CANCEL:-}" == 1 ]]; then
     echo "(d) skipped (BENCH_SKIP_IMPLICIT=1)"
     exit 0
 fi
