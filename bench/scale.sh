@@ -10,7 +10,8 @@
 # schema shop_u<USERS>_p<PRODUCTS>_e<EVENTS> and reused while it exists); BENCH_CLUSTER
 # (bench-scale); BENCH_KEEP=1 leaves the cluster running; BENCH_SKIP_IMPLICIT=1 skips (d);
 # BENCH_SKIP_CANCEL=1 skips (e), CANCEL_IN="scan:5 tune:20 als:10 knn:3 store:2" sets where (e)
-# cancels (seconds into each build phase); BENCH_ONLY_CANCEL=1 runs (e) alone on the existing model;
+# cancels (seconds into each build phase); BENCH_ONLY_CANCEL=1 runs (e) alone (the catalog is
+# registered afresh, so without an active model to keep);
 # BENCH_OUT (target/bench/scale-<size>): CSV files and the JSON summary.
 # Cluster: shared_buffers=2GB, max_parallel_workers_per_gather=2, max_wal_size=20GB.
 #
