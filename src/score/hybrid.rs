@@ -957,7 +957,7 @@ fn own_measure(
     }
 }
 
-/// Scratch for [`own_measure_one`]: one bit per day offset (all 2^16 of them), cleared after use.
+/// Scratch for [`OwnAcc`]: one bit per day offset (all 2^16 of them), cleared after use.
 pub(crate) struct DayBits {
     words: Vec<u64>,
 }
