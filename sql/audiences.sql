@@ -460,8 +460,10 @@ COMMENT ON FUNCTION audience.control_uplift(text, timestamp with time zone, time
     'Engagement with a saved audience''s items since a time, treated members vs control group, with the uplift and its 95% confidence interval.';
 COMMENT ON FUNCTION audience.audience_size_items(text[], double precision[], text, boolean) IS
     'The size of the audience of a set of items at several cuts (percentages): users, lowest score and how many engaged with the items before.';
-COMMENT ON FUNCTION audience.build(text, integer, integer, double precision, double precision, integer, double precision, double precision, double precision, double precision, double precision, double precision, timestamp with time zone, text, interval, boolean) IS
-    'Builds the catalog''s model from its registered events (one parallel scan, ALS and item-kNN training) and activates it; tunes the scoring knobs of untuned properties on a validation window first (tune => false turns that off). Arguments given once are remembered in catalogs.build_settings.';
+COMMENT ON FUNCTION audience.build(text, integer, integer, double precision, double precision, integer, double precision, double precision, double precision, double precision, double precision, double precision, timestamp with time zone, text, interval, boolean, boolean) IS
+    'Builds the catalog''s model from its registered events (one parallel scan, ALS and item-kNN training) and activates it; tunes the scoring knobs of untuned properties on a validation window first (tune => false turns that off); with guard => true activates it only if it ranks the events since the active model''s build no worse than that model. Arguments given once are remembered in catalogs.build_settings.';
+COMMENT ON FUNCTION audience.set_fresh_events(text, text, bigint) IS
+    'Whether audiences of a catalog include the events that arrived since its build (auto: when an index makes reading them cheap; on; off), and past how many new rows the snapshot is served instead.';
 COMMENT ON FUNCTION audience.recommend_audience(text, text, double precision, text, bigint, double precision, boolean, interval) IS
     'The users most likely to engage with items having property = value, best first, capped at the top max_pct percent of users.';
 COMMENT ON FUNCTION audience.recommend_audience(text, text[], double precision, text, bigint, double precision, boolean, interval) IS

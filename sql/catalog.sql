@@ -681,6 +681,22 @@ BEGIN
 END
 $fn$;
 
+-- The scan of a catalog's events since a time, for audiences between builds (src/api/fresh.rs):
+-- _build_query's, or the error that stops it (a source dropped or altered since the build), so an
+-- audience call serves the model's snapshot instead of failing.
+CREATE FUNCTION audience._fresh_query(cid integer, since timestamptz, OUT query text, OUT time_query text, OUT error text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    SELECT b.query, b.time_query INTO query, time_query FROM audience._build_query(cid, since, NULL, NULL) b;
+EXCEPTION WHEN OTHERS THEN
+    query := NULL;
+    time_query := NULL;
+    error := format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE);
+END
+$fn$;
+
 -- One query per products-table mapping: (item id, value text) rows.
 CREATE FUNCTION audience._products_queries(cid integer, OUT property text, OUT query text)
 RETURNS SETOF record
@@ -724,3 +740,45 @@ BEGIN
     RETURN cid;
 END
 $fn$;
+
+-- Makes a stored model the catalog's active one: a model the deploy guard refused
+-- (build(..., guard => true)), or the one it replaced. Waits for no build: fails at once while
+-- the catalog is being built, like a second build.
+CREATE FUNCTION audience.activate(model_id bigint,
+                                  OUT catalog text, OUT active_model_id bigint, OUT previous_model_id bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    cid integer;
+    want bigint := activate.model_id;
+BEGIN
+    IF want IS NULL THEN
+        RAISE EXCEPTION 'model_id cannot be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT m.catalog_id INTO cid FROM audience.models m WHERE m.model_id = want;
+    IF cid IS NULL THEN
+        RAISE EXCEPTION 'model % does not exist', want
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'See SELECT model_id, catalog_id, created_at, guard FROM audience.models; a build drops the models that are neither its own nor active.';
+    END IF;
+    SELECT c.name INTO catalog FROM audience.catalogs c WHERE c.catalog_id = cid;
+    PERFORM audience._lock_for_build(catalog);
+    IF NOT EXISTS (SELECT 1 FROM audience.model_data d WHERE d.model_id = want) THEN
+        RAISE EXCEPTION 'model % has no stored data', want
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Rebuild the catalog with audience.build().';
+    END IF;
+    SELECT c.active_model_id INTO previous_model_id FROM audience.catalogs c WHERE c.catalog_id = cid;
+    UPDATE audience.catalogs c SET active_model_id = want, updated_at = now() WHERE c.catalog_id = cid;
+    UPDATE audience.models m
+       SET guard = coalesce(m.guard, '{}') || jsonb_build_object('activated_by', current_user::text, 'activated_at', now(),
+                                                                'replaced_model_id', previous_model_id)
+     WHERE m.model_id = want AND want IS DISTINCT FROM previous_model_id;
+    active_model_id := want;
+END
+$fn$;
+COMMENT ON FUNCTION audience.activate(bigint) IS
+    'Makes a stored model its catalog''s active model (one the deploy guard of build(..., guard => true) refused, or the one it replaced); records who did it in models.guard.';

@@ -93,9 +93,11 @@ CREATE TABLE audience.models (
     items           bigint NOT NULL,
     pairs           bigint NOT NULL,
     params          jsonb NOT NULL,
-    stats           jsonb NOT NULL
+    stats           jsonb NOT NULL,
+    guard           jsonb
 );
 COMMENT ON TABLE audience.models IS 'Trained models with their parameters and build statistics (rows read, seconds per phase, memory).';
+COMMENT ON COLUMN audience.models.guard IS 'The deploy guard''s comparison with the model that was active when this one was built (build(..., guard => true)), and manual activations; NULL when no guard ran.';
 
 -- No foreign keys between the extension's tables: they are configuration tables, which
 -- `pg_restore -j` loads in parallel while the extension's constraints already exist, so a child

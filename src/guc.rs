@@ -21,7 +21,21 @@ pub static SHARED_MODELS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static SCAN_STATE: GucSetting<crate::api::build::ScanState> =
     GucSetting::<crate::api::build::ScanState>::new(crate::api::build::ScanState::Auto);
 
+/// How much worse (relative) than the active model a guarded build's new model may rank the
+/// engagements since the active model's build and still be activated.
+pub static GUARD_TOLERANCE: GucSetting<f64> = GucSetting::<f64>::new(0.05);
+
 pub fn init() {
+    GucRegistry::define_float_guc(
+        c"audience.guard_tolerance",
+        c"Sets how much worse, relative, a guarded build's new model may score than the active one and still be activated.",
+        c"0.05: refused when its score is below 95% of the active model's on the events since that model's build.",
+        &GUARD_TOLERANCE,
+        0.0,
+        1.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_enum_guc(
         c"audience.scan_state",
         c"How a build's scan hands the affinity state to the build: auto or bytes.",

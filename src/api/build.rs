@@ -30,6 +30,8 @@ pub struct BuildParams {
     pub als_explicit: bool,
     /// Whether catalog-level scoring knobs were given explicitly (then builds do not auto-tune).
     pub knobs_explicit: bool,
+    /// Whether a build activates its model only when the deploy guard finds it not worse.
+    pub guard: bool,
 }
 
 /// The knobs of an untuned catalog: pure collaborative filtering (kNN and ALS shares averaged)
@@ -215,7 +217,7 @@ fn scan_as_bytes(query: &str) -> crate::affinity::accumulator::Accumulator {
 }
 
 /// Runs one scan query, handing the state over as `state` says; returns it and how it came.
-fn scan_one(
+pub(crate) fn scan_one(
     query: &str,
     state: ScanState,
 ) -> (crate::affinity::accumulator::Accumulator, &'static str) {
@@ -556,8 +558,10 @@ pub fn private_rss_bytes() -> Option<u64> {
 /// Bytes per model_data row: small enough that a cancel between rows is noticed quickly.
 const CHUNK: usize = 8 << 20;
 
-/// Stores a model as the catalog's new active model, in the caller's transaction, and drops the
-/// catalog's older models. Returns the new model id.
+/// Stores a model, in the caller's transaction, as the catalog's new active model (dropping the
+/// catalog's older models), or, when `activate` is false (refused by the deploy guard, whose
+/// report is `guard`), beside the active model (dropping the other inactive ones). Returns the
+/// new model id.
 #[allow(clippy::too_many_arguments)]
 pub fn store(
     cid: i32,
@@ -567,11 +571,13 @@ pub fn store(
     reference_us: i64,
     params: &serde_json::Value,
     stats: &serde_json::Value,
+    activate: bool,
+    guard: Option<&serde_json::Value>,
 ) -> i64 {
     let reference = TimestampWithTimeZone::try_from(reference_us).ok();
     let model_id: i64 = Spi::get_one_with_args::<i64>(
-        "INSERT INTO audience.models (catalog_id, train_until, reference_time, rows_read, users, items, pairs, params, stats)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING model_id",
+        "INSERT INTO audience.models (catalog_id, train_until, reference_time, rows_read, users, items, pairs, params, stats, guard)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING model_id",
         &args![
             cid,
             until,
@@ -581,7 +587,8 @@ pub fn store(
             model.items.len() as i64,
             model.ui.nnz() as i64,
             pgrx::JsonB(params.clone()),
-            pgrx::JsonB(stats.clone())
+            pgrx::JsonB(stats.clone()),
+            guard.map(|g| pgrx::JsonB(g.clone()))
         ],
     )
     .or_raise("storing the model")
@@ -614,15 +621,20 @@ pub fn store(
         )
         .or_raise("storing property values");
     }
-    Spi::run_with_args(
-        "UPDATE audience.catalogs SET active_model_id = $2, updated_at = pg_catalog.now() WHERE catalog_id OPERATOR(pg_catalog.=) $1",
-        &args![cid, model_id],
-    )
-    .or_raise("activating the model");
+    if activate {
+        Spi::run_with_args(
+            "UPDATE audience.catalogs SET active_model_id = $2, updated_at = pg_catalog.now() WHERE catalog_id OPERATOR(pg_catalog.=) $1",
+            &args![cid, model_id],
+        )
+        .or_raise("activating the model");
+    }
+    // Kept: the new model and the active one.
     let replaced: Vec<i64> = Spi::connect_mut(|client| {
         let table = client
             .update(
-                "DELETE FROM audience.models WHERE catalog_id OPERATOR(pg_catalog.=) $1 AND model_id OPERATOR(pg_catalog.<>) $2 RETURNING model_id",
+                "DELETE FROM audience.models m WHERE m.catalog_id OPERATOR(pg_catalog.=) $1 AND m.model_id OPERATOR(pg_catalog.<>) $2
+                   AND m.model_id IS DISTINCT FROM (SELECT c.active_model_id FROM audience.catalogs c WHERE c.catalog_id OPERATOR(pg_catalog.=) $1)
+                 RETURNING m.model_id",
                 None,
                 &args![cid, model_id],
             )
@@ -743,6 +755,7 @@ pub fn build_params(
         auto_tune: true,
         als_explicit: false,
         knobs_explicit: false,
+        guard: false,
     }
 }
 
@@ -886,6 +899,28 @@ pub fn params_json(p: &BuildParams) -> serde_json::Value {
     })
 }
 
+/// The ALS settings a model was trained with, from its `params` (see [`params_json`]), with this
+/// session's threads; None without ALS.
+pub fn als_params_from_json(params: &serde_json::Value) -> Option<AlsParams> {
+    let a = params.get("als")?;
+    let d = AlsParams::default();
+    Some(AlsParams {
+        factors: a.get("factors")?.as_u64()? as usize,
+        iterations: a
+            .get("iterations")
+            .and_then(|v| v.as_u64())
+            .map_or(d.iterations, |v| v as usize),
+        regularization: a.get("regularization")?.as_f64()? as f32,
+        alpha: a.get("alpha")?.as_f64()? as f32,
+        cg_steps: a
+            .get("cg_steps")
+            .and_then(|v| v.as_u64())
+            .map_or(d.cg_steps, |v| v as usize),
+        threads: crate::guc::threads(),
+        ..d
+    })
+}
+
 /// Merges explicit (non-null) build arguments into the catalog's remembered settings and returns
 /// the parameters to use: an argument given once applies to later builds (pg_cron, forget_user)
 /// until given again.
@@ -931,6 +966,7 @@ pub fn remembered_params(cid: i32, explicit: serde_json::Value) -> BuildParams {
     p.cross_sell = knobs_from_json(merged.get("cross_sell"), p.hybrid);
     p.by_property = property_knobs_from_json(merged.get("tuned"), p.hybrid);
     p.auto_tune = merged.get("tune").and_then(|v| v.as_bool()).unwrap_or(true);
+    p.guard = merged.get("guard").and_then(|v| v.as_bool()).unwrap_or(false);
     p.als_explicit = ["factors", "iterations", "regularization", "alpha"]
         .iter()
         .any(|k| merged.get(*k).is_some());
@@ -977,6 +1013,7 @@ fn build(
     own: default!(Option<&str>, "NULL"),
     own_half_life: default!(Option<Interval>, "NULL"),
     tune: default!(Option<bool>, "NULL"),
+    guard: default!(Option<bool>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -987,6 +1024,7 @@ fn build(
         name!(pairs, i64),
         name!(seconds, f64),
         name!(tuning, Option<pgrx::JsonB>),
+        name!(guard, Option<pgrx::JsonB>),
     ),
 > {
     let t0 = Instant::now();
@@ -1024,7 +1062,7 @@ fn build(
             "factors": factors, "iterations": iterations, "regularization": regularization, "alpha": alpha,
             "neighbours": neighbours, "prior": prior.map(|p| json_f32(p as f32)), "activity_exp": activity_exp, "knn_weight": knn_weight,
             "volume": volume, "days_exp": days_exp, "tenure_exp": tenure_exp, "own": own,
-            "own_half_life_days": own_hl_days, "tune": tune,
+            "own_half_life_days": own_hl_days, "tune": tune, "guard": guard,
         }),
     );
     let catalog_name: String = Spi::get_one_with_args(
@@ -1034,6 +1072,7 @@ fn build(
     .or_raise("reading the catalog")
     .unwrap_or_default();
     let _progress = crate::api::progress::begin(&catalog_name);
+    let mut guard_report: Option<serde_json::Value> = None;
     let collected = collect(cid, None, until);
     let rows_read = collected.aff.rows as i64;
     if collected.aff.users.is_empty() {
@@ -1063,6 +1102,18 @@ fn build(
         ),
         scan_s + products_s,
     );
+    let prepared = if params.guard {
+        match crate::api::guard::prepare(cid, &collected) {
+            Ok(p) => Some(p),
+            Err(v) => {
+                pgrx::notice!("deploy guard: {}; the new model is activated", v.report["reason"].as_str().unwrap_or(""));
+                guard_report = Some(v.report);
+                None
+            }
+        }
+    } else {
+        None
+    };
     crate::api::progress::phase("tune", "");
     let t_tune = Instant::now();
     let (params, tuning) = crate::api::tuning::auto_tune(&collected, params);
@@ -1074,6 +1125,24 @@ fn build(
     let trained = train(collected, &params);
     // Measured with the affinity matrix and the trained models in memory, the build's high point.
     let private_bytes = private_rss_bytes();
+    let t_guard = Instant::now();
+    let mut activate = true;
+    if let Some(p) = prepared {
+        let v = crate::api::guard::judge(p, &trained.model, &params);
+        activate = v.activate;
+        if activate {
+            pgrx::notice!("deploy guard: {}; the new model is activated", v.report["reason"].as_str().unwrap_or(""));
+        } else {
+            crate::error::AudienceError::new(
+                pgrx::PgSqlErrorCode::ERRCODE_WARNING,
+                format!("deploy guard: {}; the new model is stored but not activated", v.report["reason"].as_str().unwrap_or("")),
+            )
+            .hint("Inspect it (audience.models.guard), then SELECT audience.activate(model_id) to serve it anyway.")
+            .warn();
+        }
+        guard_report = Some(v.report);
+    }
+    let guard_s = t_guard.elapsed().as_secs_f64();
     crate::api::progress::phase("store", "");
     let t_store = Instant::now();
     let m = &trained.model;
@@ -1083,7 +1152,7 @@ fn build(
         m.ui.nnz() as i64,
     );
     let stats = serde_json::json!({
-        "seconds": { "scan": scan_s, "products": products_s, "tune": tune_s, "als": trained.als_seconds, "knn": trained.knn_seconds },
+        "seconds": { "scan": scan_s, "products": products_s, "tune": tune_s, "als": trained.als_seconds, "knn": trained.knn_seconds, "guard": guard_s },
         "tuning": tuning.clone(),
         "affinity_state_bytes": state_bytes,
         "scan_state": scan_state,
@@ -1099,6 +1168,8 @@ fn build(
         ref_t,
         &params_json(&params),
         &stats,
+        activate,
+        guard_report.as_ref(),
     );
     let store_s = t_store.elapsed().as_secs_f64();
     crate::api::progress::finished(
@@ -1119,5 +1190,6 @@ fn build(
         pairs,
         total,
         tuning.map(pgrx::JsonB),
+        guard_report.map(pgrx::JsonB),
     ))
 }

@@ -2,6 +2,8 @@
 pub mod build;
 pub mod cache;
 pub mod evaluate;
+pub mod fresh;
+pub mod guard;
 pub mod progress;
 pub mod recommend;
 pub mod shared;

@@ -7,6 +7,7 @@
 use crate::api::cache::{active, Loaded};
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError};
+use crate::model::csr::Csr;
 use crate::model::image::ServedProperty;
 use crate::score::topk::top_k;
 use pgrx::prelude::*;
@@ -76,10 +77,6 @@ pub struct Request<'a> {
     pub lookback: Option<Interval>,
 }
 
-/// Ranks users for the request; returns (user index, score) in rank order and the number of users.
-pub fn rank(req: &Request, l: &Loaded) -> Vec<(u32, f32)> {
-    rank_target(req, l, None).0
-}
 
 /// The model's item indexes of the given item ids (unknown ids are counted, not errors; an empty
 /// array or a NULL element is).
@@ -110,13 +107,40 @@ pub fn items_of(l: &Loaded, ids: Vec<Option<String>>) -> (Vec<u32>, usize) {
     (found, wanted.len())
 }
 
-/// [`rank`], for `items` (model item indexes) instead of the request's property values when
-/// given; also returns, per returned user, whether they engaged with the items before.
-pub fn rank_target(
-    req: &Request,
-    l: &Loaded,
-    items: Option<&[u32]>,
-) -> (Vec<(u32, f32)>, Vec<bool>) {
+/// An audience: (user index, score) in rank order, per returned user whether they engaged with
+/// the value before, and the ids of the users the model does not know (events since the build):
+/// index `n_model_users + j` is `new_users[j]`.
+pub struct Ranking {
+    pub ranked: Vec<(u32, f32)>,
+    pub engaged: Vec<bool>,
+    pub new_users: Vec<String>,
+    /// Users ranked (the model's and the new ones).
+    pub n_users: usize,
+}
+
+impl Ranking {
+    fn empty(n_users: usize) -> Ranking {
+        Ranking {
+            ranked: Vec::new(),
+            engaged: Vec::new(),
+            new_users: Vec::new(),
+            n_users,
+        }
+    }
+
+    /// The id of ranked user `u`.
+    pub fn user_id<'a>(&'a self, l: &'a Loaded, u: u32) -> &'a str {
+        let n = l.model.users.len();
+        if (u as usize) < n {
+            l.model.users.get(u as usize)
+        } else {
+            &self.new_users[u as usize - n]
+        }
+    }
+}
+
+/// Ranks users for the request's property values, or for `items` (model item indexes) when given.
+pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking {
     let max_pct = match req.max_pct {
         None => AudienceError::null("max_pct").raise(),
         Some(p) if p > 0.0 && p <= 100.0 => p,
@@ -141,7 +165,7 @@ pub fn rank_target(
         Some(items) => {
             if items.is_empty() {
                 pgrx::notice!("none of the items is in the model; the audience is empty");
-                return (Vec::new(), Vec::new());
+                return Ranking::empty(l.model.users.len());
             }
             (items.to_vec(), None)
         }
@@ -164,12 +188,14 @@ pub fn rank_target(
                         format!("in ({})", shown(&wanted.join(", ")))
                     }
                 );
-                return (Vec::new(), Vec::new());
+                return Ranking::empty(l.model.users.len());
             }
             (items, Some(prop.name.clone()))
         }
     };
-    let n_users = l.model.users.len();
+    let fresh = crate::api::fresh::fresh_for(l);
+    let n_model_users = l.model.users.len();
+    let n_users = n_model_users + fresh.as_ref().map_or(0, |f| f.rows.new_users());
     let mut k = ((max_pct / 100.0) * n_users as f64).floor() as usize;
     k = k.max(1).min(n_users);
     if let Some(m) = req.max_users {
@@ -190,7 +216,31 @@ pub fn rank_target(
     let t0 = std::time::Instant::now();
     let c = l.scorer.components_with(&items, &[knobs.own]);
     let t1 = std::time::Instant::now();
-    let scores = crate::score::hybrid::score_from_components(&c, l.scorer.totals(), knobs);
+    let mut scores = crate::score::hybrid::score_from_components(&c, l.scorer.totals(), knobs);
+    let mut e = c.e;
+    // Users with events since the build: their merged rows replace the snapshot's, new users
+    // are appended (index n_model_users + j for the j-th new one).
+    let mut new_users: Vec<String> = Vec::new();
+    if let Some(f) = fresh.as_deref() {
+        let fs = l.scorer.for_rows(&f.rows.ui, f.als.as_ref(), Some(&f.rows.days));
+        let fc = fs.components_with(&items, &[knobs.own]);
+        let fscores = crate::score::hybrid::score_from_components(&fc, fs.totals(), knobs);
+        for (j, row) in f.rows.model_row.iter().enumerate() {
+            match row {
+                Some(u) => {
+                    scores[*u as usize] = fscores[j];
+                    e[*u as usize] = fc.e[j];
+                }
+                None => {
+                    scores.push(fscores[j]);
+                    e.push(fc.e[j]);
+                }
+            }
+            if row.is_none() {
+                new_users.push(f.rows.users[j].clone());
+            }
+        }
+    }
     pgrx::debug1!(
         "audience: {} items, components in {:.1} ms, scores in {:.1} ms",
         items.len(),
@@ -199,7 +249,7 @@ pub fn rank_target(
     );
     let excluded: Option<Vec<bool>> = if req.exclude_engaged.unwrap_or(false) {
         Some(match &req.lookback {
-            None => crate::score::hybrid::engaged(&c),
+            None => e.iter().map(|&x| x > 0.0).collect(),
             Some(iv) => {
                 let lb = crate::affinity::aggregate::interval_micros_for(iv, "lookback");
                 if lb <= 0 {
@@ -208,13 +258,25 @@ pub fn rank_target(
                         .raise();
                 }
                 let since_us = now_micros().saturating_sub(lb);
-                engaged_since(
-                    l,
-                    &items,
-                    since_us
-                        .div_euclid(60_000_000)
-                        .clamp(i32::MIN as i64, i32::MAX as i64) as i32,
-                )
+                let since_min = since_us
+                    .div_euclid(60_000_000)
+                    .clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+                let m = &l.model;
+                let mut mask = vec![false; m.items.len()];
+                for &i in &items {
+                    mask[i as usize] = true;
+                }
+                let mut out = engaged_since(&m.ui, &m.last_seen, &mask, since_min);
+                if let Some(f) = fresh.as_deref() {
+                    let fe = engaged_since(&f.rows.ui, &f.rows.last_seen, &mask, since_min);
+                    for (j, row) in f.rows.model_row.iter().enumerate() {
+                        match row {
+                            Some(u) => out[*u as usize] = fe[j],
+                            None => out.push(fe[j]),
+                        }
+                    }
+                }
+                out
             }
         })
     } else {
@@ -230,8 +292,13 @@ pub fn rank_target(
         let s = scores[u];
         s > 0.0 && min_score.is_none_or(|m| s >= m) && !excluded.as_ref().is_some_and(|e| e[u])
     });
-    let engaged = ranked.iter().map(|&(u, _)| c.e[u as usize] > 0.0).collect();
-    (ranked, engaged)
+    let engaged = ranked.iter().map(|&(u, _)| e[u as usize] > 0.0).collect();
+    Ranking {
+        ranked,
+        engaged,
+        new_users,
+        n_users,
+    }
 }
 
 fn now_micros() -> i64 {
@@ -241,30 +308,26 @@ fn now_micros() -> i64 {
     ts.into()
 }
 
-/// Users with an engagement with one of `items` whose latest event is at or after `since_min`
-/// (minutes since 2000-01-01).
-fn engaged_since(l: &Loaded, items: &[u32], since_min: i32) -> Vec<bool> {
-    let m = &l.model;
-    let mut mask = vec![false; m.items.len()];
-    for &i in items {
-        mask[i as usize] = true;
-    }
-    (0..m.ui.n_rows)
+/// Per row of `ui`: an engagement with an item of `mask` whose latest event is at or after
+/// `since_min` (minutes since 2000-01-01).
+fn engaged_since(ui: &Csr, last_seen: &[i32], mask: &[bool], since_min: i32) -> Vec<bool> {
+    (0..ui.n_rows)
         .map(|u| {
-            let (a, b) = (m.ui.indptr[u], m.ui.indptr[u + 1]);
-            (a..b).any(|p| mask[m.ui.indices[p] as usize] && m.last_seen[p] >= since_min)
+            let (a, b) = (ui.indptr[u], ui.indptr[u + 1]);
+            (a..b).any(|p| mask[ui.indices[p] as usize] && last_seen[p] >= since_min)
         })
         .collect()
 }
 
-fn rows(l: &Loaded, ranked: Vec<(u32, f32)>) -> Vec<(String, f64, i64, f64)> {
-    let n = l.model.users.len().max(1) as f64;
-    ranked
-        .into_iter()
+fn rows(l: &Loaded, ranking: &Ranking) -> Vec<(String, f64, i64, f64)> {
+    let n = ranking.n_users.max(1) as f64;
+    ranking
+        .ranked
+        .iter()
         .enumerate()
-        .map(|(r, (u, s))| {
+        .map(|(r, &(u, s))| {
             (
-                l.model.users.get(u as usize).to_string(),
+                ranking.user_id(l, u).to_string(),
                 s as f64,
                 r as i64 + 1,
                 100.0 * (r as f64 + 1.0) / n,
@@ -356,9 +419,9 @@ fn serve_target(
     let l = active(req.catalog);
     let t1 = std::time::Instant::now();
     let items = items.map(|ids| known_items(&l, ids));
-    let ranked = rank_target(req, &l, items.as_deref()).0;
+    let ranking = rank_target(req, &l, items.as_deref());
     let t2 = std::time::Instant::now();
-    let out = rows(&l, ranked);
+    let out = rows(&l, &ranking);
     let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1000.0;
     pgrx::debug1!(
         "audience: model {} ({} copy) resolved in {:.1} ms, ranked in {:.1} ms, {} rows made in {:.1} ms",
@@ -488,8 +551,12 @@ fn sizes(
         max_pct: Some(widest),
         ..req.clone()
     };
-    let (ranked, engaged) = rank_target(&req, l, items);
-    let n_users = l.model.users.len();
+    let Ranking {
+        ranked,
+        engaged,
+        n_users,
+        ..
+    } = rank_target(&req, l, items);
     pcts.into_iter()
         .map(|p| {
             let k = (((p / 100.0) * n_users as f64).floor() as usize)

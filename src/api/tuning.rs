@@ -336,7 +336,7 @@ fn tuned_json(t: &Tuned) -> serde_json::Value {
 }
 
 /// A day number (since 2000-01-01) as an ISO date.
-fn day_iso(day: i32) -> String {
+pub fn day_iso(day: i32) -> String {
     // Civil-from-days (Howard Hinnant's algorithm), days since 1970-01-01.
     let z = day as i64 + 10_957 + 719_468;
     let era = z.div_euclid(146_097);
@@ -431,6 +431,31 @@ pub fn baseline_objectives(c: &Collected, holdout_us: i64, property: &str) -> Ve
         &mut check,
     );
     owns.into_iter().zip(objs).collect()
+}
+
+/// The tuning objective of `model`'s own knobs for `property` (all users), on validation
+/// `positives` per value of the property (as [`positives_after`] gives them for `model.users`):
+/// what the deploy guard compares. None when the positives are too few to mean anything.
+pub fn knob_objective(model: &Model, sc: &Scorer, property: &str, positives: &[Vec<u32>]) -> Option<f64> {
+    let prop = model.property(property)?;
+    if positives.iter().map(|v| v.len()).sum::<usize>() < MIN_POSITIVES {
+        return None;
+    }
+    let (per_value, totals) = tuning_inputs(model, sc, positives, &prop.values, property, TUNE_USERS);
+    let knobs = *model.knobs_for(property).0;
+    let mut check = || {
+        pgrx::check_for_interrupts!();
+    };
+    grid_objectives(
+        &per_value,
+        &totals,
+        &[knobs],
+        &CUTS,
+        &|_, _| true,
+        crate::guc::threads(),
+        &mut check,
+    )
+    .pop()
 }
 
 /// Raised when a caller asked for tuning explicitly and it cannot run.

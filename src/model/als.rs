@@ -198,6 +198,45 @@ fn train_als_tuned(
     Ok(model)
 }
 
+/// The ALS "fold-in": factors for the rows of `ui` (confidence input, as in training) against
+/// the fixed `item_factors` of a trained model, without touching the model. Each user's row is
+/// solved like training's user step (`sweeps` half-sweeps of `params.cg_steps` CG steps, from
+/// zero), so a user the model never saw, or whose row changed since, gets the factors training
+/// would have given them for these items. `check` runs on the calling thread between blocks of
+/// rows, as in [`train_als`]. Panics when `item_factors` does not hold `ui.n_cols` vectors.
+pub fn fold_in(
+    ui: &Csr,
+    item_factors: &[f32],
+    params: &AlsParams,
+    sweeps: usize,
+    check: &mut dyn FnMut() -> Result<(), Interrupted>,
+) -> Result<Buf<f32>, Interrupted> {
+    let k = params.factors;
+    assert_eq!(
+        item_factors.len(),
+        ui.n_cols * k,
+        "one item vector per column"
+    );
+    let mut out = vec![0f32; ui.n_rows * k];
+    if k == 0 || ui.n_rows == 0 || ui.n_cols == 0 {
+        return Ok(out.into());
+    }
+    check()?;
+    let threads = params.threads.clamp(1, MAX_THREADS);
+    let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::new(k)).collect();
+    let mut cfg = Sweep {
+        params,
+        fast: fast_kernels_available(),
+        threads,
+        task_work: TASK_WORK,
+        scratch: &mut scratch,
+    };
+    for _ in 0..sweeps.max(1) {
+        cfg.half_sweep(ui, item_factors, &mut out, check)?;
+    }
+    Ok(out.into())
+}
+
 /// The training loss `L` of the module documentation for `model` on `ui`, in f64. Costs
 /// `O(nnz * k + (n_users + n_items) * k^2)`; single-threaded (meant for tests and diagnostics).
 pub fn loss(ui: &Csr, model: &AlsModel, params: &AlsParams) -> f64 {
@@ -821,6 +860,86 @@ mod tests {
             }
         }
         (Csr::from_triplets(n_users, n_items, &mut t), ug, ig)
+    }
+
+    /// The exact solution of one row's normal equations, in f64 (Gaussian elimination).
+    fn exact_row(cols: &[u32], vals: &[f32], y: &[f32], k: usize, p: &AlsParams) -> Vec<f64> {
+        let n_items = y.len() / k;
+        let mut a = vec![0f64; k * k];
+        let mut b = vec![0f64; k];
+        for i in 0..n_items {
+            let yi = &y[i * k..(i + 1) * k];
+            for r in 0..k {
+                for c in 0..k {
+                    a[r * k + c] += yi[r] as f64 * yi[c] as f64;
+                }
+            }
+        }
+        for r in 0..k {
+            a[r * k + r] += p.regularization as f64;
+        }
+        for (&i, &v) in cols.iter().zip(vals) {
+            let yi = &y[i as usize * k..(i as usize + 1) * k];
+            let c = (p.alpha * v) as f64;
+            for r in 0..k {
+                b[r] += (1.0 + c) * yi[r] as f64;
+                for cc in 0..k {
+                    a[r * k + cc] += c * yi[r] as f64 * yi[cc] as f64;
+                }
+            }
+        }
+        for col in 0..k {
+            let piv = (col..k)
+                .max_by(|&x, &z| a[x * k + col].abs().total_cmp(&a[z * k + col].abs()))
+                .unwrap();
+            for c in 0..k {
+                a.swap(col * k + c, piv * k + c);
+            }
+            b.swap(col, piv);
+            for r in 0..k {
+                if r != col {
+                    let f = a[r * k + col] / a[col * k + col];
+                    for c in 0..k {
+                        a[r * k + c] -= f * a[col * k + c];
+                    }
+                    b[r] -= f * b[col];
+                }
+            }
+        }
+        (0..k).map(|r| b[r] / a[r * k + r]).collect()
+    }
+
+    #[test]
+    fn fold_in_solves_each_row_against_fixed_items() {
+        let (ui, _, _) = planted(60, 30, 0.3, 0.05, 3);
+        let p = AlsParams {
+            factors: 5,
+            iterations: 5,
+            threads: 2,
+            ..AlsParams::default()
+        };
+        let m = train_als(&ui, &p, &mut ok()).unwrap();
+        let x = fold_in(&ui, &m.item_factors, &p, 4, &mut ok()).unwrap();
+        assert_eq!(x.len(), 60 * 5);
+        for u in 0..ui.n_rows {
+            let (cols, vals) = ui.row(u);
+            let want = exact_row(cols, vals, &m.item_factors, 5, &p);
+            for (f, w) in x[u * 5..(u + 1) * 5].iter().zip(&want) {
+                assert!((*f as f64 - w).abs() < 1e-3 * (1.0 + w.abs()), "user {u}: {f} vs {w}");
+            }
+        }
+        // A row the model never saw: the same solve; an empty row: zeros.
+        let mut t = vec![(0u32, 2u32, 1.0f32), (0, 7, 3.0)];
+        let new = Csr::from_triplets(2, 30, &mut t);
+        let x = fold_in(&new, &m.item_factors, &p, 4, &mut ok()).unwrap();
+        let want = exact_row(new.row(0).0, new.row(0).1, &m.item_factors, 5, &p);
+        for (f, w) in x[..5].iter().zip(&want) {
+            assert!((*f as f64 - w).abs() < 1e-3 * (1.0 + w.abs()), "{f} vs {w}");
+        }
+        assert!(x[5..].iter().all(|&v| v == 0.0));
+        // Interruptible.
+        let mut stop = || Err(Interrupted);
+        assert!(fold_in(&ui, &m.item_factors, &p, 4, &mut stop).is_err());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 pub mod als;
 pub mod csr;
 pub mod days;
+pub mod fresh;
 pub mod image;
 pub mod knn;
 pub mod stored;
+pub mod transplant;
 pub mod train;

@@ -49,6 +49,7 @@ use crate::model::als::AlsModel;
 use crate::model::csr::Csr;
 use crate::model::days::DayIndex;
 use crate::util::buf::Buf;
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 /// How the user's own engagement is measured (see the module doc). Half-lives are in days;
@@ -268,7 +269,7 @@ pub struct Scorer<'a> {
     als: Option<&'a AlsModel>,
     knn: Option<&'a Csr>,
     /// Transposed kNN matrix: row `i` lists the items `j` having `i` as a neighbour, with `S(j,i)`.
-    knn_t: Option<Csr>,
+    knn_t: Option<Cow<'a, Csr>>,
     /// `t_u`.
     t: Buf<f32>,
     /// `sum_j a_uj S_all(j)` (empty without kNN).
@@ -334,12 +335,38 @@ impl<'a> Scorer<'a> {
     /// Precomputes the value-independent parts. Panics if the model shapes do not match `ui`
     /// (kNN must be items x items, ALS must have `n_users` user and `n_items` item vectors).
     pub fn new(ui: &'a Csr, als: Option<&'a AlsModel>, knn: Option<&'a Csr>) -> Self {
+        Self::with_transpose(ui, als, knn, knn.map(|s| Cow::Owned(s.transpose())))
+    }
+
+    /// A scorer of other users' rows `ui` over the same items and collaborative models: the kNN
+    /// matrix and its transpose are shared, not recomputed (users with events since the build;
+    /// `als` holds their folded-in factors and this model's item factors). Engagement days as
+    /// for [`Scorer::with_days`], against this scorer's reference day.
+    pub fn for_rows<'b>(
+        &'b self,
+        ui: &'b Csr,
+        als: Option<&'b AlsModel>,
+        days: Option<&'b DayIndex>,
+    ) -> Scorer<'b> {
+        let s = Scorer::with_transpose(ui, als, self.knn, self.knn_t.as_deref().map(Cow::Borrowed))
+            .with_threads(self.threads);
+        match (days, self.days) {
+            (Some(d), Some((_, ref_day))) => s.with_days(d, ref_day),
+            _ => s,
+        }
+    }
+
+    fn with_transpose(
+        ui: &'a Csr,
+        als: Option<&'a AlsModel>,
+        knn: Option<&'a Csr>,
+        knn_t: Option<Cow<'a, Csr>>,
+    ) -> Self {
         let (n_users, n_items) = (ui.n_rows, ui.n_cols);
         let t: Vec<f32> = (0..n_users)
             .map(|u| ui.row(u).1.iter().map(|&a| a as f64).sum::<f64>() as f32)
             .collect();
         let mut knn_den = Vec::new();
-        let mut knn_t = None;
         if let Some(s) = knn {
             assert!(
                 s.n_rows == n_items && s.n_cols == n_items,
@@ -358,7 +385,6 @@ impl<'a> Scorer<'a> {
                         .sum::<f64>() as f32
                 })
                 .collect();
-            knn_t = Some(s.transpose());
         }
         let mut als_den = Vec::new();
         if let Some(m) = als {
@@ -412,7 +438,7 @@ impl<'a> Scorer<'a> {
             t: self.t.clone(),
             knn_den: self.knn_den.clone(),
             als_den: self.als_den.clone(),
-            knn_t: self.knn_t.clone(),
+            knn_t: self.knn_t.as_deref().cloned(),
             als_volume: (*self.als_volume).clone(),
             returns: self.returns.as_deref().cloned(),
             own_totals,
@@ -460,7 +486,7 @@ impl<'a> Scorer<'a> {
             als,
             knn,
             knn_volume: Arc::new(parts.knn_den.clone()),
-            knn_t: parts.knn_t,
+            knn_t: parts.knn_t.map(Cow::Owned),
             t: parts.t,
             knn_den: parts.knn_den,
             als_den: parts.als_den,
@@ -586,7 +612,7 @@ impl<'a> Scorer<'a> {
         let mut fused_own: Option<OwnPart> = None;
         let mut e = vec![0f32; n_users];
         let mut knn_share = None;
-        if let Some(kt) = &self.knn_t {
+        if let Some(kt) = self.knn_t.as_deref() {
             // tab[j] = ([j in V], S_V(j)): one gather per stored affinity.
             let mut tab = vec![[0f32; 2]; n_items];
             for &i in &distinct {

@@ -1,0 +1,378 @@
+//! Events since the build, at query time: `recommend_audience` and everything built on it
+//! (`audience_size`, `save_audience`, `refresh_audience`) also read the registered sources' rows
+//! newer than the model's latest event, fold them into those users' rows (core:
+//! [`crate::model::fresh`]), give them ALS factors by fold-in against the model's item factors
+//! ([`crate::model::als::fold_in`]) and rank them with everyone else.
+//!
+//! Per catalog (`audience.set_fresh_events`): `auto` (the default) reads new rows when the plan
+//! of that read scans no large table from end to end (an index on the event time column makes it
+//! a range scan); `on` reads them regardless and warns about a large scan; `off` serves the
+//! snapshot. Past `max_rows` new rows it serves the snapshot with a NOTICE that a build is due.
+//!
+//! Work per call is bounded: this backend keeps what it read (the aggregate's state, the merged
+//! rows and their factors) per model, and the next call reads only rows newer than the latest it
+//! has seen. Rows stamped earlier than that but committed later are left to the next build.
+use crate::affinity::accumulator::Accumulator;
+use crate::api::cache::Loaded;
+use crate::api::spi_util::{args, query_rows};
+use crate::error::{shown, AudienceError, OrRaise};
+use crate::model::als::{fold_in, AlsModel, AlsParams};
+use crate::model::fresh::{merge, Base, FreshRows};
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// New rows a call folds in by default before it serves the snapshot instead.
+pub const DEFAULT_MAX_ROWS: i64 = 1_000_000;
+
+/// In `auto` mode, a plan that reads a source of more rows than this from end to end is too
+/// costly to run on every audience call.
+const SEQ_SCAN_ROWS: i64 = 100_000;
+
+/// What this backend read since a model's build.
+pub struct Fresh {
+    pub model_id: i64,
+    /// Rows with an event time after this (microseconds since 2000-01-01) are not read yet.
+    high_water_us: i64,
+    /// The aggregate's state over every row read so far (serialized), to merge later reads into.
+    state: Option<Vec<u8>>,
+    pub rows: FreshRows,
+    /// The model's item factors and the fresh users' folded-in factors.
+    pub als: Option<AlsModel>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Auto,
+    On,
+    Off,
+}
+
+thread_local! {
+    static FRESH: RefCell<Option<Rc<Fresh>>> = const { RefCell::new(None) };
+    /// Models whose new-row read needs a large scan, skipped in `auto` mode (told once).
+    static SKIP: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+    /// Models whose sources could not be read (told once per backend).
+    static UNREADABLE: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The catalog's settings and the model's times, in one query.
+struct Settings {
+    mode: Mode,
+    max_rows: i64,
+    catalog_id: i32,
+    last_event_us: i64,
+    reference_us: i64,
+    als: Option<AlsParams>,
+}
+
+fn settings(model_id: i64) -> Option<Settings> {
+    let rows = query_rows(
+        "SELECT c.catalog_id, c.build_settings OPERATOR(pg_catalog.->>) 'fresh_events', (c.build_settings OPERATOR(pg_catalog.->>) 'fresh_max_rows')::pg_catalog.int8,
+                (m.stats OPERATOR(pg_catalog.->>) 'last_event_us')::pg_catalog.int8, (m.stats OPERATOR(pg_catalog.->>) 'reference_us')::pg_catalog.int8,
+                m.params OPERATOR(pg_catalog.->) 'als'
+           FROM audience.models m JOIN audience.catalogs c ON c.catalog_id OPERATOR(pg_catalog.=) m.catalog_id
+          WHERE m.model_id OPERATOR(pg_catalog.=) $1",
+        &args![model_id],
+        |r| {
+            (
+                r.get::<i32>(1).ok().flatten(),
+                r.get::<String>(2).ok().flatten(),
+                r.get::<i64>(3).ok().flatten(),
+                r.get::<i64>(4).ok().flatten(),
+                r.get::<i64>(5).ok().flatten(),
+                r.get::<pgrx::JsonB>(6).ok().flatten(),
+            )
+        },
+    );
+    let (cid, mode, max_rows, last, reference, als) = rows.into_iter().next()?;
+    let mode = match mode.as_deref() {
+        Some("on") => Mode::On,
+        Some("off") => Mode::Off,
+        _ => Mode::Auto,
+    };
+    let als = als.and_then(|j| crate::api::build::als_params_from_json(&serde_json::json!({ "als": j.0 })));
+    Some(Settings {
+        mode,
+        max_rows: max_rows.unwrap_or(DEFAULT_MAX_ROWS),
+        catalog_id: cid?,
+        last_event_us: last?,
+        reference_us: reference?,
+        als,
+    })
+}
+
+fn ts(us: i64) -> Option<TimestampWithTimeZone> {
+    TimestampWithTimeZone::try_from(us).ok()
+}
+
+/// Whether `plan` (EXPLAIN's JSON) reads, from end to end, a relation with more than `limit` rows
+/// (its name is returned).
+fn large_seq_scan(plan: &serde_json::Value, limit: i64) -> Option<String> {
+    fn walk(node: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        if let Some(t) = node.get("Node Type").and_then(|v| v.as_str()) {
+            if t == "Seq Scan" {
+                if let (Some(s), Some(r)) = (
+                    node.get("Schema").and_then(|v| v.as_str()),
+                    node.get("Relation Name").and_then(|v| v.as_str()),
+                ) {
+                    out.push((s.to_string(), r.to_string()));
+                }
+            }
+        }
+        if let Some(children) = node.get("Plans").and_then(|v| v.as_array()) {
+            for c in children {
+                walk(c, out);
+            }
+        }
+    }
+    let mut scans = Vec::new();
+    for p in plan.as_array().into_iter().flatten() {
+        if let Some(root) = p.get("Plan") {
+            walk(root, &mut scans);
+        }
+    }
+    scans.into_iter().find_map(|(s, r)| {
+        let n = query_rows(
+            "SELECT c.reltuples::pg_catalog.int8 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2",
+            &args![s.as_str(), r.as_str()],
+            |row| row.get::<i64>(1).ok().flatten(),
+        )
+        .into_iter()
+        .next()
+        .flatten()
+        .unwrap_or(0);
+        (n > limit).then(|| format!("{}.{}", quote_ident(&s), quote_ident(&r)))
+    })
+}
+
+fn quote_ident(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !s.is_empty()
+    {
+        s.to_string()
+    } else {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+}
+
+/// Whether the current role may read every source of the catalog (else the snapshot is served:
+/// an audience never needs more than SELECT on the stored models).
+fn sources_readable(cid: i32) -> bool {
+    query_rows(
+        "SELECT pg_catalog.bool_and(pg_catalog.has_table_privilege(pg_catalog.to_regclass(pg_catalog.format('%I.%I', e.source_schema, e.source_table)), 'SELECT'))
+           FROM audience.events e WHERE e.catalog_id OPERATOR(pg_catalog.=) $1",
+        &args![cid],
+        |r| r.get::<bool>(1).ok().flatten(),
+    )
+    .into_iter()
+    .next()
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// The rows of the users with events since the build of `l`'s model, or None to serve the
+/// snapshot (fresh events off, nothing new, too many new rows, or sources the role cannot read).
+pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
+    // A role that may read only the stored models gets the snapshot.
+    let may_read = query_rows(
+        "SELECT pg_catalog.has_table_privilege('audience.models'::pg_catalog.regclass, 'SELECT')
+            AND pg_catalog.has_table_privilege('audience.events'::pg_catalog.regclass, 'SELECT')",
+        &[],
+        |r| r.get::<bool>(1).ok().flatten(),
+    );
+    if may_read.into_iter().next().flatten() != Some(true) {
+        return None;
+    }
+    let s = settings(l.model_id)?;
+    if s.mode == Mode::Off {
+        return None;
+    }
+    if SKIP.with(|x| x.borrow().contains(&l.model_id)) && s.mode == Mode::Auto {
+        return None;
+    }
+    let cached = FRESH.with(|c| c.borrow().as_ref().filter(|f| f.model_id == l.model_id).cloned());
+    let high = cached.as_ref().map_or(s.last_event_us, |f| f.high_water_us);
+    let already = cached.as_ref().map_or(0, |f| f.rows.rows as i64);
+    if !sources_readable(s.catalog_id) {
+        pgrx::debug1!("audience: events since the build not read: the role cannot read every source");
+        return None;
+    }
+    // Rows after the latest one read: `since` is inclusive.
+    let (query, time_query, error): (Option<String>, Option<String>, Option<String>) =
+        Spi::get_three_with_args(
+            "SELECT query, time_query, error FROM audience._fresh_query($1, $2)",
+            &args![s.catalog_id, ts(high.saturating_add(1))],
+        )
+        .or_raise("planning the read of new events");
+    if let Some(e) = error {
+        if !UNREADABLE.with(|x| x.borrow().contains(&l.model_id)) {
+            UNREADABLE.with(|x| x.borrow_mut().push(l.model_id));
+            pgrx::notice!(
+                "audiences of catalog \"{}\" do not include events since the build: {}",
+                shown(&l.catalog),
+                e
+            );
+        }
+        return None;
+    }
+    let (query, time_query) = (query?, time_query?);
+    let from = time_query.strip_prefix("SELECT pg_catalog.min(ev.t), pg_catalog.max(ev.t) FROM ")?;
+    let budget = (s.max_rows - already).max(0);
+    let count_q = format!(
+        "SELECT pg_catalog.count(*)::pg_catalog.int8 FROM (SELECT 1 FROM {from} LIMIT {}) x",
+        budget + 1
+    );
+    if cached.is_none() {
+        // Once per model and backend: would reading new rows scan a large table in full?
+        let plan: Option<pgrx::Json> = Spi::get_one(&format!("EXPLAIN (FORMAT JSON) {count_q}"))
+            .or_raise("planning the read of new events");
+        if let Some(rel) = plan.and_then(|p| large_seq_scan(&p.0, SEQ_SCAN_ROWS.min(s.max_rows))) {
+            let hint = "Create an index on the event time column of each source (CREATE INDEX ON <source> (<time column>)), or turn the read off with audience.set_fresh_events(catalog, 'off').";
+            if s.mode == Mode::Auto {
+                SKIP.with(|x| x.borrow_mut().push(l.model_id));
+                pgrx::notice!(
+                    "audiences of catalog \"{}\" do not include events since the build: reading them would scan all of {rel}",
+                    shown(&l.catalog)
+                );
+                pgrx::notice!("{hint}");
+                return None;
+            }
+            AudienceError::new(
+                pgrx::PgSqlErrorCode::ERRCODE_WARNING,
+                format!("reading the events since the build scans all of {rel}"),
+            )
+            .hint(hint)
+            .warn();
+        }
+    }
+    let new_rows: i64 = Spi::get_one(&count_q)
+        .or_raise("counting new events")
+        .unwrap_or(0);
+    if new_rows > budget {
+        pgrx::notice!(
+            "more than {} events arrived since the build of catalog \"{}\": the audience ranks the model's snapshot; a build is due",
+            s.max_rows,
+            shown(&l.catalog)
+        );
+        pgrx::notice!("Run audience.build() (or raise max_rows with audience.set_fresh_events()).");
+        return None;
+    }
+    if new_rows == 0 {
+        return cached.filter(|f| f.rows.ui.n_rows > 0);
+    }
+    let t0 = std::time::Instant::now();
+    let (mut acc, _) = crate::api::build::scan_one(&query, crate::guc::SCAN_STATE.get());
+    if let Some(prev) = cached.as_ref().and_then(|f| f.state.as_ref()) {
+        let mut all = Accumulator::deserialize(prev).unwrap_or_else(|e| {
+            AudienceError::internal(format!("the kept state of new events cannot be read: {e}"))
+                .raise()
+        });
+        all.merge(acc);
+        acc = all;
+    }
+    // Decayed to the model's reference time, as the model's own rows (the events keep their
+    // times: the aggregate's reference argument would move later events to it, merging days).
+    acc.set_reference(Some(s.reference_us));
+    let state = acc.serialize();
+    let delta = acc.finish();
+    let high_water_us = delta.max_time_us.max(high);
+    let m = &l.model;
+    let rows = merge(
+        &Base {
+            users: &m.users,
+            items: &m.items,
+            ui: &m.ui,
+            last_seen: m.last_seen.as_slice(),
+            days: &m.days,
+        },
+        &delta,
+    );
+    drop(delta);
+    let als = match (&m.als, &s.als) {
+        (Some(model_als), Some(p)) if p.factors == model_als.factors => {
+            let conf = crate::model::train::damped(&rows.ui);
+            let user_factors = fold_in(
+                &conf,
+                &model_als.item_factors,
+                p,
+                2,
+                &mut crate::api::build::interrupt_check,
+            )
+            .unwrap_or_else(|_| crate::api::build::raise_interrupted("reading new events"));
+            Some(AlsModel {
+                factors: model_als.factors,
+                user_factors,
+                item_factors: model_als.item_factors.clone(),
+            })
+        }
+        _ => None,
+    };
+    if m.als.is_some() && als.is_none() {
+        // Without the model's ALS settings the new rows cannot be scored alike: serve the snapshot.
+        return None;
+    }
+    pgrx::debug1!(
+        "audience: {} new event rows ({} in all since the build) for {} users ({} new) folded in {:.1} ms",
+        new_rows,
+        rows.rows,
+        rows.users.len(),
+        rows.new_users(),
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    let fresh = Rc::new(Fresh {
+        model_id: l.model_id,
+        high_water_us,
+        state: Some(state),
+        rows,
+        als,
+    });
+    FRESH.with(|c| *c.borrow_mut() = Some(fresh.clone()));
+    Some(fresh)
+}
+
+/// `audience.set_fresh_events`: whether audiences of a catalog include the events since its
+/// build, and up to how many new rows.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
+fn set_fresh_events(
+    catalog: Option<&str>,
+    mode: default!(Option<&str>, "'auto'"),
+    max_rows: default!(Option<i64>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(catalog, String),
+        name!(mode, String),
+        name!(max_rows, i64),
+    ),
+> {
+    let mode = match mode {
+        Some(m @ ("auto" | "on" | "off")) => m,
+        Some(m) => AudienceError::invalid(format!("unknown fresh-events mode \"{}\"", shown(m)))
+            .hint("Use 'auto' (read new events when an index makes it cheap), 'on' or 'off'.")
+            .raise(),
+        None => AudienceError::null("mode").raise(),
+    };
+    if let Some(n) = max_rows {
+        if n < 0 {
+            AudienceError::invalid("max_rows cannot be negative")
+                .detail(format!("The value given was {n}."))
+                .raise();
+        }
+    }
+    let row: (Option<String>, Option<i64>) = Spi::get_two_with_args(
+        "UPDATE audience.catalogs c
+            SET build_settings = c.build_settings OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('fresh_events', $2::pg_catalog.text)
+                                 OPERATOR(pg_catalog.||) CASE WHEN $3::pg_catalog.int8 IS NULL THEN '{}'::pg_catalog.jsonb
+                                     ELSE pg_catalog.jsonb_build_object('fresh_max_rows', $3::pg_catalog.int8) END,
+                updated_at = pg_catalog.now()
+          WHERE c.catalog_id OPERATOR(pg_catalog.=) audience._catalog_id($1)
+          RETURNING c.name, (c.build_settings OPERATOR(pg_catalog.->>) 'fresh_max_rows')::pg_catalog.int8",
+        &args![catalog, mode, max_rows],
+    )
+    .or_raise("changing the catalog's settings");
+    let row = (row.0.unwrap_or_default(), row.1);
+    TableIterator::once((row.0, mode.to_string(), row.1.unwrap_or(DEFAULT_MAX_ROWS)))
+}

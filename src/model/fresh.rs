@@ -1,0 +1,352 @@
+//! Events that arrived after a model's build, folded into the rows of the users they concern
+//! (query-time freshness). Pure Rust: the SQL layer (`api::fresh`) scans the new rows through the
+//! build's own aggregate, decayed to the model's reference time, and hands the result here.
+//!
+//! For every user with new events, the merged row is what a build at the model's reference time
+//! would have stored had it seen the events too: per item, affinities add (both are decayed to
+//! the same reference time), the latest event time is the later of the two, and the engagement
+//! days are the union of both day lists (weights of a day seen by both summed). Items the model
+//! does not know (new since the build) are left out and counted: they reach audiences with the
+//! next build. Users the model does not know get new rows.
+use crate::affinity::accumulator::{Affinity, MINUTE_US};
+use crate::model::csr::Csr;
+use crate::model::days::DayIndex;
+use crate::util::buf::StrList;
+
+/// The model's side of the merge: its user and item ids, affinity matrix, latest times (minutes
+/// since 2000-01-01) and engagement days.
+pub struct Base<'a> {
+    pub users: &'a StrList,
+    pub items: &'a StrList,
+    pub ui: &'a Csr,
+    pub last_seen: &'a [i32],
+    pub days: &'a DayIndex,
+}
+
+/// The rows of the users with new events, over the model's items.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FreshRows {
+    /// User ids, sorted.
+    pub users: Vec<String>,
+    /// Per user, its row in the model (`None`: a user the model does not know).
+    pub model_row: Vec<Option<u32>>,
+    /// users x model items, merged affinities.
+    pub ui: Csr,
+    /// Per stored entry: latest event time, minutes since 2000-01-01.
+    pub last_seen: Vec<i32>,
+    /// Per stored entry: engagement days (same `day0` as the model's).
+    pub days: DayIndex,
+    /// New event rows read.
+    pub rows: u64,
+    /// Pairs of the new events whose item the model does not know.
+    pub unknown_item_pairs: usize,
+}
+
+impl FreshRows {
+    /// Users the model does not know.
+    pub fn new_users(&self) -> usize {
+        self.model_row.iter().filter(|r| r.is_none()).count()
+    }
+}
+
+/// One entry of a merged row, before it is laid out.
+struct Entry {
+    item: u32,
+    a: f32,
+    last: i32,
+    days: Vec<(u16, f32)>,
+}
+
+/// Merges `delta` (the new events, decayed to the model's reference time) into the rows of
+/// `base` of the users it names.
+pub fn merge(base: &Base, delta: &Affinity) -> FreshRows {
+    let day0 = base.days.day0;
+    let offset = |minute: i32| -> u16 {
+        (minute.div_euclid(1440) - day0).clamp(0, u16::MAX as i32) as u16
+    };
+    // Delta item -> model item.
+    let item_map: Vec<Option<u32>> = delta
+        .items
+        .iter()
+        .map(|id| base.items.binary_search(id).ok().map(|i| i as u32))
+        .collect();
+    let (dm, occ) = (&delta.matrix, &delta.occasions);
+    let mut users = Vec::new();
+    let mut model_row = Vec::new();
+    let mut indptr = vec![0usize];
+    let (mut indices, mut data, mut last_seen) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut dptr, mut dday, mut dweight) = (vec![0u32], Vec::new(), Vec::new());
+    let mut unknown = 0usize;
+    let mut row: Vec<Entry> = Vec::new();
+    for (du, name) in delta.users.iter().enumerate() {
+        crate::util::interrupt::poll_every(du);
+        row.clear();
+        for p in dm.indptr[du]..dm.indptr[du + 1] {
+            let Some(item) = item_map[dm.indices[p] as usize] else {
+                unknown += 1;
+                continue;
+            };
+            let r = occ.range(p);
+            let mut days: Vec<(u16, f32)> = Vec::with_capacity(r.len());
+            for k in r {
+                let d = offset(occ.minute[k]);
+                let v = if occ.value[k].is_finite() { occ.value[k] } else { 0.0 };
+                match days.last_mut() {
+                    Some(last) if last.0 == d => last.1 += v,
+                    _ => days.push((d, v)),
+                }
+            }
+            let last = delta.last_seen[p]
+                .div_euclid(MINUTE_US)
+                .clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+            row.push(Entry {
+                item,
+                a: dm.data[p],
+                last,
+                days,
+            });
+        }
+        // Model items keep their order under the map (both id lists are sorted).
+        if row.is_empty() {
+            continue;
+        }
+        let known = base.users.binary_search(name).ok();
+        let mut merged: Vec<Entry> = Vec::with_capacity(row.len());
+        if let Some(u) = known {
+            let (a, b) = (base.ui.indptr[u], base.ui.indptr[u + 1]);
+            let mut j = 0usize;
+            for p in a..b {
+                let item = base.ui.indices[p];
+                while j < row.len() && row[j].item < item {
+                    merged.push(std::mem::replace(&mut row[j], empty()));
+                    j += 1;
+                }
+                let (ds, ws) = base.days.of(p);
+                let mut e = Entry {
+                    item,
+                    a: base.ui.data[p],
+                    last: base.last_seen[p],
+                    days: ds.iter().copied().zip(ws.iter().copied()).collect(),
+                };
+                if j < row.len() && row[j].item == item {
+                    let n = std::mem::replace(&mut row[j], empty());
+                    e.a += n.a;
+                    e.last = e.last.max(n.last);
+                    e.days = union_days(&e.days, &n.days);
+                    j += 1;
+                }
+                merged.push(e);
+            }
+            merged.extend(row.drain(j..));
+        } else {
+            merged.append(&mut row);
+        }
+        users.push(name.clone());
+        model_row.push(known.map(|u| u as u32));
+        for e in merged {
+            indices.push(e.item);
+            data.push(e.a);
+            last_seen.push(e.last);
+            for (d, w) in e.days {
+                dday.push(d);
+                dweight.push(w);
+            }
+            dptr.push(dday.len() as u32);
+        }
+        indptr.push(indices.len());
+    }
+    let n = users.len();
+    FreshRows {
+        users,
+        model_row,
+        ui: Csr {
+            n_rows: n,
+            n_cols: base.items.len(),
+            indptr: indptr.into(),
+            indices: indices.into(),
+            data: data.into(),
+        },
+        last_seen,
+        days: DayIndex {
+            day0,
+            ptr: dptr.into(),
+            day: dday.into(),
+            weight: dweight.into(),
+        },
+        rows: delta.rows,
+        unknown_item_pairs: unknown,
+    }
+}
+
+fn empty() -> Entry {
+    Entry {
+        item: u32::MAX,
+        a: 0.0,
+        last: i32::MIN,
+        days: Vec::new(),
+    }
+}
+
+/// The union of two ascending day lists, weights of a day in both summed.
+fn union_days(a: &[(u16, f32)], b: &[(u16, f32)]) -> Vec<(u16, f32)> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        if j == b.len() || (i < a.len() && a[i].0 < b[j].0) {
+            out.push(a[i]);
+            i += 1;
+        } else if i == a.len() || b[j].0 < a[i].0 {
+            out.push(b[j]);
+            j += 1;
+        } else {
+            out.push((a[i].0, a[i].1 + b[j].1));
+            i += 1;
+            j += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::affinity::accumulator::Accumulator;
+
+    const DAY: i64 = 86_400_000_000;
+
+    /// (user, item, weight, time) rows through the build's aggregate, decayed to `reference`.
+    fn affinity(rows: &[(&str, &str, f64, i64)], reference: i64) -> Affinity {
+        let mut acc = Accumulator::new(0);
+        acc.set_reference(Some(reference));
+        for &(u, i, w, t) in rows {
+            acc.push(u, i, w, t, None, None);
+        }
+        acc.finish().without_empty()
+    }
+
+    fn base_of(a: &Affinity) -> (StrList, StrList, Vec<i32>, DayIndex) {
+        let last = a
+            .last_seen
+            .iter()
+            .map(|&t| t.div_euclid(MINUTE_US) as i32)
+            .collect();
+        let days = DayIndex::from_records(&a.occasions.ptr, &a.occasions.minute, &a.occasions.value);
+        (
+            StrList::from_strs(&a.users),
+            StrList::from_strs(&a.items),
+            last,
+            days,
+        )
+    }
+
+    #[test]
+    fn merged_rows_equal_a_build_that_saw_every_event() {
+        let old = [
+            ("alice", "i1", 1.0, 1 * DAY),
+            ("alice", "i2", 2.0, 3 * DAY),
+            ("bob", "i2", 1.0, 2 * DAY),
+            ("carol", "i3", 1.0, 4 * DAY),
+        ];
+        let new = [
+            ("alice", "i2", 1.0, 5 * DAY + 10),
+            ("alice", "i2", 1.0, 5 * DAY + 20),
+            ("alice", "i3", 4.0, 6 * DAY),
+            ("bob", "i2", 3.0, 2 * DAY + 5),
+            ("dave", "i1", 1.0, 6 * DAY),
+            ("dave", "new-item", 1.0, 6 * DAY),
+            ("erin", "new-item", 1.0, 6 * DAY),
+        ];
+        let reference = 4 * DAY;
+        let model = affinity(&old, reference);
+        let (users, items, last, days) = base_of(&model);
+        let base = Base {
+            users: &users,
+            items: &items,
+            ui: &model.matrix,
+            last_seen: &last,
+            days: &days,
+        };
+        let fresh = merge(&base, &affinity(&new, reference));
+        // erin has only an unknown item: no row; carol has no new events: no row.
+        assert_eq!(fresh.users, vec!["alice", "bob", "dave"]);
+        assert_eq!(fresh.model_row, vec![Some(0), Some(1), None]);
+        assert_eq!(fresh.new_users(), 1);
+        assert_eq!(fresh.unknown_item_pairs, 2);
+        assert_eq!(fresh.rows, 7);
+        // Everything at once, without the unknown item, is the reference.
+        let all: Vec<_> = old
+            .iter()
+            .chain(&new)
+            .copied()
+            .filter(|r| r.1 != "new-item")
+            .collect();
+        let want = affinity(&all, reference);
+        let (_, witems, wlast, wdays) = base_of(&want);
+        assert_eq!(witems, items, "same items");
+        for (f, name) in fresh.users.iter().enumerate() {
+            let w = want.users.iter().position(|u| u == name).unwrap();
+            let (fc, fv) = fresh.ui.row(f);
+            let (wc, wv) = want.matrix.row(w);
+            assert_eq!(fc, wc, "{name}: items");
+            for (a, b) in fv.iter().zip(wv) {
+                assert!((a - b).abs() <= 1e-6 * b.abs(), "{name}: {a} vs {b}");
+            }
+            for k in 0..fc.len() {
+                let (fp, wp) = (fresh.ui.indptr[f] + k, want.matrix.indptr[w] + k);
+                assert_eq!(fresh.last_seen[fp], wlast[wp], "{name}: latest time");
+                assert_eq!(fresh.days.of(fp), wdays.of(wp), "{name}: days");
+            }
+        }
+        assert!(fresh.days.is_valid_for(fresh.ui.nnz()));
+    }
+
+    #[test]
+    fn fresh_rows_score_like_the_rows_of_a_full_build() {
+        use crate::score::hybrid::{score_from_components, HybridParams, Own, Scorer};
+        let old = [("a", "x", 1.0, DAY), ("a", "y", 1.0, 2 * DAY), ("b", "x", 1.0, 3 * DAY)];
+        let new = [
+            ("n", "x", 1.0, 10 * DAY),
+            ("n", "x", 1.0, 11 * DAY),
+            ("n", "y", 1.0, 12 * DAY),
+            ("b", "x", 1.0, 12 * DAY),
+        ];
+        let reference = 3 * DAY;
+        let model = affinity(&old, reference);
+        let (users, items, last, days) = base_of(&model);
+        let base = Base {
+            users: &users,
+            items: &items,
+            ui: &model.matrix,
+            last_seen: &last,
+            days: &days,
+        };
+        let fresh = merge(&base, &affinity(&new, reference));
+        let ref_day = crate::affinity::accumulator::day_of(reference);
+        let sc = Scorer::new(&model.matrix, None, None).with_days(&days, ref_day);
+        let fs = sc.for_rows(&fresh.ui, None, Some(&fresh.days));
+        let knobs = HybridParams::own_only(Own::Days(f32::INFINITY));
+        let value = [0u32, 1]; // x and y
+        let c = fs.components_with(&value, &[knobs.own]);
+        let got = score_from_components(&c, fs.totals(), &knobs);
+        // b: days 3 and 12 of x; n: days 10, 11, 12.
+        assert_eq!(fresh.users, vec!["b", "n"]);
+        assert_eq!(got, vec![2.0, 3.0]);
+    }
+
+    #[test]
+    fn no_new_events_no_rows() {
+        let model = affinity(&[("a", "x", 1.0, DAY)], DAY);
+        let (users, items, last, days) = base_of(&model);
+        let base = Base {
+            users: &users,
+            items: &items,
+            ui: &model.matrix,
+            last_seen: &last,
+            days: &days,
+        };
+        let fresh = merge(&base, &affinity(&[], DAY));
+        assert_eq!(fresh.ui.n_rows, 0);
+        assert_eq!(fresh.ui.n_cols, 1);
+        assert!(fresh.days.is_valid_for(0));
+    }
+}
