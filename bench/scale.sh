@@ -11,7 +11,8 @@
 # (bench-scale); BENCH_KEEP=1 leaves the cluster running; BENCH_SKIP_IMPLICIT=1 skips (d);
 # BENCH_SKIP_CANCEL=1 skips (e), CANCEL_IN="scan:5 tune:20 als:10 knn:3 store:2" sets where (e)
 # cancels (seconds into each build phase); BENCH_ONLY_CANCEL=1 runs (e) alone (the catalog is
-# registered afresh, so without an active model to keep);
+# registered afresh, so without an active model to keep); BENCH_SKIP_FRESH=1 skips (f),
+# BENCH_ONLY_FRESH=1 runs (f) alone (after a build with tune => false);
 # BENCH_OUT (target/bench/scale-<size>): CSV files and the JSON summary.
 # Cluster: shared_buffers=2GB, max_parallel_workers_per_gather=2, max_wal_size=20GB.
 #
@@ -167,8 +168,62 @@ if ((model_bytes > 900 * 1048576)); then
 fi
 
 }
-if [[ "${BENCH_ONLY_CANCEL:-}" != 1 ]]; then
+if [[ "${BENCH_ONLY_CANCEL:-}" != 1 && "${BENCH_ONLY_FRESH:-}" != 1 ]]; then
     measure_build_and_serving
+fi
+
+# ------------------------------------------------------------------ (f) events since the build
+# 1% new events (copies of a 1% sample of tracks, stamped after the model's latest event; one in
+# ten by a user the model does not know), read at query time (audience.set_fresh_events 'auto':
+# needs the index on the time columns, created here once). Reports the plain audience call (fresh
+# events off) against the first call of a session with them (reads and folds them in) and the
+# warm calls after it; then deletes the new rows. BENCH_ONLY_FRESH=1 runs it alone (after a
+# build without automatic tuning).
+measure_fresh() {
+    hr "(f) audience calls with 1% new events since the build"
+    t0="$(now)"
+    q -c "CREATE INDEX IF NOT EXISTS tracks_timestamp ON $SCH.tracks (\"timestamp\")" \
+      -c "CREATE INDEX IF NOT EXISTS wishlist_saves_saved_at ON $SCH.wishlist_saves (saved_at)"
+    echo "indexes on the time columns: $(secs "$t0" "$(now)") s"
+    BRAND="$(q -c "SELECT value FROM audience.catalog_values WHERE catalog = '$CAT' AND property = 'brand' ORDER BY users DESC, value LIMIT 1")"
+    last="$(q -c "SELECT stats->>'last_event_us' FROM audience.models m JOIN audience.catalogs c ON c.active_model_id = m.model_id WHERE c.name = '$CAT'")"
+    calls() { # extra SQL before the calls; prints the times of 1 + 10 calls in one session
+        local args=(-c "$1" -c '\timing on') i
+        for i in $(seq 11); do args+=(-c "SELECT count(*) FROM audience.recommend_audience('brand', '${BRAND//\'/\'\'}', 5, catalog => '$CAT')"); done
+        q "${args[@]}" | sed -n -E 's/^Time: ([0-9.]+) ms.*/\1/p'
+    }
+    fsum() { printf '%s\n' "$@" | tail -n +2 | sort -g | awk '{ w[++n] = $1 } END { printf "%.1f", (n % 2) ? w[(n + 1) / 2] : (w[n / 2] + w[n / 2 + 1]) / 2 }'; }
+    q -c "SELECT 1 FROM audience.set_fresh_events('$CAT', 'off')" >/dev/null
+    mapfile -t plain < <(calls "SELECT 1")
+    t0="$(now)"
+    n_new="$(q -c "WITH s AS (SELECT * FROM $SCH.tracks TABLESAMPLE SYSTEM (1) REPEATABLE (7))
+        INSERT INTO $SCH.tracks (user_id, event, product_id, properties, \"timestamp\")
+        SELECT CASE WHEN s.id % 10 = 0 THEN s.user_id + 100000000 ELSE s.user_id END, s.event, s.product_id, s.properties,
+               to_timestamp($last / 1e6 + 946684800) + (1 + s.id % 86400) * interval '1 second'
+          FROM s RETURNING 1" | wc -l)"
+    q -c "ANALYZE $SCH.tracks"
+    echo "inserted $n_new new event rows in $(secs "$t0" "$(now)") s"
+    q -c "SELECT 1 FROM audience.set_fresh_events('$CAT', 'auto', max_rows => 10000000)" >/dev/null
+    mapfile -t fresh1 < <(calls "SELECT 1")
+    mapfile -t fresh2 < <(calls "SELECT 1")
+    members="$(q -c "SELECT count(*) FILTER (WHERE user_id::bigint > 100000000) || ' new users of ' || count(*) FROM audience.recommend_audience('brand', '${BRAND//\'/\'\'}', 5, catalog => '$CAT')")"
+    {
+        echo "plain call (fresh events off): first ${plain[0]} ms, warm median $(fsum "${plain[@]}") ms"
+        echo "with $n_new new rows: first call of a session ${fresh1[0]} ms (again in a new session: ${fresh2[0]} ms), warm median $(fsum "${fresh1[@]}") ms"
+        awk -v a="$(fsum "${fresh1[@]}")" -v b="$(fsum "${plain[@]}")" -v c="${fresh1[0]}" 'BEGIN { printf "warm ratio %.2fx a plain call; first call of a session %.1fx\n", a / b, c / b }'
+        echo "the audience (top 5%) holds $members users"
+    } | tee "$OUT/fresh.txt"
+    t0="$(now)"
+    q -c "DELETE FROM $SCH.tracks WHERE \"timestamp\" > to_timestamp($last / 1e6 + 946684800)" -c "SELECT 1 FROM audience.set_fresh_events('$CAT', 'auto', max_rows => NULL)" >/dev/null
+    echo "new rows deleted in $(secs "$t0" "$(now)") s"
+}
+if [[ "${BENCH_ONLY_FRESH:-}" == 1 ]]; then
+    q -c "SELECT model_id FROM audience.build('$CAT', tune => false)" >/dev/null
+    measure_fresh
+    exit 0
+fi
+if [[ "${BENCH_SKIP_FRESH:-}" != 1 && "${BENCH_ONLY_CANCEL:-}" != 1 ]]; then
+    measure_fresh
 fi
 
 # ------------------------------------------------------------------ (e) cancel during a build

@@ -25,7 +25,21 @@ pub static SCAN_STATE: GucSetting<crate::api::build::ScanState> =
 /// engagements since the active model's build and still be activated.
 pub static GUARD_TOLERANCE: GucSetting<f64> = GucSetting::<f64>::new(0.05);
 
+/// The largest share of the engagement occasions since the active model one user may hold for a
+/// guarded build's model to be activated (a bot, or a duplicated feed, would top every audience).
+pub static GUARD_MAX_USER_SHARE: GucSetting<f64> = GucSetting::<f64>::new(0.2);
+
 pub fn init() {
+    GucRegistry::define_float_guc(
+        c"audience.guard_max_user_share",
+        c"Sets the largest share of the engagement occasions since the active model one user may hold for a guarded build to activate its model.",
+        c"A bot or a duplicated feed would put one user at the top of every audience. Checked when at least 1000 occasions arrived.",
+        &GUARD_MAX_USER_SHARE,
+        0.0,
+        1.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_float_guc(
         c"audience.guard_tolerance",
         c"Sets how much worse, relative, a guarded build's new model may score than the active one and still be activated.",

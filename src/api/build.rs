@@ -966,7 +966,10 @@ pub fn remembered_params(cid: i32, explicit: serde_json::Value) -> BuildParams {
     p.cross_sell = knobs_from_json(merged.get("cross_sell"), p.hybrid);
     p.by_property = property_knobs_from_json(merged.get("tuned"), p.hybrid);
     p.auto_tune = merged.get("tune").and_then(|v| v.as_bool()).unwrap_or(true);
-    p.guard = merged.get("guard").and_then(|v| v.as_bool()).unwrap_or(false);
+    p.guard = merged
+        .get("guard")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     p.als_explicit = ["factors", "iterations", "regularization", "alpha"]
         .iter()
         .any(|k| merged.get(*k).is_some());
@@ -1106,7 +1109,10 @@ fn build(
         match crate::api::guard::prepare(cid, &collected) {
             Ok(p) => Some(p),
             Err(v) => {
-                pgrx::notice!("deploy guard: {}; the new model is activated", v.report["reason"].as_str().unwrap_or(""));
+                pgrx::notice!(
+                    "deploy guard: {}; the new model is activated",
+                    v.report["reason"].as_str().unwrap_or("")
+                );
                 guard_report = Some(v.report);
                 None
             }
@@ -1131,7 +1137,10 @@ fn build(
         let v = crate::api::guard::judge(p, &trained.model, &params);
         activate = v.activate;
         if activate {
-            pgrx::notice!("deploy guard: {}; the new model is activated", v.report["reason"].as_str().unwrap_or(""));
+            pgrx::notice!(
+                "deploy guard: {}; the new model is activated",
+                v.report["reason"].as_str().unwrap_or("")
+            );
         } else {
             crate::error::AudienceError::new(
                 pgrx::PgSqlErrorCode::ERRCODE_WARNING,

@@ -17,7 +17,7 @@ use crate::api::cache::Loaded;
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError, OrRaise};
 use crate::model::als::{fold_in, AlsModel, AlsParams};
-use crate::model::fresh::{merge, Base, FreshRows};
+use crate::model::fresh::{merge, top_user, Base, FreshRows};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -52,8 +52,8 @@ thread_local! {
     static FRESH: RefCell<Option<Rc<Fresh>>> = const { RefCell::new(None) };
     /// Models whose new-row read needs a large scan, skipped in `auto` mode (told once).
     static SKIP: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
-    /// Models whose sources could not be read (told once per backend).
-    static UNREADABLE: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+    /// Models whose unread sources (id) or left-out user (-id) this backend reported already.
+    static TOLD: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The catalog's settings and the model's times, in one query.
@@ -91,7 +91,8 @@ fn settings(model_id: i64) -> Option<Settings> {
         Some("off") => Mode::Off,
         _ => Mode::Auto,
     };
-    let als = als.and_then(|j| crate::api::build::als_params_from_json(&serde_json::json!({ "als": j.0 })));
+    let als = als
+        .and_then(|j| crate::api::build::als_params_from_json(&serde_json::json!({ "als": j.0 })));
     Some(Settings {
         mode,
         max_rows: max_rows.unwrap_or(DEFAULT_MAX_ROWS),
@@ -192,11 +193,18 @@ pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
     if SKIP.with(|x| x.borrow().contains(&l.model_id)) && s.mode == Mode::Auto {
         return None;
     }
-    let cached = FRESH.with(|c| c.borrow().as_ref().filter(|f| f.model_id == l.model_id).cloned());
+    let cached = FRESH.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|f| f.model_id == l.model_id)
+            .cloned()
+    });
     let high = cached.as_ref().map_or(s.last_event_us, |f| f.high_water_us);
     let already = cached.as_ref().map_or(0, |f| f.rows.rows as i64);
     if !sources_readable(s.catalog_id) {
-        pgrx::debug1!("audience: events since the build not read: the role cannot read every source");
+        pgrx::debug1!(
+            "audience: events since the build not read: the role cannot read every source"
+        );
         return None;
     }
     // Rows after the latest one read: `since` is inclusive.
@@ -207,8 +215,8 @@ pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
         )
         .or_raise("planning the read of new events");
     if let Some(e) = error {
-        if !UNREADABLE.with(|x| x.borrow().contains(&l.model_id)) {
-            UNREADABLE.with(|x| x.borrow_mut().push(l.model_id));
+        if !TOLD.with(|x| x.borrow().contains(&l.model_id)) {
+            TOLD.with(|x| x.borrow_mut().push(l.model_id));
             pgrx::notice!(
                 "audiences of catalog \"{}\" do not include events since the build: {}",
                 shown(&l.catalog),
@@ -218,7 +226,8 @@ pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
         return None;
     }
     let (query, time_query) = (query?, time_query?);
-    let from = time_query.strip_prefix("SELECT pg_catalog.min(ev.t), pg_catalog.max(ev.t) FROM ")?;
+    let from =
+        time_query.strip_prefix("SELECT pg_catalog.min(ev.t), pg_catalog.max(ev.t) FROM ")?;
     let budget = (s.max_rows - already).max(0);
     let count_q = format!(
         "SELECT pg_catalog.count(*)::pg_catalog.int8 FROM (SELECT 1 FROM {from} LIMIT {}) x",
@@ -279,6 +288,22 @@ pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
     let delta = acc.finish();
     let high_water_us = delta.max_time_us.max(high);
     let m = &l.model;
+    // The deploy guard's rule for builds holds for the new events too: a user holding most of
+    // them (a bot, a feed loaded twice) is left out until a build decides.
+    let (top, top_n, total) = top_user(&delta);
+    let max_share = crate::guc::GUARD_MAX_USER_SHARE.get();
+    let skip = top.filter(|_| total >= 1000 && top_n as f64 > max_share * total as f64);
+    if let Some(u) = skip {
+        if !TOLD.with(|x| x.borrow().contains(&-l.model_id)) {
+            TOLD.with(|x| x.borrow_mut().push(-l.model_id));
+            pgrx::notice!(
+                "user \"{}\" holds {:.0}% of the engagement occasions since the build of catalog \"{}\" (above audience.guard_max_user_share): left out of audiences until a build",
+                shown(&delta.users[u]),
+                100.0 * top_n as f64 / total as f64,
+                shown(&l.catalog)
+            );
+        }
+    }
     let rows = merge(
         &Base {
             users: &m.users,
@@ -288,6 +313,7 @@ pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
             days: &m.days,
         },
         &delta,
+        skip,
     );
     drop(delta);
     let als = match (&m.als, &s.als) {

@@ -12,6 +12,12 @@
 //! half-loaded table, a bad tuning) shows in how it ranks real users' next engagements. The new
 //! model's item side has also seen the window, which can only flatter it: the guard refuses only
 //! clear losses (`audience.guard_tolerance`, relative).
+//!
+//! A forecast cannot see one harm: a user who appears in the window with an absurd volume (a bot,
+//! a feed loaded twice for one account) is a "hit" for every value, and the new model puts it at
+//! the top of every audience. So the guard also refuses a model when one user holds more than
+//! `audience.guard_max_user_share` of the engagement occasions (user, item, day) since the
+//! active model, once there are at least [`MIN_WINDOW_OCCASIONS`] of them.
 use crate::affinity::accumulator::day_of;
 use crate::api::build::{als_params_from_json, train, BuildParams, Collected};
 use crate::api::spi_util::{args, query_rows};
@@ -30,6 +36,32 @@ pub struct Prepared {
     base: Model,
     /// Per property: validation positives per value (users of `base`).
     positives: Vec<(String, Vec<Vec<u32>>)>,
+    /// Engagement occasions (user, item, day) in the window, and the user with the most of them.
+    window_occasions: usize,
+    top_user: (String, usize),
+}
+
+/// The share of the window's engagement occasions one user holds.
+fn user_shares(c: &Collected, cut_day: i32) -> (usize, (String, usize)) {
+    let (m, occ) = (&c.aff.matrix, &c.aff.occasions);
+    let mut total = 0usize;
+    let mut top = (String::new(), 0usize);
+    for u in 0..m.n_rows {
+        crate::util::interrupt::poll_every(u);
+        let mut n = 0usize;
+        for p in m.indptr[u]..m.indptr[u + 1] {
+            for r in occ.range(p) {
+                if occ.day(r) >= cut_day {
+                    n += 1;
+                }
+            }
+        }
+        total += n;
+        if n > top.1 {
+            top = (c.aff.users[u].clone(), n);
+        }
+    }
+    (total, top)
 }
 
 /// The guard's decision and its report (stored in `models.guard` and returned by `build`).
@@ -37,6 +69,9 @@ pub struct Verdict {
     pub activate: bool,
     pub report: serde_json::Value,
 }
+
+/// Below this many engagement occasions since the active model, no user's share is judged.
+const MIN_WINDOW_OCCASIONS: usize = 1000;
 
 fn skip(reason: String, active_id: Option<i64>) -> Result<Prepared, Verdict> {
     Err(Verdict {
@@ -71,6 +106,7 @@ pub fn prepare(cid: i32, c: &Collected) -> Result<Prepared, Verdict> {
             Some(active_id),
         );
     }
+    let (window_occasions, top_user) = user_shares(c, cut_day);
     let pre = c.until(cut_day);
     if pre.aff.users.is_empty() {
         return skip(
@@ -99,6 +135,8 @@ pub fn prepare(cid: i32, c: &Collected) -> Result<Prepared, Verdict> {
         cut_day,
         base,
         positives,
+        window_occasions,
+        top_user,
     })
 }
 
@@ -138,7 +176,10 @@ fn objective(
             n += 1;
         }
     }
-    ((n > 0).then(|| sum / n as f64), serde_json::Value::Object(per))
+    (
+        (n > 0).then(|| sum / n as f64),
+        serde_json::Value::Object(per),
+    )
 }
 
 /// Compares the new model with the active one (see the module doc).
@@ -167,9 +208,26 @@ pub fn judge(mut p: Prepared, candidate: &Model, candidate_params: &BuildParams)
         };
     };
     let (new_obj, new_per) = objective(&mut p, candidate, candidate_params.als.as_ref());
-    let (old_obj, old_per) = objective(&mut p, &active, als_params_from_json(&active_params).as_ref());
+    let (old_obj, old_per) = objective(
+        &mut p,
+        &active,
+        als_params_from_json(&active_params).as_ref(),
+    );
     drop(active);
+    let max_share = crate::guc::GUARD_MAX_USER_SHARE.get();
+    let share = p.top_user.1 as f64 / p.window_occasions.max(1) as f64;
+    let dominated = p.window_occasions >= MIN_WINDOW_OCCASIONS && share > max_share;
     let (activate, compared, reason) = match (new_obj, old_obj) {
+        _ if dominated => (
+            false,
+            new_obj.is_some() && old_obj.is_some(),
+            format!(
+                "user \"{}\" holds {:.0}% of the engagement occasions since {window_from} (a bot, or a duplicated feed?), above audience.guard_max_user_share ({:.0}%)",
+                crate::error::shown(&p.top_user.0),
+                share * 100.0,
+                max_share * 100.0
+            ),
+        ),
         (Some(n), Some(o)) if n < o * (1.0 - tolerance) => (
             false,
             true,
@@ -200,6 +258,9 @@ pub fn judge(mut p: Prepared, candidate: &Model, candidate_params: &BuildParams)
             "active_model_id": p.active_id,
             "window_from": window_from,
             "window_engagements": positives,
+            "window_occasions": p.window_occasions,
+            "top_user": p.top_user.0,
+            "top_user_share": share,
             "new_score": new_obj,
             "active_score": old_obj,
             "new_by_property": new_per,

@@ -77,7 +77,6 @@ pub struct Request<'a> {
     pub lookback: Option<Interval>,
 }
 
-
 /// The model's item indexes of the given item ids (unknown ids are counted, not errors; an empty
 /// array or a NULL element is).
 pub fn items_of(l: &Loaded, ids: Vec<Option<String>>) -> (Vec<u32>, usize) {
@@ -222,7 +221,9 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
     // are appended (index n_model_users + j for the j-th new one).
     let mut new_users: Vec<String> = Vec::new();
     if let Some(f) = fresh.as_deref() {
-        let fs = l.scorer.for_rows(&f.rows.ui, f.als.as_ref(), Some(&f.rows.days));
+        let fs = l
+            .scorer
+            .for_rows(&f.rows.ui, f.als.as_ref(), Some(&f.rows.days));
         let fc = fs.components_with(&items, &[knobs.own]);
         let fscores = crate::score::hybrid::score_from_components(&fc, fs.totals(), knobs);
         for (j, row) in f.rows.model_row.iter().enumerate() {

@@ -436,12 +436,18 @@ pub fn baseline_objectives(c: &Collected, holdout_us: i64, property: &str) -> Ve
 /// The tuning objective of `model`'s own knobs for `property` (all users), on validation
 /// `positives` per value of the property (as [`positives_after`] gives them for `model.users`):
 /// what the deploy guard compares. None when the positives are too few to mean anything.
-pub fn knob_objective(model: &Model, sc: &Scorer, property: &str, positives: &[Vec<u32>]) -> Option<f64> {
+pub fn knob_objective(
+    model: &Model,
+    sc: &Scorer,
+    property: &str,
+    positives: &[Vec<u32>],
+) -> Option<f64> {
     let prop = model.property(property)?;
     if positives.iter().map(|v| v.len()).sum::<usize>() < MIN_POSITIVES {
         return None;
     }
-    let (per_value, totals) = tuning_inputs(model, sc, positives, &prop.values, property, TUNE_USERS);
+    let (per_value, totals) =
+        tuning_inputs(model, sc, positives, &prop.values, property, TUNE_USERS);
     let knobs = *model.knobs_for(property).0;
     let mut check = || {
         pgrx::check_for_interrupts!();

@@ -925,7 +925,10 @@ mod tests {
             let (cols, vals) = ui.row(u);
             let want = exact_row(cols, vals, &m.item_factors, 5, &p);
             for (f, w) in x[u * 5..(u + 1) * 5].iter().zip(&want) {
-                assert!((*f as f64 - w).abs() < 1e-3 * (1.0 + w.abs()), "user {u}: {f} vs {w}");
+                assert!(
+                    (*f as f64 - w).abs() < 1e-3 * (1.0 + w.abs()),
+                    "user {u}: {f} vs {w}"
+                );
             }
         }
         // A row the model never saw: the same solve; an empty row: zeros.

@@ -57,13 +57,27 @@ struct Entry {
     days: Vec<(u16, f32)>,
 }
 
+/// The user of `delta` with the most engagement occasions (user, item, day records) and their
+/// count, and the total: a user holding most of the new events is a bot or a feed loaded twice.
+pub fn top_user(delta: &Affinity) -> (Option<usize>, usize, usize) {
+    let (m, occ) = (&delta.matrix, &delta.occasions);
+    let (mut top, mut top_n, mut total) = (None, 0usize, 0usize);
+    for u in 0..m.n_rows {
+        let n = occ.ptr[m.indptr[u + 1]] as usize - occ.ptr[m.indptr[u]] as usize;
+        total += n;
+        if n > top_n {
+            (top, top_n) = (Some(u), n);
+        }
+    }
+    (top, top_n, total)
+}
+
 /// Merges `delta` (the new events, decayed to the model's reference time) into the rows of
-/// `base` of the users it names.
-pub fn merge(base: &Base, delta: &Affinity) -> FreshRows {
+/// `base` of the users it names, except delta user `skip`.
+pub fn merge(base: &Base, delta: &Affinity, skip: Option<usize>) -> FreshRows {
     let day0 = base.days.day0;
-    let offset = |minute: i32| -> u16 {
-        (minute.div_euclid(1440) - day0).clamp(0, u16::MAX as i32) as u16
-    };
+    let offset =
+        |minute: i32| -> u16 { (minute.div_euclid(1440) - day0).clamp(0, u16::MAX as i32) as u16 };
     // Delta item -> model item.
     let item_map: Vec<Option<u32>> = delta
         .items
@@ -81,6 +95,9 @@ pub fn merge(base: &Base, delta: &Affinity) -> FreshRows {
     for (du, name) in delta.users.iter().enumerate() {
         crate::util::interrupt::poll_every(du);
         row.clear();
+        if skip == Some(du) {
+            continue;
+        }
         for p in dm.indptr[du]..dm.indptr[du + 1] {
             let Some(item) = item_map[dm.indices[p] as usize] else {
                 unknown += 1;
@@ -90,7 +107,11 @@ pub fn merge(base: &Base, delta: &Affinity) -> FreshRows {
             let mut days: Vec<(u16, f32)> = Vec::with_capacity(r.len());
             for k in r {
                 let d = offset(occ.minute[k]);
-                let v = if occ.value[k].is_finite() { occ.value[k] } else { 0.0 };
+                let v = if occ.value[k].is_finite() {
+                    occ.value[k]
+                } else {
+                    0.0
+                };
                 match days.last_mut() {
                     Some(last) if last.0 == d => last.1 += v,
                     _ => days.push((d, v)),
@@ -230,7 +251,8 @@ mod tests {
             .iter()
             .map(|&t| t.div_euclid(MINUTE_US) as i32)
             .collect();
-        let days = DayIndex::from_records(&a.occasions.ptr, &a.occasions.minute, &a.occasions.value);
+        let days =
+            DayIndex::from_records(&a.occasions.ptr, &a.occasions.minute, &a.occasions.value);
         (
             StrList::from_strs(&a.users),
             StrList::from_strs(&a.items),
@@ -242,7 +264,7 @@ mod tests {
     #[test]
     fn merged_rows_equal_a_build_that_saw_every_event() {
         let old = [
-            ("alice", "i1", 1.0, 1 * DAY),
+            ("alice", "i1", 1.0, DAY),
             ("alice", "i2", 2.0, 3 * DAY),
             ("bob", "i2", 1.0, 2 * DAY),
             ("carol", "i3", 1.0, 4 * DAY),
@@ -266,7 +288,7 @@ mod tests {
             last_seen: &last,
             days: &days,
         };
-        let fresh = merge(&base, &affinity(&new, reference));
+        let fresh = merge(&base, &affinity(&new, reference), None);
         // erin has only an unknown item: no row; carol has no new events: no row.
         assert_eq!(fresh.users, vec!["alice", "bob", "dave"]);
         assert_eq!(fresh.model_row, vec![Some(0), Some(1), None]);
@@ -303,7 +325,11 @@ mod tests {
     #[test]
     fn fresh_rows_score_like_the_rows_of_a_full_build() {
         use crate::score::hybrid::{score_from_components, HybridParams, Own, Scorer};
-        let old = [("a", "x", 1.0, DAY), ("a", "y", 1.0, 2 * DAY), ("b", "x", 1.0, 3 * DAY)];
+        let old = [
+            ("a", "x", 1.0, DAY),
+            ("a", "y", 1.0, 2 * DAY),
+            ("b", "x", 1.0, 3 * DAY),
+        ];
         let new = [
             ("n", "x", 1.0, 10 * DAY),
             ("n", "x", 1.0, 11 * DAY),
@@ -320,7 +346,7 @@ mod tests {
             last_seen: &last,
             days: &days,
         };
-        let fresh = merge(&base, &affinity(&new, reference));
+        let fresh = merge(&base, &affinity(&new, reference), None);
         let ref_day = crate::affinity::accumulator::day_of(reference);
         let sc = Scorer::new(&model.matrix, None, None).with_days(&days, ref_day);
         let fs = sc.for_rows(&fresh.ui, None, Some(&fresh.days));
@@ -344,7 +370,7 @@ mod tests {
             last_seen: &last,
             days: &days,
         };
-        let fresh = merge(&base, &affinity(&[], DAY));
+        let fresh = merge(&base, &affinity(&[], DAY), None);
         assert_eq!(fresh.ui.n_rows, 0);
         assert_eq!(fresh.ui.n_cols, 1);
         assert!(fresh.days.is_valid_for(0));

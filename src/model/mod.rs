@@ -7,5 +7,5 @@ pub mod fresh;
 pub mod image;
 pub mod knn;
 pub mod stored;
-pub mod transplant;
 pub mod train;
+pub mod transplant;

@@ -79,7 +79,13 @@ mod tests {
         let map = item_map(&from, &to);
         assert_eq!(map, vec![Some(1), Some(2), None]);
         // a-b 1, b-c 2, b-d 3, c-b 4, d-c 5
-        let mut t = vec![(0, 1, 1.0), (1, 2, 2.0), (1, 3, 3.0), (2, 1, 4.0), (3, 2, 5.0)];
+        let mut t = vec![
+            (0, 1, 1.0),
+            (1, 2, 2.0),
+            (1, 3, 3.0),
+            (2, 1, 4.0),
+            (3, 2, 5.0),
+        ];
         let s = Csr::from_triplets(4, 4, &mut t);
         let r = remap_knn(&s, &map);
         assert_eq!((r.n_rows, r.n_cols), (3, 3));
@@ -87,7 +93,10 @@ mod tests {
         assert_eq!(r.row(1), (&[0u32][..], &[4.0f32][..]));
         assert_eq!(r.row(2).0.len(), 0);
         let y: Vec<f32> = (0..8).map(|x| x as f32).collect();
-        assert_eq!(remap_factors(&y, 2, &map), vec![2.0, 3.0, 4.0, 5.0, 0.0, 0.0]);
+        assert_eq!(
+            remap_factors(&y, 2, &map),
+            vec![2.0, 3.0, 4.0, 5.0, 0.0, 0.0]
+        );
         // The identity keeps everything.
         let same = item_map(&from, &from);
         assert_eq!(remap_knn(&s, &same), s);
