@@ -18,6 +18,7 @@ use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError, OrRaise};
 use crate::model::als::{fold_in, AlsModel, AlsParams};
 use crate::model::fresh::{merge, top_user, Base, FreshRows};
+use crate::score::hybrid::{Own, Scorer, ScorerParts};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -39,6 +40,21 @@ pub struct Fresh {
     pub rows: FreshRows,
     /// The model's item factors and the fresh users' folded-in factors.
     pub als: Option<AlsModel>,
+    /// What the scorer of these rows precomputes (activity, CF denominators, active days, the
+    /// totals of the model's own measures), computed once per read.
+    pub parts: ScorerParts,
+}
+
+impl Fresh {
+    /// The scorer of the fresh rows, beside the model's.
+    pub fn scorer<'b>(&'b self, l: &'b Loaded) -> Scorer<'b> {
+        l.scorer.rows_from_parts(
+            &self.rows.ui,
+            self.als.as_ref(),
+            Some(&self.rows.days),
+            self.parts.clone(),
+        )
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -273,6 +289,7 @@ pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
     }
     let t0 = std::time::Instant::now();
     let (mut acc, _) = crate::api::build::scan_one(&query, crate::guc::SCAN_STATE.get());
+    let t_scan = t0.elapsed().as_secs_f64() * 1000.0;
     if let Some(prev) = cached.as_ref().and_then(|f| f.state.as_ref()) {
         let mut all = Accumulator::deserialize(prev).unwrap_or_else(|e| {
             AudienceError::internal(format!("the kept state of new events cannot be read: {e}"))
@@ -316,17 +333,41 @@ pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
         skip,
     );
     drop(delta);
+    let t_merge = t0.elapsed().as_secs_f64() * 1000.0 - t_scan;
     let als = match (&m.als, &s.als) {
         (Some(model_als), Some(p)) if p.factors == model_als.factors => {
             let conf = crate::model::train::damped(&rows.ui);
-            let user_factors = fold_in(
-                &conf,
-                &model_als.item_factors,
-                p,
-                2,
-                &mut crate::api::build::interrupt_check,
-            )
-            .unwrap_or_else(|_| crate::api::build::raise_interrupted("reading new events"));
+            // Known users start from their factors (one sweep, as a training iteration), new
+            // users from zero (two).
+            let k = model_als.factors;
+            let mut init = vec![0f32; rows.users.len() * k];
+            for (j, r) in rows.model_row.iter().enumerate() {
+                if let Some(u) = r {
+                    init[j * k..(j + 1) * k].copy_from_slice(model_als.user(*u as usize));
+                }
+            }
+            let check = &mut crate::api::build::interrupt_check;
+            let stop = |_| crate::api::build::raise_interrupted("reading new events");
+            let mut user_factors = fold_in(&conf, &model_als.item_factors, p, 1, Some(init), check)
+                .unwrap_or_else(stop)
+                .into_vec();
+            // A second sweep for the new users only.
+            let new: Vec<usize> = (0..rows.users.len())
+                .filter(|&j| rows.model_row[j].is_none())
+                .collect();
+            if !new.is_empty() {
+                let sub = conf.select_rows(&new);
+                let init: Vec<f32> = new
+                    .iter()
+                    .flat_map(|&j| user_factors[j * k..(j + 1) * k].iter().copied())
+                    .collect();
+                let x = fold_in(&sub, &model_als.item_factors, p, 1, Some(init), check)
+                    .unwrap_or_else(stop);
+                for (n, &j) in new.iter().enumerate() {
+                    user_factors[j * k..(j + 1) * k].copy_from_slice(&x[n * k..(n + 1) * k]);
+                }
+            }
+            let user_factors = user_factors.into();
             Some(AlsModel {
                 factors: model_als.factors,
                 user_factors,
@@ -340,12 +381,36 @@ pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
         return None;
     }
     pgrx::debug1!(
-        "audience: {} new event rows ({} in all since the build) for {} users ({} new) folded in {:.1} ms",
+        "audience: {} new event rows ({} in all since the build) for {} users ({} new) folded in {:.1} ms (scan {t_scan:.1}, merge {t_merge:.1}, ALS fold-in {:.1})",
         new_rows,
         rows.rows,
         rows.users.len(),
         rows.new_users(),
-        t0.elapsed().as_secs_f64() * 1000.0
+        t0.elapsed().as_secs_f64() * 1000.0,
+        t0.elapsed().as_secs_f64() * 1000.0 - t_scan - t_merge
+    );
+    let t1 = std::time::Instant::now();
+    let parts = {
+        let m = &l.model;
+        let mut owns: Vec<Own> = Vec::new();
+        let all = [&m.params, &m.cross_params].into_iter().chain(
+            m.property_params
+                .iter()
+                .flat_map(|k| [&k.params, &k.cross_params]),
+        );
+        for p in all {
+            if !owns.contains(&p.own) {
+                owns.push(p.own);
+            }
+        }
+        l.scorer
+            .for_rows(&rows.ui, als.as_ref(), Some(&rows.days))
+            .parts(&owns)
+    };
+    pgrx::debug1!(
+        "audience: scorer parts of the {} users with new events in {:.1} ms",
+        rows.users.len(),
+        t1.elapsed().as_secs_f64() * 1000.0
     );
     let fresh = Rc::new(Fresh {
         model_id: l.model_id,
@@ -353,6 +418,7 @@ pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
         state: Some(state),
         rows,
         als,
+        parts,
     });
     FRESH.with(|c| *c.borrow_mut() = Some(fresh.clone()));
     Some(fresh)

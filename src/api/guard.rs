@@ -152,8 +152,15 @@ fn objective(
         (Some(m), Some(a)) if a.factors == m.factors => {
             let y = remap_factors(&m.item_factors, m.factors, &map);
             let conf = damped(&p.base.ui);
-            let x = fold_in(&conf, &y, a, 2, &mut crate::api::build::interrupt_check)
-                .unwrap_or_else(|_| crate::api::build::raise_interrupted("the deploy guard"));
+            let x = fold_in(
+                &conf,
+                &y,
+                a,
+                2,
+                None,
+                &mut crate::api::build::interrupt_check,
+            )
+            .unwrap_or_else(|_| crate::api::build::raise_interrupted("the deploy guard"));
             Some(AlsModel {
                 factors: m.factors,
                 user_factors: x,

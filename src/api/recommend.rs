@@ -192,7 +192,9 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
             (items, Some(prop.name.clone()))
         }
     };
+    let tf = std::time::Instant::now();
     let fresh = crate::api::fresh::fresh_for(l);
+    let fresh_ms = tf.elapsed().as_secs_f64() * 1000.0;
     let n_model_users = l.model.users.len();
     let n_users = n_model_users + fresh.as_ref().map_or(0, |f| f.rows.new_users());
     let mut k = ((max_pct / 100.0) * n_users as f64).floor() as usize;
@@ -221,10 +223,15 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
     // are appended (index n_model_users + j for the j-th new one).
     let mut new_users: Vec<String> = Vec::new();
     if let Some(f) = fresh.as_deref() {
-        let fs = l
-            .scorer
-            .for_rows(&f.rows.ui, f.als.as_ref(), Some(&f.rows.days));
+        let t = std::time::Instant::now();
+        let fs = f.scorer(l);
+        let t_sc = t.elapsed().as_secs_f64() * 1000.0;
         let fc = fs.components_with(&items, &[knobs.own]);
+        pgrx::debug1!(
+            "audience: events since the build read in {fresh_ms:.1} ms; {} users with new events scored in {:.1} ms (scorer {t_sc:.1} ms)",
+            f.rows.users.len(),
+            t.elapsed().as_secs_f64() * 1000.0
+        );
         let fscores = crate::score::hybrid::score_from_components(&fc, fs.totals(), knobs);
         for (j, row) in f.rows.model_row.iter().enumerate() {
             match row {

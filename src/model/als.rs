@@ -202,13 +202,16 @@ fn train_als_tuned(
 /// the fixed `item_factors` of a trained model, without touching the model. Each user's row is
 /// solved like training's user step (`sweeps` half-sweeps of `params.cg_steps` CG steps, from
 /// zero), so a user the model never saw, or whose row changed since, gets the factors training
-/// would have given them for these items. `check` runs on the calling thread between blocks of
-/// rows, as in [`train_als`]. Panics when `item_factors` does not hold `ui.n_cols` vectors.
+/// would have given them for these items. `init` (one vector per row) warm-starts the solve, as
+/// training does between sweeps (a user's factors before their row changed). `check` runs on the
+/// calling thread between blocks of rows, as in [`train_als`]. Panics when `item_factors` does
+/// not hold `ui.n_cols` vectors or `init` not `ui.n_rows`.
 pub fn fold_in(
     ui: &Csr,
     item_factors: &[f32],
     params: &AlsParams,
     sweeps: usize,
+    init: Option<Vec<f32>>,
     check: &mut dyn FnMut() -> Result<(), Interrupted>,
 ) -> Result<Buf<f32>, Interrupted> {
     let k = params.factors;
@@ -217,7 +220,8 @@ pub fn fold_in(
         ui.n_cols * k,
         "one item vector per column"
     );
-    let mut out = vec![0f32; ui.n_rows * k];
+    let mut out = init.unwrap_or_else(|| vec![0f32; ui.n_rows * k]);
+    assert_eq!(out.len(), ui.n_rows * k, "one initial vector per row");
     if k == 0 || ui.n_rows == 0 || ui.n_cols == 0 {
         return Ok(out.into());
     }
@@ -919,7 +923,7 @@ mod tests {
             ..AlsParams::default()
         };
         let m = train_als(&ui, &p, &mut ok()).unwrap();
-        let x = fold_in(&ui, &m.item_factors, &p, 4, &mut ok()).unwrap();
+        let x = fold_in(&ui, &m.item_factors, &p, 4, None, &mut ok()).unwrap();
         assert_eq!(x.len(), 60 * 5);
         for u in 0..ui.n_rows {
             let (cols, vals) = ui.row(u);
@@ -934,7 +938,7 @@ mod tests {
         // A row the model never saw: the same solve; an empty row: zeros.
         let mut t = vec![(0u32, 2u32, 1.0f32), (0, 7, 3.0)];
         let new = Csr::from_triplets(2, 30, &mut t);
-        let x = fold_in(&new, &m.item_factors, &p, 4, &mut ok()).unwrap();
+        let x = fold_in(&new, &m.item_factors, &p, 4, None, &mut ok()).unwrap();
         let want = exact_row(new.row(0).0, new.row(0).1, &m.item_factors, 5, &p);
         for (f, w) in x[..5].iter().zip(&want) {
             assert!((*f as f64 - w).abs() < 1e-3 * (1.0 + w.abs()), "{f} vs {w}");
@@ -942,7 +946,13 @@ mod tests {
         assert!(x[5..].iter().all(|&v| v == 0.0));
         // Interruptible.
         let mut stop = || Err(Interrupted);
-        assert!(fold_in(&ui, &m.item_factors, &p, 4, &mut stop).is_err());
+        assert!(fold_in(&ui, &m.item_factors, &p, 4, None, &mut stop).is_err());
+        // Warm-started from the solution, one sweep keeps it.
+        let x = fold_in(&ui, &m.item_factors, &p, 4, None, &mut ok()).unwrap();
+        let again = fold_in(&ui, &m.item_factors, &p, 1, Some(x.to_vec()), &mut ok()).unwrap();
+        for (a, b) in x.iter().zip(again.iter()) {
+            assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -64,6 +64,26 @@ impl Csr {
         (&self.indices[a..b], &self.data[a..b])
     }
 
+    /// The rows `rows` (in that order) as a matrix of their own.
+    pub fn select_rows(&self, rows: &[usize]) -> Csr {
+        let mut indptr = Vec::with_capacity(rows.len() + 1);
+        indptr.push(0usize);
+        let (mut indices, mut data) = (Vec::new(), Vec::new());
+        for &r in rows {
+            let (c, v) = self.row(r);
+            indices.extend_from_slice(c);
+            data.extend_from_slice(v);
+            indptr.push(indices.len());
+        }
+        Csr {
+            n_rows: rows.len(),
+            n_cols: self.n_cols,
+            indptr: indptr.into(),
+            indices: indices.into(),
+            data: data.into(),
+        }
+    }
+
     /// The transpose, in O(nnz); rows of the result keep increasing column order.
     pub fn transpose(&self) -> Csr {
         let mut counts = vec![0usize; self.n_cols + 1];
@@ -107,6 +127,17 @@ impl Csr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn select_rows_keeps_the_rows_in_the_order_given() {
+        let mut t = vec![(0u32, 1u32, 1.0f32), (1, 0, 2.0), (1, 2, 3.0), (2, 2, 4.0)];
+        let m = Csr::from_triplets(3, 3, &mut t);
+        let s = m.select_rows(&[2, 0]);
+        assert_eq!((s.n_rows, s.n_cols), (2, 3));
+        assert_eq!(s.row(0), (&[2u32][..], &[4.0f32][..]));
+        assert_eq!(s.row(1), (&[1u32][..], &[1.0f32][..]));
+        assert_eq!(m.select_rows(&[]).nnz(), 0);
+    }
 
     #[test]
     fn triplets_sum_duplicates_and_transpose_round_trips() {

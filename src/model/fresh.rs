@@ -49,12 +49,13 @@ impl FreshRows {
     }
 }
 
-/// One entry of a merged row, before it is laid out.
-struct Entry {
+/// One new-event entry of a user's row: model item, affinity, latest minute, and its days in the
+/// per-user scratch buffer.
+struct New {
     item: u32,
     a: f32,
     last: i32,
-    days: Vec<(u16, f32)>,
+    days: std::ops::Range<usize>,
 }
 
 /// The user of `delta` with the most engagement occasions (user, item, day records) and their
@@ -72,13 +73,38 @@ pub fn top_user(delta: &Affinity) -> (Option<usize>, usize, usize) {
     (top, top_n, total)
 }
 
+/// Output arrays of [`merge`].
+#[derive(Default)]
+struct Out {
+    indices: Vec<u32>,
+    data: Vec<f32>,
+    last_seen: Vec<i32>,
+    dptr: Vec<u32>,
+    dday: Vec<u16>,
+    dweight: Vec<f32>,
+}
+
+impl Out {
+    #[inline]
+    fn push(&mut self, item: u32, a: f32, last: i32, days: impl Iterator<Item = (u16, f32)>) {
+        self.indices.push(item);
+        self.data.push(a);
+        self.last_seen.push(last);
+        for (d, w) in days {
+            self.dday.push(d);
+            self.dweight.push(w);
+        }
+        self.dptr.push(self.dday.len() as u32);
+    }
+}
+
 /// Merges `delta` (the new events, decayed to the model's reference time) into the rows of
 /// `base` of the users it names, except delta user `skip`.
 pub fn merge(base: &Base, delta: &Affinity, skip: Option<usize>) -> FreshRows {
     let day0 = base.days.day0;
     let offset =
         |minute: i32| -> u16 { (minute.div_euclid(1440) - day0).clamp(0, u16::MAX as i32) as u16 };
-    // Delta item -> model item.
+    // Delta item -> model item (both lists sorted, so the map keeps the order).
     let item_map: Vec<Option<u32>> = delta
         .items
         .iter()
@@ -88,93 +114,83 @@ pub fn merge(base: &Base, delta: &Affinity, skip: Option<usize>) -> FreshRows {
     let mut users = Vec::new();
     let mut model_row = Vec::new();
     let mut indptr = vec![0usize];
-    let (mut indices, mut data, mut last_seen) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut dptr, mut dday, mut dweight) = (vec![0u32], Vec::new(), Vec::new());
+    let mut out = Out {
+        dptr: vec![0],
+        ..Out::default()
+    };
     let mut unknown = 0usize;
-    let mut row: Vec<Entry> = Vec::new();
+    let mut row: Vec<New> = Vec::new();
+    let mut buf: Vec<(u16, f32)> = Vec::new();
     for (du, name) in delta.users.iter().enumerate() {
         crate::util::interrupt::poll_every(du);
-        row.clear();
         if skip == Some(du) {
             continue;
         }
+        row.clear();
+        buf.clear();
         for p in dm.indptr[du]..dm.indptr[du + 1] {
             let Some(item) = item_map[dm.indices[p] as usize] else {
                 unknown += 1;
                 continue;
             };
-            let r = occ.range(p);
-            let mut days: Vec<(u16, f32)> = Vec::with_capacity(r.len());
-            for k in r {
+            let start = buf.len();
+            for k in occ.range(p) {
                 let d = offset(occ.minute[k]);
                 let v = if occ.value[k].is_finite() {
                     occ.value[k]
                 } else {
                     0.0
                 };
-                match days.last_mut() {
+                match buf[start..].last_mut() {
                     Some(last) if last.0 == d => last.1 += v,
-                    _ => days.push((d, v)),
+                    _ => buf.push((d, v)),
                 }
             }
             let last = delta.last_seen[p]
                 .div_euclid(MINUTE_US)
                 .clamp(i32::MIN as i64, i32::MAX as i64) as i32;
-            row.push(Entry {
+            row.push(New {
                 item,
                 a: dm.data[p],
                 last,
-                days,
+                days: start..buf.len(),
             });
         }
-        // Model items keep their order under the map (both id lists are sorted).
         if row.is_empty() {
             continue;
         }
         let known = base.users.binary_search(name).ok();
-        let mut merged: Vec<Entry> = Vec::with_capacity(row.len());
+        let mut j = 0usize;
         if let Some(u) = known {
-            let (a, b) = (base.ui.indptr[u], base.ui.indptr[u + 1]);
-            let mut j = 0usize;
-            for p in a..b {
+            for p in base.ui.indptr[u]..base.ui.indptr[u + 1] {
                 let item = base.ui.indices[p];
                 while j < row.len() && row[j].item < item {
-                    merged.push(std::mem::replace(&mut row[j], empty()));
+                    let n = &row[j];
+                    out.push(n.item, n.a, n.last, buf[n.days.clone()].iter().copied());
                     j += 1;
                 }
                 let (ds, ws) = base.days.of(p);
-                let mut e = Entry {
-                    item,
-                    a: base.ui.data[p],
-                    last: base.last_seen[p],
-                    days: ds.iter().copied().zip(ws.iter().copied()).collect(),
-                };
+                let old = ds.iter().copied().zip(ws.iter().copied());
                 if j < row.len() && row[j].item == item {
-                    let n = std::mem::replace(&mut row[j], empty());
-                    e.a += n.a;
-                    e.last = e.last.max(n.last);
-                    e.days = union_days(&e.days, &n.days);
+                    let n = &row[j];
+                    out.push(
+                        item,
+                        base.ui.data[p] + n.a,
+                        base.last_seen[p].max(n.last),
+                        union_days(old, buf[n.days.clone()].iter().copied()),
+                    );
                     j += 1;
+                } else {
+                    out.push(item, base.ui.data[p], base.last_seen[p], old);
                 }
-                merged.push(e);
             }
-            merged.extend(row.drain(j..));
-        } else {
-            merged.append(&mut row);
+        }
+        for n in &row[j..] {
+            out.push(n.item, n.a, n.last, buf[n.days.clone()].iter().copied());
         }
         users.push(name.clone());
         model_row.push(known.map(|u| u as u32));
-        for e in merged {
-            indices.push(e.item);
-            data.push(e.a);
-            last_seen.push(e.last);
-            for (d, w) in e.days {
-                dday.push(d);
-                dweight.push(w);
-            }
-            dptr.push(dday.len() as u32);
-        }
-        indptr.push(indices.len());
+        indptr.push(out.indices.len());
     }
     let n = users.len();
     FreshRows {
@@ -184,48 +200,38 @@ pub fn merge(base: &Base, delta: &Affinity, skip: Option<usize>) -> FreshRows {
             n_rows: n,
             n_cols: base.items.len(),
             indptr: indptr.into(),
-            indices: indices.into(),
-            data: data.into(),
+            indices: out.indices.into(),
+            data: out.data.into(),
         },
-        last_seen,
+        last_seen: out.last_seen,
         days: DayIndex {
             day0,
-            ptr: dptr.into(),
-            day: dday.into(),
-            weight: dweight.into(),
+            ptr: out.dptr.into(),
+            day: out.dday.into(),
+            weight: out.dweight.into(),
         },
         rows: delta.rows,
         unknown_item_pairs: unknown,
     }
 }
 
-fn empty() -> Entry {
-    Entry {
-        item: u32::MAX,
-        a: 0.0,
-        last: i32::MIN,
-        days: Vec::new(),
-    }
-}
-
 /// The union of two ascending day lists, weights of a day in both summed.
-fn union_days(a: &[(u16, f32)], b: &[(u16, f32)]) -> Vec<(u16, f32)> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        if j == b.len() || (i < a.len() && a[i].0 < b[j].0) {
-            out.push(a[i]);
-            i += 1;
-        } else if i == a.len() || b[j].0 < a[i].0 {
-            out.push(b[j]);
-            j += 1;
-        } else {
-            out.push((a[i].0, a[i].1 + b[j].1));
-            i += 1;
-            j += 1;
+fn union_days(
+    a: impl Iterator<Item = (u16, f32)>,
+    b: impl Iterator<Item = (u16, f32)>,
+) -> impl Iterator<Item = (u16, f32)> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek().copied(), b.peek().copied()) {
+        (Some(x), Some(y)) if x.0 == y.0 => {
+            a.next();
+            b.next();
+            Some((x.0, x.1 + y.1))
         }
-    }
-    out
+        (Some(x), Some(y)) if x.0 < y.0 => a.next(),
+        (Some(_), Some(_)) => b.next(),
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    })
 }
 
 #[cfg(test)]

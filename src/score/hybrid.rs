@@ -438,7 +438,11 @@ impl<'a> Scorer<'a> {
             t: self.t.clone(),
             knn_den: self.knn_den.clone(),
             als_den: self.als_den.clone(),
-            knn_t: self.knn_t.as_deref().cloned(),
+            // A scorer of other rows (`for_rows`) borrows its model's transpose: not part of its parts.
+            knn_t: match &self.knn_t {
+                Some(Cow::Owned(t)) => Some(t.clone()),
+                _ => None,
+            },
             als_volume: (*self.als_volume).clone(),
             returns: self.returns.as_deref().cloned(),
             own_totals,
@@ -452,14 +456,43 @@ impl<'a> Scorer<'a> {
         als: Option<&'a AlsModel>,
         knn: Option<&'a Csr>,
         days: Option<(&'a DayIndex, i32)>,
+        mut parts: ScorerParts,
+    ) -> Self {
+        let knn_t = parts.knn_t.take().map(Cow::Owned);
+        Self::from_parts_with(ui, als, knn, days, parts, knn_t)
+    }
+
+    /// [`Scorer::for_rows`] from parts its [`Scorer::parts`] gave earlier (rows that did not
+    /// change since): nothing is recomputed.
+    pub fn rows_from_parts<'b>(
+        &'b self,
+        ui: &'b Csr,
+        als: Option<&'b AlsModel>,
+        days: Option<&'b DayIndex>,
         parts: ScorerParts,
+    ) -> Scorer<'b> {
+        let days = match (days, self.days) {
+            (Some(d), Some((_, ref_day))) => Some((d, ref_day)),
+            _ => None,
+        };
+        let knn_t = self.knn_t.as_deref().map(Cow::Borrowed);
+        Scorer::from_parts_with(ui, als, self.knn, days, parts, knn_t).with_threads(self.threads)
+    }
+
+    fn from_parts_with(
+        ui: &'a Csr,
+        als: Option<&'a AlsModel>,
+        knn: Option<&'a Csr>,
+        days: Option<(&'a DayIndex, i32)>,
+        parts: ScorerParts,
+        knn_t: Option<Cow<'a, Csr>>,
     ) -> Self {
         let n = ui.n_rows;
         assert!(parts.t.len() == n, "one activity per user");
         assert!(
             knn.is_none()
                 || (parts.knn_den.len() == n
-                    && parts.knn_t.as_ref().is_some_and(|t| t.n_rows == ui.n_cols)),
+                    && knn_t.as_ref().is_some_and(|t| t.n_rows == ui.n_cols)),
             "kNN parts"
         );
         assert!(
@@ -486,7 +519,7 @@ impl<'a> Scorer<'a> {
             als,
             knn,
             knn_volume: Arc::new(parts.knn_den.clone()),
-            knn_t: parts.knn_t.map(Cow::Owned),
+            knn_t,
             t: parts.t,
             knn_den: parts.knn_den,
             als_den: parts.als_den,
