@@ -93,7 +93,8 @@ else
 fi
 
 # ------------------------------------------------------------ 1b. lint
-# Formatting (rustfmt.toml) and clippy with warnings as errors, over every target (tests and
+# The README files name every test, script, setting and function (scripts/check_docs.sh),
+# formatting (rustfmt.toml) and clippy with warnings as errors, over every target (tests and
 # benches too). SKIPPED when the toolchain has no rustfmt or clippy and rustup cannot add them.
 # shellcheck disable=SC2317  # (called through run_phase)
 lint() {
@@ -104,6 +105,7 @@ lint() {
             return "$PGA_EXIT_SKIPPED"
         fi
     done
+    bash scripts/check_docs.sh || return 1
     cargo fmt --check || { pga_warn "run: cargo fmt"; return 1; }
     cargo clippy --all-targets --features "$(pga_pg_version)" -- -D warnings
 }
