@@ -7,8 +7,8 @@
 use crate::api::cache::{active, Loaded};
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError};
-use crate::model::csr::Csr;
 use crate::model::image::ServedProperty;
+use crate::score::audience::{cut_size, engaged_since};
 use crate::score::topk::top_k;
 use pgrx::prelude::*;
 
@@ -197,11 +197,7 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
     let fresh_ms = tf.elapsed().as_secs_f64() * 1000.0;
     let n_model_users = l.model.users.len();
     let n_users = n_model_users + fresh.as_ref().map_or(0, |f| f.rows.new_users());
-    let mut k = ((max_pct / 100.0) * n_users as f64).floor() as usize;
-    k = k.max(1).min(n_users);
-    if let Some(m) = req.max_users {
-        k = k.min(m as usize);
-    }
+    let k = cut_size(max_pct, n_users, req.max_users);
     // Cross-sell audiences rank users new to the value with their own knobs (see audience.tune).
     // A set of items has no property of its own: the model's knobs.
     let (all_knobs, cross_knobs) = match &knob_property {
@@ -314,17 +310,6 @@ fn now_micros() -> i64 {
         .try_into()
         .unwrap_or_else(|_| AudienceError::internal("no transaction timestamp").raise());
     ts.into()
-}
-
-/// Per row of `ui`: an engagement with an item of `mask` whose latest event is at or after
-/// `since_min` (minutes since 2000-01-01).
-fn engaged_since(ui: &Csr, last_seen: &[i32], mask: &[bool], since_min: i32) -> Vec<bool> {
-    (0..ui.n_rows)
-        .map(|u| {
-            let (a, b) = (ui.indptr[u], ui.indptr[u + 1]);
-            (a..b).any(|p| mask[ui.indices[p] as usize] && last_seen[p] >= since_min)
-        })
-        .collect()
 }
 
 fn rows(l: &Loaded, ranking: &Ranking) -> Vec<(String, f64, i64, f64)> {
@@ -567,13 +552,7 @@ fn sizes(
     } = rank_target(&req, l, items);
     pcts.into_iter()
         .map(|p| {
-            let k = (((p / 100.0) * n_users as f64).floor() as usize)
-                .max(1)
-                .min(n_users);
-            let k = req
-                .max_users
-                .map_or(k, |m| k.min(m as usize))
-                .min(ranked.len());
+            let k = cut_size(p, n_users, req.max_users).min(ranked.len());
             let min_score = if k > 0 {
                 Some(ranked[k - 1].1 as f64)
             } else {

@@ -1,6 +1,7 @@
 //! Audience scoring, pure Rust (no pgrx): the hybrid own-share / collaborative score
-//! ([`hybrid`]), top-k selection with the SQL tie-break ([`topk`]), and holdout evaluation and
+//! ([`hybrid`]), the size and engagement rules of a request ([`audience`]), top-k selection with the SQL tie-break ([`topk`]), and holdout evaluation and
 //! parameter tuning ([`metrics`]).
+pub mod audience;
 pub mod hybrid;
 pub mod metrics;
 pub mod topk;
