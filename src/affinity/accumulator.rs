@@ -32,8 +32,8 @@
 //! push/merge order can change them only by f64 rounding (far below the f32 output precision,
 //! and exactly zero when the terms are dyadic, as in the unit tests).
 
-use crate::model::csr::Csr;
 use crate::util::codec::{invalid, CodecError, Reader, Writer};
+use crate::util::csr::Csr;
 use crate::util::hash::FxHasher;
 use std::hash::Hasher;
 
