@@ -12,6 +12,7 @@ pub mod error;
 pub mod guc;
 pub mod model;
 pub mod score;
+pub mod store;
 pub mod util;
 
 ::pgrx::pg_module_magic!(name, version);

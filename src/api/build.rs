@@ -7,9 +7,9 @@ use crate::error::{AudienceError, OrRaise};
 use crate::model::als::{train_als, AlsParams};
 use crate::model::days::DayIndex;
 use crate::model::knn::{train_knn, KnnParams};
-use crate::model::stored::{split_values, Model, Property, PropertyKnobs};
 use crate::model::train::{damped, value_user_counts};
 use crate::score::hybrid::{HybridParams, Own};
+use crate::store::stored::{split_values, Model, Property, PropertyKnobs};
 use crate::util::interrupt::Interrupted;
 use pgrx::prelude::*;
 use std::time::Instant;
@@ -613,7 +613,7 @@ pub fn store(
         let items: Vec<i64> = (0..prop.values.len())
             .map(|v| prop.value_items.row(v).0.len() as i64)
             .collect();
-        let users = value_user_counts(model, prop);
+        let users = value_user_counts(&model.ui, &prop.value_items);
         Spi::run_with_args(
             "INSERT INTO audience.property_values (model_id, property, value, items, users)
              SELECT $1, $2, v, i, u FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.int8[]), pg_catalog.unnest($5::pg_catalog.int8[])) AS t(v, i, u)",

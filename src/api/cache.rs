@@ -6,9 +6,9 @@
 //! image of `shared.rs` (one copy for all backends), or a private copy when no file can be written.
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{AudienceError, OrRaise};
-use crate::model::image::Served;
-use crate::model::stored::Model;
 use crate::score::hybrid::Scorer;
+use crate::store::image::Served;
+use crate::store::stored::Model;
 use crate::util::codec::CodecError;
 use pgrx::prelude::*;
 use std::cell::RefCell;

@@ -8,9 +8,9 @@ use crate::api::tuning::{
     baseline_objectives, cannot_tune, dense, positives_after, scorer, tune_split, CUTS,
 };
 use crate::error::{AudienceError, OrRaise};
-use crate::model::stored::{Model, Property};
 use crate::score::hybrid::{score_from_components, HybridParams, Own};
 use crate::score::metrics::{evaluate_ranking, RankingMetrics};
+use crate::store::stored::{Model, Property};
 use pgrx::prelude::*;
 
 fn ts(us: i64) -> TimestampWithTimeZone {

@@ -23,9 +23,9 @@ use crate::api::build::{als_params_from_json, train, BuildParams, Collected};
 use crate::api::spi_util::{args, query_rows};
 use crate::api::tuning::{knob_objective, positives_after, scorer};
 use crate::model::als::{fold_in, AlsModel, AlsParams};
-use crate::model::stored::Model;
 use crate::model::train::damped;
 use crate::model::transplant::{item_map, remap_factors, remap_knn};
+use crate::store::stored::Model;
 
 /// What the guard prepared before training: the window, the histories before it and the window's
 /// engagements.

@@ -7,9 +7,9 @@
 use crate::api::cache::{active, Loaded};
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError};
-use crate::model::image::ServedProperty;
 use crate::score::audience::{cut_size, engaged_since};
 use crate::score::topk::top_k;
+use crate::store::image::ServedProperty;
 use pgrx::prelude::*;
 
 /// The property of the model, or an error that says whether it is unmapped or just unbuilt.

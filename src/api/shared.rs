@@ -1,5 +1,5 @@
 //! One copy of each active model for every backend: the model's serving image (see
-//! `model::image`) kept as a file under the data directory, `pg_audience/<database oid>/`, and
+//! `store::image`) kept as a file under the data directory, `pg_audience/<database oid>/`, and
 //! memory-mapped read-only by every backend that serves audiences from it.
 //!
 //! - The stored model (`audience.model_data`) stays the source of truth; the file is a cache made
@@ -17,9 +17,9 @@
 //!   copy and warns once per model.
 use crate::api::spi_util::query_rows;
 use crate::error::{AudienceError, OrRaise};
-use crate::model::image::{read_image, write_image, Served};
-use crate::model::stored::Model;
 use crate::score::hybrid::Scorer;
+use crate::store::image::{read_image, write_image, Served};
+use crate::store::stored::Model;
 use crate::util::buf::Mapping;
 use pgrx::prelude::*;
 use std::io::Write;

@@ -7,10 +7,10 @@ use crate::affinity::accumulator::day_of;
 use crate::api::build::{train, BuildParams, Collected};
 use crate::error::AudienceError;
 use crate::model::als::AlsParams;
-use crate::model::stored::{Model, PropertyKnobs};
 use crate::score::hybrid::{Components, Own, Sample, Scorer};
 use crate::score::metrics::grid_objectives;
 use crate::score::tuning::{own_candidates, tune_knobs_with, Tuned, STAGE2_OWNS};
+use crate::store::stored::{Model, PropertyKnobs};
 use pgrx::prelude::*;
 
 pub const CUTS: [f64; 4] = [1.0, 5.0, 10.0, 20.0];

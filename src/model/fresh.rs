@@ -235,14 +235,14 @@ fn union_days(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::affinity::accumulator::Accumulator;
 
-    const DAY: i64 = 86_400_000_000;
+    pub(crate) const DAY: i64 = 86_400_000_000;
 
     /// (user, item, weight, time) rows through the build's aggregate, decayed to `reference`.
-    fn affinity(rows: &[(&str, &str, f64, i64)], reference: i64) -> Affinity {
+    pub(crate) fn affinity(rows: &[(&str, &str, f64, i64)], reference: i64) -> Affinity {
         let mut acc = Accumulator::new(0);
         acc.set_reference(Some(reference));
         for &(u, i, w, t) in rows {
@@ -251,7 +251,7 @@ mod tests {
         acc.finish().without_empty()
     }
 
-    fn base_of(a: &Affinity) -> (StrList, StrList, Vec<i32>, DayIndex) {
+    pub(crate) fn base_of(a: &Affinity) -> (StrList, StrList, Vec<i32>, DayIndex) {
         let last = a
             .last_seen
             .iter()
@@ -326,43 +326,6 @@ mod tests {
             }
         }
         assert!(fresh.days.is_valid_for(fresh.ui.nnz()));
-    }
-
-    #[test]
-    fn fresh_rows_score_like_the_rows_of_a_full_build() {
-        use crate::score::hybrid::{score_from_components, HybridParams, Own, Scorer};
-        let old = [
-            ("a", "x", 1.0, DAY),
-            ("a", "y", 1.0, 2 * DAY),
-            ("b", "x", 1.0, 3 * DAY),
-        ];
-        let new = [
-            ("n", "x", 1.0, 10 * DAY),
-            ("n", "x", 1.0, 11 * DAY),
-            ("n", "y", 1.0, 12 * DAY),
-            ("b", "x", 1.0, 12 * DAY),
-        ];
-        let reference = 3 * DAY;
-        let model = affinity(&old, reference);
-        let (users, items, last, days) = base_of(&model);
-        let base = Base {
-            users: &users,
-            items: &items,
-            ui: &model.matrix,
-            last_seen: &last,
-            days: &days,
-        };
-        let fresh = merge(&base, &affinity(&new, reference), None);
-        let ref_day = crate::affinity::accumulator::day_of(reference);
-        let sc = Scorer::new(&model.matrix, None, None).with_days(&days, ref_day);
-        let fs = sc.for_rows(&fresh.ui, None, Some(&fresh.days));
-        let knobs = HybridParams::own_only(Own::Days(f32::INFINITY));
-        let value = [0u32, 1]; // x and y
-        let c = fs.components_with(&value, &[knobs.own]);
-        let got = score_from_components(&c, fs.totals(), &knobs);
-        // b: days 3 and 12 of x; n: days 10, 11, 12.
-        assert_eq!(fresh.users, vec!["b", "n"]);
-        assert_eq!(got, vec![2.0, 3.0]);
     }
 
     #[test]

@@ -5,8 +5,6 @@ pub mod als;
 pub use crate::util::csr;
 pub mod days;
 pub mod fresh;
-pub mod image;
 pub mod knn;
-pub mod stored;
 pub mod train;
 pub mod transplant;

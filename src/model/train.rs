@@ -2,7 +2,6 @@
 //! and the per-value user counts stored with a model. (The SQL layer, `api::build`, wires them
 //! to the scan, the training phases and the tables; `benches/core.rs` calls the same functions.)
 use crate::model::csr::Csr;
-use crate::model::stored::{Model, Property};
 
 /// The confidence input of the collaborative models: log-damped affinity, so one heavy repeat
 /// buyer does not dominate an item's neighbours.
@@ -14,15 +13,16 @@ pub fn damped(ui: &Csr) -> Csr {
     m
 }
 
-/// Distinct users per property value (users with affinity to any item having it).
-pub fn value_user_counts(model: &Model, prop: &Property) -> Vec<i64> {
-    let n_values = prop.values.len();
+/// Distinct users per property value (users of `ui` with affinity to any item having it;
+/// `value_items`: values x items).
+pub fn value_user_counts(ui: &Csr, value_items: &Csr) -> Vec<i64> {
+    let n_values = value_items.n_rows;
     // item -> values
-    let item_values = prop.value_items.transpose();
+    let item_values = value_items.transpose();
     let mut counts = vec![0i64; n_values];
     let mut last_user = vec![u32::MAX; n_values];
-    for u in 0..model.ui.n_rows {
-        for &i in model.ui.row(u).0 {
+    for u in 0..ui.n_rows {
+        for &i in ui.row(u).0 {
             for &v in item_values.row(i as usize).0 {
                 if last_user[v as usize] != u as u32 {
                     last_user[v as usize] = u as u32;

@@ -25,6 +25,46 @@ pub fn engaged_since(ui: &Csr, last_seen: &[i32], mask: &[bool], since_min: i32)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fresh::tests::{affinity, base_of, DAY};
+    use crate::model::fresh::{merge, Base};
+    use crate::score::hybrid::{score_from_components, HybridParams, Own, Scorer};
+
+    /// Rows merged with the events since a build score like rows built with them.
+    #[test]
+    fn fresh_rows_score_like_the_rows_of_a_full_build() {
+        let old = [
+            ("a", "x", 1.0, DAY),
+            ("a", "y", 1.0, 2 * DAY),
+            ("b", "x", 1.0, 3 * DAY),
+        ];
+        let new = [
+            ("n", "x", 1.0, 10 * DAY),
+            ("n", "x", 1.0, 11 * DAY),
+            ("n", "y", 1.0, 12 * DAY),
+            ("b", "x", 1.0, 12 * DAY),
+        ];
+        let reference = 3 * DAY;
+        let model = affinity(&old, reference);
+        let (users, items, last, days) = base_of(&model);
+        let base = Base {
+            users: &users,
+            items: &items,
+            ui: &model.matrix,
+            last_seen: &last,
+            days: &days,
+        };
+        let fresh = merge(&base, &affinity(&new, reference), None);
+        let ref_day = crate::affinity::accumulator::day_of(reference);
+        let sc = Scorer::new(&model.matrix, None, None).with_days(&days, ref_day);
+        let fs = sc.for_rows(&fresh.ui, None, Some(&fresh.days));
+        let knobs = HybridParams::own_only(Own::Days(f32::INFINITY));
+        let value = [0u32, 1]; // x and y
+        let c = fs.components_with(&value, &[knobs.own]);
+        let got = score_from_components(&c, fs.totals(), &knobs);
+        // b: days 3 and 12 of x; n: days 10, 11, 12.
+        assert_eq!(fresh.users, vec!["b", "n"]);
+        assert_eq!(got, vec![2.0, 3.0]);
+    }
 
     #[test]
     fn cut_sizes() {

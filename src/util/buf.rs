@@ -1,5 +1,5 @@
 //! Arrays that are either owned or borrowed from a read-only memory mapping: the serving image of
-//! a model (see `model::image`) is mapped once per backend and its arrays are read in place, so
+//! a model (see `store::image`) is mapped once per backend and its arrays are read in place, so
 //! every backend shares the page cache's one copy. Pure Rust (plus `libc` for `mmap`).
 use std::fmt;
 use std::ops::{Deref, DerefMut};

@@ -12,8 +12,8 @@
 use crate::model::als::AlsModel;
 use crate::model::csr::Csr;
 use crate::model::days::DayIndex;
-use crate::model::stored::{get_knobs, put_knobs, Model, PropertyKnobs};
 use crate::score::hybrid::{HybridParams, Own, Returns, ScorerParts};
+use crate::store::stored::{get_knobs, put_knobs, Model, PropertyKnobs};
 use crate::util::buf::{Buf, Mapping, Pod, StrList};
 use crate::util::codec::{Reader, Writer};
 use std::io::Write;
@@ -524,8 +524,8 @@ pub fn read_image(map: Arc<Mapping>, tags: [u64; 2]) -> Result<Served, ImageErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::stored::Property;
     use crate::score::hybrid::Scorer;
+    use crate::store::stored::Property;
 
     fn model() -> Model {
         let mut t = vec![(0u32, 0u32, 1.0f32), (0, 1, 2.0), (1, 1, 3.0), (2, 2, 0.5)];
