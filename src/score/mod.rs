@@ -4,5 +4,6 @@
 pub mod audience;
 pub mod hybrid;
 pub mod metrics;
+pub mod own;
 pub mod topk;
 pub mod tuning;
