@@ -75,8 +75,6 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'build_wrapper';
 COMMENT ON FUNCTION audience.build(text, integer, integer, double precision, double precision, integer, double precision, double precision, double precision, double precision, double precision, double precision, timestamp with time zone, text, interval, boolean, boolean) IS
     'Builds the catalog''s model from its registered events (one parallel scan, ALS and item-kNN training) and activates it; tunes the scoring knobs of untuned properties on a validation window first (tune => false turns that off); with guard => true activates it only if it ranks the events since the active model''s build no worse than that model. Arguments given once are remembered in catalogs.build_settings.';
-COMMENT ON FUNCTION audience.set_fresh_events(text, text, bigint) IS
-    'Whether audiences of a catalog include the events that arrived since its build (auto: when an index makes reading them cheap; on; off), and past how many new rows the snapshot is served instead.';
 
 -- set_fresh_events: new.
 CREATE FUNCTION audience.set_fresh_events(
@@ -92,6 +90,8 @@ VOLATILE
 SET search_path TO pg_catalog, @extschema@, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'set_fresh_events_wrapper';
+COMMENT ON FUNCTION audience.set_fresh_events(text, text, bigint) IS
+    'Whether audiences of a catalog include the events that arrived since its build (auto: when an index makes reading them cheap; on; off), and past how many new rows the snapshot is served instead.';
 
 -- ---------------------------------------------------------------- SQL functions (new)
 

@@ -178,7 +178,10 @@ fn quote_ident(s: &str) -> String {
 /// an audience never needs more than SELECT on the stored models).
 fn sources_readable(cid: i32) -> bool {
     query_rows(
-        "SELECT pg_catalog.bool_and(pg_catalog.has_table_privilege(pg_catalog.to_regclass(pg_catalog.format('%I.%I', e.source_schema, e.source_table)), 'SELECT'))
+        "SELECT pg_catalog.bool_and(CASE
+                    WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) e.source_schema) THEN false
+                    WHEN NOT pg_catalog.has_schema_privilege(e.source_schema::pg_catalog.text, 'USAGE') THEN false
+                    ELSE coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass(pg_catalog.format('%I.%I', e.source_schema, e.source_table)), 'SELECT'), false) END)
            FROM audience.events e WHERE e.catalog_id OPERATOR(pg_catalog.=) $1",
         &args![cid],
         |r| r.get::<bool>(1).ok().flatten(),
