@@ -9,6 +9,7 @@ pub mod progress;
 pub mod recommend;
 pub mod scan;
 pub mod shared;
+pub mod sizes;
 pub mod spi_util;
 mod tests;
 pub mod tuning;

@@ -48,149 +48,26 @@
 use crate::model::als::AlsModel;
 use crate::model::csr::Csr;
 use crate::model::days::DayIndex;
+use crate::score::formula::dot;
+pub use crate::score::formula::{
+    engaged, factor_key, score_from_components, score_with_factors, user_factors, FactorKey,
+};
 pub use crate::score::own::Own;
 use crate::score::own::{decay_tables, own_measure, DayBits, OwnAcc};
+pub use crate::score::params::{Components, HybridParams, OwnPart};
+pub use crate::score::sample::{Returns, Sample};
 use crate::util::buf::Buf;
+use crate::util::par::par_chunks;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
-
-/// The knobs of the hybrid score (see the module doc).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct HybridParams {
-    /// Strength of the collaborative prior, in affinity units (compare with typical `t_u`); `+inf`
-    /// selects the pure-CF mode (which falls back to 0 when there is no collaborative model).
-    /// Must be >= 0.
-    pub prior: f32,
-    /// Exponent of the activity factor `t_u ^ activity_exp`.
-    pub activity_exp: f32,
-    /// Weight of the kNN share in `cf_u` (clamped to [0, 1]; ignored unless both models exist).
-    pub knn_weight: f32,
-    /// Which activity scales the share: 0 = the observed activity `t_u`; 1 = the ALS-predicted
-    /// engagement volume `x_u . Y_all` (with `prior = +inf`, `knn_weight = 0`, `activity_exp = 1`
-    /// this ranks by the summed ALS predictions `x_u . Y_V`, as users of the `implicit` library
-    /// do); 2 = the kNN volume `sum_j a_uj S_all(j)` (with `prior = +inf`, `knn_weight = 1`,
-    /// `activity_exp = 1`: the summed item-kNN similarities to the value, `implicit`'s item-kNN
-    /// ranking). Without the model, 1 and 2 fall back to `t_u`.
-    pub volume: f32,
-    /// Exponent of the active-days factor `d_u ^ days_exp` (0 = ignore how often the user returns).
-    pub days_exp: f32,
-    /// Exponent of the tenure factor `r_u ^ tenure_exp` (0 = ignore how long the user has returned).
-    pub tenure_exp: f32,
-    /// How the user's own engagement `e_u` and activity `t_u` are measured.
-    pub own: Own,
-}
-
-impl HybridParams {
-    /// The "past engagers by weighted frequency" baseline: `score_u = e_u`.
-    pub const PAST_ENGAGERS: HybridParams = HybridParams {
-        prior: 0.0,
-        activity_exp: 1.0,
-        knn_weight: 0.5,
-        volume: 0.0,
-        days_exp: 0.0,
-        tenure_exp: 0.0,
-        own: Own::Affinity,
-    };
-
-    /// The SQL baseline ranking by the own engagement measure `own` alone (`score_u = e_u`).
-    pub fn own_only(own: Own) -> HybridParams {
-        HybridParams {
-            own,
-            ..HybridParams::PAST_ENGAGERS
-        }
-    }
-
-    /// Pure collaborative mode: `score_u = cf_u * t_u^activity_exp`.
-    pub fn pure_cf(activity_exp: f32, knn_weight: f32) -> HybridParams {
-        HybridParams {
-            prior: f32::INFINITY,
-            activity_exp,
-            knn_weight,
-            volume: 0.0,
-            days_exp: 0.0,
-            tenure_exp: 0.0,
-            own: Own::Affinity,
-        }
-    }
-}
-
-/// Per-user, value-dependent ingredients of the score, independent of [`HybridParams`] (so a grid of
-/// parameters can be evaluated without recomputing them). Each vector has one entry per user.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Components {
-    /// `e_u`, own engagement with the value.
-    pub e: Vec<f32>,
-    /// `knn_share_u`, `None` without a kNN model.
-    pub knn_share: Option<Vec<f32>>,
-    /// `als_share_u`, `None` without an ALS model.
-    pub als_share: Option<Vec<f32>>,
-    /// The ALS-predicted volume `max(0, x_u . Y_all)` (value-independent, shared), `None` without ALS.
-    pub als_volume: Option<Arc<Buf<f32>>>,
-    /// The kNN volume `sum_j a_uj S_all(j)` (value-independent, shared), `None` without kNN:
-    /// `knn_share_u` times it is the summed item-kNN similarity to the value, the ranking of the
-    /// `implicit` library's item-kNN recommenders.
-    pub knn_volume: Option<Arc<Buf<f32>>>,
-    /// Active days `d_u` and tenure `r_u` (value-independent, shared), `None` when the event
-    /// times are unknown.
-    pub returns: Option<std::sync::Arc<Returns>>,
-    /// The own-engagement measures other than [`Own::Affinity`] that were asked for.
-    pub own: Vec<OwnPart>,
-}
-
-/// One own-engagement measure for a value: `e` per user, and the matching activity `t` over all
-/// items (value-independent, shared).
-#[derive(Clone, Debug, PartialEq)]
-pub struct OwnPart {
-    pub own: Own,
-    pub e: Vec<f32>,
-    pub t: Arc<Buf<f32>>,
-}
-
-impl Components {
-    /// Whether both hold the very same value-independent vectors (ALS volume, returns), so
-    /// [`user_factors`] gives the same result for both.
-    pub fn shares_user_parts(&self, other: &Components) -> bool {
-        fn same<T>(a: &Option<std::sync::Arc<T>>, b: &Option<std::sync::Arc<T>>) -> bool {
-            match (a, b) {
-                (None, None) => true,
-                (Some(x), Some(y)) => std::sync::Arc::ptr_eq(x, y),
-                _ => false,
-            }
-        }
-        same(&self.als_volume, &other.als_volume)
-            && same(&self.knn_volume, &other.knn_volume)
-            && same(&self.returns, &other.returns)
-            && self.own.len() == other.own.len()
-            && self
-                .own
-                .iter()
-                .zip(&other.own)
-                .all(|(a, b)| a.own == b.own && Arc::ptr_eq(&a.t, &b.t))
-    }
-
-    /// The own engagement `e` and activity `t` for `own` (`t_affinity` are the affinity totals).
-    /// Panics when the measure was not computed (a caller bug: ask for it in
-    /// [`Scorer::components_with`]).
-    pub fn own_parts<'a>(&'a self, own: Own, t_affinity: &'a [f32]) -> (&'a [f32], &'a [f32]) {
-        if own == Own::Affinity {
-            return (&self.e, t_affinity);
-        }
-        let p = self
-            .own
-            .iter()
-            .find(|p| p.own == own)
-            .unwrap_or_else(|| panic!("own measure {own:?} not computed"));
-        (&p.e, &p.t)
-    }
-}
 
 /// Scores users for values against one affinity matrix and optional models. Everything that does
 /// not depend on the value (activity, CF denominators, kNN transpose, `Y_all`) is computed in
 /// [`Scorer::new`].
 pub struct Scorer<'a> {
     ui: &'a Csr,
-    als: Option<&'a AlsModel>,
-    knn: Option<&'a Csr>,
+    pub(crate) als: Option<&'a AlsModel>,
+    pub(crate) knn: Option<&'a Csr>,
     /// Transposed kNN matrix: row `i` lists the items `j` having `i` as a neighbour, with `S(j,i)`.
     knn_t: Option<Cow<'a, Csr>>,
     /// `t_u`.
@@ -199,8 +76,8 @@ pub struct Scorer<'a> {
     knn_den: Buf<f32>,
     /// `x_u . Y_all` (empty without ALS).
     als_den: Buf<f32>,
-    als_volume: Arc<Buf<f32>>,
-    knn_volume: Arc<Buf<f32>>,
+    pub(crate) als_volume: Arc<Buf<f32>>,
+    pub(crate) knn_volume: Arc<Buf<f32>>,
     /// `d_u` and `r_u`, `None` until [`Scorer::with_days`].
     returns: Option<std::sync::Arc<Returns>>,
     /// Engagement days per stored pair and the reference day ages are counted to.
@@ -223,29 +100,6 @@ pub struct ScorerParts {
     pub als_volume: Buf<f32>,
     pub returns: Option<Returns>,
     pub own_totals: Vec<(Own, Buf<f32>)>,
-}
-
-/// Runs `f(first_user, chunk)` over `threads` contiguous chunks of `out` in parallel (scoped
-/// threads doing pure arithmetic; the calling thread takes the first chunk).
-fn par_chunks<T: Send>(out: &mut [T], threads: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    let n = out.len();
-    let threads = threads.clamp(1, 64).min(n.max(1));
-    if threads <= 1 || n < 65_536 {
-        f(0, out);
-        return;
-    }
-    let chunk = n.div_ceil(threads);
-    std::thread::scope(|scope| {
-        let mut parts = out.chunks_mut(chunk).enumerate();
-        let first = parts.next();
-        for (k, part) in parts {
-            let f = &f;
-            scope.spawn(move || f(k * chunk, part));
-        }
-        if let Some((_, part)) = first {
-            f(0, part);
-        }
-    });
 }
 
 impl<'a> Scorer<'a> {
@@ -535,7 +389,7 @@ impl<'a> Scorer<'a> {
 
     /// Membership mask of the value and its distinct in-range items (ids >= n_items are ignored, so
     /// are duplicates; the input need not be sorted).
-    fn value_set(&self, value_items: &[u32]) -> (Vec<bool>, Vec<u32>) {
+    pub(crate) fn value_set(&self, value_items: &[u32]) -> (Vec<bool>, Vec<u32>) {
         let mut mask = vec![false; self.n_items()];
         let mut distinct = Vec::with_capacity(value_items.len());
         for &i in value_items {
@@ -716,7 +570,7 @@ impl<'a> Scorer<'a> {
     /// One vector per measure of `owns` (none of them [`Own::Affinity`]) for the users `users`
     /// (all when `None`, in that order): over the items of `mask` (all items when `None`).
     /// Users whose `e` is 0 have no item of the value and get 0 without reading their days.
-    fn own_columns(
+    pub(crate) fn own_columns(
         &self,
         users: Option<&[usize]>,
         mask: Option<&[bool]>,
@@ -810,412 +664,6 @@ impl<'a> Scorer<'a> {
         out.truncate(limit);
         out
     }
-}
-
-/// `t^exp`, with the exact values for the common exponents and `0^0 = 1`.
-#[inline]
-fn activity_factor(t: f32, exp: f32) -> f32 {
-    if exp == 0.0 {
-        1.0
-    } else if t <= 0.0 {
-        0.0
-    } else if exp == 1.0 {
-        t
-    } else if exp == 0.5 {
-        t.sqrt()
-    } else {
-        t.powf(exp)
-    }
-}
-
-/// An own measure's activity totals for the whole population and picked for a sample.
-type PickedTotals = (Own, Arc<Buf<f32>>, Arc<Buf<f32>>);
-
-/// A fixed subset of a scorer's users (for tuning on a sample): picks their entries out of
-/// per-user vectors and [`Components`], sharing the value-independent parts between values.
-pub struct Sample {
-    pub users: Vec<usize>,
-    als_volume: Option<Arc<Buf<f32>>>,
-    knn_volume: Option<Arc<Buf<f32>>>,
-    returns: Option<std::sync::Arc<Returns>>,
-    /// Picked own-measure totals, shared between values.
-    own_totals: Mutex<Vec<PickedTotals>>,
-}
-
-impl Sample {
-    /// Every `step`-th user of the scorer's `n_users` (step >= 1).
-    pub fn every(scorer: &Scorer, step: usize) -> Sample {
-        let users: Vec<usize> = (0..scorer.n_users()).step_by(step.max(1)).collect();
-        let pick = |v: &[f32]| users.iter().map(|&u| v[u]).collect::<Vec<f32>>();
-        let als_volume = scorer
-            .als
-            .map(|_| Arc::new(pick(&scorer.als_volume).into()));
-        let knn_volume = scorer
-            .knn
-            .map(|_| Arc::new(pick(&scorer.knn_volume).into()));
-        let returns = scorer
-            .returns()
-            .map(|r| std::sync::Arc::new(r.pick(&users)));
-        Sample {
-            users,
-            als_volume,
-            knn_volume,
-            returns,
-            own_totals: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// `v` restricted to the sample.
-    pub fn pick<T: Copy>(&self, v: &[T]) -> Vec<T> {
-        self.users.iter().map(|&u| v[u]).collect()
-    }
-
-    /// The scorer's components of a value with the own measures `owns`, for the sample's users:
-    /// the own measures and their totals are computed for these users only (the rest of the
-    /// components come from the whole population, as [`Sample::components`]).
-    pub fn components_with(
-        &self,
-        scorer: &Scorer,
-        value_items: &[u32],
-        owns: &[Own],
-    ) -> Components {
-        let mut c = self.components(&scorer.components(value_items));
-        let (mask, _) = scorer.value_set(value_items);
-        let wanted: Vec<Own> = {
-            let mut w: Vec<Own> = Vec::new();
-            for &o in owns {
-                if o != Own::Affinity && !w.contains(&o) {
-                    w.push(o);
-                }
-            }
-            w
-        };
-        // The sample's e was picked in user order, so index it by sample position.
-        let mut e_full = vec![0f32; scorer.n_users()];
-        for (r, &u) in self.users.iter().enumerate() {
-            e_full[u] = c.e[r];
-        }
-        let cols = scorer.own_columns(Some(&self.users), Some(&mask), Some(&e_full), &wanted);
-        c.own = wanted
-            .iter()
-            .zip(cols)
-            .map(|(&own, e)| {
-                let cached = self
-                    .own_totals
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|x| x.0 == own)
-                    .map(|x| x.2.clone());
-                let t = cached.unwrap_or_else(|| {
-                    let t: Arc<Buf<f32>> = Arc::new(
-                        scorer
-                            .own_columns(Some(&self.users), None, None, &[own])
-                            .pop()
-                            .unwrap_or_default()
-                            .into(),
-                    );
-                    // The whole-population slot is unused for totals computed on the sample only.
-                    self.own_totals
-                        .lock()
-                        .unwrap()
-                        .push((own, Arc::new(Buf::new()), t.clone()));
-                    t
-                });
-                OwnPart { own, e, t }
-            })
-            .collect();
-        c
-    }
-
-    /// `c` (computed by the same scorer) restricted to the sample.
-    pub fn components(&self, c: &Components) -> Components {
-        Components {
-            e: self.pick(&c.e),
-            knn_share: c.knn_share.as_deref().map(|x| self.pick(x)),
-            als_share: c.als_share.as_deref().map(|x| self.pick(x)),
-            als_volume: c.als_volume.as_ref().and(self.als_volume.clone()),
-            knn_volume: c.knn_volume.as_ref().and(self.knn_volume.clone()),
-            returns: c.returns.as_ref().and(self.returns.clone()),
-            own: c
-                .own
-                .iter()
-                .map(|p| {
-                    let t = self
-                        .own_totals
-                        .lock()
-                        .unwrap()
-                        .iter()
-                        .find(|x| x.0 == p.own && Arc::ptr_eq(&x.1, &p.t))
-                        .map(|x| x.2.clone());
-                    let t = t.unwrap_or_else(|| {
-                        let t: Arc<Buf<f32>> = Arc::new(self.pick(&p.t).into());
-                        self.own_totals
-                            .lock()
-                            .unwrap()
-                            .push((p.own, p.t.clone(), t.clone()));
-                        t
-                    });
-                    OwnPart {
-                        own: p.own,
-                        e: self.pick(&p.e),
-                        t,
-                    }
-                })
-                .collect(),
-        }
-    }
-}
-
-/// How each user returns, from the latest event time of each of their items (only those are
-/// kept): lower bounds of the true figures, exact when every item was engaged with on one day.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Returns {
-    /// `d_u`: distinct days (`time.div_euclid(per_day)`) among the row's times (0 for an empty row).
-    pub days: Buf<f32>,
-    /// `r_u`: 1 + days from the earliest to the latest of them (0 for an empty row).
-    pub tenure: Buf<f32>,
-}
-
-impl Returns {
-    /// Exact active days and tenures from the engagement days of each stored pair.
-    pub fn from_days(ui: &Csr, days: &DayIndex) -> Returns {
-        let mut buf: Vec<u16> = Vec::new();
-        let (mut d_out, mut r_out) = (Vec::with_capacity(ui.n_rows), Vec::with_capacity(ui.n_rows));
-        for u in 0..ui.n_rows {
-            crate::util::interrupt::poll_every(u);
-            buf.clear();
-            for p in ui.indptr[u]..ui.indptr[u + 1] {
-                buf.extend_from_slice(days.of(p).0);
-            }
-            buf.sort_unstable();
-            let span = match (buf.first(), buf.last()) {
-                (Some(&a), Some(&b)) => (b - a) as f32 + 1.0,
-                _ => 0.0,
-            };
-            buf.dedup();
-            d_out.push(buf.len() as f32);
-            r_out.push(span);
-        }
-        Returns {
-            days: d_out.into(),
-            tenure: r_out.into(),
-        }
-    }
-
-    /// From the latest time of each pair only (lower bounds); kept to check [`Returns::from_days`].
-    #[cfg(test)]
-    pub fn from_last_seen<T: Copy + Into<i64>>(ui: &Csr, last_seen: &[T], per_day: i64) -> Returns {
-        assert_eq!(
-            last_seen.len(),
-            ui.indices.len(),
-            "one time per stored affinity"
-        );
-        let per_day = per_day.max(1);
-        let mut buf: Vec<i64> = Vec::new();
-        let (mut days, mut tenure) = (Vec::with_capacity(ui.n_rows), Vec::with_capacity(ui.n_rows));
-        for u in 0..ui.n_rows {
-            buf.clear();
-            buf.extend(
-                last_seen[ui.indptr[u]..ui.indptr[u + 1]]
-                    .iter()
-                    .map(|&x| x.into().div_euclid(per_day)),
-            );
-            buf.sort_unstable();
-            let span = match (buf.first(), buf.last()) {
-                (Some(a), Some(b)) => (b - a + 1) as f32,
-                _ => 0.0,
-            };
-            buf.dedup();
-            days.push(buf.len() as f32);
-            tenure.push(span);
-        }
-        Returns {
-            days: days.into(),
-            tenure: tenure.into(),
-        }
-    }
-
-    /// The same users picked by index (for tuning on a sample).
-    pub fn pick(&self, users: &[usize]) -> Returns {
-        Returns {
-            days: users.iter().map(|&u| self.days[u]).collect(),
-            tenure: users.iter().map(|&u| self.tenure[u]).collect(),
-        }
-    }
-}
-
-/// Users who already engaged with the value (`e_u > 0`): the ones a cross-sell audience drops.
-pub fn engaged(c: &Components) -> Vec<bool> {
-    c.e.iter().map(|&e| e > 0.0).collect()
-}
-
-/// Scores from precomputed components and activities `t` (see the module doc for the formula).
-/// Never returns NaN.
-pub fn score_from_components(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
-    score_with_factors(c, t, p, &user_factors(c, t, p))
-}
-
-/// What [`user_factors`] depends on besides the shared per-user vectors: two parameter sets with
-/// the same key get the same factors from the same components.
-pub type FactorKey = (u32, u8, u32, u32, (u8, u32));
-
-/// Which volume vector scales the score: 0 = the observed activity (in the own measure's unit),
-/// 1 = the ALS-predicted volume, 2 = the kNN volume; a model that is missing falls back to 0.
-fn volume_kind(c: &Components, p: &HybridParams) -> u8 {
-    if p.volume >= 1.5 && c.knn_volume.is_some() {
-        2
-    } else if (0.5..1.5).contains(&p.volume) && c.als_volume.is_some() {
-        1
-    } else {
-        0
-    }
-}
-
-pub fn factor_key(c: &Components, p: &HybridParams) -> FactorKey {
-    let used = |x: f32| {
-        if x != 0.0 && !x.is_nan() && c.returns.is_some() {
-            x.to_bits()
-        } else {
-            0
-        }
-    };
-    let kind = volume_kind(c, p);
-    // The observed volume is the activity in the own measure's unit.
-    let unit = if kind != 0 || p.activity_exp == 0.0 {
-        (0, 0)
-    } else {
-        p.own.key()
-    };
-    (
-        p.activity_exp.to_bits(),
-        kind,
-        used(p.days_exp),
-        used(p.tenure_exp),
-        unit,
-    )
-}
-
-/// The per-user scale of the score, `v_u^activity_exp * d_u^days_exp * r_u^tenure_exp` (see the
-/// module doc). Value-independent: it depends on `t`, the shared parts of `c` (ALS volume,
-/// returns) and [`factor_key`] only.
-pub fn user_factors(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
-    let n = c.e.len();
-    assert_eq!(
-        t.len(),
-        n,
-        "components and totals disagree on the number of users"
-    );
-    let volume: &[f32] = match (volume_kind(c, p), &c.als_volume, &c.knn_volume) {
-        (1, Some(v), _) | (2, _, Some(v)) => v.as_slice(),
-        _ => c.own_parts(p.own, t).1,
-    };
-    assert_eq!(
-        volume.len(),
-        n,
-        "components and volumes disagree on the number of users"
-    );
-    let used = |x: f32| x != 0.0 && !x.is_nan();
-    let returns: Option<&Returns> = c
-        .returns
-        .as_deref()
-        .filter(|_| used(p.days_exp) || used(p.tenure_exp));
-    if let Some(r) = returns {
-        assert!(
-            r.days.len() == n && r.tenure.len() == n,
-            "components and returns disagree on the number of users"
-        );
-    }
-    (0..n)
-        .map(|u| {
-            let mut f = activity_factor(volume[u], p.activity_exp);
-            if let Some(r) = returns {
-                if used(p.days_exp) {
-                    f *= activity_factor(r.days[u], p.days_exp);
-                }
-                if used(p.tenure_exp) {
-                    f *= activity_factor(r.tenure[u], p.tenure_exp);
-                }
-            }
-            f
-        })
-        .collect()
-}
-
-/// [`score_from_components`] with the user factors `f` precomputed by [`user_factors`] (for the
-/// same `t`, shared components and [`factor_key`]).
-pub fn score_with_factors(c: &Components, t: &[f32], p: &HybridParams, f: &[f32]) -> Vec<f32> {
-    let n = c.e.len();
-    assert!(
-        t.len() == n && f.len() == n,
-        "components, totals and factors disagree on the number of users"
-    );
-    let kw = if p.knn_weight.is_nan() {
-        0.5
-    } else {
-        p.knn_weight.clamp(0.0, 1.0)
-    };
-    let cf = |u: usize| -> f32 {
-        match (&c.knn_share, &c.als_share) {
-            (Some(k), Some(a)) => kw * k[u] + (1.0 - kw) * a[u],
-            (Some(k), None) => k[u],
-            (None, Some(a)) => a[u],
-            (None, None) => 0.0,
-        }
-    };
-    let prior = if p.prior.is_nan() {
-        0.0
-    } else {
-        p.prior.max(0.0)
-    };
-    // Pure CF without any collaborative model would score everyone 0: use the own share instead.
-    let prior = if prior == f32::INFINITY && c.knn_share.is_none() && c.als_share.is_none() {
-        0.0
-    } else {
-        prior
-    };
-    let (e, t) = c.own_parts(p.own, t);
-    (0..n)
-        .map(|u| {
-            let (tu, f) = (t[u], f[u]);
-            let s = if prior == f32::INFINITY {
-                cf(u) * f
-            } else if prior == 0.0 {
-                // e * (t^exp / t): bit-exact e_u for activity_exp = 1.
-                if tu > 0.0 {
-                    e[u] * (f / tu)
-                } else {
-                    0.0
-                }
-            } else {
-                let d = tu + prior;
-                (e[u] + prior * cf(u)) * (f / d)
-            };
-            if s.is_nan() {
-                0.0
-            } else {
-                s
-            }
-        })
-        .collect()
-}
-
-/// Dot product with several independent accumulators (vectorises).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
 }
 
 #[cfg(test)]

@@ -2,8 +2,11 @@
 //! ([`hybrid`]), the size and engagement rules of a request ([`audience`]), top-k selection with the SQL tie-break ([`topk`]), and holdout evaluation and
 //! parameter tuning ([`metrics`]).
 pub mod audience;
+pub mod formula;
 pub mod hybrid;
 pub mod metrics;
 pub mod own;
+pub mod params;
+pub mod sample;
 pub mod topk;
 pub mod tuning;

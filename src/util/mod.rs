@@ -8,4 +8,5 @@ pub mod codec;
 pub mod csr;
 pub mod hash;
 pub mod interrupt;
+pub mod par;
 pub mod rand;

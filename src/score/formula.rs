@@ -1,0 +1,192 @@
+//! The hybrid score from its per-user ingredients (see [`crate::score::hybrid`] for the
+//! formula): the value-independent user factors and the per-value scores. Pure Rust.
+use crate::score::hybrid::{Components, HybridParams, Returns};
+
+/// `t^exp`, with the exact values for the common exponents and `0^0 = 1`.
+#[inline]
+fn activity_factor(t: f32, exp: f32) -> f32 {
+    if exp == 0.0 {
+        1.0
+    } else if t <= 0.0 {
+        0.0
+    } else if exp == 1.0 {
+        t
+    } else if exp == 0.5 {
+        t.sqrt()
+    } else {
+        t.powf(exp)
+    }
+}
+
+/// Users who already engaged with the value (`e_u > 0`): the ones a cross-sell audience drops.
+pub fn engaged(c: &Components) -> Vec<bool> {
+    c.e.iter().map(|&e| e > 0.0).collect()
+}
+
+/// Scores from precomputed components and activities `t` (see the module doc for the formula).
+/// Never returns NaN.
+pub fn score_from_components(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
+    score_with_factors(c, t, p, &user_factors(c, t, p))
+}
+
+/// What [`user_factors`] depends on besides the shared per-user vectors: two parameter sets with
+/// the same key get the same factors from the same components.
+pub type FactorKey = (u32, u8, u32, u32, (u8, u32));
+
+/// Which volume vector scales the score: 0 = the observed activity (in the own measure's unit),
+/// 1 = the ALS-predicted volume, 2 = the kNN volume; a model that is missing falls back to 0.
+fn volume_kind(c: &Components, p: &HybridParams) -> u8 {
+    if p.volume >= 1.5 && c.knn_volume.is_some() {
+        2
+    } else if (0.5..1.5).contains(&p.volume) && c.als_volume.is_some() {
+        1
+    } else {
+        0
+    }
+}
+
+pub fn factor_key(c: &Components, p: &HybridParams) -> FactorKey {
+    let used = |x: f32| {
+        if x != 0.0 && !x.is_nan() && c.returns.is_some() {
+            x.to_bits()
+        } else {
+            0
+        }
+    };
+    let kind = volume_kind(c, p);
+    // The observed volume is the activity in the own measure's unit.
+    let unit = if kind != 0 || p.activity_exp == 0.0 {
+        (0, 0)
+    } else {
+        p.own.key()
+    };
+    (
+        p.activity_exp.to_bits(),
+        kind,
+        used(p.days_exp),
+        used(p.tenure_exp),
+        unit,
+    )
+}
+
+/// The per-user scale of the score, `v_u^activity_exp * d_u^days_exp * r_u^tenure_exp` (see the
+/// module doc). Value-independent: it depends on `t`, the shared parts of `c` (ALS volume,
+/// returns) and [`factor_key`] only.
+pub fn user_factors(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
+    let n = c.e.len();
+    assert_eq!(
+        t.len(),
+        n,
+        "components and totals disagree on the number of users"
+    );
+    let volume: &[f32] = match (volume_kind(c, p), &c.als_volume, &c.knn_volume) {
+        (1, Some(v), _) | (2, _, Some(v)) => v.as_slice(),
+        _ => c.own_parts(p.own, t).1,
+    };
+    assert_eq!(
+        volume.len(),
+        n,
+        "components and volumes disagree on the number of users"
+    );
+    let used = |x: f32| x != 0.0 && !x.is_nan();
+    let returns: Option<&Returns> = c
+        .returns
+        .as_deref()
+        .filter(|_| used(p.days_exp) || used(p.tenure_exp));
+    if let Some(r) = returns {
+        assert!(
+            r.days.len() == n && r.tenure.len() == n,
+            "components and returns disagree on the number of users"
+        );
+    }
+    (0..n)
+        .map(|u| {
+            let mut f = activity_factor(volume[u], p.activity_exp);
+            if let Some(r) = returns {
+                if used(p.days_exp) {
+                    f *= activity_factor(r.days[u], p.days_exp);
+                }
+                if used(p.tenure_exp) {
+                    f *= activity_factor(r.tenure[u], p.tenure_exp);
+                }
+            }
+            f
+        })
+        .collect()
+}
+
+/// [`score_from_components`] with the user factors `f` precomputed by [`user_factors`] (for the
+/// same `t`, shared components and [`factor_key`]).
+pub fn score_with_factors(c: &Components, t: &[f32], p: &HybridParams, f: &[f32]) -> Vec<f32> {
+    let n = c.e.len();
+    assert!(
+        t.len() == n && f.len() == n,
+        "components, totals and factors disagree on the number of users"
+    );
+    let kw = if p.knn_weight.is_nan() {
+        0.5
+    } else {
+        p.knn_weight.clamp(0.0, 1.0)
+    };
+    let cf = |u: usize| -> f32 {
+        match (&c.knn_share, &c.als_share) {
+            (Some(k), Some(a)) => kw * k[u] + (1.0 - kw) * a[u],
+            (Some(k), None) => k[u],
+            (None, Some(a)) => a[u],
+            (None, None) => 0.0,
+        }
+    };
+    let prior = if p.prior.is_nan() {
+        0.0
+    } else {
+        p.prior.max(0.0)
+    };
+    // Pure CF without any collaborative model would score everyone 0: use the own share instead.
+    let prior = if prior == f32::INFINITY && c.knn_share.is_none() && c.als_share.is_none() {
+        0.0
+    } else {
+        prior
+    };
+    let (e, t) = c.own_parts(p.own, t);
+    (0..n)
+        .map(|u| {
+            let (tu, f) = (t[u], f[u]);
+            let s = if prior == f32::INFINITY {
+                cf(u) * f
+            } else if prior == 0.0 {
+                // e * (t^exp / t): bit-exact e_u for activity_exp = 1.
+                if tu > 0.0 {
+                    e[u] * (f / tu)
+                } else {
+                    0.0
+                }
+            } else {
+                let d = tu + prior;
+                (e[u] + prior * cf(u)) * (f / d)
+            };
+            if s.is_nan() {
+                0.0
+            } else {
+                s
+            }
+        })
+        .collect()
+}
+
+/// Dot product with several independent accumulators (vectorises).
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
