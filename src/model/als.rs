@@ -37,6 +37,7 @@
 //! run time) the same code is used compiled for those features, with fused multiply-adds. The two
 //! variants round differently, so bit-identical results hold per CPU family, not across them.
 
+use crate::model::als_row::{axpy, dot, update_row};
 use crate::model::csr::Csr;
 use crate::util::buf::Buf;
 use crate::util::rand::SplitMix64;
@@ -127,7 +128,7 @@ const TASK_WORK: u64 = 1 << 21;
 const TASKS_PER_THREAD: usize = 16;
 /// Rows with at most this many stored entries have their other-side vectors gathered into a
 /// contiguous per-thread buffer once, so the CG passes run from cache.
-const GATHER_MAX_NNZ: usize = 1 << 14;
+pub(crate) const GATHER_MAX_NNZ: usize = 1 << 14;
 /// Rows per partial Gram matrix (the fixed reduction order that keeps results thread-count independent).
 const GRAM_ROWS: usize = 2048;
 /// Stored entries handled between two `check` calls while transposing.
@@ -135,7 +136,7 @@ const TRANSPOSE_CHUNK: usize = 1 << 20;
 /// Upper bound on threads, whatever the caller asks.
 const MAX_THREADS: usize = 256;
 /// CG stops when the squared residual norm falls below this.
-const CG_EPS: f32 = 1e-20;
+pub(crate) const CG_EPS: f32 = 1e-20;
 /// Standard deviation of the initial item factors.
 const INIT_STD: f32 = 0.01;
 
@@ -287,14 +288,14 @@ pub fn loss(ui: &Csr, model: &AlsModel, params: &AlsParams) -> f64 {
 // Sweeps and threading
 
 /// Per-thread scratch space, reused across rows and batches.
-struct Scratch {
-    r: Vec<f32>,
-    p: Vec<f32>,
-    ap: Vec<f32>,
+pub(crate) struct Scratch {
+    pub(crate) r: Vec<f32>,
+    pub(crate) p: Vec<f32>,
+    pub(crate) ap: Vec<f32>,
     /// Gathered other-side vectors of the current row (`nnz * k`).
-    ys: Vec<f32>,
+    pub(crate) ys: Vec<f32>,
     /// `c_ui - 1` of the current row's entries.
-    cs: Vec<f32>,
+    pub(crate) cs: Vec<f32>,
 }
 
 impl Scratch {
@@ -538,203 +539,6 @@ fn gram_block<const F: bool>(rows: &[f32], k: usize, g: &mut [f32]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The per-row conjugate-gradient update
-
-/// The other-side vectors `y_i` of one row with their weights `c_ui - 1`.
-trait Entries {
-    fn for_each(&self, f: impl FnMut(&[f32], f32));
-}
-
-/// Vectors copied contiguously into scratch.
-struct Gathered<'a> {
-    ys: &'a [f32],
-    cs: &'a [f32],
-    k: usize,
-}
-
-impl Entries for Gathered<'_> {
-    #[inline(always)]
-    fn for_each(&self, mut f: impl FnMut(&[f32], f32)) {
-        for (y, &c) in self.ys.chunks_exact(self.k).zip(self.cs) {
-            f(y, c);
-        }
-    }
-}
-
-/// Vectors read in place (rows too long to gather).
-struct Direct<'a> {
-    cols: &'a [u32],
-    vals: &'a [f32],
-    other: &'a [f32],
-    alpha: f32,
-    k: usize,
-}
-
-impl Entries for Direct<'_> {
-    #[inline(always)]
-    fn for_each(&self, mut f: impl FnMut(&[f32], f32)) {
-        let k = self.k;
-        for (&i, &v) in self.cols.iter().zip(self.vals) {
-            let s = i as usize * k;
-            f(&self.other[s..s + k], self.alpha * v);
-        }
-    }
-}
-
-/// Updates one row's factors `x` in place.
-#[inline(always)]
-fn update_row<const F: bool>(
-    cols: &[u32],
-    vals: &[f32],
-    other: &[f32],
-    gram: &[f32],
-    x: &mut [f32],
-    sc: &mut Scratch,
-    params: &AlsParams,
-) {
-    if cols.is_empty() {
-        // Optimum with no stored entries: b = 0, so x = 0.
-        x.fill(0.0);
-        return;
-    }
-    let k = x.len();
-    if cols.len() <= GATHER_MAX_NNZ {
-        let Scratch { r, p, ap, ys, cs } = sc;
-        ys.clear();
-        cs.clear();
-        for (&i, &v) in cols.iter().zip(vals) {
-            let s = i as usize * k;
-            ys.extend_from_slice(&other[s..s + k]);
-            cs.push(params.alpha * v);
-        }
-        let e = Gathered { ys, cs, k };
-        cg::<F, _>(&e, gram, x, r, p, ap, params.cg_steps);
-    } else {
-        let e = Direct {
-            cols,
-            vals,
-            other,
-            alpha: params.alpha,
-            k,
-        };
-        cg::<F, _>(
-            &e,
-            gram,
-            x,
-            &mut sc.r,
-            &mut sc.p,
-            &mut sc.ap,
-            params.cg_steps,
-        );
-    }
-}
-
-/// `steps` CG steps on `(G + sum_i c_i y_i y_i^T) x = sum_i (1 + c_i) y_i`, from the current `x`.
-/// `G` already includes `lambda I`.
-#[inline(always)]
-fn cg<const F: bool, E: Entries>(
-    e: &E,
-    gram: &[f32],
-    x: &mut [f32],
-    r: &mut [f32],
-    p: &mut [f32],
-    ap: &mut [f32],
-    steps: usize,
-) {
-    // r = b - A x = -G x + sum_i (1 + c_i - c_i (y_i . x)) y_i
-    symv::<F>(gram, x, r);
-    for v in r.iter_mut() {
-        *v = -*v;
-    }
-    e.for_each(|y, c| axpy::<F>(r, 1.0 + c - c * dot_k::<F>(y, x), y));
-    p.copy_from_slice(r);
-    let mut rs = dot_k::<F>(r, r);
-    for _ in 0..steps {
-        if rs.is_nan() || rs <= CG_EPS {
-            break;
-        }
-        symv::<F>(gram, p, ap);
-        e.for_each(|y, c| axpy::<F>(ap, c * dot_k::<F>(y, p), y));
-        let pap = dot_k::<F>(p, ap);
-        if !pap.is_finite() || pap <= 0.0 {
-            break;
-        }
-        let a = rs / pap;
-        axpy::<F>(x, a, p);
-        axpy::<F>(r, -a, ap);
-        let rs_new = dot_k::<F>(r, r);
-        let beta = rs_new / rs;
-        for (pj, &rj) in p.iter_mut().zip(r.iter()) {
-            *pj = madd::<F>(beta, *pj, rj);
-        }
-        rs = rs_new;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Small dense kernels (written so that the compiler vectorises them without reassociating floats)
-
-const LANES: usize = 8;
-
-/// `a * b + c`, fused when `F` (only instantiated inside `avx2,fma` functions).
-#[inline(always)]
-fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if F {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dot_k::<false>(a, b)
-}
-
-#[inline(always)]
-fn dot_k<const F: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; LANES];
-    let ca = a.chunks_exact(LANES);
-    let cb = b.chunks_exact(LANES);
-    let mut tail = 0f32;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail = madd::<F>(*x, *y, tail);
-    }
-    for (xa, ya) in ca.zip(cb) {
-        for ((s, &x), &y) in acc.iter_mut().zip(xa).zip(ya) {
-            *s = madd::<F>(x, y, *s);
-        }
-    }
-    let h = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    (h[0] + h[2]) + (h[1] + h[3]) + tail
-}
-
-/// `y += a * x`
-#[inline(always)]
-fn axpy<const F: bool>(y: &mut [f32], a: f32, x: &[f32]) {
-    for (yv, &xv) in y.iter_mut().zip(x) {
-        *yv = madd::<F>(a, xv, *yv);
-    }
-}
-
-/// `out = G v` for the symmetric `k x k` matrix `G` (`k = v.len()`), as a sum of scaled rows.
-#[inline(always)]
-fn symv<const F: bool>(g: &[f32], v: &[f32], out: &mut [f32]) {
-    let k = v.len();
-    out.fill(0.0);
-    for (row, &vb) in g.chunks_exact(k).zip(v) {
-        axpy::<F>(out, vb, row);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Setup helpers
 
 /// Fills `v` uniformly with mean 0 and standard deviation `std`.
@@ -837,6 +641,7 @@ mod tests {
         );
     }
     use super::*;
+    use crate::model::als_row::{cg, Direct};
 
     fn ok() -> impl FnMut() -> Result<(), Interrupted> {
         || Ok(())
