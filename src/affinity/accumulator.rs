@@ -32,32 +32,31 @@
 //! push/merge order can change them only by f64 rounding (far below the f32 output precision,
 //! and exactly zero when the terms are dyadic, as in the unit tests).
 
-use crate::util::codec::{invalid, CodecError, Reader, Writer};
-use crate::util::csr::Csr;
-use crate::util::hash::FxHasher;
-use std::hash::Hasher;
+pub(crate) use crate::affinity::interner::*;
+pub(crate) use crate::affinity::prop::*;
+pub use crate::affinity::result::*;
 
-const MAGIC: [u8; 4] = *b"PGAA";
-const VERSION: u32 = 2;
+pub(crate) const MAGIC: [u8; 4] = *b"PGAA";
+pub(crate) const VERSION: u32 = 2;
 /// Microseconds per (UTC) day: entries are keyed by `time.div_euclid(DAY_US)`.
 pub const DAY_US: i64 = 86_400_000_000;
 /// Entries buffered before the first compaction (about 25 MiB).
-const MIN_COMPACT: usize = 1 << 20;
+pub(crate) const MIN_COMPACT: usize = 1 << 20;
 /// Distinct half-life values per aggregate (slot is a `u8`).
-const MAX_SLOTS: usize = 256;
+pub(crate) const MAX_SLOTS: usize = 256;
 /// Sanity bound for the number of mapped properties in a serialized state.
-const MAX_PROPS: usize = 1 << 16;
-const NO_ID: u32 = u32::MAX;
+pub(crate) const MAX_PROPS: usize = 1 << 16;
+pub(crate) const NO_ID: u32 = u32::MAX;
 
 /// One buffered contribution. Packed to 25 bytes: this vector is the bulk of the state.
 #[derive(Clone, Copy)]
 #[repr(C, packed)]
-struct Entry {
-    user: u32,
-    item: u32,
-    slot: u8,
-    time: i64,
-    value: f64,
+pub(crate) struct Entry {
+    pub(crate) user: u32,
+    pub(crate) item: u32,
+    pub(crate) slot: u8,
+    pub(crate) time: i64,
+    pub(crate) value: f64,
 }
 
 /// The UTC day of a time in microseconds, clamped to `i32`.
@@ -76,7 +75,7 @@ impl Entry {
 
     /// Sort key: (user, item, day, slot); the day is mapped monotonically onto `u32`.
     #[inline(always)]
-    fn key(&self) -> u128 {
+    pub(crate) fn key(&self) -> u128 {
         let day = (self.day() as u32) ^ 0x8000_0000;
         ((self.user as u128) << 72)
             | ((self.item as u128) << 40)
@@ -87,7 +86,7 @@ impl Entry {
 
 /// `2^(-dt / half_life)` for `dt >= 0`; 1 when there is no decay or `dt <= 0`.
 #[inline]
-fn decay(dt: i128, half_life: Option<i64>) -> f64 {
+pub(crate) fn decay(dt: i128, half_life: Option<i64>) -> f64 {
     match half_life {
         Some(h) if dt > 0 => (-(dt as f64) / (h as f64)).exp2(),
         _ => 1.0,
@@ -96,7 +95,7 @@ fn decay(dt: i128, half_life: Option<i64>) -> f64 {
 
 /// Combines two entries of the same key: the older value is rescaled to the newer time.
 #[inline]
-fn combine(a: Entry, b: Entry, hls: &[Option<i64>]) -> Entry {
+pub(crate) fn combine(a: Entry, b: Entry, hls: &[Option<i64>]) -> Entry {
     let hl = hls[a.slot as usize];
     let (ta, tb) = (a.time, b.time);
     let (va, vb) = (a.value, b.value);
@@ -115,7 +114,7 @@ fn combine(a: Entry, b: Entry, hls: &[Option<i64>]) -> Entry {
 }
 
 /// Combines adjacent equal keys of a sorted slice in place; returns the new length.
-fn dedupe_sorted(v: &mut [Entry], hls: &[Option<i64>]) -> usize {
+pub(crate) fn dedupe_sorted(v: &mut [Entry], hls: &[Option<i64>]) -> usize {
     if v.is_empty() {
         return 0;
     }
@@ -138,7 +137,7 @@ fn dedupe_sorted(v: &mut [Entry], hls: &[Option<i64>]) -> usize {
 /// Sorts by (user, item, day, slot). When the ids and the slice's day range fit, the key is
 /// packed into a `u64` (cheaper to compare than the general `u128` key); the order is the same
 /// either way.
-fn sort_entries(v: &mut [Entry], n_users: usize, n_items: usize) {
+pub(crate) fn sort_entries(v: &mut [Entry], n_users: usize, n_items: usize) {
     let bits = |n: u64| u64::BITS - n.leading_zeros();
     let (mut lo, mut hi) = (i32::MAX, i32::MIN);
     for e in v.iter() {
@@ -164,670 +163,29 @@ fn sort_entries(v: &mut [Entry], n_users: usize, n_items: usize) {
     }
 }
 
-/// First 8 bytes of a string as a big-endian integer (zero padded): orders like the bytes.
-#[inline]
-fn prefix8(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    let n = b.len().min(8);
-    a[..n].copy_from_slice(&b[..n]);
-    u64::from_be_bytes(a)
-}
-
-/// Texts up to this many bytes are stored inline in the interner's hash slots.
-const INLINE: usize = 24;
-const EMPTY: u32 = 0;
-const LONG: u32 = u32::MAX;
-
-/// One slot of the interner's open-addressing table, half a cache line. `meta` is `EMPTY`,
-/// `len + 1` for an inline text (bytes in `data`, zero padded), or `LONG` (then `data` holds the
-/// 64-bit hash and the index of the text in `Interner::long`).
-#[derive(Clone, Copy)]
-#[repr(C, align(32))]
-struct Slot {
-    meta: u32,
-    id: u32,
-    data: [u8; INLINE],
-}
-
-const EMPTY_SLOT: Slot = Slot {
-    meta: EMPTY,
-    id: 0,
-    data: [0; INLINE],
-};
-
-#[inline]
-fn hash_bytes(b: &[u8]) -> u64 {
-    let mut h = FxHasher::default();
-    h.write(b);
-    h.write_u8(0xff);
-    h.finish()
-}
-
-/// Maps texts to dense ids. Two representations: a hash table while pushing (ids in first-seen
-/// order), or `names` sorted by byte order with id == index (canonical; after sorting or
-/// deserializing). Exactly one is populated.
-///
-/// The table is a linear-probing table whose slots hold short texts inline, so a lookup costs
-/// one cache miss (the slot) instead of two or three (control bytes, bucket, text).
-#[derive(Default)]
-struct Interner {
-    slots: Vec<Slot>,
-    /// Number of texts in the table.
-    n: usize,
-    /// Texts longer than `INLINE` (table mode only).
-    long: Vec<Box<str>>,
-    names: Vec<Box<str>>,
-    /// `names` is authoritative (and sorted); the table is empty.
-    sorted: bool,
-    /// Total text bytes, for memory accounting.
-    bytes: usize,
-}
-
-impl Interner {
-    fn new() -> Self {
-        Interner {
-            sorted: true,
-            ..Default::default()
-        }
-    }
-
-    fn len(&self) -> usize {
-        if self.sorted {
-            self.names.len()
-        } else {
-            self.n
-        }
-    }
-
-    /// Switches to the table representation, keeping ids.
-    #[cold]
-    fn switch_to_table(&mut self) {
-        let names = std::mem::take(&mut self.names);
-        self.sorted = false;
-        self.n = 0;
-        self.long.clear();
-        let mut cap = 16usize;
-        while cap < 2 * names.len() + 2 {
-            cap *= 2;
-        }
-        self.slots = vec![EMPTY_SLOT; cap];
-        for n in names.into_iter() {
-            let id = self.n as u32;
-            let h = hash_bytes(n.as_bytes());
-            if n.len() <= INLINE {
-                self.insert_new(n.as_bytes(), h, id, None);
-            } else {
-                let copy = n.as_bytes().to_vec();
-                self.insert_new(&copy, h, id, Some(n));
-            }
-        }
-    }
-
-    /// Inserts a text known to be absent (may grow the table).
-    fn insert_new(&mut self, b: &[u8], h: u64, id: u32, owned: Option<Box<str>>) {
-        if 2 * (self.n + 1) > self.slots.len() {
-            self.grow();
-        }
-        let mut slot = Slot {
-            meta: EMPTY,
-            id,
-            data: [0; INLINE],
-        };
-        if b.len() <= INLINE {
-            slot.meta = b.len() as u32 + 1;
-            slot.data[..b.len()].copy_from_slice(b);
-        } else {
-            slot.meta = LONG;
-            slot.data[..8].copy_from_slice(&h.to_le_bytes());
-            slot.data[8..12].copy_from_slice(&(self.long.len() as u32).to_le_bytes());
-            let text = owned.unwrap_or_else(|| {
-                Box::from(std::str::from_utf8(b).expect("interned text is UTF-8"))
-            });
-            self.long.push(text);
-        }
-        let mask = self.slots.len() - 1;
-        let mut pos = h as usize & mask;
-        while self.slots[pos].meta != EMPTY {
-            pos = (pos + 1) & mask;
-        }
-        self.slots[pos] = slot;
-        self.n += 1;
-    }
-
-    #[cold]
-    fn grow(&mut self) {
-        let new_cap = (self.slots.len() * 2).max(16);
-        let old = std::mem::replace(&mut self.slots, vec![EMPTY_SLOT; new_cap]);
-        let mask = new_cap - 1;
-        for sl in old.into_iter().filter(|s| s.meta != EMPTY) {
-            let h = if sl.meta == LONG {
-                u64::from_le_bytes(sl.data[..8].try_into().unwrap())
-            } else {
-                hash_bytes(&sl.data[..sl.meta as usize - 1])
-            };
-            let mut pos = h as usize & mask;
-            while self.slots[pos].meta != EMPTY {
-                pos = (pos + 1) & mask;
-            }
-            self.slots[pos] = sl;
-        }
-    }
-
-    #[inline]
-    fn intern(&mut self, s: &str) -> u32 {
-        if self.sorted {
-            self.switch_to_table();
-        }
-        let b = s.as_bytes();
-        let h = hash_bytes(b);
-        let mask = self.slots.len() - 1;
-        let mut pos = h as usize & mask;
-        if b.len() <= INLINE {
-            let meta = b.len() as u32 + 1;
-            let mut key = [0u8; INLINE];
-            key[..b.len()].copy_from_slice(b);
-            loop {
-                let sl = &self.slots[pos];
-                if sl.meta == meta && sl.data == key {
-                    return sl.id;
-                }
-                if sl.meta == EMPTY {
-                    break;
-                }
-                pos = (pos + 1) & mask;
-            }
-        } else {
-            loop {
-                let sl = &self.slots[pos];
-                if sl.meta == LONG && sl.data[..8] == h.to_le_bytes() {
-                    let idx = u32::from_le_bytes(sl.data[8..12].try_into().unwrap()) as usize;
-                    if &*self.long[idx] == s {
-                        return sl.id;
-                    }
-                }
-                if sl.meta == EMPTY {
-                    break;
-                }
-                pos = (pos + 1) & mask;
-            }
-        }
-        let id = u32::try_from(self.n)
-            .ok()
-            .filter(|&i| i != NO_ID)
-            .expect("more than 2^32-1 distinct ids");
-        self.bytes += b.len();
-        self.insert_new(b, h, id, None);
-        id
-    }
-
-    /// Makes the representation canonical. Returns the old-id -> new-id map, or `None` when ids
-    /// did not change.
-    fn sort(&mut self) -> Option<Vec<u32>> {
-        if self.sorted {
-            return None;
-        }
-        let slots = std::mem::take(&mut self.slots);
-        let mut long = std::mem::take(&mut self.long);
-        let mut v: Vec<(u64, u32, Box<str>)> = Vec::with_capacity(self.n);
-        for sl in slots.into_iter().filter(|s| s.meta != EMPTY) {
-            let text: Box<str> = if sl.meta == LONG {
-                let idx = u32::from_le_bytes(sl.data[8..12].try_into().unwrap()) as usize;
-                std::mem::take(&mut long[idx])
-            } else {
-                Box::from(
-                    std::str::from_utf8(&sl.data[..sl.meta as usize - 1])
-                        .expect("interned text is UTF-8"),
-                )
-            };
-            v.push((prefix8(text.as_bytes()), sl.id, text));
-        }
-        drop(long);
-        v.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
-        let mut remap = vec![0u32; v.len()];
-        let mut identity = true;
-        self.names = Vec::with_capacity(v.len());
-        for (rank, (_, old, s)) in v.into_iter().enumerate() {
-            remap[old as usize] = rank as u32;
-            identity &= old as usize == rank;
-            self.names.push(s);
-        }
-        self.sorted = true;
-        self.n = 0;
-        if identity {
-            None
-        } else {
-            Some(remap)
-        }
-    }
-
-    fn memory_bytes(&self) -> usize {
-        // table mode: short texts live in the slots, long ones in their own allocation;
-        // sorted mode: every name is its own allocation (~16 bytes allocator overhead each).
-        self.slots.capacity() * std::mem::size_of::<Slot>()
-            + self.long.capacity() * std::mem::size_of::<Box<str>>()
-            + self.long.len() * 16
-            + self.names.capacity() * std::mem::size_of::<Box<str>>()
-            + self.names.len() * 16
-            + self.bytes
-    }
-}
-
-/// Merges two sorted, duplicate-free name lists; returns the union and both old -> new maps.
-type MergedNames = (Vec<Box<str>>, Option<Vec<u32>>, Option<Vec<u32>>);
-
-fn merge_names(a: Vec<Box<str>>, b: Vec<Box<str>>) -> MergedNames {
-    let (na, nb) = (a.len(), b.len());
-    let mut out = Vec::with_capacity(na + nb);
-    let mut ra = Vec::with_capacity(na);
-    let mut rb = Vec::with_capacity(nb);
-    let mut ia = a.into_iter().peekable();
-    let mut ib = b.into_iter().peekable();
-    loop {
-        let ord = match (ia.peek(), ib.peek()) {
-            (Some(x), Some(y)) => x.cmp(y),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => break,
-        };
-        let id = out.len() as u32;
-        match ord {
-            std::cmp::Ordering::Less => {
-                ra.push(id);
-                out.push(ia.next().unwrap());
-            }
-            std::cmp::Ordering::Greater => {
-                rb.push(id);
-                out.push(ib.next().unwrap());
-            }
-            std::cmp::Ordering::Equal => {
-                ra.push(id);
-                rb.push(id);
-                out.push(ia.next().unwrap());
-                ib.next();
-            }
-        }
-    }
-    assert!(out.len() < NO_ID as usize, "more than 2^32-1 distinct ids");
-    let ident = |r: &Vec<u32>| r.iter().enumerate().all(|(i, &x)| i as u32 == x);
-    let ra = if ident(&ra) { None } else { Some(ra) };
-    let rb = if ident(&rb) { None } else { Some(rb) };
-    (out, ra, rb)
-}
-
-/// A property value; short ones inline so the per-row comparison does not chase a pointer.
-/// Always holds valid UTF-8 (built from `&str` only).
-#[derive(Clone, Debug)]
-enum PText {
-    Inline { len: u8, buf: [u8; 22] },
-    Heap(Box<str>),
-}
-
-impl PText {
-    #[inline]
-    fn new(s: &str) -> PText {
-        if s.len() <= 22 {
-            let mut buf = [0u8; 22];
-            buf[..s.len()].copy_from_slice(s.as_bytes());
-            PText::Inline {
-                len: s.len() as u8,
-                buf,
-            }
-        } else {
-            PText::Heap(Box::from(s))
-        }
-    }
-
-    fn from_box(s: Box<str>) -> PText {
-        if s.len() <= 22 {
-            PText::new(&s)
-        } else {
-            PText::Heap(s)
-        }
-    }
-
-    #[inline]
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            PText::Inline { len, buf } => &buf[..*len as usize],
-            PText::Heap(b) => b.as_bytes(),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(self.as_bytes()).expect("property text is UTF-8")
-    }
-
-    /// Heap bytes owned (for memory accounting).
-    fn heap_len(&self) -> usize {
-        match self {
-            PText::Inline { .. } => 0,
-            PText::Heap(b) => b.len() + 16,
-        }
-    }
-}
-
-/// Latest non-null value of one property of one item.
-#[derive(Clone, Debug)]
-struct PropVal {
-    time: i64,
-    value: Option<PText>,
-}
-
-impl Default for PropVal {
-    fn default() -> Self {
-        PropVal {
-            time: i64::MIN,
-            value: None,
-        }
-    }
-}
-
-impl PropVal {
-    /// Latest time wins; on equal times the larger string wins. Returns the change in heap bytes.
-    #[inline]
-    fn update(&mut self, time: i64, v: &str) -> isize {
-        let vb = v.as_bytes();
-        match &self.value {
-            Some(cur) if cur.as_bytes() == vb => {
-                if time > self.time {
-                    self.time = time;
-                }
-                0
-            }
-            Some(cur) => {
-                if time > self.time || (time == self.time && vb > cur.as_bytes()) {
-                    let old = cur.heap_len() as isize;
-                    let new = PText::new(v);
-                    let d = new.heap_len() as isize - old;
-                    self.value = Some(new);
-                    self.time = time;
-                    d
-                } else {
-                    0
-                }
-            }
-            None => {
-                let new = PText::new(v);
-                let d = new.heap_len() as isize;
-                self.value = Some(new);
-                self.time = time;
-                d
-            }
-        }
-    }
-
-    /// Same rule as [`PropVal::update`], for merging states.
-    fn merge(&mut self, other: PropVal) {
-        let Some(ov) = other.value else { return };
-        let take = match &self.value {
-            None => true,
-            Some(cur) => {
-                other.time > self.time
-                    || (other.time == self.time && ov.as_bytes() > cur.as_bytes())
-            }
-        };
-        if take {
-            self.value = Some(ov);
-            self.time = other.time;
-        } else if self.value.as_ref().map(|c| c.as_bytes()) == Some(ov.as_bytes())
-            && other.time > self.time
-        {
-            self.time = other.time;
-        }
-    }
-}
-
 /// Aggregate state; see the module documentation.
 pub struct Accumulator {
-    n_props: usize,
-    users: Interner,
-    items: Interner,
+    pub(crate) n_props: usize,
+    pub(crate) users: Interner,
+    pub(crate) items: Interner,
     /// Distinct half-lives; an entry's `slot` indexes this table.
-    hls: Vec<Option<i64>>,
+    pub(crate) hls: Vec<Option<i64>>,
     /// Cache of the last half-life looked up.
-    last_hl: Option<(Option<i64>, u8)>,
-    entries: Vec<Entry>,
+    pub(crate) last_hl: Option<(Option<i64>, u8)>,
+    pub(crate) entries: Vec<Entry>,
     /// `entries[..sorted_len]` is sorted by key and has no duplicate keys.
-    sorted_len: usize,
+    pub(crate) sorted_len: usize,
     /// Compact when `entries.len()` reaches this.
-    threshold: usize,
+    pub(crate) threshold: usize,
     /// `[prop][item]`; an inner vector may be shorter than the item count (missing = null).
-    props: Vec<Vec<PropVal>>,
-    prop_bytes: usize,
-    reference: Option<i64>,
+    pub(crate) props: Vec<Vec<PropVal>>,
+    pub(crate) prop_bytes: usize,
+    pub(crate) reference: Option<i64>,
     /// Upper bound of the default reference; local to the finishing backend, not serialized.
-    reference_cap: Option<i64>,
-    rows: u64,
-    min_time: i64,
-    max_time: i64,
-}
-
-/// Result of the aggregate.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Affinity {
-    /// User texts sorted by byte order; row `r` of `matrix` is `users[r]`.
-    pub users: Vec<String>,
-    /// Item texts sorted by byte order; column `c` of `matrix` is `items[c]`.
-    pub items: Vec<String>,
-    /// users x items decayed affinity `sum w * 2^(-(reference - t) / half_life)`; only pairs with
-    /// a positive (f32) affinity are stored.
-    pub matrix: Csr,
-    /// Per stored entry (same order as `matrix.indices`): latest event time in microseconds.
-    pub last_seen: Vec<i64>,
-    /// Per stored entry: its engagement occasions (days with events).
-    pub occasions: Occasions,
-    /// `[prop][item]`: value from the item's most recent event carrying a non-null value for that
-    /// property (ties on time: the larger string).
-    pub item_props: Vec<Vec<Option<String>>>,
-    pub reference_us: i64,
-    pub rows: u64,
-    pub min_time_us: i64,
-    pub max_time_us: i64,
-}
-
-/// Microseconds per minute (the unit of [`Occasions::minute`]).
-pub const MINUTE_US: i64 = 60_000_000;
-
-/// The engagement occasions of an affinity matrix: per stored pair, one record per (UTC day,
-/// half-life slot) with events, in ascending day order. Exact counts of the distinct days a
-/// user engaged with an item or with any set of items, and enough to recompute the affinity of
-/// any earlier cut-off (see [`Affinity::until`]).
-#[derive(Clone, Debug, PartialEq, Default)]
-pub struct Occasions {
-    /// `ptr[p]..ptr[p + 1]` index the records of stored pair `p` (`nnz + 1` entries).
-    pub ptr: Vec<u32>,
-    /// Latest event time of the record, in minutes since 2000-01-01 UTC.
-    pub minute: Vec<i32>,
-    /// Decayed weight of the record's events at that time (their summed weight, for half-lives
-    /// much longer than a day).
-    pub value: Vec<f32>,
-    /// Half-life slot of the record (index into `half_lives`).
-    pub slot: Vec<u8>,
-    /// Half-life of each slot in microseconds (`None` = no decay).
-    pub half_lives: Vec<Option<i64>>,
-}
-
-impl Occasions {
-    /// Records of stored pair `p`.
-    #[inline]
-    pub fn range(&self, p: usize) -> std::ops::Range<usize> {
-        self.ptr[p] as usize..self.ptr[p + 1] as usize
-    }
-
-    /// The UTC day of record `r`.
-    #[inline]
-    pub fn day(&self, r: usize) -> i32 {
-        self.minute[r].div_euclid(1440)
-    }
-
-    pub fn len(&self) -> usize {
-        self.minute.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.minute.is_empty()
-    }
-
-    /// Approximate heap bytes.
-    pub fn memory_bytes(&self) -> usize {
-        self.ptr.capacity() * 4
-            + self.minute.capacity() * 4
-            + self.value.capacity() * 4
-            + self.slot.capacity()
-    }
-}
-
-impl Affinity {
-    /// The affinity of the events on days before `cut_day` only (a training split), decayed to
-    /// the latest such event (never after `reference_cap_us` when given). Users and items left
-    /// without pairs are dropped, as in [`Affinity::without_empty`]; item properties are kept
-    /// (they describe items, not the split). `rows` counts the kept occasion records.
-    pub fn until(&self, cut_day: i32) -> Affinity {
-        let m = &self.matrix;
-        let o = &self.occasions;
-        let mut latest = i64::MIN;
-        let mut min_t = i64::MAX;
-        for r in 0..o.len() {
-            if o.day(r) < cut_day {
-                let t = o.minute[r] as i64 * MINUTE_US;
-                latest = latest.max(t);
-                min_t = min_t.min(t);
-            }
-        }
-        let reference = if latest == i64::MIN { 0 } else { latest };
-        let mut indptr = Vec::with_capacity(m.n_rows + 1);
-        indptr.push(0usize);
-        let (mut indices, mut data, mut last_seen) = (Vec::new(), Vec::new(), Vec::new());
-        let mut occ = Occasions {
-            ptr: vec![0],
-            half_lives: o.half_lives.clone(),
-            ..Default::default()
-        };
-        for u in 0..m.n_rows {
-            crate::util::interrupt::poll_every(u);
-            for p in m.indptr[u]..m.indptr[u + 1] {
-                let mut a = 0f64;
-                let mut last = i64::MIN;
-                let start = occ.minute.len();
-                for r in o.range(p) {
-                    if o.day(r) >= cut_day {
-                        break; // records are in day order
-                    }
-                    let t = o.minute[r] as i64 * MINUTE_US;
-                    a += o.value[r] as f64
-                        * decay(
-                            reference as i128 - t as i128,
-                            o.half_lives[o.slot[r] as usize],
-                        );
-                    last = last.max(t);
-                    occ.minute.push(o.minute[r]);
-                    occ.value.push(o.value[r]);
-                    occ.slot.push(o.slot[r]);
-                }
-                let af = if a >= f32::MAX as f64 {
-                    f32::MAX
-                } else {
-                    a as f32
-                };
-                if af > 0.0 {
-                    indices.push(m.indices[p]);
-                    data.push(af);
-                    last_seen.push(last);
-                    occ.ptr.push(occ.minute.len() as u32);
-                } else {
-                    occ.minute.truncate(start);
-                    occ.value.truncate(start);
-                    occ.slot.truncate(start);
-                }
-            }
-            indptr.push(indices.len());
-        }
-        let rows = occ.len() as u64;
-        let matrix = Csr {
-            n_rows: m.n_rows,
-            n_cols: m.n_cols,
-            indptr: indptr.into(),
-            indices: indices.into(),
-            data: data.into(),
-        };
-        Affinity {
-            users: self.users.clone(),
-            items: self.items.clone(),
-            matrix,
-            last_seen,
-            occasions: occ,
-            item_props: self.item_props.clone(),
-            reference_us: reference,
-            rows,
-            min_time_us: if min_t == i64::MAX { 0 } else { min_t },
-            max_time_us: reference,
-        }
-        .without_empty()
-    }
-
-    /// Drops users and items left without any stored pair (all their affinity was <= 0), so
-    /// user counts and percentiles only count users with evidence. Order is kept.
-    pub fn without_empty(self) -> Affinity {
-        let m = &self.matrix;
-        let mut item_used = vec![false; m.n_cols];
-        for &c in &m.indices {
-            item_used[c as usize] = true;
-        }
-        let user_used: Vec<bool> = (0..m.n_rows)
-            .map(|r| m.indptr[r + 1] > m.indptr[r])
-            .collect();
-        if item_used.iter().all(|&b| b) && user_used.iter().all(|&b| b) {
-            return self;
-        }
-        let mut new_col = vec![u32::MAX; m.n_cols];
-        let mut items = Vec::new();
-        for (c, name) in self.items.into_iter().enumerate() {
-            if item_used[c] {
-                new_col[c] = items.len() as u32;
-                items.push(name);
-            }
-        }
-        let users: Vec<String> = self
-            .users
-            .into_iter()
-            .zip(&user_used)
-            .filter(|(_, &u)| u)
-            .map(|(n, _)| n)
-            .collect();
-        let mut indptr = vec![0usize];
-        for (r, &used) in user_used.iter().enumerate() {
-            if used {
-                indptr.push(m.indptr[r + 1] - m.indptr[r] + indptr.last().unwrap());
-            }
-        }
-        // Column order is kept by the remap (it is monotonic), so rows stay sorted.
-        let indices: Vec<u32> = m.indices.iter().map(|&c| new_col[c as usize]).collect();
-        let matrix = Csr {
-            n_rows: users.len(),
-            n_cols: items.len(),
-            indptr: indptr.into(),
-            indices: indices.into(),
-            data: m.data.clone(),
-        };
-        let item_props = self
-            .item_props
-            .into_iter()
-            .map(|col| {
-                col.into_iter()
-                    .zip(&item_used)
-                    .filter(|(_, &u)| u)
-                    .map(|(v, _)| v)
-                    .collect()
-            })
-            .collect();
-        Affinity {
-            users,
-            items,
-            matrix,
-            item_props,
-            ..self
-        }
-    }
+    pub(crate) reference_cap: Option<i64>,
+    pub(crate) rows: u64,
+    pub(crate) min_time: i64,
+    pub(crate) max_time: i64,
 }
 
 impl Accumulator {
@@ -1048,7 +406,7 @@ impl Accumulator {
 
     /// Canonical form: ids in text order, slots in half-life order, entries sorted and
     /// deduplicated, property vectors padded.
-    fn canonicalize(&mut self) {
+    pub(crate) fn canonicalize(&mut self) {
         let ur = self.users.sort();
         let ir = self.items.sort();
         let sr = self.sort_slots();
@@ -1216,327 +574,6 @@ impl Accumulator {
         self.rows += other.rows;
         self.min_time = self.min_time.min(other.min_time);
         self.max_time = self.max_time.max(other.max_time);
-    }
-
-    /// Canonicalizes the state and encodes it (see `deserialize`).
-    pub fn serialize(&mut self) -> Vec<u8> {
-        self.canonicalize();
-        let n = self.entries.len();
-        let mut w = Writer::with_capacity(
-            64 + n * 21 + self.users.bytes + self.items.bytes + self.users.names.len() * 8,
-        );
-        w.put_header(MAGIC, VERSION);
-        w.put_u32(self.n_props as u32);
-        w.put_u64(self.rows);
-        w.put_i64(self.min_time);
-        w.put_i64(self.max_time);
-        w.put_opt_i64(self.reference);
-        w.put_u32(self.hls.len() as u32);
-        for &h in &self.hls {
-            w.put_opt_i64(h);
-        }
-        w.put_strs(&self.users.names);
-        w.put_strs(&self.items.names);
-
-        // Entries, column-wise. Users are stored as per-user entry counts (entries are sorted).
-        let mut counts = vec![0u32; self.users.names.len()];
-        for e in &self.entries {
-            counts[e.user as usize] += 1;
-        }
-        w.put_u32s(&counts);
-        drop(counts);
-        w.put_u64(n as u64);
-        fn column<const W: usize>(w: &mut Writer, es: &[Entry], f: impl Fn(&Entry) -> [u8; W]) {
-            let start = w.0.len();
-            w.0.resize(start + es.len() * W, 0);
-            for (dst, e) in w.0[start..].chunks_exact_mut(W).zip(es) {
-                dst.copy_from_slice(&f(e));
-            }
-        }
-        column(&mut w, &self.entries, |e| e.item.to_le_bytes());
-        column(&mut w, &self.entries, |e| [e.slot]);
-        column(&mut w, &self.entries, |e| e.time.to_le_bytes());
-        column(&mut w, &self.entries, |e| e.value.to_le_bytes());
-
-        for p in &self.props {
-            let times: Vec<i64> = p.iter().map(|v| v.time).collect();
-            w.put_i64s(&times);
-            let flags: Vec<u8> = p.iter().map(|v| v.value.is_some() as u8).collect();
-            w.put_bytes(&flags);
-            let vals: Vec<&str> = p
-                .iter()
-                .filter_map(|v| v.value.as_ref().map(|t| t.as_str()))
-                .collect();
-            w.put_strs(&vals);
-        }
-        w.into_inner()
-    }
-
-    /// Decodes a state written by `serialize`. Any malformed input yields `Err`, never a panic.
-    pub fn deserialize(bytes: &[u8]) -> Result<Self, CodecError> {
-        let mut r = Reader::new(bytes);
-        r.expect_header(MAGIC, VERSION)?;
-        let n_props = r.get_u32()? as usize;
-        if n_props > MAX_PROPS {
-            return Err(invalid(format!("{n_props} properties")));
-        }
-        let rows = r.get_u64()?;
-        let min_time = r.get_i64()?;
-        let max_time = r.get_i64()?;
-        let reference = r.get_opt_i64()?;
-        let n_hls = r.get_u32()? as usize;
-        if n_hls > MAX_SLOTS {
-            return Err(invalid(format!("{n_hls} half-life slots")));
-        }
-        let mut hls = Vec::with_capacity(n_hls);
-        for _ in 0..n_hls {
-            let h = r.get_opt_i64()?;
-            if matches!(h, Some(x) if x <= 0) {
-                return Err(invalid("non-positive half-life"));
-            }
-            if hls.last().is_some_and(|&l| l >= h) {
-                return Err(invalid("half-life table not sorted"));
-            }
-            hls.push(h);
-        }
-        let read_names = |r: &mut Reader| -> Result<(Vec<Box<str>>, usize), CodecError> {
-            let mut names: Vec<Box<str>> = Vec::new();
-            let mut bytes = 0usize;
-            let mut ok = true;
-            r.get_strs_with(|s| {
-                if names.last().is_some_and(|l| **l >= *s) {
-                    ok = false;
-                }
-                bytes += s.len();
-                names.push(Box::from(s));
-            })?;
-            if !ok {
-                return Err(invalid("ids not strictly sorted"));
-            }
-            if names.len() >= NO_ID as usize {
-                return Err(invalid("too many ids"));
-            }
-            Ok((names, bytes))
-        };
-        let (user_names, user_bytes) = read_names(&mut r)?;
-        let (item_names, item_bytes) = read_names(&mut r)?;
-        let (n_users, n_items) = (user_names.len(), item_names.len());
-
-        let counts = r.get_u32s()?;
-        if counts.len() != n_users {
-            return Err(invalid("user count table has the wrong length"));
-        }
-        let n = r.get_len(4 + 1 + 8 + 8)?;
-        if counts.iter().map(|&c| c as u64).sum::<u64>() != n as u64 {
-            return Err(invalid("user counts do not add up to the entry count"));
-        }
-        let items_col = r.take(n * 4)?;
-        let slots_col = r.take(n)?;
-        let times_col = r.take(n * 8)?;
-        let values_col = r.take(n * 8)?;
-        let mut entries: Vec<Entry> = Vec::with_capacity(n);
-        let mut k = 0usize;
-        for (user, &c) in counts.iter().enumerate() {
-            for _ in 0..c {
-                let item = u32::from_le_bytes(items_col[k * 4..k * 4 + 4].try_into().unwrap());
-                let slot = slots_col[k];
-                let time = i64::from_le_bytes(times_col[k * 8..k * 8 + 8].try_into().unwrap());
-                let value = f64::from_le_bytes(values_col[k * 8..k * 8 + 8].try_into().unwrap());
-                if item as usize >= n_items || slot as usize >= n_hls {
-                    return Err(invalid("entry id out of range"));
-                }
-                let e = Entry {
-                    user: user as u32,
-                    item,
-                    slot,
-                    time,
-                    value,
-                };
-                if entries.last().is_some_and(|l: &Entry| l.key() >= e.key()) {
-                    return Err(invalid("entries not strictly sorted"));
-                }
-                entries.push(e);
-                k += 1;
-            }
-        }
-        drop(counts);
-
-        let mut props = Vec::with_capacity(n_props.min(r.remaining()));
-        let mut prop_bytes = 0usize;
-        for _ in 0..n_props {
-            let times = r.get_i64s()?;
-            let flags = r.get_bytes()?;
-            if times.len() != n_items || flags.len() != n_items || flags.iter().any(|&f| f > 1) {
-                return Err(invalid("bad property table"));
-            }
-            let mut vals: Vec<Box<str>> = Vec::new();
-            r.get_strs_with(|s| {
-                prop_bytes += if s.len() > 22 { s.len() + 16 } else { 0 };
-                vals.push(Box::from(s));
-            })?;
-            if vals.len() != flags.iter().filter(|&&f| f == 1).count() {
-                return Err(invalid("property value count mismatch"));
-            }
-            let mut vals = vals.into_iter();
-            let p: Vec<PropVal> = times
-                .iter()
-                .zip(flags)
-                .map(|(&time, &f)| PropVal {
-                    time,
-                    value: if f == 1 {
-                        vals.next().map(PText::from_box)
-                    } else {
-                        None
-                    },
-                })
-                .collect();
-            props.push(p);
-        }
-        r.finish()?;
-
-        let len = entries.len();
-        Ok(Accumulator {
-            n_props,
-            users: Interner {
-                names: user_names,
-                sorted: true,
-                bytes: user_bytes,
-                ..Default::default()
-            },
-            items: Interner {
-                names: item_names,
-                sorted: true,
-                bytes: item_bytes,
-                ..Default::default()
-            },
-            hls,
-            last_hl: None,
-            entries,
-            sorted_len: len,
-            threshold: MIN_COMPACT.max(2 * len),
-            props,
-            prop_bytes,
-            reference,
-            reference_cap: None,
-            rows,
-            min_time,
-            max_time,
-        })
-    }
-
-    /// Builds the result: decays every pair to the reference time, drops pairs with affinity
-    /// `<= 0`. Users / items that end up with no stored pair are still listed (empty rows /
-    /// columns). With no rows at all, times and the default reference are 0.
-    pub fn finish(mut self) -> Affinity {
-        self.canonicalize();
-        let empty = self.rows == 0;
-        let (min_time, max_time) = if empty {
-            (0, 0)
-        } else {
-            (self.min_time, self.max_time)
-        };
-        let reference = self.reference.unwrap_or(match self.reference_cap {
-            Some(cap) => max_time.min(cap),
-            None => max_time,
-        });
-        let n_users = self.users.names.len();
-        let n_items = self.items.names.len();
-
-        let mut indptr = Vec::with_capacity(n_users + 1);
-        indptr.push(0usize);
-        let mut indices: Vec<u32> = Vec::with_capacity(self.entries.len());
-        let mut data: Vec<f32> = Vec::with_capacity(self.entries.len());
-        let mut last_seen: Vec<i64> = Vec::with_capacity(self.entries.len());
-        let n = self.entries.len();
-        assert!(n < u32::MAX as usize, "more than 2^32 engagement occasions");
-        let mut occ = Occasions {
-            ptr: vec![0],
-            minute: Vec::with_capacity(n),
-            value: Vec::with_capacity(n),
-            slot: Vec::with_capacity(n),
-            half_lives: self.hls.clone(),
-        };
-        let es = &self.entries;
-        let mut k = 0usize;
-        while k < es.len() {
-            let (user, item) = (es[k].user, es[k].item);
-            let mut a = 0f64;
-            let mut last = i64::MIN;
-            let start = occ.minute.len();
-            while k < es.len() && es[k].user == user && es[k].item == item {
-                let e = es[k];
-                a += e.value
-                    * decay(
-                        reference as i128 - e.time as i128,
-                        self.hls[e.slot as usize],
-                    );
-                last = last.max(e.time);
-                occ.minute.push(
-                    e.time
-                        .div_euclid(MINUTE_US)
-                        .clamp(i32::MIN as i64, i32::MAX as i64) as i32,
-                );
-                occ.value.push(e.value as f32);
-                occ.slot.push(e.slot);
-                k += 1;
-            }
-            let af = if a >= f32::MAX as f64 {
-                f32::MAX
-            } else {
-                a as f32
-            };
-            if af > 0.0 {
-                while indptr.len() <= user as usize {
-                    indptr.push(indices.len());
-                }
-                indices.push(item);
-                data.push(af);
-                last_seen.push(last);
-                occ.ptr.push(occ.minute.len() as u32);
-            } else {
-                occ.minute.truncate(start);
-                occ.value.truncate(start);
-                occ.slot.truncate(start);
-            }
-        }
-        while indptr.len() <= n_users {
-            indptr.push(indices.len());
-        }
-        drop(std::mem::take(&mut self.entries));
-
-        let matrix = Csr {
-            n_rows: n_users,
-            n_cols: n_items,
-            indptr: indptr.into(),
-            indices: indices.into(),
-            data: data.into(),
-        };
-        let item_props = std::mem::take(&mut self.props)
-            .into_iter()
-            .map(|p| {
-                p.into_iter()
-                    .map(|v| v.value.map(|t| t.as_str().to_owned()))
-                    .collect()
-            })
-            .collect();
-        Affinity {
-            users: std::mem::take(&mut self.users.names)
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            items: std::mem::take(&mut self.items.names)
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            matrix,
-            last_seen,
-            occasions: occ,
-            item_props,
-            reference_us: reference,
-            rows: self.rows,
-            min_time_us: min_time,
-            max_time_us: max_time,
-        }
     }
 }
 

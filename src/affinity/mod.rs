@@ -2,3 +2,7 @@
 //! functions of the `audience.affinity` aggregate.
 pub mod accumulator;
 pub mod aggregate;
+pub mod interner;
+pub mod prop;
+pub mod result;
+pub mod state_codec;

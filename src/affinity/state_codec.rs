@@ -1,0 +1,213 @@
+//! The aggregate state as bytes (the parallel aggregate's serialize / deserialize functions, and
+//! a build's state handed over between sessions): canonicalized, versioned, checked on read.
+//! Pure Rust.
+use crate::affinity::accumulator::*;
+use crate::util::codec::{invalid, CodecError, Reader, Writer};
+
+impl Accumulator {
+    /// Canonicalizes the state and encodes it (see `deserialize`).
+    pub fn serialize(&mut self) -> Vec<u8> {
+        self.canonicalize();
+        let n = self.entries.len();
+        let mut w = Writer::with_capacity(
+            64 + n * 21 + self.users.bytes + self.items.bytes + self.users.names.len() * 8,
+        );
+        w.put_header(MAGIC, VERSION);
+        w.put_u32(self.n_props as u32);
+        w.put_u64(self.rows);
+        w.put_i64(self.min_time);
+        w.put_i64(self.max_time);
+        w.put_opt_i64(self.reference);
+        w.put_u32(self.hls.len() as u32);
+        for &h in &self.hls {
+            w.put_opt_i64(h);
+        }
+        w.put_strs(&self.users.names);
+        w.put_strs(&self.items.names);
+
+        // Entries, column-wise. Users are stored as per-user entry counts (entries are sorted).
+        let mut counts = vec![0u32; self.users.names.len()];
+        for e in &self.entries {
+            counts[e.user as usize] += 1;
+        }
+        w.put_u32s(&counts);
+        drop(counts);
+        w.put_u64(n as u64);
+        fn column<const W: usize>(w: &mut Writer, es: &[Entry], f: impl Fn(&Entry) -> [u8; W]) {
+            let start = w.0.len();
+            w.0.resize(start + es.len() * W, 0);
+            for (dst, e) in w.0[start..].chunks_exact_mut(W).zip(es) {
+                dst.copy_from_slice(&f(e));
+            }
+        }
+        column(&mut w, &self.entries, |e| e.item.to_le_bytes());
+        column(&mut w, &self.entries, |e| [e.slot]);
+        column(&mut w, &self.entries, |e| e.time.to_le_bytes());
+        column(&mut w, &self.entries, |e| e.value.to_le_bytes());
+
+        for p in &self.props {
+            let times: Vec<i64> = p.iter().map(|v| v.time).collect();
+            w.put_i64s(&times);
+            let flags: Vec<u8> = p.iter().map(|v| v.value.is_some() as u8).collect();
+            w.put_bytes(&flags);
+            let vals: Vec<&str> = p
+                .iter()
+                .filter_map(|v| v.value.as_ref().map(|t| t.as_str()))
+                .collect();
+            w.put_strs(&vals);
+        }
+        w.into_inner()
+    }
+
+    /// Decodes a state written by `serialize`. Any malformed input yields `Err`, never a panic.
+    pub fn deserialize(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(bytes);
+        r.expect_header(MAGIC, VERSION)?;
+        let n_props = r.get_u32()? as usize;
+        if n_props > MAX_PROPS {
+            return Err(invalid(format!("{n_props} properties")));
+        }
+        let rows = r.get_u64()?;
+        let min_time = r.get_i64()?;
+        let max_time = r.get_i64()?;
+        let reference = r.get_opt_i64()?;
+        let n_hls = r.get_u32()? as usize;
+        if n_hls > MAX_SLOTS {
+            return Err(invalid(format!("{n_hls} half-life slots")));
+        }
+        let mut hls = Vec::with_capacity(n_hls);
+        for _ in 0..n_hls {
+            let h = r.get_opt_i64()?;
+            if matches!(h, Some(x) if x <= 0) {
+                return Err(invalid("non-positive half-life"));
+            }
+            if hls.last().is_some_and(|&l| l >= h) {
+                return Err(invalid("half-life table not sorted"));
+            }
+            hls.push(h);
+        }
+        let read_names = |r: &mut Reader| -> Result<(Vec<Box<str>>, usize), CodecError> {
+            let mut names: Vec<Box<str>> = Vec::new();
+            let mut bytes = 0usize;
+            let mut ok = true;
+            r.get_strs_with(|s| {
+                if names.last().is_some_and(|l| **l >= *s) {
+                    ok = false;
+                }
+                bytes += s.len();
+                names.push(Box::from(s));
+            })?;
+            if !ok {
+                return Err(invalid("ids not strictly sorted"));
+            }
+            if names.len() >= NO_ID as usize {
+                return Err(invalid("too many ids"));
+            }
+            Ok((names, bytes))
+        };
+        let (user_names, user_bytes) = read_names(&mut r)?;
+        let (item_names, item_bytes) = read_names(&mut r)?;
+        let (n_users, n_items) = (user_names.len(), item_names.len());
+
+        let counts = r.get_u32s()?;
+        if counts.len() != n_users {
+            return Err(invalid("user count table has the wrong length"));
+        }
+        let n = r.get_len(4 + 1 + 8 + 8)?;
+        if counts.iter().map(|&c| c as u64).sum::<u64>() != n as u64 {
+            return Err(invalid("user counts do not add up to the entry count"));
+        }
+        let items_col = r.take(n * 4)?;
+        let slots_col = r.take(n)?;
+        let times_col = r.take(n * 8)?;
+        let values_col = r.take(n * 8)?;
+        let mut entries: Vec<Entry> = Vec::with_capacity(n);
+        let mut k = 0usize;
+        for (user, &c) in counts.iter().enumerate() {
+            for _ in 0..c {
+                let item = u32::from_le_bytes(items_col[k * 4..k * 4 + 4].try_into().unwrap());
+                let slot = slots_col[k];
+                let time = i64::from_le_bytes(times_col[k * 8..k * 8 + 8].try_into().unwrap());
+                let value = f64::from_le_bytes(values_col[k * 8..k * 8 + 8].try_into().unwrap());
+                if item as usize >= n_items || slot as usize >= n_hls {
+                    return Err(invalid("entry id out of range"));
+                }
+                let e = Entry {
+                    user: user as u32,
+                    item,
+                    slot,
+                    time,
+                    value,
+                };
+                if entries.last().is_some_and(|l: &Entry| l.key() >= e.key()) {
+                    return Err(invalid("entries not strictly sorted"));
+                }
+                entries.push(e);
+                k += 1;
+            }
+        }
+        drop(counts);
+
+        let mut props = Vec::with_capacity(n_props.min(r.remaining()));
+        let mut prop_bytes = 0usize;
+        for _ in 0..n_props {
+            let times = r.get_i64s()?;
+            let flags = r.get_bytes()?;
+            if times.len() != n_items || flags.len() != n_items || flags.iter().any(|&f| f > 1) {
+                return Err(invalid("bad property table"));
+            }
+            let mut vals: Vec<Box<str>> = Vec::new();
+            r.get_strs_with(|s| {
+                prop_bytes += if s.len() > 22 { s.len() + 16 } else { 0 };
+                vals.push(Box::from(s));
+            })?;
+            if vals.len() != flags.iter().filter(|&&f| f == 1).count() {
+                return Err(invalid("property value count mismatch"));
+            }
+            let mut vals = vals.into_iter();
+            let p: Vec<PropVal> = times
+                .iter()
+                .zip(flags)
+                .map(|(&time, &f)| PropVal {
+                    time,
+                    value: if f == 1 {
+                        vals.next().map(PText::from_box)
+                    } else {
+                        None
+                    },
+                })
+                .collect();
+            props.push(p);
+        }
+        r.finish()?;
+
+        let len = entries.len();
+        Ok(Accumulator {
+            n_props,
+            users: Interner {
+                names: user_names,
+                sorted: true,
+                bytes: user_bytes,
+                ..Default::default()
+            },
+            items: Interner {
+                names: item_names,
+                sorted: true,
+                bytes: item_bytes,
+                ..Default::default()
+            },
+            hls,
+            last_hl: None,
+            entries,
+            sorted_len: len,
+            threshold: MIN_COMPACT.max(2 * len),
+            props,
+            prop_bytes,
+            reference,
+            reference_cap: None,
+            rows,
+            min_time,
+            max_time,
+        })
+    }
+}
