@@ -53,7 +53,7 @@ pub use crate::score::formula::{
     engaged, factor_key, score_from_components, score_with_factors, user_factors, FactorKey,
 };
 pub use crate::score::own::Own;
-use crate::score::own::{decay_tables, own_measure, DayBits, OwnAcc};
+use crate::score::own::{decay_tables, DayBits, OwnAcc};
 pub use crate::score::params::{Components, HybridParams, OwnPart};
 pub use crate::score::sample::{Returns, Sample};
 use crate::util::buf::Buf;
@@ -65,27 +65,27 @@ use std::sync::{Arc, Mutex};
 /// not depend on the value (activity, CF denominators, kNN transpose, `Y_all`) is computed in
 /// [`Scorer::new`].
 pub struct Scorer<'a> {
-    ui: &'a Csr,
+    pub(crate) ui: &'a Csr,
     pub(crate) als: Option<&'a AlsModel>,
     pub(crate) knn: Option<&'a Csr>,
     /// Transposed kNN matrix: row `i` lists the items `j` having `i` as a neighbour, with `S(j,i)`.
-    knn_t: Option<Cow<'a, Csr>>,
+    pub(crate) knn_t: Option<Cow<'a, Csr>>,
     /// `t_u`.
-    t: Buf<f32>,
+    pub(crate) t: Buf<f32>,
     /// `sum_j a_uj S_all(j)` (empty without kNN).
-    knn_den: Buf<f32>,
+    pub(crate) knn_den: Buf<f32>,
     /// `x_u . Y_all` (empty without ALS).
-    als_den: Buf<f32>,
+    pub(crate) als_den: Buf<f32>,
     pub(crate) als_volume: Arc<Buf<f32>>,
     pub(crate) knn_volume: Arc<Buf<f32>>,
     /// `d_u` and `r_u`, `None` until [`Scorer::with_days`].
-    returns: Option<std::sync::Arc<Returns>>,
+    pub(crate) returns: Option<std::sync::Arc<Returns>>,
     /// Engagement days per stored pair and the reference day ages are counted to.
-    days: Option<(&'a DayIndex, i32)>,
+    pub(crate) days: Option<(&'a DayIndex, i32)>,
     /// Activity totals of the own measures computed so far.
-    own_totals: Mutex<Vec<(Own, Arc<Buf<f32>>)>>,
+    pub(crate) own_totals: Mutex<Vec<(Own, Arc<Buf<f32>>)>>,
     /// Threads for the per-user loops of [`Scorer::components`] (1 = the calling thread only).
-    threads: usize,
+    pub(crate) threads: usize,
 }
 
 /// What [`Scorer::new`] and [`Scorer::with_days`] precompute, plus the activity totals of chosen own
@@ -338,29 +338,6 @@ impl<'a> Scorer<'a> {
         self.days.is_some()
     }
 
-    /// The activity `t_u` in the unit of `own` (computed once per measure).
-    pub fn own_totals(&self, own: Own) -> Arc<Buf<f32>> {
-        if own == Own::Affinity {
-            return Arc::new(self.t.clone());
-        }
-        if let Some((_, t)) = self
-            .own_totals
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(o, _)| *o == own)
-        {
-            return t.clone();
-        }
-        let t = self
-            .own_columns(None, None, None, &[own])
-            .pop()
-            .unwrap_or_default();
-        let t: Arc<Buf<f32>> = Arc::new(t.into());
-        self.own_totals.lock().unwrap().push((own, t.clone()));
-        t
-    }
-
     /// Per-user active days and tenures, when known.
     pub fn returns(&self) -> Option<&Returns> {
         self.returns.as_deref()
@@ -550,126 +527,16 @@ impl<'a> Scorer<'a> {
         }
     }
 
-    /// The own measures `owns` (none of them [`Own::Affinity`]) of every user for the items of
-    /// `mask`; `e` (the affinity engagement) tells which users have any item of the value.
-    fn own_parts(&self, mask: &[bool], e: &[f32], owns: &[Own]) -> Vec<OwnPart> {
-        if owns.is_empty() {
-            return Vec::new();
-        }
-        let cols = self.own_columns(None, Some(mask), Some(e), owns);
-        owns.iter()
-            .zip(cols)
-            .map(|(&own, e)| OwnPart {
-                own,
-                e,
-                t: self.own_totals(own),
-            })
-            .collect()
-    }
-
-    /// One vector per measure of `owns` (none of them [`Own::Affinity`]) for the users `users`
-    /// (all when `None`, in that order): over the items of `mask` (all items when `None`).
-    /// Users whose `e` is 0 have no item of the value and get 0 without reading their days.
-    pub(crate) fn own_columns(
-        &self,
-        users: Option<&[usize]>,
-        mask: Option<&[bool]>,
-        e: Option<&[f32]>,
-        owns: &[Own],
-    ) -> Vec<Vec<f32>> {
-        let k = owns.len();
-        let m = users.map_or(self.n_users(), |u| u.len());
-        let mut flat = vec![0f32; m * k];
-        if let (Some((days, ref_day)), true) = (self.days, k > 0) {
-            let tables = decay_tables(days, ref_day, owns);
-            let one = |u: usize, buf: &mut Vec<(u16, f32)>, row: &mut [f32]| {
-                if e.is_some_and(|e| e[u] <= 0.0) {
-                    return;
-                }
-                own_measure(self.ui, days, ref_day, u, mask, owns, &tables, buf, row);
-            };
-            if k == 1 {
-                // The common case (serving one audience): the output is the column itself.
-                par_chunks(&mut flat, self.threads, |first, out| {
-                    let mut buf = Vec::new();
-                    for (j, slot) in out.iter_mut().enumerate() {
-                        one(
-                            users.map_or(first + j, |us| us[first + j]),
-                            &mut buf,
-                            std::slice::from_mut(slot),
-                        );
-                    }
-                });
-                return vec![flat];
-            }
-            // Rows of k values per user, in parallel chunks of whole users.
-            let mut rows: Vec<&mut [f32]> = flat.chunks_mut(k).collect();
-            par_chunks(&mut rows, self.threads, |first, out| {
-                let mut buf = Vec::new();
-                for (j, row) in out.iter_mut().enumerate() {
-                    one(users.map_or(first + j, |us| us[first + j]), &mut buf, row);
-                }
-            });
-        }
-        (0..k)
-            .map(|j| (0..m).map(|r| flat[r * k + j]).collect())
-            .collect()
-    }
-
     /// One score per user for the value.
     pub fn score(&self, value_items: &[u32], p: &HybridParams) -> Vec<f32> {
         score_from_components(&self.components_with(value_items, &[p.own]), &self.t, p)
-    }
-
-    /// The history items of `user` contributing most to their score for the value, as
-    /// `(item, contribution)` sorted by contribution descending, ties by item id; at most `limit`,
-    /// only contributions > 0. An item's contribution is its own engagement `a_uj` when `j` is in
-    /// the value, plus (with a kNN model) its collaborative evidence `a_uj * S_V(j)` rescaled by the
-    /// user's constant `t_u / sum_j a_uj S_all(j)`: the own parts sum to `e_u` and the CF parts to
-    /// `knn_share_u * t_u`, so both are in affinity units and comparable. ALS has no per-item
-    /// decomposition and does not contribute.
-    pub fn explain(&self, user: u32, value_items: &[u32], limit: usize) -> Vec<(u32, f32)> {
-        let u = user as usize;
-        if u >= self.n_users() || limit == 0 {
-            return Vec::new();
-        }
-        let (mask, _) = self.value_set(value_items);
-        let cf_scale = match self.knn {
-            Some(_) if self.knn_den[u] > 0.0 => self.t[u] / self.knn_den[u],
-            _ => 0.0,
-        };
-        let (items, vals) = self.ui.row(u);
-        let mut out: Vec<(u32, f32)> = items
-            .iter()
-            .zip(vals)
-            .map(|(&j, &a)| {
-                let own = if mask[j as usize] { a } else { 0.0 };
-                let cf = match self.knn {
-                    Some(s) if cf_scale > 0.0 => {
-                        let (ns, ss) = s.row(j as usize);
-                        let s_v: f32 = ns
-                            .iter()
-                            .zip(ss)
-                            .map(|(&i, &x)| if mask[i as usize] { x } else { 0.0 })
-                            .sum();
-                        a * s_v * cf_scale
-                    }
-                    _ => 0.0,
-                };
-                (j, own + cf)
-            })
-            .filter(|&(_, c)| c > 0.0 && c.is_finite())
-            .collect();
-        out.sort_unstable_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
-        out.truncate(limit);
-        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::score::own::own_measure_one;
+    use crate::score::own::{own_measure, own_measure_one};
 
     /// The serving pass's single own measure is bit for bit the general one, for every measure,
     /// on random users with several engagement days per pair (shared days, negative ages).

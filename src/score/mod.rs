@@ -2,6 +2,7 @@
 //! ([`hybrid`]), the size and engagement rules of a request ([`audience`]), top-k selection with the SQL tie-break ([`topk`]), and holdout evaluation and
 //! parameter tuning ([`metrics`]).
 pub mod audience;
+pub mod explain;
 pub mod formula;
 pub mod hybrid;
 pub mod metrics;

@@ -4,6 +4,10 @@
 //! ([`crate::score::hybrid`]) combines one of them with the collaborative estimate. Pure Rust.
 use crate::model::csr::Csr;
 use crate::model::days::DayIndex;
+use crate::score::hybrid::{OwnPart, Scorer};
+use crate::util::buf::Buf;
+use crate::util::par::par_chunks;
+use std::sync::Arc;
 
 /// How the user's own engagement is measured (see the module doc). Half-lives are in days;
 /// `f32::INFINITY` = no decay.
@@ -293,6 +297,98 @@ impl<'a> OwnAcc<'a> {
 }
 
 /// [`OwnAcc`] over the items of `mask` in user `u`'s row (to check it against [`own_measure`]).
+/// The own measures of a scorer's users (their activity totals are computed once per measure).
+impl<'a> Scorer<'a> {
+    /// The activity `t_u` in the unit of `own` (computed once per measure).
+    pub fn own_totals(&self, own: Own) -> Arc<Buf<f32>> {
+        if own == Own::Affinity {
+            return Arc::new(self.t.clone());
+        }
+        if let Some((_, t)) = self
+            .own_totals
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(o, _)| *o == own)
+        {
+            return t.clone();
+        }
+        let t = self
+            .own_columns(None, None, None, &[own])
+            .pop()
+            .unwrap_or_default();
+        let t: Arc<Buf<f32>> = Arc::new(t.into());
+        self.own_totals.lock().unwrap().push((own, t.clone()));
+        t
+    }
+
+    /// The own measures `owns` (none of them [`Own::Affinity`]) of every user for the items of
+    /// `mask`; `e` (the affinity engagement) tells which users have any item of the value.
+    pub(crate) fn own_parts(&self, mask: &[bool], e: &[f32], owns: &[Own]) -> Vec<OwnPart> {
+        if owns.is_empty() {
+            return Vec::new();
+        }
+        let cols = self.own_columns(None, Some(mask), Some(e), owns);
+        owns.iter()
+            .zip(cols)
+            .map(|(&own, e)| OwnPart {
+                own,
+                e,
+                t: self.own_totals(own),
+            })
+            .collect()
+    }
+
+    /// One vector per measure of `owns` (none of them [`Own::Affinity`]) for the users `users`
+    /// (all when `None`, in that order): over the items of `mask` (all items when `None`).
+    /// Users whose `e` is 0 have no item of the value and get 0 without reading their days.
+    pub(crate) fn own_columns(
+        &self,
+        users: Option<&[usize]>,
+        mask: Option<&[bool]>,
+        e: Option<&[f32]>,
+        owns: &[Own],
+    ) -> Vec<Vec<f32>> {
+        let k = owns.len();
+        let m = users.map_or(self.n_users(), |u| u.len());
+        let mut flat = vec![0f32; m * k];
+        if let (Some((days, ref_day)), true) = (self.days, k > 0) {
+            let tables = decay_tables(days, ref_day, owns);
+            let one = |u: usize, buf: &mut Vec<(u16, f32)>, row: &mut [f32]| {
+                if e.is_some_and(|e| e[u] <= 0.0) {
+                    return;
+                }
+                own_measure(self.ui, days, ref_day, u, mask, owns, &tables, buf, row);
+            };
+            if k == 1 {
+                // The common case (serving one audience): the output is the column itself.
+                par_chunks(&mut flat, self.threads, |first, out| {
+                    let mut buf = Vec::new();
+                    for (j, slot) in out.iter_mut().enumerate() {
+                        one(
+                            users.map_or(first + j, |us| us[first + j]),
+                            &mut buf,
+                            std::slice::from_mut(slot),
+                        );
+                    }
+                });
+                return vec![flat];
+            }
+            // Rows of k values per user, in parallel chunks of whole users.
+            let mut rows: Vec<&mut [f32]> = flat.chunks_mut(k).collect();
+            par_chunks(&mut rows, self.threads, |first, out| {
+                let mut buf = Vec::new();
+                for (j, row) in out.iter_mut().enumerate() {
+                    one(users.map_or(first + j, |us| us[first + j]), &mut buf, row);
+                }
+            });
+        }
+        (0..k)
+            .map(|j| (0..m).map(|r| flat[r * k + j]).collect())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn own_measure_one(
