@@ -68,8 +68,10 @@ thread_local! {
     static FRESH: RefCell<Option<Rc<Fresh>>> = const { RefCell::new(None) };
     /// Models whose new-row read needs a large scan, skipped in `auto` mode (told once).
     static SKIP: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
-    /// Models whose unread sources (id) or left-out user (-id) this backend reported already.
+    /// Models whose unreadable sources this backend reported already.
     static TOLD: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+    /// Models whose left-out user (a bot) this backend reported already.
+    static TOLD_BOT: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The catalog's settings and the model's times, in one query.
@@ -310,16 +312,17 @@ pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
     let m = &l.model;
     // The deploy guard's rule for builds holds for the new events too: a user holding most of
     // them (a bot, a feed loaded twice) is left out until a build decides.
-    let (top, top_n, total) = top_user(&delta);
-    let max_share = crate::guc::GUARD_MAX_USER_SHARE.get();
-    let skip = top.filter(|_| total >= 1000 && top_n as f64 > max_share * total as f64);
+    let top = top_user(&delta, i32::MIN);
+    let skip = top
+        .user
+        .filter(|_| top.dominates(crate::guc::GUARD_MAX_USER_SHARE.get()));
     if let Some(u) = skip {
-        if !TOLD.with(|x| x.borrow().contains(&-l.model_id)) {
-            TOLD.with(|x| x.borrow_mut().push(-l.model_id));
+        if !TOLD_BOT.with(|x| x.borrow().contains(&l.model_id)) {
+            TOLD_BOT.with(|x| x.borrow_mut().push(l.model_id));
             pgrx::notice!(
                 "user \"{}\" holds {:.0}% of the engagement occasions since the build of catalog \"{}\" (above audience.guard_max_user_share): left out of audiences until a build",
                 shown(&delta.users[u]),
-                100.0 * top_n as f64 / total as f64,
+                100.0 * top.share(),
                 shown(&l.catalog)
             );
         }

@@ -17,12 +17,13 @@
 //! a feed loaded twice for one account) is a "hit" for every value, and the new model puts it at
 //! the top of every audience. So the guard also refuses a model when one user holds more than
 //! `audience.guard_max_user_share` of the engagement occasions (user, item, day) since the
-//! active model, once there are at least [`MIN_WINDOW_OCCASIONS`] of them.
+//! active model, once there are at least [`crate::model::fresh::MIN_SHARE_OCCASIONS`] of them.
 use crate::affinity::accumulator::day_of;
 use crate::api::build::{als_params_from_json, train, BuildParams, Collected};
 use crate::api::spi_util::{args, query_rows};
 use crate::api::tuning::{knob_objective, positives_after, scorer};
 use crate::model::als::{fold_in, AlsModel, AlsParams};
+use crate::model::fresh::{top_user, TopUser};
 use crate::model::train::damped;
 use crate::model::transplant::{item_map, remap_factors, remap_knn};
 use crate::store::stored::Model;
@@ -37,31 +38,8 @@ pub struct Prepared {
     /// Per property: validation positives per value (users of `base`).
     positives: Vec<(String, Vec<Vec<u32>>)>,
     /// Engagement occasions (user, item, day) in the window, and the user with the most of them.
-    window_occasions: usize,
-    top_user: (String, usize),
-}
-
-/// The share of the window's engagement occasions one user holds.
-fn user_shares(c: &Collected, cut_day: i32) -> (usize, (String, usize)) {
-    let (m, occ) = (&c.aff.matrix, &c.aff.occasions);
-    let mut total = 0usize;
-    let mut top = (String::new(), 0usize);
-    for u in 0..m.n_rows {
-        crate::util::interrupt::poll_every(u);
-        let mut n = 0usize;
-        for p in m.indptr[u]..m.indptr[u + 1] {
-            for r in occ.range(p) {
-                if occ.day(r) >= cut_day {
-                    n += 1;
-                }
-            }
-        }
-        total += n;
-        if n > top.1 {
-            top = (c.aff.users[u].clone(), n);
-        }
-    }
-    (total, top)
+    top: TopUser,
+    top_name: String,
 }
 
 /// The guard's decision and its report (stored in `models.guard` and returned by `build`).
@@ -69,9 +47,6 @@ pub struct Verdict {
     pub activate: bool,
     pub report: serde_json::Value,
 }
-
-/// Below this many engagement occasions since the active model, no user's share is judged.
-const MIN_WINDOW_OCCASIONS: usize = 1000;
 
 fn skip(reason: String, active_id: Option<i64>) -> Result<Prepared, Verdict> {
     Err(Verdict {
@@ -106,7 +81,8 @@ pub fn prepare(cid: i32, c: &Collected) -> Result<Prepared, Verdict> {
             Some(active_id),
         );
     }
-    let (window_occasions, top_user) = user_shares(c, cut_day);
+    let top = top_user(&c.aff, cut_day);
+    let top_name = top.user.map(|u| c.aff.users[u].clone()).unwrap_or_default();
     let pre = c.until(cut_day);
     if pre.aff.users.is_empty() {
         return skip(
@@ -135,8 +111,8 @@ pub fn prepare(cid: i32, c: &Collected) -> Result<Prepared, Verdict> {
         cut_day,
         base,
         positives,
-        window_occasions,
-        top_user,
+        top,
+        top_name,
     })
 }
 
@@ -222,15 +198,14 @@ pub fn judge(mut p: Prepared, candidate: &Model, candidate_params: &BuildParams)
     );
     drop(active);
     let max_share = crate::guc::GUARD_MAX_USER_SHARE.get();
-    let share = p.top_user.1 as f64 / p.window_occasions.max(1) as f64;
-    let dominated = p.window_occasions >= MIN_WINDOW_OCCASIONS && share > max_share;
+    let (share, dominated) = (p.top.share(), p.top.dominates(max_share));
     let (activate, compared, reason) = match (new_obj, old_obj) {
         _ if dominated => (
             false,
             new_obj.is_some() && old_obj.is_some(),
             format!(
                 "user \"{}\" holds {:.0}% of the engagement occasions since {window_from} (a bot, or a duplicated feed?), above audience.guard_max_user_share ({:.0}%)",
-                crate::error::shown(&p.top_user.0),
+                crate::error::shown(&p.top_name),
                 share * 100.0,
                 max_share * 100.0
             ),
@@ -265,8 +240,8 @@ pub fn judge(mut p: Prepared, candidate: &Model, candidate_params: &BuildParams)
             "active_model_id": p.active_id,
             "window_from": window_from,
             "window_engagements": positives,
-            "window_occasions": p.window_occasions,
-            "top_user": p.top_user.0,
+            "window_occasions": p.top.total,
+            "top_user": p.top_name,
             "top_user_share": share,
             "new_score": new_obj,
             "active_score": old_obj,

@@ -58,19 +58,49 @@ struct New {
     days: std::ops::Range<usize>,
 }
 
-/// The user of `delta` with the most engagement occasions (user, item, day records) and their
-/// count, and the total: a user holding most of the new events is a bot or a feed loaded twice.
-pub fn top_user(delta: &Affinity) -> (Option<usize>, usize, usize) {
-    let (m, occ) = (&delta.matrix, &delta.occasions);
-    let (mut top, mut top_n, mut total) = (None, 0usize, 0usize);
+/// Below this many engagement occasions, no user's share of them is judged.
+pub const MIN_SHARE_OCCASIONS: usize = 1000;
+
+/// The user with the most engagement occasions (user, item, day records) on days from some day
+/// on, and the total: a user holding most of them is a bot or a feed loaded twice.
+pub struct TopUser {
+    /// Row of the user in the affinity (None without occasions).
+    pub user: Option<usize>,
+    pub occasions: usize,
+    pub total: usize,
+}
+
+impl TopUser {
+    pub fn share(&self) -> f64 {
+        self.occasions as f64 / self.total.max(1) as f64
+    }
+
+    /// Whether the user holds more than `max_share` of at least [`MIN_SHARE_OCCASIONS`].
+    pub fn dominates(&self, max_share: f64) -> bool {
+        self.total >= MIN_SHARE_OCCASIONS && self.share() > max_share
+    }
+}
+
+/// The [`TopUser`] of `aff` over its occasions on days `>= from_day`.
+pub fn top_user(aff: &Affinity, from_day: i32) -> TopUser {
+    let (m, occ) = (&aff.matrix, &aff.occasions);
+    let mut top = TopUser {
+        user: None,
+        occasions: 0,
+        total: 0,
+    };
     for u in 0..m.n_rows {
-        let n = occ.ptr[m.indptr[u + 1]] as usize - occ.ptr[m.indptr[u]] as usize;
-        total += n;
-        if n > top_n {
-            (top, top_n) = (Some(u), n);
+        crate::util::interrupt::poll_every(u);
+        let n = (m.indptr[u]..m.indptr[u + 1])
+            .flat_map(|p| occ.range(p))
+            .filter(|&r| occ.day(r) >= from_day)
+            .count();
+        top.total += n;
+        if n > top.occasions {
+            (top.user, top.occasions) = (Some(u), n);
         }
     }
-    (top, top_n, total)
+    top
 }
 
 /// Output arrays of [`merge`].
@@ -326,6 +356,24 @@ pub(crate) mod tests {
             }
         }
         assert!(fresh.days.is_valid_for(fresh.ui.nnz()));
+    }
+
+    #[test]
+    fn top_user_counts_the_occasions_from_a_day_on() {
+        let rows: Vec<(&str, &str, f64, i64)> = (0..6)
+            .map(|d| ("bot", "x", 1.0, d * DAY))
+            .chain([("a", "x", 1.0, 5 * DAY), ("b", "y", 1.0, DAY)])
+            .collect();
+        let aff = affinity(&rows, 5 * DAY);
+        let all = top_user(&aff, i32::MIN);
+        assert_eq!((all.occasions, all.total), (6, 8));
+        assert_eq!(aff.users[all.user.unwrap()], "bot");
+        let late = top_user(&aff, crate::affinity::accumulator::day_of(4 * DAY));
+        assert_eq!((late.occasions, late.total), (2, 3));
+        assert!((late.share() - 2.0 / 3.0).abs() < 1e-12);
+        assert!(!late.dominates(0.2), "too few occasions to judge");
+        let none = top_user(&aff, i32::MAX);
+        assert_eq!((none.user, none.total), (None, 0));
     }
 
     #[test]
