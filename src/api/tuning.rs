@@ -14,8 +14,16 @@ use crate::store::stored::{Model, PropertyKnobs};
 use pgrx::prelude::*;
 
 pub const CUTS: [f64; 4] = [1.0, 5.0, 10.0, 20.0];
-/// Values used for tuning (the most engaged-with in the validation window), to bound time and memory.
+/// Values used for tuning at least (spread over those engaged with in the validation window).
 const TUNE_VALUES: usize = 40;
+/// Smaller catalogs tune on more values, up to this many (values x sampled users), so the knobs
+/// fit the macro average over many values instead of 40 noisy ones (time and the components'
+/// memory follow values x users: a catalog of 100,000 users tunes on 40 values, one of 2,000 on
+/// 2,000). On the grocery data (1,231 households, 264 categories) tuning on 40 categories chose
+/// cross-sell knobs 0.02 below the default's hit@1% on the test window.
+const TUNE_VALUE_USERS: usize = 4_000_000;
+/// The most values tuning is scored on.
+const MAX_TUNE_VALUES: usize = 2_000;
 /// Users the tuning grid is scored on (a fixed sample above this).
 const TUNE_USERS: usize = 100_000;
 /// Catalogs with more users than this are tuned lighter, so tuning costs about one build: a
@@ -115,7 +123,7 @@ pub fn scorer(model: &Model) -> Scorer<'_> {
         .with_threads(crate::guc::threads())
 }
 
-/// Per-value components and validation positives of the (at most [`TUNE_VALUES`]) values with
+/// Per-value components and validation positives of the (at most [`tune_values_for`]) values with
 /// the most positives, on a fixed user sample, with every own measure.
 fn tuning_inputs(
     model: &Model,
@@ -126,10 +134,18 @@ fn tuning_inputs(
     sample_users: usize,
 ) -> (Vec<(Components, Vec<bool>)>, Vec<f32>) {
     let prop = model.property(property).expect("property of the model");
-    let order = tuning_values(&positives.iter().map(|p| p.len()).collect::<Vec<_>>());
     // On large catalogs the grid is scored on a fixed sample of users (every k-th), which keeps
     // tuning to seconds; the knobs are per-user formulas, so a sample ranks them alike.
     let sample = Sample::every(sc, sc.n_users().div_ceil(sample_users.max(1)));
+    let max_values = if sc.n_users() > LARGE_USERS {
+        TUNE_VALUES
+    } else {
+        tune_values_for(sample.users.len())
+    };
+    let order = tuning_values(
+        &positives.iter().map(|p| p.len()).collect::<Vec<_>>(),
+        max_values,
+    );
     let owns = own_candidates(sc.has_days());
     let per_value = order
         .iter()
@@ -145,24 +161,31 @@ fn tuning_inputs(
 /// Values with at least this many validation positives represent the property when tuning.
 const MIN_VALUE_POSITIVES: usize = 5;
 
+/// How many values tuning scores for `users` (sampled) users: [`TUNE_VALUE_USERS`] / users,
+/// between [`TUNE_VALUES`] and [`MAX_TUNE_VALUES`].
+pub fn tune_values_for(users: usize) -> usize {
+    (TUNE_VALUE_USERS / users.max(1)).clamp(TUNE_VALUES, MAX_TUNE_VALUES)
+}
+
 /// The values tuning is scored on, given each value's validation positives: at most
-/// [`TUNE_VALUES`], spread evenly over the ranks of the values with at least
+/// `max_values`, spread evenly over the ranks of the values with at least
 /// [`MIN_VALUE_POSITIVES`] positives (from the most engaged-with down), so the knobs fit the
 /// macro average over values, small ones included; the most engaged-with values when too few
 /// have that many.
-pub fn tuning_values(positives: &[usize]) -> Vec<usize> {
+pub fn tuning_values(positives: &[usize], max_values: usize) -> Vec<usize> {
+    let max_values = max_values.max(2);
     let mut order: Vec<usize> = (0..positives.len()).filter(|&v| positives[v] > 0).collect();
     order.sort_by_key(|&v| (std::cmp::Reverse(positives[v]), v));
     let strong = order
         .iter()
         .filter(|&&v| positives[v] >= MIN_VALUE_POSITIVES)
         .count();
-    if strong <= TUNE_VALUES {
-        order.truncate(TUNE_VALUES);
+    if strong <= max_values {
+        order.truncate(max_values);
         return order;
     }
-    let mut picked: Vec<usize> = (0..TUNE_VALUES)
-        .map(|k| order[k * (strong - 1) / (TUNE_VALUES - 1)])
+    let mut picked: Vec<usize> = (0..max_values)
+        .map(|k| order[k * (strong - 1) / (max_values - 1)])
         .collect();
     picked.dedup();
     picked
@@ -469,4 +492,30 @@ pub fn cannot_tune(reason: &str) -> ! {
     AudienceError::not_ready(format!("cannot tune: {reason}"))
         .hint("Use a shorter holdout, or load more history.")
         .raise()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaller_catalogs_tune_on_more_values() {
+        assert_eq!(tune_values_for(100_000), TUNE_VALUES);
+        assert_eq!(tune_values_for(1_000_000), TUNE_VALUES);
+        assert_eq!(tune_values_for(20_000), 200);
+        assert_eq!(tune_values_for(1_231), MAX_TUNE_VALUES.min(4_000_000 / 1_231));
+        assert_eq!(tune_values_for(0), MAX_TUNE_VALUES);
+    }
+
+    #[test]
+    fn tuning_values_spread_over_the_strong_values() {
+        // 10 values with >= 5 positives (positives 100 down to 10), 3 weak ones, one without.
+        let mut pos: Vec<usize> = (0..10).map(|k| 100 - 10 * k).collect();
+        pos.extend([3, 1, 2, 0]);
+        let all = tuning_values(&pos, 20);
+        assert_eq!(all.len(), 13, "every value with a positive when they fit");
+        assert_eq!(&all[..3], &[0, 1, 2]);
+        let four = tuning_values(&pos, 4);
+        assert_eq!(four, vec![0, 3, 6, 9], "spread from the strongest to the weakest strong value");
+    }
 }

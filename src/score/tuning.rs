@@ -29,6 +29,14 @@ pub fn own_candidates(with_days: bool) -> Vec<Own> {
 /// How many of the best own measures get the full hybrid grid.
 pub const STAGE2_OWNS: usize = 2;
 
+/// With more values than this, the hybrid grid is screened on this many of them and only its
+/// [`FINALISTS`] best points (for all users, and for cross-sell) are scored on every value: the
+/// choice is made on the macro over all values at about the cost of 100 values (a small catalog
+/// tunes on up to 2,000 values).
+pub const SCREEN_VALUES: usize = 100;
+/// Grid points per audience kind that pass the screening.
+pub const FINALISTS: usize = 24;
+
 /// What tuning chose, with the validation objectives (mean hit rate over the cuts, macro over
 /// values) of the choice and of every own measure alone.
 #[derive(Clone, Debug, PartialEq)]
@@ -91,18 +99,54 @@ pub fn tune_knobs_with(
             grid.extend(default_grid_own(t_own, owns[i]));
         }
     }
-    let rest = grid_objectives_multi(
-        per_value,
-        t,
-        &grid[stage1.len()..],
-        pcts,
-        &[&all, &cross],
-        threads,
-        check,
-    );
+    let hybrid = &grid[stage1.len()..];
     let (mut objs, mut xobjs) = (std::mem::take(&mut both1[0]), std::mem::take(&mut both1[1]));
-    objs.extend(&rest[0]);
-    xobjs.extend(&rest[1]);
+    if per_value.len() <= SCREEN_VALUES {
+        let rest = grid_objectives_multi(per_value, t, hybrid, pcts, &[&all, &cross], threads, check);
+        objs.extend(&rest[0]);
+        xobjs.extend(&rest[1]);
+    } else {
+        // Many values: the hybrid grid is screened on SCREEN_VALUES of them (spread evenly over
+        // the list, which is ordered by validation positives), and its FINALISTS best points for
+        // all users and for cross-sell are scored on every value. Every point keeps an objective
+        // over all values (screened-out points: -inf), so the choice below is over the same macro.
+        let pick: Vec<usize> = (0..SCREEN_VALUES)
+            .map(|k| k * (per_value.len() - 1) / (SCREEN_VALUES - 1))
+            .collect();
+        let screen: Vec<(Components, Vec<bool>)> =
+            pick.iter().map(|&v| per_value[v].clone()).collect();
+        let cross_s = |v: usize, u: usize| screen[v].0.e[u] <= 0.0;
+        let screened =
+            grid_objectives_multi(&screen, t, hybrid, pcts, &[&all, &cross_s], threads, check);
+        let mut finalists: Vec<usize> = Vec::new();
+        for objs_e in &screened {
+            let mut ord: Vec<usize> = (0..hybrid.len()).collect();
+            ord.sort_by(|&a, &b| {
+                objs_e[b]
+                    .partial_cmp(&objs_e[a])
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(a.cmp(&b))
+            });
+            for &g in ord.iter().take(FINALISTS) {
+                if !finalists.contains(&g) {
+                    finalists.push(g);
+                }
+            }
+        }
+        finalists.sort_unstable();
+        let fin_grid: Vec<HybridParams> = finalists.iter().map(|&g| hybrid[g]).collect();
+        let fin = grid_objectives_multi(per_value, t, &fin_grid, pcts, &[&all, &cross], threads, check);
+        let (mut o, mut x) = (
+            vec![f64::NEG_INFINITY; hybrid.len()],
+            vec![f64::NEG_INFINITY; hybrid.len()],
+        );
+        for (k, &g) in finalists.iter().enumerate() {
+            o[g] = fin[0][k];
+            x[g] = fin[1][k];
+        }
+        objs.extend(o);
+        xobjs.extend(x);
+    }
     let (params, objective) = best_of(&grid, &objs);
     let (cross_params, cross_objective) = best_of(&grid, &xobjs);
     let values_used = per_value
@@ -182,5 +226,72 @@ mod tests {
         assert_eq!(dd[0], 8.0);
         assert_eq!(dd[60], 2.0);
         assert_eq!(dd[150], 0.0);
+    }
+    /// More values than [`SCREEN_VALUES`]: the grid is screened, and the choice still carries
+    /// its objective over every value (the same number a full scoring of that point gives) and
+    /// is never below a stage-1 baseline, for all users and for cross-sell.
+    #[test]
+    fn screened_choice_is_scored_on_every_value_and_never_below_a_baseline() {
+        use crate::score::metrics::grid_objectives;
+        use crate::util::rand::SplitMix64;
+        let (n, n_values) = (300usize, SCREEN_VALUES + 30);
+        let mut rng = SplitMix64(7);
+        let mut trip = Vec::new();
+        let mut recs: Vec<Vec<(i32, f32)>> = Vec::new();
+        // User u prefers values near u % n_values; a few purchases on random days each.
+        for u in 0..n {
+            let mut items: Vec<u32> = (0..6)
+                .map(|k| ((u + k * (1 + (rng.next_u64() % 3) as usize)) % n_values) as u32)
+                .collect();
+            items.sort_unstable();
+            items.dedup();
+            for &i in &items {
+                let days: Vec<i32> = (0..1 + rng.next_u64() % 4)
+                    .map(|_| (rng.next_u64() % 90) as i32)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                trip.push((u as u32, i, days.len() as f32));
+                recs.push(days.iter().map(|&d| (d * 1440, 1.0)).collect());
+            }
+        }
+        // Records in (user, item) order, as the CSR stores the pairs.
+        let mut order: Vec<usize> = (0..trip.len()).collect();
+        order.sort_by_key(|&k| (trip[k].0, trip[k].1));
+        let recs: Vec<&Vec<(i32, f32)>> = order.iter().map(|&k| &recs[k]).collect();
+        let ui = Csr::from_triplets(n, n_values, &mut trip);
+        let (mut ptr, mut minute, mut value) = (vec![0u32], Vec::new(), Vec::new());
+        for r in recs {
+            for &(m, v) in r {
+                minute.push(m);
+                value.push(v);
+            }
+            ptr.push(minute.len() as u32);
+        }
+        let days = DayIndex::from_records(&ptr, &minute, &value);
+        let sc = Scorer::new(&ui, None, None).with_days(&days, 100);
+        let owns = own_candidates(true);
+        let per_value: Vec<(Components, Vec<bool>)> = (0..n_values)
+            .map(|v| {
+                let c = sc.components_with(&[v as u32], &owns);
+                let pos: Vec<bool> = (0..n)
+                    .map(|u| (c.e[u] > 0.0 && rng.next_unit() < 0.5) || rng.next_unit() < 0.02)
+                    .collect();
+                (c, pos)
+            })
+            .collect();
+        let tuned = tune_knobs(&per_value, sc.totals(), true, &[5.0, 20.0], 2, &mut || {});
+        let all = |_: usize, _: usize| true;
+        let cross = |v: usize, u: usize| per_value[v].0.e[u] <= 0.0;
+        let full = |p: HybridParams, e: &(dyn Fn(usize, usize) -> bool + Sync)| {
+            grid_objectives(&per_value, sc.totals(), &[p], &[5.0, 20.0], e, 1, &mut || {})[0]
+        };
+        assert_eq!(tuned.objective, full(tuned.params, &all));
+        assert_eq!(tuned.cross_objective, full(tuned.cross_params, &cross));
+        for &(o, b) in &tuned.baselines {
+            assert!(tuned.objective >= b, "{o:?}: {b} > {}", tuned.objective);
+            assert_eq!(b, full(HybridParams::own_only(o), &all));
+        }
+        assert_eq!(tuned.values_used, n_values);
     }
 }
