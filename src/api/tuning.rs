@@ -19,8 +19,8 @@ const TUNE_VALUES: usize = 40;
 /// Smaller catalogs tune on more values, up to this many (values x sampled users), so the knobs
 /// fit the macro average over many values instead of 40 noisy ones (time and the components'
 /// memory follow values x users: a catalog of 100,000 users tunes on 40 values, one of 2,000 on
-/// 2,000). On the grocery data (1,231 households, 264 categories) tuning on 40 categories chose
-/// cross-sell knobs 0.02 below the default's hit@1% on the test window.
+/// 2,000). On the grocery data (1,231 households, 264 categories) the cross-sell knobs tuned on
+/// 40 categories scored 0.122 at hit@1% on the test window, tuned on all of them 0.151.
 const TUNE_VALUE_USERS: usize = 4_000_000;
 /// The most values tuning is scored on.
 const MAX_TUNE_VALUES: usize = 2_000;
@@ -503,7 +503,10 @@ mod tests {
         assert_eq!(tune_values_for(100_000), TUNE_VALUES);
         assert_eq!(tune_values_for(1_000_000), TUNE_VALUES);
         assert_eq!(tune_values_for(20_000), 200);
-        assert_eq!(tune_values_for(1_231), MAX_TUNE_VALUES.min(4_000_000 / 1_231));
+        assert_eq!(
+            tune_values_for(1_231),
+            MAX_TUNE_VALUES.min(4_000_000 / 1_231)
+        );
         assert_eq!(tune_values_for(0), MAX_TUNE_VALUES);
     }
 
@@ -516,6 +519,10 @@ mod tests {
         assert_eq!(all.len(), 13, "every value with a positive when they fit");
         assert_eq!(&all[..3], &[0, 1, 2]);
         let four = tuning_values(&pos, 4);
-        assert_eq!(four, vec![0, 3, 6, 9], "spread from the strongest to the weakest strong value");
+        assert_eq!(
+            four,
+            vec![0, 3, 6, 9],
+            "spread from the strongest to the weakest strong value"
+        );
     }
 }

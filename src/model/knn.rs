@@ -414,7 +414,11 @@ mod tests {
     #[test]
     fn default_bm25_saturates_repeats() {
         // Users 0 and 1 touch one item each of a 10-item catalogue: the same idf.
-        let ui = csr(4, 10, &[(0, 0, 50.0), (1, 0, 5.0), (2, 1, 27.5), (3, 1, 27.5)]);
+        let ui = csr(
+            4,
+            10,
+            &[(0, 0, 50.0), (1, 0, 5.0), (2, 1, 27.5), (3, 1, 27.5)],
+        );
         let p = KnnParams::default();
         assert_eq!((p.k1, p.b), (1.2, 0.75));
         let w = bm25_weight(&ui, p.k1, p.b);

@@ -102,7 +102,8 @@ pub fn tune_knobs_with(
     let hybrid = &grid[stage1.len()..];
     let (mut objs, mut xobjs) = (std::mem::take(&mut both1[0]), std::mem::take(&mut both1[1]));
     if per_value.len() <= SCREEN_VALUES {
-        let rest = grid_objectives_multi(per_value, t, hybrid, pcts, &[&all, &cross], threads, check);
+        let rest =
+            grid_objectives_multi(per_value, t, hybrid, pcts, &[&all, &cross], threads, check);
         objs.extend(&rest[0]);
         xobjs.extend(&rest[1]);
     } else {
@@ -135,7 +136,15 @@ pub fn tune_knobs_with(
         }
         finalists.sort_unstable();
         let fin_grid: Vec<HybridParams> = finalists.iter().map(|&g| hybrid[g]).collect();
-        let fin = grid_objectives_multi(per_value, t, &fin_grid, pcts, &[&all, &cross], threads, check);
+        let fin = grid_objectives_multi(
+            per_value,
+            t,
+            &fin_grid,
+            pcts,
+            &[&all, &cross],
+            threads,
+            check,
+        );
         let (mut o, mut x) = (
             vec![f64::NEG_INFINITY; hybrid.len()],
             vec![f64::NEG_INFINITY; hybrid.len()],
@@ -284,7 +293,15 @@ mod tests {
         let all = |_: usize, _: usize| true;
         let cross = |v: usize, u: usize| per_value[v].0.e[u] <= 0.0;
         let full = |p: HybridParams, e: &(dyn Fn(usize, usize) -> bool + Sync)| {
-            grid_objectives(&per_value, sc.totals(), &[p], &[5.0, 20.0], e, 1, &mut || {})[0]
+            grid_objectives(
+                &per_value,
+                sc.totals(),
+                &[p],
+                &[5.0, 20.0],
+                e,
+                1,
+                &mut || {},
+            )[0]
         };
         assert_eq!(tuned.objective, full(tuned.params, &all));
         assert_eq!(tuned.cross_objective, full(tuned.cross_params, &cross));
