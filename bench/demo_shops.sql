@@ -31,4 +31,4 @@ SELECT shop, property, CASE WHEN cross_sell THEN 'cross-sell' ELSE 'all' END AS 
        round(max(hit_rate) FILTER (WHERE cut_pct = 5)::numeric, 3) AS "hit@5%",
        round(max(recall) FILTER (WHERE cut_pct = 10)::numeric, 3) AS "recall@10%",
        round(max(recall) FILTER (WHERE cut_pct = 20)::numeric, 3) AS "recall@20%"
-  FROM demo_eval GROUP BY 1, 2, 3, 4 ORDER BY 1 DESC, 2, 3, 4 = 'pg_audience' DESC, 4;
+  FROM demo_eval GROUP BY 1, 2, 3, 4 ORDER BY 1 DESC, 2, 3, method = 'pg_audience' DESC, 4;
