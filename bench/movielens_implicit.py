@@ -243,6 +243,9 @@ def main() -> int:
                     help="holdout = events in the last FRAC of the time range (default 0.2)")
     ap.add_argument("--holdout-days", type=float, default=None,
                     help="holdout = events in the last N days (overrides --holdout-frac)")
+    ap.add_argument("--cutoff-align", choices=("day", "none"), default="day",
+                    help="day (default): move the cutoffs back to the UTC midnight before them, as "
+                         "audience.evaluate does; none: the exact times (the README's first tables)")
     ap.add_argument("--min-positives", type=int, default=5,
                     help="evaluate only values with at least this many positive users (default 5)")
     ap.add_argument("--select-metric", default="recall@10%", choices=METRIC_KEYS,
@@ -301,8 +304,14 @@ def main() -> int:
         cut = t_max - args.holdout_frac * (t_max - t_min)
         val_cut_of = lambda lo, hi: hi - args.holdout_frac * (hi - lo)  # noqa: E731
         split_desc = f"last {args.holdout_frac:.0%} of the time range"
+    if args.cutoff_align == "day":
+        # audience.evaluate starts the holdout at the UTC midnight before the cut (whole days).
+        cut = float(np.floor(cut / 86400.0) * 86400.0)
+        split_desc += ", from the UTC midnight before"
     train_mask = ts < cut
     val_cut = val_cut_of(t_min, float(ts[train_mask].max()))
+    if args.cutoff_align == "day":
+        val_cut = float(np.floor(val_cut / 86400.0) * 86400.0)
 
     test = Split(users, items, rating, ts, cut, item_index, n_items, memberships)
     # validation: the same split made inside the training period
