@@ -8,14 +8,11 @@
 //! statistic over eligible users with ties counted half (0.5 when there are no positives or no
 //! negatives). Degenerate ratios (division by zero) are 0.
 //!
-//! **Tuning objective** ([`tune`]): for each grid point, the mean over values of the mean over the
-//! cuts of `hits / min(k, positives)`: the hit rate while the audience is smaller than the
-//! value's positives, the recall once it is larger (each cut's best possible score is 1, so a
-//! deep cut weighs as much as the top one even for a value few users engage with); values without
-//! any eligible positive are skipped (they cannot discriminate). The grid point with the highest
-//! objective wins; ties go to the earliest grid point. On hit rates alone a 20% cut of a value
-//! with 1% positives could add at most 0.05 to a cut mean where the 1% cut adds up to 1, and the
-//! tuning traded the deep cuts away (on the grocery demo item-kNN alone led recall@20% by 0.008).
+//! **Tuning objective** ([`tune`]): for each grid point, the mean over values of the mean `hit_rate`
+//! over the cuts; values without any eligible positive are skipped (they cannot discriminate). The
+//! grid point with the highest objective wins; ties go to the earliest grid point. Averaging the
+//! hit rate (not lift) means values with a high base rate weigh more; it measures directly what a
+//! campaign buys: the share of the chosen audience that engages.
 
 #[cfg(test)]
 use crate::score::hybrid::Own;
@@ -55,25 +52,12 @@ pub struct RankingMetrics {
 }
 
 impl RankingMetrics {
-    /// Mean hit rate over the cuts.
+    /// Mean hit rate over the cuts (the per-value tuning objective).
     pub fn mean_hit_rate(&self) -> f64 {
         if self.cuts.is_empty() {
             0.0
         } else {
             self.cuts.iter().map(|c| c.hit_rate).sum::<f64>() / self.cuts.len() as f64
-        }
-    }
-
-    /// The per-value tuning objective: the mean over the cuts of `hits / min(k, positives)`.
-    pub fn objective(&self) -> f64 {
-        if self.cuts.is_empty() {
-            0.0
-        } else {
-            self.cuts
-                .iter()
-                .map(|c| cut_objective(c.hits, c.k, self.positives))
-                .sum::<f64>()
-                / self.cuts.len() as f64
         }
     }
 }
@@ -100,12 +84,6 @@ fn hits_at(ranked: &[(u32, f32)], positive: &[bool], ks: &[usize]) -> Vec<usize>
         prefix.push(prefix.last().unwrap() + positive[u as usize] as usize);
     }
     ks.iter().map(|&k| prefix[k.min(ranked.len())]).collect()
-}
-
-/// One cut's part of the tuning objective: `hits / min(k, positives)` (0 when that is 0).
-#[inline]
-pub fn cut_objective(hits: usize, k: usize, positives: usize) -> f64 {
-    ratio(hits as f64, k.min(positives) as f64)
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -392,7 +370,7 @@ pub fn grid_objectives_multi(
 ) -> Vec<Vec<f64>> {
     // Per predicate, per value: eligibility mask and cut sizes, or None when the value has no
     // eligible positive.
-    type Plan = Option<(Vec<bool>, Vec<usize>, usize)>;
+    type Plan = Option<(Vec<bool>, Vec<usize>)>;
     let plans: Vec<Vec<Plan>> = eligibles
         .iter()
         .map(|eligible| {
@@ -403,7 +381,7 @@ pub fn grid_objectives_multi(
                     let mask: Vec<bool> = (0..pos.len()).map(|u| eligible(v, u)).collect();
                     let n_elig = mask.iter().filter(|&&b| b).count();
                     let n_pos = pos.iter().zip(&mask).filter(|&(&p, &m)| p && m).count();
-                    (n_pos > 0 && !pcts.is_empty()).then(|| (mask, cut_sizes(pcts, n_elig), n_pos))
+                    (n_pos > 0 && !pcts.is_empty()).then(|| (mask, cut_sizes(pcts, n_elig)))
                 })
                 .collect()
         })
@@ -435,12 +413,12 @@ pub fn grid_objectives_multi(
                 None => score_from_components(c, t, p),
             };
             for (e, pl) in plans.iter().enumerate() {
-                let Some((mask, ks, n_pos)) = &pl[v] else { continue };
+                let Some((mask, ks)) = &pl[v] else { continue };
                 let hits = hits_at_cuts(&scores, pos, mask, ks, cand);
                 sum[e] += ks
                     .iter()
                     .zip(&hits)
-                    .map(|(&k, &h)| cut_objective(h, k, *n_pos))
+                    .map(|(&k, &h)| ratio(h as f64, k as f64))
                     .sum::<f64>()
                     / ks.len() as f64;
                 n[e] += 1;
@@ -702,22 +680,6 @@ mod tests {
         )
     }
 
-    /// A cut larger than the positives is scored by recall: finding every positive scores 1,
-    /// whatever the cut's size; smaller cuts by hit rate.
-    #[test]
-    fn objective_scores_each_cut_against_its_best_possible() {
-        assert_eq!(cut_objective(2, 10, 2), 1.0);
-        assert_eq!(cut_objective(1, 10, 2), 0.5);
-        assert_eq!(cut_objective(3, 4, 10), 0.75);
-        assert_eq!(cut_objective(0, 4, 0), 0.0);
-        let s = [0.9f32, 0.8, 0.7, 0.1, 0.0, 0.0];
-        let pos = [true, false, true, false, false, false];
-        let m = evaluate_ranking(&s, &pos, &|_| true, &[50.0, 17.0]);
-        // Top 3: 2 of 2 positives (recall 1); top 1: 1 of 1 (hit rate 1).
-        assert!(close(m.objective(), 1.0), "{}", m.objective());
-        assert!(close(m.mean_hit_rate(), (2.0 / 3.0 + 1.0) / 2.0));
-    }
-
     #[test]
     fn tune_picks_the_known_best_params() {
         let t = vec![10.0f32; 10];
@@ -741,8 +703,8 @@ mod tests {
         ];
         let (best, obj) = tune(&values, &t, &grid, &[20.0, 30.0]);
         assert_eq!(best, knn_only);
-        // Value 1: k=2 -> 2/2, k=3 -> 3/3. Value 2 (2 positives): k=2 -> 2/2, k=3 -> 2/min(3, 2).
-        assert!(close(obj, 1.0), "{obj}");
+        // Value 1: k=2 -> 2/2, k=3 -> 3/3. Value 2: k=2 -> 2/2, k=3 -> 2/3.
+        assert!(close(obj, (1.0 + (1.0 + 2.0 / 3.0) / 2.0) / 2.0), "{obj}");
         // The objective agrees with evaluate_ranking.
         let per_value: Vec<f64> = values
             .iter()
@@ -753,7 +715,7 @@ mod tests {
                     &|_| true,
                     &[20.0, 30.0],
                 )
-                .objective()
+                .mean_hit_rate()
             })
             .collect();
         assert!(close(obj, per_value.iter().sum::<f64>() / 2.0));
@@ -1017,7 +979,7 @@ mod tests {
                     &|u| elig(v, u),
                     &cuts,
                 )
-                .objective()
+                .mean_hit_rate()
             })
             .collect();
         assert!(
