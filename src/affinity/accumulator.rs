@@ -923,14 +923,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn until_equals_a_scan_of_the_earlier_days() {
-        // Positive weights only: a pair whose whole history sums to <= 0 is dropped by finish(),
-        // occasions included, so a split cannot recover its earlier positive part.
-        let rows: Vec<Row> = dyadic_rows(3000, 11)
+    /// Positive weights only: a pair whose whole history sums to <= 0 is dropped by finish(),
+    /// occasions included, so a split cannot recover its earlier positive part.
+    fn positive_rows() -> Vec<Row> {
+        dyadic_rows(3000, 11)
             .into_iter()
             .filter(|r| r.2 > 0.0)
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn until_equals_a_scan_of_the_earlier_days() {
+        let rows = positive_rows();
         let full = build(&rows, None).finish();
         for cut in [5i64, 17, 29] {
             let before: Vec<Row> = rows.iter().filter(|r| r.3 < cut * DAY).cloned().collect();
@@ -943,6 +947,38 @@ mod tests {
             assert_eq!(got.occasions, want.occasions);
             assert_eq!(got.reference_us, want.reference_us);
         }
+    }
+
+    /// Every step-th user of the full matrix: the same pairs, values, occasions and reference
+    /// time as `until`, restricted to those users (the reference stays that of all users).
+    #[test]
+    fn until_every_keeps_every_step_th_user() {
+        let full = build(&positive_rows(), None).finish();
+        let cut = 23i32;
+        let all = full.until(cut);
+        let every = full.until_every(cut, 3);
+        assert_eq!(every.reference_us, all.reference_us);
+        let kept: Vec<&String> = full
+            .users
+            .iter()
+            .enumerate()
+            .filter(|(u, _)| u % 3 == 0)
+            .map(|(_, n)| n)
+            .filter(|n| all.users.contains(n))
+            .collect();
+        assert_eq!(every.users.iter().collect::<Vec<_>>(), kept);
+        assert!(every.users.len() < all.users.len());
+        for (r, name) in every.users.iter().enumerate() {
+            let ra = all.users.iter().position(|n| n == name).unwrap();
+            let (ce, ve) = every.matrix.row(r);
+            let (ca, va) = all.matrix.row(ra);
+            let names = |cs: &[u32], a: &Affinity| -> Vec<String> {
+                cs.iter().map(|&c| a.items[c as usize].clone()).collect()
+            };
+            assert_eq!(names(ce, &every), names(ca, &all), "{name}");
+            assert_eq!(ve, va, "{name}");
+        }
+        assert_eq!(full.until_every(cut, 1), all);
     }
 
     #[test]

@@ -27,7 +27,12 @@ impl Collected {
     /// The events on days before `cut_day` (a training split), from the occasions the scan
     /// kept: no second scan. Items without pairs before the cut are dropped with their values.
     pub fn until(&self, cut_day: i32) -> Collected {
-        let aff = self.aff.until(cut_day);
+        self.until_every(cut_day, 1)
+    }
+
+    /// [`Collected::until`] for every `step`-th user only ([`Affinity::until_every`]).
+    pub fn until_every(&self, cut_day: i32, step: usize) -> Collected {
+        let aff = self.aff.until_every(cut_day, step);
         // Both item lists are sorted: walk them together to keep the surviving items' values.
         let mut keep = Vec::with_capacity(aff.items.len());
         let mut j = 0usize;
