@@ -179,6 +179,19 @@ mod tests {
     use crate::model::days::DayIndex;
     use crate::score::hybrid::Scorer;
 
+    /// The day index of per-pair records `(minute, value)`, pairs in CSR order.
+    fn day_index(recs: &[Vec<(i32, f32)>]) -> DayIndex {
+        let (mut ptr, mut minute, mut value) = (vec![0u32], Vec::new(), Vec::new());
+        for r in recs {
+            for &(m, v) in r {
+                minute.push(m);
+                value.push(v);
+            }
+            ptr.push(minute.len() as u32);
+        }
+        DayIndex::from_records(&ptr, &minute, &value)
+    }
+
     /// 200 users, 4 items; item 0 is the value. Users 0..50 bought item 0 on many days long
     /// ago and stopped; users 50..100 bought it on few recent days; the holdout positives are the
     /// recent ones: recency-aware measures must beat the plain distinct-days count.
@@ -200,15 +213,7 @@ mod tests {
             recs.push(days.iter().map(|&d| (d * 1440, 1.0)).collect());
         }
         let ui = Csr::from_triplets(n, 4, &mut trip);
-        let (mut ptr, mut minute, mut value) = (vec![0u32], Vec::new(), Vec::new());
-        for r in &recs {
-            for &(m, v) in r {
-                minute.push(m);
-                value.push(v);
-            }
-            ptr.push(minute.len() as u32);
-        }
-        let days = DayIndex::from_records(&ptr, &minute, &value);
+        let days = day_index(&recs);
         let sc = Scorer::new(&ui, None, None).with_days(&days, 100);
         let c = sc.components_with(&[0], &own_candidates(true));
         let pos: Vec<bool> = (0..n).map(|u| (50..100).contains(&u)).collect();
@@ -236,6 +241,7 @@ mod tests {
         assert_eq!(dd[60], 2.0);
         assert_eq!(dd[150], 0.0);
     }
+
     /// More values than [`SCREEN_VALUES`]: the grid is screened, and the choice still carries
     /// its objective over every value (the same number a full scoring of that point gives) and
     /// is never below a stage-1 baseline, for all users and for cross-sell.
@@ -264,20 +270,9 @@ mod tests {
                 recs.push(days.iter().map(|&d| (d * 1440, 1.0)).collect());
             }
         }
-        // Records in (user, item) order, as the CSR stores the pairs.
-        let mut order: Vec<usize> = (0..trip.len()).collect();
-        order.sort_by_key(|&k| (trip[k].0, trip[k].1));
-        let recs: Vec<&Vec<(i32, f32)>> = order.iter().map(|&k| &recs[k]).collect();
+        // Users ascending, each user's items sorted: the records are in the CSR's pair order.
         let ui = Csr::from_triplets(n, n_values, &mut trip);
-        let (mut ptr, mut minute, mut value) = (vec![0u32], Vec::new(), Vec::new());
-        for r in recs {
-            for &(m, v) in r {
-                minute.push(m);
-                value.push(v);
-            }
-            ptr.push(minute.len() as u32);
-        }
-        let days = DayIndex::from_records(&ptr, &minute, &value);
+        let days = day_index(&recs);
         let sc = Scorer::new(&ui, None, None).with_days(&days, 100);
         let owns = own_candidates(true);
         let per_value: Vec<(Components, Vec<bool>)> = (0..n_values)
