@@ -4,6 +4,8 @@
 //!
 //!     cargo bench --bench core                       # 1M users, 50k items, 20M events
 //!     BENCH_USERS=200000 BENCH_ITEMS=20000 BENCH_EVENTS=4000000 cargo bench --bench core
+//!
+//! `BENCH_ONLY_ALS=1` stops after ALS (kernel work); `BENCH_THREADS` (2) sets the threads.
 use pg_audience::affinity::accumulator::Accumulator;
 use pg_audience::model::als::{train_als, AlsParams};
 use pg_audience::model::days::DayIndex;
@@ -20,6 +22,16 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// User + system CPU time of this process so far (a steadier measure than wall time on a shared
+/// machine).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(r.ru_utime) + t(r.ru_stime)
 }
 
 fn main() {
@@ -67,7 +79,7 @@ fn main() {
 
     let conf = pg_audience::model::train::damped(&aff.matrix);
     let mut ok = || Ok(());
-    let t2 = Instant::now();
+    let (t2, cpu2) = (Instant::now(), cpu_seconds());
     let als = train_als(
         &conf,
         &AlsParams {
@@ -84,10 +96,14 @@ fn main() {
         })
     };
     println!(
-        "ALS (factors 32, 10 iterations): {:.2} s, factor checksum {:016x}",
+        "ALS (factors 32, 10 iterations): {:.2} s ({:.2} s of CPU), factor checksum {:016x}",
         t2.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu2,
         bits(&als.user_factors) ^ bits(&als.item_factors).rotate_left(1)
     );
+    if env("BENCH_ONLY_ALS", 0) == 1 {
+        return;
+    }
     let t3 = Instant::now();
     let knn = train_knn(
         &conf,

@@ -171,8 +171,8 @@ fn train_als_tuned(
     let (n_users, n_items) = (ui.n_rows, ui.n_cols);
     let mut model = AlsModel {
         factors: k,
-        user_factors: vec![0.0; n_users * k].into(),
-        item_factors: vec![0.0; n_items * k].into(),
+        user_factors: crate::util::pages::zeroed(n_users * k).into(),
+        item_factors: crate::util::pages::zeroed(n_items * k).into(),
     };
     if k == 0 || n_users == 0 || n_items == 0 {
         return Ok(model);

@@ -65,11 +65,16 @@ pub(crate) fn update_row<const F: bool>(
     let k = x.len();
     if cols.len() <= GATHER_MAX_NNZ {
         let Scratch { r, p, ap, ys, cs } = sc;
-        ys.clear();
+        // The buffer only grows (no refill per row); the row uses its first `nnz * k` floats.
+        let n = cols.len();
+        if ys.len() < n * k {
+            ys.resize(n * k, 0.0);
+        }
+        let ys = &mut ys[..n * k];
         cs.clear();
-        for (&i, &v) in cols.iter().zip(vals) {
+        for ((&i, &v), dst) in cols.iter().zip(vals).zip(ys.chunks_exact_mut(k)) {
             let s = i as usize * k;
-            ys.extend_from_slice(&other[s..s + k]);
+            copy_vector(dst, &other[s..s + k]);
             cs.push(params.alpha * v);
         }
         let e = Gathered { ys, cs, k };
@@ -91,6 +96,26 @@ pub(crate) fn update_row<const F: bool>(
             &mut sc.ap,
             params.cg_steps,
         );
+    }
+}
+
+/// `dst = src` in 8-float moves (a `memcpy` call per vector costs more than the copy).
+#[inline(always)]
+fn copy_vector(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len().min(src.len()) / LANES * LANES;
+    for (d, s) in dst[..n]
+        .chunks_exact_mut(LANES)
+        .zip(src[..n].chunks_exact(LANES))
+    {
+        if let (Ok(d), Ok(s)) = (
+            <&mut [f32; LANES]>::try_from(d),
+            <&[f32; LANES]>::try_from(s),
+        ) {
+            *d = *s;
+        }
+    }
+    for (d, s) in dst[n..].iter_mut().zip(&src[n..]) {
+        *d = *s;
     }
 }
 
