@@ -8,7 +8,7 @@ use crate::api::cache::{active, Loaded};
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError};
 use crate::score::audience::{cut_size, engaged_since};
-use crate::score::topk::top_k;
+use crate::score::topk::top_k_threads;
 use crate::store::image::ServedProperty;
 use pgrx::prelude::*;
 
@@ -246,11 +246,12 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
         }
     }
     pgrx::debug1!(
-        "audience: {} items, components in {:.1} ms, scores in {:.1} ms",
+        "audience: {} items, events since the build checked in {fresh_ms:.1} ms, components in {:.1} ms, scores in {:.1} ms",
         items.len(),
         (t1 - t0).as_secs_f64() * 1000.0,
         t1.elapsed().as_secs_f64() * 1000.0
     );
+    let t_rank = std::time::Instant::now();
     let excluded: Option<Vec<bool>> = if req.exclude_engaged.unwrap_or(false) {
         Some(match &req.lookback {
             None => e.iter().map(|&x| x > 0.0).collect(),
@@ -292,11 +293,20 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
         None
     };
     let min_score = req.min_score.map(|s| s as f32);
-    let ranked = top_k(&scores, k, &|u| {
-        let s = scores[u];
-        s > 0.0 && min_score.is_none_or(|m| s >= m) && !excluded.as_ref().is_some_and(|e| e[u])
-    });
+    let ranked = top_k_threads(
+        &scores,
+        k,
+        &|u| {
+            let s = scores[u];
+            s > 0.0 && min_score.is_none_or(|m| s >= m) && !excluded.as_ref().is_some_and(|e| e[u])
+        },
+        crate::guc::threads(),
+    );
     let engaged = ranked.iter().map(|&(u, _)| e[u as usize] > 0.0).collect();
+    pgrx::debug1!(
+        "audience: top {k} selected in {:.1} ms",
+        t_rank.elapsed().as_secs_f64() * 1000.0
+    );
     Ranking {
         ranked,
         engaged,

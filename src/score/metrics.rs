@@ -99,7 +99,7 @@ fn ratio(a: f64, b: f64) -> f64 {
 pub fn evaluate_ranking(
     scores: &[f32],
     positive: &[bool],
-    eligible: &dyn Fn(usize) -> bool,
+    eligible: &(dyn Fn(usize) -> bool + Sync),
     pcts: &[f64],
 ) -> RankingMetrics {
     assert_eq!(

@@ -14,20 +14,65 @@ pub fn rank_order(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
 /// The `k` best users among those with `keep(user)`, as `(user, score)` sorted by score descending
 /// then user index ascending. NaN scores are never returned. O(n + k log k).
 /// Generic over `keep` so that the predicate is inlined into the two passes over all users.
-pub fn top_k<F: Fn(usize) -> bool + ?Sized>(scores: &[f32], k: usize, keep: &F) -> Vec<(u32, f32)> {
+pub fn top_k<F: Fn(usize) -> bool + Sync + ?Sized>(
+    scores: &[f32],
+    k: usize,
+    keep: &F,
+) -> Vec<(u32, f32)> {
+    top_k_threads(scores, k, keep, 1)
+}
+
+/// Users per thread below which [`top_k_threads`] stays on the calling thread.
+const PAR_MIN: usize = 1 << 16;
+
+/// [`top_k`] with its two passes over the users split among `threads` threads (the same result
+/// for any number of threads).
+pub fn top_k_threads<F: Fn(usize) -> bool + Sync + ?Sized>(
+    scores: &[f32],
+    k: usize,
+    keep: &F,
+    threads: usize,
+) -> Vec<(u32, f32)> {
     if k == 0 {
         return Vec::new();
     }
+    let threads = threads.clamp(1, 64).min(scores.len() / PAR_MIN).max(1);
+    let chunk = scores.len().div_ceil(threads).max(1);
     // A histogram of the scores' top 16 key bits finds the bucket holding the k-th best, so only
     // the users at or above it (about k) are collected and sorted: O(n) with a small constant,
     // instead of a selection over every user.
-    let mut hist = vec![0u32; 1 << 16];
-    let mut n = 0usize;
-    for (u, &s) in scores.iter().enumerate() {
-        if !s.is_nan() && keep(u) {
-            hist[(order_key(s) >> 16) as usize] += 1;
-            n += 1;
+    let histogram = |first: usize, part: &[f32]| {
+        let mut hist = vec![0u32; 1 << 16];
+        let mut n = 0usize;
+        for (j, &s) in part.iter().enumerate() {
+            if !s.is_nan() && keep(first + j) {
+                hist[(order_key(s) >> 16) as usize] += 1;
+                n += 1;
+            }
         }
+        (hist, n)
+    };
+    // Candidates as one integer each, ordered like `rank_order`: the score's key inverted
+    // (best first), then the user index (integer sorts are several times faster than comparing
+    // float pairs).
+    let collect = |first: usize, part: &[f32], floor: u32| -> Vec<u64> {
+        part.iter()
+            .enumerate()
+            .filter(|&(j, &s)| !s.is_nan() && (order_key(s) >> 16) >= floor && keep(first + j))
+            .map(|(j, &s)| ((!order_key(s) as u64) << 32) | (first + j) as u64)
+            .collect()
+    };
+    let parts: Vec<(usize, &[f32])> = scores
+        .chunks(chunk)
+        .enumerate()
+        .map(|(c, p)| (c * chunk, p))
+        .collect();
+    let (mut hist, mut n) = (vec![0u32; 1 << 16], 0usize);
+    for (h, m) in on_threads(&parts, |&(first, part)| histogram(first, part)) {
+        for (a, b) in hist.iter_mut().zip(h) {
+            *a += b;
+        }
+        n += m;
     }
     let mut floor = 0u32;
     if n > k {
@@ -40,18 +85,40 @@ pub fn top_k<F: Fn(usize) -> bool + ?Sized>(scores: &[f32], k: usize, keep: &F) 
             }
         }
     }
-    let mut cand: Vec<(u32, f32)> = scores
-        .iter()
-        .enumerate()
-        .filter(|&(u, &s)| !s.is_nan() && (order_key(s) >> 16) >= floor && keep(u))
-        .map(|(u, &s)| (u as u32, s))
+    let mut cand: Vec<u64> = on_threads(&parts, |&(first, part)| collect(first, part, floor))
+        .into_iter()
+        .flatten()
         .collect();
     if cand.len() > k {
-        cand.select_nth_unstable_by(k - 1, rank_order);
+        cand.select_nth_unstable(k - 1);
         cand.truncate(k);
     }
-    cand.sort_unstable_by(rank_order);
-    cand
+    cand.sort_unstable();
+    cand.into_iter()
+        .map(|c| {
+            let u = c as u32;
+            (u, scores[u as usize])
+        })
+        .collect()
+}
+
+/// `f` of every part, in order: the first on the calling thread, the others on scoped threads.
+fn on_threads<P: Sync, R: Send>(parts: &[P], f: impl Fn(&P) -> R + Sync) -> Vec<R> {
+    if parts.len() <= 1 {
+        return parts.iter().map(f).collect();
+    }
+    std::thread::scope(|scope| {
+        let f = &f;
+        let others: Vec<_> = parts[1..]
+            .iter()
+            .map(|p| scope.spawn(move || f(p)))
+            .collect();
+        let mut out = vec![f(&parts[0])];
+        for h in others {
+            out.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        out
+    })
 }
 
 /// A u32 whose order is the float order (non-NaN floats; -0.0 counts as 0.0, so equal scores
@@ -124,6 +191,30 @@ mod tests {
                 all[..k.min(all.len())].to_vec(),
                 "k={k}"
             );
+        }
+    }
+
+    #[test]
+    fn threads_do_not_change_the_result() {
+        let mut x = 99u64;
+        let s: Vec<f32> = (0..3 * PAR_MIN + 17)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                if x.is_multiple_of(97) {
+                    f32::NAN
+                } else {
+                    ((x >> 33) % 1000) as f32 / 7.0
+                }
+            })
+            .collect();
+        let keep = |u: usize| u % 5 != 1;
+        for k in [1, 500, 40_000, 200_000] {
+            let one = top_k(&s, k, &keep);
+            for t in [2, 3, 8] {
+                assert_eq!(top_k_threads(&s, k, &keep, t), one, "k={k} threads={t}");
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Training and scoring read big arrays (factor matrices, kNN tables) at random positions: with
 //! 4 KiB pages nearly every such read of a 100 MB array also misses the TLB. Where the kernel
 //! leaves huge pages to the program (`transparent_hugepage/enabled = madvise`, Debian's default),
-//! [`zeroed`] asks for them before the buffer is first touched. A hint only: nothing changes
+//! [`filled`] asks for them before the buffer is first touched. A hint only: nothing changes
 //! where huge pages are off or unavailable.
 
 /// Buffers smaller than this stay as they are (a huge page is 2 MiB).
@@ -11,31 +11,42 @@ const MIN_BYTES: usize = 4 << 20;
 
 /// A zeroed vector of `n` values whose memory is advised to be backed by huge pages.
 pub fn zeroed<T: Copy + Default>(n: usize) -> Vec<T> {
-    let v = vec![T::default(); n];
-    advise(&v);
-    v
+    filled(n, T::default())
 }
 
-/// Advises the pages of `v` (those wholly inside it) to be huge pages from their first touch.
-pub fn advise<T>(v: &[T]) {
-    let bytes = std::mem::size_of_val(v);
+/// A vector of `n` copies of `v` whose memory is advised to be backed by huge pages (advised
+/// before it is written, so that its pages are huge from their first touch).
+pub fn filled<T: Clone>(n: usize, v: T) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(n);
+    advise_range(
+        out.as_ptr() as usize,
+        n.saturating_mul(std::mem::size_of::<T>()),
+    );
+    out.resize(n, v);
+    out
+}
+
+/// Advises the pages wholly inside `[start, start + bytes)` to be huge pages from their first
+/// touch.
+fn advise_range(start: usize, bytes: usize) {
     if bytes < MIN_BYTES {
         return;
     }
     #[cfg(target_os = "linux")]
     {
         const PAGE: usize = 4096;
-        let start = v.as_ptr() as usize;
         let first = start.div_ceil(PAGE) * PAGE;
         let end = (start + bytes) / PAGE * PAGE;
         if end > first {
-            // SAFETY: the range lies inside memory this process owns (the slice); MADV_HUGEPAGE
+            // SAFETY: the range lies inside memory this process allocated; MADV_HUGEPAGE
             // changes only how it is backed, never its contents. Errors are ignored (a hint).
             unsafe {
                 libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
             }
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = start;
 }
 
 #[cfg(test)]
@@ -43,11 +54,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn zeroed_is_zeroed_at_any_size() {
+    fn filled_at_any_size() {
         for n in [0usize, 1, 1000, (MIN_BYTES / 4) + 12345] {
             let v: Vec<f32> = zeroed(n);
             assert_eq!(v.len(), n);
             assert!(v.iter().all(|&x| x == 0.0));
+            let w: Vec<(u32, u8)> = filled(n, (7, 1));
+            assert_eq!(w.len(), n);
+            assert!(w.iter().all(|&x| x == (7, 1)));
         }
     }
 }
