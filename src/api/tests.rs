@@ -211,6 +211,85 @@ mod tests {
         assert!(n > 0);
     }
 
+    /// The audience functions return every row in one call (materialize mode): the same rows,
+    /// in rank order, in FROM, in the select list, when rescanned per outer row (LATERAL), and for
+    /// each of the three entry points.
+    #[pg_test]
+    fn audience_rows_are_the_same_in_every_calling_context() {
+        run(
+            r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, b text);
+               INSERT INTO ev SELECT g % 23, 'p' || (g % 9), now() - g * interval '1 hour', CASE WHEN g % 9 < 4 THEN 'x' ELSE 'y' END
+                 FROM generate_series(1, 400) g;
+               SELECT audience.create_catalog('mat');
+               SELECT audience.add_event('mat', 'ev', 'product_id');
+               SELECT audience.map_property('mat', 'b', column_name => 'b');
+               SELECT audience.build('mat', factors => 2, neighbours => 2, tune => false);"#,
+        );
+        let one = |sql: &str| -> String {
+            Spi::get_one::<String>(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .unwrap_or_default()
+        };
+        let from = one(
+            "SELECT string_agg(user_id || ':' || rank || ':' || round(percentile::numeric, 6), ',' ORDER BY rank)
+               FROM audience.recommend_audience('b', 'x', 100, catalog => 'mat')",
+        );
+        assert!(from.starts_with(&format!(
+            "{}:1:",
+            one("SELECT user_id FROM audience.recommend_audience('b', 'x', 100, catalog => 'mat') LIMIT 1")
+        )));
+        let select_list = one(
+            "SELECT string_agg((r).user_id || ':' || (r).rank || ':' || round((r).percentile::numeric, 6), ',' ORDER BY (r).rank)
+               FROM (SELECT audience.recommend_audience('b', 'x', 100, catalog => 'mat') r) s",
+        );
+        assert_eq!(select_list, from);
+        let array_form = one(
+            "SELECT string_agg(user_id || ':' || rank || ':' || round(percentile::numeric, 6), ',' ORDER BY rank)
+               FROM audience.recommend_audience('b', ARRAY['x'], 100, catalog => 'mat')",
+        );
+        assert_eq!(array_form, from);
+        let items_form = one(
+            "SELECT string_agg(user_id || ':' || rank || ':' || round(percentile::numeric, 6), ',' ORDER BY rank)
+               FROM audience.recommend_audience_items(ARRAY['p0', 'p1', 'p2', 'p3'], 100, catalog => 'mat')",
+        );
+        assert_eq!(items_form, from, "the items of value x, asked for by id");
+        // Ranks 1..n without gaps, scores never increasing, percentiles of the 23 users ranked.
+        let checks = Spi::get_one::<bool>(
+            "SELECT bool_and(rank = rn) AND bool_and(score <= prev) AND bool_and(abs(percentile - 100.0 * rank / 23) < 1e-9)
+               FROM (SELECT rank, score, percentile, row_number() OVER (ORDER BY rank) AS rn,
+                            coalesce(lag(score) OVER (ORDER BY rank), 'Infinity') AS prev
+                       FROM audience.recommend_audience('b', 'x', 100, catalog => 'mat')) t",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(checks);
+        let n = Spi::get_one::<i64>(
+            "SELECT count(*) FROM audience.recommend_audience('b', 'x', 100, catalog => 'mat')",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(n > 0 && n <= 23);
+        let lateral = Spi::get_one::<i64>(
+            "SELECT count(*) FROM (VALUES ('x'), ('y'), ('x')) v(val),
+                    LATERAL audience.recommend_audience('b', v.val, 100, catalog => 'mat')",
+        )
+        .unwrap()
+        .unwrap();
+        let n_y = Spi::get_one::<i64>(
+            "SELECT count(*) FROM audience.recommend_audience('b', 'y', 100, catalog => 'mat')",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(lateral, 2 * n + n_y);
+        // An audience that is empty (no item has the value) is zero rows, not an error.
+        let none = Spi::get_one::<i64>(
+            "SELECT count(*) FROM audience.recommend_audience('b', 'no such value', 100, catalog => 'mat')",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(none, 0);
+    }
+
     /// A stash token names the backend that made it: a token from another session (the scan's
     /// final step ran elsewhere) is never found here, even when its counter matches one of ours.
     #[pg_test]
