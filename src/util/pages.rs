@@ -1,7 +1,7 @@
 //! Large buffers on transparent huge pages.
 //!
-//! Training and scoring read big arrays (factor matrices, kNN tables) at random positions: with
-//! 4 KiB pages nearly every such read of a 100 MB array also misses the TLB. Where the kernel
+//! ALS reads the other side's factor vectors at random positions (a 1M-user matrix of 32 factors
+//! is 128 MB): with 4 KiB pages nearly every such read also misses the TLB. Where the kernel
 //! leaves huge pages to the program (`transparent_hugepage/enabled = madvise`, Debian's default),
 //! [`filled`] asks for them before the buffer is first touched. A hint only: nothing changes
 //! where huge pages are off or unavailable.
