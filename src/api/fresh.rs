@@ -125,8 +125,8 @@ fn ts(us: i64) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from(us).ok()
 }
 
-/// Whether `plan` (EXPLAIN's JSON) reads, from end to end, a relation with more than `limit` rows
-/// (its name is returned).
+/// Whether `plan` (EXPLAIN's JSON, VERBOSE: only then do scans name their schema) reads, from end
+/// to end, a relation with more than `limit` rows (its name is returned).
 fn large_seq_scan(plan: &serde_json::Value, limit: i64) -> Option<String> {
     fn walk(node: &serde_json::Value, out: &mut Vec<(String, String)>) {
         if let Some(t) = node.get("Node Type").and_then(|v| v.as_str()) {
@@ -153,7 +153,11 @@ fn large_seq_scan(plan: &serde_json::Value, limit: i64) -> Option<String> {
     }
     scans.into_iter().find_map(|(s, r)| {
         let n = query_rows(
-            "SELECT c.reltuples::pg_catalog.int8 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2",
+            // Never analyzed or vacuumed (reltuples -1): estimated from its size, 100 bytes a row.
+            "SELECT CASE WHEN c.reltuples OPERATOR(pg_catalog.>=) 0 THEN c.reltuples::pg_catalog.int8
+                         ELSE pg_catalog.pg_relation_size(c.oid) OPERATOR(pg_catalog./) 100 END
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+              WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2",
             &args![s.as_str(), r.as_str()],
             |row| row.get::<i64>(1).ok().flatten(),
         )
@@ -256,9 +260,10 @@ pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
     );
     if cached.is_none() {
         // Once per model and backend: would reading new rows scan a large table in full?
-        let plan: Option<pgrx::Json> = Spi::get_one(&format!("EXPLAIN (FORMAT JSON) {count_q}"))
-            .or_raise("planning the read of new events");
-        if let Some(rel) = plan.and_then(|p| large_seq_scan(&p.0, SEQ_SCAN_ROWS.min(s.max_rows))) {
+        let plan: Option<pgrx::Json> =
+            Spi::get_one(&format!("EXPLAIN (FORMAT JSON, VERBOSE) {count_q}"))
+                .or_raise("planning the read of new events");
+        if let Some(rel) = plan.and_then(|p| large_seq_scan(&p.0, SEQ_SCAN_ROWS)) {
             let hint = "Create an index on the event time column of each source (CREATE INDEX ON <source> (<time column>)), or turn the read off with audience.set_fresh_events(catalog, 'off').";
             if s.mode == Mode::Auto {
                 SKIP.with(|x| x.borrow_mut().push(l.model_id));

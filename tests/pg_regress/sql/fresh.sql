@@ -73,6 +73,23 @@ SELECT catalog, active_model_id = previous_model_id AS unchanged
   FROM audience.activate((SELECT active_model_id FROM audience.catalogs WHERE name = 'fresh'));
 SELECT count(*) AS models_kept FROM audience.models m JOIN audience.catalogs c USING (catalog_id) WHERE c.name = 'fresh';
 
+-- 5. In 'auto' mode a source the read would scan from end to end (no index on its time column)
+-- past 100,000 rows is not read at query time: the snapshot is served, with a NOTICE naming the
+-- table (once per model and session); in 'on' mode it is read, with a WARNING.
+CREATE TABLE f.views (user_id text, sku text, ts timestamptz);
+INSERT INTO f.views
+SELECT 'v' || (g % 500), 'A-' || (g % 6), '2024-01-01'::timestamptz + (g % 1000) * interval '1 minute'
+  FROM generate_series(1, 120000) g;
+ANALYZE f.views;
+SELECT audience.add_event('fresh', 'f.views', 'sku', event_time => 'ts', weight => 0.5) IS NOT NULL AS ok;
+SELECT users FROM audience.build('fresh', guard => false);
+SET client_min_messages = notice;
+SELECT count(*) > 0 AS served FROM audience.recommend_audience('brand', 'A', 100, 'fresh');
+SELECT count(*) > 0 AS served_again FROM audience.recommend_audience('brand', 'A', 100, 'fresh');
+SELECT * FROM audience.set_fresh_events('fresh', 'on', max_rows => 1000);
+SELECT count(*) > 0 AS served_on FROM audience.recommend_audience('brand', 'A', 100, 'fresh');
+SET client_min_messages = warning;
+
 \set VERBOSITY default
 \set SHOW_CONTEXT never
 SELECT * FROM audience.set_fresh_events('fresh', 'sometimes');
