@@ -186,7 +186,16 @@ pub struct Accumulator {
     pub(crate) rows: u64,
     pub(crate) min_time: i64,
     pub(crate) max_time: i64,
+    /// User texts of the last `pending.len()` entries, not interned yet (their `user` is
+    /// [`NO_ID`]): they are interned [`USER_BATCH`] at a time, the table slots of a batch
+    /// prefetched together, so a big user table costs one wait for memory per batch instead of
+    /// one per row. Empty whenever anything reads the state ([`Accumulator::flush_users`]).
+    pub(crate) pending: Vec<(u32, u32)>,
+    pub(crate) pending_text: String,
 }
+
+/// Rows whose user lookups are batched (see [`Accumulator::pending`]).
+pub(crate) const USER_BATCH: usize = 32;
 
 impl Accumulator {
     #[cfg(test)]
@@ -212,7 +221,30 @@ impl Accumulator {
             rows: 0,
             min_time: i64::MAX,
             max_time: i64::MIN,
+            pending: Vec::new(),
+            pending_text: String::new(),
         }
+    }
+
+    /// Interns the pending users' texts and gives their entries the ids.
+    pub(crate) fn flush_users(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut hashes = [0u64; USER_BATCH];
+        for (h, &(a, b)) in hashes.iter_mut().zip(&self.pending) {
+            *h = hash_bytes(&self.pending_text.as_bytes()[a as usize..b as usize]);
+            self.users.prefetch(*h);
+        }
+        let first = self.entries.len() - self.pending.len();
+        for (k, &(a, b)) in self.pending.iter().enumerate() {
+            let id = self
+                .users
+                .intern_hashed(&self.pending_text[a as usize..b as usize], hashes[k]);
+            self.entries[first + k].user = id;
+        }
+        self.pending.clear();
+        self.pending_text.clear();
     }
 
     /// Number of mapped properties.
@@ -245,14 +277,16 @@ impl Accumulator {
         if let Some(h) = half_life_us {
             assert!(h > 0, "half-life must be positive, got {h} microseconds");
         }
-        let user = self.users.intern(user);
         let item = self.items.intern(item);
         let slot = self.slot_for(half_life_us);
         self.rows += 1;
         self.min_time = self.min_time.min(time_us);
         self.max_time = self.max_time.max(time_us);
+        let start = self.pending_text.len() as u32;
+        self.pending_text.push_str(user);
+        self.pending.push((start, self.pending_text.len() as u32));
         self.entries.push(Entry {
-            user,
+            user: NO_ID,
             item,
             slot,
             time: time_us,
@@ -270,8 +304,11 @@ impl Accumulator {
                 }
             }
         }
-        if self.entries.len() >= self.threshold {
-            self.compact();
+        if self.pending.len() == USER_BATCH {
+            self.flush_users();
+            if self.entries.len() >= self.threshold {
+                self.compact();
+            }
         }
     }
 
@@ -331,15 +368,22 @@ impl Accumulator {
                 .map(|p| p.capacity() * std::mem::size_of::<PropVal>())
                 .sum::<usize>()
             + self.prop_bytes
+            + self.pending_text.capacity()
+            + self.pending.capacity() * 8
     }
 
     fn is_blank(&self) -> bool {
-        self.rows == 0 && self.entries.is_empty() && self.users.len() == 0 && self.items.len() == 0
+        self.pending.is_empty()
+            && self.rows == 0
+            && self.entries.is_empty()
+            && self.users.len() == 0
+            && self.items.len() == 0
     }
 
     /// Sorts and deduplicates the unsorted tail and merges it into the sorted prefix (ids and
     /// slots unchanged).
     fn compact(&mut self) {
+        self.flush_users();
         let p = self.sorted_len;
         let n = self.entries.len();
         if p < n {
@@ -371,7 +415,9 @@ impl Accumulator {
         let len = self.entries.len();
         self.sorted_len = len;
         self.threshold = MIN_COMPACT.max(2 * len);
-        self.entries.reserve_exact(self.threshold - len);
+        // Compaction waits for the end of a batch of users: room for one batch past the threshold.
+        self.entries
+            .reserve_exact(self.threshold + USER_BATCH - len);
     }
 
     /// Sorts the half-life table (None first, then ascending); returns old -> new slot map when
@@ -407,6 +453,7 @@ impl Accumulator {
     /// Canonical form: ids in text order, slots in half-life order, entries sorted and
     /// deduplicated, property vectors padded.
     pub(crate) fn canonicalize(&mut self) {
+        self.flush_users();
         let ur = self.users.sort();
         let ir = self.items.sort();
         let sr = self.sort_slots();
@@ -446,6 +493,8 @@ impl Accumulator {
 
     /// Folds a partial state (parallel aggregation) into this one.
     pub fn merge(&mut self, mut other: Accumulator) {
+        self.flush_users();
+        other.flush_users();
         if self.reference.is_none() {
             self.reference = other.reference;
         }
@@ -1006,6 +1055,37 @@ mod tests {
         }
         expect.retain(|_, v| *v > 0.0);
         assert_eq!(got, expect);
+    }
+
+    /// Users are interned a batch at a time: every read of the state (merge, serialize, finish)
+    /// sees the rows of a batch that is not full yet, under the same ids as row-by-row interning.
+    #[test]
+    fn users_of_a_partial_batch_are_seen_by_every_read() {
+        let rows: Vec<(String, String)> = (0..USER_BATCH * 2 + 5)
+            .map(|k| (format!("u{}", k % 7), format!("i{}", k % 3)))
+            .collect();
+        let push_all = |acc: &mut Accumulator, rows: &[(String, String)]| {
+            for (u, i) in rows {
+                acc.push(u, i, 1.0, 0, None, None);
+            }
+        };
+        let mut whole = Accumulator::new(0);
+        push_all(&mut whole, &rows);
+        assert_eq!(whole.pending.len(), 5, "the test leaves a batch open");
+        let mut left = Accumulator::new(0);
+        push_all(&mut left, &rows[..3]);
+        let mut right = Accumulator::new(0);
+        push_all(&mut right, &rows[3..]);
+        left.merge(right);
+        let bytes = whole.serialize();
+        assert_eq!(left.serialize(), bytes, "merged partial batches");
+        let mut fresh = Accumulator::new(0);
+        push_all(&mut fresh, &rows);
+        let a = fresh.finish();
+        assert_eq!(a.users.len(), 7);
+        assert_eq!(a.matrix.nnz(), 21);
+        let total: f32 = a.matrix.data.iter().sum();
+        assert_eq!(total, rows.len() as f32, "every row counted once");
     }
 
     #[test]

@@ -208,6 +208,8 @@ impl Accumulator {
             rows,
             min_time,
             max_time,
+            pending: Vec::new(),
+            pending_text: String::new(),
         })
     }
 }

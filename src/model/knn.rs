@@ -31,6 +31,7 @@
 
 use crate::model::csr::Csr;
 use crate::util::interrupt::Interrupted;
+use crate::util::prefetch;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -302,20 +303,6 @@ impl Ord for Cand {
 
 const PF_FAR: usize = 16;
 const PF_NEAR: usize = 8;
-
-/// Hints the CPU to load the cache line holding `p` (no-op off x86_64; never faults).
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching is a hint; it does not dereference the pointer architecturally and cannot
-    // fault, whatever the address.
-    #[allow(unused_unsafe)]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 /// Per-thread scratch space.
 struct Scratch {

@@ -1,7 +1,8 @@
 //! Small std-only helpers shared by the core: a fast non-cryptographic hasher for interning
 //! tables ([`hash`]), a little-endian byte codec for aggregate states and model blobs ([`codec`]) and
 //! a small deterministic random generator ([`rand`]), compressed sparse row matrices ([`csr`]),
-//! interrupt polling for long loops ([`interrupt`]) and buffers on huge pages ([`pages`]).
+//! interrupt polling for long loops ([`interrupt`]), buffers on huge pages ([`pages`]) and a cache
+//! prefetch hint ([`prefetch`]).
 
 pub mod buf;
 pub mod codec;
@@ -11,3 +12,17 @@ pub mod interrupt;
 pub mod pages;
 pub mod par;
 pub mod rand;
+
+/// Hints the CPU to load the cache line holding `p` (no-op off x86_64; never faults).
+#[inline(always)]
+pub fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint; it does not dereference the pointer architecturally and cannot
+    // fault, whatever the address.
+    #[allow(unused_unsafe)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
