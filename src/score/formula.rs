@@ -115,14 +115,10 @@ pub fn user_factors(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
         .collect()
 }
 
-/// [`score_from_components`] with the user factors `f` precomputed by [`user_factors`] (for the
-/// same `t`, shared components and [`factor_key`]).
-pub fn score_with_factors(c: &Components, t: &[f32], p: &HybridParams, f: &[f32]) -> Vec<f32> {
-    let n = c.e.len();
-    assert!(
-        t.len() == n && f.len() == n,
-        "components, totals and factors disagree on the number of users"
-    );
+/// The kNN weight and the prior a score uses: NaN knobs fall back (0.5, 0), the weight is clamped
+/// to [0, 1], a negative prior is 0, and pure CF without any collaborative model (which would
+/// score everyone 0) uses the own share instead (prior 0).
+fn effective_knobs(c: &Components, p: &HybridParams) -> (f32, f32) {
     let kw = if p.knn_weight.is_nan() {
         0.5
     } else {
@@ -133,12 +129,23 @@ pub fn score_with_factors(c: &Components, t: &[f32], p: &HybridParams, f: &[f32]
     } else {
         p.prior.max(0.0)
     };
-    // Pure CF without any collaborative model would score everyone 0: use the own share instead.
     let prior = if prior == f32::INFINITY && c.knn_share.is_none() && c.als_share.is_none() {
         0.0
     } else {
         prior
     };
+    (kw, prior)
+}
+
+/// [`score_from_components`] with the user factors `f` precomputed by [`user_factors`] (for the
+/// same `t`, shared components and [`factor_key`]).
+pub fn score_with_factors(c: &Components, t: &[f32], p: &HybridParams, f: &[f32]) -> Vec<f32> {
+    let n = c.e.len();
+    assert!(
+        t.len() == n && f.len() == n,
+        "components, totals and factors disagree on the number of users"
+    );
+    let (kw, prior) = effective_knobs(c, p);
     let (e, t) = c.own_parts(p.own, t);
     let (e, t, f) = (&e[..n], &t[..n], &f[..n]);
     // One branch-free loop per case (the knobs and the models present are the same for every
@@ -242,11 +249,7 @@ mod tests {
 
     /// The per-user formula written plainly, as before the loops were split per case.
     fn reference(c: &Components, t: &[f32], p: &HybridParams, f: &[f32]) -> Vec<f32> {
-        let kw = if p.knn_weight.is_nan() {
-            0.5
-        } else {
-            p.knn_weight.clamp(0.0, 1.0)
-        };
+        let (kw, prior) = effective_knobs(c, p);
         let cf = |u: usize| -> f32 {
             match (&c.knn_share, &c.als_share) {
                 (Some(k), Some(a)) => kw * k[u] + (1.0 - kw) * a[u],
@@ -254,16 +257,6 @@ mod tests {
                 (None, Some(a)) => a[u],
                 (None, None) => 0.0,
             }
-        };
-        let prior = if p.prior.is_nan() {
-            0.0
-        } else {
-            p.prior.max(0.0)
-        };
-        let prior = if prior == f32::INFINITY && c.knn_share.is_none() && c.als_share.is_none() {
-            0.0
-        } else {
-            prior
         };
         let (e, t) = c.own_parts(p.own, t);
         (0..c.e.len())
