@@ -211,9 +211,8 @@ mod tests {
         assert!(n > 0);
     }
 
-    /// The audience functions return every row in one call (materialize mode): the same rows,
-    /// in rank order, in FROM, in the select list, when rescanned per outer row (LATERAL), and for
-    /// each of the three entry points.
+    /// The audience functions return the same rows, in rank order, in FROM, in the select list,
+    /// when rescanned per outer row (LATERAL), and for each of the three entry points.
     #[pg_test]
     fn audience_rows_are_the_same_in_every_calling_context() {
         run(

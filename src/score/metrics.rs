@@ -20,6 +20,7 @@ use crate::score::hybrid::{
     factor_key, score_from_components, score_with_factors, user_factors, Components, FactorKey,
     HybridParams,
 };
+use crate::score::topk::rank_key;
 #[cfg(doc)]
 use crate::score::topk::rank_order;
 use crate::score::topk::top_k;
@@ -191,21 +192,6 @@ pub fn tune(
         1,
         &mut || {},
     )
-}
-
-/// A key whose ascending order is [`rank_order`]: score descending (with -0.0 = 0.0), then user
-/// index ascending. Not for NaN.
-#[inline]
-fn rank_key(score: f32, user: u32) -> u64 {
-    let s = if score == 0.0 { 0.0f32 } else { score };
-    let b = s.to_bits();
-    // Monotone map of the float onto u32 (negative floats reversed), then reversed for descending.
-    let ord = if b & 0x8000_0000 != 0 {
-        !b
-    } else {
-        b | 0x8000_0000
-    };
-    ((!ord as u64) << 32) | user as u64
 }
 
 /// Positives among the best `k` eligible users by [`rank_order`], for each `k` in `ks` (any order).

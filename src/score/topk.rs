@@ -1,5 +1,6 @@
 //! Top-k selection of users by score.
 
+use crate::util::par::par_map;
 use std::cmp::Ordering;
 
 /// Score descending, then user index ascending (user indices follow id-text order, so this is the
@@ -52,14 +53,13 @@ pub fn top_k_threads<F: Fn(usize) -> bool + Sync + ?Sized>(
         }
         (hist, n)
     };
-    // Candidates as one integer each, ordered like `rank_order`: the score's key inverted
-    // (best first), then the user index (integer sorts are several times faster than comparing
-    // float pairs).
+    // Candidates as one integer each ([`rank_key`]: integer sorts are several times faster than
+    // comparing float pairs).
     let collect = |first: usize, part: &[f32], floor: u32| -> Vec<u64> {
         part.iter()
             .enumerate()
             .filter(|&(j, &s)| !s.is_nan() && (order_key(s) >> 16) >= floor && keep(first + j))
-            .map(|(j, &s)| ((!order_key(s) as u64) << 32) | (first + j) as u64)
+            .map(|(j, &s)| rank_key(s, (first + j) as u32))
             .collect()
     };
     let parts: Vec<(usize, &[f32])> = scores
@@ -68,7 +68,7 @@ pub fn top_k_threads<F: Fn(usize) -> bool + Sync + ?Sized>(
         .map(|(c, p)| (c * chunk, p))
         .collect();
     let (mut hist, mut n) = (vec![0u32; 1 << 16], 0usize);
-    for (h, m) in on_threads(&parts, |&(first, part)| histogram(first, part)) {
+    for (h, m) in par_map(parts.clone(), |(first, part)| histogram(first, part)) {
         for (a, b) in hist.iter_mut().zip(h) {
             *a += b;
         }
@@ -85,7 +85,7 @@ pub fn top_k_threads<F: Fn(usize) -> bool + Sync + ?Sized>(
             }
         }
     }
-    let mut cand: Vec<u64> = on_threads(&parts, |&(first, part)| collect(first, part, floor))
+    let mut cand: Vec<u64> = par_map(parts, |(first, part)| collect(first, part, floor))
         .into_iter()
         .flatten()
         .collect();
@@ -102,23 +102,11 @@ pub fn top_k_threads<F: Fn(usize) -> bool + Sync + ?Sized>(
         .collect()
 }
 
-/// `f` of every part, in order: the first on the calling thread, the others on scoped threads.
-fn on_threads<P: Sync, R: Send>(parts: &[P], f: impl Fn(&P) -> R + Sync) -> Vec<R> {
-    if parts.len() <= 1 {
-        return parts.iter().map(f).collect();
-    }
-    std::thread::scope(|scope| {
-        let f = &f;
-        let others: Vec<_> = parts[1..]
-            .iter()
-            .map(|p| scope.spawn(move || f(p)))
-            .collect();
-        let mut out = vec![f(&parts[0])];
-        for h in others {
-            out.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-        }
-        out
-    })
+/// A key whose ascending order is [`rank_order`]: the score's [`order_key`] inverted (best first),
+/// then the user index. Not for NaN.
+#[inline]
+pub(crate) fn rank_key(score: f32, user: u32) -> u64 {
+    ((!order_key(score) as u64) << 32) | user as u64
 }
 
 /// A u32 whose order is the float order (non-NaN floats; -0.0 counts as 0.0, so equal scores

@@ -10,15 +10,29 @@ pub fn par_chunks<T: Send>(out: &mut [T], threads: usize, f: impl Fn(usize, &mut
         return;
     }
     let chunk = n.div_ceil(threads);
+    let parts: Vec<(usize, &mut [T])> = out
+        .chunks_mut(chunk)
+        .enumerate()
+        .map(|(k, part)| (k * chunk, part))
+        .collect();
+    par_map(parts, |(first, part)| f(first, part));
+}
+
+/// `f` of every part, in order, each part on its own thread (scoped threads doing pure
+/// arithmetic; the calling thread takes the first part).
+pub fn par_map<P: Send, R: Send>(parts: Vec<P>, f: impl Fn(P) -> R + Sync) -> Vec<R> {
+    if parts.len() <= 1 {
+        return parts.into_iter().map(f).collect();
+    }
     std::thread::scope(|scope| {
-        let mut parts = out.chunks_mut(chunk).enumerate();
+        let f = &f;
+        let mut parts = parts.into_iter();
         let first = parts.next();
-        for (k, part) in parts {
-            let f = &f;
-            scope.spawn(move || f(k * chunk, part));
+        let others: Vec<_> = parts.map(|p| scope.spawn(move || f(p))).collect();
+        let mut out: Vec<R> = first.into_iter().map(f).collect();
+        for h in others {
+            out.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
         }
-        if let Some((_, part)) = first {
-            f(0, part);
-        }
-    });
+        out
+    })
 }

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# A/B of the build's scan query between two builds of the library (not a test): after
+# `BENCH_KEEP=1 bench/scale.sh` (same sizes), runs the catalog's scan query alone
+# (`audience._build_query`, the aggregate included) with library A, then B, ROUNDS times,
+# printing wall time and the CPU time of the whole machine (/proc/stat) for each run. Run to run,
+# the same code varies here by more than most changes gain: only alternated runs are compared.
+#
+#   A=/tmp/old.so B=/tmp/new.so bench/scan_ab.sh          # .so files built with
+#                                                         # cargo build --release --lib --features pg15
+# Env: A, B (required), ROUNDS (3), USERS/PRODUCTS/EVENTS as bench/scale.sh, BENCH_CLUSTER
+# (bench-scale). Each library is put in place with `mv` (a new inode: a library mapped by a
+# running backend must never be overwritten in place). The installed library is restored at the end.
+set -euo pipefail
+PGA_SCRIPT=bench-scan-ab
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/pg.sh
+source scripts/pg.sh
+: "${A:?A=path of library A}" "${B:?B=path of library B}"
+ROUNDS="${ROUNDS:-3}"
+CL="${BENCH_CLUSTER:-bench-scale}"
+CAT="shop_u${USERS:-1000000}_p${PRODUCTS:-50000}_e${EVENTS:-20000000}"
+LIB="$("$(pga_pg_config)" --pkglibdir)/pg_audience.so"
+work="$(mktemp -d)"
+cp "$LIB" "$work/installed.so"
+put() { cp "$1" "$(dirname "$LIB")/.pg_audience.so.tmp" && mv -f "$(dirname "$LIB")/.pg_audience.so.tmp" "$LIB"; }
+pga_on_exit "put '$work/installed.so'; rm -rf '$work'"
+pga_cluster_start "$CL" "shared_buffers = 2GB" "max_parallel_workers_per_gather = 2" >&2
+q() { pga_psql "$CL" -d postgres -Atq "$@"; }
+CID="$(q -c "SELECT catalog_id FROM audience.catalogs WHERE name = '$CAT'")"
+[[ -n "$CID" ]] || pga_die "no catalog $CAT in cluster $CL: run BENCH_KEEP=1 bench/scale.sh first"
+{ echo '\timing on'; echo "SELECT x IS NOT NULL FROM ("
+  q -c "SELECT query FROM audience._build_query($CID, NULL, NULL, NULL)"; echo ") q(x);"; } > "$work/scan.sql"
+cpu() { awk '/^cpu /{ print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+hz="$(getconf CLK_TCK)"
+for r in $(seq "$ROUNDS"); do
+    for v in A B; do
+        put "${!v}"
+        c0="$(cpu)"
+        ms="$(pga_psql "$CL" -d postgres -Atf "$work/scan.sql" | awk '/^Time:/ { print $2 }')"
+        c1="$(cpu)"
+        echo "round $r $v: wall ${ms} ms, CPU $(awk -v a="$c0" -v b="$c1" -v hz="$hz" 'BEGIN { printf "%.1f", (b - a) / hz }') s"
+    done
+done
