@@ -12,7 +12,9 @@ use pg_audience::affinity::accumulator::Accumulator;
 use pg_audience::model::als::{train_als, AlsParams};
 use pg_audience::model::days::DayIndex;
 use pg_audience::model::knn::{train_knn, KnnParams};
-use pg_audience::score::hybrid::{Components, HybridParams, Own, Sample, Scorer};
+use pg_audience::score::hybrid::{
+    score_from_components, Components, HybridParams, Own, Sample, Scorer,
+};
 use pg_audience::score::metrics::DEFAULT_GRID_LEN;
 use pg_audience::score::topk::top_k_threads;
 use pg_audience::score::tuning::{own_candidates, tune_knobs};
@@ -157,21 +159,27 @@ fn main() {
     };
     // Median and minimum milliseconds of `repeat` audiences (scores and the top 5%).
     let time_audience = |p: &HybridParams| {
-        let mut times = Vec::new();
+        let (mut times, mut parts) = (Vec::new(), Vec::new());
         for _ in 0..repeat {
             let t = Instant::now();
-            let s = scorer.score(&value, p);
+            let c = scorer.components_with(&value, &[p.own]);
+            let t_c = t.elapsed().as_secs_f64() * 1e3;
+            let s = score_from_components(&c, scorer.totals(), p);
+            let t_s = t.elapsed().as_secs_f64() * 1e3;
             let k = aff.users.len() / 20;
             let top = top_k_threads(&s, k, &|u| s[u] > 0.0, threads);
             std::hint::black_box(top);
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+            let total = t.elapsed().as_secs_f64() * 1e3;
+            times.push(total);
+            parts.push((total, t_c, t_s - t_c, total - t_s));
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        (times[repeat / 2], times[0])
+        parts.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        (times[repeat / 2], times[0], parts[repeat / 2])
     };
-    let (median, min) = time_audience(&p);
+    let (median, min, (_, c_ms, s_ms, k_ms)) = time_audience(&p);
     println!(
-        "one audience (top 5%, {} items in the value): median {median:.1} ms, min {min:.1} ms",
+        "one audience (top 5%, {} items in the value): median {median:.1} ms (components {c_ms:.1}, scores {s_ms:.1}, top 5% {k_ms:.1}), min {min:.1} ms",
         value.len(),
     );
 
@@ -186,9 +194,9 @@ fn main() {
         tenure_exp: 0.0,
         own: Own::Days(f32::INFINITY),
     };
-    let (median, min) = time_audience(&p_days);
+    let (median, min, (_, c_ms, s_ms, k_ms)) = time_audience(&p_days);
     println!(
-        "one audience, own engagement in distinct days: median {median:.1} ms, min {min:.1} ms"
+        "one audience, own engagement in distinct days: median {median:.1} ms (components {c_ms:.1}, scores {s_ms:.1}, top 5% {k_ms:.1}), min {min:.1} ms"
     );
     if env("BENCH_ONLY_SERVING", 0) == 1 {
         return;

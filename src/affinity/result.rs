@@ -244,11 +244,105 @@ impl Affinity {
     }
 }
 
+/// One thread's part of [`Accumulator::finish`]: the pairs and records of a run of whole users,
+/// written at the start of the part's slices of the output.
+struct FinishPart {
+    /// `(user, pairs)` of each user with at least one stored pair, in order.
+    rows: Vec<(u32, u32)>,
+    pairs: usize,
+    records: usize,
+}
+
+/// Output slices of one part: pairs (indices, data, last_seen, record ends relative to the
+/// part's first record) and records (minute, value, slot).
+struct FinishOut<'a> {
+    indices: &'a mut [u32],
+    data: &'a mut [f32],
+    last_seen: &'a mut [i64],
+    ends: &'a mut [u32],
+    minute: &'a mut [i32],
+    value: &'a mut [f32],
+    slot: &'a mut [u8],
+}
+
+/// Decays the sorted, deduplicated entries `es` (whole users) to `reference`; pairs whose
+/// affinity is not positive are dropped with their records.
+fn finish_part(es: &[Entry], reference: i64, hls: &[Option<i64>], out: FinishOut) -> FinishPart {
+    let mut rows: Vec<(u32, u32)> = Vec::new();
+    let (mut np, mut nr) = (0usize, 0usize);
+    let mut k = 0usize;
+    while k < es.len() {
+        let (user, item) = (es[k].user, es[k].item);
+        let mut a = 0f64;
+        let mut last = i64::MIN;
+        let start = nr;
+        while k < es.len() && es[k].user == user && es[k].item == item {
+            let e = es[k];
+            a += e.value * decay(reference as i128 - e.time as i128, hls[e.slot as usize]);
+            last = last.max(e.time);
+            out.minute[nr] = e
+                .time
+                .div_euclid(MINUTE_US)
+                .clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+            out.value[nr] = e.value as f32;
+            out.slot[nr] = e.slot;
+            nr += 1;
+            k += 1;
+        }
+        let af = if a >= f32::MAX as f64 {
+            f32::MAX
+        } else {
+            a as f32
+        };
+        if af > 0.0 {
+            match rows.last_mut() {
+                Some((u, n)) if *u == user => *n += 1,
+                _ => rows.push((user, 1)),
+            }
+            out.indices[np] = item;
+            out.data[np] = af;
+            out.last_seen[np] = last;
+            out.ends[np] = nr as u32;
+            np += 1;
+        } else {
+            nr = start;
+        }
+    }
+    FinishPart {
+        rows,
+        pairs: np,
+        records: nr,
+    }
+}
+
+/// Cuts `0..es.len()` into at most `parts` ranges of about equal length, each of whole users.
+fn user_ranges(es: &[Entry], parts: usize) -> Vec<std::ops::Range<usize>> {
+    let n = es.len();
+    let mut cuts = vec![0usize];
+    for p in 1..parts.max(1) {
+        let mut c = (n * p / parts).max(*cuts.last().unwrap());
+        while c > 0 && c < n && es[c].user == es[c - 1].user {
+            c += 1;
+        }
+        if c < n && c > *cuts.last().unwrap() {
+            cuts.push(c);
+        }
+    }
+    cuts.push(n);
+    cuts.windows(2).map(|w| w[0]..w[1]).collect()
+}
+
 impl Accumulator {
     /// Builds the result: decays every pair to the reference time, drops pairs with affinity
     /// `<= 0`. Users / items that end up with no stored pair are still listed (empty rows /
     /// columns). With no rows at all, times and the default reference are 0.
-    pub fn finish(mut self) -> Affinity {
+    pub fn finish(self) -> Affinity {
+        self.finish_with_threads(1)
+    }
+
+    /// [`Accumulator::finish`] on `threads` threads (runs of whole users each; the result does
+    /// not depend on the thread count).
+    pub fn finish_with_threads(mut self, threads: usize) -> Affinity {
         self.canonicalize();
         let empty = self.rows == 0;
         let (min_time, max_time) = if empty {
@@ -262,68 +356,101 @@ impl Accumulator {
         });
         let n_users = self.users.names.len();
         let n_items = self.items.names.len();
-
-        let mut indptr = Vec::with_capacity(n_users + 1);
-        indptr.push(0usize);
-        let mut indices: Vec<u32> = Vec::with_capacity(self.entries.len());
-        let mut data: Vec<f32> = Vec::with_capacity(self.entries.len());
-        let mut last_seen: Vec<i64> = Vec::with_capacity(self.entries.len());
         let n = self.entries.len();
         assert!(n < u32::MAX as usize, "more than 2^32 engagement occasions");
-        let mut occ = Occasions {
-            ptr: vec![0],
-            minute: Vec::with_capacity(n),
-            value: Vec::with_capacity(n),
-            slot: Vec::with_capacity(n),
+        // Every part writes at its first entry's offset (a part has at most as many pairs and
+        // records as entries); the parts are then moved down next to each other.
+        let mut indices = vec![0u32; n];
+        let mut data = vec![0f32; n];
+        let mut last_seen = vec![0i64; n];
+        let mut ends = vec![0u32; n];
+        let mut minute = vec![0i32; n];
+        let mut value = vec![0f32; n];
+        let mut slot = vec![0u8; n];
+        let ranges = user_ranges(
+            &self.entries,
+            if n < 1 << 16 { 1 } else { threads.clamp(1, 64) },
+        );
+        let parts: Vec<FinishPart> = {
+            let mut outs = Vec::with_capacity(ranges.len());
+            let (mut i, mut d, mut l, mut e) = (
+                &mut indices[..],
+                &mut data[..],
+                &mut last_seen[..],
+                &mut ends[..],
+            );
+            let (mut m, mut v, mut s) = (&mut minute[..], &mut value[..], &mut slot[..]);
+            for r in &ranges {
+                let len = r.len();
+                let (i0, i1) = i.split_at_mut(len);
+                let (d0, d1) = d.split_at_mut(len);
+                let (l0, l1) = l.split_at_mut(len);
+                let (e0, e1) = e.split_at_mut(len);
+                let (m0, m1) = m.split_at_mut(len);
+                let (v0, v1) = v.split_at_mut(len);
+                let (s0, s1) = s.split_at_mut(len);
+                outs.push((
+                    &self.entries[r.clone()],
+                    FinishOut {
+                        indices: i0,
+                        data: d0,
+                        last_seen: l0,
+                        ends: e0,
+                        minute: m0,
+                        value: v0,
+                        slot: s0,
+                    },
+                ));
+                (i, d, l, e, m, v, s) = (i1, d1, l1, e1, m1, v1, s1);
+            }
+            let hls = &self.hls;
+            crate::util::par::par_map(outs, |(es, out)| finish_part(es, reference, hls, out))
+        };
+        drop(std::mem::take(&mut self.entries));
+        // Parts moved down in order; record ends made absolute.
+        let mut indptr = Vec::with_capacity(n_users + 1);
+        indptr.push(0usize);
+        let mut occ_ptr: Vec<u32> = Vec::with_capacity(n + 1);
+        occ_ptr.push(0);
+        let (mut pairs, mut records) = (0usize, 0usize);
+        for (r, part) in ranges.iter().zip(&parts) {
+            let (src_p, src_r) = (r.start, r.start);
+            indices.copy_within(src_p..src_p + part.pairs, pairs);
+            data.copy_within(src_p..src_p + part.pairs, pairs);
+            last_seen.copy_within(src_p..src_p + part.pairs, pairs);
+            occ_ptr.extend(
+                ends[src_p..src_p + part.pairs]
+                    .iter()
+                    .map(|&x| x + records as u32),
+            );
+            minute.copy_within(src_r..src_r + part.records, records);
+            value.copy_within(src_r..src_r + part.records, records);
+            slot.copy_within(src_r..src_r + part.records, records);
+            for &(user, count) in &part.rows {
+                while indptr.len() <= user as usize {
+                    indptr.push(pairs);
+                }
+                pairs += count as usize;
+            }
+            records += part.records;
+        }
+        drop(ends);
+        while indptr.len() <= n_users {
+            indptr.push(pairs);
+        }
+        indices.truncate(pairs);
+        data.truncate(pairs);
+        last_seen.truncate(pairs);
+        minute.truncate(records);
+        value.truncate(records);
+        slot.truncate(records);
+        let occ = Occasions {
+            ptr: occ_ptr,
+            minute,
+            value,
+            slot,
             half_lives: self.hls.clone(),
         };
-        let es = &self.entries;
-        let mut k = 0usize;
-        while k < es.len() {
-            let (user, item) = (es[k].user, es[k].item);
-            let mut a = 0f64;
-            let mut last = i64::MIN;
-            let start = occ.minute.len();
-            while k < es.len() && es[k].user == user && es[k].item == item {
-                let e = es[k];
-                a += e.value
-                    * decay(
-                        reference as i128 - e.time as i128,
-                        self.hls[e.slot as usize],
-                    );
-                last = last.max(e.time);
-                occ.minute.push(
-                    e.time
-                        .div_euclid(MINUTE_US)
-                        .clamp(i32::MIN as i64, i32::MAX as i64) as i32,
-                );
-                occ.value.push(e.value as f32);
-                occ.slot.push(e.slot);
-                k += 1;
-            }
-            let af = if a >= f32::MAX as f64 {
-                f32::MAX
-            } else {
-                a as f32
-            };
-            if af > 0.0 {
-                while indptr.len() <= user as usize {
-                    indptr.push(indices.len());
-                }
-                indices.push(item);
-                data.push(af);
-                last_seen.push(last);
-                occ.ptr.push(occ.minute.len() as u32);
-            } else {
-                occ.minute.truncate(start);
-                occ.value.truncate(start);
-                occ.slot.truncate(start);
-            }
-        }
-        while indptr.len() <= n_users {
-            indptr.push(indices.len());
-        }
-        drop(std::mem::take(&mut self.entries));
 
         let matrix = Csr {
             n_rows: n_users,

@@ -254,7 +254,17 @@ pub fn collect(
     acc.set_reference_cap(Some(until.map(i64::from).unwrap_or(now).min(now)));
     let state_bytes = acc.memory_bytes();
     pgrx::check_for_interrupts!();
-    let aff = acc.finish().without_empty();
+    let t_finish = Instant::now();
+    acc.canonicalize();
+    let t_canon = t_finish.elapsed().as_secs_f64();
+    let aff = acc
+        .finish_with_threads(crate::guc::threads())
+        .without_empty();
+    pgrx::debug1!(
+        "audience: scan query and combine in {:.2} s, state sorted in {t_canon:.2} s and made the matrix in {:.2} s",
+        (t_finish - t0).as_secs_f64(),
+        t_finish.elapsed().as_secs_f64() - t_canon
+    );
     let scan_seconds = t0.elapsed().as_secs_f64();
     crate::api::progress::phase("products", format!("{} items", aff.items.len()));
 
