@@ -12,7 +12,8 @@
 # BENCH_SKIP_CANCEL=1 skips (e), CANCEL_IN="scan:5 tune:20 als:10 knn:3 store:2" sets where (e)
 # cancels (seconds into each build phase); BENCH_ONLY_CANCEL=1 runs (e) alone (the catalog is
 # registered afresh, so without an active model to keep); BENCH_SKIP_FRESH=1 skips (f),
-# BENCH_ONLY_FRESH=1 runs (f) alone (after a build with tune => false);
+# BENCH_ONLY_FRESH=1 runs (f) alone (after a build with tune => false); BENCH_REPEATED=1 times (b)'s
+# warm calls as the very same call repeated (the session's memo of rankings) instead of computed;
 # BENCH_OUT (target/bench/scale-<size>): CSV files and the JSON summary.
 # Cluster: shared_buffers=2GB, max_parallel_workers_per_gather=2, max_wal_size=20GB.
 #
@@ -147,9 +148,16 @@ echo "parallel workers seen during the build (max at once): $max_workers; load a
 # ------------------------------------------------------------------ (b) recommend latency
 BRAND="$(q -c "SELECT value FROM audience.catalog_values WHERE catalog = '$CAT' AND property = 'brand' ORDER BY users DESC, value LIMIT 1")"
 hr "(b) recommend_audience('brand', '$BRAND', 5): one session, first call cold, then 10 warm"
+# Warm calls are computed: each passes another min_score below every score (the same audience,
+# a request the session's memo of rankings has not seen); BENCH_REPEATED=1 repeats the very
+# same call instead (served from that memo after the first).
 latency() { # extra SQL before the calls
-    local args=(-c "$1" -c '\timing on') i
-    for i in $(seq 11); do args+=(-c "SELECT count(*) FROM audience.recommend_audience('brand', '${BRAND//\'/\'\'}', 5, catalog => '$CAT')"); done
+    local args=(-c "$1" -c '\timing on') i ms
+    for i in $(seq 11); do
+        ms="-$i"
+        [[ "${BENCH_REPEATED:-}" == 1 ]] && ms=NULL
+        args+=(-c "SELECT count(*) FROM audience.recommend_audience('brand', '${BRAND//\'/\'\'}', 5, catalog => '$CAT', min_score => $ms)")
+    done
     q "${args[@]}" | sed -n -E 's/^Time: ([0-9.]+) ms.*/\1/p'
 }
 summarize() { # label, times (first = cold)
@@ -188,8 +196,9 @@ measure_fresh() {
     BRAND="$(q -c "SELECT value FROM audience.catalog_values WHERE catalog = '$CAT' AND property = 'brand' ORDER BY users DESC, value LIMIT 1")"
     last="$(q -c "SELECT stats->>'last_event_us' FROM audience.models m JOIN audience.catalogs c ON c.active_model_id = m.model_id WHERE c.name = '$CAT'")"
     calls() { # extra SQL before the calls; prints the times of 1 + 10 calls in one session
+        # (each computed: another min_score below every score, as in (b))
         local args=(-c "$1" -c '\timing on') i
-        for i in $(seq 11); do args+=(-c "SELECT count(*) FROM audience.recommend_audience('brand', '${BRAND//\'/\'\'}', 5, catalog => '$CAT')"); done
+        for i in $(seq 11); do args+=(-c "SELECT count(*) FROM audience.recommend_audience('brand', '${BRAND//\'/\'\'}', 5, catalog => '$CAT', min_score => -$i)"); done
         q "${args[@]}" | sed -n -E 's/^Time: ([0-9.]+) ms.*/\1/p'
     }
     fsum() { printf '%s\n' "$@" | tail -n +2 | sort -g | awk '{ w[++n] = $1 } END { printf "%.1f", (n % 2) ? w[(n + 1) / 2] : (w[n / 2] + w[n / 2 + 1]) / 2 }'; }

@@ -109,6 +109,7 @@ pub fn items_of(l: &Loaded, ids: Vec<Option<String>>) -> (Vec<u32>, usize) {
 /// An audience: (user index, score) in rank order, per returned user whether they engaged with
 /// the value before, and the ids of the users the model does not know (events since the build):
 /// index `n_model_users + j` is `new_users[j]`.
+#[derive(Clone)]
 pub struct Ranking {
     pub ranked: Vec<(u32, f32)>,
     pub engaged: Vec<bool>,
@@ -209,6 +210,23 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
     } else {
         all_knobs
     };
+    // The same request against the same model and new events as a recent call of this session
+    // (paging with LIMIT/OFFSET, a count then the list): its ranking again.
+    let key = req.lookback.is_none().then(|| MemoKey {
+        model_id: l.model_id,
+        items: items.clone(),
+        k,
+        knobs: *knobs,
+        exclude: req.exclude_engaged.unwrap_or(false),
+        min_score: req.min_score,
+        fresh: fresh.clone(),
+    });
+    if let Some(r) = key.as_ref().and_then(memo_get) {
+        pgrx::debug1!(
+            "audience: the ranking of the same request in this session reused (events since the build checked in {fresh_ms:.1} ms)"
+        );
+        return r;
+    }
     // One pass over the affinity matrix gives both the scores and who already engaged (e_u > 0).
     let t0 = std::time::Instant::now();
     let c = l.scorer.components_with(&items, &[knobs.own]);
@@ -307,12 +325,88 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
         "audience: top {k} selected in {:.1} ms",
         t_rank.elapsed().as_secs_f64() * 1000.0
     );
-    Ranking {
+    let ranking = Ranking {
         ranked,
         engaged,
         new_users,
         n_users,
+    };
+    if let Some(key) = key {
+        memo_put(key, &ranking);
     }
+    ranking
+}
+
+/// What a ranking depends on besides the model's fixed data: the model, the value's items, the
+/// cut, the knobs, the request's filters and the new events read since the build (the very
+/// state read: a new read is a new `Rc`, kept alive here so its address is never reused).
+struct MemoKey {
+    model_id: i64,
+    items: Vec<u32>,
+    k: usize,
+    knobs: crate::score::hybrid::HybridParams,
+    exclude: bool,
+    min_score: Option<f64>,
+    fresh: Option<std::rc::Rc<crate::api::fresh::Fresh>>,
+}
+
+impl PartialEq for MemoKey {
+    fn eq(&self, o: &MemoKey) -> bool {
+        self.model_id == o.model_id
+            && self.items == o.items
+            && self.k == o.k
+            && self.knobs == o.knobs
+            && self.exclude == o.exclude
+            && self.min_score.map(f64::to_bits) == o.min_score.map(f64::to_bits)
+            && match (&self.fresh, &o.fresh) {
+                (None, None) => true,
+                (Some(a), Some(b)) => std::rc::Rc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+/// Rankings kept per session, and the most users one may hold (8 bytes each, plus a flag).
+const MEMO_ENTRIES: usize = 4;
+const MEMO_MAX_USERS: usize = 1 << 20;
+
+thread_local! {
+    /// The latest rankings of this session, most recent last.
+    static MEMO: std::cell::RefCell<Vec<(MemoKey, Ranking)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn memo_get(key: &MemoKey) -> Option<Ranking> {
+    MEMO.with(|m| {
+        let mut m = m.borrow_mut();
+        let pos = m.iter().position(|(k, _)| k == key)?;
+        let hit = m.remove(pos);
+        let r = hit.1.clone();
+        m.push(hit);
+        Some(r)
+    })
+}
+
+fn memo_put(key: MemoKey, r: &Ranking) {
+    MEMO.with(|m| {
+        let mut m = m.borrow_mut();
+        // A newer read of the events since the build supersedes the older ones: their rankings
+        // (and the states they keep alive) go.
+        m.retain(|(k, _)| {
+            k.model_id != key.model_id
+                || match (&k.fresh, &key.fresh) {
+                    (Some(a), Some(b)) => std::rc::Rc::ptr_eq(a, b),
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                }
+        });
+        if r.ranked.len() > MEMO_MAX_USERS {
+            return;
+        }
+        if m.len() >= MEMO_ENTRIES {
+            m.remove(0);
+        }
+        m.push((key, r.clone()));
+    });
 }
 
 fn now_micros() -> i64 {

@@ -8,6 +8,21 @@ mod tests {
         Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
+    /// Catalog `catalog` over table `table`: 400 events of 23 users on 9 products, hourly back
+    /// from `ago` before now; property `b` is `x` for products p0-p3, `y` for the others. Built
+    /// without tuning, 2 factors, 2 neighbours.
+    fn two_value_catalog(table: &str, catalog: &str, ago: &str) {
+        run(&format!(
+            r#"CREATE TABLE {table} (user_id int, product_id text, "timestamp" timestamptz, b text);
+               INSERT INTO {table} SELECT g % 23, 'p' || (g % 9), now() - interval '{ago}' - g * interval '1 hour', CASE WHEN g % 9 < 4 THEN 'x' ELSE 'y' END
+                 FROM generate_series(1, 400) g;
+               SELECT audience.create_catalog('{catalog}');
+               SELECT audience.add_event('{catalog}', '{table}', 'product_id');
+               SELECT audience.map_property('{catalog}', 'b', column_name => 'b');
+               SELECT audience.build('{catalog}', factors => 2, neighbours => 2, tune => false);"#
+        ));
+    }
+
     fn values(property: &str) -> Vec<String> {
         Spi::connect(|c| {
             c.select(
@@ -215,15 +230,7 @@ mod tests {
     /// when rescanned per outer row (LATERAL), and for each of the three entry points.
     #[pg_test]
     fn audience_rows_are_the_same_in_every_calling_context() {
-        run(
-            r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz, b text);
-               INSERT INTO ev SELECT g % 23, 'p' || (g % 9), now() - g * interval '1 hour', CASE WHEN g % 9 < 4 THEN 'x' ELSE 'y' END
-                 FROM generate_series(1, 400) g;
-               SELECT audience.create_catalog('mat');
-               SELECT audience.add_event('mat', 'ev', 'product_id');
-               SELECT audience.map_property('mat', 'b', column_name => 'b');
-               SELECT audience.build('mat', factors => 2, neighbours => 2, tune => false);"#,
-        );
+        two_value_catalog("ev", "mat", "0");
         let one = |sql: &str| -> String {
             Spi::get_one::<String>(sql)
                 .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -287,6 +294,54 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(none, 0);
+    }
+
+    /// A repeated request in a session is answered from the session's memo of rankings, but
+    /// never across what changes the answer: events read since the build and a rebuild. The
+    /// truth each time is a request the memo has not seen (a `min_score` that keeps every user).
+    #[pg_test]
+    fn repeated_requests_follow_new_events_and_rebuilds() {
+        two_value_catalog("mev", "memo", "1 day");
+        let list = |min_score: &str| -> String {
+            Spi::get_one::<String>(&format!(
+                "SELECT string_agg(user_id || ':' || round(score::numeric, 6), ',' ORDER BY rank)
+                   FROM audience.recommend_audience('b', 'x', 100, catalog => 'memo', min_score => {min_score})"
+            ))
+            .unwrap()
+            .unwrap_or_default()
+        };
+        let user = |l: &str, i: usize| {
+            l.split(',')
+                .nth(i)
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let first = list("NULL");
+        assert_eq!(list("NULL"), first, "the same request, the same rows");
+        // Events after the build for the last user ranked (the model knows them: the same cut).
+        let last = user(&first, 22);
+        run(&format!(
+            "INSERT INTO mev SELECT {last}, 'p1', now() - g * interval '1 minute', 'x' FROM generate_series(1, 30) g"
+        ));
+        let fresh = list("NULL");
+        assert_ne!(fresh, first, "{last}'s new events count");
+        assert_eq!(fresh, list("0"));
+        // A rebuild without the top user's events of the value (the same users: the same cut):
+        // a new model, whose ranking is computed.
+        let top = user(&first, 0);
+        run(&format!(
+            "DELETE FROM mev WHERE user_id = {top} AND b = 'x'; SELECT audience.build('memo', factors => 2, neighbours => 2, tune => false);"
+        ));
+        let rebuilt = list("NULL");
+        assert_ne!(
+            user(&rebuilt, 0),
+            top,
+            "{top} is no longer first: {rebuilt}"
+        );
+        assert_eq!(rebuilt, list("-1"));
     }
 
     /// A stash token names the backend that made it: a token from another session (the scan's
