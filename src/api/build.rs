@@ -488,6 +488,7 @@ fn build(
         "peak_rss_bytes": peak_rss_bytes(),
         "private_rss_after_training_bytes": private_bytes,
         "first_event_us": min_t, "last_event_us": max_t, "reference_us": ref_t,
+        "fresh_check": crate::api::fresh::build_check(cid, max_t),
     });
     let model_id = store(
         cid,

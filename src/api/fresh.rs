@@ -82,13 +82,18 @@ struct Settings {
     last_event_us: i64,
     reference_us: i64,
     als: Option<AlsParams>,
+    /// What the build's check found: the relation a read would scan from end to end, and the
+    /// fingerprint of the sources' indexes then (see [`build_check`]).
+    built_scan: Option<(String, String)>,
 }
 
 fn settings(model_id: i64) -> Option<Settings> {
     let rows = query_rows(
         "SELECT c.catalog_id, c.build_settings OPERATOR(pg_catalog.->>) 'fresh_events', (c.build_settings OPERATOR(pg_catalog.->>) 'fresh_max_rows')::pg_catalog.int8,
                 (m.stats OPERATOR(pg_catalog.->>) 'last_event_us')::pg_catalog.int8, (m.stats OPERATOR(pg_catalog.->>) 'reference_us')::pg_catalog.int8,
-                m.params OPERATOR(pg_catalog.->) 'als'
+                m.params OPERATOR(pg_catalog.->) 'als',
+                m.stats OPERATOR(pg_catalog.->) 'fresh_check' OPERATOR(pg_catalog.->>) 'scan',
+                m.stats OPERATOR(pg_catalog.->) 'fresh_check' OPERATOR(pg_catalog.->>) 'fingerprint'
            FROM audience.models m JOIN audience.catalogs c ON c.catalog_id OPERATOR(pg_catalog.=) m.catalog_id
           WHERE m.model_id OPERATOR(pg_catalog.=) $1",
         &args![model_id],
@@ -100,10 +105,12 @@ fn settings(model_id: i64) -> Option<Settings> {
                 r.get::<i64>(4).ok().flatten(),
                 r.get::<i64>(5).ok().flatten(),
                 r.get::<pgrx::JsonB>(6).ok().flatten(),
+                r.get::<String>(7).ok().flatten(),
+                r.get::<String>(8).ok().flatten(),
             )
         },
     );
-    let (cid, mode, max_rows, last, reference, als) = rows.into_iter().next()?;
+    let (cid, mode, max_rows, last, reference, als, scan, fingerprint) = rows.into_iter().next()?;
     let mode = match mode.as_deref() {
         Some("on") => Mode::On,
         Some("off") => Mode::Off,
@@ -118,8 +125,128 @@ fn settings(model_id: i64) -> Option<Settings> {
         last_event_us: last?,
         reference_us: reference?,
         als,
+        built_scan: scan.zip(fingerprint),
     })
 }
+
+/// A read of the rows after `since_us`: its query, the query counting up to `budget + 1` of
+/// them, and (when `explain`) the relation it would scan from end to end (past `SEQ_SCAN_ROWS`
+/// rows, by EXPLAIN). `Err` says why no read can be made; `Ok(None)`: a malformed answer.
+struct PlannedRead {
+    query: String,
+    count_q: String,
+    scan: Option<String>,
+}
+
+fn plan_read(
+    cid: i32,
+    since_us: i64,
+    budget: i64,
+    explain: bool,
+) -> Result<Option<PlannedRead>, String> {
+    let (query, time_query, error): (Option<String>, Option<String>, Option<String>) =
+        Spi::get_three_with_args(
+            "SELECT query, time_query, error FROM audience._fresh_query($1, $2)",
+            &args![cid, ts(since_us)],
+        )
+        .or_raise("planning the read of new events");
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let (Some(query), Some(time_query)) = (query, time_query) else {
+        return Ok(None);
+    };
+    let Some(from) =
+        time_query.strip_prefix("SELECT pg_catalog.min(ev.t), pg_catalog.max(ev.t) FROM ")
+    else {
+        return Ok(None);
+    };
+    let count_q = format!(
+        "SELECT pg_catalog.count(*)::pg_catalog.int8 FROM (SELECT 1 FROM {from} LIMIT {}) x",
+        budget.max(0) + 1
+    );
+    let scan = if explain {
+        let plan: Option<pgrx::Json> =
+            Spi::get_one(&format!("EXPLAIN (FORMAT JSON, VERBOSE) {count_q}"))
+                .or_raise("planning the read of new events");
+        plan.and_then(|p| large_seq_scan(&p.0, SEQ_SCAN_ROWS))
+    } else {
+        None
+    };
+    Ok(Some(PlannedRead {
+        query,
+        count_q,
+        scan,
+    }))
+}
+
+/// What the check before a read depends on besides the data: each source table's oid and its
+/// valid indexes, and the row budget. None when a source is not an ordinary table (a view's or a
+/// partitioned table's plan depends on other relations' indexes): then every session checks.
+fn fingerprint(cid: i32, max_rows: i64) -> Option<String> {
+    query_rows(
+        "SELECT pg_catalog.bool_and(c.relkind OPERATOR(pg_catalog.=) 'r'),
+                pg_catalog.string_agg(c.oid::pg_catalog.text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) coalesce(
+                    (SELECT pg_catalog.string_agg(i.indexrelid::pg_catalog.text, '+' ORDER BY i.indexrelid)
+                       FROM pg_catalog.pg_index i
+                      WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND i.indisvalid), ''), ',' ORDER BY c.oid)
+           FROM audience.events e
+           LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.format('%I.%I', e.source_schema, e.source_table))::pg_catalog.oid
+          WHERE e.catalog_id OPERATOR(pg_catalog.=) $1",
+        &args![cid],
+        |r| {
+            (
+                r.get::<bool>(1).ok().flatten(),
+                r.get::<String>(2).ok().flatten(),
+            )
+        },
+    )
+    .into_iter()
+    .next()
+    .and_then(|(tables, fp)| (tables == Some(true)).then(|| fp.map(|f| format!("{f}/{max_rows}")))?)
+}
+
+/// The build's check before reading new events (stored in the model's `stats` as
+/// `fresh_check`): sessions of the model whose sources' indexes are unchanged skip a read that
+/// would scan a large source without planning it again (the first call of each session saves
+/// the planning, ~25 ms).
+pub fn build_check(cid: i32, last_event_us: i64) -> serde_json::Value {
+    let max_rows = query_rows(
+        "SELECT (c.build_settings OPERATOR(pg_catalog.->>) 'fresh_max_rows')::pg_catalog.int8 FROM audience.catalogs c WHERE c.catalog_id OPERATOR(pg_catalog.=) $1",
+        &args![cid],
+        |r| r.get::<i64>(1).ok().flatten(),
+    )
+    .into_iter()
+    .next()
+    .flatten()
+    .unwrap_or(DEFAULT_MAX_ROWS);
+    match (
+        plan_read(cid, last_event_us.saturating_add(1), max_rows, true),
+        fingerprint(cid, max_rows),
+    ) {
+        (
+            Ok(Some(PlannedRead {
+                scan: Some(rel), ..
+            })),
+            Some(fp),
+        ) => {
+            serde_json::json!({ "scan": rel, "fingerprint": fp })
+        }
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// Tells, once per model and session, that the snapshot is served because a read would scan `rel`.
+fn tell_skipped(l: &Loaded, rel: &str) {
+    SKIP.with(|x| x.borrow_mut().push(l.model_id));
+    pgrx::notice!(
+        "audiences of catalog \"{}\" do not include events since the build: reading them would scan all of {rel}",
+        shown(&l.catalog)
+    );
+    pgrx::notice!("{SCAN_HINT}");
+}
+
+const SCAN_HINT: &str = "Create an index on the event time column of each source (CREATE INDEX ON <source> (<time column>)), or turn the read off with audience.set_fresh_events(catalog, 'off').";
 
 fn ts(us: i64) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from(us).ok()
@@ -232,55 +359,54 @@ pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
         );
         return None;
     }
-    // Rows after the latest one read: `since` is inclusive.
-    let (query, time_query, error): (Option<String>, Option<String>, Option<String>) =
-        Spi::get_three_with_args(
-            "SELECT query, time_query, error FROM audience._fresh_query($1, $2)",
-            &args![s.catalog_id, ts(high.saturating_add(1))],
-        )
-        .or_raise("planning the read of new events");
-    if let Some(e) = error {
-        if !TOLD.with(|x| x.borrow().contains(&l.model_id)) {
-            TOLD.with(|x| x.borrow_mut().push(l.model_id));
-            pgrx::notice!(
-                "audiences of catalog \"{}\" do not include events since the build: {}",
-                shown(&l.catalog),
-                e
-            );
-        }
-        return None;
-    }
-    let (query, time_query) = (query?, time_query?);
-    let from =
-        time_query.strip_prefix("SELECT pg_catalog.min(ev.t), pg_catalog.max(ev.t) FROM ")?;
-    let budget = (s.max_rows - already).max(0);
-    let count_q = format!(
-        "SELECT pg_catalog.count(*)::pg_catalog.int8 FROM (SELECT 1 FROM {from} LIMIT {}) x",
-        budget + 1
-    );
-    if cached.is_none() {
-        // Once per model and backend: would reading new rows scan a large table in full?
-        let plan: Option<pgrx::Json> =
-            Spi::get_one(&format!("EXPLAIN (FORMAT JSON, VERBOSE) {count_q}"))
-                .or_raise("planning the read of new events");
-        if let Some(rel) = plan.and_then(|p| large_seq_scan(&p.0, SEQ_SCAN_ROWS)) {
-            let hint = "Create an index on the event time column of each source (CREATE INDEX ON <source> (<time column>)), or turn the read off with audience.set_fresh_events(catalog, 'off').";
-            if s.mode == Mode::Auto {
-                SKIP.with(|x| x.borrow_mut().push(l.model_id));
-                pgrx::notice!(
-                    "audiences of catalog \"{}\" do not include events since the build: reading them would scan all of {rel}",
-                    shown(&l.catalog)
-                );
-                pgrx::notice!("{hint}");
+    // The build found that a read would scan a large source, and the sources' indexes are as
+    // they were then: skip without planning the read again.
+    if cached.is_none() && s.mode == Mode::Auto {
+        if let Some((rel, fp)) = &s.built_scan {
+            if fingerprint(s.catalog_id, s.max_rows).as_deref() == Some(fp.as_str()) {
+                tell_skipped(l, rel);
                 return None;
             }
-            AudienceError::new(
-                pgrx::PgSqlErrorCode::ERRCODE_WARNING,
-                format!("reading the events since the build scans all of {rel}"),
-            )
-            .hint(hint)
-            .warn();
         }
+    }
+    // Rows after the latest one read: `since` is inclusive. Once per model and backend (no
+    // earlier read): would reading new rows scan a large table in full?
+    let budget = (s.max_rows - already).max(0);
+    let planned = match plan_read(
+        s.catalog_id,
+        high.saturating_add(1),
+        budget,
+        cached.is_none(),
+    ) {
+        Err(e) => {
+            if !TOLD.with(|x| x.borrow().contains(&l.model_id)) {
+                TOLD.with(|x| x.borrow_mut().push(l.model_id));
+                pgrx::notice!(
+                    "audiences of catalog \"{}\" do not include events since the build: {}",
+                    shown(&l.catalog),
+                    e
+                );
+            }
+            return None;
+        }
+        Ok(p) => p?,
+    };
+    let PlannedRead {
+        query,
+        count_q,
+        scan,
+    } = planned;
+    if let Some(rel) = scan {
+        if s.mode == Mode::Auto {
+            tell_skipped(l, &rel);
+            return None;
+        }
+        AudienceError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_WARNING,
+            format!("reading the events since the build scans all of {rel}"),
+        )
+        .hint(SCAN_HINT)
+        .warn();
     }
     let new_rows: i64 = Spi::get_one(&count_q)
         .or_raise("counting new events")
