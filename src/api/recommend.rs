@@ -366,9 +366,19 @@ impl PartialEq for MemoKey {
     }
 }
 
-/// Rankings kept per session, and the most users one may hold (8 bytes each, plus a flag).
+/// Rankings kept per session, and the bytes they may hold together (a ranked user takes 9: index,
+/// score and the engaged flag; a 5% audience of 1M users about 0.45 MB).
 const MEMO_ENTRIES: usize = 4;
-const MEMO_MAX_USERS: usize = 1 << 20;
+const MEMO_BYTES: usize = 16 << 20;
+
+impl Ranking {
+    /// Approximate heap bytes.
+    fn bytes(&self) -> usize {
+        self.ranked.len() * 8
+            + self.engaged.len()
+            + self.new_users.iter().map(|u| u.len() + 24).sum::<usize>()
+    }
+}
 
 thread_local! {
     /// The latest rankings of this session, most recent last.
@@ -399,10 +409,12 @@ fn memo_put(key: MemoKey, r: &Ranking) {
                     (Some(_), None) => false,
                 }
         });
-        if r.ranked.len() > MEMO_MAX_USERS {
+        if r.bytes() > MEMO_BYTES {
             return;
         }
-        if m.len() >= MEMO_ENTRIES {
+        while m.len() >= MEMO_ENTRIES
+            || m.iter().map(|(_, x)| x.bytes()).sum::<usize>() + r.bytes() > MEMO_BYTES
+        {
             m.remove(0);
         }
         m.push((key, r.clone()));
