@@ -16,6 +16,8 @@ use std::rc::Rc;
 
 pub struct Loaded {
     pub model_id: i64,
+    /// The oid of `audience.models` the model was read from (see [`resolve_catalog`]).
+    pub models_oid: u32,
     pub catalog: String,
     // Declared before `model` so it is dropped first: it borrows from the boxed model.
     pub scorer: Scorer<'static>,
@@ -41,6 +43,7 @@ impl Loaded {
         .with_threads(crate::guc::threads());
         Loaded {
             model_id,
+            models_oid: 0,
             catalog,
             scorer,
             model,
@@ -54,15 +57,24 @@ thread_local! {
     static CACHE: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
 }
 
-/// The catalog's id, name and active model id (None before the first build).
-pub fn resolve_catalog(catalog: Option<&str>) -> (i32, String, Option<i64>) {
+/// The catalog's id, name and active model id (None before the first build), and the oid of
+/// `audience.models` (new after `DROP EXTENSION` / `CREATE EXTENSION`, whose model ids start
+/// again: a model is the pair).
+pub fn resolve_catalog(catalog: Option<&str>) -> (i32, String, Option<i64>, u32) {
     let rows = query_rows(
-        "SELECT c.catalog_id, c.name, c.active_model_id FROM audience.catalogs c WHERE c.catalog_id OPERATOR(pg_catalog.=) audience._catalog_id($1)",
+        "SELECT c.catalog_id, c.name, c.active_model_id, 'audience.models'::pg_catalog.regclass::pg_catalog.oid FROM audience.catalogs c WHERE c.catalog_id OPERATOR(pg_catalog.=) audience._catalog_id($1)",
         &args![catalog],
-        |r| (r.get::<i32>(1).ok().flatten(), r.get::<String>(2).ok().flatten(), r.get::<i64>(3).ok().flatten()),
+        |r| {
+            (
+                r.get::<i32>(1).ok().flatten(),
+                r.get::<String>(2).ok().flatten(),
+                r.get::<i64>(3).ok().flatten(),
+                r.get::<pg_sys::Oid>(4).ok().flatten(),
+            )
+        },
     );
     match rows.into_iter().next() {
-        Some((Some(id), Some(name), model)) => (id, name, model),
+        Some((Some(id), Some(name), model, Some(oid))) => (id, name, model, oid.to_u32()),
         _ => AudienceError::internal("catalog vanished while being read").raise(),
     }
 }
@@ -87,7 +99,7 @@ pub fn active(catalog: Option<&str>) -> Rc<Loaded> {
 
 /// The active model, or None when it was replaced (its rows deleted) before it could be read.
 fn try_active(catalog: Option<&str>) -> Option<Rc<Loaded>> {
-    let (_, name, model_id) = resolve_catalog(catalog);
+    let (_, name, model_id, models_oid) = resolve_catalog(catalog);
     // The cache outlives role changes (SET ROLE, pooled connections): check the current role's
     // right to read the stored models on every call, not only when a model is loaded.
     let allowed = query_rows(
@@ -122,7 +134,7 @@ fn try_active(catalog: Option<&str>) -> Option<Rc<Loaded>> {
     if let Some(hit) = CACHE.with(|c| {
         c.borrow()
             .as_ref()
-            .filter(|l| l.model_id == model_id)
+            .filter(|l| l.model_id == model_id && l.models_oid == models_oid)
             .cloned()
     }) {
         return Some(hit);
@@ -140,7 +152,9 @@ fn try_active(catalog: Option<&str>) -> Option<Rc<Loaded>> {
             crate::api::shared::publish(&model, tags)
         }
     };
-    let loaded = Rc::new(Loaded::new(model_id, name, served, bytes, shared));
+    let mut loaded = Loaded::new(model_id, name, served, bytes, shared);
+    loaded.models_oid = models_oid;
+    let loaded = Rc::new(loaded);
     // A shared mapping costs this backend no private memory: always kept. A private copy is kept
     // within audience.model_cache_mb.
     let keep = shared || bytes <= (crate::guc::CACHE_MB.get().max(0) as usize) << 20;

@@ -214,6 +214,7 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
     // (paging with LIMIT/OFFSET, a count then the list): its ranking again.
     let key = req.lookback.is_none().then(|| MemoKey {
         model_id: l.model_id,
+        models_oid: l.models_oid,
         items: items.clone(),
         k,
         knobs: *knobs,
@@ -342,6 +343,7 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
 /// state read: a new read is a new `Rc`, kept alive here so its address is never reused).
 struct MemoKey {
     model_id: i64,
+    models_oid: u32,
     items: Vec<u32>,
     k: usize,
     knobs: crate::score::hybrid::HybridParams,
@@ -353,6 +355,7 @@ struct MemoKey {
 impl PartialEq for MemoKey {
     fn eq(&self, o: &MemoKey) -> bool {
         self.model_id == o.model_id
+            && self.models_oid == o.models_oid
             && self.items == o.items
             && self.k == o.k
             && self.knobs == o.knobs
@@ -402,7 +405,7 @@ fn memo_put(key: MemoKey, r: &Ranking) {
         // A newer read of the events since the build supersedes the older ones: their rankings
         // (and the states they keep alive) go.
         m.retain(|(k, _)| {
-            k.model_id != key.model_id
+            (k.model_id, k.models_oid) != (key.model_id, key.models_oid)
                 || match (&k.fresh, &key.fresh) {
                     (Some(a), Some(b)) => std::rc::Rc::ptr_eq(a, b),
                     (None, _) => true,
