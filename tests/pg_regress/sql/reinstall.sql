@@ -6,29 +6,26 @@ DROP EXTENSION IF EXISTS pg_audience CASCADE;
 CREATE EXTENSION pg_audience;
 SET audience.threads = 1;
 CREATE SCHEMA r;
--- Brand A's best customer is 'ann'.
 CREATE TABLE r.buys (user_id text, sku text, brand text, ts timestamptz);
-INSERT INTO r.buys
-SELECT CASE WHEN g % 3 = 0 THEN 'ann' ELSE 'u' || (g % 7) END, 'A-' || (g % 4), 'A',
-       '2024-01-01'::timestamptz + g * interval '5 hours'
-  FROM generate_series(1, 120) g;
-SELECT audience.create_catalog('again') IS NOT NULL AS ok;
-SELECT audience.add_event('again', 'r.buys', 'sku', event_time => 'ts') IS NOT NULL AS ok;
-SELECT audience.map_property('again', 'brand', column_name => 'brand') IS NOT NULL AS ok;
-SELECT model_id FROM audience.build('again', factors => 2, neighbours => 2, tune => false);
+-- Catalog 'again' over purchases of brand A whose best customer is `best`; returns the model id.
+CREATE FUNCTION r.shop(best text) RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE r.buys;
+    INSERT INTO r.buys
+    SELECT CASE WHEN g % 3 = 0 THEN best ELSE 'u' || (g % 7) END, 'A-' || (g % 4), 'A',
+           '2024-01-01'::timestamptz + g * interval '5 hours'
+      FROM generate_series(1, 120) g;
+    PERFORM audience.create_catalog('again');
+    PERFORM audience.add_event('again', 'r.buys', 'sku', event_time => 'ts');
+    PERFORM audience.map_property('again', 'brand', column_name => 'brand');
+    RETURN (SELECT model_id FROM audience.build('again', factors => 2, neighbours => 2, tune => false));
+END $$;
+SELECT r.shop('ann') AS model_id;
 SELECT user_id AS first_install_top FROM audience.recommend_audience('brand', 'A', 100, 'again') ORDER BY rank LIMIT 1;
 DROP EXTENSION pg_audience CASCADE;
 CREATE EXTENSION pg_audience;
 -- The same catalog name over other purchases: now 'bob' buys most; model id 1 again.
-TRUNCATE r.buys;
-INSERT INTO r.buys
-SELECT CASE WHEN g % 3 = 0 THEN 'bob' ELSE 'u' || (g % 7) END, 'A-' || (g % 4), 'A',
-       '2024-01-01'::timestamptz + g * interval '5 hours'
-  FROM generate_series(1, 120) g;
-SELECT audience.create_catalog('again') IS NOT NULL AS ok;
-SELECT audience.add_event('again', 'r.buys', 'sku', event_time => 'ts') IS NOT NULL AS ok;
-SELECT audience.map_property('again', 'brand', column_name => 'brand') IS NOT NULL AS ok;
-SELECT model_id FROM audience.build('again', factors => 2, neighbours => 2, tune => false);
+SELECT r.shop('bob') AS model_id;
 SELECT user_id AS second_install_top FROM audience.recommend_audience('brand', 'A', 100, 'again') ORDER BY rank LIMIT 1;
 SELECT count(*) FILTER (WHERE user_id = 'ann') AS ann_left FROM audience.recommend_audience('brand', 'A', 100, 'again');
 SELECT audience.drop_catalog('again');
