@@ -491,7 +491,7 @@ impl Accumulator {
 
     /// Canonical form: ids in text order, slots in half-life order, entries sorted and
     /// deduplicated, property vectors padded.
-    pub fn canonicalize(&mut self) {
+    pub(crate) fn canonicalize(&mut self) {
         self.flush_users();
         let ur = self.users.sort();
         let ir = self.items.sort();

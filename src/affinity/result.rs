@@ -414,18 +414,19 @@ impl Accumulator {
         occ_ptr.push(0);
         let (mut pairs, mut records) = (0usize, 0usize);
         for (r, part) in ranges.iter().zip(&parts) {
-            let (src_p, src_r) = (r.start, r.start);
-            indices.copy_within(src_p..src_p + part.pairs, pairs);
-            data.copy_within(src_p..src_p + part.pairs, pairs);
-            last_seen.copy_within(src_p..src_p + part.pairs, pairs);
+            // A part's pairs and records both start at its first entry's offset.
+            let src = r.start;
+            indices.copy_within(src..src + part.pairs, pairs);
+            data.copy_within(src..src + part.pairs, pairs);
+            last_seen.copy_within(src..src + part.pairs, pairs);
             occ_ptr.extend(
-                ends[src_p..src_p + part.pairs]
+                ends[src..src + part.pairs]
                     .iter()
                     .map(|&x| x + records as u32),
             );
-            minute.copy_within(src_r..src_r + part.records, records);
-            value.copy_within(src_r..src_r + part.records, records);
-            slot.copy_within(src_r..src_r + part.records, records);
+            minute.copy_within(src..src + part.records, records);
+            value.copy_within(src..src + part.records, records);
+            slot.copy_within(src..src + part.records, records);
             for &(user, count) in &part.rows {
                 while indptr.len() <= user as usize {
                     indptr.push(pairs);

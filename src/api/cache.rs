@@ -28,7 +28,13 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    fn new(model_id: i64, catalog: String, served: Served, bytes: usize, shared: bool) -> Loaded {
+    fn new(
+        [models_oid, model_id]: [u64; 2],
+        catalog: String,
+        served: Served,
+        bytes: usize,
+        shared: bool,
+    ) -> Loaded {
         let model = Box::new(served);
         // SAFETY: the Box's heap allocation does not move while `Loaded` lives, and `scorer` is
         // dropped before `model` (field order), so the 'static borrow never dangles.
@@ -42,8 +48,8 @@ impl Loaded {
         )
         .with_threads(crate::guc::threads());
         Loaded {
-            model_id,
-            models_oid: 0,
+            model_id: model_id as i64,
+            models_oid: models_oid as u32,
             catalog,
             scorer,
             model,
@@ -139,7 +145,8 @@ fn try_active(catalog: Option<&str>) -> Option<Rc<Loaded>> {
     }) {
         return Some(hit);
     }
-    let tags = crate::api::shared::tags(model_id);
+    // The image file is named by the same pair.
+    let tags = [models_oid as u64, model_id as u64];
     let found = if crate::api::shared::enabled() {
         crate::api::shared::open(tags)
     } else {
@@ -152,9 +159,7 @@ fn try_active(catalog: Option<&str>) -> Option<Rc<Loaded>> {
             crate::api::shared::publish(&model, tags)
         }
     };
-    let mut loaded = Loaded::new(model_id, name, served, bytes, shared);
-    loaded.models_oid = models_oid;
-    let loaded = Rc::new(loaded);
+    let loaded = Rc::new(Loaded::new(tags, name, served, bytes, shared));
     // A shared mapping costs this backend no private memory: always kept. A private copy is kept
     // within audience.model_cache_mb.
     let keep = shared || bytes <= (crate::guc::CACHE_MB.get().max(0) as usize) << 20;

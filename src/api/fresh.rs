@@ -220,19 +220,15 @@ pub fn build_check(cid: i32, last_event_us: i64) -> serde_json::Value {
     .next()
     .flatten()
     .unwrap_or(DEFAULT_MAX_ROWS);
-    match (
-        plan_read(cid, last_event_us.saturating_add(1), max_rows, true),
-        fingerprint(cid, max_rows),
-    ) {
-        (
-            Ok(Some(PlannedRead {
-                scan: Some(rel), ..
-            })),
-            Some(fp),
-        ) => {
-            serde_json::json!({ "scan": rel, "fingerprint": fp })
-        }
-        _ => serde_json::Value::Null,
+    let scan = match plan_read(cid, last_event_us.saturating_add(1), max_rows, true) {
+        Ok(Some(PlannedRead {
+            scan: Some(rel), ..
+        })) => rel,
+        _ => return serde_json::Value::Null,
+    };
+    match fingerprint(cid, max_rows) {
+        Some(fp) => serde_json::json!({ "scan": scan, "fingerprint": fp }),
+        None => serde_json::Value::Null,
     }
 }
 

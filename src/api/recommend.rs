@@ -119,6 +119,13 @@ pub struct Ranking {
 }
 
 impl Ranking {
+    /// Approximate heap bytes (what the memo of rankings counts).
+    fn bytes(&self) -> usize {
+        self.ranked.len() * 8
+            + self.engaged.len()
+            + self.new_users.iter().map(|u| u.len() + 24).sum::<usize>()
+    }
+
     fn empty(n_users: usize) -> Ranking {
         Ranking {
             ranked: Vec::new(),
@@ -373,15 +380,6 @@ impl PartialEq for MemoKey {
 /// score and the engaged flag; a 5% audience of 1M users about 0.45 MB).
 const MEMO_ENTRIES: usize = 4;
 const MEMO_BYTES: usize = 16 << 20;
-
-impl Ranking {
-    /// Approximate heap bytes.
-    fn bytes(&self) -> usize {
-        self.ranked.len() * 8
-            + self.engaged.len()
-            + self.new_users.iter().map(|u| u.len() + 24).sum::<usize>()
-    }
-}
 
 thread_local! {
     /// The latest rankings of this session, most recent last.
