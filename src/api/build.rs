@@ -489,6 +489,7 @@ fn build(
         "private_rss_after_training_bytes": private_bytes,
         "first_event_us": min_t, "last_event_us": max_t, "reference_us": ref_t,
         "fresh_check": crate::api::fresh::build_check(cid, max_t),
+        "registration": crate::api::incremental::registration(cid),
     });
     let model_id = store(
         cid,

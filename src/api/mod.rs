@@ -4,6 +4,7 @@ pub mod cache;
 pub mod evaluate;
 pub mod fresh;
 pub mod guard;
+pub mod incremental;
 pub mod params;
 pub mod progress;
 pub mod recommend;

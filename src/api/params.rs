@@ -310,6 +310,24 @@ pub fn als_params_from_json(params: &serde_json::Value) -> Option<AlsParams> {
     })
 }
 
+/// The item-kNN settings a model was trained with, from its `params` (see [`params_json`]), with
+/// this session's threads; None without item-kNN.
+pub fn knn_params_from_json(params: &serde_json::Value) -> Option<KnnParams> {
+    let k = params.get("knn")?;
+    let d = KnnParams::default();
+    Some(KnnParams {
+        neighbours: k.get("neighbours")?.as_u64()? as usize,
+        k1: k
+            .get("k1")
+            .and_then(|v| v.as_f64())
+            .map_or(d.k1, |v| v as f32),
+        b: k.get("b")
+            .and_then(|v| v.as_f64())
+            .map_or(d.b, |v| v as f32),
+        threads: crate::guc::threads(),
+    })
+}
+
 /// Merges explicit (non-null) build arguments into the catalog's remembered settings and returns
 /// the parameters to use: an argument given once applies to later builds (pg_cron, forget_user)
 /// until given again.

@@ -220,13 +220,22 @@ fn scan_distributed(
     )
 }
 
-/// Runs the catalog's scan (optionally restricted to [since, until)) and resolves item properties.
-pub fn collect(
+/// The affinity of the catalog's events in [since, until), the names of the properties the
+/// events map (in the order of `Affinity::item_props`), how the state came and its size.
+pub struct Scanned {
+    pub aff: Affinity,
+    pub prop_names: Vec<String>,
+    pub scan_state: &'static str,
+    pub state_bytes: usize,
+}
+
+/// Runs the catalog's scan (optionally restricted to [since, until)).
+pub fn scan_affinity(
     cid: i32,
     since: Option<TimestampWithTimeZone>,
     until: Option<TimestampWithTimeZone>,
-) -> Collected {
-    let t0 = Instant::now();
+) -> Scanned {
+    let t_query = Instant::now();
     type Texts = Option<Vec<Option<String>>>;
     let (query, props, source_queries): (Option<String>, Texts, Texts) = Spi::get_three_with_args(
         "SELECT query, properties, source_queries FROM audience._build_query($1, $2, $3, NULL)",
@@ -262,9 +271,30 @@ pub fn collect(
         .without_empty();
     pgrx::debug1!(
         "audience: scan query and combine in {:.2} s, state sorted in {t_canon:.2} s and made the matrix in {:.2} s",
-        (t_finish - t0).as_secs_f64(),
+        (t_finish - t_query).as_secs_f64(),
         t_finish.elapsed().as_secs_f64() - t_canon
     );
+    Scanned {
+        aff,
+        prop_names,
+        scan_state,
+        state_bytes,
+    }
+}
+
+/// Runs the catalog's scan (optionally restricted to [since, until)) and resolves item properties.
+pub fn collect(
+    cid: i32,
+    since: Option<TimestampWithTimeZone>,
+    until: Option<TimestampWithTimeZone>,
+) -> Collected {
+    let t0 = Instant::now();
+    let Scanned {
+        aff,
+        prop_names,
+        scan_state,
+        state_bytes,
+    } = scan_affinity(cid, since, until);
     let scan_seconds = t0.elapsed().as_secs_f64();
     crate::api::progress::phase("products", format!("{} items", aff.items.len()));
 
@@ -286,6 +316,26 @@ pub fn collect(
             (name.clone(), per_item)
         })
         .collect();
+    apply_products(cid, &aff.items, &mut item_values);
+    Collected {
+        aff,
+        item_values,
+        scan_seconds,
+        products_seconds: t1.elapsed().as_secs_f64(),
+        state_bytes,
+        scan_state,
+    }
+}
+
+/// Overrides `item_values` (per property: name and, per item of `items`, its values) with the
+/// catalog's products tables, which are authoritative for the properties they map; a property
+/// only products tables map is added. Sorted by property name afterwards.
+pub fn apply_products(
+    cid: i32,
+    items: &[String],
+    item_values: &mut Vec<(String, Vec<Vec<String>>)>,
+) {
+    let n_items = items.len();
     // Products tables are authoritative for the properties they map.
     let products = query_rows::<(String, String)>(
         "SELECT property, query FROM audience._products_queries($1)",
@@ -307,7 +357,7 @@ pub fn collect(
         });
         for (id, val) in rows {
             if let (Some(id), Some(val)) = (id, val) {
-                if let Ok(i) = aff.items.binary_search(&id) {
+                if let Ok(i) = items.binary_search(&id) {
                     per_item[i] = split_values(&val);
                 }
             }
@@ -324,12 +374,4 @@ pub fn collect(
         }
     }
     item_values.sort_by(|a, b| a.0.cmp(&b.0));
-    Collected {
-        aff,
-        item_values,
-        scan_seconds,
-        products_seconds: t1.elapsed().as_secs_f64(),
-        state_bytes,
-        scan_state,
-    }
 }

@@ -178,7 +178,47 @@ fn train_als_tuned(
         return Ok(model);
     }
     init_uniform(&mut model.item_factors, params.seed, INIT_STD, check)?;
-    if params.iterations == 0 {
+    sweeps(ui, params, model, params.iterations, check, task_work, simd)
+}
+
+/// Continues training `model` (factors of `ui`'s users and items, e.g. a previous model's
+/// placed at the rows of a grown matrix, zeros for new rows) for `iterations` more iterations,
+/// users first, as [`train_als`] does after its start. The incremental build's warm start.
+/// Panics when the model's shape is not `ui`'s.
+pub fn continue_als(
+    ui: &Csr,
+    params: &AlsParams,
+    model: AlsModel,
+    iterations: usize,
+    check: &mut dyn FnMut() -> Result<(), Interrupted>,
+) -> Result<AlsModel, Interrupted> {
+    assert_eq!(model.factors, params.factors, "same factors");
+    assert_eq!(
+        model.user_factors.len(),
+        ui.n_rows * model.factors,
+        "one vector per user"
+    );
+    assert_eq!(
+        model.item_factors.len(),
+        ui.n_cols * model.factors,
+        "one vector per item"
+    );
+    check()?;
+    sweeps(ui, params, model, iterations, check, TASK_WORK, true)
+}
+
+/// `iterations` alternating sweeps (users, then items) over `model`.
+fn sweeps(
+    ui: &Csr,
+    params: &AlsParams,
+    mut model: AlsModel,
+    iterations: usize,
+    check: &mut dyn FnMut() -> Result<(), Interrupted>,
+    task_work: u64,
+    simd: bool,
+) -> Result<AlsModel, Interrupted> {
+    let k = model.factors;
+    if iterations == 0 || k == 0 || ui.n_rows == 0 || ui.n_cols == 0 {
         return Ok(model);
     }
     let threads = params.threads.clamp(1, MAX_THREADS);
@@ -192,7 +232,7 @@ fn train_als_tuned(
         task_work,
         scratch: &mut scratch,
     };
-    for _ in 0..params.iterations {
+    for _ in 0..iterations {
         cfg.half_sweep(ui, &model.item_factors, &mut model.user_factors, check)?;
         cfg.half_sweep(&iu, &model.user_factors, &mut model.item_factors, check)?;
     }
@@ -758,6 +798,25 @@ mod tests {
         for (a, b) in x.iter().zip(again.iter()) {
             assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn continuing_is_training_further() {
+        let (ui, _, _) = planted(120, 40, 0.3, 0.05, 5);
+        let p = |iterations| AlsParams {
+            factors: 6,
+            iterations,
+            threads: 2,
+            ..AlsParams::default()
+        };
+        let full = train_als(&ui, &p(7), &mut ok()).unwrap();
+        let part = train_als(&ui, &p(4), &mut ok()).unwrap();
+        let more = continue_als(&ui, &p(7), part, 3, &mut ok()).unwrap();
+        assert_eq!(more, full, "4 + 3 iterations are 7");
+        let same = continue_als(&ui, &p(7), full.clone(), 0, &mut ok()).unwrap();
+        assert_eq!(same, full);
+        let stopped = continue_als(&ui, &p(7), full, 1, &mut || Err(Interrupted));
+        assert!(stopped.is_err());
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! days are the union of both day lists (weights of a day seen by both summed). Items the model
 //! does not know (new since the build) are left out and counted: they reach audiences with the
 //! next build. Users the model does not know get new rows.
-use crate::affinity::accumulator::{Affinity, MINUTE_US};
+use crate::affinity::accumulator::Affinity;
 use crate::model::csr::Csr;
 use crate::model::days::DayIndex;
+use crate::model::refresh::{Out, RowMerge, Rows};
 use crate::util::buf::StrList;
 
 /// The model's side of the merge: its user and item ids, affinity matrix, latest times (minutes
@@ -47,15 +48,6 @@ impl FreshRows {
     pub fn new_users(&self) -> usize {
         self.model_row.iter().filter(|r| r.is_none()).count()
     }
-}
-
-/// One new-event entry of a user's row: model item, affinity, latest minute, and its days in the
-/// per-user scratch buffer.
-struct New {
-    item: u32,
-    a: f32,
-    last: i32,
-    days: std::ops::Range<usize>,
 }
 
 /// Below this many engagement occasions, no user's share of them is judged.
@@ -103,171 +95,56 @@ pub fn top_user(aff: &Affinity, from_day: i32) -> TopUser {
     top
 }
 
-/// Output arrays of [`merge`].
-#[derive(Default)]
-struct Out {
-    indices: Vec<u32>,
-    data: Vec<f32>,
-    last_seen: Vec<i32>,
-    dptr: Vec<u32>,
-    dday: Vec<u16>,
-    dweight: Vec<f32>,
-}
-
-impl Out {
-    #[inline]
-    fn push(&mut self, item: u32, a: f32, last: i32, days: impl Iterator<Item = (u16, f32)>) {
-        self.indices.push(item);
-        self.data.push(a);
-        self.last_seen.push(last);
-        for (d, w) in days {
-            self.dday.push(d);
-            self.dweight.push(w);
-        }
-        self.dptr.push(self.dday.len() as u32);
-    }
-}
-
 /// Merges `delta` (the new events, decayed to the model's reference time) into the rows of
 /// `base` of the users it names, except delta user `skip`.
 pub fn merge(base: &Base, delta: &Affinity, skip: Option<usize>) -> FreshRows {
     let day0 = base.days.day0;
-    let offset =
-        |minute: i32| -> u16 { (minute.div_euclid(1440) - day0).clamp(0, u16::MAX as i32) as u16 };
     // Delta item -> model item (both lists sorted, so the map keeps the order).
     let item_map: Vec<Option<u32>> = delta
         .items
         .iter()
         .map(|id| base.items.binary_search(id).ok().map(|i| i as u32))
         .collect();
-    let (dm, occ) = (&delta.matrix, &delta.occasions);
+    let rows = Rows {
+        ui: base.ui,
+        last_seen: base.last_seen,
+        days: base.days,
+    };
     let mut users = Vec::new();
     let mut model_row = Vec::new();
-    let mut indptr = vec![0usize];
-    let mut out = Out {
-        dptr: vec![0],
-        ..Out::default()
-    };
+    let mut out = Out::with_capacity(0, 0, 0);
     let mut unknown = 0usize;
-    let mut row: Vec<New> = Vec::new();
-    let mut buf: Vec<(u16, f32)> = Vec::new();
+    let mut rm = RowMerge::default();
     for (du, name) in delta.users.iter().enumerate() {
         crate::util::interrupt::poll_every(du);
         if skip == Some(du) {
             continue;
         }
-        row.clear();
-        buf.clear();
-        for p in dm.indptr[du]..dm.indptr[du + 1] {
-            let Some(item) = item_map[dm.indices[p] as usize] else {
-                unknown += 1;
-                continue;
-            };
-            let start = buf.len();
-            for k in occ.range(p) {
-                let d = offset(occ.minute[k]);
-                let v = if occ.value[k].is_finite() {
-                    occ.value[k]
-                } else {
-                    0.0
-                };
-                match buf[start..].last_mut() {
-                    Some(last) if last.0 == d => last.1 += v,
-                    _ => buf.push((d, v)),
-                }
-            }
-            let last = delta.last_seen[p]
-                .div_euclid(MINUTE_US)
-                .clamp(i32::MIN as i64, i32::MAX as i64) as i32;
-            row.push(New {
-                item,
-                a: dm.data[p],
-                last,
-                days: start..buf.len(),
-            });
-        }
-        if row.is_empty() {
+        unknown += rm.read(delta, du, day0, |i| item_map[i as usize]);
+        if rm.is_empty() {
             continue;
         }
         let known = base.users.binary_search(name).ok();
-        let mut j = 0usize;
-        if let Some(u) = known {
-            for p in base.ui.indptr[u]..base.ui.indptr[u + 1] {
-                let item = base.ui.indices[p];
-                while j < row.len() && row[j].item < item {
-                    let n = &row[j];
-                    out.push(n.item, n.a, n.last, buf[n.days.clone()].iter().copied());
-                    j += 1;
-                }
-                let (ds, ws) = base.days.of(p);
-                let old = ds.iter().copied().zip(ws.iter().copied());
-                if j < row.len() && row[j].item == item {
-                    let n = &row[j];
-                    out.push(
-                        item,
-                        base.ui.data[p] + n.a,
-                        base.last_seen[p].max(n.last),
-                        union_days(old, buf[n.days.clone()].iter().copied()),
-                    );
-                    j += 1;
-                } else {
-                    out.push(item, base.ui.data[p], base.last_seen[p], old);
-                }
-            }
-        }
-        for n in &row[j..] {
-            out.push(n.item, n.a, n.last, buf[n.days.clone()].iter().copied());
-        }
+        rm.write(&mut out, known.map(|u| (rows, u)), |i| i, 1.0);
         users.push(name.clone());
         model_row.push(known.map(|u| u as u32));
-        indptr.push(out.indices.len());
     }
-    let n = users.len();
+    let (ui, last_seen, days, _) = out.finish(base.items.len(), day0);
     FreshRows {
         users,
         model_row,
-        ui: Csr {
-            n_rows: n,
-            n_cols: base.items.len(),
-            indptr: indptr.into(),
-            indices: out.indices.into(),
-            data: out.data.into(),
-        },
-        last_seen: out.last_seen,
-        days: DayIndex {
-            day0,
-            ptr: out.dptr.into(),
-            day: out.dday.into(),
-            weight: out.dweight.into(),
-        },
+        ui,
+        last_seen,
+        days,
         rows: delta.rows,
         unknown_item_pairs: unknown,
     }
 }
 
-/// The union of two ascending day lists, weights of a day in both summed.
-fn union_days(
-    a: impl Iterator<Item = (u16, f32)>,
-    b: impl Iterator<Item = (u16, f32)>,
-) -> impl Iterator<Item = (u16, f32)> {
-    let (mut a, mut b) = (a.peekable(), b.peekable());
-    std::iter::from_fn(move || match (a.peek().copied(), b.peek().copied()) {
-        (Some(x), Some(y)) if x.0 == y.0 => {
-            a.next();
-            b.next();
-            Some((x.0, x.1 + y.1))
-        }
-        (Some(x), Some(y)) if x.0 < y.0 => a.next(),
-        (Some(_), Some(_)) => b.next(),
-        (Some(_), None) => a.next(),
-        (None, _) => b.next(),
-    })
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::affinity::accumulator::Accumulator;
+    use crate::affinity::accumulator::{Accumulator, MINUTE_US};
 
     pub(crate) const DAY: i64 = 86_400_000_000;
 

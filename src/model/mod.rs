@@ -7,5 +7,6 @@ pub use crate::util::csr;
 pub mod days;
 pub mod fresh;
 pub mod knn;
+pub mod refresh;
 pub mod train;
 pub mod transplant;

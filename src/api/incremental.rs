@@ -1,0 +1,496 @@
+//! `audience.build_incremental`: the active model grown by the events since its build, without
+//! scanning the older events again (core: [`crate::model::refresh`]).
+//!
+//! It reads the registered sources' rows newer than the model's latest event, adds their
+//! affinities to the model's (rescaled to the new reference time: exactly with one half-life,
+//! within a bound it records and warns about with several, see [`rescale`]), re-reads the
+//! products tables, continues ALS from the model's factors for a few iterations and computes the
+//! item-kNN similarities again (`knn => false` keeps the model's: items new since the build get
+//! none). The knobs are the model's. A catalog whose sources or property mappings changed since
+//! the build needs a full build.
+use crate::api::build::{interrupt_check, lock_catalog, raise_interrupted, store};
+use crate::api::spi_util::{args, query_rows};
+use crate::error::{shown, AudienceError, OrRaise};
+use crate::model::als::{continue_als, AlsModel};
+use crate::model::refresh::{grow, place_rows, rescale, Prev};
+use crate::store::stored::{Model, Property};
+use pgrx::prelude::*;
+use std::time::Instant;
+
+/// ALS iterations an incremental build runs from the previous factors by default.
+pub const DEFAULT_ITERATIONS: i32 = 2;
+
+/// The catalog's event sources and property mappings as they bear on a build, as one
+/// fingerprint (kept in a model's `stats` as `registration`): a model built from another
+/// registration cannot be grown by new events.
+pub fn registration(cid: i32) -> Option<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.md5(pg_catalog.concat_ws('|',
+                (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(',', e.event_id, e.source_schema, e.source_table, e.user_column, e.product_column,
+                        e.time_column, e.event_column, e.event_value, e.weight, e.weight_column, e.half_life), ';' ORDER BY e.event_id)
+                   FROM audience.events e WHERE e.catalog_id OPERATOR(pg_catalog.=) $1),
+                (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(',', m.mapping_id, m.property, m.event_id, m.products_schema, m.products_table,
+                        m.products_id_column, m.column_name, m.json_key, m.delimiter), ';' ORDER BY m.mapping_id)
+                   FROM audience.property_mappings m WHERE m.catalog_id OPERATOR(pg_catalog.=) $1)))",
+        &args![cid],
+    )
+    .or_raise("reading the catalog's registration")
+}
+
+/// The active model's row, as the incremental build needs it.
+struct Base {
+    catalog: String,
+    model_id: i64,
+    rows_read: i64,
+    first_event_us: Option<i64>,
+    last_event_us: i64,
+    reference_us: i64,
+    /// The reference time of the last full build this model grew from (its own when it is one).
+    full_reference_us: i64,
+    registration: Option<String>,
+    params: serde_json::Value,
+    tuning: Option<serde_json::Value>,
+}
+
+fn base(cid: i32) -> Base {
+    type Row = (
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<pgrx::JsonB>,
+        Option<pgrx::JsonB>,
+        Option<i64>,
+    );
+    let row: Option<Row> = query_rows(
+        "SELECT c.name, m.model_id, m.rows_read,
+                (m.stats OPERATOR(pg_catalog.->>) 'first_event_us')::pg_catalog.int8,
+                (m.stats OPERATOR(pg_catalog.->>) 'last_event_us')::pg_catalog.int8,
+                (m.stats OPERATOR(pg_catalog.->>) 'reference_us')::pg_catalog.int8,
+                m.stats OPERATOR(pg_catalog.->>) 'registration', m.params, m.stats OPERATOR(pg_catalog.->) 'tuning',
+                (m.stats OPERATOR(pg_catalog.->>) 'full_reference_us')::pg_catalog.int8
+           FROM audience.catalogs c LEFT JOIN audience.models m ON m.model_id OPERATOR(pg_catalog.=) c.active_model_id
+          WHERE c.catalog_id OPERATOR(pg_catalog.=) $1",
+        &args![cid],
+        |r| {
+            (
+                r.get::<String>(1).ok().flatten(),
+                r.get::<i64>(2).ok().flatten(),
+                r.get::<i64>(3).ok().flatten(),
+                r.get::<i64>(4).ok().flatten(),
+                r.get::<i64>(5).ok().flatten(),
+                r.get::<i64>(6).ok().flatten(),
+                r.get::<String>(7).ok().flatten(),
+                r.get::<pgrx::JsonB>(8).ok().flatten(),
+                r.get::<pgrx::JsonB>(9).ok().flatten(),
+                r.get::<i64>(10).ok().flatten(),
+            )
+        },
+    )
+    .into_iter()
+    .next();
+    let Some((name, id, rows, first, last, reference, registration, params, tuning, full)) = row
+    else {
+        AudienceError::internal("the locked catalog is gone").raise()
+    };
+    let catalog = name.unwrap_or_default();
+    let (Some(model_id), Some(last_event_us), Some(reference_us)) = (id, last, reference) else {
+        AudienceError::not_ready(format!(
+            "catalog \"{}\" has no active model to grow",
+            shown(&catalog)
+        ))
+        .hint("Run a full build first: SELECT * FROM audience.build(...).")
+        .raise()
+    };
+    Base {
+        catalog,
+        model_id,
+        rows_read: rows.unwrap_or(0),
+        first_event_us: first,
+        last_event_us,
+        reference_us,
+        full_reference_us: full.unwrap_or(reference_us),
+        registration,
+        params: params.map(|j| j.0).unwrap_or(serde_json::Value::Null),
+        tuning: tuning.map(|j| j.0).filter(|t| !t.is_null()),
+    }
+}
+
+/// The distinct half-lives of the catalog's sources, in microseconds (`None`: no decay).
+fn half_lives(cid: i32) -> Vec<Option<i64>> {
+    query_rows(
+        "SELECT DISTINCT e.half_life FROM audience.events e WHERE e.catalog_id OPERATOR(pg_catalog.=) $1",
+        &args![cid],
+        |r| r.get::<pgrx::datum::Interval>(1).ok().flatten(),
+    )
+    .into_iter()
+    .map(|iv| iv.map(|iv| crate::affinity::aggregate::interval_micros(&iv)))
+    .collect()
+}
+
+/// Above this relative error of the rescaled affinities (sources with several half-lives, see
+/// [`rescale`]) an incremental build warns that a full build is due.
+const RESCALE_WARN: f64 = 0.05;
+
+/// Per property of `model`, per item of the grown list (by `item_from`), the model's values.
+fn item_values_of(model: &Model, item_from: &[Option<u32>]) -> Vec<(String, Vec<Vec<String>>)> {
+    model
+        .properties
+        .iter()
+        .map(|p| {
+            let mut per_old: Vec<Vec<String>> = vec![Vec::new(); model.items.len()];
+            for (v, value) in p.values.iter().enumerate() {
+                for &i in p.value_items.row(v).0 {
+                    per_old[i as usize].push(value.clone());
+                }
+            }
+            let per_item = item_from
+                .iter()
+                .map(|f| f.map(|f| per_old[f as usize].clone()).unwrap_or_default())
+                .collect();
+            (p.name.clone(), per_item)
+        })
+        .collect()
+}
+
+/// Grows the catalog's active model by the events since its build and makes the result active.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
+#[allow(clippy::type_complexity)] // the named output columns of the SQL function
+fn build_incremental(
+    catalog: default!(Option<&str>, "NULL"),
+    iterations: default!(Option<i32>, "NULL"),
+    knn: default!(Option<bool>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(model_id, i64),
+        name!(base_model_id, i64),
+        name!(new_rows, i64),
+        name!(users, i64),
+        name!(items, i64),
+        name!(pairs, i64),
+        name!(new_users, i64),
+        name!(new_items, i64),
+        name!(seconds, f64),
+    ),
+> {
+    let t0 = Instant::now();
+    let iterations = iterations.unwrap_or(DEFAULT_ITERATIONS);
+    let knn = knn.unwrap_or(true);
+    if !(0..=100).contains(&iterations) {
+        AudienceError::invalid(format!(
+            "iterations must be between 0 and 100, not {iterations}"
+        ))
+        .hint("The ALS iterations run from the previous model's factors; 2 is the default.")
+        .raise();
+    }
+    let cid = lock_catalog(catalog);
+    let b = base(cid);
+    let now_registration = registration(cid);
+    if b.registration.is_none() || b.registration != now_registration {
+        AudienceError::not_ready(format!(
+            "the event sources or property mappings of catalog \"{}\" changed since its active model was built",
+            shown(&b.catalog)
+        ))
+        .detail(if b.registration.is_none() {
+            "The model was built by an earlier version of pg_audience, which did not record them."
+        } else {
+            "An incremental build only adds new events to what the model was built from."
+        })
+        .hint("Run a full build: SELECT * FROM audience.build(...).")
+        .raise();
+    }
+    let half_lives = half_lives(cid);
+    let _progress = crate::api::progress::begin(&b.catalog);
+    crate::api::progress::phase("scan", "events since the last build");
+    let since = TimestampWithTimeZone::try_from(b.last_event_us.saturating_add(1)).ok();
+    let scanned = crate::api::scan::scan_affinity(cid, since, None);
+    let delta = scanned.aff;
+    let new_rows = delta.rows as i64;
+    let scan_s = t0.elapsed().as_secs_f64();
+    if delta.matrix.nnz() == 0 {
+        pgrx::notice!(
+            "no events since the build of the active model of catalog \"{}\": it stays active",
+            shown(&b.catalog)
+        );
+        let (users, items, pairs): (Option<i64>, Option<i64>, Option<i64>) =
+            Spi::get_three_with_args(
+                "SELECT users, items, pairs FROM audience.models WHERE model_id OPERATOR(pg_catalog.=) $1",
+                &args![b.model_id],
+            )
+            .or_raise("reading the model");
+        return TableIterator::once((
+            b.model_id,
+            b.model_id,
+            new_rows,
+            users.unwrap_or(0),
+            items.unwrap_or(0),
+            pairs.unwrap_or(0),
+            0,
+            0,
+            t0.elapsed().as_secs_f64(),
+        ));
+    }
+    crate::api::progress::finished(
+        format!(
+            "scanned {new_rows} new event rows ({} users, {} pairs)",
+            delta.users.len(),
+            delta.matrix.nnz()
+        ),
+        scan_s,
+    );
+    crate::api::progress::phase("merge", format!("onto model {}", b.model_id));
+    let t_merge = Instant::now();
+    let prev = crate::api::cache::load(b.model_id, &b.catalog)
+        .unwrap_or_else(|| AudienceError::internal("the active model has no rows").raise());
+    let t_load = t_merge.elapsed().as_secs_f64();
+    // The rule of the deploy guard and of audiences between builds: a user holding most of the
+    // new events (a bot, a feed loaded twice) is left out until a full build decides.
+    let top = crate::model::fresh::top_user(&delta, i32::MIN);
+    let skip = top
+        .user
+        .filter(|_| top.dominates(crate::guc::GUARD_MAX_USER_SHARE.get()));
+    if let Some(u) = skip {
+        pgrx::notice!(
+            "user \"{}\" holds {:.0}% of the engagement occasions since the last build (above audience.guard_max_user_share): left out of the incremental build",
+            shown(&delta.users[u]),
+            100.0 * top.share()
+        );
+    }
+    let reference_us = delta.reference_us.max(b.reference_us);
+    let (scale, _) = rescale(&half_lives, reference_us - b.reference_us);
+    let (_, error_bound) = rescale(&half_lives, reference_us - b.full_reference_us);
+    if error_bound > RESCALE_WARN {
+        AudienceError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_WARNING,
+            format!(
+                "the older affinities of catalog \"{}\" are now within {:.0}% of a full build's",
+                shown(&b.catalog),
+                100.0 * error_bound
+            ),
+        )
+        .detail(format!(
+            "Its sources decay with different half-lives, and {:.1} days passed since its last full build: an incremental build rescales the stored affinities, which mix them, by one factor.",
+            (reference_us - b.full_reference_us) as f64 / 86_400_000_000.0
+        ))
+        .hint("Run a full build (audience.build) to make them exact; incremental builds after it start again from there.")
+        .warn();
+    }
+    let grown = grow(
+        &Prev {
+            users: &prev.users,
+            items: &prev.items,
+            ui: &prev.ui,
+            last_seen: &prev.last_seen,
+            days: &prev.days,
+        },
+        &delta,
+        scale,
+        skip,
+        &mut interrupt_check,
+    )
+    .unwrap_or_else(|_| raise_interrupted("the incremental build"));
+    // Item properties: the model's, then the newest value the new events carry, then the
+    // products tables (authoritative), as a full build resolves them.
+    let mut item_values = item_values_of(&prev, &grown.item_from);
+    for (p, name) in scanned.prop_names.iter().enumerate() {
+        let Some(col) = delta.item_props.get(p) else {
+            continue;
+        };
+        let slot = match item_values.iter().position(|(n, _)| n == name) {
+            Some(s) => s,
+            None => {
+                item_values.push((name.clone(), vec![Vec::new(); grown.items.len()]));
+                item_values.len() - 1
+            }
+        };
+        for (d, v) in col.iter().enumerate() {
+            if let Some(v) = v {
+                if let Ok(g) = grown.items.binary_search(&delta.items[d]) {
+                    item_values[slot].1[g] = crate::store::stored::split_values(v);
+                }
+            }
+        }
+    }
+    crate::api::scan::apply_products(cid, &grown.items, &mut item_values);
+    let n_items = grown.items.len();
+    let properties = item_values
+        .iter()
+        .map(|(name, per_item)| Property::from_item_values(name, n_items, per_item))
+        .collect();
+    let merge_s = t_merge.elapsed().as_secs_f64();
+    crate::api::progress::finished(
+        format!(
+            "grew model {} by {} users with new events ({} new) and {} new items (read it in {t_load:.2} s)",
+            b.model_id,
+            grown.touched_users,
+            grown.new_users(),
+            grown.new_items()
+        ),
+        merge_s,
+    );
+    // What the grown model keeps of the previous one: knobs, similarities, factors to start from.
+    let (params, cross_params, property_params) =
+        (prev.params, prev.cross_params, prev.property_params.clone());
+    let kept_knn = if knn {
+        None
+    } else {
+        prev.knn
+            .as_ref()
+            .map(|s| crate::model::transplant::remap_knn(s, &grown.item_from))
+    };
+    let knn_params = match (
+        &prev.knn,
+        crate::api::build::knn_params_from_json(&b.params),
+    ) {
+        (Some(_), Some(p)) if knn => Some(p),
+        (Some(_), None) if knn => AudienceError::corrupt(format!(
+            "model {} does not record the item-kNN settings its similarities were computed with",
+            b.model_id
+        ))
+        .hint("Run a full build: SELECT * FROM audience.build(...).")
+        .raise(),
+        _ => None,
+    };
+    let als_params = crate::api::build::als_params_from_json(&b.params);
+    let start = match (prev.als.as_ref(), als_params) {
+        (Some(m), Some(p)) if p.factors == m.factors => Some((
+            p,
+            AlsModel {
+                factors: m.factors,
+                user_factors: place_rows(&m.user_factors, m.factors, &grown.user_from).into(),
+                item_factors: place_rows(&m.item_factors, m.factors, &grown.item_from).into(),
+            },
+        )),
+        (None, _) => None,
+        _ => AudienceError::corrupt(format!(
+            "model {} does not record the ALS settings its factors were trained with",
+            b.model_id
+        ))
+        .hint("Run a full build: SELECT * FROM audience.build(...).")
+        .raise(),
+    };
+    drop(prev);
+    let mut bp = crate::api::build::build_params_default();
+    bp.als = start.as_ref().map(|(p, _)| p.clone());
+    bp.knn = knn_params;
+    crate::api::build::check_training_memory(grown.users.len(), n_items, grown.ui.nnz(), &bp);
+    let recompute_knn = knn_params.is_some();
+    let conf = (start.is_some() || recompute_knn).then(|| crate::model::train::damped(&grown.ui));
+    let t_als = Instant::now();
+    let als = start.zip(conf.as_ref()).map(|((p, start), conf)| {
+        crate::api::progress::phase(
+            "als",
+            format!(
+                "{iterations} iterations from model {}'s factors",
+                b.model_id
+            ),
+        );
+        let trained = continue_als(conf, &p, start, iterations as usize, &mut interrupt_check)
+            .unwrap_or_else(|_| raise_interrupted("ALS training"));
+        crate::api::progress::finished(
+            format!("continued ALS ({iterations} iterations)"),
+            t_als.elapsed().as_secs_f64(),
+        );
+        trained
+    });
+    let als_s = t_als.elapsed().as_secs_f64();
+    let t_knn = Instant::now();
+    let knn = match knn_params.zip(conf.as_ref()) {
+        Some((kp, conf)) => {
+            crate::api::progress::phase("knn", format!("{} neighbours", kp.neighbours));
+            let s = crate::model::knn::train_knn(conf, &kp, &mut interrupt_check)
+                .unwrap_or_else(|_| raise_interrupted("item-kNN training"));
+            crate::api::progress::finished(
+                format!("trained item-kNN ({} neighbours)", kp.neighbours),
+                t_knn.elapsed().as_secs_f64(),
+            );
+            Some(s)
+        }
+        None => kept_knn,
+    };
+    let knn_s = t_knn.elapsed().as_secs_f64();
+    drop(conf);
+    let (touched, new_users, new_items, dropped) = (
+        grown.touched_users,
+        grown.new_users(),
+        grown.new_items(),
+        grown.dropped_pairs,
+    );
+    let model = Model {
+        users: grown.users,
+        items: grown.items,
+        ui: grown.ui,
+        last_seen: grown.last_seen,
+        als,
+        knn,
+        properties,
+        params,
+        cross_params,
+        days: grown.days,
+        reference_day: crate::affinity::accumulator::day_of(reference_us),
+        property_params,
+    };
+    crate::api::progress::phase("store", "");
+    let t_store = Instant::now();
+    let last_event_us = delta.max_time_us.max(b.last_event_us);
+    let stats = serde_json::json!({
+        "seconds": { "scan": scan_s, "merge": merge_s, "als": als_s, "knn": knn_s },
+        "tuning": b.tuning,
+        "incremental": {
+            "base_model_id": b.model_id, "new_rows": new_rows, "users_with_new_events": touched,
+            "new_users": new_users, "new_items": new_items, "dropped_pairs": dropped,
+            "als_iterations": iterations, "knn_recomputed": recompute_knn, "decay_since_base": scale,
+            "rescale_error_bound": error_bound,
+        },
+        "affinity_state_bytes": scanned.state_bytes,
+        "scan_state": scanned.scan_state,
+        "first_event_us": b.first_event_us.map_or(delta.min_time_us, |f| f.min(delta.min_time_us)),
+        "last_event_us": last_event_us, "reference_us": reference_us,
+        "full_reference_us": b.full_reference_us,
+        "fresh_check": crate::api::fresh::build_check(cid, last_event_us),
+        "registration": now_registration,
+    });
+    let (users, items, pairs) = (
+        model.users.len() as i64,
+        model.items.len() as i64,
+        model.ui.nnz() as i64,
+    );
+    let model_id = store(
+        cid,
+        &model,
+        b.rows_read + new_rows,
+        None,
+        reference_us,
+        &b.params,
+        &stats,
+        true,
+        None,
+    );
+    let store_s = t_store.elapsed().as_secs_f64();
+    crate::api::progress::finished(
+        format!("stored model {model_id} and its serving image"),
+        store_s,
+    );
+    let total = t0.elapsed().as_secs_f64();
+    Spi::run_with_args(
+        "UPDATE audience.models SET stats = stats OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('seconds', (stats OPERATOR(pg_catalog.->) 'seconds') OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('store', $2::pg_catalog.float8, 'total', $3::pg_catalog.float8), 'peak_rss_bytes', $4::pg_catalog.int8) WHERE model_id OPERATOR(pg_catalog.=) $1",
+        &args![model_id, store_s, total, crate::api::build::peak_rss_bytes().map(|b| b as i64)],
+    )
+    .or_raise("recording build statistics");
+    TableIterator::once((
+        model_id,
+        b.model_id,
+        new_rows,
+        users,
+        items,
+        pairs,
+        new_users as i64,
+        new_items as i64,
+        total,
+    ))
+}
