@@ -13,6 +13,7 @@ use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError, OrRaise};
 use crate::model::als::{continue_als, AlsModel};
 use crate::model::refresh::{grow, place_rows, rescale, Prev};
+use crate::store::image::Served;
 use crate::store::stored::{Model, Property};
 use pgrx::prelude::*;
 use std::time::Instant;
@@ -136,7 +137,7 @@ fn half_lives(cid: i32) -> Vec<Option<i64>> {
 const RESCALE_WARN: f64 = 0.05;
 
 /// Per property of `model`, per item of the grown list (by `item_from`), the model's values.
-fn item_values_of(model: &Model, item_from: &[Option<u32>]) -> Vec<(String, Vec<Vec<String>>)> {
+fn item_values_of(model: &Served, item_from: &[Option<u32>]) -> Vec<(String, Vec<Vec<String>>)> {
     model
         .properties
         .iter()
@@ -144,7 +145,7 @@ fn item_values_of(model: &Model, item_from: &[Option<u32>]) -> Vec<(String, Vec<
             let mut per_old: Vec<Vec<String>> = vec![Vec::new(); model.items.len()];
             for (v, value) in p.values.iter().enumerate() {
                 for &i in p.value_items.row(v).0 {
-                    per_old[i as usize].push(value.clone());
+                    per_old[i as usize].push(value.to_string());
                 }
             }
             let per_item = item_from
@@ -245,8 +246,13 @@ fn build_incremental(
     );
     crate::api::progress::phase("merge", format!("onto model {}", b.model_id));
     let t_merge = Instant::now();
-    let prev = crate::api::cache::load(b.model_id, &b.catalog)
-        .unwrap_or_else(|| AudienceError::internal("the active model has no rows").raise());
+    // The serving image of the active model (the shared mapping when there is one): read in
+    // place, not decoded.
+    let loaded = crate::api::cache::active(Some(&b.catalog));
+    if loaded.model_id != b.model_id {
+        AudienceError::internal("the active model changed during an incremental build").raise();
+    }
+    let prev = &loaded.model;
     let t_load = t_merge.elapsed().as_secs_f64();
     // The rule of the deploy guard and of audiences between builds: a user holding most of the
     // new events (a bot, a feed loaded twice) is left out until a full build decides.
@@ -285,7 +291,7 @@ fn build_incremental(
             users: &prev.users,
             items: &prev.items,
             ui: &prev.ui,
-            last_seen: &prev.last_seen,
+            last_seen: prev.last_seen.as_slice(),
             days: &prev.days,
         },
         &delta,
@@ -374,7 +380,7 @@ fn build_incremental(
         .hint("Run a full build: SELECT * FROM audience.build(...).")
         .raise(),
     };
-    drop(prev);
+    drop(loaded);
     let mut bp = crate::api::build::build_params_default();
     bp.als = start.as_ref().map(|(p, _)| p.clone());
     bp.knn = knn_params;

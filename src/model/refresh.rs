@@ -14,11 +14,12 @@
 use crate::affinity::accumulator::{Affinity, MINUTE_US};
 use crate::model::csr::Csr;
 use crate::model::days::DayIndex;
+use crate::util::buf::StrList;
 
 /// The previous model's side of the merge (its ids sorted).
 pub struct Prev<'a> {
-    pub users: &'a [String],
-    pub items: &'a [String],
+    pub users: &'a StrList,
+    pub items: &'a StrList,
     pub ui: &'a Csr,
     /// Per stored pair: latest event time, minutes since 2000-01-01.
     pub last_seen: &'a [i32],
@@ -54,20 +55,20 @@ impl Grown {
 
 /// The sorted union of two sorted, duplicate-free lists; per element of the union, its index
 /// in `a`, and per element of `b`, its index in the union.
-fn union(a: &[String], b: &[String]) -> (Vec<String>, Vec<Option<u32>>, Vec<u32>) {
+fn union(a: &StrList, b: &[String]) -> (Vec<String>, Vec<Option<u32>>, Vec<u32>) {
     let mut out = Vec::with_capacity(a.len() + b.len());
     let mut from_a = Vec::with_capacity(a.len() + b.len());
     let mut b_to = Vec::with_capacity(b.len());
     let (mut i, mut j) = (0usize, 0usize);
     while i < a.len() || j < b.len() {
-        let take_a = j >= b.len() || (i < a.len() && a[i] <= b[j]);
-        let take_b = i >= a.len() || (j < b.len() && b[j] <= a[i]);
+        let take_a = j >= b.len() || (i < a.len() && a.get(i) <= b[j].as_str());
+        let take_b = i >= a.len() || (j < b.len() && b[j].as_str() <= a.get(i));
         if take_b {
             b_to.push(out.len() as u32);
         }
         if take_a {
             from_a.push(Some(i as u32));
-            out.push(a[i].clone());
+            out.push(a.get(i).to_string());
             i += 1;
         } else {
             from_a.push(None);
@@ -471,11 +472,11 @@ mod tests {
         skip: Option<usize>,
         check: &mut dyn FnMut() -> Result<(), crate::util::interrupt::Interrupted>,
     ) -> Result<Grown, crate::util::interrupt::Interrupted> {
-        let (_, _, last, days) = base_of(prev);
+        let (users, items, last, days) = base_of(prev);
         grow(
             &Prev {
-                users: &prev.users,
-                items: &prev.items,
+                users: &users,
+                items: &items,
                 ui: &prev.matrix,
                 last_seen: &last,
                 days: &days,
