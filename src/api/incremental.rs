@@ -302,7 +302,7 @@ fn build_incremental(
     .unwrap_or_else(|_| raise_interrupted("the incremental build"));
     // Item properties: the model's, then the newest value the new events carry, then the
     // products tables (authoritative), as a full build resolves them.
-    let mut item_values = item_values_of(&prev, &grown.item_from);
+    let mut item_values = item_values_of(prev, &grown.item_from);
     for (p, name) in scanned.prop_names.iter().enumerate() {
         let Some(col) = delta.item_props.get(p) else {
             continue;
