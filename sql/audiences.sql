@@ -427,6 +427,16 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 
+    -- Every stored model may hold the user: none may be grown by build_incremental (which keeps
+    -- its users) any more; a full build makes a model without the user.
+    BEGIN
+        UPDATE audience.models m
+           SET stats = m.stats OPERATOR(pg_catalog.||) '{"full_build_due": "a user was forgotten after this model was built"}'::pg_catalog.jsonb;
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE WARNING 'forget_user: the stored models still hold the user until a full build'
+            USING HINT = 'Run audience.build() for each catalog (a role with UPDATE on audience.models marks them so that build_incremental refuses to keep the user).';
+    END;
+
     IF rebuild THEN
         FOR c IN SELECT ca.name FROM audience.catalogs ca WHERE ca.active_model_id IS NOT NULL ORDER BY ca.name LOOP
             catalog := c.name; source := NULL; rows_deleted := NULL;

@@ -246,11 +246,64 @@ pub fn store(
     )
     .or_raise("storing the model")
     .unwrap_or_else(|| AudienceError::internal("no model id").raise());
+    // The serving image is written by a worker thread while this one stores the rows.
+    let stage = crate::api::shared::stage(model_id);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let t0 = Instant::now();
+    let (times, written) = std::thread::scope(|sc| {
+        let worker = stage.as_ref().map(|st| sc.spawn(|| st.write(model, &stop)));
+        // An error raised below unwinds through this scope, which waits for the worker: stop it.
+        let _stop = StopOnUnwind(&stop);
+        let times = store_rows(model_id, model);
+        let written = worker.map(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the image writer panicked")))
+        });
+        (times, written)
+    });
+    let t_image = t0.elapsed().as_secs_f64() - times.total;
+    let replaced = store_activate(cid, model_id, activate);
+    if let (Some(st), Some(w)) = (stage, written) {
+        st.finish(w, replaced);
+    }
+    pgrx::debug1!(
+        "audience: stored model {model_id}: encoded {} MB in {:.2} s, wrote its rows in {:.2} s, property values in {:.2} s; the serving image {:.2} s longer (written meanwhile)",
+        times.bytes >> 20,
+        times.encode,
+        times.rows,
+        times.values,
+        t_image.max(0.0)
+    );
+    model_id
+}
+
+/// Sets its flag when dropped while unwinding (an error raised in a thread scope).
+struct StopOnUnwind<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Seconds and bytes of [`store_rows`].
+struct StoreTimes {
+    bytes: usize,
+    encode: f64,
+    rows: f64,
+    values: f64,
+    total: f64,
+}
+
+/// Writes the model's rows (`model_data`, `property_values`).
+fn store_rows(model_id: i64, model: &Model) -> StoreTimes {
     let t0 = Instant::now();
     let bytes = model
         .encode_with(&mut interrupt_check)
         .unwrap_or_else(|_| raise_interrupted("storing the model"));
-    let t_encode = t0.elapsed().as_secs_f64();
+    let encode = t0.elapsed().as_secs_f64();
     for (n, chunk) in bytes.chunks(CHUNK).enumerate() {
         pgrx::check_for_interrupts!();
         Spi::run_with_args(
@@ -259,7 +312,7 @@ pub fn store(
         )
         .or_raise("storing the model data");
     }
-    let (t_rows, n_bytes) = (t0.elapsed().as_secs_f64() - t_encode, bytes.len());
+    let (rows, n_bytes) = (t0.elapsed().as_secs_f64() - encode, bytes.len());
     drop(bytes);
     for prop in &model.properties {
         pgrx::check_for_interrupts!();
@@ -274,6 +327,19 @@ pub fn store(
         )
         .or_raise("storing property values");
     }
+    let total = t0.elapsed().as_secs_f64();
+    StoreTimes {
+        bytes: n_bytes,
+        encode,
+        rows,
+        values: total - encode - rows,
+        total,
+    }
+}
+
+/// Activates the stored model when `activate`, and drops the catalog's models other than it and
+/// the active one; returns the dropped ids.
+fn store_activate(cid: i32, model_id: i64, activate: bool) -> Vec<i64> {
     if activate {
         Spi::run_with_args(
             "UPDATE audience.catalogs SET active_model_id = $2, updated_at = pg_catalog.now() WHERE catalog_id OPERATOR(pg_catalog.=) $1",
@@ -282,7 +348,7 @@ pub fn store(
         .or_raise("activating the model");
     }
     // Kept: the new model and the active one.
-    let replaced: Vec<i64> = Spi::connect_mut(|client| {
+    Spi::connect_mut(|client| {
         let table = client
             .update(
                 "DELETE FROM audience.models m WHERE m.catalog_id OPERATOR(pg_catalog.=) $1 AND m.model_id OPERATOR(pg_catalog.<>) $2
@@ -295,17 +361,7 @@ pub fn store(
         table
             .filter_map(|r| r.get::<i64>(1).ok().flatten())
             .collect()
-    });
-    let t_rest = t0.elapsed().as_secs_f64() - t_encode - t_rows;
-    // The shared serving copy, made visible when this transaction commits.
-    let t1 = Instant::now();
-    crate::api::shared::stage_for_build(model, model_id, replaced);
-    pgrx::debug1!(
-        "audience: stored model {model_id}: encoded {} MB in {t_encode:.2} s, wrote its rows in {t_rows:.2} s, property values and older models in {t_rest:.2} s, serving image in {:.2} s",
-        n_bytes >> 20,
-        t1.elapsed().as_secs_f64()
-    );
-    model_id
+    })
 }
 
 /// Locks the catalog for a build (fails fast when another build holds it) and returns its id.

@@ -49,6 +49,8 @@ struct Base {
     /// The reference time of the last full build this model grew from (its own when it is one).
     full_reference_us: i64,
     registration: Option<String>,
+    /// Why the model may not be grown (a user forgotten since its build), if so.
+    full_build_due: Option<String>,
     params: serde_json::Value,
     tuning: Option<serde_json::Value>,
 }
@@ -65,6 +67,7 @@ fn base(cid: i32) -> Base {
         Option<pgrx::JsonB>,
         Option<pgrx::JsonB>,
         Option<i64>,
+        Option<String>,
     );
     let row: Option<Row> = query_rows(
         "SELECT c.name, m.model_id, m.rows_read,
@@ -72,7 +75,8 @@ fn base(cid: i32) -> Base {
                 (m.stats OPERATOR(pg_catalog.->>) 'last_event_us')::pg_catalog.int8,
                 (m.stats OPERATOR(pg_catalog.->>) 'reference_us')::pg_catalog.int8,
                 m.stats OPERATOR(pg_catalog.->>) 'registration', m.params, m.stats OPERATOR(pg_catalog.->) 'tuning',
-                (m.stats OPERATOR(pg_catalog.->>) 'full_reference_us')::pg_catalog.int8
+                (m.stats OPERATOR(pg_catalog.->>) 'full_reference_us')::pg_catalog.int8,
+                m.stats OPERATOR(pg_catalog.->>) 'full_build_due'
            FROM audience.catalogs c LEFT JOIN audience.models m ON m.model_id OPERATOR(pg_catalog.=) c.active_model_id
           WHERE c.catalog_id OPERATOR(pg_catalog.=) $1",
         &args![cid],
@@ -88,12 +92,14 @@ fn base(cid: i32) -> Base {
                 r.get::<pgrx::JsonB>(8).ok().flatten(),
                 r.get::<pgrx::JsonB>(9).ok().flatten(),
                 r.get::<i64>(10).ok().flatten(),
+                r.get::<String>(11).ok().flatten(),
             )
         },
     )
     .into_iter()
     .next();
-    let Some((name, id, rows, first, last, reference, registration, params, tuning, full)) = row
+    let Some((name, id, rows, first, last, reference, registration, params, tuning, full, due)) =
+        row
     else {
         AudienceError::internal("the locked catalog is gone").raise()
     };
@@ -115,6 +121,7 @@ fn base(cid: i32) -> Base {
         reference_us,
         full_reference_us: full.unwrap_or(reference_us),
         registration,
+        full_build_due: due,
         params: params.map(|j| j.0).unwrap_or(serde_json::Value::Null),
         tuning: tuning.map(|j| j.0).filter(|t| !t.is_null()),
     }
@@ -191,6 +198,15 @@ fn build_incremental(
     }
     let cid = lock_catalog(catalog);
     let b = base(cid);
+    if let Some(why) = &b.full_build_due {
+        AudienceError::not_ready(format!(
+            "the active model of catalog \"{}\" cannot be grown: {why}",
+            shown(&b.catalog)
+        ))
+        .detail("An incremental build keeps every user of the model it grows; a full build reads the events as they are now.")
+        .hint("Run a full build: SELECT * FROM audience.build(...).")
+        .raise();
+    }
     let now_registration = registration(cid);
     if b.registration.is_none() || b.registration != now_registration {
         AudienceError::not_ready(format!(

@@ -121,6 +121,7 @@ fn write_to_file(
     tags: [u64; 2],
     model: &Model,
     parts: &crate::score::hybrid::ScorerParts,
+    check: impl FnMut() -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let dir = path.parent().expect("image files live in a directory");
     std::fs::create_dir_all(dir)?;
@@ -136,6 +137,7 @@ fn write_to_file(
         Interruptible {
             inner: file,
             unchecked: 0,
+            check,
         },
     );
     write_image(&mut w, tags, model, parts)?;
@@ -155,21 +157,22 @@ impl Drop for RemoveOnDrop<'_> {
     }
 }
 
-/// A writer that lets a cancel or statement_timeout stop a long write: it checks for interrupts
-/// every [`CHECK_BYTES`] (an image of a large model takes seconds to write).
-struct Interruptible<W> {
+/// A writer that lets a cancel or statement_timeout stop a long write: it calls `check` every
+/// [`CHECK_BYTES`] (an image of a large model takes seconds to write).
+struct Interruptible<W, F> {
     inner: W,
     unchecked: usize,
+    check: F,
 }
 
 const CHECK_BYTES: usize = 4 << 20;
 
-impl<W: std::io::Write> std::io::Write for Interruptible<W> {
+impl<W: std::io::Write, F: FnMut() -> std::io::Result<()>> std::io::Write for Interruptible<W, F> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.unchecked += buf.len();
         if self.unchecked >= CHECK_BYTES {
             self.unchecked = 0;
-            pgrx::check_for_interrupts!();
+            (self.check)()?;
         }
         self.inner.write(buf)
     }
@@ -189,20 +192,26 @@ fn tmp_path(tags: [u64; 2]) -> PathBuf {
 }
 
 /// The parts the scorer precomputes, for the image of `model`.
-fn parts_of(model: &Model) -> crate::score::hybrid::ScorerParts {
+fn parts_of(model: &Model, threads: usize) -> crate::score::hybrid::ScorerParts {
     Scorer::new(&model.ui, model.als.as_ref(), model.knn.as_ref())
         .with_days(&model.days, model.reference_day)
-        .with_threads(crate::guc::threads())
+        .with_threads(threads)
         .parts(&Served::own_measures(model))
 }
 
 /// Writes the image of `model` (just read from the table) to its file and maps it; when the file
 /// cannot be written, keeps the image in this backend's memory instead (returns false then).
 pub fn publish(model: &Model, tags: [u64; 2]) -> (Served, usize, bool) {
-    let parts = parts_of(model);
+    let parts = parts_of(model, crate::guc::threads());
     if enabled() {
         let (tmp, path) = (tmp_path(tags), path_of(tags));
-        match write_to_file(&tmp, tags, model, &parts).and_then(|_| std::fs::rename(&tmp, &path)) {
+        let check = || {
+            pgrx::check_for_interrupts!();
+            Ok(())
+        };
+        match write_to_file(&tmp, tags, model, &parts, check)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+        {
             Ok(()) => {
                 sync_dir(&db_dir());
                 sweep(tags, false);
@@ -248,41 +257,89 @@ fn warn_once(tags: [u64; 2], e: &std::io::Error) {
 
 /// The image a build writes for its new model: under a temporary name until the transaction
 /// commits, when it is renamed (and the files of the models the build replaced are removed); an
-/// abort removes it. Failures only cost the first reader the time to write it.
-pub fn stage_for_build(model: &Model, model_id: i64, replaced: Vec<i64>) {
+/// abort removes it. [`Stage::write`] runs on a worker thread while the backend stores the
+/// model's rows (it touches nothing of PostgreSQL's); failures only cost the first reader the
+/// time to write the image.
+pub struct Stage {
+    tags: [u64; 2],
+    tmp: PathBuf,
+    path: PathBuf,
+    threads: usize,
+}
+
+/// The stage of model `model_id`'s image, or None when serving from shared files is off.
+pub fn stage(model_id: i64) -> Option<Stage> {
     if !enabled() {
-        return;
+        return None;
     }
     let tags = tags(model_id);
-    let (tmp, path) = (tmp_path(tags), path_of(tags));
-    let t0 = std::time::Instant::now();
-    let parts = parts_of(model);
-    pgrx::debug1!(
-        "audience: serving image parts of model {model_id} in {:.2} s",
-        t0.elapsed().as_secs_f64()
-    );
-    if let Err(e) = write_to_file(&tmp, tags, model, &parts) {
-        pgrx::debug1!("pg_audience: the build could not write the image of model {model_id}: {e}");
-        return;
-    }
-    sweep(tags, true);
-    let old: Vec<PathBuf> = replaced
-        .into_iter()
-        .map(|id| path_of([tags[0], id as u64]))
-        .collect();
-    let (tmp_abort, dir) = (tmp.clone(), db_dir());
-    // Post-commit and post-abort callbacks must not fail: plain file operations, errors ignored.
-    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
-        if std::fs::rename(&tmp, &path).is_ok() {
-            sync_dir(&dir);
-        }
-        for p in &old {
-            let _ = std::fs::remove_file(p);
-        }
-    });
+    let tmp = tmp_path(tags);
+    // Registered first: a statement that fails after the worker wrote the file removes it too.
+    let tmp_abort = tmp.clone();
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
         let _ = std::fs::remove_file(&tmp_abort);
     });
+    Some(Stage {
+        tags,
+        tmp,
+        path: path_of(tags),
+        threads: crate::guc::threads(),
+    })
+}
+
+const STOPPED: &str = "the build stopped";
+
+/// What [`Stage::write`] did: seconds for the scorer's parts and for the file, or the error.
+pub type Staged = std::io::Result<(f64, f64)>;
+
+impl Stage {
+    /// Writes the image of `model` to the temporary file; stops with an error as soon as `stop`
+    /// is set (the backend's statement failed or was cancelled). Safe on any thread.
+    pub fn write(&self, model: &Model, stop: &std::sync::atomic::AtomicBool) -> Staged {
+        let t0 = std::time::Instant::now();
+        let parts = parts_of(model, self.threads);
+        let t_parts = t0.elapsed().as_secs_f64();
+        let check = || {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Not ErrorKind::Interrupted: write_all retries those.
+                Err(std::io::Error::other(STOPPED))
+            } else {
+                Ok(())
+            }
+        };
+        write_to_file(&self.tmp, self.tags, model, &parts, check)?;
+        Ok((t_parts, t0.elapsed().as_secs_f64() - t_parts))
+    }
+
+    /// On the backend's thread after [`Stage::write`]: renames the file when the transaction
+    /// commits (removing the images of `replaced`), removes it when it aborts.
+    pub fn finish(self, written: Staged, replaced: Vec<i64>) {
+        let model_id = self.tags[1];
+        match written {
+            Ok((parts, file)) => pgrx::debug1!(
+                "audience: serving image of model {model_id}: parts in {parts:.2} s, file in {file:.2} s"
+            ),
+            Err(e) => {
+                pgrx::debug1!("pg_audience: the build could not write the image of model {model_id}: {e}");
+                return;
+            }
+        }
+        sweep(self.tags, true);
+        let old: Vec<PathBuf> = replaced
+            .into_iter()
+            .map(|id| path_of([self.tags[0], id as u64]))
+            .collect();
+        let (tmp, path, dir) = (self.tmp, self.path, db_dir());
+        // Post-commit callbacks must not fail: plain file operations, errors ignored.
+        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+            if std::fs::rename(&tmp, &path).is_ok() {
+                sync_dir(&dir);
+            }
+            for p in &old {
+                let _ = std::fs::remove_file(p);
+            }
+        });
+    }
 }
 
 /// Removes image files no backend will open again: of other extension installs (another oid of
@@ -345,5 +402,61 @@ pub fn sweep(keep: [u64; 2], other_installs_only: bool) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::csr::Csr;
+    use crate::model::days::DayIndex;
+    use std::sync::atomic::AtomicBool;
+
+    fn stage_in(name: &str) -> Stage {
+        let dir = std::env::temp_dir().join(format!("pga-stage-{}-{name}", std::process::id()));
+        Stage {
+            tags: [7, 42],
+            tmp: dir.join("img.tmp"),
+            path: dir.join("img"),
+            threads: 2,
+        }
+    }
+
+    /// The worker's image is the model's, as the backend reads it.
+    #[test]
+    fn a_staged_image_reads_back() {
+        let m = crate::store::image::tests::model();
+        let st = stage_in("ok");
+        let (parts, file) = st.write(&m, &AtomicBool::new(false)).unwrap();
+        assert!(parts >= 0.0 && file >= 0.0);
+        let f = std::fs::File::open(&st.tmp).unwrap();
+        let served = read_image(Arc::new(Mapping::of_file(&f).unwrap()), [7, 42]).unwrap();
+        assert_eq!(served.ui, m.ui);
+        assert_eq!(served.als, m.als);
+        let _ = std::fs::remove_dir_all(st.tmp.parent().unwrap());
+    }
+
+    /// A stopped build stops the worker at its next check and leaves no partial file.
+    #[test]
+    fn a_stopped_stage_leaves_no_file() {
+        let mut m = crate::store::image::tests::model();
+        // Big enough (about 8 MB of pairs) for the writer to check the flag.
+        let (users, items) = (200_000u32, 3u32);
+        let mut t: Vec<(u32, u32, f32)> = (0..users)
+            .flat_map(|u| (0..items).map(move |i| (u, i, 1.0)))
+            .collect();
+        m.ui = Csr::from_triplets(users as usize, items as usize, &mut t);
+        let n = m.ui.nnz();
+        let ptr: Vec<u32> = (0..=n as u32).collect();
+        m.days = DayIndex::from_records(&ptr, &vec![1440; n], &vec![1.0; n]);
+        m.last_seen = vec![0; n];
+        m.users = (0..users).map(|u| format!("u{u:06}")).collect();
+        m.als = None;
+        m.knn = None;
+        let st = stage_in("stop");
+        let err = st.write(&m, &AtomicBool::new(true)).unwrap_err();
+        assert_eq!(err.to_string(), STOPPED);
+        assert!(!st.tmp.exists(), "the partial file is removed");
+        let _ = std::fs::remove_dir_all(st.tmp.parent().unwrap());
     }
 }

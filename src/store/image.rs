@@ -522,12 +522,12 @@ pub fn read_image(map: Arc<Mapping>, tags: [u64; 2]) -> Result<Served, ImageErro
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::score::hybrid::Scorer;
     use crate::store::stored::Property;
 
-    fn model() -> Model {
+    pub(crate) fn model() -> Model {
         let mut t = vec![(0u32, 0u32, 1.0f32), (0, 1, 2.0), (1, 1, 3.0), (2, 2, 0.5)];
         let ui = Csr::from_triplets(3, 3, &mut t);
         let days = DayIndex::from_records(

@@ -92,6 +92,16 @@ SELECT b.brand, count(*) AS users,
 INSERT INTO inc.buys SELECT 'u03', 'A-3', 'A', '2024-03-07';
 SET client_min_messages = warning;
 SELECT new_rows FROM audience.build_incremental('grown');
+-- A user forgotten without a rebuild: the stored models still hold them, and an incremental
+-- build would keep them, so it refuses until a full build.
+SET client_min_messages = error;
+SELECT source, rows_deleted, status FROM audience.forget_user('u05', rebuild => false) WHERE catalog = 'grown';
+SET client_min_messages = warning;
+SELECT * FROM audience.build_incremental('grown');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS u05_rows FROM inc.buys WHERE user_id = 'u05';
+SELECT users FROM audience.build('grown');
+SELECT new_rows FROM audience.build_incremental('grown');
 SELECT * FROM audience.build_incremental('no such catalog');
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) FROM unnest(ARRAY['grown', 'whole']) c, audience.drop_catalog(c);
