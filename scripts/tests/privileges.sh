@@ -108,6 +108,7 @@ expect_denied analyst "create_catalog" "SELECT audience.create_catalog('analyst_
 expect_denied analyst "add_event" "SELECT audience.add_event('shop', 'demo.wishlist_saves', 'sku', event_time => 'saved_at', name => 'again')"
 expect_denied analyst "map_property" "SELECT audience.map_property('shop', 'brand2', column_name => 'brand', products => 'demo.products')"
 expect_denied analyst "build" "SELECT * FROM audience.build('shop')"
+expect_denied analyst "build_incremental" "SELECT * FROM audience.build_incremental('shop')"
 expect_denied analyst "save_audience" "SELECT * FROM audience.save_audience('mine', 'brand', 'Sony', 5, catalog => 'shop')"
 expect_denied analyst "refresh_audience" "SELECT * FROM audience.refresh_audience('nike_top')"
 expect_denied analyst "drop_catalog" "SELECT audience.drop_catalog('shop')"
@@ -133,6 +134,10 @@ expect_ok editor "build of its own catalog" "SELECT rows_read FROM audience.buil
 expect_ok editor "build of catalog 'shop' (registered by the superuser)" "SELECT rows_read FROM audience.build('shop')"
 expect_ok editor "save_audience" "SELECT members FROM audience.save_audience('ed_aud', 'brand', 'Sony', 5, catalog => 'shop')"
 expect_ok editor "refresh_audience" "SELECT members FROM audience.refresh_audience('nike_top')"
+q "INSERT INTO demo.tracks (user_id, event, product_id, properties, \"timestamp\")
+   SELECT user_id, event, product_id, properties, \"timestamp\" + interval '1 day' FROM demo.tracks ORDER BY \"timestamp\" DESC LIMIT 20" >/dev/null
+expect_denied nosel "build_incremental of 'shop' (reads demo.tracks)" "SELECT * FROM audience.build_incremental('shop')"
+expect_ok editor "build_incremental of catalog 'shop' (20 new events)" "SELECT new_rows FROM audience.build_incremental('shop')"
 expect_ok editor "drop_audience" "SELECT audience.drop_audience('ed_aud')"
 
 t_say "nosel: the editor's grants without SELECT ON demo.tracks"
