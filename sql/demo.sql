@@ -53,3 +53,12 @@ SELECT audience, state, members, control_members, refreshed_at IS NOT NULL AS re
 \echo '== 9. Any set of items: premium products that are not Nike'
 SELECT count(*) AS users FROM audience.recommend_audience_items(
     (SELECT array_agg(product_id) FROM demo.products WHERE price_band = 'premium' AND brand <> 'Nike'), 5);
+
+\echo '== 10. A day of new events, grown into the model without scanning the older ones (audience.build_incremental)'
+INSERT INTO demo.tracks (user_id, event, product_id, properties, "timestamp")
+SELECT user_id, event, product_id, properties, "timestamp" + interval '1 day'
+  FROM demo.tracks WHERE "timestamp" > (SELECT max("timestamp") - interval '1 day' FROM demo.tracks);
+\timing on
+SELECT model_id, base_model_id, new_rows, users, new_users FROM audience.build_incremental('shop');
+\timing off
+
