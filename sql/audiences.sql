@@ -488,4 +488,4 @@ COMMENT ON FUNCTION audience.version() IS 'The installed pg_audience version.';
 COMMENT ON FUNCTION audience.build_progress() IS
     'The builds running now, one row each, with their phase (scan, products, tune, als, knn, store) and seconds; a role sees the builds of roles it is a member of (members of pg_read_all_stats see all).';
 COMMENT ON FUNCTION audience.build_incremental(text, integer, boolean) IS
-    'Grows the catalog''s active model by the events since its build (affinities, engagement days, item properties, ALS continued from the model''s factors, item-kNN recomputed unless knn => false) and activates the result, without scanning older events again.';
+    'Grows the catalog''s active model by the events since its build (affinities, engagement days, item properties, ALS continued from the model''s factors, item-kNN computed again when new items arrived or the pairs grew 5% since, or as knn says) and activates the result, without scanning older events again.';

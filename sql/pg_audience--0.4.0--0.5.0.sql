@@ -31,7 +31,7 @@ LANGUAGE c
 SET search_path TO pg_catalog, @extschema@, pg_temp
 AS 'MODULE_PATHNAME', 'build_incremental_wrapper';
 COMMENT ON FUNCTION audience.build_incremental(text, integer, boolean) IS
-    'Grows the catalog''s active model by the events since its build (affinities, engagement days, item properties, ALS continued from the model''s factors, item-kNN recomputed unless knn => false) and activates the result, without scanning older events again.';
+    'Grows the catalog''s active model by the events since its build (affinities, engagement days, item properties, ALS continued from the model''s factors, item-kNN computed again when new items arrived or the pairs grew 5% since, or as knn says) and activates the result, without scanning older events again.';
 
 -- forget_user: marks the stored models that may hold the forgotten user.
 CREATE OR REPLACE FUNCTION audience.forget_user(user_id text, rebuild boolean DEFAULT true)

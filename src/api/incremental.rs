@@ -18,6 +18,10 @@ use crate::store::stored::{Model, Property};
 use pgrx::prelude::*;
 use std::time::Instant;
 
+/// Growth of the pairs since the item-kNN similarities were computed past which an incremental
+/// build computes them again by default.
+pub const KNN_GROWTH: f64 = 0.05;
+
 /// ALS iterations an incremental build runs from the previous factors by default.
 pub const DEFAULT_ITERATIONS: i32 = 2;
 
@@ -48,6 +52,8 @@ struct Base {
     reference_us: i64,
     /// The reference time of the last full build this model grew from (its own when it is one).
     full_reference_us: i64,
+    /// The pairs of the affinity its item-kNN similarities were computed from.
+    knn_pairs: i64,
     registration: Option<String>,
     /// Why the model may not be grown (a user forgotten since its build), if so.
     full_build_due: Option<String>,
@@ -61,22 +67,11 @@ fn base(cid: i32) -> Base {
         Option<i64>,
         Option<i64>,
         Option<i64>,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
         Option<pgrx::JsonB>,
         Option<pgrx::JsonB>,
-        Option<i64>,
-        Option<String>,
     );
     let row: Option<Row> = query_rows(
-        "SELECT c.name, m.model_id, m.rows_read,
-                (m.stats OPERATOR(pg_catalog.->>) 'first_event_us')::pg_catalog.int8,
-                (m.stats OPERATOR(pg_catalog.->>) 'last_event_us')::pg_catalog.int8,
-                (m.stats OPERATOR(pg_catalog.->>) 'reference_us')::pg_catalog.int8,
-                m.stats OPERATOR(pg_catalog.->>) 'registration', m.params, m.stats OPERATOR(pg_catalog.->) 'tuning',
-                (m.stats OPERATOR(pg_catalog.->>) 'full_reference_us')::pg_catalog.int8,
-                m.stats OPERATOR(pg_catalog.->>) 'full_build_due'
+        "SELECT c.name, m.model_id, m.rows_read, m.pairs, m.params, m.stats
            FROM audience.catalogs c LEFT JOIN audience.models m ON m.model_id OPERATOR(pg_catalog.=) c.active_model_id
           WHERE c.catalog_id OPERATOR(pg_catalog.=) $1",
         &args![cid],
@@ -86,25 +81,23 @@ fn base(cid: i32) -> Base {
                 r.get::<i64>(2).ok().flatten(),
                 r.get::<i64>(3).ok().flatten(),
                 r.get::<i64>(4).ok().flatten(),
-                r.get::<i64>(5).ok().flatten(),
-                r.get::<i64>(6).ok().flatten(),
-                r.get::<String>(7).ok().flatten(),
-                r.get::<pgrx::JsonB>(8).ok().flatten(),
-                r.get::<pgrx::JsonB>(9).ok().flatten(),
-                r.get::<i64>(10).ok().flatten(),
-                r.get::<String>(11).ok().flatten(),
+                r.get::<pgrx::JsonB>(5).ok().flatten(),
+                r.get::<pgrx::JsonB>(6).ok().flatten(),
             )
         },
     )
     .into_iter()
     .next();
-    let Some((name, id, rows, first, last, reference, registration, params, tuning, full, due)) =
-        row
-    else {
+    let Some((name, id, rows, pairs, params, stats)) = row else {
         AudienceError::internal("the locked catalog is gone").raise()
     };
     let catalog = name.unwrap_or_default();
-    let (Some(model_id), Some(last_event_us), Some(reference_us)) = (id, last, reference) else {
+    let stats = stats.map(|j| j.0).unwrap_or(serde_json::Value::Null);
+    let int = |key: &str| stats.get(key).and_then(|v| v.as_i64());
+    let text = |key: &str| stats.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let (Some(model_id), Some(last_event_us), Some(reference_us)) =
+        (id, int("last_event_us"), int("reference_us"))
+    else {
         AudienceError::not_ready(format!(
             "catalog \"{}\" has no active model to grow",
             shown(&catalog)
@@ -112,18 +105,20 @@ fn base(cid: i32) -> Base {
         .hint("Run a full build first: SELECT * FROM audience.build(...).")
         .raise()
     };
+    let pairs = pairs.unwrap_or(0);
     Base {
         catalog,
         model_id,
         rows_read: rows.unwrap_or(0),
-        first_event_us: first,
+        first_event_us: int("first_event_us"),
         last_event_us,
         reference_us,
-        full_reference_us: full.unwrap_or(reference_us),
-        registration,
-        full_build_due: due,
+        full_reference_us: int("full_reference_us").unwrap_or(reference_us),
+        knn_pairs: int("knn_pairs").unwrap_or(pairs),
+        registration: text("registration"),
+        full_build_due: text("full_build_due"),
         params: params.map(|j| j.0).unwrap_or(serde_json::Value::Null),
-        tuning: tuning.map(|j| j.0).filter(|t| !t.is_null()),
+        tuning: stats.get("tuning").cloned().filter(|t| !t.is_null()),
     }
 }
 
@@ -188,7 +183,6 @@ fn build_incremental(
 > {
     let t0 = Instant::now();
     let iterations = iterations.unwrap_or(DEFAULT_ITERATIONS);
-    let knn = knn.unwrap_or(true);
     if !(0..=100).contains(&iterations) {
         AudienceError::invalid(format!(
             "iterations must be between 0 and 100, not {iterations}"
@@ -358,6 +352,10 @@ fn build_incremental(
     // What the grown model keeps of the previous one: knobs, similarities, factors to start from.
     let (params, cross_params, property_params) =
         (prev.params, prev.cross_params, prev.property_params.clone());
+    // The similarities are computed again when asked, or by default when new items arrived (they
+    // have none) or the pairs grew by KNN_GROWTH since they were computed.
+    let growth = grown.ui.nnz() as f64 / b.knn_pairs.max(1) as f64 - 1.0;
+    let knn = knn.unwrap_or(grown.new_items() > 0 || growth >= KNN_GROWTH);
     let kept_knn = if knn {
         None
     } else {
@@ -474,6 +472,7 @@ fn build_incremental(
         "first_event_us": b.first_event_us.map_or(delta.min_time_us, |f| f.min(delta.min_time_us)),
         "last_event_us": last_event_us, "reference_us": reference_us,
         "full_reference_us": b.full_reference_us,
+        "knn_pairs": if recompute_knn { model.ui.nnz() as i64 } else { b.knn_pairs },
         "fresh_check": crate::api::fresh::build_check(cid, last_event_us),
         "registration": now_registration,
     });

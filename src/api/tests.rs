@@ -349,7 +349,8 @@ mod tests {
     /// third of them turn to the next brand. The grown model has the full build's users, items,
     /// pairs and users per value, and its top-20% audiences reach at least 97% of the buyers
     /// of the next two weeks that the full build's reach, more than the model the incremental
-    /// build started from.
+    /// build started from. The item-kNN is computed again when the pairs grew 5% or new items
+    /// arrived, and kept otherwise.
     #[pg_test]
     fn incremental_build_ranks_like_a_full_build() {
         let events = |from: i32, to: i32, turn: &str, rate: i32| {
@@ -417,6 +418,25 @@ mod tests {
         let (g, w, s) = (hits("g"), hits("w"), hits("s"));
         assert!(g as f64 >= 0.97 * w as f64, "grown {g}, whole {w}");
         assert!(g > s, "grown {g}, started from {s}");
+        // The similarities were computed again (12% more pairs); a few more events keep them,
+        // a new item has them computed again.
+        let recomputed = |c: &str| {
+            Spi::get_one::<bool>(&format!(
+                "SELECT (m.stats -> 'incremental' ->> 'knn_recomputed')::bool FROM audience.models m
+                   JOIN audience.catalogs c ON c.active_model_id = m.model_id WHERE c.name = '{c}'"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        assert!(recomputed("g"));
+        // (The two weeks of events above first.)
+        run("SELECT audience.build_incremental('g')");
+        run("INSERT INTO grow_ev SELECT u, 'p1', '2024-05-01', 'b1' FROM generate_series(1, 5) u;
+             SELECT audience.build_incremental('g');");
+        assert!(!recomputed("g"), "5 more events keep the similarities");
+        run("INSERT INTO grow_ev VALUES (1, 'p-new', '2024-05-02', 'b1');
+             SELECT audience.build_incremental('g');");
+        assert!(recomputed("g"), "a new item has them computed again");
     }
 
     /// A stash token names the backend that made it: a token from another session (the scan's
