@@ -431,11 +431,15 @@ mod tests {
         assert!(recomputed("g"));
         // (The two weeks of events above first.)
         run("SELECT audience.build_incremental('g')");
-        run("INSERT INTO grow_ev SELECT u, 'p1', '2024-05-01', 'b1' FROM generate_series(1, 5) u;
-             SELECT audience.build_incremental('g');");
+        run(
+            "INSERT INTO grow_ev SELECT u, 'p1', '2024-05-01', 'b1' FROM generate_series(1, 5) u;
+             SELECT audience.build_incremental('g');",
+        );
         assert!(!recomputed("g"), "5 more events keep the similarities");
-        run("INSERT INTO grow_ev VALUES (1, 'p-new', '2024-05-02', 'b1');
-             SELECT audience.build_incremental('g');");
+        run(
+            "INSERT INTO grow_ev VALUES (1, 'p-new', '2024-05-02', 'b1');
+             SELECT audience.build_incremental('g');",
+        );
         assert!(recomputed("g"), "a new item has them computed again");
     }
 
