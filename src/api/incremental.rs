@@ -11,7 +11,7 @@
 use crate::api::build::{interrupt_check, lock_catalog, raise_interrupted, store};
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError, OrRaise};
-use crate::model::als::{continue_als, AlsModel};
+use crate::model::als::{continue_als_rows, AlsModel};
 use crate::model::refresh::{grow, place_rows, rescale, Prev};
 use crate::store::image::Served;
 use crate::store::stored::{Model, Property};
@@ -23,7 +23,7 @@ use std::time::Instant;
 pub const KNN_GROWTH: f64 = 0.05;
 
 /// ALS iterations an incremental build runs from the previous factors by default.
-pub const DEFAULT_ITERATIONS: i32 = 2;
+pub const DEFAULT_ITERATIONS: i32 = 1;
 
 /// The catalog's event sources and property mappings as they bear on a build, as one
 /// fingerprint (kept in a model's `stats` as `registration`): a model built from another
@@ -187,7 +187,7 @@ fn build_incremental(
         AudienceError::invalid(format!(
             "iterations must be between 0 and 100, not {iterations}"
         ))
-        .hint("The ALS iterations run from the previous model's factors; 2 is the default.")
+        .hint("The ALS iterations run from the previous model's factors; 1 is the default.")
         .raise();
     }
     let cid = lock_catalog(catalog);
@@ -343,7 +343,7 @@ fn build_incremental(
         format!(
             "grew model {} by {} users with new events ({} new) and {} new items (read it in {t_load:.2} s)",
             b.model_id,
-            grown.touched_users,
+            grown.touched.len(),
             grown.new_users(),
             grown.new_items()
         ),
@@ -410,8 +410,15 @@ fn build_incremental(
                 b.model_id
             ),
         );
-        let trained = continue_als(conf, &p, start, iterations as usize, &mut interrupt_check)
-            .unwrap_or_else(|_| raise_interrupted("ALS training"));
+        let trained = continue_als_rows(
+            conf,
+            &p,
+            start,
+            &grown.touched,
+            iterations as usize,
+            &mut interrupt_check,
+        )
+        .unwrap_or_else(|_| raise_interrupted("ALS training"));
         crate::api::progress::finished(
             format!("continued ALS ({iterations} iterations)"),
             t_als.elapsed().as_secs_f64(),
@@ -436,7 +443,7 @@ fn build_incremental(
     let knn_s = t_knn.elapsed().as_secs_f64();
     drop(conf);
     let (touched, new_users, new_items, dropped) = (
-        grown.touched_users,
+        grown.touched.len(),
         grown.new_users(),
         grown.new_items(),
         grown.dropped_pairs,

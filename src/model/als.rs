@@ -207,6 +207,65 @@ pub fn continue_als(
     sweeps(ui, params, model, iterations, check, TASK_WORK, true)
 }
 
+/// Continues training `model` where its data changed: `iterations` times, the users `rows`
+/// (sorted and unique: the users with new events, new users among them) are solved against the
+/// item factors, then every item against all users' factors. The other users keep their factors
+/// (they were solved against item factors that move little when a few users' rows change).
+/// With every user in `rows` this is [`continue_als`]. The incremental build's default: a user
+/// half-sweep costs about as much as an item half-sweep per stored pair plus `k^2` per row, so
+/// skipping the unchanged users saves most of it. Panics when the model's shape is not `ui`'s or
+/// a row is out of range.
+pub fn continue_als_rows(
+    ui: &Csr,
+    params: &AlsParams,
+    mut model: AlsModel,
+    rows: &[usize],
+    iterations: usize,
+    check: &mut dyn FnMut() -> Result<(), Interrupted>,
+) -> Result<AlsModel, Interrupted> {
+    let k = model.factors;
+    assert_eq!(k, params.factors, "same factors");
+    assert_eq!(
+        model.user_factors.len(),
+        ui.n_rows * k,
+        "one vector per user"
+    );
+    assert_eq!(
+        model.item_factors.len(),
+        ui.n_cols * k,
+        "one vector per item"
+    );
+    assert!(rows.iter().all(|&r| r < ui.n_rows), "rows in range");
+    check()?;
+    if iterations == 0 || k == 0 || ui.n_rows == 0 || ui.n_cols == 0 {
+        return Ok(model);
+    }
+    let threads = params.threads.clamp(1, MAX_THREADS);
+    let iu = transpose_checked(ui, check)?;
+    let sub = ui.select_rows(rows);
+    check()?;
+    let mut x: Vec<f32> = Vec::with_capacity(rows.len() * k);
+    for &r in rows {
+        x.extend_from_slice(&model.user_factors[r * k..(r + 1) * k]);
+    }
+    let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::new(k)).collect();
+    let mut cfg = Sweep {
+        params,
+        fast: fast_kernels_available(),
+        threads,
+        task_work: TASK_WORK,
+        scratch: &mut scratch,
+    };
+    for _ in 0..iterations {
+        cfg.half_sweep(&sub, &model.item_factors, &mut x, check)?;
+        for (n, &r) in rows.iter().enumerate() {
+            model.user_factors[r * k..(r + 1) * k].copy_from_slice(&x[n * k..(n + 1) * k]);
+        }
+        cfg.half_sweep(&iu, &model.user_factors, &mut model.item_factors, check)?;
+    }
+    Ok(model)
+}
+
 /// `iterations` alternating sweeps (users, then items) over `model`.
 fn sweeps(
     ui: &Csr,
@@ -817,6 +876,34 @@ mod tests {
         assert_eq!(same, full);
         let stopped = continue_als(&ui, &p(7), full, 1, &mut || Err(Interrupted));
         assert!(stopped.is_err());
+    }
+
+    #[test]
+    fn continuing_on_some_rows_keeps_the_others() {
+        let (ui, _, _) = planted(120, 40, 0.3, 0.05, 5);
+        let p = AlsParams {
+            factors: 6,
+            iterations: 4,
+            threads: 2,
+            ..AlsParams::default()
+        };
+        let start = train_als(&ui, &p, &mut ok()).unwrap();
+        let all: Vec<usize> = (0..ui.n_rows).collect();
+        assert_eq!(
+            continue_als_rows(&ui, &p, start.clone(), &all, 3, &mut ok()).unwrap(),
+            continue_als(&ui, &p, start.clone(), 3, &mut ok()).unwrap(),
+            "every row: the full sweeps"
+        );
+        let some = [3usize, 17, 60, 119];
+        let m = continue_als_rows(&ui, &p, start.clone(), &some, 2, &mut ok()).unwrap();
+        for u in 0..ui.n_rows {
+            assert_eq!(m.user(u) == start.user(u), !some.contains(&u), "user {u}");
+        }
+        assert_ne!(
+            m.item_factors, start.item_factors,
+            "every item is solved again"
+        );
+        assert!(continue_als_rows(&ui, &p, start, &some, 1, &mut || Err(Interrupted)).is_err());
     }
 
     #[test]

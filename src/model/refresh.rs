@@ -37,8 +37,8 @@ pub struct Grown {
     pub user_from: Vec<Option<u32>>,
     /// Per item of the grown model, its column in the previous model (`None`: new).
     pub item_from: Vec<Option<u32>>,
-    /// Users with new events (rows that changed).
-    pub touched_users: usize,
+    /// The rows of the users with new events (rows that changed, new users among them), in order.
+    pub touched: Vec<usize>,
     /// Pairs dropped because their affinity was not positive.
     pub dropped_pairs: usize,
 }
@@ -361,7 +361,7 @@ pub fn grow(
         days: prev.days,
     };
     let mut rm = RowMerge::default();
-    let mut touched = 0usize;
+    let mut touched = Vec::new();
     let mut du = 0usize;
     for (g, name) in users.iter().enumerate() {
         if g % 4096 == 0 {
@@ -374,7 +374,7 @@ pub fn grow(
             du += 1;
         }
         if du < delta.users.len() && delta.users[du] == *name {
-            touched += 1;
+            touched.push(g);
             rm.read(delta, du, day0, |i| Some(d_item[i as usize]));
         } else {
             rm.clear();
@@ -395,7 +395,7 @@ pub fn grow(
         days,
         user_from,
         item_from,
-        touched_users: touched,
+        touched,
         dropped_pairs: dropped,
     })
 }
@@ -526,7 +526,7 @@ mod tests {
             }
             assert!(g.days.is_valid_for(g.ui.nnz()));
             // alice, carl new; bob, dave touched; erin kept; i0, i1, i5 new.
-            assert_eq!(g.touched_users, 4);
+            assert_eq!(g.touched, vec![0, 1, 2, 3]);
             assert_eq!(g.new_users(), 2);
             assert_eq!(g.new_items(), 3);
             assert_eq!(
@@ -570,7 +570,7 @@ mod tests {
         let (g, prev) = grown_of(&OLD, &[], Some(DAY));
         assert_eq!(g.users, prev.users);
         assert_eq!(g.ui, prev.matrix);
-        assert_eq!(g.touched_users, 0);
+        assert!(g.touched.is_empty());
         assert_eq!((g.new_users(), g.new_items()), (0, 0));
     }
 
