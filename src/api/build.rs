@@ -252,9 +252,33 @@ pub fn store(
     let t0 = Instant::now();
     let (times, written) = std::thread::scope(|sc| {
         let worker = stage.as_ref().map(|st| sc.spawn(|| st.write(model, &stop)));
-        // An error raised below unwinds through this scope, which waits for the worker: stop it.
-        let _stop = StopOnUnwind(&stop);
-        let times = store_rows(model_id, model);
+        // The model is encoded on another worker, in pieces this thread stores as they come.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+        let stop = &stop;
+        let encoder = sc.spawn(move || {
+            let send = |piece: Vec<u8>| tx.send(piece).map_err(|_| Interrupted);
+            let rest = model.encode_sections(&mut |buf| {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(Interrupted);
+                }
+                if buf.len() >= CHUNK {
+                    send(std::mem::take(buf))?;
+                }
+                Ok(())
+            })?;
+            send(rest)
+        });
+        // An error raised below unwinds through this scope, which waits for the workers: stop
+        // them (the encoder also stops when the receiver of its pieces is gone).
+        let _stop = StopOnUnwind(stop);
+        let times = store_rows(model_id, model, rx);
+        match encoder.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(Interrupted)) => {
+                AudienceError::internal("the model's encoder stopped early").raise()
+            }
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
         let written = worker.map(|w| {
             w.join()
                 .unwrap_or_else(|_| Err(std::io::Error::other("the image writer panicked")))
@@ -267,9 +291,8 @@ pub fn store(
         st.finish(w, replaced);
     }
     pgrx::debug1!(
-        "audience: stored model {model_id}: encoded {} MB in {:.2} s, wrote its rows in {:.2} s, property values in {:.2} s; the serving image {:.2} s longer (written meanwhile)",
+        "audience: stored model {model_id}: encoded and wrote its {} MB of rows in {:.2} s, property values in {:.2} s; the serving image {:.2} s longer (written meanwhile)",
         times.bytes >> 20,
-        times.encode,
         times.rows,
         times.values,
         t_image.max(0.0)
@@ -291,29 +314,34 @@ impl Drop for StopOnUnwind<'_> {
 /// Seconds and bytes of [`store_rows`].
 struct StoreTimes {
     bytes: usize,
-    encode: f64,
+    /// Encoding (on a worker) and writing the rows as the pieces came.
     rows: f64,
     values: f64,
     total: f64,
 }
 
 /// Writes the model's rows (`model_data`, `property_values`).
-fn store_rows(model_id: i64, model: &Model) -> StoreTimes {
+fn store_rows(
+    model_id: i64,
+    model: &Model,
+    pieces: std::sync::mpsc::Receiver<Vec<u8>>,
+) -> StoreTimes {
     let t0 = Instant::now();
-    let bytes = model
-        .encode_with(&mut interrupt_check)
-        .unwrap_or_else(|_| raise_interrupted("storing the model"));
-    let encode = t0.elapsed().as_secs_f64();
-    for (n, chunk) in bytes.chunks(CHUNK).enumerate() {
-        pgrx::check_for_interrupts!();
-        Spi::run_with_args(
-            "INSERT INTO audience.model_data (model_id, part, chunk, data) VALUES ($1, 'model', $2, $3)",
-            &args![model_id, n as i32, chunk],
-        )
-        .or_raise("storing the model data");
+    let (mut n, mut n_bytes) = (0i32, 0usize);
+    // Ends when the encoder is done (or stopped: then its join reports it).
+    for piece in pieces.iter() {
+        for chunk in piece.chunks(CHUNK) {
+            pgrx::check_for_interrupts!();
+            Spi::run_with_args(
+                "INSERT INTO audience.model_data (model_id, part, chunk, data) VALUES ($1, 'model', $2, $3)",
+                &args![model_id, n, chunk],
+            )
+            .or_raise("storing the model data");
+            n += 1;
+        }
+        n_bytes += piece.len();
     }
-    let (rows, n_bytes) = (t0.elapsed().as_secs_f64() - encode, bytes.len());
-    drop(bytes);
+    let rows = t0.elapsed().as_secs_f64();
     for prop in &model.properties {
         pgrx::check_for_interrupts!();
         let items: Vec<i64> = (0..prop.values.len())
@@ -330,9 +358,8 @@ fn store_rows(model_id: i64, model: &Model) -> StoreTimes {
     let total = t0.elapsed().as_secs_f64();
     StoreTimes {
         bytes: n_bytes,
-        encode,
         rows,
-        values: total - encode - rows,
+        values: total - rows,
         total,
     }
 }

@@ -4,10 +4,11 @@
 //! It reads the registered sources' rows newer than the model's latest event, adds their
 //! affinities to the model's (rescaled to the new reference time: exactly with one half-life,
 //! within a bound it records and warns about with several, see [`rescale`]), re-reads the
-//! products tables, continues ALS from the model's factors for a few iterations and computes the
-//! item-kNN similarities again (`knn => false` keeps the model's: items new since the build get
-//! none). The knobs are the model's. A catalog whose sources or property mappings changed since
-//! the build needs a full build.
+//! products tables, continues ALS from the model's factors over the users with new events and
+//! every item, and keeps the item-kNN similarities unless new items arrived or the pairs grew by
+//! [`KNN_GROWTH`] since they were computed (`knn` decides otherwise). The knobs are the model's.
+//! A catalog whose sources or property mappings changed since the build, or whose models may hold
+//! a forgotten user, needs a full build.
 use crate::api::build::{interrupt_check, lock_catalog, raise_interrupted, store};
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError, OrRaise};
@@ -225,7 +226,7 @@ fn build_incremental(
     let scan_s = t0.elapsed().as_secs_f64();
     if delta.matrix.nnz() == 0 {
         pgrx::notice!(
-            "no events since the build of the active model of catalog \"{}\": it stays active",
+            "no usable events since the build of the active model of catalog \"{}\": it stays active",
             shown(&b.catalog)
         );
         let (users, items, pairs): (Option<i64>, Option<i64>, Option<i64>) =

@@ -205,13 +205,25 @@ impl Model {
         &self,
         check: &mut dyn FnMut() -> Result<(), Interrupted>,
     ) -> Result<Vec<u8>, Interrupted> {
+        self.encode_sections(&mut |_| check())
+    }
+
+    /// [`Model::encode`] in pieces: `at_section` is called between its sections (each at most
+    /// one array) with the bytes encoded since the last call that took them (it may take them:
+    /// `std::mem::take`), and the bytes after the last section are returned. The pieces in order
+    /// are the encoding: a build stores them while the rest is encoded, holding at most one
+    /// section's copy. An `Err` from `at_section` stops the encoding.
+    pub fn encode_sections(
+        &self,
+        at_section: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Interrupted>,
+    ) -> Result<Vec<u8>, Interrupted> {
         let mut w = Writer::new();
         w.put_header(MAGIC, VERSION);
         w.put_strs(&self.users);
-        check()?;
+        at_section(&mut w.0)?;
         w.put_strs(&self.items);
         put_csr(&mut w, &self.ui);
-        check()?;
+        at_section(&mut w.0)?;
         let ls: Vec<u32> = self.last_seen.iter().map(|&x| x as u32).collect();
         w.put_u32s(&ls);
         match &self.als {
@@ -219,12 +231,12 @@ impl Model {
                 w.put_bool(true);
                 w.put_usize(a.factors);
                 w.put_f32s(&a.user_factors);
-                check()?;
+                at_section(&mut w.0)?;
                 w.put_f32s(&a.item_factors);
             }
             None => w.put_bool(false),
         }
-        check()?;
+        at_section(&mut w.0)?;
         match &self.knn {
             Some(k) => {
                 w.put_bool(true);
@@ -232,10 +244,10 @@ impl Model {
             }
             None => w.put_bool(false),
         }
-        check()?;
+        at_section(&mut w.0)?;
         w.put_usize(self.properties.len());
         for p in &self.properties {
-            check()?;
+            at_section(&mut w.0)?;
             w.put_str(&p.name);
             w.put_strs(&p.values);
             put_csr(&mut w, &p.value_items);
@@ -244,11 +256,11 @@ impl Model {
         put_knobs(&mut w, &self.cross_params);
         w.put_u32(self.days.day0 as u32);
         w.put_u32(self.reference_day as u32);
-        check()?;
+        at_section(&mut w.0)?;
         w.put_u32s(&self.days.ptr);
         let days: Vec<u8> = self.days.day.iter().flat_map(|d| d.to_le_bytes()).collect();
         w.put_bytes(&days);
-        check()?;
+        at_section(&mut w.0)?;
         w.put_f32s(&self.days.weight);
         w.put_usize(self.property_params.len());
         for k in &self.property_params {
@@ -450,6 +462,24 @@ mod tests {
             assert!(r.is_err(), "stop at check {stop_at}");
             assert_eq!(n, stop_at, "no check after the interrupt");
         }
+    }
+
+    /// The pieces taken between sections, in order, are the encoding.
+    #[test]
+    fn encoding_in_pieces_is_the_encoding() {
+        let m = small();
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        let rest = m
+            .encode_sections(&mut |buf| {
+                if buf.len() >= 16 {
+                    pieces.push(std::mem::take(buf));
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(pieces.len() >= 3, "{} pieces", pieces.len());
+        pieces.push(rest);
+        assert_eq!(pieces.concat(), m.encode());
     }
 
     #[test]
