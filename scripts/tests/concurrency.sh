@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Scenario: concurrency of builds, reads and refreshes of one catalog (demo shop, small).
-#   (a) two builds of one catalog at once: the second fails at once with SQLSTATE 55P03, the
-#       first succeeds, exactly one model remains and it is the active one;
+#   (a) two builds of one catalog at once: the second fails at once with SQLSTATE 55P03 (an
+#       incremental build too), the first succeeds, exactly one model remains and it is the
+#       active one;
 #   (b) inserts into an event table during a build: the build reads one snapshot
 #       (REPEATABLE READ: rows_read = count taken in the same transaction before the build,
 #       while another session keeps inserting; READ COMMITTED: rows inserted after the scan
@@ -61,6 +62,8 @@ case "$res" in
     *'catalog "shop" is being built by another session'*) t_pass "its message names the catalog and the other build" ;;
     *) t_fail "unclear message for the second build: $res" ;;
 esac
+res="$(q_err "SET statement_timeout = '20s'" "SELECT * FROM audience.build_incremental('shop')")"
+t_eq "an incremental build meanwhile fails with SQLSTATE 55P03 too" "${res%%$'\t'*}" 55P03
 # The message's detail and hint, as a user sees them.
 q_full="$(pga_psql "$CL" -Atq -c "SET statement_timeout = '20s'" -c "SELECT * FROM audience.build('shop')" 2>&1 || true)"
 printf '%s\n' "$q_full" | sed 's/^/      | /'

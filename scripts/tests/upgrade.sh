@@ -10,7 +10,8 @@
 #      older than the sources), restarts, ALTER EXTENSION pg_audience UPDATE, and checks:
 #      extversion; every table row and sequence of 0.1.0 unchanged (old columns compared);
 #      the 0.1.0 model fails with 55000 and a hint naming audience.build; after a rebuild,
-#      recommend_audience, refresh of the saved audiences, save_audience and forget_user work.
+#      recommend_audience, refresh of the saved audiences, save_audience, build_incremental and
+#      forget_user work (after which build_incremental asks for a full build).
 #   4. Compares a canonical description of the updated schema (members, functions with their
 #      arguments, results, bodies, settings, grants and comments, aggregates, tables, columns,
 #      constraints, indexes, triggers, views, sequences, config tables) with a fresh CREATE
@@ -271,10 +272,17 @@ sa="$(q "SET client_min_messages = warning" "SELECT members FROM audience.save_a
 t_check "save_audience of a new audience works ($sa members)" test "${sa:-0}" -gt 0
 t_eq "$OLD_VERSION registrations count as made by the role that ran the update, erasable (tables it may DELETE from)" \
     "$(q "SELECT string_agg(DISTINCT registered_by || ' ' || erasable, ', ') FROM audience.events")" "postgres true"
+q "INSERT INTO demo.tracks (user_id, event, product_id, properties, \"timestamp\")
+   SELECT user_id, event, product_id, properties, \"timestamp\" + interval '1 day' FROM demo.tracks ORDER BY \"timestamp\" DESC LIMIT 10" >/dev/null
+inc="$(q "SET client_min_messages = warning" "SELECT new_rows FROM audience.build_incremental('shop')" 2>&1)" ||
+    t_fail "build_incremental after the update's rebuild: $inc"
+t_eq "build_incremental grows the rebuilt model by the 10 new events" "$inc" 10
 u="$(q "SELECT user_id FROM audience.audience_members ORDER BY user_id LIMIT 1")"
 fu="$(q "SET client_min_messages = warning" "SELECT count(*) FILTER (WHERE status <> 'deleted') || ' ' || count(*) FROM audience.forget_user('$u', rebuild => false)" 2>&1)" ||
     t_fail "forget_user after the update: $fu"
 t_eq "forget_user('$u') deletes from every $OLD_VERSION source (rows not 'deleted', rows)" "${fu% *}" 0
+t_eq "after forget_user, build_incremental asks for a full build (55000)" \
+    "$(q_err "SET client_min_messages = warning" "SELECT * FROM audience.build_incremental('shop')" | cut -f1)" 55000
 t_eq "user $u is gone from the sources and the saved audiences" \
     "$(q "SELECT (SELECT count(*) FROM demo.tracks WHERE user_id::text = '$u') + (SELECT count(*) FROM demo.wishlist_saves WHERE user_id::text = '$u') + (SELECT count(*) FROM audience.audience_members WHERE user_id = '$u')")" 0
 
