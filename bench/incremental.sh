@@ -13,7 +13,7 @@
 # 2. Batch 1: 1% new events, copies of a 1% sample of tracks stamped after the model's latest
 #    event, one in ten by a user the model does not know (as (f)). audience.build_incremental
 #    with knn => true (the similarities computed again): seconds per phase (the model's stats),
-#    peak memory; its audiences ("grown").
+#    peak memory (VmHWM, and the private RssAnon sampled every 0.1 s); its audiences ("grown").
 # 3. A full build over the same events: its seconds and audiences ("full"). Prints the share of each full-build audience that the grown
 #    model's and the model before hold.
 # 4. Batch 2 (another 1%), on top of the full build: build_incremental() (the default keeps the
@@ -74,9 +74,24 @@ batch() { # seed: 1% new events after the active model's latest; prints how many
 incremental() { # extra arguments of build_incremental
     local row t0 id
     t0="$(now)"
-    row="$(q -F ' ' -c "SET client_min_messages = debug1" -c "SELECT model_id, new_rows, users, new_users, new_items, round(seconds::numeric, 2) FROM audience.build_incremental('$CAT'$1)" 2>"$OUT/incremental_debug.txt")"
+    rm -f "$OUT/incremental.row" "$OUT/incremental.rc"
+    (PGAPPNAME=bench_incremental q -F ' ' -c "SET client_min_messages = debug1" -c "SELECT model_id, new_rows, users, new_users, new_items, round(seconds::numeric, 2) FROM audience.build_incremental('$CAT'$1)" \
+        >"$OUT/incremental.row" 2>"$OUT/incremental_debug.txt"; echo $? >"$OUT/incremental.rc") &
+    # Its private memory (RssAnon; VmHWM in the stats also counts the mapped image and shared buffers).
+    local bpid=$! bpg="" a max_anon_kb=0
+    while [[ ! -s "$OUT/incremental.rc" ]]; do
+        [[ -n "$bpg" ]] || bpg="$(q -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'bench_incremental' AND backend_type = 'client backend' LIMIT 1" 2>/dev/null || true)"
+        if [[ -n "$bpg" ]]; then
+            a="$(awk '/^RssAnon:/ { print $2 }' "/proc/$bpg/status" 2>/dev/null || echo 0)"
+            ((${a:-0} > max_anon_kb)) && max_anon_kb="$a"
+        fi
+        sleep 0.1
+    done
+    wait "$bpid" || true
+    [[ "$(cat "$OUT/incremental.rc")" == 0 ]] || { cat "$OUT/incremental_debug.txt"; pga_die "build_incremental failed"; }
+    row="$(cat "$OUT/incremental.row")"
     read -r id new users new_users new_items s <<<"$row"
-    echo "build_incremental('$CAT'$1): model $id, $new new rows, $users users ($new_users new), $new_items new items: ${s} s (client $(secs "$t0" "$(now)") s)"
+    echo "build_incremental('$CAT'$1): model $id, $new new rows, $users users ($new_users new), $new_items new items: ${s} s (client $(secs "$t0" "$(now)") s); peak private memory (RssAnon, sampled) $((max_anon_kb / 1024)) MB"
     q -c "SELECT 'phases: scan ' || round((stats->'seconds'->>'scan')::numeric, 2) || ' s, merge ' || round((stats->'seconds'->>'merge')::numeric, 2)
                  || ' s, als ' || round((stats->'seconds'->>'als')::numeric, 2) || ' s, knn ' || round((stats->'seconds'->>'knn')::numeric, 2)
                  || ' s, store ' || round((stats->'seconds'->>'store')::numeric, 2) || ' s; peak RSS ' || pg_size_pretty((stats->>'peak_rss_bytes')::bigint)
