@@ -28,12 +28,14 @@ pub const DEFAULT_ITERATIONS: i32 = 1;
 
 /// The catalog's event sources and property mappings as they bear on a build, as one
 /// fingerprint (kept in a model's `stats` as `registration`): a model built from another
-/// registration cannot be grown by new events.
+/// registration cannot be grown by new events. Weights and half-lives enter in their binary
+/// form, so the session's `extra_float_digits` and `IntervalStyle` do not change it.
 pub fn registration(cid: i32) -> Option<String> {
     Spi::get_one_with_args::<String>(
         "SELECT pg_catalog.md5(pg_catalog.concat_ws('|',
                 (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(',', e.event_id, e.source_schema, e.source_table, e.user_column, e.product_column,
-                        e.time_column, e.event_column, e.event_value, e.weight, e.weight_column, e.half_life), ';' ORDER BY e.event_id)
+                        e.time_column, e.event_column, e.event_value, pg_catalog.encode(pg_catalog.float8send(e.weight), 'hex'), e.weight_column,
+                        pg_catalog.encode(pg_catalog.interval_send(e.half_life), 'hex')), ';' ORDER BY e.event_id)
                    FROM audience.events e WHERE e.catalog_id OPERATOR(pg_catalog.=) $1),
                 (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(',', m.mapping_id, m.property, m.event_id, m.products_schema, m.products_table,
                         m.products_id_column, m.column_name, m.json_key, m.delimiter), ';' ORDER BY m.mapping_id)

@@ -53,9 +53,14 @@ SELECT m.stats -> 'incremental' -> 'new_rows' AS new_rows, m.stats -> 'increment
        (m.stats -> 'incremental' ->> 'base_model_id')::bigint < m.model_id AS grown_from_older
   FROM audience.models m JOIN audience.catalogs c ON c.active_model_id = m.model_id WHERE c.name = 'grown';
 
--- 3. Nothing new: the active model stays (a NOTICE says so).
+-- 3. Nothing new: the active model stays (a NOTICE says so). The session's number and interval
+-- formats do not matter (the registration is compared in binary form).
 SET client_min_messages = notice;
+SET extra_float_digits = 0;
+SET IntervalStyle = 'iso_8601';
 SELECT new_rows, model_id = base_model_id AS same_model FROM audience.build_incremental('grown');
+RESET extra_float_digits;
+RESET IntervalStyle;
 SET client_min_messages = warning;
 
 -- 4. Errors. ALS iterations out of range:
