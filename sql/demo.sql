@@ -55,6 +55,9 @@ SELECT count(*) AS users FROM audience.recommend_audience_items(
     (SELECT array_agg(product_id) FROM demo.products WHERE price_band = 'premium' AND brand <> 'Nike'), 5);
 
 \echo '== 10. A day of new events, grown into the model without scanning the older ones (audience.build_incremental)'
+-- The index that makes reading the events since the build a range scan (else a WARNING says so).
+CREATE INDEX IF NOT EXISTS tracks_timestamp ON demo.tracks ("timestamp");
+CREATE INDEX IF NOT EXISTS wishlist_saves_saved_at ON demo.wishlist_saves (saved_at);
 INSERT INTO demo.tracks (user_id, event, product_id, properties, "timestamp")
 SELECT user_id, event, product_id, properties, "timestamp" + interval '1 day'
   FROM demo.tracks WHERE "timestamp" > (SELECT max("timestamp") - interval '1 day' FROM demo.tracks);

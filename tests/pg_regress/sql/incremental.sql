@@ -107,6 +107,21 @@ SELECT * FROM audience.build_incremental('grown');
 SELECT count(*) AS u05_rows FROM inc.buys WHERE user_id = 'u05';
 SELECT users FROM audience.build('grown');
 SELECT new_rows FROM audience.build_incremental('grown');
+-- Without an index on a source's time column the new events are read by scanning the whole
+-- source: a WARNING names it (here past 100,000 rows).
+CREATE TABLE inc.views AS
+SELECT 'v' || (g % 500) AS user_id, 'A-' || (g % 6) AS sku, '2024-01-01'::timestamptz + g * interval '1 minute' AS ts
+  FROM generate_series(1, 120000) g;
+ANALYZE inc.views;
+SELECT audience.create_catalog('views') IS NOT NULL AS ok;
+SELECT audience.add_event('views', 'inc.views', 'sku', event_time => 'ts') IS NOT NULL AS ok;
+SELECT users FROM audience.build('views', factors => 0, neighbours => 0, tune => false);
+INSERT INTO inc.views VALUES ('v1', 'A-1', '2024-06-01');
+SELECT new_rows FROM audience.build_incremental('views');
+CREATE INDEX ON inc.views (ts);
+INSERT INTO inc.views VALUES ('v2', 'A-1', '2024-06-02');
+SELECT new_rows FROM audience.build_incremental('views');
+SELECT audience.drop_catalog('views');
 SELECT * FROM audience.build_incremental('no such catalog');
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) FROM unnest(ARRAY['grown', 'whole']) c, audience.drop_catalog(c);
