@@ -391,6 +391,16 @@ fn store_activate(cid: i32, model_id: i64, activate: bool) -> Vec<i64> {
     })
 }
 
+/// Adds what is known only once a model is stored to its `stats`: the store and total seconds,
+/// and the backend's peak memory.
+pub fn record_final_stats(model_id: i64, store_s: f64, total: f64) {
+    Spi::run_with_args(
+        "UPDATE audience.models SET stats = stats OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('seconds', (stats OPERATOR(pg_catalog.->) 'seconds') OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('store', $2::pg_catalog.float8, 'total', $3::pg_catalog.float8), 'peak_rss_bytes', $4::pg_catalog.int8) WHERE model_id OPERATOR(pg_catalog.=) $1",
+        &args![model_id, store_s, total, peak_rss_bytes().map(|b| b as i64)],
+    )
+    .or_raise("recording build statistics");
+}
+
 /// Locks the catalog for a build (fails fast when another build holds it) and returns its id.
 pub fn lock_catalog(catalog: Option<&str>) -> i32 {
     Spi::get_one_with_args::<i32>("SELECT audience._lock_for_build($1)", &args![catalog])
@@ -591,11 +601,7 @@ fn build(
         store_s,
     );
     let total = t0.elapsed().as_secs_f64();
-    Spi::run_with_args(
-        "UPDATE audience.models SET stats = stats OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('seconds', (stats OPERATOR(pg_catalog.->) 'seconds') OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('store', $2::pg_catalog.float8, 'total', $3::pg_catalog.float8), 'peak_rss_bytes', $4::pg_catalog.int8) WHERE model_id OPERATOR(pg_catalog.=) $1",
-        &args![model_id, store_s, total, peak_rss_bytes().map(|b| b as i64)],
-    )
-    .or_raise("recording build statistics");
+    record_final_stats(model_id, store_s, total);
     TableIterator::once((
         model_id,
         rows_read,

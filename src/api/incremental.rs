@@ -13,7 +13,9 @@ use crate::api::build::{interrupt_check, lock_catalog, raise_interrupted, store}
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError, OrRaise};
 use crate::model::als::{continue_als_rows, AlsModel};
-use crate::model::refresh::{grow, place_rows, rescale, Prev};
+use crate::model::fresh::Base;
+use crate::model::refresh::{grow, rescale};
+use crate::model::transplant::remap_factors;
 use crate::store::image::Served;
 use crate::store::stored::{Model, Property};
 use pgrx::prelude::*;
@@ -46,7 +48,7 @@ pub fn registration(cid: i32) -> Option<String> {
 }
 
 /// The active model's row, as the incremental build needs it.
-struct Base {
+struct Active {
     catalog: String,
     model_id: i64,
     rows_read: i64,
@@ -64,7 +66,7 @@ struct Base {
     tuning: Option<serde_json::Value>,
 }
 
-fn base(cid: i32) -> Base {
+fn active(cid: i32) -> Active {
     type Row = (
         Option<String>,
         Option<i64>,
@@ -109,7 +111,7 @@ fn base(cid: i32) -> Base {
         .raise()
     };
     let pairs = pairs.unwrap_or(0);
-    Base {
+    Active {
         catalog,
         model_id,
         rows_read: rows.unwrap_or(0),
@@ -194,7 +196,7 @@ fn build_incremental(
         .raise();
     }
     let cid = lock_catalog(catalog);
-    let b = base(cid);
+    let b = active(cid);
     if let Some(why) = &b.full_build_due {
         AudienceError::not_ready(format!(
             "the active model of catalog \"{}\" cannot be grown: {why}",
@@ -313,7 +315,7 @@ fn build_incremental(
         .warn();
     }
     let grown = grow(
-        &Prev {
+        &Base {
             users: &prev.users,
             items: &prev.items,
             ui: &prev.ui,
@@ -393,13 +395,18 @@ fn build_incremental(
         _ => None,
     };
     let als_params = crate::api::build::als_params_from_json(&b.params);
+    // Before the factors are copied: what the training will hold.
+    let mut bp = crate::api::build::build_params_default();
+    bp.als = als_params.clone().filter(|_| prev.als.is_some());
+    bp.knn = knn_params;
+    crate::api::build::check_training_memory(grown.users.len(), n_items, grown.ui.nnz(), &bp);
     let start = match (prev.als.as_ref(), als_params) {
         (Some(m), Some(p)) if p.factors == m.factors => Some((
             p,
             AlsModel {
                 factors: m.factors,
-                user_factors: place_rows(&m.user_factors, m.factors, &grown.user_from).into(),
-                item_factors: place_rows(&m.item_factors, m.factors, &grown.item_from).into(),
+                user_factors: remap_factors(&m.user_factors, m.factors, &grown.user_from).into(),
+                item_factors: remap_factors(&m.item_factors, m.factors, &grown.item_from).into(),
             },
         )),
         (None, _) => None,
@@ -411,10 +418,6 @@ fn build_incremental(
         .raise(),
     };
     drop(loaded);
-    let mut bp = crate::api::build::build_params_default();
-    bp.als = start.as_ref().map(|(p, _)| p.clone());
-    bp.knn = knn_params;
-    crate::api::build::check_training_memory(grown.users.len(), n_items, grown.ui.nnz(), &bp);
     let recompute_knn = knn_params.is_some();
     let conf = (start.is_some() || recompute_knn).then(|| crate::model::train::damped(&grown.ui));
     let t_als = Instant::now();
@@ -521,11 +524,7 @@ fn build_incremental(
         store_s,
     );
     let total = t0.elapsed().as_secs_f64();
-    Spi::run_with_args(
-        "UPDATE audience.models SET stats = stats OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('seconds', (stats OPERATOR(pg_catalog.->) 'seconds') OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('store', $2::pg_catalog.float8, 'total', $3::pg_catalog.float8), 'peak_rss_bytes', $4::pg_catalog.int8) WHERE model_id OPERATOR(pg_catalog.=) $1",
-        &args![model_id, store_s, total, crate::api::build::peak_rss_bytes().map(|b| b as i64)],
-    )
-    .or_raise("recording build statistics");
+    crate::api::build::record_final_stats(model_id, store_s, total);
     TableIterator::once((
         model_id,
         b.model_id,

@@ -14,14 +14,25 @@ use crate::model::days::DayIndex;
 use crate::model::refresh::{Out, RowMerge, Rows};
 use crate::util::buf::StrList;
 
-/// The model's side of the merge: its user and item ids, affinity matrix, latest times (minutes
-/// since 2000-01-01) and engagement days.
+/// The model's side of a merge (here and in [`crate::model::refresh::grow`]): its user and item
+/// ids (sorted), affinity matrix, latest times (minutes since 2000-01-01) and engagement days.
 pub struct Base<'a> {
     pub users: &'a StrList,
     pub items: &'a StrList,
     pub ui: &'a Csr,
     pub last_seen: &'a [i32],
     pub days: &'a DayIndex,
+}
+
+impl<'a> Base<'a> {
+    /// The stored rows a merge reads a user's previous pairs from.
+    pub(crate) fn rows(&self) -> Rows<'a> {
+        Rows {
+            ui: self.ui,
+            last_seen: self.last_seen,
+            days: self.days,
+        }
+    }
 }
 
 /// The rows of the users with new events, over the model's items.
@@ -105,11 +116,7 @@ pub fn merge(base: &Base, delta: &Affinity, skip: Option<usize>) -> FreshRows {
         .iter()
         .map(|id| base.items.binary_search(id).ok().map(|i| i as u32))
         .collect();
-    let rows = Rows {
-        ui: base.ui,
-        last_seen: base.last_seen,
-        days: base.days,
-    };
+    let rows = base.rows();
     let mut users = Vec::new();
     let mut model_row = Vec::new();
     let mut out = Out::with_capacity(0, 0, 0);

@@ -14,17 +14,8 @@
 use crate::affinity::accumulator::{Affinity, MINUTE_US};
 use crate::model::csr::Csr;
 use crate::model::days::DayIndex;
+use crate::model::fresh::Base;
 use crate::util::buf::StrList;
-
-/// The previous model's side of the merge (its ids sorted).
-pub struct Prev<'a> {
-    pub users: &'a StrList,
-    pub items: &'a StrList,
-    pub ui: &'a Csr,
-    /// Per stored pair: latest event time, minutes since 2000-01-01.
-    pub last_seen: &'a [i32],
-    pub days: &'a DayIndex,
-}
 
 /// The grown affinity and where the previous model's users and items went.
 pub struct Grown {
@@ -300,7 +291,7 @@ pub(crate) fn union_days(
 /// one) and the new ones added. Delta user `skip` is left out (a user the deploy guard's rule
 /// excludes). `check` runs every few thousand users.
 pub fn grow(
-    prev: &Prev,
+    prev: &Base,
     delta: &Affinity,
     scale: f32,
     skip: Option<usize>,
@@ -355,11 +346,7 @@ pub fn grow(
         prev.ui.nnz() + dm.nnz(),
         prev.days.day.len() + delta.occasions.minute.len(),
     );
-    let rows = Rows {
-        ui: prev.ui,
-        last_seen: prev.last_seen,
-        days: prev.days,
-    };
+    let rows = prev.rows();
     let mut rm = RowMerge::default();
     let mut touched = Vec::new();
     let mut du = 0usize;
@@ -425,12 +412,6 @@ pub fn rescale(half_lives: &[Option<i64>], dt_us: i64) -> (f32, f64) {
     (factor as f32, bound)
 }
 
-/// Rows of `k` values (factors of the previous model's users or items) placed at their rows in
-/// the grown model by `from`; zeros for new rows.
-pub fn place_rows(x: &[f32], k: usize, from: &[Option<u32>]) -> Vec<f32> {
-    crate::model::transplant::remap_factors(x, k, from)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,7 +455,7 @@ mod tests {
     ) -> Result<Grown, crate::util::interrupt::Interrupted> {
         let (users, items, last, days) = base_of(prev);
         grow(
-            &Prev {
+            &Base {
                 users: &users,
                 items: &items,
                 ui: &prev.matrix,

@@ -51,8 +51,8 @@ pub fn remap_knn(s: &Csr, map: &[Option<u32>]) -> Csr {
     }
 }
 
-/// Item factors (`k` per item, over `from`'s items) for the items of `to`, by `map`; zeros for
-/// items `from` lacks (they then contribute nothing, as an item a model never saw).
+/// Factors (`k` per row, over `from`'s items or users) for the rows of `to`, by `map`; zeros for
+/// rows `from` lacks (they then contribute nothing, as an item a model never saw).
 pub fn remap_factors(y: &[f32], k: usize, map: &[Option<u32>]) -> Vec<f32> {
     let mut out = vec![0f32; map.len() * k];
     for (t, f) in map.iter().enumerate() {
