@@ -57,9 +57,58 @@ use crate::score::own::{decay_tables, DayBits, OwnAcc};
 pub use crate::score::params::{Components, HybridParams, OwnPart};
 pub use crate::score::sample::{Returns, Sample};
 use crate::util::buf::Buf;
-use crate::util::par::par_chunks;
+use crate::util::par::{par_chunks, par_map};
+use crate::util::prefetch;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
+
+/// Users ahead of the one being scored whose day pointers ([`PF_FAR`]) and days ([`PF_NEAR`])
+/// [`prefetch_days`] asks the CPU for.
+const PF_FAR: usize = 12;
+const PF_NEAR: usize = 5;
+
+/// Prefetches the day pointers of user `u + PF_FAR`'s pairs and the days of user `u + PF_NEAR`'s
+/// (their first and last cache lines).
+#[inline(always)]
+fn prefetch_days(indptr: &[usize], days: &DayIndex, u: usize) {
+    if let Some(w) = indptr.get(u + PF_FAR..u + PF_FAR + 2) {
+        prefetch(days.ptr.as_ptr().wrapping_add(w[0]));
+        prefetch(days.ptr.as_ptr().wrapping_add(w[1]));
+    }
+    if let Some(w) = indptr.get(u + PF_NEAR..u + PF_NEAR + 2) {
+        if let (Some(&a), Some(&b)) = (days.ptr.get(w[0]), days.ptr.get(w[1])) {
+            prefetch(days.day.as_ptr().wrapping_add(a as usize));
+            prefetch(days.day.as_ptr().wrapping_add(b as usize));
+        }
+    }
+}
+
+/// Three per-user outputs cut at the same places into `threads` parts (one when there are fewer
+/// than 65,536 users, as [`par_chunks`]): `(first user, e, share, own)` per part. `own` may be
+/// empty (no fused own measure): its parts are then empty too.
+#[allow(clippy::type_complexity)]
+fn split3<'s>(
+    e: &'s mut [f32],
+    share: &'s mut [f32],
+    own: &'s mut [f32],
+    threads: usize,
+) -> Vec<(usize, &'s mut [f32], &'s mut [f32], &'s mut [f32])> {
+    let n = e.len();
+    let threads = threads.clamp(1, 64).min(n.max(1));
+    let chunk = if threads <= 1 || n < 65_536 {
+        n.max(1)
+    } else {
+        n.div_ceil(threads)
+    };
+    let mut own_parts: Vec<&mut [f32]> = own.chunks_mut(chunk).collect();
+    own_parts.resize_with(n.div_ceil(chunk).max(1), Default::default);
+    e.chunks_mut(chunk)
+        .zip(share.chunks_mut(chunk))
+        .zip(own_parts)
+        .enumerate()
+        .map(|(k, ((e, s), o))| (k * chunk, e, s, o))
+        .collect()
+}
 
 /// Scores users for values against one affinity matrix and optional models. Everything that does
 /// not depend on the value (activity, CF denominators, kNN transpose, `Y_all`) is computed in
@@ -417,31 +466,45 @@ impl<'a> Scorer<'a> {
                 }
                 _ => None,
             };
-            let mut pairs = vec![(0f32, 0f32, 0f32); n_users];
-            par_chunks(&mut pairs, self.threads, |first, out| {
+            // Written in place per user: e, the kNN share and (fused) the own measure.
+            let mut share = vec![0f32; n_users];
+            let mut own_e = vec![0f32; if fused.is_some() { n_users } else { 0 }];
+            let parts = split3(&mut e, &mut share, &mut own_e, self.threads);
+            par_map(parts, |(first, e_out, share_out, own_out)| {
                 let mut bits = DayBits::new();
-                for (k, slot) in out.iter_mut().enumerate() {
+                let mut hits: Vec<u32> = Vec::new();
+                for k in 0..e_out.len() {
                     let u = first + k;
                     let (items, vals) = self.ui.row(u);
                     let (mut eu, mut num) = (0f32, 0f32);
-                    let mut own = 0f32;
                     if let Some((o, days, ref_day, tables)) = &fused {
                         // The own measure in the same pass, from the pairs of the value's items.
+                        // Only the value's pairs read their days, so those reads skip through
+                        // the day index, which the hardware prefetchers do not follow: the day
+                        // pointers of the user PF_FAR ahead and the days of the one PF_NEAR ahead
+                        // are prefetched (the pointers were, PF_FAR - PF_NEAR users ago).
+                        prefetch_days(&self.ui.indptr, days, u);
                         let first = self.ui.indptr[u];
-                        let mut acc = OwnAcc::new(*o, &tables[0], days, *ref_day);
+                        // The value's pairs are noted without a branch (which would be
+                        // mispredicted at every turn between value and other items), then read.
+                        if hits.len() < items.len() {
+                            hits.resize(items.len(), 0);
+                        }
+                        let mut n = 0usize;
                         for (k, (&j, &a)) in items.iter().zip(vals).enumerate() {
                             let w = tab[j as usize];
                             eu += a * w[0];
                             num += a * w[1];
-                            if w[0] != 0.0 {
-                                let (ds, ws) = days.of(first + k);
-                                acc.add(ds, ws, &mut bits);
-                            }
+                            hits[n] = k as u32;
+                            n += (w[0] != 0.0) as usize;
+                        }
+                        let mut acc = OwnAcc::new(*o, &tables[0], days, *ref_day);
+                        for &k in &hits[..n] {
+                            let (ds, ws) = days.of(first + k as usize);
+                            acc.add(ds, ws, &mut bits);
                         }
                         let m = acc.finish(&mut bits);
-                        if eu > 0.0 {
-                            own = m;
-                        }
+                        own_out[k] = if eu > 0.0 { m } else { 0.0 };
                     } else {
                         for (&j, &a) in items.iter().zip(vals) {
                             let w = tab[j as usize];
@@ -450,27 +513,20 @@ impl<'a> Scorer<'a> {
                         }
                     }
                     let den = self.knn_den[u];
-                    *slot = (
-                        eu,
-                        if den > 0.0 {
-                            (num / den).clamp(0.0, 1.0)
-                        } else {
-                            0.0
-                        },
-                        own,
-                    );
+                    e_out[k] = eu;
+                    share_out[k] = if den > 0.0 {
+                        (num / den).clamp(0.0, 1.0)
+                    } else {
+                        0.0
+                    };
                 }
             });
             if let Some((o, ..)) = fused {
                 fused_own = Some(OwnPart {
                     own: o,
-                    e: pairs.iter().map(|p| p.2).collect(),
+                    e: own_e,
                     t: self.own_totals(o),
                 });
-            }
-            let share = pairs.iter().map(|p| p.1).collect();
-            for (eu, p) in e.iter_mut().zip(&pairs) {
-                *eu = p.0;
             }
             knn_share = Some(share);
         } else {
