@@ -238,10 +238,8 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
     }
     // One pass over the affinity matrix gives both the scores and who already engaged (e_u > 0).
     let t0 = std::time::Instant::now();
-    let c = l.scorer.components_with(&items, &[knobs.own]);
+    let (mut scores, mut e) = scores_of(&l.scorer, &items, knobs);
     let t1 = std::time::Instant::now();
-    let mut scores = crate::score::hybrid::score_from_components(&c, l.scorer.totals(), knobs);
-    let mut e = c.e;
     // Users with events since the build: their merged rows replace the snapshot's, new users
     // are appended (index n_model_users + j for the j-th new one).
     let mut new_users: Vec<String> = Vec::new();
@@ -249,22 +247,21 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
         let t = std::time::Instant::now();
         let fs = f.scorer(l);
         let t_sc = t.elapsed().as_secs_f64() * 1000.0;
-        let fc = fs.components_with(&items, &[knobs.own]);
+        let (fscores, fe) = scores_of(&fs, &items, knobs);
         pgrx::debug1!(
             "audience: events since the build read in {fresh_ms:.1} ms; {} users with new events scored in {:.1} ms (scorer {t_sc:.1} ms)",
             f.rows.users.len(),
             t.elapsed().as_secs_f64() * 1000.0
         );
-        let fscores = crate::score::hybrid::score_from_components(&fc, fs.totals(), knobs);
         for (j, row) in f.rows.model_row.iter().enumerate() {
             match row {
                 Some(u) => {
                     scores[*u as usize] = fscores[j];
-                    e[*u as usize] = fc.e[j];
+                    e[*u as usize] = fe[j];
                 }
                 None => {
                     scores.push(fscores[j]);
-                    e.push(fc.e[j]);
+                    e.push(fe[j]);
                 }
             }
             if row.is_none() {
@@ -273,7 +270,7 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
         }
     }
     pgrx::debug1!(
-        "audience: {} items, events since the build checked in {fresh_ms:.1} ms, components in {:.1} ms, scores in {:.1} ms",
+        "audience: {} items, events since the build checked in {fresh_ms:.1} ms, scores in {:.1} ms (+ {:.1} ms for users with new events)",
         items.len(),
         (t1 - t0).as_secs_f64() * 1000.0,
         t1.elapsed().as_secs_f64() * 1000.0
@@ -344,6 +341,21 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
         memo_put(key, &ranking);
     }
     ranking
+}
+
+/// Every user's score for the value and engagement with it (`e_u > 0`: engaged before): in one
+/// pass when it applies, else from the components.
+fn scores_of(
+    sc: &crate::score::hybrid::Scorer,
+    items: &[u32],
+    knobs: &crate::score::hybrid::HybridParams,
+) -> (Vec<f32>, Vec<f32>) {
+    if let Some(s) = sc.serve(items, knobs) {
+        return (s.scores, s.e);
+    }
+    let c = sc.components_with(items, &[knobs.own]);
+    let scores = crate::score::hybrid::score_from_components(&c, sc.totals(), knobs);
+    (scores, c.e)
 }
 
 /// What a ranking depends on besides the model's fixed data: the model, the value's items, the

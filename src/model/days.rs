@@ -87,6 +87,28 @@ impl DayIndex {
     }
 }
 
+/// Random engagement days for `pairs` stored pairs (tests): per pair `1 + below(per_pair)` days,
+/// the first at `first + below(span)`, each next `1 + below(gap)` days later, at minute `minute`
+/// of the day, with weights in -0.5..=2.5.
+#[cfg(test)]
+pub(crate) fn random_days(
+    pairs: usize,
+    below: &mut impl FnMut(u64) -> u64,
+    (first, span, per_pair, gap, minute): (i32, u64, u64, u64, i32),
+) -> DayIndex {
+    let (mut ptr, mut minutes, mut value) = (vec![0u32], Vec::new(), Vec::new());
+    for _ in 0..pairs {
+        let mut d = first + below(span) as i32;
+        for _ in 0..1 + below(per_pair) {
+            minutes.push(d * 1440 + minute);
+            value.push(below(4) as f32 - 0.5);
+            d += 1 + below(gap) as i32;
+        }
+        ptr.push(minutes.len() as u32);
+    }
+    DayIndex::from_records(&ptr, &minutes, &value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

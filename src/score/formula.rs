@@ -36,13 +36,7 @@ pub type FactorKey = (u32, u8, u32, u32, (u8, u32));
 /// Which volume vector scales the score: 0 = the observed activity (in the own measure's unit),
 /// 1 = the ALS-predicted volume, 2 = the kNN volume; a model that is missing falls back to 0.
 fn volume_kind(c: &Components, p: &HybridParams) -> u8 {
-    if p.volume >= 1.5 && c.knn_volume.is_some() {
-        2
-    } else if (0.5..1.5).contains(&p.volume) && c.als_volume.is_some() {
-        1
-    } else {
-        0
-    }
+    volume_kind_of(c.knn_volume.is_some(), c.als_volume.is_some(), p)
 }
 
 pub fn factor_key(c: &Components, p: &HybridParams) -> FactorKey {
@@ -88,11 +82,7 @@ pub fn user_factors(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
         n,
         "components and volumes disagree on the number of users"
     );
-    let used = |x: f32| x != 0.0 && !x.is_nan();
-    let returns: Option<&Returns> = c
-        .returns
-        .as_deref()
-        .filter(|_| used(p.days_exp) || used(p.tenure_exp));
+    let returns = returns_used(c.returns.as_deref(), p);
     if let Some(r) = returns {
         assert!(
             r.days.len() == n && r.tenure.len() == n,
@@ -100,25 +90,100 @@ pub fn user_factors(c: &Components, t: &[f32], p: &HybridParams) -> Vec<f32> {
         );
     }
     (0..n)
-        .map(|u| {
-            let mut f = activity_factor(volume[u], p.activity_exp);
-            if let Some(r) = returns {
-                if used(p.days_exp) {
-                    f *= activity_factor(r.days[u], p.days_exp);
-                }
-                if used(p.tenure_exp) {
-                    f *= activity_factor(r.tenure[u], p.tenure_exp);
-                }
-            }
-            f
-        })
+        .map(|u| user_factor(volume[u], returns, u, p))
         .collect()
+}
+
+/// One user's factor of [`user_factors`]: `volume^activity_exp`, times `d_u^days_exp` and
+/// `r_u^tenure_exp` when `returns` are given and those exponents are used.
+#[inline]
+pub(crate) fn user_factor(
+    volume: f32,
+    returns: Option<&Returns>,
+    u: usize,
+    p: &HybridParams,
+) -> f32 {
+    let used = |x: f32| x != 0.0 && !x.is_nan();
+    let mut f = activity_factor(volume, p.activity_exp);
+    if let Some(r) = returns {
+        if used(p.days_exp) {
+            f *= activity_factor(r.days[u], p.days_exp);
+        }
+        if used(p.tenure_exp) {
+            f *= activity_factor(r.tenure[u], p.tenure_exp);
+        }
+    }
+    f
+}
+
+/// The volume vector [`user_factors`] scales by: 0 = the observed activity, 1 = the ALS volume,
+/// 2 = the kNN volume (see [`volume_kind`]).
+pub(crate) fn volume_kind_of(c_has_knn: bool, c_has_als: bool, p: &HybridParams) -> u8 {
+    if p.volume >= 1.5 && c_has_knn {
+        2
+    } else if (0.5..1.5).contains(&p.volume) && c_has_als {
+        1
+    } else {
+        0
+    }
+}
+
+/// The returns [`user_factors`] reads (`None` when neither exponent is used).
+pub(crate) fn returns_used<'r>(
+    returns: Option<&'r Returns>,
+    p: &HybridParams,
+) -> Option<&'r Returns> {
+    let used = |x: f32| x != 0.0 && !x.is_nan();
+    returns.filter(|_| used(p.days_exp) || used(p.tenure_exp))
+}
+
+/// One user's score from its own engagement `e`, activity `t`, factor `f` and collaborative
+/// shares (`k`: kNN, `a`: ALS; which exist is `shares`), with the knobs [`effective_knobs`] gave:
+/// the arithmetic of [`score_with_factors`], bit for bit.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn score_one(
+    prior: f32,
+    kw: f32,
+    shares: (bool, bool),
+    e: f32,
+    t: f32,
+    f: f32,
+    k: f32,
+    a: f32,
+) -> f32 {
+    if prior == f32::INFINITY {
+        not_nan(match shares {
+            (true, true) => (kw * k + (1.0 - kw) * a) * f,
+            (true, false) => k * f,
+            (false, true) => a * f,
+            (false, false) => 0.0 * f,
+        })
+    } else if prior == 0.0 {
+        let s = e * (f / t);
+        not_nan(if t > 0.0 { s } else { 0.0 })
+    } else {
+        not_nan(match shares {
+            (true, true) => {
+                let cf = kw * k + (1.0 - kw) * a;
+                (e + prior * cf) * (f / (t + prior))
+            }
+            (true, false) => (e + prior * k) * (f / (t + prior)),
+            (false, true) => (e + prior * a) * (f / (t + prior)),
+            (false, false) => (e + prior * 0.0) * (f / (t + prior)),
+        })
+    }
 }
 
 /// The kNN weight and the prior a score uses: NaN knobs fall back (0.5, 0), the weight is clamped
 /// to [0, 1], a negative prior is 0, and pure CF without any collaborative model (which would
 /// score everyone 0) uses the own share instead (prior 0).
-fn effective_knobs(c: &Components, p: &HybridParams) -> (f32, f32) {
+pub(crate) fn effective_knobs(c: &Components, p: &HybridParams) -> (f32, f32) {
+    effective_knobs_of(c.knn_share.is_some() || c.als_share.is_some(), p)
+}
+
+/// [`effective_knobs`] given whether any collaborative share exists.
+pub(crate) fn effective_knobs_of(any_share: bool, p: &HybridParams) -> (f32, f32) {
     let kw = if p.knn_weight.is_nan() {
         0.5
     } else {
@@ -129,7 +194,7 @@ fn effective_knobs(c: &Components, p: &HybridParams) -> (f32, f32) {
     } else {
         p.prior.max(0.0)
     };
-    let prior = if prior == f32::INFINITY && c.knn_share.is_none() && c.als_share.is_none() {
+    let prior = if prior == f32::INFINITY && !any_share {
         0.0
     } else {
         prior

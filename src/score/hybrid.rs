@@ -53,7 +53,7 @@ pub use crate::score::formula::{
     engaged, factor_key, score_from_components, score_with_factors, user_factors, FactorKey,
 };
 pub use crate::score::own::Own;
-use crate::score::own::{decay_tables, DayBits, OwnAcc};
+use crate::score::own::{decay_tables, DayBits, DecayTable, OwnAcc};
 pub use crate::score::params::{Components, HybridParams, OwnPart};
 pub use crate::score::sample::{Returns, Sample};
 use crate::util::buf::Buf;
@@ -87,7 +87,7 @@ fn prefetch_days(indptr: &[usize], days: &DayIndex, u: usize) {
 /// than 65,536 users, as [`par_chunks`]): `(first user, e, share, own)` per part. `own` may be
 /// empty (no fused own measure): its parts are then empty too.
 #[allow(clippy::type_complexity)]
-fn split3<'s>(
+pub(crate) fn split3<'s>(
     e: &'s mut [f32],
     share: &'s mut [f32],
     own: &'s mut [f32],
@@ -108,6 +108,31 @@ fn split3<'s>(
         .enumerate()
         .map(|(k, ((e, s), o))| (k * chunk, e, s, o))
         .collect()
+}
+
+/// `tab[j] = ([j in V], S_V(j))` for the value's distinct items (`kt`: the transposed kNN
+/// matrix): the serving pass reads one entry per stored affinity.
+pub(crate) fn value_table(kt: &Csr, n_items: usize, distinct: &[u32]) -> Vec<[f32; 2]> {
+    let mut tab = vec![[0f32; 2]; n_items];
+    for &i in distinct {
+        tab[i as usize][0] = 1.0;
+        let (js, ss) = kt.row(i as usize);
+        for (&j, &s) in js.iter().zip(ss) {
+            tab[j as usize][1] += s;
+        }
+    }
+    tab
+}
+
+/// `Y_V`, the sum of the value's item factors (accumulated in f64).
+pub(crate) fn value_factors(m: &AlsModel, distinct: &[u32]) -> Vec<f32> {
+    let mut y = vec![0f64; m.factors];
+    for &i in distinct {
+        for (acc, &x) in y.iter_mut().zip(m.item(i as usize)) {
+            *acc += x as f64;
+        }
+    }
+    y.into_iter().map(|x| x as f32).collect()
 }
 
 /// Scores users for values against one affinity matrix and optional models. Everything that does
@@ -449,15 +474,7 @@ impl<'a> Scorer<'a> {
         let mut e = vec![0f32; n_users];
         let mut knn_share = None;
         if let Some(kt) = self.knn_t.as_deref() {
-            // tab[j] = ([j in V], S_V(j)): one gather per stored affinity.
-            let mut tab = vec![[0f32; 2]; n_items];
-            for &i in &distinct {
-                tab[i as usize][0] = 1.0;
-                let (js, ss) = kt.row(i as usize);
-                for (&j, &s) in js.iter().zip(ss) {
-                    tab[j as usize][1] += s;
-                }
-            }
+            let tab = value_table(kt, n_items, &distinct);
             // (e_u, knn_share_u, own_u) per user, in parallel chunks. One own measure (serving an
             // audience) is computed in the same pass, while the user's row is in cache.
             let fused = match (&wanted[..], self.days) {
@@ -470,47 +487,17 @@ impl<'a> Scorer<'a> {
             let mut share = vec![0f32; n_users];
             let mut own_e = vec![0f32; if fused.is_some() { n_users } else { 0 }];
             let parts = split3(&mut e, &mut share, &mut own_e, self.threads);
+            let fused_ref = fused
+                .as_ref()
+                .map(|(o, days, ref_day, tables)| (*o, *days, *ref_day, &tables[0]));
             par_map(parts, |(first, e_out, share_out, own_out)| {
                 let mut bits = DayBits::new();
                 let mut hits: Vec<u32> = Vec::new();
                 for k in 0..e_out.len() {
                     let u = first + k;
-                    let (items, vals) = self.ui.row(u);
-                    let (mut eu, mut num) = (0f32, 0f32);
-                    if let Some((o, days, ref_day, tables)) = &fused {
-                        // The own measure in the same pass, from the pairs of the value's items.
-                        // Only the value's pairs read their days, so those reads skip through
-                        // the day index, which the hardware prefetchers do not follow: the day
-                        // pointers of the user PF_FAR ahead and the days of the one PF_NEAR ahead
-                        // are prefetched (the pointers were, PF_FAR - PF_NEAR users ago).
-                        prefetch_days(&self.ui.indptr, days, u);
-                        let first = self.ui.indptr[u];
-                        // The value's pairs are noted without a branch (which would be
-                        // mispredicted at every turn between value and other items), then read.
-                        if hits.len() < items.len() {
-                            hits.resize(items.len(), 0);
-                        }
-                        let mut n = 0usize;
-                        for (k, (&j, &a)) in items.iter().zip(vals).enumerate() {
-                            let w = tab[j as usize];
-                            eu += a * w[0];
-                            num += a * w[1];
-                            hits[n] = k as u32;
-                            n += (w[0] != 0.0) as usize;
-                        }
-                        let mut acc = OwnAcc::new(*o, &tables[0], days, *ref_day);
-                        for &k in &hits[..n] {
-                            let (ds, ws) = days.of(first + k as usize);
-                            acc.add(ds, ws, &mut bits);
-                        }
-                        let m = acc.finish(&mut bits);
-                        own_out[k] = if eu > 0.0 { m } else { 0.0 };
-                    } else {
-                        for (&j, &a) in items.iter().zip(vals) {
-                            let w = tab[j as usize];
-                            eu += a * w[0];
-                            num += a * w[1];
-                        }
+                    let (eu, num, own) = self.row_pass(u, &tab, fused_ref, &mut hits, &mut bits);
+                    if fused.is_some() {
+                        own_out[k] = own;
                     }
                     let den = self.knn_den[u];
                     e_out[k] = eu;
@@ -540,28 +527,12 @@ impl<'a> Scorer<'a> {
             }
         }
         let als_share = self.als.map(|m| {
-            let mut y_v = vec![0f64; m.factors];
-            for &i in &distinct {
-                for (acc, &y) in y_v.iter_mut().zip(m.item(i as usize)) {
-                    *acc += y as f64;
-                }
-            }
-            let y_v: Vec<f32> = y_v.into_iter().map(|x| x as f32).collect();
+            let y_v = value_factors(m, &distinct);
             let mut share = vec![0f32; n_users];
             par_chunks(&mut share, self.threads, |first, out| {
                 for (k, slot) in out.iter_mut().enumerate() {
                     let u = first + k;
-                    let den = self.als_den[u];
-                    *slot = if den > 0.0 {
-                        let s = dot(m.user(u), &y_v) / den;
-                        if s.is_nan() {
-                            0.0
-                        } else {
-                            s.clamp(0.0, 1.0)
-                        }
-                    } else {
-                        0.0
-                    };
+                    *slot = self.als_share_of(m, &y_v, u);
                 }
             });
             share
@@ -580,6 +551,74 @@ impl<'a> Scorer<'a> {
             knn_volume,
             returns: self.returns.clone(),
             own,
+        }
+    }
+
+    /// User `u`'s row against the value's table `tab` (`[j in V]`, `S_V(j)` per item): the
+    /// engagement `e_u`, the kNN numerator and, with `fused` (an own measure, the days, the
+    /// reference day, its decay table), the own measure (0 when `e_u <= 0`). `hits` and `bits` are
+    /// scratch space kept between users.
+    #[inline(always)]
+    pub(crate) fn row_pass(
+        &self,
+        u: usize,
+        tab: &[[f32; 2]],
+        fused: Option<(Own, &DayIndex, i32, &DecayTable)>,
+        hits: &mut Vec<u32>,
+        bits: &mut DayBits,
+    ) -> (f32, f32, f32) {
+        let (items, vals) = self.ui.row(u);
+        let (mut eu, mut num) = (0f32, 0f32);
+        let Some((o, days, ref_day, table)) = fused else {
+            for (&j, &a) in items.iter().zip(vals) {
+                let w = tab[j as usize];
+                eu += a * w[0];
+                num += a * w[1];
+            }
+            return (eu, num, 0.0);
+        };
+        // The own measure in the same pass, from the pairs of the value's items. Only the value's
+        // pairs read their days, so those reads skip through the day index, which the hardware
+        // prefetchers do not follow: the day pointers of the user PF_FAR ahead and the days of
+        // the one PF_NEAR ahead are prefetched (the pointers were, PF_FAR - PF_NEAR users ago).
+        prefetch_days(&self.ui.indptr, days, u);
+        let first = self.ui.indptr[u];
+        // The value's pairs are noted without a branch (which would be mispredicted at every
+        // turn between value and other items), then read.
+        if hits.len() < items.len() {
+            hits.resize(items.len(), 0);
+        }
+        let mut n = 0usize;
+        for (k, (&j, &a)) in items.iter().zip(vals).enumerate() {
+            let w = tab[j as usize];
+            eu += a * w[0];
+            num += a * w[1];
+            hits[n] = k as u32;
+            n += (w[0] != 0.0) as usize;
+        }
+        let mut acc = OwnAcc::new(o, table, days, ref_day);
+        for &k in &hits[..n] {
+            let (ds, ws) = days.of(first + k as usize);
+            acc.add(ds, ws, bits);
+        }
+        let m = acc.finish(bits);
+        (eu, num, if eu > 0.0 { m } else { 0.0 })
+    }
+
+    /// `als_share_u = clamp(x_u . Y_V / x_u . Y_all, 0, 1)` (0 when the denominator is not
+    /// positive or the ratio is NaN).
+    #[inline(always)]
+    pub(crate) fn als_share_of(&self, m: &AlsModel, y_v: &[f32], u: usize) -> f32 {
+        let den = self.als_den[u];
+        if den > 0.0 {
+            let s = dot(m.user(u), y_v) / den;
+            if s.is_nan() {
+                0.0
+            } else {
+                s.clamp(0.0, 1.0)
+            }
+        } else {
+            0.0
         }
     }
 
@@ -610,17 +649,7 @@ mod tests {
             }
         }
         let ui = Csr::from_triplets(n_users, n_items, &mut trip);
-        let (mut ptr, mut minute, mut value) = (vec![0u32], Vec::new(), Vec::new());
-        for _ in 0..ui.nnz() {
-            let mut d = 8000 + below(40) as i32;
-            for _ in 0..1 + below(4) {
-                minute.push(d * 1440 + 7);
-                value.push(below(4) as f32 - 0.5);
-                d += 1 + below(9) as i32;
-            }
-            ptr.push(minute.len() as u32);
-        }
-        let days = DayIndex::from_records(&ptr, &minute, &value);
+        let days = crate::model::days::random_days(ui.nnz(), &mut below, (8000, 40, 4, 9, 7));
         let ref_day = 8030; // some days are after it (negative ages)
         let mask: Vec<bool> = (0..n_items).map(|i| i % 3 != 1).collect();
         let (mut bits, mut buf) = (DayBits::new(), Vec::new());

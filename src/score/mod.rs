@@ -9,5 +9,6 @@ pub mod metrics;
 pub mod own;
 pub mod params;
 pub mod sample;
+pub mod serve;
 pub mod topk;
 pub mod tuning;
