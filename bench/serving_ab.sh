@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# A/B of recommend_audience between two builds of the library (not a test): after
+# `BENCH_KEEP=1 bench/scale.sh` (same sizes), runs CALLS computed calls of
+# recommend_audience('brand', <the brand most users engaged with>, 5) in one new session (each
+# with another min_score below every score, so none is answered from the session's memo) with
+# library A, then B, ROUNDS times, and prints the median and minimum of the calls after the first
+# of each session. Run to run, this machine varies by more than many changes gain: only
+# alternated runs are compared.
+#
+#   A=/tmp/old.so B=/tmp/new.so bench/serving_ab.sh      # .so files built with
+#                                                        # cargo build --release --lib --features pg15
+# Env: A, B (required), ROUNDS (3), CALLS (7), USERS/PRODUCTS/EVENTS as bench/scale.sh,
+# BENCH_CLUSTER (bench-scale). Each library is put in place with `mv` (a new inode: a library
+# mapped by a running backend must never be overwritten in place). The installed library is
+# restored at the end.
+set -euo pipefail
+PGA_SCRIPT=bench-serving-ab
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/pg.sh
+source scripts/pg.sh
+: "${A:?A=path of library A}" "${B:?B=path of library B}"
+ROUNDS="${ROUNDS:-3}"
+CALLS="${CALLS:-7}"
+CL="${BENCH_CLUSTER:-bench-scale}"
+CAT="shop_u${USERS:-1000000}_p${PRODUCTS:-50000}_e${EVENTS:-20000000}"
+LIB="$("$(pga_pg_config)" --pkglibdir)/pg_audience.so"
+work="$(mktemp -d)"
+cp "$LIB" "$work/installed.so"
+put() { cp "$1" "$(dirname "$LIB")/.pg_audience.so.tmp" && mv -f "$(dirname "$LIB")/.pg_audience.so.tmp" "$LIB"; }
+pga_on_exit "put '$work/installed.so'; rm -rf '$work'"
+pga_cluster_start "$CL" "shared_buffers = 2GB" "max_parallel_workers_per_gather = 2" >&2
+q() { pga_psql "$CL" -d postgres -Atq "$@"; }
+BRAND="$(q -c "SELECT value FROM audience.catalog_values WHERE catalog = '$CAT' AND property = 'brand' ORDER BY users DESC, value LIMIT 1")"
+[[ -n "$BRAND" ]] || pga_die "no catalog $CAT in cluster $CL: run BENCH_KEEP=1 bench/scale.sh first"
+{ echo '\timing on'
+  for i in $(seq "$CALLS"); do
+      echo "SELECT count(*) FROM audience.recommend_audience('brand', '${BRAND//\'/\'\'}', 5, catalog => '$CAT', min_score => -$i);"
+  done; } > "$work/calls.sql"
+echo "recommend_audience('brand', '$BRAND', 5): $CALLS calls a session, the first left out"
+for r in $(seq "$ROUNDS"); do
+    for v in A B; do
+        put "${!v}"
+        pga_psql "$CL" -d postgres -Atf "$work/calls.sql" | awk '/^Time:/ { print $2 }' | tail -n +2 |
+            sort -n | awk -v v="$v" -v r="$r" '{ a[NR] = $1 } END { printf "round %d %s: median %.1f ms, min %.1f ms\n", r, v, a[int((NR + 1) / 2)], a[1] }'
+    done
+done
