@@ -52,6 +52,18 @@ SELECT count(*) FROM audience.recommend_audience('brand', 'Nike', 100, min_score
 SELECT user_id, rank FROM audience.recommend_audience('brand', 'Nike', 100, exclude_engaged => true) LIMIT 5;
 -- Look-back: users who engaged with Nike long ago stay in.
 SELECT count(*) > 0 AS some_returning FROM audience.recommend_audience('brand', 'Nike', 100, exclude_engaged => true, lookback => '1 day');
+-- The rows come back in one call (materialize mode): any set-returning context takes them, the
+-- select list, LATERAL over several values, and a scrollable cursor read backwards.
+SELECT (audience.recommend_audience('brand', 'Nike', 25)).user_id;
+SELECT v.brand, count(*) AS users, min(r.rank) AS first, max(r.rank) AS last FROM (VALUES ('Adidas'), ('Nike')) v(brand),
+       LATERAL audience.recommend_audience_items(ARRAY[(SELECT min(p.product_id) FROM s.products p WHERE p.brand = v.brand)], 20) r
+ GROUP BY 1 ORDER BY 1;
+BEGIN;
+DECLARE audience_rows SCROLL CURSOR FOR SELECT user_id, rank FROM audience.recommend_audience('brand', 'Nike', 25);
+FETCH LAST FROM audience_rows;
+FETCH BACKWARD 2 FROM audience_rows;
+FETCH ABSOLUTE 1 FROM audience_rows;
+COMMIT;
 -- A value nobody has: an empty audience and a NOTICE.
 SET client_min_messages = notice;
 SELECT * FROM audience.recommend_audience('brand', 'Reebok', 10);
