@@ -147,11 +147,18 @@ fn try_active(catalog: Option<&str>) -> Option<Rc<Loaded>> {
     }
     // The image file is named by the same pair.
     let tags = [models_oid as u64, model_id as u64];
+    let t_open = std::time::Instant::now();
     let found = if crate::api::shared::enabled() {
         crate::api::shared::open(tags)
     } else {
         None
     };
+    if found.is_some() {
+        pgrx::debug1!(
+            "audience: image of model {model_id} mapped and checked in {:.1} ms",
+            t_open.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     let (served, bytes, shared) = match found {
         Some((served, bytes)) => (served, bytes, true),
         None => {
