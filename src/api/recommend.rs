@@ -525,6 +525,7 @@ unsafe fn materialized_result(
         if pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut desc)
             != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE
         {
+            pg_sys::MemoryContextSwitchTo(old);
             AudienceError::internal("the audience function's row type is not composite").raise()
         }
         let desc = pg_sys::CreateTupleDescCopy(desc);
