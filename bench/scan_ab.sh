@@ -19,11 +19,9 @@ source scripts/pg.sh
 ROUNDS="${ROUNDS:-3}"
 CL="${BENCH_CLUSTER:-bench-scale}"
 CAT="shop_u${USERS:-1000000}_p${PRODUCTS:-50000}_e${EVENTS:-20000000}"
-LIB="$("$(pga_pg_config)" --pkglibdir)/pg_audience.so"
+pga_lib_swap_begin
 work="$(mktemp -d)"
-cp "$LIB" "$work/installed.so"
-put() { cp "$1" "$(dirname "$LIB")/.pg_audience.so.tmp" && mv -f "$(dirname "$LIB")/.pg_audience.so.tmp" "$LIB"; }
-pga_on_exit "put '$work/installed.so'; rm -rf '$work'"
+pga_on_exit "rm -rf '$work'"
 pga_cluster_start "$CL" "shared_buffers = 2GB" "max_parallel_workers_per_gather = 2" >&2
 q() { pga_psql "$CL" -d postgres -Atq "$@"; }
 CID="$(q -c "SELECT catalog_id FROM audience.catalogs WHERE name = '$CAT'")"
@@ -34,7 +32,7 @@ cpu() { awk '/^cpu /{ print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 hz="$(getconf CLK_TCK)"
 for r in $(seq "$ROUNDS"); do
     for v in A B; do
-        put "${!v}"
+        pga_lib_put "${!v}"
         c0="$(cpu)"
         ms="$(pga_psql "$CL" -d postgres -Atf "$work/scan.sql" | awk '/^Time:/ { print $2 }')"
         c1="$(cpu)"

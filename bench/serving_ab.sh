@@ -23,11 +23,9 @@ ROUNDS="${ROUNDS:-3}"
 CALLS="${CALLS:-7}"
 CL="${BENCH_CLUSTER:-bench-scale}"
 CAT="shop_u${USERS:-1000000}_p${PRODUCTS:-50000}_e${EVENTS:-20000000}"
-LIB="$("$(pga_pg_config)" --pkglibdir)/pg_audience.so"
+pga_lib_swap_begin
 work="$(mktemp -d)"
-cp "$LIB" "$work/installed.so"
-put() { cp "$1" "$(dirname "$LIB")/.pg_audience.so.tmp" && mv -f "$(dirname "$LIB")/.pg_audience.so.tmp" "$LIB"; }
-pga_on_exit "put '$work/installed.so'; rm -rf '$work'"
+pga_on_exit "rm -rf '$work'"
 pga_cluster_start "$CL" "shared_buffers = 2GB" "max_parallel_workers_per_gather = 2" >&2
 q() { pga_psql "$CL" -d postgres -Atq "$@"; }
 BRAND="$(q -c "SELECT value FROM audience.catalog_values WHERE catalog = '$CAT' AND property = 'brand' ORDER BY users DESC, value LIMIT 1")"
@@ -39,7 +37,7 @@ BRAND="$(q -c "SELECT value FROM audience.catalog_values WHERE catalog = '$CAT' 
 echo "recommend_audience('brand', '$BRAND', 5): $CALLS calls a session, the first left out"
 for r in $(seq "$ROUNDS"); do
     for v in A B; do
-        put "${!v}"
+        pga_lib_put "${!v}"
         pga_psql "$CL" -d postgres -Atf "$work/calls.sql" | awk '/^Time:/ { print $2 }' | tail -n +2 |
             sort -n | awk -v v="$v" -v r="$r" '{ a[NR] = $1 } END { printf "round %d %s: median %.1f ms, min %.1f ms\n", r, v, a[int((NR + 1) / 2)], a[1] }'
     done

@@ -335,3 +335,17 @@ pga_psql() {
     PGHOST="$sock" PGPORT="$port" PGUSER="$PGA_SUPERUSER" PGDATABASE=postgres \
         "$bindir/psql" -X -v ON_ERROR_STOP=1 "$@"
 }
+
+# A/B benchmarks between two builds of the library (bench/scan_ab.sh, bench/serving_ab.sh):
+# pga_lib_swap_begin keeps a copy of the installed pg_audience.so, put back on exit;
+# pga_lib_put FILE puts FILE in its place with `mv` (a new inode: a library mapped by a running
+# backend must never be overwritten in place).
+pga_lib_swap_begin() {
+    PGA_LIB="$("$(pga_pg_config)" --pkglibdir)/pg_audience.so"
+    PGA_LIB_SAVED="$(mktemp -d)"
+    cp "$PGA_LIB" "$PGA_LIB_SAVED/installed.so"
+    pga_on_exit "pga_lib_put '$PGA_LIB_SAVED/installed.so'; rm -rf '$PGA_LIB_SAVED'"
+}
+pga_lib_put() {
+    cp "$1" "$(dirname "$PGA_LIB")/.pg_audience.so.tmp" && mv -f "$(dirname "$PGA_LIB")/.pg_audience.so.tmp" "$PGA_LIB"
+}

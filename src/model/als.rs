@@ -240,7 +240,6 @@ pub fn continue_als_rows(
     if iterations == 0 || k == 0 || ui.n_rows == 0 || ui.n_cols == 0 {
         return Ok(model);
     }
-    let threads = params.threads.clamp(1, MAX_THREADS);
     let iu = transpose_checked(ui, check)?;
     let sub = ui.select_rows(rows);
     check()?;
@@ -248,14 +247,7 @@ pub fn continue_als_rows(
     for &r in rows {
         x.extend_from_slice(&model.user_factors[r * k..(r + 1) * k]);
     }
-    let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::new(k)).collect();
-    let mut cfg = Sweep {
-        params,
-        fast: fast_kernels_available(),
-        threads,
-        task_work: TASK_WORK,
-        scratch: &mut scratch,
-    };
+    let mut cfg = Sweep::new(params, k, TASK_WORK, true);
     for _ in 0..iterations {
         cfg.half_sweep(&sub, &model.item_factors, &mut x, check)?;
         for (n, &r) in rows.iter().enumerate() {
@@ -280,17 +272,8 @@ fn sweeps(
     if iterations == 0 || k == 0 || ui.n_rows == 0 || ui.n_cols == 0 {
         return Ok(model);
     }
-    let threads = params.threads.clamp(1, MAX_THREADS);
     let iu = transpose_checked(ui, check)?;
-    let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::new(k)).collect();
-    let fast = simd && fast_kernels_available();
-    let mut cfg = Sweep {
-        params,
-        fast,
-        threads,
-        task_work,
-        scratch: &mut scratch,
-    };
+    let mut cfg = Sweep::new(params, k, task_work, simd);
     for _ in 0..iterations {
         cfg.half_sweep(ui, &model.item_factors, &mut model.user_factors, check)?;
         cfg.half_sweep(&iu, &model.user_factors, &mut model.item_factors, check)?;
@@ -326,15 +309,7 @@ pub fn fold_in(
         return Ok(out.into());
     }
     check()?;
-    let threads = params.threads.clamp(1, MAX_THREADS);
-    let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::new(k)).collect();
-    let mut cfg = Sweep {
-        params,
-        fast: fast_kernels_available(),
-        threads,
-        task_work: TASK_WORK,
-        scratch: &mut scratch,
-    };
+    let mut cfg = Sweep::new(params, k, TASK_WORK, true);
     for _ in 0..sweeps.max(1) {
         cfg.half_sweep(ui, item_factors, &mut out, check)?;
     }
@@ -415,7 +390,7 @@ struct Sweep<'a> {
     fast: bool,
     threads: usize,
     task_work: u64,
-    scratch: &'a mut [Scratch],
+    scratch: Vec<Scratch>,
 }
 
 /// A run of consecutive rows and their (mutable) factor slice.
@@ -424,7 +399,20 @@ struct RowTask<'a> {
     out: &'a mut [f32],
 }
 
-impl Sweep<'_> {
+impl<'a> Sweep<'a> {
+    /// Sweeps of `k` factors on `params.threads` threads (at most `MAX_THREADS`), in tasks of
+    /// about `task_work` multiply-adds, with the AVX2+FMA kernels when `simd` and the CPU has them.
+    fn new(params: &'a AlsParams, k: usize, task_work: u64, simd: bool) -> Sweep<'a> {
+        let threads = params.threads.clamp(1, MAX_THREADS);
+        Sweep {
+            params,
+            fast: simd && fast_kernels_available(),
+            threads,
+            task_work,
+            scratch: (0..threads).map(|_| Scratch::new(k)).collect(),
+        }
+    }
+
     /// Updates every row of `out` (one per row of `m`) given the fixed `other` factors.
     fn half_sweep(
         &mut self,
@@ -477,7 +465,7 @@ impl Sweep<'_> {
             if batch.is_empty() {
                 break;
             }
-            run_batch(batch, self.scratch, &work);
+            run_batch(batch, &mut self.scratch, &work);
             check()?;
         }
         Ok(())
@@ -503,19 +491,19 @@ impl Sweep<'_> {
                 .zip(outs.chunks_exact_mut(kk))
                 .collect();
             let fast = self.fast;
-            run_batch(
-                batch,
-                self.scratch,
-                &|_: &mut Scratch, (rows, g): (&[f32], &mut [f32])| {
-                    #[cfg(target_arch = "x86_64")]
-                    if fast {
-                        // SAFETY: `fast` is only set when the CPU supports AVX2 and FMA.
-                        return unsafe { kernels::gram_block_fma(rows, k, g) };
-                    }
-                    let _ = fast;
-                    gram_block::<false>(rows, k, g)
-                },
-            );
+            run_batch(batch, &mut self.scratch, &|_: &mut Scratch,
+                                                  (rows, g): (
+                &[f32],
+                &mut [f32],
+            )| {
+                #[cfg(target_arch = "x86_64")]
+                if fast {
+                    // SAFETY: `fast` is only set when the CPU supports AVX2 and FMA.
+                    return unsafe { kernels::gram_block_fma(rows, k, g) };
+                }
+                let _ = fast;
+                gram_block::<false>(rows, k, g)
+            });
             for g in partial[..group.len() * kk].chunks_exact(kk) {
                 for (t, &v) in total.iter_mut().zip(g) {
                     *t += v as f64;
@@ -859,15 +847,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn continuing_is_training_further() {
-        let (ui, _, _) = planted(120, 40, 0.3, 0.05, 5);
-        let p = |iterations| AlsParams {
+    /// The settings of the continuation tests (6 factors, 2 threads), on `planted(120, 40, ..)`.
+    fn continued(iterations: usize) -> AlsParams {
+        AlsParams {
             factors: 6,
             iterations,
             threads: 2,
             ..AlsParams::default()
-        };
+        }
+    }
+
+    #[test]
+    fn continuing_is_training_further() {
+        let (ui, _, _) = planted(120, 40, 0.3, 0.05, 5);
+        let p = continued;
         let full = train_als(&ui, &p(7), &mut ok()).unwrap();
         let part = train_als(&ui, &p(4), &mut ok()).unwrap();
         let more = continue_als(&ui, &p(7), part, 3, &mut ok()).unwrap();
@@ -881,12 +874,7 @@ mod tests {
     #[test]
     fn continuing_on_some_rows_keeps_the_others() {
         let (ui, _, _) = planted(120, 40, 0.3, 0.05, 5);
-        let p = AlsParams {
-            factors: 6,
-            iterations: 4,
-            threads: 2,
-            ..AlsParams::default()
-        };
+        let p = continued(4);
         let start = train_als(&ui, &p, &mut ok()).unwrap();
         let all: Vec<usize> = (0..ui.n_rows).collect();
         assert_eq!(
