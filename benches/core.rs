@@ -5,10 +5,12 @@
 //!     cargo bench --bench core                       # 1M users, 50k items, 20M events
 //!     BENCH_USERS=200000 BENCH_ITEMS=20000 BENCH_EVENTS=4000000 cargo bench --bench core
 //!
-//! `BENCH_ONLY_ALS=1` stops after ALS (kernel work), `BENCH_ONLY_SERVING=1` after the audiences;
+//! `BENCH_ONLY_SCAN=1` stops after the affinity state (then also a 3-way split and merge, as a
+//! parallel scan's combine step), `BENCH_ONLY_ALS=1` after ALS (kernel work),
+//! `BENCH_ONLY_SERVING=1` after the audiences;
 //! `BENCH_ALS_ITERATIONS` (10) ALS's iterations, `BENCH_THREADS` (2) the threads, `BENCH_REPEAT` (7) the audiences timed per line,
 //! `BENCH_VALUE_GROUPS` (1) the taste groups in the audience's value.
-use pg_audience::affinity::accumulator::Accumulator;
+use pg_audience::affinity::accumulator::{Accumulator, StateView};
 use pg_audience::model::als::{continue_als, continue_als_rows, train_als, AlsParams};
 use pg_audience::model::days::DayIndex;
 use pg_audience::model::knn::{train_knn, KnnParams};
@@ -52,10 +54,8 @@ fn main() {
     let mut rng = SplitMix64(42);
 
     // Users have a taste group; 80% of their events fall in it; activity is heavy-tailed.
-    let t0 = Instant::now();
-    let mut acc = Accumulator::new(0);
     let day = 86_400_000_000i64;
-    for _ in 0..events {
+    let event = |rng: &mut SplitMix64| {
         let u = ((rng.next_unit().powf(2.0)) * users as f64) as usize % users;
         let g = u % groups;
         let i = if rng.next_unit() < 0.8 {
@@ -65,9 +65,43 @@ fn main() {
         };
         let w = [1.0, 1.0, 1.0, 3.0, 5.0][rng.next_u64() as usize % 5];
         let t = (rng.next_u64() % 180) as i64 * day;
+        (u, i, w, t)
+    };
+    let t0 = Instant::now();
+    let mut acc = Accumulator::new(0);
+    for _ in 0..events {
+        let (u, i, w, t) = event(&mut rng);
         acc.push(&user_ids[u], &item_ids[i], w, t, Some(30 * day), None);
     }
     let push_s = t0.elapsed().as_secs_f64();
+    let only_scan = env("BENCH_ONLY_SCAN", 0) == 1;
+    if only_scan {
+        // The same rows in three states (as the leader and two workers of a parallel scan), two
+        // of them sent as bytes and merged into the first as the combine step does (read in
+        // place).
+        let mut parts: Vec<Accumulator> = (0..3).map(|_| Accumulator::new(0)).collect();
+        let mut rng = SplitMix64(42);
+        let t = Instant::now();
+        for k in 0..events {
+            let (u, i, w, ts) = event(&mut rng);
+            parts[(k / 65_536) % 3].push(&user_ids[u], &item_ids[i], w, ts, Some(30 * day), None);
+        }
+        let split_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let bytes: Vec<Vec<u8>> = parts[1..].iter_mut().map(|p| p.serialize()).collect();
+        let serial_s = t.elapsed().as_secs_f64();
+        parts.truncate(1);
+        let mut lead = parts.pop().unwrap();
+        let t = Instant::now();
+        for b in bytes {
+            lead.merge_view(StateView::parse(&b).unwrap());
+        }
+        let merge_s = t.elapsed().as_secs_f64();
+        println!(
+            "three states: pushes {split_s:.2} s, two serialized {serial_s:.2} s, decoded and merged into the third {merge_s:.2} s ({} rows)",
+            lead.rows()
+        );
+    }
     let t1 = Instant::now();
     let state_mb = acc.memory_bytes() as f64 / 1e6;
     let aff = acc.finish().without_empty();
@@ -82,6 +116,9 @@ fn main() {
         aff.items.len(),
         aff.matrix.nnz()
     );
+    if only_scan {
+        return;
+    }
 
     let conf = pg_audience::model::train::damped(&aff.matrix);
     let mut ok = || Ok(());

@@ -35,6 +35,7 @@
 pub(crate) use crate::affinity::interner::*;
 pub(crate) use crate::affinity::prop::*;
 pub use crate::affinity::result::*;
+pub use crate::affinity::state_codec::StateView;
 
 pub(crate) const MAGIC: [u8; 4] = *b"PGAA";
 pub(crate) const VERSION: u32 = 2;
@@ -134,35 +135,51 @@ pub(crate) fn dedupe_sorted(v: &mut [Entry], hls: &[Option<i64>]) -> usize {
     w + 1
 }
 
-/// Merges the sorted, duplicate-free `b` into the sorted, duplicate-free `a` in place (equal keys
-/// combined as `combine(a, b)`): the result is sorted and duplicate-free. Works from the back of
-/// `a`'s buffer, so no element is moved before it is read.
-pub(crate) fn merge_back(a: &mut Vec<Entry>, b: &[Entry], hls: &[Option<i64>]) {
-    let (la, lb) = (a.len(), b.len());
-    if lb == 0 {
+/// Merges the sorted, duplicate-free `b` (its `lb` entries given from the last to the first)
+/// into the sorted, duplicate-free `a` in place (equal keys combined as `combine(a, b)`): the
+/// result is sorted and duplicate-free. Works from the back of `a`'s buffer, so no element is
+/// moved before it is read.
+pub(crate) fn merge_back(
+    a: &mut Vec<Entry>,
+    lb: usize,
+    b_rev: impl Iterator<Item = Entry>,
+    hls: &[Option<i64>],
+) {
+    let la = a.len();
+    let mut b_rev = b_rev.take(lb);
+    let Some(mut eb) = b_rev.next() else {
         return;
-    }
-    a.resize(la + lb, b[0]);
-    // Invariant: w - i >= j, so writing at w - 1 never overwrites a[..i] while b has entries.
-    let (mut i, mut j, mut w) = (la, lb, la + lb);
-    while i > 0 && j > 0 {
-        let (ka, kb) = (a[i - 1].key(), b[j - 1].key());
+    };
+    a.resize(la + lb, eb);
+    // Invariant: w - i >= the entries of b left, so writing at w - 1 never overwrites a[..i].
+    let (mut i, mut w) = (la, la + lb);
+    loop {
         w -= 1;
-        if ka > kb {
-            a[w] = a[i - 1];
-            i -= 1;
-        } else if kb > ka {
-            a[w] = b[j - 1];
-            j -= 1;
+        let next_b = if i == 0 {
+            a[w] = eb;
+            true
         } else {
-            a[w] = combine(a[i - 1], b[j - 1], hls);
-            i -= 1;
-            j -= 1;
+            let ea = a[i - 1];
+            let (ka, kb) = (ea.key(), eb.key());
+            if ka > kb {
+                a[w] = ea;
+                i -= 1;
+                false
+            } else if kb > ka {
+                a[w] = eb;
+                true
+            } else {
+                a[w] = combine(ea, eb, hls);
+                i -= 1;
+                true
+            }
+        };
+        if next_b {
+            match b_rev.next() {
+                Some(e) => eb = e,
+                None => break,
+            }
         }
-    }
-    if j > 0 {
-        a[w - j..w].copy_from_slice(&b[..j]);
-        w -= j;
     }
     if i > 0 {
         a.copy_within(0..i, w - i);
@@ -173,32 +190,92 @@ pub(crate) fn merge_back(a: &mut Vec<Entry>, b: &[Entry], hls: &[Option<i64>]) {
     a.truncate(la + lb - w);
 }
 
+/// Slices shorter than this are sorted by comparisons; longer ones by [`radix_sort_entries`].
+pub(crate) const RADIX_MIN: usize = 1 << 14;
+/// The widest digit of a radix sort pass.
+const RADIX_BITS: u32 = 8;
+
 /// Sorts by (user, item, day, slot). When the ids and the slice's day range fit, the key is
-/// packed into a `u64` (cheaper to compare than the general `u128` key); the order is the same
-/// either way.
+/// packed into a `u64` (each field in as many bits as its range needs) and a long slice is
+/// radix sorted on it; otherwise, or when short, compared on the general `u128` key. The order
+/// is the same either way (ties, which only equal keys make, are combined afterwards).
 pub(crate) fn sort_entries(v: &mut [Entry], n_users: usize, n_items: usize) {
     let bits = |n: u64| u64::BITS - n.leading_zeros();
-    let (mut lo, mut hi) = (i32::MAX, i32::MIN);
+    let (mut lo, mut hi, mut top_slot) = (i32::MAX, i32::MIN, 0u8);
     for e in v.iter() {
         let d = e.day();
         lo = lo.min(d);
         hi = hi.max(d);
+        top_slot = top_slot.max(e.slot);
     }
     if v.is_empty() {
         return;
     }
-    let day_bits = bits((hi as i64 - lo as i64) as u64);
-    let item_shift = 8 + day_bits;
+    let day_shift = bits(top_slot as u64);
+    let item_shift = day_shift + bits((hi as i64 - lo as i64) as u64);
     let user_shift = item_shift + bits(n_items as u64);
-    if user_shift + bits(n_users as u64) <= 64 {
-        v.sort_unstable_by_key(|e| {
-            ((e.user as u64) << user_shift)
-                | ((e.item as u64) << item_shift)
-                | (((e.day() as i64 - lo as i64) as u64) << 8)
-                | e.slot as u64
-        });
-    } else {
+    let total = user_shift + bits(n_users as u64);
+    if total > 64 {
         v.sort_unstable_by_key(|e| e.key());
+        return;
+    }
+    let key = |e: &Entry| {
+        ((e.user as u64) << user_shift)
+            | ((e.item as u64) << item_shift)
+            | (((e.day() as i64 - lo as i64) as u64) << day_shift)
+            | e.slot as u64
+    };
+    if v.len() < RADIX_MIN || v.len() > u32::MAX as usize {
+        v.sort_unstable_by_key(key);
+    } else {
+        radix_sort_entries(v, total, key);
+    }
+}
+
+/// Sorts `v` by `key`, whose values lie below `2^bits`: a stable LSD radix sort of (key, index)
+/// pairs in passes of at most 12 bits (a pass whose digit is the same for every entry is
+/// skipped), then one gather of the entries. Scratch: 24 bytes an entry while sorting, 29 while
+/// gathering (the comparison sort computed the key, a division included, twice per comparison:
+/// a tenth of a build's scan).
+fn radix_sort_entries(v: &mut [Entry], bits: u32, key: impl Fn(&Entry) -> u64) {
+    let n = v.len();
+    let mut keys: Vec<u64> = v.iter().map(&key).collect();
+    let mut idx: Vec<u32> = (0..n as u32).collect();
+    let mut keys2 = vec![0u64; n];
+    let mut idx2 = vec![0u32; n];
+    let passes = bits.div_ceil(RADIX_BITS).max(1);
+    let width = bits.div_ceil(passes);
+    let mask = (1u64 << width) - 1;
+    let mut count = vec![0usize; 1 << width];
+    for pass in 0..passes {
+        let shift = pass * width;
+        count.iter_mut().for_each(|c| *c = 0);
+        for &k in &keys {
+            count[((k >> shift) & mask) as usize] += 1;
+        }
+        if count.contains(&n) {
+            continue;
+        }
+        let mut sum = 0usize;
+        for c in count.iter_mut() {
+            let here = *c;
+            *c = sum;
+            sum += here;
+        }
+        for (&k, &i) in keys.iter().zip(&idx) {
+            let d = ((k >> shift) & mask) as usize;
+            let at = count[d];
+            count[d] = at + 1;
+            keys2[at] = k;
+            idx2[at] = i;
+        }
+        std::mem::swap(&mut keys, &mut keys2);
+        std::mem::swap(&mut idx, &mut idx2);
+    }
+    drop((keys, keys2, idx2));
+    let src: Vec<Entry> = v.to_vec();
+    for (dst, &i) in v.iter_mut().zip(&idx) {
+        *dst = src[i as usize];
     }
 }
 
@@ -532,16 +609,8 @@ impl Accumulator {
 
     /// Folds a partial state (parallel aggregation) into this one.
     pub fn merge(&mut self, mut other: Accumulator) {
-        self.flush_users();
         other.flush_users();
-        if self.reference.is_none() {
-            self.reference = other.reference;
-        }
-        let n_props = self.n_props.max(other.n_props);
-        self.n_props = n_props;
-        other.n_props = n_props;
-        if other.is_blank() {
-            self.pad_props();
+        if self.merge_trivially(other.is_blank(), other.n_props, other.reference) {
             return;
         }
         if self.is_blank() {
@@ -551,24 +620,95 @@ impl Accumulator {
             self.pad_props();
             return;
         }
-        self.canonicalize();
         other.canonicalize();
+        let entries = std::mem::take(&mut other.entries);
+        self.merge_part(Part {
+            users: std::mem::take(&mut other.users.names),
+            user_bytes: other.users.bytes,
+            items: std::mem::take(&mut other.items.names),
+            item_bytes: other.items.bytes,
+            hls: std::mem::take(&mut other.hls),
+            n_entries: entries.len(),
+            entries_rev: entries.iter().rev().copied(),
+            props: std::mem::take(&mut other.props),
+            prop_bytes: other.prop_bytes,
+            rows: other.rows,
+            min_time: other.min_time,
+            max_time: other.max_time,
+        });
+    }
 
-        let (users, ura, urb) = merge_names(
-            std::mem::take(&mut self.users.names),
-            std::mem::take(&mut other.users.names),
-        );
-        let (items, ira, irb) = merge_names(
-            std::mem::take(&mut self.items.names),
-            std::mem::take(&mut other.items.names),
-        );
+    /// Folds a serialized partial state into this one, read in place: the same result as
+    /// `merge(Accumulator::deserialize(bytes))` without decoding the other state's entries into a
+    /// vector of their own (the combine step of a parallel scan, on its largest states).
+    pub fn merge_view(&mut self, mut v: StateView<'_>) {
+        let blank = v.rows == 0 && v.is_empty() && v.users.is_empty() && v.items.is_empty();
+        if self.merge_trivially(blank, v.n_props, v.reference) {
+            return;
+        }
+        if self.is_blank() {
+            let reference = self.reference;
+            *self = v.into_accumulator();
+            self.reference = reference;
+            self.pad_props();
+            return;
+        }
+        let (users, items) = (std::mem::take(&mut v.users), std::mem::take(&mut v.items));
+        let (hls, props) = (std::mem::take(&mut v.hls), std::mem::take(&mut v.props));
+        let part = Part {
+            n_entries: v.len(),
+            entries_rev: v.entries_rev(),
+            users,
+            user_bytes: v.user_bytes,
+            items,
+            item_bytes: v.item_bytes,
+            hls,
+            props,
+            prop_bytes: v.prop_bytes,
+            rows: v.rows,
+            min_time: v.min_time,
+            max_time: v.max_time,
+        };
+        self.merge_part(part);
+    }
+
+    /// The start of every merge: the reference and property count; true when the other state is
+    /// blank (nothing more to do).
+    fn merge_trivially(
+        &mut self,
+        other_blank: bool,
+        other_props: usize,
+        other_ref: Option<i64>,
+    ) -> bool {
+        self.flush_users();
+        if self.reference.is_none() {
+            self.reference = other_ref;
+        }
+        self.n_props = self.n_props.max(other_props);
+        if other_blank {
+            self.pad_props();
+        }
+        other_blank
+    }
+
+    /// Merges a canonical partial state (sorted names, entries from the back) into this one.
+    fn merge_part<B, I>(&mut self, o: Part<B, I>)
+    where
+        B: AsRef<str> + Into<Box<str>>,
+        I: Iterator<Item = Entry>,
+    {
+        let n_props = self.n_props;
+        self.canonicalize();
+
+        let (users, ura, urb) = merge_names(std::mem::take(&mut self.users.names), o.users);
+        let (items, ira, irb) = merge_names(std::mem::take(&mut self.items.names), o.items);
         self.users.names = users;
-        self.users.bytes += other.users.bytes; // upper bound; shared texts are counted twice
+        self.users.bytes += o.user_bytes; // upper bound; shared texts are counted twice
         self.items.names = items;
-        self.items.bytes += other.items.bytes;
+        self.items.bytes += o.item_bytes;
 
         // Half-life tables: both sorted and duplicate-free.
-        let mut hls: Vec<Option<i64>> = self.hls.iter().chain(other.hls.iter()).copied().collect();
+        let mut hls: Vec<Option<i64>> = self.hls.iter().chain(o.hls.iter()).copied().collect();
         hls.sort();
         hls.dedup();
         assert!(
@@ -587,16 +727,13 @@ impl Accumulator {
             }
         };
         let sra = slot_map(&self.hls);
-        let srb = slot_map(&other.hls);
+        let srb = slot_map(&o.hls);
         self.hls = hls;
         self.last_hl = None;
 
         // Monotone remaps keep both entry lists sorted.
-        fn remap(v: &mut [Entry], u: &Option<Vec<u32>>, i: &Option<Vec<u32>>, s: &Option<Vec<u8>>) {
-            if u.is_none() && i.is_none() && s.is_none() {
-                return;
-            }
-            for e in v.iter_mut() {
+        let remap =
+            |mut e: Entry, u: &Option<Vec<u32>>, i: &Option<Vec<u32>>, s: &Option<Vec<u8>>| {
                 if let Some(r) = u {
                     e.user = r[e.user as usize];
                 }
@@ -606,18 +743,20 @@ impl Accumulator {
                 if let Some(r) = s {
                     e.slot = r[e.slot as usize];
                 }
+                e
+            };
+        if ura.is_some() || ira.is_some() || sra.is_some() {
+            for e in self.entries.iter_mut() {
+                *e = remap(*e, &ura, &ira, &sra);
             }
         }
-        remap(&mut self.entries, &ura, &ira, &sra);
-        remap(&mut other.entries, &urb, &irb, &srb);
 
         // Merged in place, from the back, into this state's vector (grown by the other's length
         // when it lacks the room): no second vector of both, whose fresh pages the kernel would
         // have to clear (a fifth of the leader's serial combine step on a large scan).
-        let b = std::mem::take(&mut other.entries);
         let mut out = std::mem::take(&mut self.entries);
-        merge_back(&mut out, &b, &self.hls);
-        drop(b);
+        let b = o.entries_rev.map(|e| remap(e, &urb, &irb, &srb));
+        merge_back(&mut out, o.n_entries, b, &self.hls);
         self.sorted_len = out.len();
         self.threshold = MIN_COMPACT.max(2 * out.len());
         self.entries = out;
@@ -626,7 +765,7 @@ impl Accumulator {
         let n_items = self.items.names.len();
         let mut new_props: Vec<Vec<PropVal>> = Vec::with_capacity(n_props);
         let mut sp = std::mem::take(&mut self.props);
-        let mut op = std::mem::take(&mut other.props);
+        let mut op = o.props;
         sp.resize_with(n_props, Vec::new);
         op.resize_with(n_props, Vec::new);
         for (pa, pb) in sp.into_iter().zip(op) {
@@ -642,12 +781,29 @@ impl Accumulator {
             new_props.push(np);
         }
         self.props = new_props;
-        self.prop_bytes += other.prop_bytes;
+        self.prop_bytes += o.prop_bytes;
 
-        self.rows += other.rows;
-        self.min_time = self.min_time.min(other.min_time);
-        self.max_time = self.max_time.max(other.max_time);
+        self.rows += o.rows;
+        self.min_time = self.min_time.min(o.min_time);
+        self.max_time = self.max_time.max(o.max_time);
     }
+}
+
+/// A canonical partial state being merged (see [`Accumulator::merge_part`]): its names (owned
+/// or borrowed from its bytes), half-lives, entries from the last to the first, properties.
+struct Part<B, I> {
+    users: Vec<B>,
+    user_bytes: usize,
+    items: Vec<B>,
+    item_bytes: usize,
+    hls: Vec<Option<i64>>,
+    n_entries: usize,
+    entries_rev: I,
+    props: Vec<Vec<PropVal>>,
+    prop_bytes: usize,
+    rows: u64,
+    min_time: i64,
+    max_time: i64,
 }
 
 #[cfg(test)]
@@ -918,9 +1074,50 @@ mod tests {
                 let m = dedupe_sorted(&mut want, &hls);
                 want.truncate(m);
                 let mut got = a.clone();
-                merge_back(&mut got, &b, &hls);
+                merge_back(&mut got, b.len(), b.iter().rev().copied(), &hls);
                 assert_eq!(bits(&got), bits(&want), "{na} + {nb}");
             }
+        }
+    }
+
+    /// Long slices are radix sorted on the packed key: the same order as the general key, for
+    /// ranges of ids, days (before and after the epoch) and slots, and a slice of one key.
+    #[test]
+    fn radix_sort_orders_as_the_general_key() {
+        let mut g = Rng(5);
+        for (n, users, items, days, slots) in [
+            (RADIX_MIN, 1u64, 1u64, 1u64, 1u64),
+            (RADIX_MIN + 7, 3000, 40, 900, 3),
+            (60_000, 70_000, 5000, 2, 256),
+            (50_000, 1 << 20, 1 << 16, 20_000, 7),
+        ] {
+            let mut v: Vec<Entry> = (0..n)
+                .map(|_| Entry {
+                    user: g.below(users) as u32,
+                    item: g.below(items) as u32,
+                    slot: g.below(slots) as u8,
+                    time: (g.below(days) as i64 - days as i64 / 2) * DAY
+                        + g.below(DAY as u64) as i64,
+                    value: g.below(8) as f64,
+                })
+                .collect();
+            let mut want = v.clone();
+            want.sort_by_key(|e| e.key());
+            sort_entries(&mut v, users as usize, items as usize);
+            let keys = |v: &[Entry]| v.iter().map(|e| e.key()).collect::<Vec<_>>();
+            assert_eq!(keys(&v), keys(&want), "{n} entries, {users} users");
+            // Stable: equal keys keep their order (the radix sort's), and nothing is lost.
+            let mut got: Vec<(u128, i64, u64)> = v
+                .iter()
+                .map(|e| (e.key(), e.time, e.value.to_bits()))
+                .collect();
+            let mut all: Vec<(u128, i64, u64)> = want
+                .iter()
+                .map(|e| (e.key(), e.time, e.value.to_bits()))
+                .collect();
+            got.sort_unstable();
+            all.sort_unstable();
+            assert_eq!(got, all);
         }
     }
 
@@ -1013,6 +1210,50 @@ mod tests {
             assert_eq!(acc.rows(), rows.len() as u64);
             assert_eq!(acc.finish(), base, "merge order {order:?}");
         }
+    }
+
+    /// A serialized state merged read in place ([`Accumulator::merge_view`]) gives what decoding
+    /// it and merging gives: into a blank state and into a built one, in any order, with blank
+    /// and one-sided parts (users and items only one part has), properties included.
+    #[test]
+    fn merge_view_equals_merge_of_the_decoded_state() {
+        let mut rows = dyadic_rows(4000, 13);
+        // Users and items of one part only.
+        rows.extend(dyadic_rows(300, 14).into_iter().map(|mut r| {
+            r.0.push('x');
+            r.1.push('y');
+            r
+        }));
+        let reference = Some(40 * DAY);
+        let mut g = Rng(3);
+        for round in 0..8 {
+            let mut r = rows.clone();
+            shuffle(&mut r, &mut g);
+            let c1 = g.below(r.len() as u64) as usize;
+            let c2 = c1 + g.below((r.len() - c1) as u64) as usize;
+            let cuts = [&r[..c1], &r[c1..c2], &r[c2..], &r[..0]];
+            let bytes: Vec<Vec<u8>> = cuts
+                .iter()
+                .map(|c| build(c, reference).serialize())
+                .collect();
+            let (mut decoded, mut viewed, first) = if round % 2 == 0 {
+                (Accumulator::new(2), Accumulator::new(2), 0)
+            } else {
+                (build(cuts[0], reference), build(cuts[0], reference), 1)
+            };
+            for k in (first..4).rev() {
+                decoded.merge(Accumulator::deserialize(&bytes[k]).unwrap());
+                viewed.merge_view(StateView::parse(&bytes[k]).unwrap());
+            }
+            assert_eq!(viewed.rows(), rows.len() as u64);
+            assert_eq!(viewed.serialize(), decoded.serialize(), "round {round}");
+            assert_eq!(viewed.finish(), decoded.finish(), "round {round}");
+        }
+        let whole = build(&rows, reference).finish();
+        let mut viewed = Accumulator::new(2);
+        let bytes = build(&rows, reference).serialize();
+        viewed.merge_view(StateView::parse(&bytes).unwrap());
+        assert_eq!(viewed.finish(), whole);
     }
 
     #[test]

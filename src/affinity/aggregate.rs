@@ -14,7 +14,12 @@
 //! - `audience.affinity(user, item, weight, time, half_life, reference) -> jsonb` for people;
 //! - `audience._affinity_collect(..., props text[]) -> bigint` for `audience.build`, which hands the
 //!   finished state to the caller through a backend-local stash instead of copying it into a datum.
-use crate::affinity::accumulator::Accumulator;
+//!
+//! A parallel scan's final step decodes nothing: the deserialize function checks a partial
+//! state's bytes and keeps them as they are ([`AggState::Unread`]), and the combine function
+//! merges them into the final state straight from the bytes (the leader's serial tail of a
+//! build's scan; each partial state's entries are not copied into a vector of their own first).
+use crate::affinity::accumulator::{Accumulator, StateView};
 use crate::error::AudienceError;
 use pgrx::prelude::*;
 use pgrx::{Internal, PgMemoryContexts};
@@ -56,15 +61,41 @@ fn finite_time(t: TimestampWithTimeZone) -> Option<i64> {
     }
 }
 
-/// The state of the current aggregate call, created in the aggregate's memory context.
-unsafe fn state_mut(
-    state: &mut Internal,
-    fcinfo: pg_sys::FunctionCallInfo,
-    n_props: usize,
-) -> &mut Accumulator {
-    if state.initialized() {
-        return state.get_mut::<Accumulator>().expect("initialized state");
+/// What an `internal` state of these aggregates points to.
+enum AggState {
+    /// A state.
+    Acc(Accumulator),
+    /// A partial state as the deserialize function found it: its bytes checked, read in place.
+    /// Postgres runs deserialize functions in the per-input-tuple memory context and passes the
+    /// result straight to the combine function; the bytes (the input tuple's datum, or a
+    /// detoasted copy in that context) outlive that context's next reset, and this value is
+    /// allocated in it, so it cannot outlive its bytes (the `'static` is that context's life).
+    Unread(StateView<'static>),
+}
+
+impl AggState {
+    /// The accumulator (a state read in place is decoded first).
+    fn acc(&mut self) -> &mut Accumulator {
+        if let AggState::Unread(_) = self {
+            if let AggState::Unread(v) = std::mem::replace(self, AggState::Acc(Accumulator::new(0)))
+            {
+                *self = AggState::Acc(v.into_accumulator());
+            }
+        }
+        match self {
+            AggState::Acc(a) => a,
+            AggState::Unread(_) => unreachable!("decoded above"),
+        }
     }
+}
+
+/// The accumulator of an `internal` state, if it has one.
+unsafe fn acc_of(state: &mut Internal) -> Option<&mut Accumulator> {
+    state.get_mut::<AggState>().map(|s| s.acc())
+}
+
+/// The memory context of the current aggregate call; an error outside aggregates.
+unsafe fn agg_context(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::MemoryContext {
     let mut agg_ctx: pg_sys::MemoryContext = std::ptr::null_mut();
     if pg_sys::AggCheckCallContext(fcinfo, &mut agg_ctx) == 0 {
         AudienceError::new(
@@ -74,9 +105,22 @@ unsafe fn state_mut(
         .hint("Call the aggregate audience.affinity(), not its support functions.")
         .raise();
     }
-    let ptr = PgMemoryContexts::For(agg_ctx).leak_and_drop_on_delete(Accumulator::new(n_props));
+    agg_ctx
+}
+
+/// The state of the current aggregate call, created in the aggregate's memory context.
+unsafe fn state_mut(
+    state: &mut Internal,
+    fcinfo: pg_sys::FunctionCallInfo,
+    n_props: usize,
+) -> &mut Accumulator {
+    if state.initialized() {
+        return acc_of(state).expect("initialized state");
+    }
+    let ptr = PgMemoryContexts::For(agg_context(fcinfo))
+        .leak_and_drop_on_delete(AggState::Acc(Accumulator::new(n_props)));
     *state = Internal::from(Some(pg_sys::Datum::from(ptr)));
-    &mut *ptr
+    (*ptr).acc()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -279,22 +323,23 @@ fn _affinity_combine(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Internal {
     unsafe {
-        let Some(right) = b.get_mut::<Accumulator>() else {
+        let Some(right) = b.get_mut::<AggState>() else {
             return a;
         };
-        if a.get_mut::<Accumulator>().is_none() {
-            return b;
-        }
+        // Always into `a` (created in the aggregate's context when null): `b` lives only as long
+        // as the input tuple it was read from.
         let left = state_mut(&mut a, fcinfo, 0);
-        let taken = std::mem::replace(right, Accumulator::new(0));
-        left.merge(taken);
+        match std::mem::replace(right, AggState::Acc(Accumulator::new(0))) {
+            AggState::Unread(v) => left.merge_view(v),
+            AggState::Acc(acc) => left.merge(acc),
+        }
     }
     a
 }
 
 #[pg_extern(strict, parallel_safe)]
 fn _affinity_serial(mut state: Internal) -> Vec<u8> {
-    match unsafe { state.get_mut::<Accumulator>() } {
+    match unsafe { acc_of(&mut state) } {
         Some(acc) => acc.serialize(),
         None => Accumulator::new(0).serialize(),
     }
@@ -306,23 +351,24 @@ fn _affinity_deserial(
     _unused: Internal,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Internal {
-    let acc = Accumulator::deserialize(bytes).unwrap_or_else(|e| {
+    unsafe { agg_context(fcinfo) };
+    let view = StateView::parse(bytes).unwrap_or_else(|e| {
         AudienceError::corrupt(format!("invalid affinity state: {e}"))
             .hint("The bytes must come from audience._affinity_serial().")
             .raise()
     });
-    let mut state = Internal::default();
-    unsafe {
-        let slot = state_mut(&mut state, fcinfo, 0);
-        *slot = acc;
-    }
-    state
+    // SAFETY: only the lifetime changes; the value is allocated in the current (per-input-tuple)
+    // memory context, which the bytes outlive (see `AggState::Unread`).
+    let view: StateView<'static> = unsafe { std::mem::transmute(view) };
+    let ptr =
+        PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(AggState::Unread(view));
+    Internal::from(Some(pg_sys::Datum::from(ptr)))
 }
 
 /// The finished affinity of the aggregated rows as `{"user": {"item": affinity, ...}, ...}`.
 #[pg_extern(parallel_safe)]
 fn _affinity_final_jsonb(mut state: Internal) -> pgrx::JsonB {
-    let acc = match unsafe { state.get_mut::<Accumulator>() } {
+    let acc = match unsafe { acc_of(&mut state) } {
         Some(acc) => std::mem::replace(acc, Accumulator::new(0)),
         None => Accumulator::new(0),
     };
@@ -371,7 +417,7 @@ pub fn token_is_ours(token: i64) -> bool {
 /// Moves the finished state into this backend's stash and returns a token for `take_stashed`.
 #[pg_extern(parallel_safe)]
 fn _affinity_final_stash(mut state: Internal) -> i64 {
-    let acc = match unsafe { state.get_mut::<Accumulator>() } {
+    let acc = match unsafe { acc_of(&mut state) } {
         Some(acc) => std::mem::replace(acc, Accumulator::new(0)),
         None => Accumulator::new(0),
     };
@@ -392,7 +438,7 @@ fn _affinity_final_stash(mut state: Internal) -> i64 {
 /// another session (its stash token is not found here), e.g. on Citus.
 #[pg_extern(parallel_safe)]
 fn _affinity_final_bytes(mut state: Internal) -> Vec<u8> {
-    match unsafe { state.get_mut::<Accumulator>() } {
+    match unsafe { acc_of(&mut state) } {
         Some(acc) => acc.serialize(),
         None => Accumulator::new(0).serialize(),
     }

@@ -270,7 +270,10 @@ impl Interner {
 /// Merges two sorted, duplicate-free name lists; returns the union and both old -> new maps.
 pub(crate) type MergedNames = (Vec<Box<str>>, Option<Vec<u32>>, Option<Vec<u32>>);
 
-pub(crate) fn merge_names(a: Vec<Box<str>>, b: Vec<Box<str>>) -> MergedNames {
+pub(crate) fn merge_names<B: AsRef<str> + Into<Box<str>>>(
+    a: Vec<Box<str>>,
+    b: Vec<B>,
+) -> MergedNames {
     let (na, nb) = (a.len(), b.len());
     let mut out = Vec::with_capacity(na + nb);
     let mut ra = Vec::with_capacity(na);
@@ -279,7 +282,7 @@ pub(crate) fn merge_names(a: Vec<Box<str>>, b: Vec<Box<str>>) -> MergedNames {
     let mut ib = b.into_iter().peekable();
     loop {
         let ord = match (ia.peek(), ib.peek()) {
-            (Some(x), Some(y)) => x.cmp(y),
+            (Some(x), Some(y)) => (**x).cmp(y.as_ref()),
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
             (None, None) => break,
@@ -292,7 +295,7 @@ pub(crate) fn merge_names(a: Vec<Box<str>>, b: Vec<Box<str>>) -> MergedNames {
             }
             std::cmp::Ordering::Greater => {
                 rb.push(id);
-                out.push(ib.next().unwrap());
+                out.push(ib.next().unwrap().into());
             }
             std::cmp::Ordering::Equal => {
                 ra.push(id);

@@ -61,6 +61,39 @@ impl Accumulator {
 
     /// Decodes a state written by `serialize`. Any malformed input yields `Err`, never a panic.
     pub fn deserialize(bytes: &[u8]) -> Result<Self, CodecError> {
+        Ok(StateView::parse(bytes)?.into_accumulator())
+    }
+}
+
+/// A state written by [`Accumulator::serialize`], checked and read in place: the names borrowed,
+/// the entries left in their columns. [`Accumulator::merge_view`] merges it straight from the
+/// bytes (a parallel scan's combine step: no decoded copy of each partial state's entries).
+pub struct StateView<'a> {
+    pub(crate) n_props: usize,
+    pub(crate) rows: u64,
+    pub(crate) min_time: i64,
+    pub(crate) max_time: i64,
+    pub(crate) reference: Option<i64>,
+    pub(crate) hls: Vec<Option<i64>>,
+    pub(crate) users: Vec<&'a str>,
+    pub(crate) user_bytes: usize,
+    pub(crate) items: Vec<&'a str>,
+    pub(crate) item_bytes: usize,
+    /// Entries per user (the entries are sorted by user).
+    counts: Vec<u32>,
+    n: usize,
+    items_col: &'a [u8],
+    slots_col: &'a [u8],
+    times_col: &'a [u8],
+    values_col: &'a [u8],
+    pub(crate) props: Vec<Vec<PropVal>>,
+    pub(crate) prop_bytes: usize,
+}
+
+impl<'a> StateView<'a> {
+    /// Checks `bytes` as `deserialize` does (any malformed input yields `Err`, never a panic),
+    /// decoding only the names and the property tables.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, CodecError> {
         let mut r = Reader::new(bytes);
         r.expect_header(MAGIC, VERSION)?;
         let n_props = r.get_u32()? as usize;
@@ -86,16 +119,16 @@ impl Accumulator {
             }
             hls.push(h);
         }
-        let read_names = |r: &mut Reader| -> Result<(Vec<Box<str>>, usize), CodecError> {
-            let mut names: Vec<Box<str>> = Vec::new();
+        let read_names = |r: &mut Reader<'a>| -> Result<(Vec<&'a str>, usize), CodecError> {
+            let mut names: Vec<&'a str> = Vec::new();
             let mut bytes = 0usize;
             let mut ok = true;
             r.get_strs_with(|s| {
-                if names.last().is_some_and(|l| **l >= *s) {
+                if names.last().is_some_and(|l| *l >= s) {
                     ok = false;
                 }
                 bytes += s.len();
-                names.push(Box::from(s));
+                names.push(s);
             })?;
             if !ok {
                 return Err(invalid("ids not strictly sorted"));
@@ -105,9 +138,9 @@ impl Accumulator {
             }
             Ok((names, bytes))
         };
-        let (user_names, user_bytes) = read_names(&mut r)?;
-        let (item_names, item_bytes) = read_names(&mut r)?;
-        let (n_users, n_items) = (user_names.len(), item_names.len());
+        let (users, user_bytes) = read_names(&mut r)?;
+        let (items, item_bytes) = read_names(&mut r)?;
+        let (n_users, n_items) = (users.len(), items.len());
 
         let counts = r.get_u32s()?;
         if counts.len() != n_users {
@@ -121,32 +154,6 @@ impl Accumulator {
         let slots_col = r.take(n)?;
         let times_col = r.take(n * 8)?;
         let values_col = r.take(n * 8)?;
-        let mut entries: Vec<Entry> = Vec::with_capacity(n);
-        let mut k = 0usize;
-        for (user, &c) in counts.iter().enumerate() {
-            for _ in 0..c {
-                let item = u32::from_le_bytes(items_col[k * 4..k * 4 + 4].try_into().unwrap());
-                let slot = slots_col[k];
-                let time = i64::from_le_bytes(times_col[k * 8..k * 8 + 8].try_into().unwrap());
-                let value = f64::from_le_bytes(values_col[k * 8..k * 8 + 8].try_into().unwrap());
-                if item as usize >= n_items || slot as usize >= n_hls {
-                    return Err(invalid("entry id out of range"));
-                }
-                let e = Entry {
-                    user: user as u32,
-                    item,
-                    slot,
-                    time,
-                    value,
-                };
-                if entries.last().is_some_and(|l: &Entry| l.key() >= e.key()) {
-                    return Err(invalid("entries not strictly sorted"));
-                }
-                entries.push(e);
-                k += 1;
-            }
-        }
-        drop(counts);
 
         let mut props = Vec::with_capacity(n_props.min(r.remaining()));
         let mut prop_bytes = 0usize;
@@ -181,35 +188,120 @@ impl Accumulator {
         }
         r.finish()?;
 
-        let len = entries.len();
-        Ok(Accumulator {
+        let view = StateView {
             n_props,
+            rows,
+            min_time,
+            max_time,
+            reference,
+            hls,
+            users,
+            user_bytes,
+            items,
+            item_bytes,
+            counts,
+            n,
+            items_col,
+            slots_col,
+            times_col,
+            values_col,
+            props,
+            prop_bytes,
+        };
+        // The entries: ids in range, strictly sorted.
+        let mut last: Option<u128> = None;
+        let mut k = 0usize;
+        for (user, &c) in view.counts.iter().enumerate() {
+            for _ in 0..c {
+                let e = view.entry(k, user as u32);
+                if e.item as usize >= n_items || e.slot as usize >= n_hls {
+                    return Err(invalid("entry id out of range"));
+                }
+                let key = e.key();
+                if last.is_some_and(|l| l >= key) {
+                    return Err(invalid("entries not strictly sorted"));
+                }
+                last = Some(key);
+                k += 1;
+            }
+        }
+        Ok(view)
+    }
+
+    /// Entry `k`, of user `user`.
+    #[inline(always)]
+    fn entry(&self, k: usize, user: u32) -> Entry {
+        Entry {
+            user,
+            item: u32::from_le_bytes(self.items_col[k * 4..k * 4 + 4].try_into().unwrap()),
+            slot: self.slots_col[k],
+            time: i64::from_le_bytes(self.times_col[k * 8..k * 8 + 8].try_into().unwrap()),
+            value: f64::from_le_bytes(self.values_col[k * 8..k * 8 + 8].try_into().unwrap()),
+        }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether the state has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The entries from the last to the first (the order [`merge_back`] takes them in).
+    pub(crate) fn entries_rev(&self) -> impl Iterator<Item = Entry> + '_ {
+        let mut end = self.n;
+        (0..self.counts.len()).rev().flat_map(move |u| {
+            let start = end - self.counts[u] as usize;
+            end = start;
+            (start..start + self.counts[u] as usize)
+                .rev()
+                .map(move |k| self.entry(k, u as u32))
+        })
+    }
+
+    /// The state itself (what `deserialize` returns).
+    pub fn into_accumulator(self) -> Accumulator {
+        let mut entries: Vec<Entry> = Vec::with_capacity(self.n);
+        let mut k = 0usize;
+        for (user, &c) in self.counts.iter().enumerate() {
+            for _ in 0..c {
+                entries.push(self.entry(k, user as u32));
+                k += 1;
+            }
+        }
+        let len = entries.len();
+        let boxed = |v: Vec<&str>| -> Vec<Box<str>> { v.into_iter().map(Box::from).collect() };
+        Accumulator {
+            n_props: self.n_props,
             users: Interner {
-                names: user_names,
+                names: boxed(self.users),
                 sorted: true,
-                bytes: user_bytes,
+                bytes: self.user_bytes,
                 ..Default::default()
             },
             items: Interner {
-                names: item_names,
+                names: boxed(self.items),
                 sorted: true,
-                bytes: item_bytes,
+                bytes: self.item_bytes,
                 ..Default::default()
             },
-            hls,
+            hls: self.hls,
             last_hl: None,
             entries,
             sorted_len: len,
             threshold: MIN_COMPACT.max(2 * len),
-            props,
-            prop_bytes,
-            reference,
+            props: self.props,
+            prop_bytes: self.prop_bytes,
+            reference: self.reference,
             reference_cap: None,
-            rows,
-            min_time,
-            max_time,
+            rows: self.rows,
+            min_time: self.min_time,
+            max_time: self.max_time,
             pending: Vec::new(),
             pending_text: String::new(),
-        })
+        }
     }
 }

@@ -12,7 +12,7 @@
 //! Work per call is bounded: this backend keeps what it read (the aggregate's state, the merged
 //! rows and their factors) per model, and the next call reads only rows newer than the latest it
 //! has seen. Rows stamped earlier than that but committed later are left to the next build.
-use crate::affinity::accumulator::Accumulator;
+use crate::affinity::accumulator::StateView;
 use crate::api::cache::Loaded;
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError, OrRaise};
@@ -423,12 +423,11 @@ pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
     let (mut acc, _) = crate::api::build::scan_one(&query, crate::guc::SCAN_STATE.get());
     let t_scan = t0.elapsed().as_secs_f64() * 1000.0;
     if let Some(prev) = cached.as_ref().and_then(|f| f.state.as_ref()) {
-        let mut all = Accumulator::deserialize(prev).unwrap_or_else(|e| {
+        let kept = StateView::parse(prev).unwrap_or_else(|e| {
             AudienceError::internal(format!("the kept state of new events cannot be read: {e}"))
                 .raise()
         });
-        all.merge(acc);
-        acc = all;
+        acc.merge_view(kept);
     }
     // Decayed to the model's reference time, as the model's own rows (the events keep their
     // times: the aggregate's reference argument would move later events to it, merging days).
