@@ -156,6 +156,42 @@ fn put_csr(w: &mut Writer, m: &Csr) {
     w.put_f32s(&m.data);
 }
 
+/// Bytes of an array written between two calls of `encode_sections`'s `at_section`.
+pub const PIECE: usize = 8 << 20;
+
+/// Writes the elements of `s` (`width` bytes each once written) with `elems`, calling `at` after
+/// every `piece` bytes and after the last.
+fn in_pieces<T>(
+    w: &mut Writer,
+    s: &[T],
+    width: usize,
+    piece: usize,
+    at: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Interrupted>,
+    elems: impl Fn(&mut Writer, &[T]),
+) -> Result<(), Interrupted> {
+    for piece in s.chunks((piece / width).max(1)) {
+        elems(w, piece);
+        at(&mut w.0)?;
+    }
+    Ok(())
+}
+
+/// [`put_csr`] with its arrays in pieces (see [`in_pieces`]).
+fn put_csr_pieces(
+    w: &mut Writer,
+    m: &Csr,
+    piece: usize,
+    at: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Interrupted>,
+) -> Result<(), Interrupted> {
+    w.put_usize(m.n_rows);
+    w.put_usize(m.n_cols);
+    w.put_usizes(&m.indptr);
+    w.put_u64(m.indices.len() as u64);
+    in_pieces(w, &m.indices, 4, piece, at, Writer::put_u32_elems)?;
+    w.put_u64(m.data.len() as u64);
+    in_pieces(w, &m.data, 4, piece, at, Writer::put_f32_elems)
+}
+
 fn get_csr(r: &mut Reader) -> Result<Csr, CodecError> {
     let n_rows = r.get_usize()?;
     let n_cols = r.get_usize()?;
@@ -199,8 +235,8 @@ impl Model {
             .unwrap_or_else(|_| unreachable!("no interrupt"))
     }
 
-    /// [`Model::encode`], calling `check` between its sections (each at most one array), so a
-    /// cancel during storing is noticed within one section's copy.
+    /// [`Model::encode`], calling `check` between its sections and pieces (see
+    /// [`Model::encode_sections`]), so a cancel during storing is noticed within one piece's copy.
     pub fn encode_with(
         &self,
         check: &mut dyn FnMut() -> Result<(), Interrupted>,
@@ -208,46 +244,59 @@ impl Model {
         self.encode_sections(&mut |_| check())
     }
 
-    /// [`Model::encode`] in pieces: `at_section` is called between its sections (each at most
-    /// one array) with the bytes encoded since the last call that took them (it may take them:
-    /// `std::mem::take`), and the bytes after the last section are returned. The pieces in order
-    /// are the encoding: a build stores them while the rest is encoded, holding at most one
-    /// section's copy. An `Err` from `at_section` stops the encoding.
+    /// [`Model::encode`] in pieces: `at_section` is called between its sections and within its
+    /// large arrays, every [`PIECE`] bytes, with the bytes encoded since the last call that took
+    /// them (it may take them: `std::mem::take`), and the bytes after the last call are returned.
+    /// The pieces in order are the encoding: a build stores them while the rest is encoded,
+    /// holding a few pieces at a time, never a whole array's copy. An `Err` from `at_section`
+    /// stops the encoding.
     pub fn encode_sections(
         &self,
         at_section: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Interrupted>,
     ) -> Result<Vec<u8>, Interrupted> {
+        self.encode_in(PIECE, at_section)
+    }
+
+    /// [`Model::encode_sections`] with pieces of `piece` bytes.
+    fn encode_in(
+        &self,
+        piece: usize,
+        at: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Interrupted>,
+    ) -> Result<Vec<u8>, Interrupted> {
         let mut w = Writer::new();
         w.put_header(MAGIC, VERSION);
         w.put_strs(&self.users);
-        at_section(&mut w.0)?;
+        at(&mut w.0)?;
         w.put_strs(&self.items);
-        put_csr(&mut w, &self.ui);
-        at_section(&mut w.0)?;
-        let ls: Vec<u32> = self.last_seen.iter().map(|&x| x as u32).collect();
-        w.put_u32s(&ls);
+        put_csr_pieces(&mut w, &self.ui, piece, at)?;
+        at(&mut w.0)?;
+        w.put_u64(self.last_seen.len() as u64);
+        in_pieces(&mut w, &self.last_seen, 4, piece, at, |w, s| {
+            let piece: Vec<u32> = s.iter().map(|&x| x as u32).collect();
+            w.put_u32_elems(&piece);
+        })?;
         match &self.als {
             Some(a) => {
                 w.put_bool(true);
                 w.put_usize(a.factors);
-                w.put_f32s(&a.user_factors);
-                at_section(&mut w.0)?;
+                w.put_u64(a.user_factors.len() as u64);
+                in_pieces(&mut w, &a.user_factors, 4, piece, at, Writer::put_f32_elems)?;
                 w.put_f32s(&a.item_factors);
             }
             None => w.put_bool(false),
         }
-        at_section(&mut w.0)?;
+        at(&mut w.0)?;
         match &self.knn {
             Some(k) => {
                 w.put_bool(true);
-                put_csr(&mut w, k);
+                put_csr_pieces(&mut w, k, piece, at)?;
             }
             None => w.put_bool(false),
         }
-        at_section(&mut w.0)?;
+        at(&mut w.0)?;
         w.put_usize(self.properties.len());
         for p in &self.properties {
-            at_section(&mut w.0)?;
+            at(&mut w.0)?;
             w.put_str(&p.name);
             w.put_strs(&p.values);
             put_csr(&mut w, &p.value_items);
@@ -256,12 +305,21 @@ impl Model {
         put_knobs(&mut w, &self.cross_params);
         w.put_u32(self.days.day0 as u32);
         w.put_u32(self.reference_day as u32);
-        at_section(&mut w.0)?;
-        w.put_u32s(&self.days.ptr);
-        let days: Vec<u8> = self.days.day.iter().flat_map(|d| d.to_le_bytes()).collect();
-        w.put_bytes(&days);
-        at_section(&mut w.0)?;
-        w.put_f32s(&self.days.weight);
+        at(&mut w.0)?;
+        w.put_u64(self.days.ptr.len() as u64);
+        in_pieces(&mut w, &self.days.ptr, 4, piece, at, Writer::put_u32_elems)?;
+        // The days as bytes (a byte count, then each u16 little-endian).
+        w.put_u64(self.days.day.len() as u64 * 2);
+        in_pieces(&mut w, &self.days.day, 2, piece, at, Writer::put_u16_elems)?;
+        w.put_u64(self.days.weight.len() as u64);
+        in_pieces(
+            &mut w,
+            &self.days.weight,
+            4,
+            piece,
+            at,
+            Writer::put_f32_elems,
+        )?;
         w.put_usize(self.property_params.len());
         for k in &self.property_params {
             w.put_str(&k.property);
@@ -480,6 +538,30 @@ mod tests {
         assert!(pieces.len() >= 3, "{} pieces", pieces.len());
         pieces.push(rest);
         assert_eq!(pieces.concat(), m.encode());
+        // Arrays cut into pieces of a few elements (a large model's, every `PIECE` bytes): the
+        // same bytes, which decode to the model.
+        let mut small_pieces: Vec<Vec<u8>> = Vec::new();
+        let rest = m
+            .encode_in(4, &mut |buf| {
+                small_pieces.push(std::mem::take(buf));
+                Ok(())
+            })
+            .unwrap();
+        small_pieces.push(rest);
+        let mut whole_arrays = 0;
+        m.encode_in(usize::MAX, &mut |_| {
+            whole_arrays += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert!(
+            small_pieces.len() > whole_arrays + 5,
+            "{} pieces, {whole_arrays} with whole arrays",
+            small_pieces.len()
+        );
+        let bytes = small_pieces.concat();
+        assert_eq!(bytes, m.encode());
+        assert_eq!(Model::decode(&bytes).unwrap(), m);
     }
 
     #[test]

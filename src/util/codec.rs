@@ -67,10 +67,16 @@ pub fn invalid(msg: impl Into<String>) -> CodecError {
 pub struct Writer(pub Vec<u8>);
 
 macro_rules! put_slice_impl {
-    ($name:ident, $t:ty, $w:expr) => {
+    ($name:ident, $elems:ident, $t:ty, $w:expr) => {
         /// Writes a `u64` element count followed by the elements, little-endian, in one bulk copy.
         pub fn $name(&mut self, s: &[$t]) {
             self.put_u64(s.len() as u64);
+            self.$elems(s);
+        }
+
+        /// Writes the elements alone, little-endian (the count written before, e.g. for an array
+        /// written in pieces).
+        pub fn $elems(&mut self, s: &[$t]) {
             let start = self.0.len();
             self.0.resize(start + s.len() * $w, 0);
             for (dst, x) in self.0[start..].chunks_exact_mut($w).zip(s) {
@@ -201,11 +207,12 @@ impl Writer {
         }
     }
 
-    put_slice_impl!(put_u32s, u32, 4);
-    put_slice_impl!(put_u64s, u64, 8);
-    put_slice_impl!(put_i64s, i64, 8);
-    put_slice_impl!(put_f32s, f32, 4);
-    put_slice_impl!(put_f64s, f64, 8);
+    put_slice_impl!(put_u32s, put_u32_elems, u32, 4);
+    put_slice_impl!(put_u64s, put_u64_elems, u64, 8);
+    put_slice_impl!(put_i64s, put_i64_elems, i64, 8);
+    put_slice_impl!(put_f32s, put_f32_elems, f32, 4);
+    put_slice_impl!(put_f64s, put_f64_elems, f64, 8);
+    put_slice_impl!(put_u16s, put_u16_elems, u16, 2);
 
     /// Writes `usize`s as a length-prefixed `u64` slice.
     pub fn put_usizes(&mut self, s: &[usize]) {
