@@ -324,6 +324,11 @@ fn sources_readable(cid: i32) -> bool {
 /// The rows of the users with events since the build of `l`'s model, or None to serve the
 /// snapshot (fresh events off, nothing new, too many new rows, or sources the role cannot read).
 pub fn fresh_for(l: &Loaded) -> Option<Rc<Fresh>> {
+    crate::api::spi_util::without_jit(|| fresh_read(l))
+}
+
+/// [`fresh_for`], its queries run without JIT.
+fn fresh_read(l: &Loaded) -> Option<Rc<Fresh>> {
     // A role that may read only the stored models gets the snapshot.
     let may_read = query_rows(
         "SELECT pg_catalog.has_table_privilege('audience.models'::pg_catalog.regclass, 'SELECT')

@@ -443,6 +443,19 @@ mod tests {
         assert!(recomputed("g"), "a new item has them computed again");
     }
 
+    /// The check for new events runs its queries with `jit = off` (`without_jit`): off inside,
+    /// the caller's setting afterwards, whatever it was.
+    #[pg_test]
+    fn queries_of_the_check_for_new_events_run_without_jit() {
+        let jit = || Spi::get_one::<String>("SELECT pg_catalog.current_setting('jit')").unwrap();
+        for outside in ["on", "off"] {
+            run(&format!("SET jit = {outside}"));
+            let inside = crate::api::spi_util::without_jit(jit);
+            assert_eq!(inside.as_deref(), Some("off"));
+            assert_eq!(jit().as_deref(), Some(outside), "restored");
+        }
+    }
+
     /// A stash token names the backend that made it: a token from another session (the scan's
     /// final step ran elsewhere) is never found here, even when its counter matches one of ours.
     #[pg_test]
