@@ -614,9 +614,10 @@ impl Accumulator {
             return;
         }
         if self.is_blank() {
-            let reference = self.reference;
+            let (reference, n_props) = (self.reference, self.n_props);
             std::mem::swap(self, &mut other);
             self.reference = reference;
+            self.n_props = n_props;
             self.pad_props();
             return;
         }
@@ -647,9 +648,10 @@ impl Accumulator {
             return;
         }
         if self.is_blank() {
-            let reference = self.reference;
+            let (reference, n_props) = (self.reference, self.n_props);
             *self = v.into_accumulator();
             self.reference = reference;
+            self.n_props = n_props;
             self.pad_props();
             return;
         }
@@ -1254,6 +1256,13 @@ mod tests {
         let bytes = build(&rows, reference).serialize();
         viewed.merge_view(StateView::parse(&bytes).unwrap());
         assert_eq!(viewed.finish(), whole);
+        // A blank state of more properties keeps its count, either way.
+        let mut wide = Accumulator::new(3);
+        wide.merge_view(StateView::parse(&bytes).unwrap());
+        assert_eq!((wide.n_props(), wide.props.len()), (3, 3));
+        let mut wide = Accumulator::new(3);
+        wide.merge(Accumulator::deserialize(&bytes).unwrap());
+        assert_eq!((wide.n_props(), wide.props.len()), (3, 3));
     }
 
     #[test]

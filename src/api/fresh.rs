@@ -89,15 +89,13 @@ struct Settings {
     built: Option<BuiltCheck>,
 }
 
-/// The build's check before reading new events, as stored in the model's `stats`.
+/// The build's check before reading new events, as stored in the model's `stats`: a read would
+/// scan this relation from end to end. Only a relation's name is kept there, never a query: a
+/// role that may update `audience.models` must not choose SQL that other roles' calls run.
 struct BuiltCheck {
-    /// The sources, their columns and indexes, the registration and the row budget then.
+    /// The sources' indexes and the row budget then (see [`fingerprint`]).
     fingerprint: String,
-    /// The relation a read would scan from end to end, if one.
-    scan: Option<String>,
-    /// The read of the events after the model's latest one and the query counting them (up to
-    /// the budget), when no relation would be scanned in full.
-    read: Option<(String, String)>,
+    scan: String,
 }
 
 fn settings(model_id: i64) -> Option<Settings> {
@@ -106,9 +104,7 @@ fn settings(model_id: i64) -> Option<Settings> {
                 (m.stats OPERATOR(pg_catalog.->>) 'last_event_us')::pg_catalog.int8, (m.stats OPERATOR(pg_catalog.->>) 'reference_us')::pg_catalog.int8,
                 m.params OPERATOR(pg_catalog.->) 'als',
                 m.stats OPERATOR(pg_catalog.->) 'fresh_check' OPERATOR(pg_catalog.->>) 'scan',
-                m.stats OPERATOR(pg_catalog.->) 'fresh_check' OPERATOR(pg_catalog.->>) 'fingerprint',
-                m.stats OPERATOR(pg_catalog.->) 'fresh_check' OPERATOR(pg_catalog.->>) 'query',
-                m.stats OPERATOR(pg_catalog.->) 'fresh_check' OPERATOR(pg_catalog.->>) 'count_query'
+                m.stats OPERATOR(pg_catalog.->) 'fresh_check' OPERATOR(pg_catalog.->>) 'fingerprint'
            FROM audience.models m JOIN audience.catalogs c ON c.catalog_id OPERATOR(pg_catalog.=) m.catalog_id
           WHERE m.model_id OPERATOR(pg_catalog.=) $1",
         &args![model_id],
@@ -122,13 +118,10 @@ fn settings(model_id: i64) -> Option<Settings> {
                 r.get::<pgrx::JsonB>(6).ok().flatten(),
                 r.get::<String>(7).ok().flatten(),
                 r.get::<String>(8).ok().flatten(),
-                r.get::<String>(9).ok().flatten(),
-                r.get::<String>(10).ok().flatten(),
             )
         },
     );
-    let (cid, mode, max_rows, last, reference, als, scan, fingerprint, query, count_q) =
-        rows.into_iter().next()?;
+    let (cid, mode, max_rows, last, reference, als, scan, fingerprint) = rows.into_iter().next()?;
     let mode = match mode.as_deref() {
         Some("on") => Mode::On,
         Some("off") => Mode::Off,
@@ -143,11 +136,9 @@ fn settings(model_id: i64) -> Option<Settings> {
         last_event_us: last?,
         reference_us: reference?,
         als,
-        built: fingerprint.map(|fingerprint| BuiltCheck {
-            fingerprint,
-            read: query.zip(count_q).filter(|_| scan.is_none()),
-            scan,
-        }),
+        built: scan
+            .zip(fingerprint)
+            .map(|(scan, fingerprint)| BuiltCheck { fingerprint, scan }),
     })
 }
 
@@ -188,7 +179,10 @@ fn plan_read(
         budget.max(0) + 1
     );
     let scan = if explain {
-        scanned_in_full(&count_q)
+        let plan: Option<pgrx::Json> =
+            Spi::get_one(&format!("EXPLAIN (FORMAT JSON, VERBOSE) {count_q}"))
+                .or_raise("planning the read of new events");
+        plan.and_then(|p| large_seq_scan(&p.0, SEQ_SCAN_ROWS))
     } else {
         None
     };
@@ -199,30 +193,16 @@ fn plan_read(
     }))
 }
 
-/// The relation the count of new rows would scan from end to end (past `SEQ_SCAN_ROWS` rows),
-/// by EXPLAIN.
-fn scanned_in_full(count_q: &str) -> Option<String> {
-    let plan: Option<pgrx::Json> =
-        Spi::get_one(&format!("EXPLAIN (FORMAT JSON, VERBOSE) {count_q}"))
-            .or_raise("planning the read of new events");
-    plan.and_then(|p| large_seq_scan(&p.0, SEQ_SCAN_ROWS))
-}
-
-/// What the check before a read depends on besides the data: each source table's oid, its
-/// columns (names and types) and valid indexes, the catalog's registration (event sources and
-/// property mappings) and the row budget. None when a source is not an ordinary table (a view's
-/// or a partitioned table's plan depends on other relations' indexes): then every session checks.
+/// What the check before a read depends on besides the data: each source table's oid and its
+/// valid indexes, and the row budget. None when a source is not an ordinary table (a view's or a
+/// partitioned table's plan depends on other relations' indexes): then every session checks.
 fn fingerprint(cid: i32, max_rows: i64) -> Option<String> {
-    let sources = query_rows(
+    query_rows(
         "SELECT pg_catalog.bool_and(c.relkind OPERATOR(pg_catalog.=) 'r'),
                 pg_catalog.string_agg(c.oid::pg_catalog.text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) coalesce(
                     (SELECT pg_catalog.string_agg(i.indexrelid::pg_catalog.text, '+' ORDER BY i.indexrelid)
                        FROM pg_catalog.pg_index i
-                      WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND i.indisvalid), '')
-                    OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) coalesce(
-                    (SELECT pg_catalog.md5(pg_catalog.string_agg(a.attname::pg_catalog.text OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) a.atttypid::pg_catalog.text, ',' ORDER BY a.attnum))
-                       FROM pg_catalog.pg_attribute a
-                      WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped), ''), ',' ORDER BY c.oid)
+                      WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND i.indisvalid), ''), ',' ORDER BY c.oid)
            FROM audience.events e
            LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.format('%I.%I', e.source_schema, e.source_table))::pg_catalog.oid
           WHERE e.catalog_id OPERATOR(pg_catalog.=) $1",
@@ -236,17 +216,13 @@ fn fingerprint(cid: i32, max_rows: i64) -> Option<String> {
     )
     .into_iter()
     .next()
-    .and_then(|(tables, fp)| (tables == Some(true)).then_some(fp)?)?;
-    let registration = crate::api::incremental::registration(cid)?;
-    Some(format!("{sources}/{registration}/{max_rows}"))
+    .and_then(|(tables, fp)| (tables == Some(true)).then(|| fp.map(|f| format!("{f}/{max_rows}")))?)
 }
 
 /// The build's check before reading new events (stored in the model's `stats` as
-/// `fresh_check`), kept with a [`fingerprint`] of what it depends on: while that is unchanged, a
-/// session skips a read that would scan a large source without planning it again, and otherwise
-/// takes the read and count queries from here instead of generating them (`_fresh_query`: 5 ms
-/// of a session's first call, 1 ms of the next ones). The EXPLAIN that finds a large scan still
-/// runs once per model and session: the plan can change as rows arrive.
+/// `fresh_check`): sessions of the model whose sources' indexes are unchanged skip a read that
+/// would scan a large source without planning it again (the first call of each session saves
+/// the planning, ~25 ms).
 pub fn build_check(cid: i32, last_event_us: i64) -> serde_json::Value {
     let max_rows = query_rows(
         "SELECT (c.build_settings OPERATOR(pg_catalog.->>) 'fresh_max_rows')::pg_catalog.int8 FROM audience.catalogs c WHERE c.catalog_id OPERATOR(pg_catalog.=) $1",
@@ -257,16 +233,14 @@ pub fn build_check(cid: i32, last_event_us: i64) -> serde_json::Value {
     .next()
     .flatten()
     .unwrap_or(DEFAULT_MAX_ROWS);
-    let Ok(Some(read)) = plan_read(cid, last_event_us.saturating_add(1), max_rows, true) else {
-        return serde_json::Value::Null;
+    let scan = match plan_read(cid, last_event_us.saturating_add(1), max_rows, true) {
+        Ok(Some(PlannedRead {
+            scan: Some(rel), ..
+        })) => rel,
+        _ => return serde_json::Value::Null,
     };
     match fingerprint(cid, max_rows) {
-        Some(fp) => serde_json::json!({
-            "scan": read.scan,
-            "fingerprint": fp,
-            "query": read.query,
-            "count_query": read.count_q,
-        }),
+        Some(fp) => serde_json::json!({ "scan": scan, "fingerprint": fp }),
         None => serde_json::Value::Null,
     }
 }
@@ -399,37 +373,22 @@ fn fresh_read(l: &Loaded) -> Option<Rc<Fresh>> {
         );
         return None;
     }
-    // What the build found, while what it depends on is unchanged: a read would scan a large
-    // source (skipped without planning it again), or the read's queries.
-    let key = (l.models_oid, l.model_id);
-    let built = s.built.as_ref().filter(|b| {
-        cached.is_none() && fingerprint(s.catalog_id, s.max_rows).as_deref() == Some(&b.fingerprint)
-    });
-    if let Some(BuiltCheck {
-        scan: Some(rel), ..
-    }) = built
-    {
-        if s.mode == Mode::Auto {
-            tell_skipped(l, rel);
-            return None;
+    // The build found that a read would scan a large source, and the sources' indexes are as
+    // they were then: skip without planning the read again.
+    if cached.is_none() && s.mode == Mode::Auto {
+        if let Some(b) = &s.built {
+            if fingerprint(s.catalog_id, s.max_rows).as_deref() == Some(b.fingerprint.as_str()) {
+                tell_skipped(l, &b.scan);
+                return None;
+            }
         }
     }
     // Rows after the latest one read: `since` is inclusive. Once per model and backend (no
-    // earlier read): would reading new rows scan a large table in full?
+    // earlier read, no earlier EXPLAIN): would reading new rows scan a large table in full?
+    let key = (l.models_oid, l.model_id);
     let budget = (s.max_rows - already).max(0);
     let explain = cached.is_none() && !EXPLAINED.with(|x| x.borrow().contains(&key));
-    let planned = match built.and_then(|b| b.read.as_ref()) {
-        Some((query, count_q)) => Ok(Some(PlannedRead {
-            query: query.clone(),
-            count_q: count_q.clone(),
-            scan: if explain {
-                scanned_in_full(count_q)
-            } else {
-                None
-            },
-        })),
-        None => plan_read(s.catalog_id, high.saturating_add(1), budget, explain),
-    };
+    let planned = plan_read(s.catalog_id, high.saturating_add(1), budget, explain);
     let planned = match planned {
         Err(e) => {
             if !TOLD.with(|x| x.borrow().contains(&l.model_id)) {
