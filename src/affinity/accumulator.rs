@@ -233,7 +233,7 @@ pub(crate) fn sort_entries(v: &mut [Entry], n_users: usize, n_items: usize) {
 }
 
 /// Sorts `v` by `key`, whose values lie below `2^bits`: a stable LSD radix sort of (key, index)
-/// pairs in passes of at most 12 bits (a pass whose digit is the same for every entry is
+/// pairs in passes of at most `RADIX_BITS` bits (a pass whose digit is the same for every entry is
 /// skipped), then one gather of the entries. Scratch: 24 bytes an entry while sorting, 29 while
 /// gathering (the comparison sort computed the key, a division included, twice per comparison:
 /// a tenth of a build's scan).
