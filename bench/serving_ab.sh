@@ -18,15 +18,12 @@ PGA_SCRIPT=bench-serving-ab
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/pg.sh
 source scripts/pg.sh
-: "${A:?A=path of library A}" "${B:?B=path of library B}"
 ROUNDS="${ROUNDS:-3}"
 CALLS="${CALLS:-7}"
 CL="${BENCH_CLUSTER:-bench-scale}"
 CAT="shop_u${USERS:-1000000}_p${PRODUCTS:-50000}_e${EVENTS:-20000000}"
-pga_lib_swap_begin
-work="$(mktemp -d)"
-pga_on_exit "rm -rf '$work'"
-pga_cluster_start "$CL" "shared_buffers = 2GB" "max_parallel_workers_per_gather = 2" >&2
+pga_ab_begin "$CL"
+work="$PGA_AB_WORK"
 q() { pga_psql "$CL" -d postgres -Atq "$@"; }
 BRAND="$(q -c "SELECT value FROM audience.catalog_values WHERE catalog = '$CAT' AND property = 'brand' ORDER BY users DESC, value LIMIT 1")"
 [[ -n "$BRAND" ]] || pga_die "no catalog $CAT in cluster $CL: run BENCH_KEEP=1 bench/scale.sh first"

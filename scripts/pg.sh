@@ -349,3 +349,13 @@ pga_lib_swap_begin() {
 pga_lib_put() {
     cp "$1" "$(dirname "$PGA_LIB")/.pg_audience.so.tmp" && mv -f "$(dirname "$PGA_LIB")/.pg_audience.so.tmp" "$PGA_LIB"
 }
+# pga_ab_begin CLUSTER: the set-up of an A/B benchmark between two builds of the library ($A,
+# $B, required): the installed library kept and put back on exit (pga_lib_swap_begin), a scratch
+# directory in PGA_AB_WORK (removed on exit), CLUSTER started with the benchmarks' settings.
+pga_ab_begin() {
+    : "${A:?A=path of library A}" "${B:?B=path of library B}"
+    pga_lib_swap_begin
+    PGA_AB_WORK="$(mktemp -d)"
+    pga_on_exit "rm -rf '$PGA_AB_WORK'"
+    pga_cluster_start "$1" "shared_buffers = 2GB" "max_parallel_workers_per_gather = 2" >&2
+}
