@@ -115,7 +115,27 @@ CREATE INDEX f_views_ts ON f.views (ts);
 SET client_min_messages = notice;
 SELECT count(*) > 0 AS served_with_index FROM audience.recommend_audience('brand', 'A', 100, 'fresh');
 SET client_min_messages = warning;
+-- With the index the build finds no large scan, and keeps that answer too: until the indexes
+-- change, a new session reads without planning the read first (shown with index scans turned
+-- off, which would make the plan scan all of f.views: no NOTICE); then it plans again.
+INSERT INTO f.views
+SELECT 'v' || (g % 500), 'A-' || (g % 6), '2024-01-01'::timestamptz + (g % 1000) * interval '1 minute'
+  FROM generate_series(1, 60000) g;
+ANALYZE f.views;
+SELECT users FROM audience.build('fresh', guard => false);
+SELECT m.stats -> 'fresh_check' ->> 'scan' IS NULL AS no_large_scan,
+       m.stats -> 'fresh_check' ? 'fingerprint' AS with_the_indexes
+  FROM audience.models m JOIN audience.catalogs c ON c.active_model_id = m.model_id WHERE c.name = 'fresh';
+\c
+SET client_min_messages = notice;
+SET enable_indexscan = off;
+SET enable_bitmapscan = off;
+SELECT count(*) > 0 AS served_as_the_build_planned FROM audience.recommend_audience('brand', 'A', 100, 'fresh');
 DROP INDEX f.f_views_ts;
+\c
+SET client_min_messages = notice;
+SELECT count(*) > 0 AS served_planned_again FROM audience.recommend_audience('brand', 'A', 100, 'fresh');
+SET client_min_messages = warning;
 
 \set VERBOSITY default
 \set SHOW_CONTEXT never
