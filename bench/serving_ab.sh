@@ -3,9 +3,10 @@
 # `BENCH_KEEP=1 bench/scale.sh` (same sizes), runs CALLS computed calls of
 # recommend_audience('brand', <the brand most users engaged with>, 5) in one new session (each
 # with another min_score below every score, so none is answered from the session's memo) with
-# library A, then B, ROUNDS times, and prints the median and minimum of the calls after the first
-# of each session. Run to run, this machine varies by more than many changes gain: only
-# alternated runs are compared.
+# library A, then B, ROUNDS times, and prints the first call of each session (a new session's:
+# the library loaded, the model's file mapped) and the median and minimum of the calls after it.
+# Run to run, this machine varies by more than many changes gain: only alternated runs are
+# compared.
 #
 #   A=/tmp/old.so B=/tmp/new.so bench/serving_ab.sh      # .so files built with
 #                                                        # cargo build --release --lib --features pg15
@@ -31,11 +32,12 @@ BRAND="$(q -c "SELECT value FROM audience.catalog_values WHERE catalog = '$CAT' 
   for i in $(seq "$CALLS"); do
       echo "SELECT count(*) FROM audience.recommend_audience('brand', '${BRAND//\'/\'\'}', 5, catalog => '$CAT', min_score => -$i);"
   done; } > "$work/calls.sql"
-echo "recommend_audience('brand', '$BRAND', 5): $CALLS calls a session, the first left out"
+echo "recommend_audience('brand', '$BRAND', 5): $CALLS calls a session"
 for r in $(seq "$ROUNDS"); do
     for v in A B; do
         pga_lib_put "${!v}"
-        pga_psql "$CL" -d postgres -Atf "$work/calls.sql" | awk '/^Time:/ { print $2 }' | tail -n +2 |
-            sort -n | awk -v v="$v" -v r="$r" '{ a[NR] = $1 } END { printf "round %d %s: median %.1f ms, min %.1f ms\n", r, v, a[int((NR + 1) / 2)], a[1] }'
+        pga_psql "$CL" -d postgres -Atf "$work/calls.sql" | awk '/^Time:/ { print $2 }' > "$work/times"
+        tail -n +2 "$work/times" | sort -n |
+            awk -v v="$v" -v r="$r" -v f="$(head -n 1 "$work/times")" '{ a[NR] = $1 } END { printf "round %d %s: first %.1f ms; the others median %.1f ms, min %.1f ms\n", r, v, f, a[int((NR + 1) / 2)], a[1] }'
     done
 done
