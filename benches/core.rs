@@ -8,7 +8,7 @@
 //! `BENCH_ONLY_SCAN=1` stops after the affinity state (then also a 3-way split and merge, as a
 //! parallel scan's combine step), `BENCH_ONLY_ALS=1` after ALS (kernel work),
 //! `BENCH_ONLY_SERVING=1` after the audiences;
-//! `BENCH_ALS_ITERATIONS` (10) ALS's iterations, `BENCH_THREADS` (2) the threads, `BENCH_REPEAT` (7) the audiences timed per line,
+//! `BENCH_ALS_ITERATIONS` (10) and `BENCH_ALS_FACTORS` (32) ALS's iterations and factors, `BENCH_THREADS` (2) the threads, `BENCH_REPEAT` (7) the audiences timed per line,
 //! `BENCH_VALUE_GROUPS` (1) the taste groups in the audience's value.
 use pg_audience::affinity::accumulator::{Accumulator, StateView};
 use pg_audience::model::als::{continue_als, continue_als_rows, train_als, AlsParams};
@@ -128,6 +128,7 @@ fn main() {
         &AlsParams {
             threads,
             iterations: env("BENCH_ALS_ITERATIONS", 10),
+            factors: env("BENCH_ALS_FACTORS", 32),
             ..AlsParams::default()
         },
         &mut ok,
@@ -140,7 +141,8 @@ fn main() {
         })
     };
     println!(
-        "ALS (factors 32, {} iterations): {:.2} s ({:.2} s of CPU), factor checksum {:016x}",
+        "ALS (factors {}, {} iterations): {:.2} s ({:.2} s of CPU), factor checksum {:016x}",
+        env("BENCH_ALS_FACTORS", 32),
         env("BENCH_ALS_ITERATIONS", 10),
         t2.elapsed().as_secs_f64(),
         cpu_seconds() - cpu2,

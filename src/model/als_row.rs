@@ -46,6 +46,9 @@ impl Entries for Direct<'_> {
     }
 }
 
+/// Vectors ahead of the one being gathered whose cache lines are asked for.
+const GATHER_AHEAD: usize = 8;
+
 /// Updates one row's factors `x` in place.
 #[inline(always)]
 pub(crate) fn update_row<const F: bool>(
@@ -72,13 +75,23 @@ pub(crate) fn update_row<const F: bool>(
         }
         let ys = &mut ys[..n * k];
         cs.clear();
-        for ((&i, &v), dst) in cols.iter().zip(vals).zip(ys.chunks_exact_mut(k)) {
+        for (n, ((&i, &v), dst)) in cols
+            .iter()
+            .zip(vals)
+            .zip(ys.chunks_exact_mut(k))
+            .enumerate()
+        {
+            if let Some(&f) = cols.get(n + GATHER_AHEAD) {
+                let ptr = other.as_ptr().wrapping_add(f as usize * k);
+                crate::util::prefetch(ptr);
+                crate::util::prefetch(ptr.wrapping_add(k - 1));
+            }
             let s = i as usize * k;
             copy_vector(dst, &other[s..s + k]);
             cs.push(params.alpha * v);
         }
         let e = Gathered { ys, cs, k };
-        cg::<F, _>(&e, gram, x, r, p, ap, params.cg_steps);
+        cg_any::<F, _>(&e, gram, x, r, p, ap, params.cg_steps);
     } else {
         let e = Direct {
             cols,
@@ -87,7 +100,7 @@ pub(crate) fn update_row<const F: bool>(
             alpha: params.alpha,
             k,
         };
-        cg::<F, _>(
+        cg_any::<F, _>(
             &e,
             gram,
             x,
@@ -117,6 +130,42 @@ fn copy_vector(dst: &mut [f32], src: &[f32]) {
     for (d, s) in dst[n..].iter_mut().zip(&src[n..]) {
         *d = *s;
     }
+}
+
+/// [`cg`], with the vectors in registers for the usual factor counts (16, 32, 64): `k` known
+/// at compile time, the accumulations over a row's entries (`r`, `A p`) stay in registers
+/// instead of making each entry wait for the previous one's store. The same arithmetic in the
+/// same order, so the same factors.
+#[inline(always)]
+fn cg_any<const F: bool, E: Entries>(
+    e: &E,
+    gram: &[f32],
+    x: &mut [f32],
+    r: &mut [f32],
+    p: &mut [f32],
+    ap: &mut [f32],
+    steps: usize,
+) {
+    match x.len() {
+        16 => cg_fixed::<F, 16, E>(e, gram, x, steps),
+        32 => cg_fixed::<F, 32, E>(e, gram, x, steps),
+        64 => cg_fixed::<F, 64, E>(e, gram, x, steps),
+        _ => cg::<F, E>(e, gram, x, r, p, ap, steps),
+    }
+}
+
+/// [`cg`] for `K` factors, on local arrays.
+#[inline(always)]
+fn cg_fixed<const F: bool, const K: usize, E: Entries>(
+    e: &E,
+    gram: &[f32],
+    x: &mut [f32],
+    steps: usize,
+) {
+    let (mut xv, mut r, mut p, mut ap) = ([0f32; K], [0f32; K], [0f32; K], [0f32; K]);
+    xv.copy_from_slice(x);
+    cg::<F, E>(e, &gram[..K * K], &mut xv, &mut r, &mut p, &mut ap, steps);
+    x.copy_from_slice(&xv);
 }
 
 /// `steps` CG steps on `(G + sum_i c_i y_i y_i^T) x = sum_i (1 + c_i) y_i`, from the current `x`.
@@ -221,5 +270,73 @@ fn symv<const F: bool>(g: &[f32], v: &[f32], out: &mut [f32]) {
     out.fill(0.0);
     for (row, &vb) in g.chunks_exact(k).zip(v) {
         axpy::<F>(out, vb, row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::rand::SplitMix64;
+
+    /// A random symmetric positive definite `k x k` matrix (with `lambda I` in it, as `cg` gets
+    /// it), random entries and a random start.
+    fn problem(k: usize, nnz: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let mut rng = SplitMix64(seed);
+        let mut f = || (rng.next_unit() as f32) - 0.5;
+        let m: Vec<f32> = (0..k * k).map(|_| f()).collect();
+        let mut g = vec![0f32; k * k];
+        for a in 0..k {
+            for b in 0..k {
+                g[a * k + b] = (0..k).map(|c| m[c * k + a] * m[c * k + b]).sum::<f32>();
+            }
+            g[a * k + a] += 0.1;
+        }
+        let ys: Vec<f32> = (0..nnz * k).map(|_| f()).collect();
+        let cs: Vec<f32> = (0..nnz).map(|_| 10.0 * (f() + 0.5)).collect();
+        let x: Vec<f32> = (0..k).map(|_| f()).collect();
+        (g, ys, cs, x)
+    }
+
+    fn both<const F: bool>(k: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let (g, ys, cs, x0) = problem(k, 37, seed);
+        let e = Gathered {
+            ys: &ys,
+            cs: &cs,
+            k,
+        };
+        let (mut r, mut p, mut ap) = (vec![0f32; k], vec![0f32; k], vec![0f32; k]);
+        let mut general = x0.clone();
+        cg::<F, _>(&e, &g, &mut general, &mut r, &mut p, &mut ap, 3);
+        let mut any = x0.clone();
+        cg_any::<F, _>(&e, &g, &mut any, &mut r, &mut p, &mut ap, 3);
+        (general, any)
+    }
+
+    /// The register-resident CG of the usual factor counts is the general one, bit for bit (the
+    /// factors of a model do not depend on which one ran).
+    #[test]
+    fn fixed_sizes_are_the_general_cg() {
+        for k in [16, 32, 64, 8, 48] {
+            for seed in 0..3 {
+                let (general, any) = both::<false>(k, seed);
+                assert!(general.iter().any(|&v| v != 0.0));
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&general), bits(&any), "k = {k}, seed {seed}");
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn fused(k: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+                both::<true>(k, seed)
+            }
+            for k in [16, 32, 64] {
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                let (general, any) = unsafe { fused(k, 5) };
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&general), bits(&any), "fused, k = {k}");
+            }
+        }
     }
 }
