@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# A/B of a full build between two builds of the library (not a test): after
+# `BENCH_KEEP=1 bench/scale.sh` (same sizes), runs `audience.build(<catalog>, tune => false)`
+# with library A, then B, ROUNDS times, printing each build's seconds per phase (the model's
+# `stats`) and its peak memory. Run to run, the same code varies here by up to a third: only
+# alternated runs are compared.
+#
+#   A=/tmp/old.so B=/tmp/new.so bench/build_ab.sh         # .so files built with
+#                                                         # cargo build --release --lib --features pg15
+# Env: A, B (required), ROUNDS (2), FACTORS and ITERATIONS (the catalog's remembered ones when
+# unset), USERS/PRODUCTS/EVENTS as bench/scale.sh, BENCH_CLUSTER (bench-scale). Each library is
+# put in place with `mv` (a new inode: a library mapped by a running backend must never be
+# overwritten in place). The installed library is restored at the end. Each build replaces the
+# catalog's active model.
+set -euo pipefail
+PGA_SCRIPT=bench-build-ab
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/pg.sh
+source scripts/pg.sh
+ROUNDS="${ROUNDS:-2}"
+CL="${BENCH_CLUSTER:-bench-scale}"
+CAT="shop_u${USERS:-1000000}_p${PRODUCTS:-50000}_e${EVENTS:-20000000}"
+pga_ab_begin "$CL"
+export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
+q() { pga_psql "$CL" -d postgres -Atq "$@"; }
+[[ "$(q -c "SELECT count(*) FROM audience.catalogs WHERE name = '$CAT'")" == 1 ]] ||
+    pga_die "no catalog $CAT in cluster $CL: run BENCH_KEEP=1 bench/scale.sh first"
+args="'$CAT', tune => false, guard => false"
+[[ -n "${FACTORS:-}" ]] && args+=", factors => $FACTORS"
+[[ -n "${ITERATIONS:-}" ]] && args+=", iterations => $ITERATIONS"
+echo "audience.build($args)"
+for r in $(seq "$ROUNDS"); do
+    for v in A B; do
+        pga_lib_put "${!v}"
+        mid="$(q -c "SELECT model_id FROM audience.build($args)")"
+        q -c "SELECT format('round %s $v: %s s = scan %s, als %s, knn %s, store %s; peak RSS %s MB', $r,
+                     round((m.stats->'seconds'->>'total')::numeric, 1),
+                     round((m.stats->'seconds'->>'scan')::numeric, 1), round((m.stats->'seconds'->>'als')::numeric, 1),
+                     round((m.stats->'seconds'->>'knn')::numeric, 1), round((m.stats->'seconds'->>'store')::numeric, 1),
+                     (m.stats->>'peak_rss_bytes')::bigint >> 20)
+                FROM audience.models m WHERE m.model_id = $mid"
+    done
+done
