@@ -239,10 +239,13 @@ pub(crate) fn sort_entries(v: &mut [Entry], n_users: usize, n_items: usize) {
 /// a tenth of a build's scan).
 fn radix_sort_entries(v: &mut [Entry], bits: u32, key: impl Fn(&Entry) -> u64) {
     let n = v.len();
-    let mut keys: Vec<u64> = v.iter().map(&key).collect();
-    let mut idx: Vec<u32> = (0..n as u32).collect();
-    let mut keys2 = vec![0u64; n];
-    let mut idx2 = vec![0u32; n];
+    // The scratch on huge pages (a compaction's tail is millions of entries).
+    let mut keys: Vec<u64> = crate::util::pages::with_capacity(n);
+    keys.extend(v.iter().map(&key));
+    let mut idx: Vec<u32> = crate::util::pages::with_capacity(n);
+    idx.extend(0..n as u32);
+    let mut keys2: Vec<u64> = crate::util::pages::zeroed(n);
+    let mut idx2: Vec<u32> = crate::util::pages::zeroed(n);
     let passes = bits.div_ceil(RADIX_BITS).max(1);
     let width = bits.div_ceil(passes);
     let mask = (1u64 << width) - 1;
@@ -273,7 +276,7 @@ fn radix_sort_entries(v: &mut [Entry], bits: u32, key: impl Fn(&Entry) -> u64) {
         std::mem::swap(&mut idx, &mut idx2);
     }
     drop((keys, keys2, idx2));
-    let src: Vec<Entry> = v.to_vec();
+    let src: Vec<Entry> = crate::util::pages::copied(v);
     for (dst, &i) in v.iter_mut().zip(&idx) {
         *dst = src[i as usize];
     }
@@ -510,7 +513,7 @@ impl Accumulator {
             self.entries.truncate(p + t);
             if p > 0 && self.entries[p - 1].key() >= self.entries[p].key() {
                 // Backward merge of the prefix (in place) with a copy of the tail.
-                let buf: Vec<Entry> = self.entries[p..].to_vec();
+                let buf: Vec<Entry> = crate::util::pages::copied(&self.entries[p..]);
                 let e = &mut self.entries;
                 let (mut i, mut j, mut k) = (p, t, p + t);
                 while j > 0 {
@@ -534,6 +537,7 @@ impl Accumulator {
         // Compaction waits for the end of a batch of users: room for one batch past the threshold.
         self.entries
             .reserve_exact(self.threshold + USER_BATCH - len);
+        crate::util::pages::advise_spare(&self.entries);
     }
 
     /// Sorts the half-life table (None first, then ascending); returns old -> new slot map when

@@ -90,7 +90,7 @@ impl Interner {
         while cap < 2 * names.len() + 2 {
             cap *= 2;
         }
-        self.slots = vec![EMPTY_SLOT; cap];
+        self.slots = crate::util::pages::filled(cap, EMPTY_SLOT);
         for n in names.into_iter() {
             let id = self.n as u32;
             let h = hash_bytes(n.as_bytes());
@@ -137,7 +137,12 @@ impl Interner {
     #[cold]
     pub(crate) fn grow(&mut self) {
         let new_cap = (self.slots.len() * 2).max(16);
-        let old = std::mem::replace(&mut self.slots, vec![EMPTY_SLOT; new_cap]);
+        // Huge pages: a lookup is one random read of the table, which with 4 KiB pages (a
+        // million users' table is 64 MB) also misses the TLB.
+        let old = std::mem::replace(
+            &mut self.slots,
+            crate::util::pages::filled(new_cap, EMPTY_SLOT),
+        );
         let mask = new_cap - 1;
         for sl in old.into_iter().filter(|s| s.meta != EMPTY) {
             let h = if sl.meta == LONG {

@@ -26,6 +26,34 @@ pub fn filled<T: Clone>(n: usize, v: T) -> Vec<T> {
     out
 }
 
+/// An empty vector with room for `n` values, whose memory is advised to be backed by huge pages
+/// (scratch space filled right after: a fresh large allocation is otherwise faulted in 4 KiB at a
+/// time, and given back to the system when dropped).
+pub fn with_capacity<T>(n: usize) -> Vec<T> {
+    let out: Vec<T> = Vec::with_capacity(n);
+    advise_range(
+        out.as_ptr() as usize,
+        n.saturating_mul(std::mem::size_of::<T>()),
+    );
+    out
+}
+
+/// A copy of `s` in memory advised to be backed by huge pages.
+pub fn copied<T: Copy>(s: &[T]) -> Vec<T> {
+    let mut out = with_capacity(s.len());
+    out.extend_from_slice(s);
+    out
+}
+
+/// Advises the not yet used capacity of `v` (after a `reserve`) to be backed by huge pages.
+pub fn advise_spare<T>(v: &Vec<T>) {
+    let size = std::mem::size_of::<T>();
+    advise_range(
+        v.as_ptr() as usize + v.len() * size,
+        (v.capacity() - v.len()).saturating_mul(size),
+    );
+}
+
 /// Advises the pages wholly inside `[start, start + bytes)` to be huge pages from their first
 /// touch.
 fn advise_range(start: usize, bytes: usize) {
