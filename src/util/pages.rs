@@ -92,4 +92,22 @@ mod tests {
             assert!(w.iter().all(|&x| x == (7, 1)));
         }
     }
+
+    #[test]
+    fn advised_scratch_keeps_its_contents() {
+        for n in [0usize, 3, (MIN_BYTES / 8) + 777] {
+            let src: Vec<u64> = (0..n as u64).map(|x| x * 3 + 1).collect();
+            let c = copied(&src);
+            assert_eq!(c, src);
+            let mut v: Vec<u64> = with_capacity(n);
+            assert!(v.is_empty() && v.capacity() >= n);
+            v.extend_from_slice(&src);
+            v.reserve_exact(2 * n + 1);
+            advise_spare(&v);
+            v.extend_from_slice(&src);
+            assert_eq!(v.len(), 2 * n);
+            assert_eq!(&v[..n], &src[..]);
+            assert_eq!(&v[n..], &src[..]);
+        }
+    }
 }
