@@ -122,6 +122,17 @@ pub fn train_knn(
     check()?;
     let w = wt.transpose(); // items x users
     check()?;
+    // The users' rows as (item, weight) pairs: an item row reads whole user rows at random
+    // places, and one cache line then holds both an entry's item and its weight.
+    let Csr {
+        indptr: wt_ptr,
+        indices,
+        data,
+        ..
+    } = wt;
+    let mut wt_pairs: Vec<(u32, f32)> = crate::util::pages::with_capacity(indices.len());
+    wt_pairs.extend(indices.iter().copied().zip(data.iter().copied()));
+    drop((indices, data));
     let n_blocks = n_items.div_ceil(BLOCK);
     let threads = if p.threads == 0 {
         std::thread::available_parallelism()
@@ -133,7 +144,8 @@ pub fn train_knn(
     .clamp(1, n_blocks.max(1));
     let ctx = Ctx {
         w: &w,
-        wt: &wt,
+        wt_ptr: &wt_ptr,
+        wt_pairs: &wt_pairs,
         n_items,
         n_blocks,
         neighbours: p.neighbours,
@@ -216,7 +228,9 @@ fn drop_tiny(m: Csr) -> Csr {
 
 struct Ctx<'a> {
     w: &'a Csr,
-    wt: &'a Csr,
+    /// Row pointers and entries of the users' rows.
+    wt_ptr: &'a [usize],
+    wt_pairs: &'a [(u32, f32)],
     n_items: usize,
     n_blocks: usize,
     neighbours: usize,
@@ -326,20 +340,21 @@ fn item_row(ctx: &Ctx, i: usize, sc: &mut Scratch, out: &mut Vec<(u32, f32)>) {
     let (users, wi) = ctx.w.row(i);
     // The users' rows are scattered over the whole matrix, so the loop is bound by memory latency:
     // prefetch the row pointers PF_FAR users ahead and the rows themselves PF_NEAR users ahead.
-    let (indptr, wt_idx, wt_val) = (&ctx.wt.indptr[..], &ctx.wt.indices[..], &ctx.wt.data[..]);
+    let (indptr, pairs) = (ctx.wt_ptr, ctx.wt_pairs);
     for (k, (&u, &wiu)) in users.iter().zip(wi).enumerate() {
         if let Some(&uf) = users.get(k + PF_FAR) {
             prefetch(indptr.as_ptr().wrapping_add(uf as usize));
         }
         if let Some(&un) = users.get(k + PF_NEAR) {
-            let start = indptr[un as usize];
-            prefetch(wt_idx.as_ptr().wrapping_add(start));
-            prefetch(wt_val.as_ptr().wrapping_add(start));
+            let (a, b) = (indptr[un as usize], indptr[un as usize + 1]);
+            prefetch(pairs.as_ptr().wrapping_add(a));
+            // The row's last line too (a row of 8 pairs or more spans two lines or more).
+            prefetch(pairs.as_ptr().wrapping_add(b.max(a + 1) - 1));
         }
         // Zero weights were dropped when building the matrices, so every product is > 0 unless
         // it underflows, and an accumulator is zero exactly until its first contribution.
-        let (items, wu) = ctx.wt.row(u as usize);
-        for (&j, &wuj) in items.iter().zip(wu) {
+        let row = &pairs[indptr[u as usize]..indptr[u as usize + 1]];
+        for &(j, wuj) in row {
             let a = &mut acc[j as usize];
             touched[n_touched] = j;
             n_touched += (*a == 0.0) as usize;
@@ -368,11 +383,12 @@ fn item_row(ctx: &Ctx, i: usize, sc: &mut Scratch, out: &mut Vec<(u32, f32)>) {
 }
 
 /// Bytes `train_knn` and the scorer's transpose allocate for `n_items` items over a matrix with
-/// `nnz` entries (an estimate: the BM25-weighted copy and its transpose, per-thread dense
-/// accumulators, and the neighbour lists twice).
+/// `nnz` entries (an estimate: the BM25-weighted copy, its transpose and, while the copy is turned
+/// into (item, weight) pairs, the pairs; per-thread dense accumulators, and the neighbour lists
+/// twice).
 pub fn memory_estimate(n_users: usize, n_items: usize, nnz: usize, p: &KnnParams) -> usize {
     let threads = if p.threads == 0 { 2 } else { p.threads };
-    nnz.saturating_mul(16)
+    nnz.saturating_mul(24)
         + (n_users + n_items + 2) * 16
         + threads * n_items * 8
         + n_items
