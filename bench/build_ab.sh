@@ -8,7 +8,7 @@
 #   A=/tmp/old.so B=/tmp/new.so bench/build_ab.sh         # .so files built with
 #                                                         # cargo build --release --lib --features pg15
 # Env: A, B (required), ROUNDS (2), FACTORS and ITERATIONS (the catalog's remembered ones when
-# unset), USERS/PRODUCTS/EVENTS as bench/scale.sh, BENCH_CLUSTER (bench-scale). Each library is
+# unset; when set, passed to the build, and the catalog remembers them), USERS/PRODUCTS/EVENTS as bench/scale.sh, BENCH_CLUSTER (bench-scale). Each library is
 # put in place with `mv` (a new inode: a library mapped by a running backend must never be
 # overwritten in place). The installed library is restored at the end. Each build replaces the
 # catalog's active model.
