@@ -456,6 +456,64 @@ mod tests {
         }
     }
 
+    /// The probe before reading new events: whether any source has a row at or after a time,
+    /// over every source of the catalog (quoted names, `date` and `timestamptz` columns); no
+    /// answer for an epoch-seconds column or a source gone (the read then decides).
+    #[pg_test]
+    fn the_probe_for_new_events_reads_every_source() {
+        run(r#"CREATE SCHEMA "Sh op";
+               CREATE TABLE "Sh op"."Lines" ("U" text, "P" text, "When" timestamptz);
+               CREATE TABLE days (user_id text, product_id text, d date);
+               INSERT INTO "Sh op"."Lines" VALUES ('a', 'p1', '2024-01-01 10:00+00');
+               INSERT INTO days VALUES ('b', 'p2', '2024-01-03');
+               SELECT audience.create_catalog('probe');
+               SELECT audience.add_event('probe', '"Sh op"."Lines"', 'P', user_id => 'U', event_time => 'When');
+               SELECT audience.add_event('probe', 'days', 'product_id', event_time => 'd');"#);
+        let cid =
+            Spi::get_one::<i32>("SELECT catalog_id FROM audience.catalogs WHERE name = 'probe'")
+                .unwrap()
+                .unwrap();
+        let at = |t: &str| {
+            Spi::get_one::<i64>(&format!(
+                "SELECT (extract(epoch FROM '{t}'::timestamptz) * 1000000)::int8 - 946684800000000"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        let probe = |t: &str| crate::api::fresh::any_row_since(cid, at(t));
+        run("SET TimeZone = 'UTC'");
+        assert_eq!(probe("2024-01-01 09:00+00"), Some(true));
+        // The date column's row (2024-01-03 00:00 in UTC) is the latest.
+        assert_eq!(probe("2024-01-02 00:00+00"), Some(true));
+        assert_eq!(
+            probe("2024-01-03 00:00+00"),
+            Some(true),
+            "at the time: included"
+        );
+        assert_eq!(probe("2024-01-03 00:00:00.000001+00"), Some(false));
+        run(r#"INSERT INTO "Sh op"."Lines" VALUES (NULL, NULL, '2024-02-01 00:00+00')"#);
+        assert_eq!(
+            probe("2024-01-03 00:00:00.000001+00"),
+            Some(true),
+            "any row counts, even one the read would skip"
+        );
+        run(
+            "CREATE TABLE epochs (user_id text, product_id text, t bigint);
+             SELECT audience.add_event('probe', 'epochs', 'product_id', event_time => 't');",
+        );
+        assert_eq!(
+            probe("2024-01-01 00:00+00"),
+            None,
+            "epoch seconds: left to the read"
+        );
+        run("DROP TABLE epochs");
+        assert_eq!(
+            probe("2024-01-01 00:00+00"),
+            None,
+            "a source gone: left to the read"
+        );
+    }
+
     /// A stash token names the backend that made it: a token from another session (the scan's
     /// final step ran elsewhere) is never found here, even when its counter matches one of ours.
     #[pg_test]
