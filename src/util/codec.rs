@@ -214,6 +214,23 @@ impl Writer {
     put_slice_impl!(put_f64s, put_f64_elems, f64, 8);
     put_slice_impl!(put_u16s, put_u16_elems, u16, 2);
 
+    /// Appends `v` as an unsigned LEB128 varint: 7 bits a byte, low bits first (1 to 10 bytes).
+    #[inline]
+    pub fn put_uvarint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    /// Appends `v` zigzag-coded (0, -1, 1, -2, ... as 0, 1, 2, 3, ...) as a varint: small
+    /// differences of either sign take one or two bytes.
+    #[inline]
+    pub fn put_ivarint(&mut self, v: i64) {
+        self.put_uvarint(((v << 1) ^ (v >> 63)) as u64);
+    }
+
     /// Writes `usize`s as a length-prefixed `u64` slice.
     pub fn put_usizes(&mut self, s: &[usize]) {
         self.put_u64(s.len() as u64);
@@ -322,6 +339,57 @@ impl<'a> Reader<'a> {
             });
         }
         Ok(v)
+    }
+
+    /// Reads the magic and a version in `min..=max` (the layouts this build still reads) and
+    /// returns the version.
+    pub fn expect_header_in(
+        &mut self,
+        magic: [u8; 4],
+        min: u32,
+        max: u32,
+    ) -> Result<u32, CodecError> {
+        let at = self.pos;
+        match self.expect_header(magic, max) {
+            Err(CodecError::UnsupportedVersion { found, .. }) if (min..max).contains(&found) => {
+                self.pos = at + 8;
+                Ok(found)
+            }
+            r => r,
+        }
+    }
+
+    /// Reads a varint written by [`Writer::put_uvarint`]; one longer than 10 bytes or beyond 64
+    /// bits is an error.
+    #[inline]
+    pub fn get_uvarint(&mut self) -> Result<u64, CodecError> {
+        let mut v = 0u64;
+        let mut shift = 0u32;
+        loop {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(CodecError::Truncated {
+                    needed: 1,
+                    remaining: 0,
+                });
+            };
+            self.pos += 1;
+            let bits = (b & 0x7f) as u64;
+            if shift == 63 && (bits > 1 || b & 0x80 != 0) {
+                return Err(invalid("varint beyond 64 bits"));
+            }
+            v |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+            shift += 7;
+        }
+    }
+
+    /// Reads a varint written by [`Writer::put_ivarint`].
+    #[inline]
+    pub fn get_ivarint(&mut self) -> Result<i64, CodecError> {
+        let u = self.get_uvarint()?;
+        Ok((u >> 1) as i64 ^ -((u & 1) as i64))
     }
 
     #[inline]
@@ -582,5 +650,77 @@ mod tests {
                 .collect();
             let _ = decode_all(&g);
         }
+    }
+
+    #[test]
+    fn varints_round_trip_and_reject_garbage() {
+        let us = [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            16383,
+            16384,
+            u32::MAX as u64,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        let is = [0i64, -1, 1, -64, 64, -8192, 8191, i64::MIN, i64::MAX];
+        let mut w = Writer::new();
+        for &u in &us {
+            w.put_uvarint(u);
+        }
+        for &i in &is {
+            w.put_ivarint(i);
+        }
+        let mut r = Reader::new(w.as_slice());
+        for &u in &us {
+            assert_eq!(r.get_uvarint().unwrap(), u);
+        }
+        for &i in &is {
+            assert_eq!(r.get_ivarint().unwrap(), i);
+        }
+        r.finish().unwrap();
+        // Sizes: 7 bits a byte, small differences of either sign in one byte.
+        let size = |f: &dyn Fn(&mut Writer)| {
+            let mut w = Writer::new();
+            f(&mut w);
+            w.len()
+        };
+        assert_eq!(size(&|w| w.put_uvarint(127)), 1);
+        assert_eq!(size(&|w| w.put_uvarint(128)), 2);
+        assert_eq!(size(&|w| w.put_uvarint(u64::MAX)), 10);
+        assert_eq!(size(&|w| w.put_ivarint(-64)), 1);
+        assert_eq!(size(&|w| w.put_ivarint(64)), 2);
+        // Truncated, too long, beyond 64 bits: errors.
+        assert!(Reader::new(&[0x80]).get_uvarint().is_err());
+        assert!(Reader::new(&[]).get_uvarint().is_err());
+        assert!(Reader::new(&[0xff; 11]).get_uvarint().is_err());
+        let mut over = vec![0xffu8; 9];
+        over.push(0x02);
+        assert!(Reader::new(&over).get_uvarint().is_err());
+    }
+
+    #[test]
+    fn a_header_within_a_range_of_versions() {
+        let mut w = Writer::new();
+        w.put_header(*b"TEST", 5);
+        w.put_u8(9);
+        let mut r = Reader::new(w.as_slice());
+        assert_eq!(r.expect_header_in(*b"TEST", 5, 6), Ok(5));
+        assert_eq!(r.get_u8(), Ok(9));
+        assert_eq!(
+            Reader::new(w.as_slice()).expect_header_in(*b"TEST", 4, 5),
+            Ok(5)
+        );
+        assert!(matches!(
+            Reader::new(w.as_slice()).expect_header_in(*b"TEST", 6, 7),
+            Err(CodecError::UnsupportedVersion { found: 5, .. })
+        ));
+        assert!(matches!(
+            Reader::new(w.as_slice()).expect_header_in(*b"XXXX", 5, 6),
+            Err(CodecError::BadMagic { .. })
+        ));
     }
 }
