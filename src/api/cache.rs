@@ -204,7 +204,7 @@ pub(crate) fn load(model_id: i64, catalog: &str) -> Option<Model> {
             "the model of catalog \"{}\" was built by an earlier version of pg_audience and must be rebuilt",
             crate::error::shown(catalog)
         ))
-        .detail(format!("Model {model_id} is stored in format {found}; this version reads format {max_supported} only."))
+        .detail(format!("Model {model_id} is stored in format {found}, which this version no longer reads (it reads formats up to {max_supported})."))
         .hint(format!("Rebuild it with SELECT * FROM audience.build('{}');", catalog.replace('\'', "''")))
         .raise(),
         e => AudienceError::corrupt(format!("stored model {model_id} cannot be read: {e}"))

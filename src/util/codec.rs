@@ -46,7 +46,7 @@ impl fmt::Display for CodecError {
                 found,
                 max_supported,
             } => {
-                write!(f, "unsupported format version {found} (this build reads version {max_supported} only)")
+                write!(f, "unsupported format version {found} (this build reads versions up to {max_supported})")
             }
             CodecError::InvalidUtf8 => write!(f, "invalid UTF-8 in string"),
             CodecError::Invalid(msg) => write!(f, "invalid data: {msg}"),
