@@ -37,7 +37,7 @@
 //! run time) the same code is used compiled for those features, with fused multiply-adds. The two
 //! variants round differently, so bit-identical results hold per CPU family, not across them.
 
-use crate::model::als_row::{axpy, dot, update_row};
+use crate::model::als_row::{axpy, dot, prefetch_row_start, update_row};
 use crate::model::csr::Csr;
 use crate::util::buf::Buf;
 use crate::util::rand::SplitMix64;
@@ -536,7 +536,11 @@ fn update_rows<const F: bool>(
     params: &AlsParams,
 ) {
     let k = params.factors;
+    let n_rows = out.len() / k.max(1);
     for (j, x) in out.chunks_exact_mut(k).enumerate() {
+        if j + 1 < n_rows {
+            prefetch_row_start(m.row(first + j + 1).0, other, k);
+        }
         let (cols, vals) = m.row(first + j);
         update_row::<F>(cols, vals, other, gram, x, sc, params);
     }
