@@ -46,6 +46,18 @@ pga_pgrx_configs() {
     sed -n -E 's/^[[:space:]]*(pg[0-9]+)[[:space:]]*=[[:space:]]*"([^"]*)".*$/\1\t\2/p' "$f"
 }
 
+# Stops with a hint when pgrx's own config ($PGRX_HOME/config.toml, written by `cargo pgrx
+# init`) names a pg_config that no longer exists: pgrx's build script reads every entry and
+# otherwise fails with a backtrace (seen after the clone moved, or another clone ran setup).
+pga_check_pgrx_home() {
+    local f="${PGRX_HOME:-$HOME/.pgrx}/config.toml" ver path
+    [[ -f "$f" ]] || pga_die "no $f: run scripts/setup.sh first (it runs cargo pgrx init)"
+    while IFS=$'\t' read -r ver path; do
+        [[ -x "$path" ]] ||
+            pga_die "$f names $path for $ver, which does not exist (the clone moved, or another clone ran setup): run scripts/setup.sh again"
+    done < <(sed -n -E 's/^[[:space:]]*(pg[0-9]+)[[:space:]]*=[[:space:]]*"([^"]*)".*$/\1\t\2/p' "$f")
+}
+
 # pg_config of one version (default: the first one in pgrx-config.toml, or $PGA_PG).
 # PGA_PG_CONFIG=/path/to/pg_config overrides the default version's entry: the scripts then
 # install into, and run the servers of, that PostgreSQL (e.g. a private copy of the system one).

@@ -9,6 +9,7 @@ PGA_SCRIPT=install
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 
+pga_check_pgrx_home
 pg_config="$(pga_pg_config)"
 libdir="$("$pg_config" --pkglibdir)"
 extdir="$("$pg_config" --sharedir)/extension"
