@@ -139,15 +139,37 @@ pub(crate) fn dedupe_sorted(v: &mut [Entry], hls: &[Option<i64>]) -> usize {
 /// into the sorted, duplicate-free `a` in place (equal keys combined as `combine(a, b)`): the
 /// result is sorted and duplicate-free. Works from the back of `a`'s buffer, so no element is
 /// moved before it is read.
+#[cfg(test)]
 pub(crate) fn merge_back(
     a: &mut Vec<Entry>,
     lb: usize,
     b_rev: impl Iterator<Item = Entry>,
     hls: &[Option<i64>],
 ) {
+    merge_back_mapped(a, lb, b_rev, hls, None::<fn(Entry) -> Entry>)
+}
+
+/// [`merge_back`] with `a`'s entries renumbered by the monotone `ra` as they are read (each
+/// entry of `a` is read once either way, so the renumbering costs no pass of its own; the ones
+/// left in place when `b` runs out are renumbered where they are).
+pub(crate) fn merge_back_mapped<R: Fn(Entry) -> Entry>(
+    a: &mut Vec<Entry>,
+    lb: usize,
+    b_rev: impl Iterator<Item = Entry>,
+    hls: &[Option<i64>],
+    ra: Option<R>,
+) {
+    let map_rest = |a: &mut [Entry]| {
+        if let Some(r) = &ra {
+            for e in a.iter_mut() {
+                *e = r(*e);
+            }
+        }
+    };
     let la = a.len();
     let mut b_rev = b_rev.take(lb);
     let Some(mut eb) = b_rev.next() else {
+        map_rest(&mut a[..]);
         return;
     };
     a.resize(la + lb, eb);
@@ -159,7 +181,10 @@ pub(crate) fn merge_back(
             a[w] = eb;
             true
         } else {
-            let ea = a[i - 1];
+            let ea = match &ra {
+                Some(r) => r(a[i - 1]),
+                None => a[i - 1],
+            };
             let (ka, kb) = (ea.key(), eb.key());
             if ka > kb {
                 a[w] = ea;
@@ -182,6 +207,7 @@ pub(crate) fn merge_back(
         }
     }
     if i > 0 {
+        map_rest(&mut a[..i]);
         a.copy_within(0..i, w - i);
         w -= i;
     }
@@ -751,18 +777,16 @@ impl Accumulator {
                 }
                 e
             };
-        if ura.is_some() || ira.is_some() || sra.is_some() {
-            for e in self.entries.iter_mut() {
-                *e = remap(*e, &ura, &ira, &sra);
-            }
-        }
 
         // Merged in place, from the back, into this state's vector (grown by the other's length
         // when it lacks the room): no second vector of both, whose fresh pages the kernel would
         // have to clear (a fifth of the leader's serial combine step on a large scan).
         let mut out = std::mem::take(&mut self.entries);
         let b = o.entries_rev.map(|e| remap(e, &urb, &irb, &srb));
-        merge_back(&mut out, o.n_entries, b, &self.hls);
+        // This state's entries renumbered as the merge reads them (no pass of their own).
+        let ra = (ura.is_some() || ira.is_some() || sra.is_some())
+            .then_some(|e: Entry| remap(e, &ura, &ira, &sra));
+        merge_back_mapped(&mut out, o.n_entries, b, &self.hls, ra);
         self.sorted_len = out.len();
         self.threshold = MIN_COMPACT.max(2 * out.len());
         self.entries = out;
@@ -1082,6 +1106,21 @@ mod tests {
                 let mut got = a.clone();
                 merge_back(&mut got, b.len(), b.iter().rev().copied(), &hls);
                 assert_eq!(bits(&got), bits(&want), "{na} + {nb}");
+                // With `a` renumbered as it is read (a monotone map, which makes some of its
+                // keys meet b's): the same as renumbering it first.
+                let map = |mut e: Entry| {
+                    e.user = 2 * e.user + 1;
+                    e.item *= 3;
+                    e
+                };
+                let mut want: Vec<Entry> =
+                    a.iter().map(|&e| map(e)).chain(b.iter().copied()).collect();
+                want.sort_by_key(|e| e.key());
+                let m = dedupe_sorted(&mut want, &hls);
+                want.truncate(m);
+                let mut got = a.clone();
+                merge_back_mapped(&mut got, b.len(), b.iter().rev().copied(), &hls, Some(map));
+                assert_eq!(bits(&got), bits(&want), "{na} + {nb}, renumbered");
             }
         }
     }
