@@ -786,6 +786,19 @@ mod tests {
         }
     }
 
+    /// The encoding taken every `piece` bytes of an array (and between sections), with the rest.
+    fn pieces_of(m: &Model, piece: usize) -> Vec<Vec<u8>> {
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        let rest = m
+            .encode_in(piece, &mut |buf| {
+                pieces.push(std::mem::take(buf));
+                Ok(())
+            })
+            .unwrap();
+        pieces.push(rest);
+        pieces
+    }
+
     /// The pieces taken between sections, in order, are the encoding.
     #[test]
     fn encoding_in_pieces_is_the_encoding() {
@@ -804,14 +817,7 @@ mod tests {
         assert_eq!(pieces.concat(), m.encode());
         // Arrays cut into pieces of a few elements (a large model's, every `PIECE` bytes): the
         // same bytes, which decode to the model.
-        let mut small_pieces: Vec<Vec<u8>> = Vec::new();
-        let rest = m
-            .encode_in(4, &mut |buf| {
-                small_pieces.push(std::mem::take(buf));
-                Ok(())
-            })
-            .unwrap();
-        small_pieces.push(rest);
+        let small_pieces = pieces_of(&m, 4);
         let mut whole_arrays = 0;
         m.encode_in(usize::MAX, &mut |_| {
             whole_arrays += 1;
@@ -917,14 +923,7 @@ mod tests {
         let m = larger();
         let bytes = m.encode();
         assert_eq!(Model::decode(&bytes).unwrap(), m);
-        let mut pieces: Vec<Vec<u8>> = Vec::new();
-        let rest = m
-            .encode_in(4096, &mut |buf| {
-                pieces.push(std::mem::take(buf));
-                Ok(())
-            })
-            .unwrap();
-        pieces.push(rest);
+        let pieces = pieces_of(&m, 4096);
         assert!(pieces.len() > 50, "{} pieces", pieces.len());
         assert_eq!(pieces.concat(), bytes);
         let knn = m.knn.as_ref().unwrap();
