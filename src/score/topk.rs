@@ -26,8 +26,21 @@ pub fn top_k<F: Fn(usize) -> bool + Sync + ?Sized>(
 /// Users per thread below which [`top_k_threads`] stays on the calling thread.
 const PAR_MIN: usize = 1 << 16;
 
-/// [`top_k`] with its two passes over the users split among `threads` threads (the same result
-/// for any number of threads).
+/// Every how many users [`top_k_threads`] samples for its first guess of the floor.
+const SAMPLE_STRIDE: usize = 8;
+
+/// Users below which [`top_k_threads`] counts every user instead of a sample.
+const SAMPLE_MIN: usize = 1 << 17;
+
+/// [`top_k`] with its passes over the users split among `threads` threads (the same result for
+/// any number of threads).
+///
+/// A histogram of the scores' top 16 key bits finds the bucket (the floor) holding the k-th best,
+/// so only the users at or above it (about k) are collected and sorted: O(n) with a small
+/// constant, instead of a selection over every user. On many users the histogram counts every
+/// [`SAMPLE_STRIDE`]-th user only, with a margin for the sample's error, and every user is
+/// counted only when fewer than `k` kept users turn out to be at or above that floor: the result
+/// is the same either way (every user at or above a floor that at least `k` reach is collected).
 pub fn top_k_threads<F: Fn(usize) -> bool + Sync + ?Sized>(
     scores: &[f32],
     k: usize,
@@ -39,13 +52,13 @@ pub fn top_k_threads<F: Fn(usize) -> bool + Sync + ?Sized>(
     }
     let threads = threads.clamp(1, 64).min(scores.len() / PAR_MIN).max(1);
     let chunk = scores.len().div_ceil(threads).max(1);
-    // A histogram of the scores' top 16 key bits finds the bucket holding the k-th best, so only
-    // the users at or above it (about k) are collected and sorted: O(n) with a small constant,
-    // instead of a selection over every user.
-    let histogram = |first: usize, part: &[f32]| {
+    // Counts of the kept users' keys by their top 16 bits, of every `stride`-th user (users
+    // `first + j` with `(first + j) % stride == 0`).
+    let histogram = |first: usize, part: &[f32], stride: usize| {
         let mut hist = vec![0u32; 1 << 16];
         let mut n = 0usize;
-        for (j, &s) in part.iter().enumerate() {
+        let skip = (stride - first % stride) % stride;
+        for (j, &s) in part.iter().enumerate().skip(skip).step_by(stride) {
             if !s.is_nan() && keep(first + j) {
                 hist[(order_key(s) >> 16) as usize] += 1;
                 n += 1;
@@ -67,28 +80,51 @@ pub fn top_k_threads<F: Fn(usize) -> bool + Sync + ?Sized>(
         .enumerate()
         .map(|(c, p)| (c * chunk, p))
         .collect();
-    let (mut hist, mut n) = (vec![0u32; 1 << 16], 0usize);
-    for (h, m) in par_map(parts.clone(), |(first, part)| histogram(first, part)) {
-        for (a, b) in hist.iter_mut().zip(h) {
-            *a += b;
+    // The floor whose bucket and those above hold at least `want` counted users (0 when all
+    // counted users are fewer than that: every kept user is a candidate).
+    let floor_of = |stride: usize, want: usize| {
+        let (mut hist, mut n) = (vec![0u32; 1 << 16], 0usize);
+        for (h, m) in par_map(parts.clone(), |(first, part)| {
+            histogram(first, part, stride)
+        }) {
+            for (a, b) in hist.iter_mut().zip(h) {
+                *a += b;
+            }
+            n += m;
         }
-        n += m;
-    }
-    let mut floor = 0u32;
-    if n > k {
-        let mut seen = 0usize;
-        for b in (0..hist.len()).rev() {
-            seen += hist[b] as usize;
-            if seen >= k {
-                floor = b as u32;
-                break;
+        let mut floor = 0u32;
+        if n > want {
+            let mut seen = 0usize;
+            for b in (0..hist.len()).rev() {
+                seen += hist[b] as usize;
+                if seen >= want {
+                    floor = b as u32;
+                    break;
+                }
             }
         }
+        floor
+    };
+    let mut cand: Vec<u64> = Vec::new();
+    let mut done = false;
+    if scores.len() >= SAMPLE_MIN {
+        // The sample's share of the k best, plus three standard deviations and a twentieth.
+        let t = k.div_ceil(SAMPLE_STRIDE);
+        let want = t + t / 20 + 3 * (t as f64).sqrt().ceil() as usize + 8;
+        let floor = floor_of(SAMPLE_STRIDE, want);
+        cand = par_map(parts.clone(), |(first, part)| collect(first, part, floor))
+            .into_iter()
+            .flatten()
+            .collect();
+        done = floor == 0 || cand.len() >= k;
     }
-    let mut cand: Vec<u64> = par_map(parts, |(first, part)| collect(first, part, floor))
-        .into_iter()
-        .flatten()
-        .collect();
+    if !done {
+        let floor = floor_of(1, k);
+        cand = par_map(parts, |(first, part)| collect(first, part, floor))
+            .into_iter()
+            .flatten()
+            .collect();
+    }
     if cand.len() > k {
         cand.select_nth_unstable(k - 1);
         cand.truncate(k);
@@ -124,6 +160,18 @@ fn order_key(s: f32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kept users of `s` sorted by [`rank_order`] (the reference result).
+    fn full_sort(s: &[f32], keep: &dyn Fn(usize) -> bool) -> Vec<(u32, f32)> {
+        let mut all: Vec<(u32, f32)> = s
+            .iter()
+            .enumerate()
+            .filter(|p| keep(p.0))
+            .map(|(u, &v)| (u as u32, v))
+            .collect();
+        all.sort_by(rank_order);
+        all
+    }
 
     #[test]
     fn orders_by_score_then_index() {
@@ -166,13 +214,7 @@ mod tests {
             })
             .collect();
         let keep = |u: usize| !u.is_multiple_of(3);
-        let mut all: Vec<(u32, f32)> = s
-            .iter()
-            .enumerate()
-            .filter(|p| keep(p.0))
-            .map(|(u, &v)| (u as u32, v))
-            .collect();
-        all.sort_by(rank_order);
+        let all = full_sort(&s, &keep);
         for k in [1, 7, 100, 3333, 4000] {
             assert_eq!(
                 top_k(&s, k, &keep),
@@ -202,6 +244,40 @@ mod tests {
             let one = top_k(&s, k, &keep);
             for t in [2, 3, 8] {
                 assert_eq!(top_k_threads(&s, k, &keep, t), one, "k={k} threads={t}");
+            }
+        }
+    }
+
+    /// Many users: the floor is first guessed from a sample of every eighth user. Scores whose
+    /// sampled users are all far above the others (the guess too high: fewer than k collected,
+    /// so every user is counted again) and ordinary ones give the full sort's result.
+    #[test]
+    fn sampled_floor_matches_full_sort() {
+        let n = SAMPLE_MIN + 4321;
+        let mut rng = crate::util::rand::SplitMix64(7);
+        let mut rnd = || rng.next_u64() >> 33;
+        let skewed: Vec<f32> = (0..n)
+            .map(|u| {
+                let r = (rnd() % 1000) as f32;
+                if u % SAMPLE_STRIDE == 0 {
+                    1e6 + r
+                } else {
+                    r
+                }
+            })
+            .collect();
+        let plain: Vec<f32> = (0..n).map(|_| (rnd() % 100_000) as f32 / 3.0).collect();
+        let keep = |u: usize| u % 11 != 4;
+        for s in [&skewed, &plain] {
+            let all = full_sort(s, &keep);
+            for k in [1, 100, n / 20, n / 5, n] {
+                for t in [1, 2] {
+                    assert_eq!(
+                        top_k_threads(s, k, &keep, t),
+                        all[..k.min(all.len())].to_vec(),
+                        "k={k} threads={t}"
+                    );
+                }
             }
         }
     }
