@@ -278,7 +278,7 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
     let t_rank = std::time::Instant::now();
     let excluded: Option<Vec<bool>> = if req.exclude_engaged.unwrap_or(false) {
         Some(match &req.lookback {
-            None => e.iter().map(|&x| x > 0.0).collect(),
+            None => e.clone(),
             Some(iv) => {
                 let lb = crate::affinity::aggregate::interval_micros_for(iv, "lookback");
                 if lb <= 0 {
@@ -326,7 +326,7 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
         },
         crate::guc::threads(),
     );
-    let engaged = ranked.iter().map(|&(u, _)| e[u as usize] > 0.0).collect();
+    let engaged = ranked.iter().map(|&(u, _)| e[u as usize]).collect();
     pgrx::debug1!(
         "audience: top {k} selected in {:.1} ms",
         t_rank.elapsed().as_secs_f64() * 1000.0
@@ -343,19 +343,19 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
     ranking
 }
 
-/// Every user's score for the value and engagement with it (`e_u > 0`: engaged before): in one
+/// Every user's score for the value and whether they engaged with it before (`e_u > 0`): in one
 /// pass when it applies, else from the components.
 fn scores_of(
     sc: &crate::score::hybrid::Scorer,
     items: &[u32],
     knobs: &crate::score::hybrid::HybridParams,
-) -> (Vec<f32>, Vec<f32>) {
+) -> (Vec<f32>, Vec<bool>) {
     if let Some(s) = sc.serve(items, knobs) {
-        return (s.scores, s.e);
+        return (s.scores, s.engaged);
     }
     let c = sc.components_with(items, &[knobs.own]);
     let scores = crate::score::hybrid::score_from_components(&c, sc.totals(), knobs);
-    (scores, c.e)
+    (scores, c.e.iter().map(|&x| x > 0.0).collect())
 }
 
 /// What a ranking depends on besides the model's fixed data: the model, the value's items, the

@@ -83,6 +83,17 @@ fn prefetch_days(indptr: &[usize], days: &DayIndex, u: usize) {
     }
 }
 
+/// The users per part when `n` users are cut into `threads` parts (one part when there are fewer
+/// than 65,536 users, as [`par_chunks`]); at least 1.
+pub(crate) fn part_len(n: usize, threads: usize) -> usize {
+    let threads = threads.clamp(1, 64).min(n.max(1));
+    if threads <= 1 || n < 65_536 {
+        n.max(1)
+    } else {
+        n.div_ceil(threads)
+    }
+}
+
 /// Three per-user outputs cut at the same places into `threads` parts (one when there are fewer
 /// than 65,536 users, as [`par_chunks`]): `(first user, e, share, own)` per part. `own` may be
 /// empty (no fused own measure): its parts are then empty too.
@@ -94,12 +105,7 @@ pub(crate) fn split3<'s>(
     threads: usize,
 ) -> Vec<(usize, &'s mut [f32], &'s mut [f32], &'s mut [f32])> {
     let n = e.len();
-    let threads = threads.clamp(1, 64).min(n.max(1));
-    let chunk = if threads <= 1 || n < 65_536 {
-        n.max(1)
-    } else {
-        n.div_ceil(threads)
-    };
+    let chunk = part_len(n, threads);
     let mut own_parts: Vec<&mut [f32]> = own.chunks_mut(chunk).collect();
     own_parts.resize_with(n.div_ceil(chunk).max(1), Default::default);
     e.chunks_mut(chunk)

@@ -7,7 +7,7 @@ use crate::score::formula::{
     effective_knobs_of, returns_used, score_one, user_factor, volume_kind_of,
 };
 use crate::score::hybrid::{
-    split3, value_factors, value_table, HybridParams, Own, Returns, Scorer,
+    part_len, value_factors, value_table, HybridParams, Own, Returns, Scorer,
 };
 use crate::score::own::{decay_tables, DayBits, DecayTable};
 use crate::util::par::par_map;
@@ -16,11 +16,10 @@ use crate::util::prefetch;
 /// Users ahead of the one being scored whose factor vector and row [`Scorer::serve`] prefetches.
 const PF_STREAMS: usize = 16;
 
-/// One audience's scores and the users' engagement `e_u` with the value (affinity units: `> 0`
-/// means engaged before).
+/// One audience's scores and whether each user engaged with the value before (`e_u > 0`).
 pub struct Served {
     pub scores: Vec<f32>,
-    pub e: Vec<f32>,
+    pub engaged: Vec<bool>,
 }
 
 impl Scorer<'_> {
@@ -53,7 +52,7 @@ impl Scorer<'_> {
         };
         let returns = returns_used(self.returns.as_deref(), p);
         let mut scores = vec![0f32; n_users];
-        let mut e = vec![0f32; n_users];
+        let mut engaged = vec![false; n_users];
         let pass = Pass {
             tab: &tab,
             fused,
@@ -66,11 +65,17 @@ impl Scorer<'_> {
             returns,
             p,
         };
-        let parts = split3(&mut scores, &mut e, &mut [], self.threads);
-        par_map(parts, |(first, s_out, e_out, _)| {
+        let chunk = part_len(n_users, self.threads);
+        let parts: Vec<_> = scores
+            .chunks_mut(chunk)
+            .zip(engaged.chunks_mut(chunk))
+            .enumerate()
+            .map(|(c, (s, e))| (c * chunk, s, e))
+            .collect();
+        par_map(parts, |(first, s_out, e_out)| {
             self.serve_range(&pass, first, s_out, e_out)
         });
-        Some(Served { scores, e })
+        Some(Served { scores, engaged })
     }
 }
 
@@ -90,7 +95,7 @@ struct Pass<'p> {
 
 impl Scorer<'_> {
     /// The scores and engagement of users `first..first + s_out.len()`.
-    fn serve_range(&self, pass: &Pass, first: usize, s_out: &mut [f32], e_out: &mut [f32]) {
+    fn serve_range(&self, pass: &Pass, first: usize, s_out: &mut [f32], e_out: &mut [bool]) {
         let mut bits = DayBits::new();
         let mut hits: Vec<u32> = Vec::new();
         for (k, (s_slot, e_slot)) in s_out.iter_mut().zip(e_out.iter_mut()).enumerate() {
@@ -124,7 +129,7 @@ impl Scorer<'_> {
             };
             let f = user_factor(pass.volume[u], pass.returns, u, pass.p);
             *s_slot = score_one(pass.prior, pass.kw, pass.shares, e_own, t_own, f, knn, als);
-            *e_slot = eu;
+            *e_slot = eu > 0.0;
         }
     }
 }
@@ -221,7 +226,8 @@ mod tests {
                         same(&got.scores, &want),
                         "scores, {p:?}, ALS {with_als}, {threads} threads"
                     );
-                    assert!(same(&got.e, &c.e), "engagement, {p:?}");
+                    let engaged: Vec<bool> = c.e.iter().map(|&x| x > 0.0).collect();
+                    assert_eq!(got.engaged, engaged, "engagement, {p:?}");
                     assert!(want.iter().any(|&s| s > 0.0), "the case scores someone");
                 }
             }
