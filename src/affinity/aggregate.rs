@@ -338,11 +338,83 @@ fn _affinity_combine(
 }
 
 #[pg_extern(strict, parallel_safe)]
-fn _affinity_serial(mut state: Internal) -> Vec<u8> {
-    match unsafe { acc_of(&mut state) } {
-        Some(acc) => acc.serialize(),
-        None => Accumulator::new(0).serialize(),
+fn _affinity_serial(mut state: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Vec<u8> {
+    let Some(acc) = (unsafe { acc_of(&mut state) }) else {
+        return Accumulator::new(0).serialize();
+    };
+    if unsafe { partial_for_this_backend(fcinfo) } {
+        let acc = std::mem::replace(acc, Accumulator::new(0));
+        return local_partial_put(acc).to_vec();
     }
+    acc.serialize()
+}
+
+/// The first bytes of a partial state kept in this backend (see [`local_partial_put`]); never the
+/// start of a serialized state (whose magic is [`MAGIC`](crate::affinity::accumulator::MAGIC)).
+const LOCAL_MAGIC: [u8; 8] = *b"PGAlocal";
+
+thread_local! {
+    /// Partial states of this backend's own part of a parallel scan, by token, until the
+    /// finalizing step of the same query takes them (cleared at the end of the transaction).
+    static LOCAL_PARTIALS: RefCell<std::collections::HashMap<i64, Accumulator>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+/// Whether the serialize function was called by a Partial Aggregate node of the leader of a
+/// parallel plan (or of a partition-wise plan): its output goes to the Finalize Aggregate node of
+/// the same backend, through Gather, and never leaves the process. Parallel workers, and any
+/// caller that is not such a node (Citus's partial aggregates, which send the bytes to another
+/// server, call it from their own functions), get the bytes.
+unsafe fn partial_for_this_backend(fcinfo: pg_sys::FunctionCallInfo) -> bool {
+    unsafe {
+        if pg_sys::ParallelWorkerNumber >= 0 || fcinfo.is_null() {
+            return false;
+        }
+        let ctx = (*fcinfo).context;
+        if ctx.is_null() || (*ctx).type_ != pg_sys::NodeTag::T_AggState {
+            return false;
+        }
+        (*(ctx as *mut pg_sys::AggState)).aggsplit == pg_sys::AggSplit::AGGSPLIT_INITIAL_SERIAL
+    }
+}
+
+/// Keeps `acc` in this backend and returns the 16 bytes that stand for it (the leader's own
+/// partial state is not encoded, copied and decoded again on its way to the combine step).
+fn local_partial_put(acc: Accumulator) -> [u8; 16] {
+    let token = next_token();
+    LOCAL_PARTIALS.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.is_empty() {
+            // States a failed query never took are dropped with its transaction.
+            for ev in [
+                pgrx::PgXactCallbackEvent::Abort,
+                pgrx::PgXactCallbackEvent::Commit,
+            ] {
+                pgrx::register_xact_callback(ev, || {
+                    LOCAL_PARTIALS.with(|s| s.borrow_mut().clear());
+                });
+            }
+        }
+        s.insert(token, acc);
+    });
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&LOCAL_MAGIC);
+    out[8..].copy_from_slice(&token.to_le_bytes());
+    out
+}
+
+/// The state that `bytes` (from [`local_partial_put`]) stand for; `None` when they are not such
+/// bytes. An error when they are but the state is not here (another backend's, or taken).
+fn local_partial_take(bytes: &[u8]) -> Option<Accumulator> {
+    let token = i64::from_le_bytes(bytes.strip_prefix(&LOCAL_MAGIC)?.try_into().ok()?);
+    let found = LOCAL_PARTIALS.with(|s| s.borrow_mut().remove(&token));
+    Some(found.unwrap_or_else(|| {
+        AudienceError::corrupt("affinity state kept by another session or already read")
+            .hint(
+                "Partial states of audience.affinity() are only read by the query that made them.",
+            )
+            .raise()
+    }))
 }
 
 #[pg_extern(strict, parallel_safe)]
@@ -352,6 +424,11 @@ fn _affinity_deserial(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Internal {
     unsafe { agg_context(fcinfo) };
+    if let Some(acc) = local_partial_take(bytes) {
+        let ptr =
+            PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(AggState::Acc(acc));
+        return Internal::from(Some(pg_sys::Datum::from(ptr)));
+    }
     let view = StateView::parse(bytes).unwrap_or_else(|e| {
         AudienceError::corrupt(format!("invalid affinity state: {e}"))
             .hint("The bytes must come from audience._affinity_serial().")

@@ -40,6 +40,35 @@ EXPLAIN (COSTS OFF) SELECT audience.affinity(u, i, w, t, '3 days', NULL) FROM bi
 CREATE TEMP TABLE serial_result AS SELECT audience.affinity(u, i, w, t, '3 days', NULL) AS a FROM big;
 SELECT (SELECT a FROM parallel_result) = (SELECT a FROM serial_result) AS parallel_equals_serial,
        (SELECT count(*) FROM jsonb_object_keys((SELECT a FROM serial_result))) AS users;
+-- The leader's own partial state stays in its backend on the way to the combine step (16 bytes
+-- stand for it): the same result with the leader alone (no worker launched), and grouped, where
+-- the leader keeps one partial state per group until the finalize step takes it.
+SET max_parallel_workers_per_gather = 2;
+SET max_parallel_workers = 0;
+CREATE TEMP TABLE leader_alone AS SELECT audience.affinity(u, i, w, t, '3 days', NULL) AS a FROM big;
+RESET max_parallel_workers;
+SELECT (SELECT a FROM leader_alone) = (SELECT a FROM serial_result) AS leader_alone_equals_serial;
+CREATE FUNCTION pg_temp.plan_has(q text, pattern text) RETURNS bool LANGUAGE plpgsql AS $$
+DECLARE
+    line text;
+BEGIN
+    FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) ' || q LOOP
+        IF line LIKE pattern THEN
+            RETURN true;
+        END IF;
+    END LOOP;
+    RETURN false;
+END
+$$;
+SELECT pg_temp.plan_has('SELECT u, audience.affinity(u, i, w, t, ''3 days'', NULL) FROM big GROUP BY u',
+                        '%Partial%Aggregate%') AS grouped_plan_is_partial;
+CREATE TEMP TABLE parallel_groups AS
+SELECT u, audience.affinity(u, i, w, t, '3 days', NULL) AS a FROM big GROUP BY u;
+SET max_parallel_workers_per_gather = 0;
+CREATE TEMP TABLE serial_groups AS
+SELECT u, audience.affinity(u, i, w, t, '3 days', NULL) AS a FROM big GROUP BY u;
+SELECT count(*) AS groups, count(*) FILTER (WHERE p.a = s.a) AS equal
+  FROM parallel_groups p JOIN serial_groups s USING (u);
 RESET max_parallel_workers_per_gather;
 
 DROP TABLE ev, big;
