@@ -358,6 +358,9 @@ thread_local! {
     /// finalizing step of the same query takes them (cleared at the end of the transaction).
     static LOCAL_PARTIALS: RefCell<std::collections::HashMap<i64, Accumulator>> =
         RefCell::new(std::collections::HashMap::new());
+    /// Whether this transaction has registered the clean-up of [`LOCAL_PARTIALS`] (once per
+    /// transaction: a grouped aggregate keeps and takes a state per group).
+    static LOCAL_CLEANUP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Whether the serialize function was called by a Partial Aggregate node of the leader of a
@@ -382,21 +385,20 @@ unsafe fn partial_for_this_backend(fcinfo: pg_sys::FunctionCallInfo) -> bool {
 /// partial state is not encoded, copied and decoded again on its way to the combine step).
 fn local_partial_put(acc: Accumulator) -> [u8; 16] {
     let token = next_token();
-    LOCAL_PARTIALS.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.is_empty() {
-            // States a failed query never took are dropped with its transaction.
-            for ev in [
-                pgrx::PgXactCallbackEvent::Abort,
-                pgrx::PgXactCallbackEvent::Commit,
-            ] {
-                pgrx::register_xact_callback(ev, || {
-                    LOCAL_PARTIALS.with(|s| s.borrow_mut().clear());
-                });
-            }
+    if !LOCAL_CLEANUP.with(|c| c.replace(true)) {
+        // States a failed query never took are dropped with its transaction.
+        for ev in [
+            pgrx::PgXactCallbackEvent::Abort,
+            pgrx::PgXactCallbackEvent::Commit,
+            pgrx::PgXactCallbackEvent::Prepare,
+        ] {
+            pgrx::register_xact_callback(ev, || {
+                LOCAL_PARTIALS.with(|s| s.borrow_mut().clear());
+                LOCAL_CLEANUP.with(|c| c.set(false));
+            });
         }
-        s.insert(token, acc);
-    });
+    }
+    LOCAL_PARTIALS.with(|s| s.borrow_mut().insert(token, acc));
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&LOCAL_MAGIC);
     out[8..].copy_from_slice(&token.to_le_bytes());
