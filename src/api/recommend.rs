@@ -276,9 +276,9 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
         t1.elapsed().as_secs_f64() * 1000.0
     );
     let t_rank = std::time::Instant::now();
-    let excluded: Option<Vec<bool>> = if req.exclude_engaged.unwrap_or(false) {
+    let excluded: Option<std::borrow::Cow<[bool]>> = if req.exclude_engaged.unwrap_or(false) {
         Some(match &req.lookback {
-            None => e.clone(),
+            None => std::borrow::Cow::Borrowed(&e[..]),
             Some(iv) => {
                 let lb = crate::affinity::aggregate::interval_micros_for(iv, "lookback");
                 if lb <= 0 {
@@ -305,7 +305,7 @@ pub fn rank_target(req: &Request, l: &Loaded, items: Option<&[u32]>) -> Ranking 
                         }
                     }
                 }
-                out
+                std::borrow::Cow::Owned(out)
             }
         })
     } else {

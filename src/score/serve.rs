@@ -2,14 +2,11 @@
 //! with it, computed user by user (own engagement, kNN and ALS shares, factor, score) instead of
 //! one vector per ingredient and then the scores (`recommend_audience`'s hot path). The result
 //! is bit for bit [`score_from_components`] of [`Scorer::components_with`]. Pure Rust.
-use crate::model::days::DayIndex;
 use crate::score::formula::{
     effective_knobs_of, returns_used, score_one, user_factor, volume_kind_of,
 };
-use crate::score::hybrid::{
-    part_len, value_factors, value_table, HybridParams, Own, Returns, Scorer,
-};
-use crate::score::own::{decay_tables, DayBits, DecayTable};
+use crate::score::hybrid::{part_len, value_factors, value_table, HybridParams, Own, Scorer};
+use crate::score::own::{decay_tables, DayBits};
 use crate::util::par::par_map;
 use crate::util::prefetch;
 
@@ -53,18 +50,6 @@ impl Scorer<'_> {
         let returns = returns_used(self.returns.as_deref(), p);
         let mut scores = vec![0f32; n_users];
         let mut engaged = vec![false; n_users];
-        let pass = Pass {
-            tab: &tab,
-            fused,
-            y_v: y_v.as_deref(),
-            own_t: own_t.as_deref().map(|t| &t[..]),
-            kw,
-            prior,
-            shares,
-            volume,
-            returns,
-            p,
-        };
         let chunk = part_len(n_users, self.threads);
         let parts: Vec<_> = scores
             .chunks_mut(chunk)
@@ -73,64 +58,43 @@ impl Scorer<'_> {
             .map(|(c, (s, e))| (c * chunk, s, e))
             .collect();
         par_map(parts, |(first, s_out, e_out)| {
-            self.serve_range(&pass, first, s_out, e_out)
+            let mut bits = DayBits::new();
+            let mut hits: Vec<u32> = Vec::new();
+            for (k, (s_slot, e_slot)) in s_out.iter_mut().zip(e_out.iter_mut()).enumerate() {
+                let u = first + k;
+                // The streams of the user PF_STREAMS ahead, asked for now: the hardware
+                // prefetchers stop at each 4 kB page of the mapped image.
+                if let Some(m) = self.als {
+                    let f = m.factors;
+                    let p = m.user_factors.as_ptr().wrapping_add((u + PF_STREAMS) * f);
+                    prefetch(p);
+                    prefetch(p.wrapping_add(f.saturating_sub(1)));
+                }
+                if let Some(&a) = self.ui.indptr.get(u + PF_STREAMS) {
+                    prefetch(self.ui.indices.as_ptr().wrapping_add(a));
+                    prefetch(self.ui.data.as_ptr().wrapping_add(a));
+                }
+                let (eu, num, own) = self.row_pass(u, &tab, fused, &mut hits, &mut bits);
+                let den = self.knn_den[u];
+                let knn = if den > 0.0 {
+                    (num / den).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                let als = match (self.als, &y_v) {
+                    (Some(m), Some(y)) => self.als_share_of(m, y, u),
+                    _ => 0.0,
+                };
+                let (e_own, t_own) = match &own_t {
+                    None => (eu, self.t[u]),
+                    Some(t) => (own, t[u]),
+                };
+                let f = user_factor(volume[u], returns, u, p);
+                *s_slot = score_one(prior, kw, shares, e_own, t_own, f, knn, als);
+                *e_slot = eu > 0.0;
+            }
         });
         Some(Served { scores, engaged })
-    }
-}
-
-/// What [`Scorer::serve`]'s per-user loop reads besides the scorer.
-struct Pass<'p> {
-    tab: &'p [[f32; 2]],
-    fused: Option<(Own, &'p DayIndex, i32, &'p DecayTable)>,
-    y_v: Option<&'p [f32]>,
-    own_t: Option<&'p [f32]>,
-    kw: f32,
-    prior: f32,
-    shares: (bool, bool),
-    volume: &'p [f32],
-    returns: Option<&'p Returns>,
-    p: &'p HybridParams,
-}
-
-impl Scorer<'_> {
-    /// The scores and engagement of users `first..first + s_out.len()`.
-    fn serve_range(&self, pass: &Pass, first: usize, s_out: &mut [f32], e_out: &mut [bool]) {
-        let mut bits = DayBits::new();
-        let mut hits: Vec<u32> = Vec::new();
-        for (k, (s_slot, e_slot)) in s_out.iter_mut().zip(e_out.iter_mut()).enumerate() {
-            let u = first + k;
-            // The streams of the user PF_STREAMS ahead, asked for now: the hardware prefetchers
-            // stop at each 4 kB page of the mapped image.
-            if let Some(m) = self.als {
-                let f = m.factors;
-                let p = m.user_factors.as_ptr().wrapping_add((u + PF_STREAMS) * f);
-                prefetch(p);
-                prefetch(p.wrapping_add(f.saturating_sub(1)));
-            }
-            if let Some(&a) = self.ui.indptr.get(u + PF_STREAMS) {
-                prefetch(self.ui.indices.as_ptr().wrapping_add(a));
-                prefetch(self.ui.data.as_ptr().wrapping_add(a));
-            }
-            let (eu, num, own) = self.row_pass(u, pass.tab, pass.fused, &mut hits, &mut bits);
-            let den = self.knn_den[u];
-            let knn = if den > 0.0 {
-                (num / den).clamp(0.0, 1.0)
-            } else {
-                0.0
-            };
-            let als = match (self.als, pass.y_v) {
-                (Some(m), Some(y)) => self.als_share_of(m, y, u),
-                _ => 0.0,
-            };
-            let (e_own, t_own) = match pass.own_t {
-                None => (eu, self.t[u]),
-                Some(t) => (own, t[u]),
-            };
-            let f = user_factor(pass.volume[u], pass.returns, u, pass.p);
-            *s_slot = score_one(pass.prior, pass.kw, pass.shares, e_own, t_own, f, knn, als);
-            *e_slot = eu > 0.0;
-        }
     }
 }
 

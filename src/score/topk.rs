@@ -105,25 +105,28 @@ pub fn top_k_threads<F: Fn(usize) -> bool + Sync + ?Sized>(
         }
         floor
     };
+    let collect_all = |floor: u32| -> Vec<u64> {
+        par_map(parts.clone(), |(first, part)| collect(first, part, floor))
+            .into_iter()
+            .flatten()
+            .collect()
+    };
+    // First from the sample (the sample's share of the k best, plus a twentieth and three
+    // standard deviations), then, when fewer than k reach that floor, from every user.
+    let t = k.div_ceil(SAMPLE_STRIDE);
+    let sampled = (scores.len() >= SAMPLE_MIN).then(|| {
+        (
+            SAMPLE_STRIDE,
+            t + t / 20 + 3 * (t as f64).sqrt().ceil() as usize + 8,
+        )
+    });
     let mut cand: Vec<u64> = Vec::new();
-    let mut done = false;
-    if scores.len() >= SAMPLE_MIN {
-        // The sample's share of the k best, plus three standard deviations and a twentieth.
-        let t = k.div_ceil(SAMPLE_STRIDE);
-        let want = t + t / 20 + 3 * (t as f64).sqrt().ceil() as usize + 8;
-        let floor = floor_of(SAMPLE_STRIDE, want);
-        cand = par_map(parts.clone(), |(first, part)| collect(first, part, floor))
-            .into_iter()
-            .flatten()
-            .collect();
-        done = floor == 0 || cand.len() >= k;
-    }
-    if !done {
-        let floor = floor_of(1, k);
-        cand = par_map(parts, |(first, part)| collect(first, part, floor))
-            .into_iter()
-            .flatten()
-            .collect();
+    for (stride, want) in sampled.into_iter().chain([(1, k)]) {
+        let floor = floor_of(stride, want);
+        cand = collect_all(floor);
+        if floor == 0 || cand.len() >= k {
+            break;
+        }
     }
     if cand.len() > k {
         cand.select_nth_unstable(k - 1);
