@@ -2,7 +2,8 @@
 # A/B of a full build between two builds of the library (not a test): after
 # `BENCH_KEEP=1 bench/scale.sh` (same sizes), runs `audience.build(<catalog>, tune => false)`
 # with library A, then B, ROUNDS times, printing each build's seconds per phase (the model's
-# `stats`) and its peak memory. Run to run, the same code varies here by up to a third: only
+# `stats`) and its peak memory: `peak RSS` is the backend's VmHWM (which also counts the shared
+# buffers it touched), `private` the largest RssAnon of the backend sampled every 0.1 s. Run to run, the same code varies here by up to a third: only
 # alternated runs are compared.
 #
 #   A=/tmp/old.so B=/tmp/new.so bench/build_ab.sh         # .so files built with
@@ -29,11 +30,30 @@ args="'$CAT', tune => false, guard => false"
 [[ -n "${FACTORS:-}" ]] && args+=", factors => $FACTORS"
 [[ -n "${ITERATIONS:-}" ]] && args+=", iterations => $ITERATIONS"
 echo "audience.build($args)"
+# One build in a session of its own, whose backend's RssAnon is sampled every 0.1 s; prints the
+# model id and the largest sample in MB.
+build_sampled() {
+    local out="$PGA_AB_WORK/build.out" pid="" kb peak=0 ps
+    : > "$out"
+    pga_psql "$CL" -d postgres -Atq -c "SELECT pg_backend_pid()" \
+        -c "SELECT model_id FROM audience.build($args)" > "$out" &
+    ps=$!
+    while kill -0 "$ps" 2>/dev/null; do
+        [[ -n "$pid" ]] || pid="$(head -n 1 "$out")"
+        if [[ -n "$pid" ]]; then
+            kb="$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)"
+            (( ${kb:-0} > peak )) && peak="$kb"
+        fi
+        sleep 0.1
+    done
+    wait "$ps"
+    echo "$(sed -n 2p "$out") $((peak / 1024))"
+}
 for r in $(seq "$ROUNDS"); do
     for v in A B; do
         pga_lib_put "${!v}"
-        mid="$(q -c "SELECT model_id FROM audience.build($args)")"
-        q -c "SELECT format('round %s $v: %s s = scan %s, als %s, knn %s, store %s; peak RSS %s MB', $r,
+        read -r mid private < <(build_sampled)
+        q -c "SELECT format('round %s $v: %s s = scan %s, als %s, knn %s, store %s; peak RSS %s MB, private $private MB', $r,
                      round((m.stats->'seconds'->>'total')::numeric, 1),
                      round((m.stats->'seconds'->>'scan')::numeric, 1), round((m.stats->'seconds'->>'als')::numeric, 1),
                      round((m.stats->'seconds'->>'knn')::numeric, 1), round((m.stats->'seconds'->>'store')::numeric, 1),

@@ -293,6 +293,7 @@ impl<'a> StateView<'a> {
             entries,
             sorted_len: len,
             threshold: MIN_COMPACT.max(2 * len),
+            min_compact: MIN_COMPACT,
             props: self.props,
             prop_bytes: self.prop_bytes,
             reference: self.reference,
