@@ -6,7 +6,7 @@
 //!     BENCH_USERS=200000 BENCH_ITEMS=20000 BENCH_EVENTS=4000000 cargo bench --bench core
 //!
 //! `BENCH_ONLY_SCAN=1` stops after the affinity state (then also a 3-way split and merge, as a
-//! parallel scan's combine step), `BENCH_ONLY_ALS=1` after ALS (kernel work),
+//! parallel scan's combine step), `BENCH_ONLY_ALS=1` after ALS (kernel work), `BENCH_ONLY_KNN=1` after the item-kNN (no ALS),
 //! `BENCH_ONLY_SERVING=1` after the audiences;
 //! `BENCH_ALS_ITERATIONS` (10) and `BENCH_ALS_FACTORS` (32) ALS's iterations and factors, `BENCH_THREADS` (2) the threads, `BENCH_REPEAT` (7) the audiences timed per line,
 //! `BENCH_VALUE_GROUPS` (1) the taste groups in the audience's value.
@@ -121,6 +121,10 @@ fn main() {
     }
 
     let conf = pg_audience::model::train::damped(&aff.matrix);
+    if env("BENCH_ONLY_KNN", 0) == 1 {
+        knn_timed(&conf, threads);
+        return;
+    }
     let mut ok = || Ok(());
     let (t2, cpu2) = (Instant::now(), cpu_seconds());
     let als = train_als(
@@ -167,28 +171,7 @@ fn main() {
     if env("BENCH_ONLY_ALS", 0) == 1 {
         return;
     }
-    let t3 = Instant::now();
-    let knn = train_knn(
-        &conf,
-        &KnnParams {
-            threads,
-            ..KnnParams::default()
-        },
-        &mut ok,
-    )
-    .unwrap();
-    // Its checksum: a change of the training's order must leave the neighbours unchanged.
-    let knn_sum = knn
-        .indptr
-        .iter()
-        .map(|&p| p as u64)
-        .chain(knn.indices.iter().map(|&j| j as u64))
-        .chain(knn.data.iter().map(|s| s.to_bits() as u64))
-        .fold(0u64, |h, x| (h ^ x).wrapping_mul(0x100000001b3));
-    println!(
-        "item-kNN (100 neighbours): {:.2} s, neighbour checksum {knn_sum:016x}",
-        t3.elapsed().as_secs_f64()
-    );
+    let knn = knn_timed(&conf, threads);
 
     let t4 = Instant::now();
     let days = DayIndex::from_records(
@@ -320,4 +303,32 @@ fn main() {
         t6.elapsed().as_secs_f64(),
         components_s
     );
+}
+
+/// Item-kNN on `conf`, timed, with a checksum of its neighbours.
+fn knn_timed(conf: &pg_audience::model::csr::Csr, threads: usize) -> pg_audience::model::csr::Csr {
+    let mut ok = || Ok(());
+    let t3 = Instant::now();
+    let knn = train_knn(
+        conf,
+        &KnnParams {
+            threads,
+            ..KnnParams::default()
+        },
+        &mut ok,
+    )
+    .unwrap();
+    // Its checksum: a change of the training's order must leave the neighbours unchanged.
+    let knn_sum = knn
+        .indptr
+        .iter()
+        .map(|&p| p as u64)
+        .chain(knn.indices.iter().map(|&j| j as u64))
+        .chain(knn.data.iter().map(|s| s.to_bits() as u64))
+        .fold(0u64, |h, x| (h ^ x).wrapping_mul(0x100000001b3));
+    println!(
+        "item-kNN (100 neighbours): {:.2} s, neighbour checksum {knn_sum:016x}",
+        t3.elapsed().as_secs_f64()
+    );
+    knn
 }
