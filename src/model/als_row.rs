@@ -249,7 +249,7 @@ const LANES: usize = 8;
 
 /// `a * b + c`, fused when `F` (only instantiated inside `avx2,fma` functions).
 #[inline(always)]
-fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
     if F {
         a.mul_add(b, c)
     } else {
