@@ -11,9 +11,11 @@
 //! `BENCH_ALS_ITERATIONS` (10) and `BENCH_ALS_FACTORS` (32) ALS's iterations and factors, `BENCH_THREADS` (2) the threads, `BENCH_REPEAT` (7) the audiences timed per line,
 //! `BENCH_VALUE_GROUPS` (1) the taste groups in the audience's value.
 use pg_audience::affinity::accumulator::{Accumulator, StateView};
-use pg_audience::model::als::{continue_als, continue_als_rows, train_als, AlsParams};
+use pg_audience::model::als::{
+    continue_als, continue_als_rows, train_als, transpose_checked, AlsParams,
+};
 use pg_audience::model::days::DayIndex;
-use pg_audience::model::knn::{train_knn, KnnParams};
+use pg_audience::model::knn::{train_knn_with, KnnParams};
 use pg_audience::score::hybrid::{
     score_from_components, Components, HybridParams, Own, Sample, Scorer,
 };
@@ -308,9 +310,12 @@ fn main() {
 /// Item-kNN on `conf`, timed, with a checksum of its neighbours.
 fn knn_timed(conf: &pg_audience::model::csr::Csr, threads: usize) -> pg_audience::model::csr::Csr {
     let mut ok = || Ok(());
+    // As a build trains it: given the transpose ALS computed (not timed here).
+    let iu = transpose_checked(conf, &mut ok).unwrap();
     let t3 = Instant::now();
-    let knn = train_knn(
+    let knn = train_knn_with(
         conf,
+        Some(&iu),
         &KnnParams {
             threads,
             ..KnnParams::default()

@@ -4,9 +4,9 @@ pub use crate::api::params::*;
 pub use crate::api::scan::*;
 use crate::api::spi_util::args;
 use crate::error::{AudienceError, OrRaise};
-use crate::model::als::train_als;
+use crate::model::als::{train_als_with, transpose_checked};
 use crate::model::days::DayIndex;
-use crate::model::knn::train_knn;
+use crate::model::knn::train_knn_with;
 use crate::model::train::{damped, value_user_counts};
 use crate::store::stored::{Model, Property};
 use crate::util::interrupt::Interrupted;
@@ -121,8 +121,14 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
             ),
         );
     }
-    let als = p.als.as_ref().map(|ap| {
-        train_als(&conf, ap, &mut interrupt_check)
+    // The items' rows of the matrix: ALS's item half-sweeps read them, and item-kNN weighs them
+    // in place (one transpose for both).
+    let iu = p.als.as_ref().map(|_| {
+        transpose_checked(&conf, &mut interrupt_check)
+            .unwrap_or_else(|_| raise_interrupted("ALS training"))
+    });
+    let als = p.als.as_ref().zip(iu.as_ref()).map(|(ap, iu)| {
+        train_als_with(&conf, iu, ap, &mut interrupt_check)
             .unwrap_or_else(|_| raise_interrupted("ALS training"))
     });
     let als_seconds = t0.elapsed().as_secs_f64();
@@ -140,7 +146,7 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
         crate::api::progress::phase("knn", format!("{} neighbours", kp.neighbours));
     }
     let knn = p.knn.as_ref().map(|kp| {
-        train_knn(&conf, kp, &mut interrupt_check)
+        train_knn_with(&conf, iu.as_ref(), kp, &mut interrupt_check)
             .unwrap_or_else(|_| raise_interrupted("item-kNN training"))
     });
     let knn_seconds = t1.elapsed().as_secs_f64();
@@ -150,7 +156,7 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
             knn_seconds,
         );
     }
-    drop(conf);
+    drop((conf, iu));
     let n_items = aff.items.len();
     let properties = c
         .item_values

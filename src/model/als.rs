@@ -156,11 +156,23 @@ pub fn train_als(
     params: &AlsParams,
     check: &mut dyn FnMut() -> Result<(), Interrupted>,
 ) -> Result<AlsModel, Interrupted> {
-    train_als_tuned(ui, params, check, TASK_WORK, true)
+    train_als_tuned(ui, None, params, check, TASK_WORK, true)
+}
+
+/// [`train_als`] given `iu`, the transpose of `ui` ([`transpose_checked`]; a build computes it
+/// once for ALS and item-kNN). Panics when `iu`'s shape is not `ui`'s transposed.
+pub fn train_als_with(
+    ui: &Csr,
+    iu: &Csr,
+    params: &AlsParams,
+    check: &mut dyn FnMut() -> Result<(), Interrupted>,
+) -> Result<AlsModel, Interrupted> {
+    train_als_tuned(ui, Some(iu), params, check, TASK_WORK, true)
 }
 
 fn train_als_tuned(
     ui: &Csr,
+    iu: Option<&Csr>,
     params: &AlsParams,
     check: &mut dyn FnMut() -> Result<(), Interrupted>,
     task_work: u64,
@@ -178,7 +190,16 @@ fn train_als_tuned(
         return Ok(model);
     }
     init_uniform(&mut model.item_factors, params.seed, INIT_STD, check)?;
-    sweeps(ui, params, model, params.iterations, check, task_work, simd)
+    sweeps(
+        ui,
+        iu,
+        params,
+        model,
+        params.iterations,
+        check,
+        task_work,
+        simd,
+    )
 }
 
 /// Continues training `model` (factors of `ui`'s users and items, e.g. a previous model's
@@ -204,7 +225,7 @@ pub fn continue_als(
         "one vector per item"
     );
     check()?;
-    sweeps(ui, params, model, iterations, check, TASK_WORK, true)
+    sweeps(ui, None, params, model, iterations, check, TASK_WORK, true)
 }
 
 /// Continues training `model` where its data changed: `iterations` times, the users `rows`
@@ -258,9 +279,12 @@ pub fn continue_als_rows(
     Ok(model)
 }
 
-/// `iterations` alternating sweeps (users, then items) over `model`.
+/// `iterations` alternating sweeps (users, then items) over `model`; `iu` is `ui`'s transpose
+/// (computed here when `None`).
+#[allow(clippy::too_many_arguments)]
 fn sweeps(
     ui: &Csr,
+    iu: Option<&Csr>,
     params: &AlsParams,
     mut model: AlsModel,
     iterations: usize,
@@ -272,11 +296,24 @@ fn sweeps(
     if iterations == 0 || k == 0 || ui.n_rows == 0 || ui.n_cols == 0 {
         return Ok(model);
     }
-    let iu = transpose_checked(ui, check)?;
+    let own;
+    let iu = match iu {
+        Some(t) => {
+            assert!(
+                t.n_rows == ui.n_cols && t.n_cols == ui.n_rows && t.nnz() == ui.nnz(),
+                "the transpose of the matrix"
+            );
+            t
+        }
+        None => {
+            own = transpose_checked(ui, check)?;
+            &own
+        }
+    };
     let mut cfg = Sweep::new(params, k, task_work, simd);
     for _ in 0..iterations {
         cfg.half_sweep(ui, &model.item_factors, &mut model.user_factors, check)?;
-        cfg.half_sweep(&iu, &model.user_factors, &mut model.item_factors, check)?;
+        cfg.half_sweep(iu, &model.user_factors, &mut model.item_factors, check)?;
     }
     Ok(model)
 }
@@ -698,8 +735,9 @@ fn init_uniform(
     Ok(())
 }
 
-/// `Csr::transpose`, calling `check` every `TRANSPOSE_CHUNK` entries.
-fn transpose_checked(
+/// `Csr::transpose` (each row's entries in increasing column order), calling `check` every
+/// `TRANSPOSE_CHUNK` entries.
+pub fn transpose_checked(
     m: &Csr,
     check: &mut dyn FnMut() -> Result<(), Interrupted>,
 ) -> Result<Csr, Interrupted> {
@@ -1038,14 +1076,14 @@ mod tests {
                 ..base.clone()
             };
             // Tiny tasks: many batches and tasks per batch, so the threads really interleave.
-            models.push(train_als_tuned(&ui, &p, &mut ok(), 2000, true).unwrap());
+            models.push(train_als_tuned(&ui, None, &p, &mut ok(), 2000, true).unwrap());
             models.push(train_als(&ui, &p, &mut ok()).unwrap());
         }
         assert!(models.iter().all(|m| *m == models[0]));
         assert!(models[0].user_factors.iter().all(|v| v.is_finite()));
         assert!(models[0].user_factors.iter().any(|&v| v != 0.0));
         // The portable kernels (used where AVX2/FMA is missing) agree up to rounding.
-        let portable = train_als_tuned(&ui, &base, &mut ok(), TASK_WORK, false).unwrap();
+        let portable = train_als_tuned(&ui, None, &base, &mut ok(), TASK_WORK, false).unwrap();
         let (l_fast, l_portable) = (loss(&ui, &models[0], &base), loss(&ui, &portable, &base));
         assert!(
             (l_fast - l_portable).abs() < 1e-3 * l_fast,
@@ -1087,7 +1125,7 @@ mod tests {
                 }
             };
             assert_eq!(
-                train_als_tuned(&ui, &params, &mut check, 500, true),
+                train_als_tuned(&ui, None, &params, &mut check, 500, true),
                 Err(Interrupted)
             );
             assert_eq!(calls, stop_at);

@@ -32,6 +32,7 @@
 use crate::model::csr::Csr;
 use crate::util::interrupt::Interrupted;
 use crate::util::prefetch;
+use std::borrow::Cow;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -64,40 +65,68 @@ impl Default for KnnParams {
 /// Items handed out per unit of work (and per `check()` on the calling thread).
 const BLOCK: usize = 64;
 
+/// What BM25 needs of a matrix: `K1 * len_norm_i` per item, `K1` and `ln N`.
+struct Bm25 {
+    k1_norm: Vec<f64>,
+    k1: f64,
+    ln_n: f64,
+}
+
+impl Bm25 {
+    fn new(ui: &Csr, k1: f32, b: f32) -> Bm25 {
+        let n_items = ui.n_cols;
+        let mut item_sums = vec![0f64; n_items];
+        for (&i, &a) in ui.indices.iter().zip(&ui.data) {
+            item_sums[i as usize] += a as f64;
+        }
+        let mean = if n_items > 0 {
+            item_sums.iter().sum::<f64>() / n_items as f64
+        } else {
+            0.0
+        };
+        let (k1, b) = (k1 as f64, b as f64);
+        Bm25 {
+            k1_norm: item_sums
+                .iter()
+                .map(|&s| k1 * ((1.0 - b) + if mean > 0.0 { b * s / mean } else { b }))
+                .collect(),
+            k1,
+            ln_n: (n_items.max(1) as f64).ln(),
+        }
+    }
+
+    /// `idf_u` of a user who touched `df` items.
+    #[inline]
+    fn idf(&self, df: usize) -> f64 {
+        (self.ln_n - (df as f64).ln_1p()).max(0.0)
+    }
+
+    /// `w_ui` of affinity `a` with item `i`, for a user of `idf`.
+    #[inline]
+    fn weight(&self, a: f32, i: u32, idf: f64) -> f32 {
+        let a = a as f64;
+        let denom = self.k1_norm[i as usize] + a;
+        let w = if denom > 0.0 {
+            a * (self.k1 + 1.0) / denom * idf
+        } else {
+            0.0
+        };
+        w as f32
+    }
+}
+
 /// The BM25-weighted copy of `ui` (users x items, same sparsity structure), see the module doc.
 pub fn bm25_weight(ui: &Csr, k1: f32, b: f32) -> Csr {
-    let n_items = ui.n_cols;
-    let mut item_sums = vec![0f64; n_items];
-    for (&i, &a) in ui.indices.iter().zip(&ui.data) {
-        item_sums[i as usize] += a as f64;
-    }
-    let mean = if n_items > 0 {
-        item_sums.iter().sum::<f64>() / n_items as f64
-    } else {
-        0.0
-    };
-    let (k1, b) = (k1 as f64, b as f64);
-    // K1 * len_norm_i, precomputed per item.
-    let k1_norm: Vec<f64> = item_sums
-        .iter()
-        .map(|&s| k1 * ((1.0 - b) + if mean > 0.0 { b * s / mean } else { b }))
-        .collect();
-    let ln_n = (n_items.max(1) as f64).ln();
+    bm25_with(ui, &Bm25::new(ui, k1, b))
+}
+
+fn bm25_with(ui: &Csr, bm: &Bm25) -> Csr {
     let mut data = Vec::with_capacity(ui.nnz());
     for u in 0..ui.n_rows {
         crate::util::interrupt::poll_every(u);
         let (items, vals) = ui.row(u);
-        let idf = (ln_n - (items.len() as f64).ln_1p()).max(0.0);
-        for (&i, &a) in items.iter().zip(vals) {
-            let a = a as f64;
-            let denom = k1_norm[i as usize] + a;
-            let w = if denom > 0.0 {
-                a * (k1 + 1.0) / denom * idf
-            } else {
-                0.0
-            };
-            data.push(w as f32);
-        }
+        let idf = bm.idf(items.len());
+        data.extend(items.iter().zip(vals).map(|(&i, &a)| bm.weight(a, i, idf)));
     }
     Csr {
         n_rows: ui.n_rows,
@@ -116,11 +145,65 @@ pub fn train_knn(
     p: &KnnParams,
     check: &mut dyn FnMut() -> Result<(), Interrupted>,
 ) -> Result<Csr, Interrupted> {
+    train_knn_with(ui, None, p, check)
+}
+
+/// [`train_knn`] given `iu`, the transpose of `ui` (as ALS's, `model::als::transpose_checked`):
+/// the items' rows of the weighted matrix are then `iu`'s entries weighted in place (the same
+/// weights, bit for bit) instead of a transpose of the weighted copy (a second scatter of every
+/// entry, a seventh of the training). Panics when `iu`'s shape is not `ui`'s transposed.
+pub fn train_knn_with(
+    ui: &Csr,
+    iu: Option<&Csr>,
+    p: &KnnParams,
+    check: &mut dyn FnMut() -> Result<(), Interrupted>,
+) -> Result<Csr, Interrupted> {
     check()?;
     let n_items = ui.n_cols;
-    let wt = drop_tiny(bm25_weight(ui, p.k1, p.b)); // users x items
+    let bm = Bm25::new(ui, p.k1, p.b);
+    let wt = bm25_with(ui, &bm); // users x items
+    let kept_all = wt.data.iter().all(|&w| w >= MIN_WEIGHT && w.is_finite());
     check()?;
-    let w = wt.transpose(); // items x users
+    let own_t: Csr;
+    let (wt, w) = match iu {
+        // Every weight kept: the items' rows weighted in place of `iu`'s values.
+        Some(iu) if kept_all => {
+            assert!(
+                iu.n_rows == ui.n_cols && iu.n_cols == ui.n_rows && iu.nnz() == ui.nnz(),
+                "the transpose of the matrix"
+            );
+            let idf: Vec<f64> = (0..ui.n_rows)
+                .map(|u| bm.idf(ui.indptr[u + 1] - ui.indptr[u]))
+                .collect();
+            let mut data = Vec::with_capacity(iu.nnz());
+            for i in 0..iu.n_rows {
+                crate::util::interrupt::poll_every(i);
+                let (users, vals) = iu.row(i);
+                data.extend(
+                    users
+                        .iter()
+                        .zip(vals)
+                        .map(|(&u, &a)| bm.weight(a, i as u32, idf[u as usize])),
+                );
+            }
+            let w = ItemRows {
+                ptr: &iu.indptr,
+                users: &iu.indices,
+                data: Cow::Owned(data),
+            };
+            (wt, w)
+        }
+        _ => {
+            let wt = drop_tiny(wt);
+            own_t = wt.transpose(); // items x users
+            let w = ItemRows {
+                ptr: &own_t.indptr,
+                users: &own_t.indices,
+                data: Cow::Borrowed(&own_t.data),
+            };
+            (wt, w)
+        }
+    };
     check()?;
     // The users' rows as (item, weight) pairs: an item row reads whole user rows at random
     // places, and one cache line then holds both an entry's item and its weight.
@@ -226,8 +309,23 @@ fn drop_tiny(m: Csr) -> Csr {
     }
 }
 
+/// The items' rows of the weighted matrix (items x users): the structure of a transpose, and the
+/// weights.
+struct ItemRows<'a> {
+    ptr: &'a [usize],
+    users: &'a [u32],
+    data: Cow<'a, [f32]>,
+}
+
+impl ItemRows<'_> {
+    fn row(&self, i: usize) -> (&[u32], &[f32]) {
+        let (a, b) = (self.ptr[i], self.ptr[i + 1]);
+        (&self.users[a..b], &self.data[a..b])
+    }
+}
+
 struct Ctx<'a> {
-    w: &'a Csr,
+    w: &'a ItemRows<'a>,
     /// Row pointers and entries of the users' rows.
     wt_ptr: &'a [usize],
     wt_pairs: &'a [(u32, f32)],
@@ -621,6 +719,36 @@ mod tests {
         );
         let p3 = KnnParams { threads: 3, ..p1 };
         assert_eq!(train_knn(&ui, &p3, &mut ok).unwrap(), s1);
+    }
+
+    /// Given the matrix's transpose (a build passes ALS's), the same neighbours bit for bit; and
+    /// with a weight too small to keep (a user who touched every item has idf 0), too.
+    #[test]
+    fn given_the_transpose_the_same_neighbours() {
+        let p = KnnParams {
+            neighbours: 10,
+            threads: 2,
+            ..Default::default()
+        };
+        let ui = planted(2000, 4, 25, 42);
+        let iu = ui.transpose();
+        let given = train_knn_with(&ui, Some(&iu), &p, &mut ok).unwrap();
+        assert_eq!(given, train_knn(&ui, &p, &mut ok).unwrap());
+        assert!(given.nnz() > 0);
+        let mut t: Vec<(u32, u32, f32)> = (0..100).map(|i| (0, i, 1.0 + i as f32)).collect();
+        for u in 1..300u32 {
+            for k in 0..5u32 {
+                t.push((u, (u * 7 + k * 13) % 100, 1.0 + k as f32));
+            }
+        }
+        let ui = csr(300, 100, &t);
+        assert!(bm25_weight(&ui, 1.2, 0.75)
+            .data
+            .iter()
+            .any(|&w| w < MIN_WEIGHT));
+        let given = train_knn_with(&ui, Some(&ui.transpose()), &p, &mut ok).unwrap();
+        assert_eq!(given, train_knn(&ui, &p, &mut ok).unwrap());
+        assert!(given.nnz() > 0);
     }
 
     #[test]
