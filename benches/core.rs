@@ -315,7 +315,7 @@ fn knn_timed(conf: &pg_audience::model::csr::Csr, threads: usize) -> pg_audience
     let t3 = Instant::now();
     let knn = train_knn_with(
         conf,
-        Some(&iu),
+        Some(iu),
         &KnnParams {
             threads,
             ..KnnParams::default()

@@ -123,7 +123,7 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
     }
     // The items' rows of the matrix: ALS's item half-sweeps read them, and item-kNN weighs them
     // in place (one transpose for both).
-    let iu = p.als.as_ref().map(|_| {
+    let mut iu = p.als.as_ref().map(|_| {
         transpose_checked(&conf, &mut interrupt_check)
             .unwrap_or_else(|_| raise_interrupted("ALS training"))
     });
@@ -146,7 +146,7 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
         crate::api::progress::phase("knn", format!("{} neighbours", kp.neighbours));
     }
     let knn = p.knn.as_ref().map(|kp| {
-        train_knn_with(&conf, iu.as_ref(), kp, &mut interrupt_check)
+        train_knn_with(&conf, iu.take(), kp, &mut interrupt_check)
             .unwrap_or_else(|_| raise_interrupted("item-kNN training"))
     });
     let knn_seconds = t1.elapsed().as_secs_f64();

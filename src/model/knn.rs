@@ -32,7 +32,6 @@
 use crate::model::csr::Csr;
 use crate::util::interrupt::Interrupted;
 use crate::util::prefetch;
-use std::borrow::Cow;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -148,13 +147,14 @@ pub fn train_knn(
     train_knn_with(ui, None, p, check)
 }
 
-/// [`train_knn`] given `iu`, the transpose of `ui` (as ALS's, `model::als::transpose_checked`):
-/// the items' rows of the weighted matrix are then `iu`'s entries weighted in place (the same
-/// weights, bit for bit) instead of a transpose of the weighted copy (a second scatter of every
-/// entry, a seventh of the training). Panics when `iu`'s shape is not `ui`'s transposed.
+/// [`train_knn`] given `iu`, the transpose of `ui` (as ALS's, `model::als::transpose_checked`),
+/// which it consumes: the items' rows of the weighted matrix are `iu`'s entries weighted in
+/// place (the same weights, bit for bit) instead of a transpose of the weighted copy (a second
+/// scatter of every entry, a seventh of the training). Panics when `iu`'s shape is not `ui`'s
+/// transposed.
 pub fn train_knn_with(
     ui: &Csr,
-    iu: Option<&Csr>,
+    iu: Option<Csr>,
     p: &KnnParams,
     check: &mut dyn FnMut() -> Result<(), Interrupted>,
 ) -> Result<Csr, Interrupted> {
@@ -164,9 +164,8 @@ pub fn train_knn_with(
     let wt = bm25_with(ui, &bm); // users x items
     let kept_all = wt.data.iter().all(|&w| w >= MIN_WEIGHT && w.is_finite());
     check()?;
-    let own_t: Csr;
     let (wt, w) = match iu {
-        // Every weight kept: the items' rows weighted in place of `iu`'s values.
+        // Every weight kept: the items' rows are `iu`'s, weighted in place.
         Some(iu) if kept_all => {
             assert!(
                 iu.n_rows == ui.n_cols && iu.n_cols == ui.n_rows && iu.nnz() == ui.nnz(),
@@ -175,32 +174,33 @@ pub fn train_knn_with(
             let idf: Vec<f64> = (0..ui.n_rows)
                 .map(|u| bm.idf(ui.indptr[u + 1] - ui.indptr[u]))
                 .collect();
-            let mut data = Vec::with_capacity(iu.nnz());
-            for i in 0..iu.n_rows {
+            let Csr {
+                n_rows,
+                n_cols,
+                indptr,
+                indices,
+                data,
+            } = iu;
+            let mut data = data.into_vec();
+            for i in 0..n_rows {
                 crate::util::interrupt::poll_every(i);
-                let (users, vals) = iu.row(i);
-                data.extend(
-                    users
-                        .iter()
-                        .zip(vals)
-                        .map(|(&u, &a)| bm.weight(a, i as u32, idf[u as usize])),
-                );
+                let (a, b) = (indptr[i], indptr[i + 1]);
+                for (v, &u) in data[a..b].iter_mut().zip(&indices[a..b]) {
+                    *v = bm.weight(*v, i as u32, idf[u as usize]);
+                }
             }
-            let w = ItemRows {
-                ptr: &iu.indptr,
-                users: &iu.indices,
-                data: Cow::Owned(data),
+            let w = Csr {
+                n_rows,
+                n_cols,
+                indptr,
+                indices,
+                data: data.into(),
             };
             (wt, w)
         }
         _ => {
             let wt = drop_tiny(wt);
-            own_t = wt.transpose(); // items x users
-            let w = ItemRows {
-                ptr: &own_t.indptr,
-                users: &own_t.indices,
-                data: Cow::Borrowed(&own_t.data),
-            };
+            let w = wt.transpose(); // items x users
             (wt, w)
         }
     };
@@ -309,23 +309,8 @@ fn drop_tiny(m: Csr) -> Csr {
     }
 }
 
-/// The items' rows of the weighted matrix (items x users): the structure of a transpose, and the
-/// weights.
-struct ItemRows<'a> {
-    ptr: &'a [usize],
-    users: &'a [u32],
-    data: Cow<'a, [f32]>,
-}
-
-impl ItemRows<'_> {
-    fn row(&self, i: usize) -> (&[u32], &[f32]) {
-        let (a, b) = (self.ptr[i], self.ptr[i + 1]);
-        (&self.users[a..b], &self.data[a..b])
-    }
-}
-
 struct Ctx<'a> {
-    w: &'a ItemRows<'a>,
+    w: &'a Csr,
     /// Row pointers and entries of the users' rows.
     wt_ptr: &'a [usize],
     wt_pairs: &'a [(u32, f32)],
@@ -732,7 +717,7 @@ mod tests {
         };
         let ui = planted(2000, 4, 25, 42);
         let iu = ui.transpose();
-        let given = train_knn_with(&ui, Some(&iu), &p, &mut ok).unwrap();
+        let given = train_knn_with(&ui, Some(iu), &p, &mut ok).unwrap();
         assert_eq!(given, train_knn(&ui, &p, &mut ok).unwrap());
         assert!(given.nnz() > 0);
         let mut t: Vec<(u32, u32, f32)> = (0..100).map(|i| (0, i, 1.0 + i as f32)).collect();
@@ -746,7 +731,7 @@ mod tests {
             .data
             .iter()
             .any(|&w| w < MIN_WEIGHT));
-        let given = train_knn_with(&ui, Some(&ui.transpose()), &p, &mut ok).unwrap();
+        let given = train_knn_with(&ui, Some(ui.transpose()), &p, &mut ok).unwrap();
         assert_eq!(given, train_knn(&ui, &p, &mut ok).unwrap());
         assert!(given.nnz() > 0);
     }
