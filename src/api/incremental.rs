@@ -12,7 +12,7 @@
 use crate::api::build::{interrupt_check, lock_catalog, raise_interrupted, store};
 use crate::api::spi_util::{args, query_rows};
 use crate::error::{shown, AudienceError, OrRaise};
-use crate::model::als::{continue_als_rows, AlsModel};
+use crate::model::als::{continue_als_rows_with, AlsModel};
 use crate::model::fresh::Base;
 use crate::model::refresh::{grow, rescale};
 use crate::model::transplant::remap_factors;
@@ -421,6 +421,11 @@ fn build_incremental(
     let recompute_knn = knn_params.is_some();
     let conf = (start.is_some() || recompute_knn).then(|| crate::model::train::damped(&grown.ui));
     let t_als = Instant::now();
+    // One transpose of the matrix for ALS's item half-sweeps and item-kNN, as a build.
+    let mut iu = conf.as_ref().filter(|_| start.is_some()).map(|c| {
+        crate::model::als::transpose_checked(c, &mut interrupt_check)
+            .unwrap_or_else(|_| raise_interrupted("ALS training"))
+    });
     let als = start.zip(conf.as_ref()).map(|((p, start), conf)| {
         crate::api::progress::phase(
             "als",
@@ -429,8 +434,9 @@ fn build_incremental(
                 b.model_id
             ),
         );
-        let trained = continue_als_rows(
+        let trained = continue_als_rows_with(
             conf,
+            iu.as_ref(),
             &p,
             start,
             &grown.touched,
@@ -449,7 +455,7 @@ fn build_incremental(
     let knn = match knn_params.zip(conf.as_ref()) {
         Some((kp, conf)) => {
             crate::api::progress::phase("knn", format!("{} neighbours", kp.neighbours));
-            let s = crate::model::knn::train_knn(conf, &kp, &mut interrupt_check)
+            let s = crate::model::knn::train_knn_with(conf, iu.take(), &kp, &mut interrupt_check)
                 .unwrap_or_else(|_| raise_interrupted("item-kNN training"));
             crate::api::progress::finished(
                 format!("trained item-kNN ({} neighbours)", kp.neighbours),
@@ -460,7 +466,7 @@ fn build_incremental(
         None => kept_knn,
     };
     let knn_s = t_knn.elapsed().as_secs_f64();
-    drop(conf);
+    drop((conf, iu));
     let (touched, new_users, new_items, dropped) = (
         grown.touched.len(),
         grown.new_users(),

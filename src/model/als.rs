@@ -239,6 +239,20 @@ pub fn continue_als(
 pub fn continue_als_rows(
     ui: &Csr,
     params: &AlsParams,
+    model: AlsModel,
+    rows: &[usize],
+    iterations: usize,
+    check: &mut dyn FnMut() -> Result<(), Interrupted>,
+) -> Result<AlsModel, Interrupted> {
+    continue_als_rows_with(ui, None, params, model, rows, iterations, check)
+}
+
+/// [`continue_als_rows`] given `iu`, the transpose of `ui` ([`transpose_checked`]; computed here
+/// when `None`).
+pub fn continue_als_rows_with(
+    ui: &Csr,
+    iu: Option<&Csr>,
+    params: &AlsParams,
     mut model: AlsModel,
     rows: &[usize],
     iterations: usize,
@@ -261,7 +275,8 @@ pub fn continue_als_rows(
     if iterations == 0 || k == 0 || ui.n_rows == 0 || ui.n_cols == 0 {
         return Ok(model);
     }
-    let iu = transpose_checked(ui, check)?;
+    let mut own = None;
+    let iu = given_or_transposed(ui, iu, &mut own, check)?;
     let sub = ui.select_rows(rows);
     check()?;
     let mut x: Vec<f32> = Vec::with_capacity(rows.len() * k);
@@ -274,7 +289,7 @@ pub fn continue_als_rows(
         for (n, &r) in rows.iter().enumerate() {
             model.user_factors[r * k..(r + 1) * k].copy_from_slice(&x[n * k..(n + 1) * k]);
         }
-        cfg.half_sweep(&iu, &model.user_factors, &mut model.item_factors, check)?;
+        cfg.half_sweep(iu, &model.user_factors, &mut model.item_factors, check)?;
     }
     Ok(model)
 }
@@ -296,20 +311,8 @@ fn sweeps(
     if iterations == 0 || k == 0 || ui.n_rows == 0 || ui.n_cols == 0 {
         return Ok(model);
     }
-    let own;
-    let iu = match iu {
-        Some(t) => {
-            assert!(
-                t.n_rows == ui.n_cols && t.n_cols == ui.n_rows && t.nnz() == ui.nnz(),
-                "the transpose of the matrix"
-            );
-            t
-        }
-        None => {
-            own = transpose_checked(ui, check)?;
-            &own
-        }
-    };
+    let mut own = None;
+    let iu = given_or_transposed(ui, iu, &mut own, check)?;
     let mut cfg = Sweep::new(params, k, task_work, simd);
     for _ in 0..iterations {
         cfg.half_sweep(ui, &model.item_factors, &mut model.user_factors, check)?;
@@ -733,6 +736,26 @@ fn init_uniform(
         check()?;
     }
     Ok(())
+}
+
+/// `iu` when given (panics when its shape is not `ui`'s transposed), else `ui`'s transpose,
+/// computed into `own`.
+fn given_or_transposed<'a>(
+    ui: &Csr,
+    iu: Option<&'a Csr>,
+    own: &'a mut Option<Csr>,
+    check: &mut dyn FnMut() -> Result<(), Interrupted>,
+) -> Result<&'a Csr, Interrupted> {
+    match iu {
+        Some(t) => {
+            assert!(
+                t.n_rows == ui.n_cols && t.n_cols == ui.n_rows && t.nnz() == ui.nnz(),
+                "the transpose of the matrix"
+            );
+            Ok(t)
+        }
+        None => Ok(own.insert(transpose_checked(ui, check)?)),
+    }
 }
 
 /// `Csr::transpose` (each row's entries in increasing column order), calling `check` every
