@@ -3,8 +3,8 @@
 # `BENCH_KEEP=1 bench/scale.sh` (same sizes), runs `audience.build(<catalog>, tune => false)`
 # with library A, then B, ROUNDS times, printing each build's seconds per phase (the model's
 # `stats`) and its peak memory: `peak RSS` is the backend's VmHWM (which also counts the shared
-# buffers it touched), `private` the largest RssAnon of the backend sampled every 0.1 s. Run to run, the same code varies here by up to a third: only
-# alternated runs are compared.
+# buffers it touched), `private` the largest RssAnon of the backend sampled every 0.1 s. Run to
+# run, the same code varies here by up to a third: only alternated runs are compared.
 #
 #   A=/tmp/old.so B=/tmp/new.so bench/build_ab.sh         # .so files built with
 #                                                         # cargo build --release --lib --features pg15
