@@ -221,17 +221,15 @@ pub(crate) fn merge_back_mapped<R: Fn(Entry) -> Entry>(
     a.truncate(la + lb - w);
 }
 
-/// Slices shorter than this are sorted by comparisons; longer ones by [`radix_sort_entries`].
-pub(crate) const RADIX_MIN: usize = 1 << 14;
-/// The widest digit of a radix sort pass: 4,096 buckets, whose counts and write positions stay in
-/// the core's cache; four passes for the 44-48 key bits of a shop of a million users (8-bit
-/// digits took six: the core benchmark's pushes, compactions included, 10.4-10.8 s against
-/// 9.2-9.8 s; 15-bit digits, three passes, 10.0-11.2 s).
-const RADIX_BITS: u32 = 12;
+/// Slices shorter than this are sorted by comparisons; longer ones by [`bucket_sort_entries`].
+pub(crate) const BUCKET_MIN: usize = 1 << 14;
+/// Bits of the first step of [`bucket_sort_entries`] (256 buckets: their write positions stay in
+/// the core's cache while every entry moves).
+const FLAG_BITS: u32 = 8;
 
 /// Sorts by (user, item, day, slot). When the ids and the slice's day range fit, the key is
 /// packed into a `u64` (each field in as many bits as its range needs) and a long slice is
-/// radix sorted on it; otherwise, or when short, compared on the general `u128` key. The order
+/// bucket sorted on it; otherwise, or when short, compared on the general `u128` key. The order
 /// is the same either way (ties, which only equal keys make, are combined afterwards).
 pub(crate) fn sort_entries(v: &mut [Entry], n_users: usize, n_items: usize) {
     let bits = |n: u64| u64::BITS - n.leading_zeros();
@@ -259,60 +257,75 @@ pub(crate) fn sort_entries(v: &mut [Entry], n_users: usize, n_items: usize) {
             | (((e.day() as i64 - lo as i64) as u64) << day_shift)
             | e.slot as u64
     };
-    if v.len() < RADIX_MIN || v.len() > u32::MAX as usize {
+    if v.len() < BUCKET_MIN || v.len() > u32::MAX as usize {
         v.sort_unstable_by_key(key);
     } else {
-        radix_sort_entries(v, total, key);
+        // The key's bits from the item's up: user and item, no day (no division).
+        let coarse = |e: &Entry| ((e.user as u64) << (user_shift - item_shift)) | e.item as u64;
+        bucket_sort_entries(v, total - item_shift, coarse, key);
     }
 }
 
-/// Sorts `v` by `key`, whose values lie below `2^bits`: a stable LSD radix sort of (key, index)
-/// pairs in passes of at most `RADIX_BITS` bits (a pass whose digit is the same for every entry is
-/// skipped), then one gather of the entries. Scratch: 24 bytes an entry while sorting, 29 while
-/// gathering (the comparison sort computed the key, a division included, twice per comparison:
-/// a tenth of a build's scan).
-fn radix_sort_entries(v: &mut [Entry], bits: u32, key: impl Fn(&Entry) -> u64) {
-    let n = v.len();
-    // The scratch on huge pages (a compaction's tail is millions of entries).
-    let mut keys: Vec<u64> = crate::util::pages::with_capacity(n);
-    keys.extend(v.iter().map(&key));
-    let mut idx: Vec<u32> = crate::util::pages::with_capacity(n);
-    idx.extend(0..n as u32);
-    let mut keys2: Vec<u64> = crate::util::pages::zeroed(n);
-    let mut idx2: Vec<u32> = crate::util::pages::zeroed(n);
-    let passes = bits.div_ceil(RADIX_BITS).max(1);
-    let width = bits.div_ceil(passes);
-    let mask = (1u64 << width) - 1;
-    let mut count = vec![0usize; 1 << width];
-    for pass in 0..passes {
-        let shift = pass * width;
-        count.iter_mut().for_each(|c| *c = 0);
-        for &k in &keys {
-            count[((k >> shift) & mask) as usize] += 1;
+/// Sorts `v` by `key`, in place. `coarse` is the key without its lowest bits (its top
+/// `coarse_bits` bits, computed without a division). First the entries are moved into up to
+/// `2^FLAG_BITS` buckets by the top bits of `coarse`, in place (American flag sort: each
+/// entry moved once, to one of a few hundred write positions); then each bucket, about 30,000
+/// entries of a 7M-entry state, is ordered by (key, position) through a scratch copy of its
+/// own. No scratch of the whole state's size: an LSD radix sort of (key, index) pairs needed 49
+/// bytes an entry of new memory, and a parallel worker's new memory is slow to touch on a
+/// virtual machine (its 7M entries sorted in 1.1-1.4 s, the leader's same sort in 0.3-0.4 s).
+/// Equal keys (combined afterwards) may change their order, which can change a sum of them
+/// by rounding only.
+fn bucket_sort_entries(
+    v: &mut [Entry],
+    coarse_bits: u32,
+    coarse: impl Fn(&Entry) -> u64,
+    key: impl Fn(&Entry) -> u64,
+) {
+    let b_bits = FLAG_BITS.min(coarse_bits);
+    let shift = coarse_bits - b_bits;
+    let n_buckets = 1usize << b_bits;
+    let bucket = |e: &Entry| (coarse(e) >> shift) as usize;
+    // start[b]..start[b + 1] are bucket b's positions.
+    let mut start = vec![0usize; n_buckets + 1];
+    for e in v.iter() {
+        start[bucket(e) + 1] += 1;
+    }
+    for b in 0..n_buckets {
+        start[b + 1] += start[b];
+    }
+    // next[b]: bucket b's first position not yet holding one of its entries.
+    let mut next = start[..n_buckets].to_vec();
+    for b in 0..n_buckets {
+        while next[b] < start[b + 1] {
+            let mut e = v[next[b]];
+            let mut t = bucket(&e);
+            while t != b {
+                // `e` goes to its bucket's next free position; what was there moves on.
+                let at = next[t];
+                next[t] += 1;
+                std::mem::swap(&mut e, &mut v[at]);
+                t = bucket(&e);
+            }
+            v[next[b]] = e;
+            next[b] += 1;
         }
-        if count.contains(&n) {
+    }
+    let mut part: Vec<Entry> = Vec::new();
+    let mut keys: Vec<(u64, u32)> = Vec::new();
+    for b in 0..n_buckets {
+        let (lo, hi) = (start[b], start[b + 1]);
+        if hi - lo < 2 {
             continue;
         }
-        let mut sum = 0usize;
-        for c in count.iter_mut() {
-            let here = *c;
-            *c = sum;
-            sum += here;
+        part.clear();
+        part.extend_from_slice(&v[lo..hi]);
+        keys.clear();
+        keys.extend(part.iter().enumerate().map(|(j, e)| (key(e), j as u32)));
+        keys.sort_unstable();
+        for (dst, &(_, j)) in v[lo..hi].iter_mut().zip(&keys) {
+            *dst = part[j as usize];
         }
-        for (&k, &i) in keys.iter().zip(&idx) {
-            let d = ((k >> shift) & mask) as usize;
-            let at = count[d];
-            count[d] = at + 1;
-            keys2[at] = k;
-            idx2[at] = i;
-        }
-        std::mem::swap(&mut keys, &mut keys2);
-        std::mem::swap(&mut idx, &mut idx2);
-    }
-    drop((keys, keys2, idx2));
-    let src: Vec<Entry> = crate::util::pages::copied(v);
-    for (dst, &i) in v.iter_mut().zip(&idx) {
-        *dst = src[i as usize];
     }
 }
 
@@ -1136,14 +1149,16 @@ mod tests {
         }
     }
 
-    /// Long slices are radix sorted on the packed key: the same order as the general key, for
-    /// ranges of ids, days (before and after the epoch) and slots, and a slice of one key.
+    /// Long slices are bucket sorted on the packed key: the same order as the general key, for
+    /// ranges of ids, days (before and after the epoch) and slots, a slice of one key, and one
+    /// of few keys.
     #[test]
-    fn radix_sort_orders_as_the_general_key() {
+    fn bucket_sort_orders_as_the_general_key() {
         let mut g = Rng(5);
         for (n, users, items, days, slots) in [
-            (RADIX_MIN, 1u64, 1u64, 1u64, 1u64),
-            (RADIX_MIN + 7, 3000, 40, 900, 3),
+            (BUCKET_MIN, 1u64, 1u64, 1u64, 1u64),
+            (BUCKET_MIN + 7, 3000, 40, 900, 3),
+            (40_000, 4, 3, 2, 2),
             (60_000, 70_000, 5000, 2, 256),
             (50_000, 1 << 20, 1 << 16, 20_000, 7),
         ] {
@@ -1162,18 +1177,16 @@ mod tests {
             sort_entries(&mut v, users as usize, items as usize);
             let keys = |v: &[Entry]| v.iter().map(|e| e.key()).collect::<Vec<_>>();
             assert_eq!(keys(&v), keys(&want), "{n} entries, {users} users");
-            // Stable: equal keys keep their order (the radix sort's), and nothing is lost.
-            let mut got: Vec<(u128, i64, u64)> = v
-                .iter()
-                .map(|e| (e.key(), e.time, e.value.to_bits()))
-                .collect();
-            let mut all: Vec<(u128, i64, u64)> = want
-                .iter()
-                .map(|e| (e.key(), e.time, e.value.to_bits()))
-                .collect();
-            got.sort_unstable();
-            all.sort_unstable();
-            assert_eq!(got, all);
+            // Nothing is lost or changed (equal keys may change their order).
+            let all = |v: &[Entry]| -> Vec<(u128, i64, u64)> {
+                let mut a: Vec<_> = v
+                    .iter()
+                    .map(|e| (e.key(), e.time, e.value.to_bits()))
+                    .collect();
+                a.sort_unstable();
+                a
+            };
+            assert_eq!(all(&v), all(&want), "{n} entries, {users} users");
         }
     }
 
