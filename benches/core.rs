@@ -122,7 +122,7 @@ fn main() {
         return;
     }
 
-    let conf = pg_audience::model::train::damped(&aff.matrix);
+    let conf = pg_audience::model::train::damped_on(&aff.matrix, threads);
     if env("BENCH_ONLY_KNN", 0) == 1 {
         knn_timed(&conf, threads);
         return;
@@ -311,7 +311,7 @@ fn main() {
 fn knn_timed(conf: &pg_audience::model::csr::Csr, threads: usize) -> pg_audience::model::csr::Csr {
     let mut ok = || Ok(());
     // As a build trains it: given the transpose ALS computed (not timed here).
-    let iu = transpose_checked(conf, &mut ok).unwrap();
+    let iu = transpose_checked(conf, threads, &mut ok).unwrap();
     let t3 = Instant::now();
     let knn = train_knn_with(
         conf,

@@ -7,7 +7,7 @@ use crate::error::{AudienceError, OrRaise};
 use crate::model::als::{train_als_with, transpose_checked};
 use crate::model::days::DayIndex;
 use crate::model::knn::train_knn_with;
-use crate::model::train::{damped, value_user_counts};
+use crate::model::train::{damped_on, value_user_counts};
 use crate::store::stored::{Model, Property};
 use crate::util::interrupt::Interrupted;
 use pgrx::prelude::*;
@@ -107,7 +107,7 @@ pub fn check_training_memory(n_users: usize, n_items: usize, nnz: usize, p: &Bui
 pub fn train(c: Collected, p: &BuildParams) -> Trained {
     let aff = c.aff;
     check_training_memory(aff.users.len(), aff.items.len(), aff.matrix.nnz(), p);
-    let conf = damped(&aff.matrix);
+    let conf = damped_on(&aff.matrix, crate::guc::threads());
     let t0 = Instant::now();
     if let Some(ap) = &p.als {
         crate::api::progress::phase(
@@ -123,8 +123,8 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
     }
     // The items' rows of the matrix: ALS's item half-sweeps read them, and item-kNN weighs them
     // in place (one transpose for both).
-    let mut iu = p.als.as_ref().map(|_| {
-        transpose_checked(&conf, &mut interrupt_check)
+    let mut iu = p.als.as_ref().map(|ap| {
+        transpose_checked(&conf, ap.threads, &mut interrupt_check)
             .unwrap_or_else(|_| raise_interrupted("ALS training"))
     });
     let als = p.als.as_ref().zip(iu.as_ref()).map(|(ap, iu)| {

@@ -419,11 +419,12 @@ fn build_incremental(
     };
     drop(loaded);
     let recompute_knn = knn_params.is_some();
-    let conf = (start.is_some() || recompute_knn).then(|| crate::model::train::damped(&grown.ui));
+    let conf = (start.is_some() || recompute_knn)
+        .then(|| crate::model::train::damped_on(&grown.ui, crate::guc::threads()));
     let t_als = Instant::now();
     // One transpose of the matrix for ALS's item half-sweeps and item-kNN, as a build.
     let mut iu = conf.as_ref().filter(|_| start.is_some()).map(|c| {
-        crate::model::als::transpose_checked(c, &mut interrupt_check)
+        crate::model::als::transpose_checked(c, crate::guc::threads(), &mut interrupt_check)
             .unwrap_or_else(|_| raise_interrupted("ALS training"))
     });
     let als = start.zip(conf.as_ref()).map(|((p, start), conf)| {

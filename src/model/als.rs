@@ -41,6 +41,7 @@ use crate::model::als_row::{axpy, dot, madd, prefetch_row_start, update_row};
 use crate::model::csr::Csr;
 use crate::util::buf::Buf;
 use crate::util::rand::SplitMix64;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Training hyper-parameters.
@@ -276,7 +277,7 @@ pub fn continue_als_rows_with(
         return Ok(model);
     }
     let mut own = None;
-    let iu = given_or_transposed(ui, iu, &mut own, check)?;
+    let iu = given_or_transposed(ui, iu, &mut own, params.threads, check)?;
     let sub = ui.select_rows(rows);
     check()?;
     let mut x: Vec<f32> = Vec::with_capacity(rows.len() * k);
@@ -312,7 +313,7 @@ fn sweeps(
         return Ok(model);
     }
     let mut own = None;
-    let iu = given_or_transposed(ui, iu, &mut own, check)?;
+    let iu = given_or_transposed(ui, iu, &mut own, params.threads, check)?;
     let mut cfg = Sweep::new(params, k, task_work, simd);
     for _ in 0..iterations {
         cfg.half_sweep(ui, &model.item_factors, &mut model.user_factors, check)?;
@@ -744,6 +745,7 @@ fn given_or_transposed<'a>(
     ui: &Csr,
     iu: Option<&'a Csr>,
     own: &'a mut Option<Csr>,
+    threads: usize,
     check: &mut dyn FnMut() -> Result<(), Interrupted>,
 ) -> Result<&'a Csr, Interrupted> {
     match iu {
@@ -754,45 +756,108 @@ fn given_or_transposed<'a>(
             );
             Ok(t)
         }
-        None => Ok(own.insert(transpose_checked(ui, check)?)),
+        None => Ok(own.insert(transpose_checked(ui, threads, check)?)),
     }
 }
 
-/// `Csr::transpose` (each row's entries in increasing column order), calling `check` every
-/// `TRANSPOSE_CHUNK` entries.
+/// `Csr::transpose` (each row's entries in increasing column order) on `threads` threads,
+/// calling `check` on the calling thread every `TRANSPOSE_CHUNK` entries of its part.
+///
+/// The rows are cut into one range of about equal entries per thread; each thread counts its
+/// range's columns, then writes its entries at its own offsets in each column (the columns of the
+/// ranges before it come first), so the result is the same for any thread count. On one thread
+/// this pass was 0.5 s of a 20M-event shop's build with the other core idle.
 pub fn transpose_checked(
     m: &Csr,
+    threads: usize,
     check: &mut dyn FnMut() -> Result<(), Interrupted>,
 ) -> Result<Csr, Interrupted> {
     let nnz = m.nnz();
-    let mut indptr = vec![0usize; m.n_cols + 1];
-    for chunk in m.indices.chunks(TRANSPOSE_CHUNK) {
-        for &c in chunk {
-            indptr[c as usize + 1] += 1;
+    let parts = if nnz < TRANSPOSE_CHUNK {
+        1
+    } else {
+        threads.clamp(1, MAX_THREADS)
+    };
+    let bounds = m.row_parts(parts);
+    check()?;
+    // Per part, its entries per column; then turned into its first slot per column.
+    let mut starts: Vec<Vec<usize>> = crate::util::par::par_map((0..parts).collect(), |t| {
+        let mut counts = vec![0usize; m.n_cols];
+        for &c in &m.indices[m.indptr[bounds[t]]..m.indptr[bounds[t + 1]]] {
+            counts[c as usize] += 1;
         }
-        check()?;
-    }
+        counts
+    });
+    check()?;
+    let mut indptr = vec![0usize; m.n_cols + 1];
     for c in 0..m.n_cols {
-        indptr[c + 1] += indptr[c];
+        let mut at = indptr[c];
+        for part in starts.iter_mut() {
+            let n = part[c];
+            part[c] = at;
+            at += n;
+        }
+        indptr[c + 1] = at;
     }
-    let mut next = indptr[..m.n_cols].to_vec();
     let mut indices = vec![0u32; nnz];
     let mut data = vec![0f32; nnz];
-    let mut since = 0usize;
-    for r in 0..m.n_rows {
-        let (cols, vals) = m.row(r);
-        for (&c, &v) in cols.iter().zip(vals) {
-            let slot = &mut next[c as usize];
-            indices[*slot] = r as u32;
-            data[*slot] = v;
-            *slot += 1;
+    let out = (
+        SharedOut(indices.as_mut_ptr()),
+        SharedOut(data.as_mut_ptr()),
+    );
+    let stop = AtomicBool::new(false);
+    // Writes part t's rows; `check` (the calling thread's part only) every TRANSPOSE_CHUNK entries.
+    let scatter = |t: usize,
+                   next: &mut [usize],
+                   mut check: Option<&mut dyn FnMut() -> Result<(), Interrupted>>|
+     -> Result<(), Interrupted> {
+        let mut since = 0usize;
+        for r in bounds[t]..bounds[t + 1] {
+            let (cols, vals) = m.row(r);
+            for (&c, &v) in cols.iter().zip(vals) {
+                let slot = &mut next[c as usize];
+                // SAFETY: the slots of part t in column c are [starts[t][c], starts[t][c] +
+                // its count), disjoint from every other part's and column's, and within nnz.
+                unsafe {
+                    *out.0.at(*slot) = r as u32;
+                    *out.1.at(*slot) = v;
+                }
+                *slot += 1;
+            }
+            since += cols.len() + 1;
+            if since >= TRANSPOSE_CHUNK {
+                since = 0;
+                if let Some(c) = check.as_mut() {
+                    if let Err(e) = c() {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                } else if stop.load(Ordering::Relaxed) {
+                    return Err(Interrupted);
+                }
+            }
         }
-        since += cols.len() + 1;
-        if since >= TRANSPOSE_CHUNK {
-            since = 0;
-            check()?;
+        Ok(())
+    };
+    std::thread::scope(|sc| {
+        let mut rest = starts.iter_mut();
+        let first = rest.next().expect("one part at least");
+        let scatter = &scatter;
+        let others: Vec<_> = rest
+            .enumerate()
+            .map(|(t, next)| sc.spawn(move || scatter(t + 1, next, None)))
+            .collect();
+        let mine = scatter(0, first, Some(&mut *check));
+        if mine.is_err() {
+            stop.store(true, Ordering::Relaxed);
         }
-    }
+        let mut result = mine;
+        for h in others {
+            let r = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            result = result.and(r);
+        }
+        result
+    })?;
     check()?;
     Ok(Csr {
         n_rows: m.n_cols,
@@ -801,6 +866,23 @@ pub fn transpose_checked(
         indices: indices.into(),
         data: data.into(),
     })
+}
+
+/// A pointer to an output buffer that threads write at disjoint positions.
+#[derive(Clone, Copy)]
+struct SharedOut<T>(*mut T);
+
+// SAFETY: used only where every position is written by one thread (see `transpose_checked`).
+unsafe impl<T> Send for SharedOut<T> {}
+unsafe impl<T> Sync for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    /// # Safety
+    /// `i` is within the buffer and no other thread touches position `i`.
+    #[inline(always)]
+    unsafe fn at(self, i: usize) -> *mut T {
+        unsafe { self.0.add(i) }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1117,6 +1199,67 @@ mod tests {
         assert_ne!(train_als(&ui, &p, &mut ok()).unwrap(), models[0]);
     }
 
+    /// A check that counts its calls in `calls` and fails from the `n`-th on.
+    fn failing_at(n: usize, calls: &mut usize) -> impl FnMut() -> Result<(), Interrupted> + '_ {
+        move || {
+            *calls += 1;
+            if *calls >= n {
+                Err(Interrupted)
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn transpose_on_threads_equals_the_plain_transpose() {
+        // Rows of very different lengths (some empty), more entries than one check's chunk, so
+        // every thread count cuts the rows differently.
+        let (n_rows, n_cols) = (10_000u32, 307u32);
+        let mut rng = SplitMix64(7);
+        let mut t = Vec::new();
+        for r in 0..n_rows {
+            let len = if r % 11 == 0 { 0 } else { rng.next_u64() % 300 } as u32;
+            let start = (rng.next_u64() % n_cols as u64) as u32;
+            for j in 0..len {
+                t.push((r, (start + 5 * j) % n_cols, (r * 31 + j) as f32 * 0.25));
+            }
+        }
+        let m = Csr::from_triplets(n_rows as usize, n_cols as usize, &mut t);
+        assert!(m.nnz() > TRANSPOSE_CHUNK);
+        let plain = m.transpose();
+        for threads in [1, 2, 3, 8] {
+            let mut calls = 0;
+            let got = transpose_checked(&m, threads, &mut || {
+                calls += 1;
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got.indptr.as_slice(), plain.indptr.as_slice(), "{threads}");
+            assert_eq!(
+                got.indices.as_slice(),
+                plain.indices.as_slice(),
+                "{threads}"
+            );
+            assert_eq!(got.data.as_slice(), plain.data.as_slice(), "{threads}");
+            assert_eq!((got.n_rows, got.n_cols), (plain.n_rows, plain.n_cols));
+            assert!(calls >= 3, "checks before, between and after the passes");
+        }
+        // A check that fails stops it, whichever pass it falls in, with every thread count.
+        for threads in [1, 2, 3] {
+            for stop_at in 1..=3 {
+                let mut calls = 0;
+                let r = transpose_checked(&m, threads, &mut failing_at(stop_at, &mut calls));
+                assert_eq!(calls, stop_at);
+                assert_eq!(
+                    r.err(),
+                    Some(Interrupted),
+                    "{threads} threads, stop at {stop_at}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn interrupt_stops_training() {
         let (ui, _, _) = planted(200, 60, 0.2, 0.03, 3);
@@ -1139,18 +1282,12 @@ mod tests {
         // Interrupting in the middle of a sweep with many batches, after a few checks.
         for stop_at in [3, 5, 9, 20] {
             let mut calls = 0;
-            let mut check = || {
-                calls += 1;
-                if calls >= stop_at {
-                    Err(Interrupted)
-                } else {
-                    Ok(())
-                }
-            };
+            let mut check = failing_at(stop_at, &mut calls);
             assert_eq!(
                 train_als_tuned(&ui, None, &params, &mut check, 500, true),
                 Err(Interrupted)
             );
+            drop(check);
             assert_eq!(calls, stop_at);
         }
         // check is called regularly: every batch of a half sweep.

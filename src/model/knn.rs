@@ -127,13 +127,7 @@ fn bm25_with(ui: &Csr, bm: &Bm25) -> Csr {
         let idf = bm.idf(items.len());
         data.extend(items.iter().zip(vals).map(|(&i, &a)| bm.weight(a, i, idf)));
     }
-    Csr {
-        n_rows: ui.n_rows,
-        n_cols: ui.n_cols,
-        indptr: ui.indptr.clone(),
-        indices: ui.indices.clone(),
-        data: data.into(),
-    }
+    ui.with_data(data)
 }
 
 /// Trains the item-item neighbour matrix (items x items, row `j` = neighbours of `j` with their
@@ -160,62 +154,6 @@ pub fn train_knn_with(
 ) -> Result<Csr, Interrupted> {
     check()?;
     let n_items = ui.n_cols;
-    let bm = Bm25::new(ui, p.k1, p.b);
-    let wt = bm25_with(ui, &bm); // users x items
-    let kept_all = wt.data.iter().all(|&w| w >= MIN_WEIGHT && w.is_finite());
-    check()?;
-    let (wt, w) = match iu {
-        // Every weight kept: the items' rows are `iu`'s, weighted in place.
-        Some(iu) if kept_all => {
-            assert!(
-                iu.n_rows == ui.n_cols && iu.n_cols == ui.n_rows && iu.nnz() == ui.nnz(),
-                "the transpose of the matrix"
-            );
-            let idf: Vec<f64> = (0..ui.n_rows)
-                .map(|u| bm.idf(ui.indptr[u + 1] - ui.indptr[u]))
-                .collect();
-            let Csr {
-                n_rows,
-                n_cols,
-                indptr,
-                indices,
-                data,
-            } = iu;
-            let mut data = data.into_vec();
-            for i in 0..n_rows {
-                crate::util::interrupt::poll_every(i);
-                let (a, b) = (indptr[i], indptr[i + 1]);
-                for (v, &u) in data[a..b].iter_mut().zip(&indices[a..b]) {
-                    *v = bm.weight(*v, i as u32, idf[u as usize]);
-                }
-            }
-            let w = Csr {
-                n_rows,
-                n_cols,
-                indptr,
-                indices,
-                data: data.into(),
-            };
-            (wt, w)
-        }
-        _ => {
-            let wt = drop_tiny(wt);
-            let w = wt.transpose(); // items x users
-            (wt, w)
-        }
-    };
-    check()?;
-    // The users' rows as (item, weight) pairs: an item row reads whole user rows at random
-    // places, and one cache line then holds both an entry's item and its weight.
-    let Csr {
-        indptr: wt_ptr,
-        indices,
-        data,
-        ..
-    } = wt;
-    let mut wt_pairs: Vec<(u32, f32)> = crate::util::pages::with_capacity(indices.len());
-    wt_pairs.extend(indices.iter().copied().zip(data.iter().copied()));
-    drop((indices, data));
     let n_blocks = n_items.div_ceil(BLOCK);
     let threads = if p.threads == 0 {
         std::thread::available_parallelism()
@@ -223,11 +161,41 @@ pub fn train_knn_with(
             .unwrap_or(1)
     } else {
         p.threads
-    }
-    .clamp(1, n_blocks.max(1));
+    };
+    let bm = Bm25::new(ui, p.k1, p.b);
+    // The users' rows as (item, weight) pairs: an item row reads whole user rows at random
+    // places, and one cache line then holds both an entry's item and its weight.
+    let given = iu.inspect(|iu| {
+        assert!(
+            iu.n_rows == ui.n_cols && iu.n_cols == ui.n_rows && iu.nnz() == ui.nnz(),
+            "the transpose of the matrix"
+        );
+    });
+    let pairs = given.as_ref().and_then(|_| bm25_pairs(ui, &bm, threads));
+    check()?;
+    let (w, own_ptr, wt_pairs) = match (given, pairs) {
+        // Every weight kept: the items' rows are `iu`'s, weighted in place.
+        (Some(iu), Some(pairs)) => (bm25_in_place(iu, ui, &bm, threads), None, pairs),
+        _ => {
+            let wt = drop_tiny(bm25_with(ui, &bm)); // users x items
+            let w = wt.transpose(); // items x users
+            let Csr {
+                indptr: wt_ptr,
+                indices,
+                data,
+                ..
+            } = wt;
+            let mut wt_pairs: Vec<(u32, f32)> = crate::util::pages::with_capacity(indices.len());
+            wt_pairs.extend(indices.iter().copied().zip(data.iter().copied()));
+            (w, Some(wt_ptr), wt_pairs)
+        }
+    };
+    let wt_ptr = own_ptr.as_ref().unwrap_or(&ui.indptr).as_slice();
+    check()?;
+    let threads = threads.clamp(1, n_blocks.max(1));
     let ctx = Ctx {
         w: &w,
-        wt_ptr: &wt_ptr,
+        wt_ptr,
         wt_pairs: &wt_pairs,
         n_items,
         n_blocks,
@@ -305,6 +273,91 @@ fn drop_tiny(m: Csr) -> Csr {
         n_cols: m.n_cols,
         indptr: indptr.into(),
         indices: indices.into(),
+        data: data.into(),
+    }
+}
+
+/// The BM25 weights of `ui` as its rows' (item, weight) pairs, computed on `threads` threads
+/// (row ranges of about equal entries; the same values as [`bm25_with`]); `None` when a weight
+/// is below [`MIN_WEIGHT`] or not finite (the caller then drops those entries first).
+fn bm25_pairs(ui: &Csr, bm: &Bm25, threads: usize) -> Option<Vec<(u32, f32)>> {
+    let nnz = ui.nnz();
+    let parts = if nnz < 1 << 16 {
+        1
+    } else {
+        threads.clamp(1, 64)
+    };
+    let b = ui.row_parts(parts);
+    let mut out: Vec<(u32, f32)> = crate::util::pages::with_capacity(nnz);
+    let mut rest = &mut out.spare_capacity_mut()[..nnz];
+    let mut pieces = Vec::with_capacity(parts);
+    for t in 0..parts {
+        let (piece, tail) =
+            std::mem::take(&mut rest).split_at_mut(ui.indptr[b[t + 1]] - ui.indptr[b[t]]);
+        pieces.push((b[t]..b[t + 1], piece));
+        rest = tail;
+    }
+    let kept = crate::util::par::par_map(pieces, |(rows, piece)| {
+        let mut kept = true;
+        let mut dst = piece.iter_mut();
+        for u in rows {
+            let (items, vals) = ui.row(u);
+            let idf = bm.idf(items.len());
+            for ((&i, &a), d) in items.iter().zip(vals).zip(&mut dst) {
+                let w = bm.weight(a, i, idf);
+                kept &= w >= MIN_WEIGHT && w.is_finite();
+                d.write((i, w));
+            }
+        }
+        kept
+    });
+    // SAFETY: the pieces are consecutive, cover the first `nnz` slots, and each piece's rows have
+    // exactly as many entries as the piece has slots, all written above.
+    unsafe { out.set_len(nnz) };
+    kept.into_iter().all(|k| k).then_some(out)
+}
+
+/// `iu` (the transpose of `ui`) with its values replaced by their BM25 weights, on `threads`
+/// threads (the same values as the weighted copy's transpose).
+fn bm25_in_place(iu: Csr, ui: &Csr, bm: &Bm25, threads: usize) -> Csr {
+    let idf: Vec<f64> = (0..ui.n_rows)
+        .map(|u| bm.idf(ui.indptr[u + 1] - ui.indptr[u]))
+        .collect();
+    let parts = if iu.nnz() < 1 << 16 {
+        1
+    } else {
+        threads.clamp(1, 64)
+    };
+    let b = iu.row_parts(parts);
+    let Csr {
+        n_rows,
+        n_cols,
+        indptr,
+        indices,
+        data,
+    } = iu;
+    let mut data = data.into_vec();
+    let mut rest = &mut data[..];
+    let mut pieces = Vec::with_capacity(parts);
+    for t in 0..parts {
+        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(indptr[b[t + 1]] - indptr[b[t]]);
+        pieces.push((b[t]..b[t + 1], piece));
+        rest = tail;
+    }
+    crate::util::par::par_map(pieces, |(items, piece)| {
+        let base = indptr[items.start];
+        for i in items {
+            let (a, z) = (indptr[i], indptr[i + 1]);
+            for (v, &u) in piece[a - base..z - base].iter_mut().zip(&indices[a..z]) {
+                *v = bm.weight(*v, i as u32, idf[u as usize]);
+            }
+        }
+    });
+    Csr {
+        n_rows,
+        n_cols,
+        indptr,
+        indices,
         data: data.into(),
     }
 }
@@ -734,6 +787,16 @@ mod tests {
         let given = train_knn_with(&ui, Some(ui.transpose()), &p, &mut ok).unwrap();
         assert_eq!(given, train_knn(&ui, &p, &mut ok).unwrap());
         assert!(given.nnz() > 0);
+        // Enough entries that the weights are computed on several threads (row ranges of about
+        // equal entries): the same neighbours as one thread without the transpose.
+        let ui = planted(30_000, 8, 40, 9);
+        assert!(ui.nnz() > 1 << 17);
+        let one = train_knn(&ui, &KnnParams { threads: 1, ..p }, &mut ok).unwrap();
+        for threads in [2, 3] {
+            let p = KnnParams { threads, ..p };
+            let given = train_knn_with(&ui, Some(ui.transpose()), &p, &mut ok).unwrap();
+            assert_eq!(given, one, "{threads} threads");
+        }
     }
 
     #[test]

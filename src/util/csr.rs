@@ -116,6 +116,35 @@ impl Csr {
         }
     }
 
+    /// A matrix of the same rows and columns holding `data` (one value per stored entry).
+    pub fn with_data(&self, data: Vec<f32>) -> Csr {
+        assert_eq!(data.len(), self.nnz(), "one value per stored entry");
+        Csr {
+            n_rows: self.n_rows,
+            n_cols: self.n_cols,
+            indptr: self.indptr.clone(),
+            indices: self.indices.clone(),
+            data: data.into(),
+        }
+    }
+
+    /// Row bounds of `parts` contiguous ranges of about equal entries: part `t` is rows
+    /// `b[t]..b[t + 1]` (`b[0] = 0`, `b[parts] = n_rows`; a range may be empty).
+    pub fn row_parts(&self, parts: usize) -> Vec<usize> {
+        let parts = parts.max(1);
+        let nnz = self.nnz();
+        (0..=parts)
+            .map(|t| {
+                if t == parts {
+                    self.n_rows
+                } else {
+                    let target = nnz / parts * t;
+                    self.indptr[..self.n_rows].partition_point(|&p| p < target)
+                }
+            })
+            .collect()
+    }
+
     /// Sum of each row's values.
     pub fn row_sums(&self) -> Vec<f32> {
         (0..self.n_rows)
