@@ -6,7 +6,7 @@
 //!     BENCH_USERS=200000 BENCH_ITEMS=20000 BENCH_EVENTS=4000000 cargo bench --bench core
 //!
 //! `BENCH_ONLY_SCAN=1` stops after the affinity state (then also a 3-way split and merge, as a
-//! parallel scan's combine step), `BENCH_ONLY_ALS=1` after ALS (kernel work), `BENCH_ONLY_KNN=1` after the item-kNN (no ALS),
+//! parallel scan's combine step, on `BENCH_THREADS` threads), `BENCH_ONLY_ALS=1` after ALS (kernel work), `BENCH_ONLY_KNN=1` after the item-kNN (no ALS),
 //! `BENCH_ONLY_SERVING=1` after the audiences;
 //! `BENCH_ALS_ITERATIONS` (10) and `BENCH_ALS_FACTORS` (32) ALS's iterations and factors, `BENCH_THREADS` (2) the threads, `BENCH_REPEAT` (7) the audiences timed per line,
 //! `BENCH_VALUE_GROUPS` (1) the taste groups in the audience's value.
@@ -94,6 +94,8 @@ fn main() {
         let serial_s = t.elapsed().as_secs_f64();
         parts.truncate(1);
         let mut lead = parts.pop().unwrap();
+        // The leader's combine step runs on the session's threads (`audience.threads`).
+        lead.set_threads(threads);
         let t = Instant::now();
         for b in bytes {
             lead.merge_view(StateView::parse(&b).unwrap());

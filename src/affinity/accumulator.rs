@@ -164,42 +164,64 @@ pub(crate) fn merge_back_mapped<R: Fn(Entry) -> Entry>(
     hls: &[Option<i64>],
     ra: Option<R>,
 ) {
-    let map_rest = |a: &mut [Entry]| {
-        if let Some(r) = &ra {
-            for e in a.iter_mut() {
-                *e = r(*e);
-            }
-        }
-    };
     let la = a.len();
-    let mut b_rev = b_rev.take(lb);
-    let Some(mut eb) = b_rev.next() else {
-        map_rest(&mut a[..]);
+    let mut b_rev = b_rev.take(lb).peekable();
+    let Some(&eb) = b_rev.peek() else {
+        map_in_place(&mut a[..], &ra);
         return;
     };
     a.resize(la + lb, eb);
+    let w = merge_region(&mut a[..], la, b_rev, hls, &ra);
+    // The merge occupies a[w..]; fewer entries than la + lb when keys were combined.
+    a.copy_within(w.., 0);
+    a.truncate(la + lb - w);
+}
+
+/// Renumbers entries in place by `ra`, when given.
+fn map_in_place<R: Fn(Entry) -> Entry>(a: &mut [Entry], ra: &Option<R>) {
+    if let Some(r) = ra {
+        for e in a.iter_mut() {
+            *e = r(*e);
+        }
+    }
+}
+
+/// The merge of [`merge_back_mapped`] within `buf`: its first `la` entries are `a`'s, the rest
+/// (as many as `b_rev` gives) is room; the result is left at the end of `buf`, from the returned
+/// position on. Works from the back, so no element is moved before it is read.
+fn merge_region<R: Fn(Entry) -> Entry>(
+    buf: &mut [Entry],
+    la: usize,
+    mut b_rev: impl Iterator<Item = Entry>,
+    hls: &[Option<i64>],
+    ra: &Option<R>,
+) -> usize {
+    let Some(mut eb) = b_rev.next() else {
+        map_in_place(&mut buf[..la], ra);
+        return 0;
+    };
     // Invariant: w - i >= the entries of b left, so writing at w - 1 never overwrites a[..i].
-    let (mut i, mut w) = (la, la + lb);
+    let (mut i, mut w) = (la, buf.len());
     loop {
         w -= 1;
         let next_b = if i == 0 {
-            a[w] = eb;
+            buf[w] = eb;
             true
         } else {
-            let ea = match &ra {
-                Some(r) => r(a[i - 1]),
-                None => a[i - 1],
+            let ea = match ra {
+                Some(r) => r(buf[i - 1]),
+                None => buf[i - 1],
             };
             let (ka, kb) = (ea.key(), eb.key());
             if ka > kb {
-                a[w] = ea;
+                buf[w] = ea;
                 i -= 1;
                 false
             } else if kb > ka {
-                a[w] = eb;
+                buf[w] = eb;
                 true
             } else {
-                a[w] = combine(ea, eb, hls);
+                buf[w] = combine(ea, eb, hls);
                 i -= 1;
                 true
             }
@@ -212,13 +234,125 @@ pub(crate) fn merge_back_mapped<R: Fn(Entry) -> Entry>(
         }
     }
     if i > 0 {
-        map_rest(&mut a[..i]);
-        a.copy_within(0..i, w - i);
+        map_in_place(&mut buf[..i], ra);
+        buf.copy_within(0..i, w - i);
         w -= i;
     }
-    // The merge occupies a[w..]; fewer entries than la + lb when keys were combined.
-    a.copy_within(w.., 0);
-    a.truncate(la + lb - w);
+    w
+}
+
+/// The entries of a canonical state (sorted, one per key) as a merge reads them: by ranges of
+/// users, from the last entry to the first.
+pub(crate) trait UserEntries: Sync {
+    /// Number of entries.
+    fn n_entries(&self) -> usize;
+    /// Entries of the users before `user`.
+    fn before_user(&self, user: u32) -> usize;
+    /// The entries of the users in `users`, from the last to the first.
+    fn rev_users(&self, users: std::ops::Range<u32>) -> impl Iterator<Item = Entry> + '_;
+}
+
+impl UserEntries for [Entry] {
+    fn n_entries(&self) -> usize {
+        self.len()
+    }
+    fn before_user(&self, user: u32) -> usize {
+        self.partition_point(|e| e.user < user)
+    }
+    fn rev_users(&self, users: std::ops::Range<u32>) -> impl Iterator<Item = Entry> + '_ {
+        self[self.before_user(users.start)..self.before_user(users.end)]
+            .iter()
+            .rev()
+            .copied()
+    }
+}
+
+/// [`merge_back_mapped`] of all of `b` on up to `threads` threads: `a` and `b` are cut at the
+/// same users (`ua`/`ub` map each side's users to the merged numbering, monotone; `rb` renumbers
+/// `b`'s entries), each part's share of `a` moved up to the bottom of its part of the grown
+/// vector, and the parts merged at once, each as [`merge_region`] does; then the parts' results
+/// are moved down next to each other. The same result as one thread, entry for entry.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn merge_back_parts<R, S, B>(
+    a: &mut Vec<Entry>,
+    b: &B,
+    hls: &[Option<i64>],
+    ra: Option<R>,
+    rb: S,
+    ua: Option<&[u32]>,
+    ub: Option<&[u32]>,
+    threads: usize,
+) where
+    R: Fn(Entry) -> Entry + Sync,
+    S: Fn(Entry) -> Entry + Sync,
+    B: UserEntries + ?Sized,
+{
+    let (la, lb) = (a.len(), b.n_entries());
+    let parts = if la + lb < 1 << 16 || la < lb / 4 {
+        1
+    } else {
+        threads.clamp(1, 64)
+    };
+    // Cuts: a's user at every part's share of a's entries, in the merged numbering, and where
+    // each side's entries of the users before it end.
+    let mut cut_a = vec![0usize; parts + 1];
+    let mut cut_b = vec![0usize; parts + 1];
+    let mut users_b = vec![0u32; parts + 1];
+    cut_a[parts] = la;
+    cut_b[parts] = lb;
+    users_b[parts] = u32::MAX;
+    for t in 1..parts {
+        let user = a[la / parts * t].user;
+        let merged = ua.map_or(user, |m| m[user as usize]);
+        cut_a[t] = a.partition_point(|e| e.user < user);
+        users_b[t] = ub.map_or(merged, |m| m.partition_point(|&x| x < merged) as u32);
+        cut_b[t] = b.before_user(users_b[t]);
+    }
+    if parts == 1 {
+        return merge_back_mapped(a, lb, b.rev_users(0..u32::MAX).map(rb), hls, ra);
+    }
+    // Grown by b's length, the room filled by the threads that will write it.
+    a.reserve_exact(lb);
+    let spare = &mut a.spare_capacity_mut()[..lb];
+    crate::util::par::par_chunks(spare, parts, |_, part| {
+        for e in part.iter_mut() {
+            e.write(Entry {
+                user: 0,
+                item: 0,
+                slot: 0,
+                time: 0,
+                value: 0.0,
+            });
+        }
+    });
+    // SAFETY: the first lb spare entries were all written just above.
+    unsafe { a.set_len(la + lb) };
+    // Part t's entries of a go to the bottom of its region (the last part's first: each moves up).
+    for t in (1..parts).rev() {
+        a.copy_within(cut_a[t]..cut_a[t + 1], cut_a[t] + cut_b[t]);
+    }
+    let mut regions = Vec::with_capacity(parts);
+    let mut rest = &mut a[..];
+    for t in 0..parts {
+        let len = (cut_a[t + 1] - cut_a[t]) + (cut_b[t + 1] - cut_b[t]);
+        let (region, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        regions.push((t, region));
+        rest = tail;
+    }
+    let (ra, rb) = (&ra, &rb);
+    let starts = crate::util::par::par_map(regions, |(t, region)| {
+        let b_rev = b.rev_users(users_b[t]..users_b[t + 1]).map(rb);
+        merge_region(region, cut_a[t + 1] - cut_a[t], b_rev, hls, ra)
+    });
+    // Each part's result is at the end of its region: moved down next to the ones before it.
+    let mut len = 0usize;
+    for t in 0..parts {
+        let end = cut_a[t + 1] + cut_b[t + 1];
+        let from = end - (cut_a[t + 1] - cut_a[t] + cut_b[t + 1] - cut_b[t]) + starts[t];
+        a.copy_within(from..end, len);
+        len += end - from;
+    }
+    a.truncate(len);
 }
 
 /// Slices shorter than this are sorted by comparisons; longer ones by [`bucket_sort_entries`].
@@ -231,7 +365,7 @@ const FLAG_BITS: u32 = 8;
 /// packed into a `u64` (each field in as many bits as its range needs) and a long slice is
 /// bucket sorted on it; otherwise, or when short, compared on the general `u128` key. The order
 /// is the same either way (ties, which only equal keys make, are combined afterwards).
-pub(crate) fn sort_entries(v: &mut [Entry], n_users: usize, n_items: usize) {
+pub(crate) fn sort_entries(v: &mut [Entry], n_users: usize, n_items: usize, threads: usize) {
     let bits = |n: u64| u64::BITS - n.leading_zeros();
     let (mut lo, mut hi, mut top_slot) = (i32::MAX, i32::MIN, 0u8);
     for e in v.iter() {
@@ -262,7 +396,7 @@ pub(crate) fn sort_entries(v: &mut [Entry], n_users: usize, n_items: usize) {
     } else {
         // The key's bits from the item's up: user and item, no day (no division).
         let coarse = |e: &Entry| ((e.user as u64) << (user_shift - item_shift)) | e.item as u64;
-        bucket_sort_entries(v, total - item_shift, coarse, key);
+        bucket_sort_entries(v, total - item_shift, coarse, key, threads);
     }
 }
 
@@ -280,7 +414,8 @@ fn bucket_sort_entries(
     v: &mut [Entry],
     coarse_bits: u32,
     coarse: impl Fn(&Entry) -> u64,
-    key: impl Fn(&Entry) -> u64,
+    key: impl Fn(&Entry) -> u64 + Sync,
+    threads: usize,
 ) {
     let b_bits = FLAG_BITS.min(coarse_bits);
     let shift = coarse_bits - b_bits;
@@ -311,22 +446,35 @@ fn bucket_sort_entries(
             next[b] += 1;
         }
     }
-    let mut part: Vec<Entry> = Vec::new();
-    let mut keys: Vec<(u64, u32)> = Vec::new();
+    // The buckets in `threads` groups of consecutive buckets and about equal entries, each
+    // group ordered on its own thread (the same order whatever the grouping).
+    let groups = threads.clamp(1, 64);
+    let mut pieces: Vec<Vec<&mut [Entry]>> = (0..groups).map(|_| Vec::new()).collect();
+    let mut rest = v;
+    let n = start[n_buckets];
     for b in 0..n_buckets {
-        let (lo, hi) = (start[b], start[b + 1]);
-        if hi - lo < 2 {
-            continue;
-        }
-        part.clear();
-        part.extend_from_slice(&v[lo..hi]);
-        keys.clear();
-        keys.extend(part.iter().enumerate().map(|(j, e)| (key(e), j as u32)));
-        keys.sort_unstable();
-        for (dst, &(_, j)) in v[lo..hi].iter_mut().zip(&keys) {
-            *dst = part[j as usize];
+        let (bucket, tail) = std::mem::take(&mut rest).split_at_mut(start[b + 1] - start[b]);
+        rest = tail;
+        // The group holding the bucket's middle entry.
+        let g = ((start[b] + start[b + 1]) / 2 * groups / n.max(1)).min(groups - 1);
+        if bucket.len() >= 2 {
+            pieces[g].push(bucket);
         }
     }
+    crate::util::par::par_map(pieces, |buckets| {
+        let mut part: Vec<Entry> = Vec::new();
+        let mut keys: Vec<(u64, u32)> = Vec::new();
+        for bucket in buckets {
+            part.clear();
+            part.extend_from_slice(bucket);
+            keys.clear();
+            keys.extend(part.iter().enumerate().map(|(j, e)| (key(e), j as u32)));
+            keys.sort_unstable();
+            for (dst, &(_, j)) in bucket.iter_mut().zip(&keys) {
+                *dst = part[j as usize];
+            }
+        }
+    });
 }
 
 /// Aggregate state; see the module documentation.
@@ -360,6 +508,9 @@ pub struct Accumulator {
     /// one per row. Empty whenever anything reads the state ([`Accumulator::flush_users`]).
     pub(crate) pending: Vec<(u32, u32)>,
     pub(crate) pending_text: String,
+    /// Threads for canonicalizing, merging and finishing (1 unless [`Accumulator::set_threads`]);
+    /// local to the process, not serialized.
+    pub(crate) threads: usize,
 }
 
 /// Rows whose user lookups are batched (see [`Accumulator::pending`]).
@@ -392,7 +543,14 @@ impl Accumulator {
             max_time: i64::MIN,
             pending: Vec::new(),
             pending_text: String::new(),
+            threads: 1,
         }
+    }
+
+    /// Sets the threads of the steps that read the whole state at once (canonicalizing,
+    /// merging another state in, finishing): pure arithmetic on scoped threads.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.clamp(1, 64);
     }
 
     /// Interns the pending users' texts and gives their entries the ids.
@@ -558,7 +716,7 @@ impl Accumulator {
         if p < n {
             let hls = &self.hls;
             let tail = &mut self.entries[p..];
-            sort_entries(tail, self.users.len(), self.items.len());
+            sort_entries(tail, self.users.len(), self.items.len(), 1);
             let t = dedupe_sorted(tail, hls);
             self.entries.truncate(p + t);
             if p > 0 && self.entries[p - 1].key() >= self.entries[p].key() {
@@ -634,18 +792,21 @@ impl Accumulator {
             }
             return;
         }
-        for e in self.entries.iter_mut() {
-            if let Some(r) = &ur {
-                e.user = r[e.user as usize];
+        crate::util::par::par_chunks(&mut self.entries, self.threads, |_, part| {
+            for e in part.iter_mut() {
+                if let Some(r) = &ur {
+                    e.user = r[e.user as usize];
+                }
+                if let Some(r) = &ir {
+                    e.item = r[e.item as usize];
+                }
+                if let Some(r) = &sr {
+                    e.slot = r[e.slot as usize];
+                }
             }
-            if let Some(r) = &ir {
-                e.item = r[e.item as usize];
-            }
-            if let Some(r) = &sr {
-                e.slot = r[e.slot as usize];
-            }
-        }
-        sort_entries(&mut self.entries, self.users.len(), self.items.len());
+        });
+        let (n_users, n_items) = (self.users.len(), self.items.len());
+        sort_entries(&mut self.entries, n_users, n_items, self.threads);
         let m = dedupe_sorted(&mut self.entries, &self.hls);
         self.entries.truncate(m);
         self.sorted_len = m;
@@ -683,8 +844,7 @@ impl Accumulator {
             items: std::mem::take(&mut other.items.names),
             item_bytes: other.items.bytes,
             hls: std::mem::take(&mut other.hls),
-            n_entries: entries.len(),
-            entries_rev: entries.iter().rev().copied(),
+            entries: &entries[..],
             props: std::mem::take(&mut other.props),
             prop_bytes: other.prop_bytes,
             rows: other.rows,
@@ -712,8 +872,7 @@ impl Accumulator {
         let (users, items) = (std::mem::take(&mut v.users), std::mem::take(&mut v.items));
         let (hls, props) = (std::mem::take(&mut v.hls), std::mem::take(&mut v.props));
         let part = Part {
-            n_entries: v.len(),
-            entries_rev: v.entries_rev(),
+            entries: &v,
             users,
             user_bytes: v.user_bytes,
             items,
@@ -748,10 +907,10 @@ impl Accumulator {
     }
 
     /// Merges a canonical partial state (sorted names, entries from the back) into this one.
-    fn merge_part<B, I>(&mut self, o: Part<B, I>)
+    fn merge_part<B, E>(&mut self, o: Part<'_, B, E>)
     where
         B: AsRef<str> + Into<Box<str>>,
-        I: Iterator<Item = Entry>,
+        E: UserEntries + ?Sized,
     {
         let n_props = self.n_props;
         self.canonicalize();
@@ -805,12 +964,22 @@ impl Accumulator {
         // Merged in place, from the back, into this state's vector (grown by the other's length
         // when it lacks the room): no second vector of both, whose fresh pages the kernel would
         // have to clear (a fifth of the leader's serial combine step on a large scan).
+        // On this state's threads, in parts of users (the same result).
         let mut out = std::mem::take(&mut self.entries);
-        let b = o.entries_rev.map(|e| remap(e, &urb, &irb, &srb));
+        let rb = |e: Entry| remap(e, &urb, &irb, &srb);
         // This state's entries renumbered as the merge reads them (no pass of their own).
         let ra = (ura.is_some() || ira.is_some() || sra.is_some())
             .then_some(|e: Entry| remap(e, &ura, &ira, &sra));
-        merge_back_mapped(&mut out, o.n_entries, b, &self.hls, ra);
+        merge_back_parts(
+            &mut out,
+            o.entries,
+            &self.hls,
+            ra,
+            rb,
+            ura.as_deref(),
+            urb.as_deref(),
+            self.threads,
+        );
         self.sorted_len = out.len();
         self.threshold = self.min_compact.max(2 * out.len());
         self.entries = out;
@@ -844,15 +1013,14 @@ impl Accumulator {
 }
 
 /// A canonical partial state being merged (see [`Accumulator::merge_part`]): its names (owned
-/// or borrowed from its bytes), half-lives, entries from the last to the first, properties.
-struct Part<B, I> {
+/// or borrowed from its bytes), half-lives, entries, properties.
+struct Part<'e, B, E: ?Sized> {
     users: Vec<B>,
     user_bytes: usize,
     items: Vec<B>,
     item_bytes: usize,
     hls: Vec<Option<i64>>,
-    n_entries: usize,
-    entries_rev: I,
+    entries: &'e E,
     props: Vec<Vec<PropVal>>,
     prop_bytes: usize,
     rows: u64,
@@ -1110,7 +1278,7 @@ mod tests {
                     value: g.below(8) as f64 * 0.25,
                 })
                 .collect();
-            sort_entries(&mut v, 6, 5);
+            sort_entries(&mut v, 6, 5, 1);
             let m = dedupe_sorted(&mut v, &hls);
             v.truncate(m);
             v
@@ -1174,7 +1342,8 @@ mod tests {
                 .collect();
             let mut want = v.clone();
             want.sort_by_key(|e| e.key());
-            sort_entries(&mut v, users as usize, items as usize);
+            let input = v.clone();
+            sort_entries(&mut v, users as usize, items as usize, 1);
             let keys = |v: &[Entry]| v.iter().map(|e| e.key()).collect::<Vec<_>>();
             assert_eq!(keys(&v), keys(&want), "{n} entries, {users} users");
             // Nothing is lost or changed (equal keys may change their order).
@@ -1187,6 +1356,17 @@ mod tests {
                 a
             };
             assert_eq!(all(&v), all(&want), "{n} entries, {users} users");
+            // On more threads, the same order entry for entry (equal keys included).
+            let exact = |v: &[Entry]| -> Vec<(u128, i64, u64)> {
+                v.iter()
+                    .map(|e| (e.key(), e.time, e.value.to_bits()))
+                    .collect()
+            };
+            for threads in [2, 3, 8] {
+                let mut w = input.clone();
+                sort_entries(&mut w, users as usize, items as usize, threads);
+                assert_eq!(exact(&w), exact(&v), "{n} entries, {threads} threads");
+            }
         }
     }
 
@@ -1330,6 +1510,54 @@ mod tests {
         let mut wide = Accumulator::new(3);
         wide.merge(Accumulator::deserialize(&bytes).unwrap());
         assert_eq!((wide.n_props(), wide.props.len()), (3, 3));
+    }
+
+    /// The leader's combine step on threads (the state's sort, renumbering and the merge in parts
+    /// of users): the same state byte for byte as on one thread, merging decoded states and states
+    /// read in place, with users and items of one side only and keys met on both sides.
+    #[test]
+    fn merges_on_threads_equal_one_thread() {
+        let mut g = Rng(21);
+        let mut part = |n: usize, users: u64, tag: &str| -> Vec<Row> {
+            (0..n)
+                .map(|_| {
+                    let u = format!("u{}{tag}", g.below(users));
+                    let i = format!("i{}", g.below(60));
+                    let w = g.below(8) as f64 * 0.5;
+                    let t = g.below(20) as i64 * DAY;
+                    let hl = if g.below(2) == 0 { None } else { Some(DAY) };
+                    (u, i, w, t, hl, vec![None, Some(format!("b{}", g.below(3)))])
+                })
+                .collect()
+        };
+        // Many keys (more than one thread's share: 2^16 entries), some users of one part only.
+        let (p0, p1, p2) = (
+            part(60_000, 4000, ""),
+            part(50_000, 4000, "x"),
+            part(40_000, 3000, ""),
+        );
+        let reference = Some(30 * DAY);
+        let (b1, b2) = (
+            build(&p1, reference).serialize(),
+            build(&p2, reference).serialize(),
+        );
+        let combined = |threads: usize| -> Vec<u8> {
+            let mut lead = build(&p0, reference);
+            lead.set_threads(threads);
+            assert!(lead.entries.len() + StateView::parse(&b1).unwrap().len() > 1 << 16);
+            lead.merge_view(StateView::parse(&b1).unwrap());
+            lead.merge(Accumulator::deserialize(&b2).unwrap());
+            lead.serialize()
+        };
+        let one = combined(1);
+        for threads in [2, 3, 8] {
+            assert!(combined(threads) == one, "{threads} threads");
+        }
+        let mut all = p0.clone();
+        all.extend(p1.iter().cloned());
+        all.extend(p2.iter().cloned());
+        let whole = Accumulator::deserialize(&one).unwrap().finish();
+        assert_eq!(whole, build(&all, reference).finish());
     }
 
     #[test]

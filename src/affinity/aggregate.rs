@@ -329,6 +329,10 @@ fn _affinity_combine(
         // Always into `a` (created in the aggregate's context when null): `b` lives only as long
         // as the input tuple it was read from.
         let left = state_mut(&mut a, fcinfo, 0);
+        // The leader's combine steps run while the workers wait: sort and merge on its threads.
+        if pg_sys::ParallelWorkerNumber < 0 {
+            left.set_threads(crate::guc::threads());
+        }
         match std::mem::replace(right, AggState::Acc(Accumulator::new(0))) {
             AggState::Unread(v) => left.merge_view(v),
             AggState::Acc(acc) => left.merge(acc),

@@ -343,6 +343,7 @@ impl Accumulator {
     /// [`Accumulator::finish`] on `threads` threads (runs of whole users each; the result does
     /// not depend on the thread count).
     pub fn finish_with_threads(mut self, threads: usize) -> Affinity {
+        self.set_threads(threads);
         self.canonicalize();
         let empty = self.rows == 0;
         let (min_time, max_time) = if empty {

@@ -250,18 +250,6 @@ impl<'a> StateView<'a> {
         self.n == 0
     }
 
-    /// The entries from the last to the first (the order [`merge_back`] takes them in).
-    pub(crate) fn entries_rev(&self) -> impl Iterator<Item = Entry> + '_ {
-        let mut end = self.n;
-        (0..self.counts.len()).rev().flat_map(move |u| {
-            let start = end - self.counts[u] as usize;
-            end = start;
-            (start..start + self.counts[u] as usize)
-                .rev()
-                .map(move |k| self.entry(k, u as u32))
-        })
-    }
-
     /// The state itself (what `deserialize` returns).
     pub fn into_accumulator(self) -> Accumulator {
         let mut entries: Vec<Entry> = Vec::with_capacity(self.n);
@@ -303,6 +291,30 @@ impl<'a> StateView<'a> {
             max_time: self.max_time,
             pending: Vec::new(),
             pending_text: String::new(),
+            threads: 1,
         }
+    }
+}
+
+impl UserEntries for StateView<'_> {
+    fn n_entries(&self) -> usize {
+        self.n
+    }
+
+    fn before_user(&self, user: u32) -> usize {
+        let u = (user as usize).min(self.counts.len());
+        self.counts[..u].iter().map(|&c| c as usize).sum()
+    }
+
+    fn rev_users(&self, users: std::ops::Range<u32>) -> impl Iterator<Item = Entry> + '_ {
+        let n_users = self.counts.len() as u32;
+        let (lo, hi) = (users.start.min(n_users), users.end.min(n_users));
+        let mut end = self.before_user(hi);
+        (lo..hi).rev().flat_map(move |u| {
+            let c = self.counts[u as usize] as usize;
+            let start = end - c;
+            end = start;
+            (start..start + c).rev().map(move |k| self.entry(k, u))
+        })
     }
 }

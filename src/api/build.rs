@@ -274,10 +274,16 @@ pub fn store(
             })?;
             send(rest)
         });
+        // The property values' item and user counts, computed meanwhile too (pure arithmetic).
+        let counts = sc.spawn(|| property_counts(model));
         // An error raised below unwinds through this scope, which waits for the workers: stop
         // them (the encoder also stops when the receiver of its pieces is gone).
         let _stop = StopOnUnwind(stop);
-        let times = store_rows(model_id, model, rx);
+        let times = store_rows(model_id, model, rx, || {
+            counts
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
         match encoder.join() {
             Ok(Ok(())) => {}
             Ok(Err(Interrupted)) => {
@@ -326,11 +332,27 @@ struct StoreTimes {
     total: f64,
 }
 
-/// Writes the model's rows (`model_data`, `property_values`).
+/// Per property of `model`, each value's item count and user count.
+fn property_counts(model: &Model) -> Vec<(Vec<i64>, Vec<i64>)> {
+    model
+        .properties
+        .iter()
+        .map(|prop| {
+            let items = (0..prop.values.len())
+                .map(|v| prop.value_items.row(v).0.len() as i64)
+                .collect();
+            (items, value_user_counts(&model.ui, &prop.value_items))
+        })
+        .collect()
+}
+
+/// Writes the model's rows (`model_data`, `property_values`; `counts` gives
+/// [`property_counts`]).
 fn store_rows(
     model_id: i64,
     model: &Model,
     pieces: std::sync::mpsc::Receiver<Vec<u8>>,
+    counts: impl FnOnce() -> Vec<(Vec<i64>, Vec<i64>)>,
 ) -> StoreTimes {
     let t0 = Instant::now();
     let (mut n, mut n_bytes) = (0i32, 0usize);
@@ -348,12 +370,8 @@ fn store_rows(
         n_bytes += piece.len();
     }
     let rows = t0.elapsed().as_secs_f64();
-    for prop in &model.properties {
+    for (prop, (items, users)) in model.properties.iter().zip(counts()) {
         pgrx::check_for_interrupts!();
-        let items: Vec<i64> = (0..prop.values.len())
-            .map(|v| prop.value_items.row(v).0.len() as i64)
-            .collect();
-        let users = value_user_counts(&model.ui, &prop.value_items);
         Spi::run_with_args(
             "INSERT INTO audience.property_values (model_id, property, value, items, users)
              SELECT $1, $2, v, i, u FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.int8[]), pg_catalog.unnest($5::pg_catalog.int8[])) AS t(v, i, u)",

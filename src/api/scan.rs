@@ -264,6 +264,7 @@ pub fn scan_affinity(
     let state_bytes = acc.memory_bytes();
     pgrx::check_for_interrupts!();
     let t_finish = Instant::now();
+    acc.set_threads(crate::guc::threads());
     acc.canonicalize();
     let t_canon = t_finish.elapsed().as_secs_f64();
     let aff = acc
