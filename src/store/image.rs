@@ -121,14 +121,57 @@ fn bytes_of<T: Pod>(a: &[T]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(a.as_ptr() as *const u8, std::mem::size_of_val(a)) }
 }
 
-struct ImageWriter<W: Write> {
-    w: W,
+/// Where an image's bytes go, in order: small pieces (the header, lengths, padding) are copied
+/// at once; large ones (the model's arrays) are borrowed for as long as the sink lives.
+trait Sink<'a> {
+    fn small(&mut self, b: &[u8]) -> std::io::Result<()>;
+    fn large(&mut self, b: &'a [u8]) -> std::io::Result<()>;
+}
+
+/// A sink writing to a stream.
+struct Stream<W>(W);
+
+impl<'a, W: Write> Sink<'a> for Stream<W> {
+    fn small(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(b)
+    }
+
+    fn large(&mut self, b: &'a [u8]) -> std::io::Result<()> {
+        // In 8 MB pieces, so a buffered writer never holds a copy of the whole array.
+        for piece in b.chunks(8 << 20) {
+            self.0.write_all(piece)?;
+        }
+        Ok(())
+    }
+}
+
+/// A sink keeping the pieces (consecutive small ones joined), for [`Layout`].
+#[derive(Default)]
+struct Pieces<'a>(Vec<std::borrow::Cow<'a, [u8]>>);
+
+impl<'a> Sink<'a> for Pieces<'a> {
+    fn small(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self.0.last_mut() {
+            Some(std::borrow::Cow::Owned(v)) => v.extend_from_slice(b),
+            _ => self.0.push(std::borrow::Cow::Owned(b.to_vec())),
+        }
+        Ok(())
+    }
+
+    fn large(&mut self, b: &'a [u8]) -> std::io::Result<()> {
+        self.0.push(std::borrow::Cow::Borrowed(b));
+        Ok(())
+    }
+}
+
+struct ImageWriter<S> {
+    s: S,
     pos: u64,
 }
 
-impl<W: Write> ImageWriter<W> {
+impl<'a, S: Sink<'a>> ImageWriter<S> {
     fn raw(&mut self, b: &[u8]) -> std::io::Result<()> {
-        self.w.write_all(b)?;
+        self.s.small(b)?;
         self.pos += b.len() as u64;
         Ok(())
     }
@@ -137,24 +180,23 @@ impl<W: Write> ImageWriter<W> {
         self.raw(&x.to_ne_bytes())
     }
 
-    fn arr<T: Pod>(&mut self, a: &[T]) -> std::io::Result<()> {
+    fn arr<T: Pod>(&mut self, a: &'a [T]) -> std::io::Result<()> {
         self.u64(a.len() as u64)?;
         let pad = (ALIGN - self.pos % ALIGN) % ALIGN;
         self.raw(&[0u8; ALIGN as usize][..pad as usize])?;
-        // Large arrays in 8 MB pieces, so the writer's buffer never holds a copy of the whole.
-        for piece in bytes_of(a).chunks(8 << 20) {
-            self.raw(piece)?;
-        }
+        let b = bytes_of(a);
+        self.s.large(b)?;
+        self.pos += b.len() as u64;
         Ok(())
     }
 
-    fn strs(&mut self, l: &StrList) -> std::io::Result<()> {
+    fn strs(&mut self, l: &'a StrList) -> std::io::Result<()> {
         let (o, b) = l.parts();
         self.arr(o)?;
         self.arr(b)
     }
 
-    fn csr(&mut self, m: &Csr) -> std::io::Result<()> {
+    fn csr(&mut self, m: &'a Csr) -> std::io::Result<()> {
         self.u64(m.n_rows as u64)?;
         self.u64(m.n_cols as u64)?;
         self.arr(&m.indptr)?;
@@ -162,11 +204,35 @@ impl<W: Write> ImageWriter<W> {
         self.arr(&m.data)
     }
 
-    fn opt_csr(&mut self, m: Option<&Csr>) -> std::io::Result<()> {
+    fn opt_csr(&mut self, m: Option<&'a Csr>) -> std::io::Result<()> {
         self.u64(m.is_some() as u64)?;
         match m {
             Some(m) => self.csr(m),
             None => Ok(()),
+        }
+    }
+}
+
+/// What an image holds besides the model's and the parts' own arrays: the knobs' blob and the
+/// id and value lists in their served form (made once per image).
+pub struct ImageTexts {
+    meta: Vec<u8>,
+    users: StrList,
+    items: StrList,
+    values: Vec<StrList>,
+}
+
+impl ImageTexts {
+    pub fn of(model: &Model, parts: &ScorerParts) -> ImageTexts {
+        ImageTexts {
+            meta: meta_blob(model, parts),
+            users: StrList::from_strs(&model.users),
+            items: StrList::from_strs(&model.items),
+            values: model
+                .properties
+                .iter()
+                .map(|p| StrList::from_strs(&p.values))
+                .collect(),
         }
     }
 }
@@ -197,12 +263,13 @@ fn meta_blob(model: &Model, parts: &ScorerParts) -> Vec<u8> {
     w.into_inner()
 }
 
-fn write_all<W: Write>(
-    out: &mut ImageWriter<W>,
+fn write_all<'a, S: Sink<'a>>(
+    out: &mut ImageWriter<S>,
     tags: [u64; 2],
     total: u64,
-    model: &Model,
-    parts: &ScorerParts,
+    model: &'a Model,
+    parts: &'a ScorerParts,
+    texts: &'a ImageTexts,
 ) -> std::io::Result<()> {
     out.raw(&MAGIC)?;
     for x in [
@@ -215,9 +282,9 @@ fn write_all<W: Write>(
     ] {
         out.u64(x)?;
     }
-    out.arr(&meta_blob(model, parts))?;
-    out.strs(&StrList::from_strs(&model.users))?;
-    out.strs(&StrList::from_strs(&model.items))?;
+    out.arr(&texts.meta)?;
+    out.strs(&texts.users)?;
+    out.strs(&texts.items)?;
     out.csr(&model.ui)?;
     out.arr(&model.last_seen)?;
     out.arr(&model.days.ptr)?;
@@ -229,8 +296,8 @@ fn write_all<W: Write>(
         out.arr(&a.item_factors)?;
     }
     out.opt_csr(model.knn.as_ref())?;
-    for p in &model.properties {
-        out.strs(&StrList::from_strs(&p.values))?;
+    for (p, values) in model.properties.iter().zip(&texts.values) {
+        out.strs(values)?;
         out.csr(&p.value_items)?;
     }
     out.arr(&parts.t)?;
@@ -259,17 +326,119 @@ pub fn write_image<W: Write>(
     model: &Model,
     parts: &ScorerParts,
 ) -> std::io::Result<u64> {
+    let texts = ImageTexts::of(model, parts);
     // A first pass sizes the image, so the header can state the length a reader checks.
     let mut count = ImageWriter {
-        w: std::io::sink(),
+        s: Stream(std::io::sink()),
         pos: 0,
     };
-    write_all(&mut count, tags, 0, model, parts)?;
+    write_all(&mut count, tags, 0, model, parts, &texts)?;
     let total = count.pos;
-    let mut out = ImageWriter { w, pos: 0 };
-    write_all(&mut out, tags, total, model, parts)?;
-    out.w.flush()?;
+    let mut out = ImageWriter {
+        s: Stream(w),
+        pos: 0,
+    };
+    write_all(&mut out, tags, total, model, parts, &texts)?;
+    out.s.0.flush()?;
     Ok(total)
+}
+
+/// The image [`write_image`] writes, as pieces at known offsets (the model's arrays borrowed, not
+/// copied), for a writer that fills it on several threads.
+pub struct Layout<'a> {
+    len: u64,
+    /// The pieces in order, with their offsets.
+    pieces: Vec<(u64, std::borrow::Cow<'a, [u8]>)>,
+}
+
+/// Bytes copied between two checks of [`Layout::copy_into`].
+const COPY_STEP: usize = 4 << 20;
+
+impl<'a> Layout<'a> {
+    pub fn of(
+        tags: [u64; 2],
+        model: &'a Model,
+        parts: &'a ScorerParts,
+        texts: &'a ImageTexts,
+    ) -> Layout<'a> {
+        let lay = |total: u64| {
+            let mut w = ImageWriter {
+                s: Pieces::default(),
+                pos: 0,
+            };
+            write_all(&mut w, tags, total, model, parts, texts).expect("pieces are kept in memory");
+            (w.pos, w.s.0)
+        };
+        let (len, _) = lay(0);
+        let (again, list) = lay(len);
+        assert_eq!(again, len, "the same length with it stated");
+        let mut at = 0u64;
+        let pieces = list
+            .into_iter()
+            .map(|p| {
+                let off = at;
+                at += p.len() as u64;
+                (off, p)
+            })
+            .collect();
+        Layout { len, pieces }
+    }
+
+    /// The image's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the image is empty (never: it has a header).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies the image into `dst` (exactly its length) on up to `threads` threads, each
+    /// filling a contiguous range of about equal bytes, calling `check` every few megabytes (its
+    /// error stops every thread and is returned).
+    pub fn copy_into(
+        &self,
+        dst: &mut [u8],
+        threads: usize,
+        check: &(dyn Fn() -> std::io::Result<()> + Sync),
+    ) -> std::io::Result<()> {
+        assert_eq!(
+            dst.len() as u64,
+            self.len,
+            "a destination of the image's length"
+        );
+        let chunk = dst.len().div_ceil(threads.clamp(1, 64)).max(1);
+        let ranges: Vec<(usize, &mut [u8])> = dst
+            .chunks_mut(chunk)
+            .enumerate()
+            .map(|(k, c)| (k * chunk, c))
+            .collect();
+        let results = crate::util::par::par_map(ranges, |(start, out)| {
+            let end = start + out.len();
+            // The first piece that ends after `start`.
+            let first = self
+                .pieces
+                .partition_point(|(off, p)| *off as usize + p.len() <= start);
+            for (off, piece) in &self.pieces[first..] {
+                let off = *off as usize;
+                if off >= end {
+                    break;
+                }
+                let (lo, hi) = (off.max(start), (off + piece.len()).min(end));
+                let mut at = lo;
+                while at < hi {
+                    let step = (hi - at).min(COPY_STEP);
+                    out[at - start..at - start + step]
+                        .copy_from_slice(&piece[at - off..at - off + step]);
+                    at += step;
+                    check()?;
+                }
+            }
+            Ok(())
+        });
+        results.into_iter().collect()
+    }
 }
 
 struct ImageReader {
@@ -580,6 +749,28 @@ pub(crate) mod tests {
         let n = write_image(&mut out, tags, m, &parts).unwrap();
         assert_eq!(n as usize, out.len());
         out
+    }
+
+    /// The laid-out image, filled on any number of threads (ranges cutting pieces anywhere), is
+    /// the streamed image byte for byte; a failing check stops it with its error.
+    #[test]
+    fn layout_copied_on_threads_is_the_image() {
+        let m = model();
+        let want = image(&m, [7, 42]);
+        let parts = scorer(&m).parts(&Served::own_measures(&m));
+        let texts = ImageTexts::of(&m, &parts);
+        let lay = Layout::of([7, 42], &m, &parts, &texts);
+        assert_eq!(lay.len() as usize, want.len());
+        for threads in [1, 2, 3, 7, 64] {
+            let mut got = vec![0xAAu8; want.len()];
+            lay.copy_into(&mut got, threads, &|| Ok(())).unwrap();
+            assert!(got == want, "{threads} threads");
+        }
+        let mut got = vec![0u8; want.len()];
+        let err = lay
+            .copy_into(&mut got, 2, &|| Err(std::io::Error::other("stop")))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "stop");
     }
 
     #[test]
