@@ -255,8 +255,7 @@ pub fn store(
     // The serving image is written by a worker thread while this one stores the rows.
     let stage = crate::api::shared::stage(model_id);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let t0 = Instant::now();
-    let (times, written) = std::thread::scope(|sc| {
+    let (times, replaced, activate_s, image_wait, written) = std::thread::scope(|sc| {
         let worker = stage.as_ref().map(|st| sc.spawn(|| st.write(model, &stop)));
         // The model is encoded on another worker, in pieces this thread stores as they come.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
@@ -291,23 +290,32 @@ pub fn store(
             }
             Err(panic) => std::panic::resume_unwind(panic),
         }
+        // Activated and the older models dropped (their rows deleted) while the image may still
+        // be being written: the same transaction either way.
+        let t_activate = Instant::now();
+        let replaced = store_activate(cid, model_id, activate);
+        let activate_s = t_activate.elapsed().as_secs_f64();
+        let t_wait = Instant::now();
         let written = worker.map(|w| {
             w.join()
                 .unwrap_or_else(|_| Err(std::io::Error::other("the image writer panicked")))
         });
-        (times, written)
+        (
+            times,
+            replaced,
+            activate_s,
+            t_wait.elapsed().as_secs_f64(),
+            written,
+        )
     });
-    let t_image = t0.elapsed().as_secs_f64() - times.total;
-    let replaced = store_activate(cid, model_id, activate);
     if let (Some(st), Some(w)) = (stage, written) {
         st.finish(w, replaced);
     }
     pgrx::debug1!(
-        "audience: stored model {model_id}: encoded and wrote its {} MB of rows in {:.2} s, property values in {:.2} s; the serving image {:.2} s longer (written meanwhile)",
+        "audience: stored model {model_id}: encoded and wrote its {} MB of rows in {:.2} s, property values in {:.2} s, older models dropped in {activate_s:.2} s; the serving image (written meanwhile) {image_wait:.2} s longer",
         times.bytes >> 20,
         times.rows,
         times.values,
-        t_image.max(0.0)
     );
     model_id
 }
@@ -329,7 +337,6 @@ struct StoreTimes {
     /// Encoding (on a worker) and writing the rows as the pieces came.
     rows: f64,
     values: f64,
-    total: f64,
 }
 
 /// Per property of `model`, each value's item count and user count.
@@ -384,7 +391,6 @@ fn store_rows(
         bytes: n_bytes,
         rows,
         values: total - rows,
-        total,
     }
 }
 
@@ -608,6 +614,10 @@ fn build(
         "fresh_check": crate::api::fresh::build_check(cid, max_t),
         "registration": crate::api::incremental::registration(cid),
     });
+    pgrx::debug1!(
+        "audience: the model's statistics and its check for fresh reads in {:.2} s",
+        t_store.elapsed().as_secs_f64()
+    );
     let model_id = store(
         cid,
         m,
