@@ -168,23 +168,38 @@ fn write_mapped(
             _ => Err(e),
         };
     }
-    let mut map = MappedMut::of(&file, len)?;
-    layout.copy_into(map.bytes_mut(), threads, check)?;
-    drop(map);
+    // Windows of the file, every `threads`-th one to each thread, each mapped only while it is
+    // filled: the backend's resident memory grows by a few windows, not by the image.
+    let threads = threads.clamp(1, 64);
+    let windows = len.div_ceil(WINDOW);
+    let results = crate::util::par::par_map((0..threads).collect(), |t| {
+        for w in (t..windows).step_by(threads) {
+            let lo = w * WINDOW;
+            let mut map = MappedMut::of(&file, lo, WINDOW.min(len - lo))?;
+            layout.copy_range(lo, map.bytes_mut(), check)?;
+        }
+        Ok(())
+    });
+    results.into_iter().collect::<std::io::Result<()>>()?;
     file.sync_all()?;
     partial.0 = None;
     Ok(true)
 }
 
-/// A writable shared mapping of a whole file, unmapped when dropped.
+/// A writable shared mapping of part of a file, unmapped when dropped.
 struct MappedMut {
     ptr: *mut u8,
     len: usize,
 }
 
+/// Bytes of the image file mapped at a time by each thread of [`write_mapped`] (a multiple of the
+/// page size).
+const WINDOW: usize = 32 << 20;
+
 impl MappedMut {
-    /// Maps the first `len` bytes of `file` (open for reading and writing, at least `len` long).
-    fn of(file: &std::fs::File, len: usize) -> std::io::Result<MappedMut> {
+    /// Maps `len` bytes of `file` (open for reading and writing) from `offset` (a multiple of
+    /// the page size; the file at least `offset + len` long).
+    fn of(file: &std::fs::File, offset: usize, len: usize) -> std::io::Result<MappedMut> {
         use std::os::fd::AsRawFd;
         if len == 0 {
             return Err(std::io::Error::other("an empty image"));
@@ -197,7 +212,7 @@ impl MappedMut {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 file.as_raw_fd(),
-                0,
+                offset as libc::off_t,
             )
         };
         if ptr == libc::MAP_FAILED {

@@ -394,6 +394,38 @@ impl<'a> Layout<'a> {
         self.len == 0
     }
 
+    /// Copies the image's bytes `start..start + out.len()` into `out`, calling `check` every few
+    /// megabytes (its error is returned).
+    pub fn copy_range(
+        &self,
+        start: usize,
+        out: &mut [u8],
+        check: &(dyn Fn() -> std::io::Result<()> + Sync),
+    ) -> std::io::Result<()> {
+        let end = start + out.len();
+        assert!(end as u64 <= self.len, "a range of the image");
+        // The first piece that ends after `start`.
+        let first = self
+            .pieces
+            .partition_point(|(off, p)| *off as usize + p.len() <= start);
+        for (off, piece) in &self.pieces[first..] {
+            let off = *off as usize;
+            if off >= end {
+                break;
+            }
+            let (lo, hi) = (off.max(start), (off + piece.len()).min(end));
+            let mut at = lo;
+            while at < hi {
+                let step = (hi - at).min(COPY_STEP);
+                out[at - start..at - start + step]
+                    .copy_from_slice(&piece[at - off..at - off + step]);
+                at += step;
+                check()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Copies the image into `dst` (exactly its length) on up to `threads` threads, each
     /// filling a contiguous range of about equal bytes, calling `check` every few megabytes (its
     /// error stops every thread and is returned).
@@ -414,29 +446,8 @@ impl<'a> Layout<'a> {
             .enumerate()
             .map(|(k, c)| (k * chunk, c))
             .collect();
-        let results = crate::util::par::par_map(ranges, |(start, out)| {
-            let end = start + out.len();
-            // The first piece that ends after `start`.
-            let first = self
-                .pieces
-                .partition_point(|(off, p)| *off as usize + p.len() <= start);
-            for (off, piece) in &self.pieces[first..] {
-                let off = *off as usize;
-                if off >= end {
-                    break;
-                }
-                let (lo, hi) = (off.max(start), (off + piece.len()).min(end));
-                let mut at = lo;
-                while at < hi {
-                    let step = (hi - at).min(COPY_STEP);
-                    out[at - start..at - start + step]
-                        .copy_from_slice(&piece[at - off..at - off + step]);
-                    at += step;
-                    check()?;
-                }
-            }
-            Ok(())
-        });
+        let results =
+            crate::util::par::par_map(ranges, |(start, out)| self.copy_range(start, out, check));
         results.into_iter().collect()
     }
 }
