@@ -255,13 +255,20 @@ pub fn store(
     // The serving image is written by a worker thread while this one stores the rows.
     let stage = crate::api::shared::stage(model_id);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (times, replaced, activate_s, image_wait, written) = std::thread::scope(|sc| {
+    let (times, encoded, replaced, activate_s, image_wait, written) = std::thread::scope(|sc| {
         let worker = stage.as_ref().map(|st| sc.spawn(|| st.write(model, &stop)));
         // The model is encoded on another worker, in pieces this thread stores as they come.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
         let stop = &stop;
         let encoder = sc.spawn(move || {
-            let send = |piece: Vec<u8>| tx.send(piece).map_err(|_| Interrupted);
+            let t0 = Instant::now();
+            let mut waited = 0f64;
+            let mut send = |piece: Vec<u8>| {
+                let t = Instant::now();
+                let sent = tx.send(piece).map_err(|_| Interrupted);
+                waited += t.elapsed().as_secs_f64();
+                sent
+            };
             let rest = model.encode_sections(&mut |buf| {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
                     return Err(Interrupted);
@@ -271,7 +278,9 @@ pub fn store(
                 }
                 Ok(())
             })?;
-            send(rest)
+            send(rest)?;
+            // Seconds encoding, and of them waiting for this thread to take a piece.
+            Ok((t0.elapsed().as_secs_f64(), waited))
         });
         // The property values' item and user counts, computed meanwhile too (pure arithmetic).
         let counts = sc.spawn(|| property_counts(model));
@@ -283,13 +292,13 @@ pub fn store(
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         });
-        match encoder.join() {
-            Ok(Ok(())) => {}
+        let encoded = match encoder.join() {
+            Ok(Ok(e)) => e,
             Ok(Err(Interrupted)) => {
                 AudienceError::internal("the model's encoder stopped early").raise()
             }
             Err(panic) => std::panic::resume_unwind(panic),
-        }
+        };
         // Activated and the older models dropped (their rows deleted) while the image may still
         // be being written: the same transaction either way.
         let t_activate = Instant::now();
@@ -300,21 +309,19 @@ pub fn store(
             w.join()
                 .unwrap_or_else(|_| Err(std::io::Error::other("the image writer panicked")))
         });
-        (
-            times,
-            replaced,
-            activate_s,
-            t_wait.elapsed().as_secs_f64(),
-            written,
-        )
+        let image_wait = t_wait.elapsed().as_secs_f64();
+        (times, encoded, replaced, activate_s, image_wait, written)
     });
     if let (Some(st), Some(w)) = (stage, written) {
         st.finish(w, replaced);
     }
     pgrx::debug1!(
-        "audience: stored model {model_id}: encoded and wrote its {} MB of rows in {:.2} s, property values in {:.2} s, older models dropped in {activate_s:.2} s; the serving image (written meanwhile) {image_wait:.2} s longer",
+        "audience: stored model {model_id}: encoded and wrote its {} MB of rows in {:.2} s (waiting for pieces {:.2} s; the encoder {:.2} s, of which waiting to hand them over {:.2} s), property values in {:.2} s, older models dropped in {activate_s:.2} s; the serving image (written meanwhile) {image_wait:.2} s longer",
         times.bytes >> 20,
         times.rows,
+        times.waited,
+        encoded.0,
+        encoded.1,
         times.values,
     );
     model_id
@@ -336,6 +343,8 @@ struct StoreTimes {
     bytes: usize,
     /// Encoding (on a worker) and writing the rows as the pieces came.
     rows: f64,
+    /// Of `rows`, waiting for the encoder's pieces.
+    waited: f64,
     values: f64,
 }
 
@@ -362,9 +371,12 @@ fn store_rows(
     counts: impl FnOnce() -> Vec<(Vec<i64>, Vec<i64>)>,
 ) -> StoreTimes {
     let t0 = Instant::now();
-    let (mut n, mut n_bytes) = (0i32, 0usize);
+    let (mut n, mut n_bytes, mut waited) = (0i32, 0usize, 0f64);
     // Ends when the encoder is done (or stopped: then its join reports it).
-    for piece in pieces.iter() {
+    loop {
+        let t = Instant::now();
+        let Ok(piece) = pieces.recv() else { break };
+        waited += t.elapsed().as_secs_f64();
         for chunk in piece.chunks(CHUNK) {
             pgrx::check_for_interrupts!();
             Spi::run_with_args(
@@ -390,6 +402,7 @@ fn store_rows(
     StoreTimes {
         bytes: n_bytes,
         rows,
+        waited,
         values: total - rows,
     }
 }
