@@ -829,10 +829,11 @@ impl Accumulator {
             return;
         }
         if self.is_blank() {
-            let (reference, n_props) = (self.reference, self.n_props);
+            let (reference, n_props, threads) = (self.reference, self.n_props, self.threads);
             std::mem::swap(self, &mut other);
             self.reference = reference;
             self.n_props = n_props;
+            self.threads = threads;
             self.pad_props();
             return;
         }
@@ -862,10 +863,11 @@ impl Accumulator {
             return;
         }
         if self.is_blank() {
-            let (reference, n_props) = (self.reference, self.n_props);
+            let (reference, n_props, threads) = (self.reference, self.n_props, self.threads);
             *self = v.into_accumulator();
             self.reference = reference;
             self.n_props = n_props;
+            self.threads = threads;
             self.pad_props();
             return;
         }
@@ -1553,6 +1555,13 @@ mod tests {
         for threads in [2, 3, 8] {
             assert!(combined(threads) == one, "{threads} threads");
         }
+        // A blank state keeps its threads when a state is merged into it (its first combine).
+        let (mut blank, mut blank_view) = (Accumulator::new(2), Accumulator::new(2));
+        blank.set_threads(3);
+        blank_view.set_threads(3);
+        blank.merge(Accumulator::deserialize(&b1).unwrap());
+        blank_view.merge_view(StateView::parse(&b1).unwrap());
+        assert_eq!((blank.threads, blank_view.threads), (3, 3));
         let mut all = p0.clone();
         all.extend(p1.iter().cloned());
         all.extend(p2.iter().cloned());
