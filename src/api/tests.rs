@@ -514,6 +514,37 @@ mod tests {
         );
     }
 
+    /// Ids stored compressed or out of line reach the scan's aggregate whole (its plain-text fast
+    /// path reads only inline, uncompressed values; the others go through pgrx's conversion).
+    #[pg_test]
+    fn compressed_and_out_of_line_ids_are_read_whole() {
+        run(
+            r#"CREATE TABLE tev (user_id int, product_id text, "timestamp" timestamptz);
+               ALTER TABLE tev ALTER COLUMN product_id SET STORAGE EXTENDED;
+               INSERT INTO tev SELECT g % 4,
+                   CASE g % 3 WHEN 0 THEN 'short'
+                              WHEN 1 THEN repeat('compressible', 600)
+                              ELSE (SELECT string_agg(md5(i::text || 'x'), '') FROM generate_series(1, 200) i) END,
+                   now() - g * interval '1 hour'
+                 FROM generate_series(1, 30) g;"#,
+        );
+        let kinds = Spi::get_one::<String>(
+            "SELECT string_agg(DISTINCT CASE WHEN pg_column_size(product_id) < octet_length(product_id) THEN 'compressed' ELSE 'plain' END, ',' ORDER BY 1) FROM tev",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(kinds.contains("compressed"), "{kinds}");
+        let q = "SELECT audience._affinity_collect(user_id::text, product_id, 1, \"timestamp\", NULL, NULL, 0, NULL) FROM tev";
+        let token = Spi::get_one::<i64>(q).unwrap().unwrap();
+        let aff = crate::affinity::aggregate::take_stashed(token)
+            .expect("our own token finds the state")
+            .finish();
+        let mut lens: Vec<usize> = aff.items.iter().map(|i| i.len()).collect();
+        lens.sort_unstable();
+        assert_eq!(lens, vec![5, 12 * 600, 32 * 200]);
+        assert_eq!(aff.users.len(), 4);
+    }
+
     /// A stash token names the backend that made it: a token from another session (the scan's
     /// final step ran elsewhere) is never found here, even when its counter matches one of ours.
     #[pg_test]
