@@ -529,7 +529,7 @@ mod tests {
                  FROM generate_series(1, 30) g;"#,
         );
         let kinds = Spi::get_one::<String>(
-            "SELECT string_agg(DISTINCT CASE WHEN pg_column_size(product_id) < octet_length(product_id) THEN 'compressed' ELSE 'plain' END, ',' ORDER BY 1) FROM tev",
+            "SELECT string_agg(k, ',' ORDER BY k) FROM (SELECT DISTINCT CASE WHEN pg_column_size(product_id) < octet_length(product_id) THEN 'compressed' ELSE 'plain' END AS k FROM tev) s",
         )
         .unwrap()
         .unwrap();
