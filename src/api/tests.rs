@@ -541,7 +541,7 @@ mod tests {
             .finish();
         let mut lens: Vec<usize> = aff.items.iter().map(|i| i.len()).collect();
         lens.sort_unstable();
-        assert_eq!(lens, vec![5, 12 * 600, 32 * 200]);
+        assert_eq!(lens, vec![5, 32 * 200, 12 * 600]);
         assert_eq!(aff.users.len(), 4);
     }
 
