@@ -29,7 +29,7 @@
 //! it; they stop before their next item once the caller was interrupted). Every item's row is computed in
 //! a fixed order, so the result does not depend on the number of threads.
 
-use crate::model::csr::Csr;
+use crate::model::csr::{split_at_rows, Csr};
 use crate::util::interrupt::Interrupted;
 use crate::util::prefetch;
 use std::cmp::Ordering as CmpOrdering;
@@ -289,14 +289,7 @@ fn bm25_pairs(ui: &Csr, bm: &Bm25, threads: usize) -> Option<Vec<(u32, f32)>> {
     };
     let b = ui.row_parts(parts);
     let mut out: Vec<(u32, f32)> = crate::util::pages::with_capacity(nnz);
-    let mut rest = &mut out.spare_capacity_mut()[..nnz];
-    let mut pieces = Vec::with_capacity(parts);
-    for t in 0..parts {
-        let (piece, tail) =
-            std::mem::take(&mut rest).split_at_mut(ui.indptr[b[t + 1]] - ui.indptr[b[t]]);
-        pieces.push((b[t]..b[t + 1], piece));
-        rest = tail;
-    }
+    let pieces = split_at_rows(&mut out.spare_capacity_mut()[..nnz], &ui.indptr, &b);
     let kept = crate::util::par::par_map(pieces, |(rows, piece)| {
         let mut kept = true;
         let mut dst = piece.iter_mut();
@@ -337,13 +330,7 @@ fn bm25_in_place(iu: Csr, ui: &Csr, bm: &Bm25, threads: usize) -> Csr {
         data,
     } = iu;
     let mut data = data.into_vec();
-    let mut rest = &mut data[..];
-    let mut pieces = Vec::with_capacity(parts);
-    for t in 0..parts {
-        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(indptr[b[t + 1]] - indptr[b[t]]);
-        pieces.push((b[t]..b[t + 1], piece));
-        rest = tail;
-    }
+    let pieces = split_at_rows(&mut data, &indptr, &b);
     crate::util::par::par_map(pieces, |(items, piece)| {
         let base = indptr[items.start];
         for i in items {

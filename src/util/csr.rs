@@ -13,6 +13,24 @@ pub struct Csr {
     pub data: Buf<f32>,
 }
 
+/// `out`, one slot per stored entry of a matrix with row pointers `indptr`, cut at the row
+/// bounds `bounds` (as [`Csr::row_parts`] gives): each part's rows and its slots, in order.
+pub fn split_at_rows<'a, T>(
+    out: &'a mut [T],
+    indptr: &[usize],
+    bounds: &[usize],
+) -> Vec<(std::ops::Range<usize>, &'a mut [T])> {
+    let mut rest = out;
+    bounds
+        .windows(2)
+        .map(|w| {
+            let (piece, tail) = std::mem::take(&mut rest).split_at_mut(indptr[w[1]] - indptr[w[0]]);
+            rest = tail;
+            (w[0]..w[1], piece)
+        })
+        .collect()
+}
+
 impl Csr {
     /// Builds a matrix from (row, col, value) triples; duplicates are summed.
     pub fn from_triplets(n_rows: usize, n_cols: usize, triples: &mut [(u32, u32, f32)]) -> Csr {
