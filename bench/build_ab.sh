@@ -30,6 +30,10 @@ args="'$CAT', tune => false, guard => false"
 [[ -n "${FACTORS:-}" ]] && args+=", factors => $FACTORS"
 [[ -n "${ITERATIONS:-}" ]] && args+=", iterations => $ITERATIONS"
 echo "audience.build($args)"
+# Each build meets the table of stored models vacuumed and no dirty buffers of the build before
+# (pga_bench_settle: rows written in 1.7 s instead of up to 11 s while autovacuum worked through
+# earlier builds' deleted rows).
+pga_bench_compact "$CL"
 # One build in a session of its own, whose backend's RssAnon is sampled every 0.1 s; prints the
 # model id and the largest sample in MB.
 build_sampled() {
@@ -52,6 +56,7 @@ build_sampled() {
 for r in $(seq "$ROUNDS"); do
     for v in A B; do
         pga_lib_put "${!v}"
+        pga_bench_settle "$CL"
         read -r mid private < <(build_sampled)
         q -c "SELECT format('round %s $v: %s s = scan %s, als %s, knn %s, store %s; peak RSS %s MB, private $private MB', $r,
                      round((m.stats->'seconds'->>'total')::numeric, 1),

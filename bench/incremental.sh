@@ -49,6 +49,10 @@ hr "setup: time indexes, events between builds off, a full build without tuning,
 q -c "CREATE INDEX IF NOT EXISTS tracks_timestamp ON $SCH.tracks (\"timestamp\")" \
   -c "CREATE INDEX IF NOT EXISTS wishlist_saves_saved_at ON $SCH.wishlist_saves (saved_at)" \
   -c "SELECT 1 FROM audience.set_fresh_events('$CAT', 'off')" >/dev/null
+# Every timed build meets the table of stored models vacuumed and no dirty buffers of the build
+# before (pga_bench_settle; see bench/build_ab.sh).
+pga_bench_compact "$CL"
+pga_bench_settle "$CL"
 base_total="$(q -c "SELECT round(seconds::numeric, 1) FROM audience.build('$CAT', tune => false)")"
 mapfile -t BRANDS < <(q -c "SELECT value FROM audience.catalog_values WHERE catalog = '$CAT' AND property = 'brand' ORDER BY users DESC, value LIMIT 3")
 q -c "DROP TABLE IF EXISTS public.bench_incr_audiences" \
@@ -74,6 +78,7 @@ batch() { # seed: 1% new events after the active model's latest; prints how many
 }
 incremental() { # extra arguments of build_incremental
     local row t0 id
+    pga_bench_settle "$CL"
     t0="$(now)"
     rm -f "$OUT/incremental.row" "$OUT/incremental.rc"
     (PGAPPNAME=bench_incremental q -F ' ' -c "SET client_min_messages = debug1" -c "SELECT model_id, new_rows, users, new_users, new_items, round(seconds::numeric, 2) FROM audience.build_incremental('$CAT'$1)" \
@@ -119,6 +124,7 @@ held() { # reference, grown, before: the share of each reference audience the ot
     keep grown
 
     hr "a full build over the same events"
+    pga_bench_settle "$CL"
     t0="$(now)"
     q -F ' ' -c "SELECT 'build: model ' || model_id || ', ' || users || ' users, ' || round(seconds::numeric, 1) || ' s' FROM audience.build('$CAT')"
     keep full
@@ -129,6 +135,7 @@ held() { # reference, grown, before: the share of each reference audience the ot
     q -c "ANALYZE $SCH.tracks"
     incremental ""
     keep grown2
+    pga_bench_settle "$CL"
     q -F ' ' -c "SELECT 'build: model ' || model_id || ', ' || users || ' users, ' || round(seconds::numeric, 1) || ' s' FROM audience.build('$CAT')"
     keep full2
     held full2 grown2 full

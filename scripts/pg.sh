@@ -359,3 +359,23 @@ pga_ab_begin() {
     pga_on_exit "rm -rf '$PGA_AB_WORK'"
     pga_cluster_start "$1" "shared_buffers = 2GB" "max_parallel_workers_per_gather = 2" >&2
 }
+# pga_bench_settle CLUSTER [DB]: before a timed build, the state a build meets when builds are
+# spaced as autovacuum expects: the replaced models' rows in audience.model_data vacuumed (every
+# build deletes one model's rows: 170k TOAST chunks at the 20M-event shop; after builds in quick
+# succession its TOAST table held 8 GB and 4M dead chunks, throttled autovacuum ran for minutes and
+# builds wrote their rows in 11 s instead of 1.7) and the dirty buffers of the builds before
+# written out (a checkpoint), so one build's writes are not timed in the next.
+pga_bench_settle() {
+    local db="${2:-postgres}"
+    pga_psql "$1" -d "$db" -Atq -c "VACUUM audience.model_data" -c "CHECKPOINT" >/dev/null
+}
+# pga_bench_compact CLUSTER [DB]: audience.model_data rewritten to its live rows (VACUUM FULL:
+# an exclusive lock, seconds at the 20M-event shop) when its TOAST table holds over three times
+# them, as left by earlier benchmarks' builds in quick succession.
+pga_bench_compact() {
+    local db="${2:-postgres}" bloated
+    bloated="$(pga_psql "$1" -d "$db" -Atq -c "SELECT pg_catalog.pg_total_relation_size('audience.model_data') > 3 * GREATEST(1, (SELECT pg_catalog.sum(pg_catalog.length(data)) FROM audience.model_data))")"
+    if [[ "$bloated" == t ]]; then
+        pga_psql "$1" -d "$db" -Atq -c "VACUUM FULL audience.model_data" >/dev/null
+    fi
+}
