@@ -17,7 +17,10 @@
 //! filtering" (RecSys 2011). The Gram matrix `Y^T Y` is computed once per half-sweep; the sparse
 //! correction `sum_i (c_ui - 1) y_i y_i^T` is applied implicitly (two length-`k` passes per stored entry),
 //! never formed. Every CG step monotonically decreases that row's part of the loss, so the loss is
-//! non-increasing across sweeps.
+//! non-increasing across sweeps. From 48 factors, a half-sweep with many more rows than fixed
+//! vectors (the users of a shop) runs in the eigenbasis of the Gram matrix ([`rotation_pays`]):
+//! the fixed vectors and each row's start are rotated, and the steps multiply by its eigenvalues
+//! instead of the whole matrix; the scores `x . y` are those of the same solve in the old basis.
 //!
 //! Cost per half-sweep over `n` rows with `nnz` stored entries and `k` factors:
 //! `O(nnz * k * cg_steps + n * k^2 * cg_steps)` time (plus `O(n_other * k^2)` for the Gram matrix).
@@ -37,7 +40,9 @@
 //! run time) the same code is used compiled for those features, with fused multiply-adds. The two
 //! variants round differently, so bit-identical results hold per CPU family, not across them.
 
-use crate::model::als_row::{axpy, dot, madd, prefetch_row_start, update_row};
+use crate::model::als_row::{
+    axpy, dot, madd, prefetch_row_start, rotate_rows, update_row, Dense, Diagonal, Prior,
+};
 use crate::model::csr::Csr;
 use crate::util::buf::Buf;
 use crate::util::rand::SplitMix64;
@@ -233,9 +238,10 @@ pub fn continue_als(
 /// (sorted and unique: the users with new events, new users among them) are solved against the
 /// item factors, then every item against all users' factors. The other users keep their factors
 /// (they were solved against item factors that move little when a few users' rows change).
-/// With every user in `rows` this is [`continue_als`]. The incremental build's default: a user
-/// half-sweep costs about as much as an item half-sweep per stored pair plus `k^2` per row, so
-/// skipping the unchanged users saves most of it. Panics when the model's shape is not `ui`'s or
+/// With every user in `rows` this is [`continue_als`] up to rounding and a rotation of both
+/// sides' factors (that one may solve in the Gram matrix's eigenbasis: [`rotation_pays`]). The
+/// incremental build's default: a user half-sweep costs about as much as an item half-sweep per
+/// stored pair plus `k^2` per row, so skipping the unchanged users saves most of it. Panics when the model's shape is not `ui`'s or
 /// a row is out of range.
 pub fn continue_als_rows(
     ui: &Csr,
@@ -315,11 +321,112 @@ fn sweeps(
     let mut own = None;
     let iu = given_or_transposed(ui, iu, &mut own, params.threads, check)?;
     let mut cfg = Sweep::new(params, k, task_work, simd);
+    let users_rotated = rotation_pays(ui.n_rows, ui.n_cols, k, params.cg_steps);
+    let items_rotated = rotation_pays(ui.n_cols, ui.n_rows, k, params.cg_steps);
     for _ in 0..iterations {
-        cfg.half_sweep(ui, &model.item_factors, &mut model.user_factors, check)?;
-        cfg.half_sweep(iu, &model.user_factors, &mut model.item_factors, check)?;
+        if users_rotated {
+            cfg.half_sweep_rotated(ui, &mut model.item_factors, &mut model.user_factors, check)?;
+        } else {
+            cfg.half_sweep(ui, &model.item_factors, &mut model.user_factors, check)?;
+        }
+        if items_rotated {
+            cfg.half_sweep_rotated(iu, &mut model.user_factors, &mut model.item_factors, check)?;
+        } else {
+            cfg.half_sweep(iu, &model.user_factors, &mut model.item_factors, check)?;
+        }
     }
     Ok(model)
+}
+
+/// Whether a half-sweep over `n_rows` rows against `n_other` fixed vectors costs less in the
+/// eigenbasis of the Gram matrix ([`Diagonal`]): each row then saves `cg_steps` products by
+/// `G` (`k^2` each; its warm start's rotation costs one), and the `n_other` vectors are rotated
+/// once (`k^2` each). At the 20M-event shop the users' half-sweeps are (984k users against 50k
+/// items), the items' are not. Only from 48 factors: at 32 the products by `G` are a small part
+/// of a row's work next to its entries' (`BENCH_ONLY_ALS=1 cargo bench --bench core`: 2% less
+/// ALS time at 32 factors, within the noise of a build; 17% less at 64), and below it the
+/// factors stay those of the dense solve bit for bit.
+fn rotation_pays(n_rows: usize, n_other: usize, k: usize, cg_steps: usize) -> bool {
+    k >= 48 && (n_rows as u64) * (cg_steps as u64) > n_other as u64 + 16 * k as u64
+}
+
+/// Eigen-decomposition of the symmetric `k x k` matrix `a` (row-major) by cyclic Jacobi
+/// rotations, in f64: returns `(w, v)` with `a = v diag(w) v^T`, the columns of `v` orthonormal
+/// eigenvectors. Sequential and deterministic; `O(k^3)` per sweep, a few sweeps (well under a
+/// millisecond at 64 factors).
+fn sym_eigen(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut v = vec![0f64; k * k];
+    for j in 0..k {
+        v[j * k + j] = 1.0;
+    }
+    for _sweep in 0..64 {
+        let (mut off, mut diag) = (0f64, 0f64);
+        for p in 0..k {
+            diag += a[p * k + p] * a[p * k + p];
+            for q in p + 1..k {
+                off += a[p * k + q] * a[p * k + q];
+            }
+        }
+        // Converged (or not a number: the caller checked the input is finite).
+        if off.is_nan() || off <= 1e-30 * diag {
+            break;
+        }
+        for p in 0..k {
+            for q in p + 1..k {
+                let apq = a[p * k + q];
+                if apq == 0.0 {
+                    continue;
+                }
+                // The rotation of the (p, q) plane that zeroes a[p][q] (the smaller angle).
+                let theta = (a[q * k + q] - a[p * k + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for r in 0..k {
+                    let (arp, arq) = (a[r * k + p], a[r * k + q]);
+                    a[r * k + p] = c * arp - s * arq;
+                    a[r * k + q] = s * arp + c * arq;
+                }
+                for r in 0..k {
+                    let (apr, aqr) = (a[p * k + r], a[q * k + r]);
+                    a[p * k + r] = c * apr - s * aqr;
+                    a[q * k + r] = s * apr + c * aqr;
+                }
+                for r in 0..k {
+                    let (vrp, vrq) = (v[r * k + p], v[r * k + q]);
+                    v[r * k + p] = c * vrp - s * vrq;
+                    v[r * k + q] = s * vrp + c * vrq;
+                }
+            }
+        }
+    }
+    ((0..k).map(|j| a[j * k + j]).collect(), v)
+}
+
+/// The rotation `Q` (f32, `k x k` row-major, columns the eigenvectors of `gram`) and the diagonal
+/// `d_j = q_j^T (gram + lambda I) q_j` of the rotated Gram matrix, computed with the rounded `Q`.
+/// `None` when `gram` is not finite (the dense path then gives the same NaNs it always did).
+fn eigenbasis(gram: &[f32], k: usize, lambda: f32) -> Option<(Vec<f32>, Vec<f32>)> {
+    if !gram.iter().all(|g| g.is_finite()) {
+        return None;
+    }
+    let (_, v) = sym_eigen(gram.iter().map(|&g| g as f64).collect(), k);
+    let q: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    let d = (0..k)
+        .map(|j| {
+            let (mut quad, mut norm) = (0f64, 0f64);
+            for a in 0..k {
+                let qa = q[a * k + j] as f64;
+                let ga: f64 = (0..k)
+                    .map(|b| gram[a * k + b] as f64 * q[b * k + j] as f64)
+                    .sum();
+                quad += qa * ga;
+                norm += qa * qa;
+            }
+            (quad + lambda as f64 * norm) as f32
+        })
+        .collect();
+    Some((d, q))
 }
 
 /// The ALS "fold-in": factors for the rows of `ui` (confidence input, as in training) against
@@ -467,18 +574,91 @@ impl<'a> Sweep<'a> {
         for a in 0..k {
             gram[a * k + a] += self.params.regularization;
         }
-        let gram = &gram[..];
+        self.rows(m, other, Dense(&gram), out, check)
+    }
 
+    /// [`Sweep::half_sweep`] in the eigenbasis of the Gram matrix of `other`: `other` is rotated
+    /// in place (`y -> Q^T y`), every row of `out` starts from `Q^T x` and its steps multiply by
+    /// the eigenvalues instead of the whole matrix (see [`Prior`]). Scores `x . y` are those of
+    /// the same factors in the old basis; the caller's factors on both sides are now in the new.
+    fn half_sweep_rotated(
+        &mut self,
+        m: &Csr,
+        other: &mut [f32],
+        out: &mut [f32],
+        check: &mut dyn FnMut() -> Result<(), Interrupted>,
+    ) -> Result<(), Interrupted> {
+        let k = self.params.factors;
+        let gram = self.gram(other, check)?;
+        let Some((d, q)) = eigenbasis(&gram, k, self.params.regularization) else {
+            return self.half_sweep(m, other, out, check);
+        };
+        check()?;
+        self.rotate(other, &q, check)?;
+        self.rows(m, other, Diagonal { d: &d, q: &q }, out, check)
+    }
+
+    /// `y -> Q^T y` for every row of `f`, in tasks on the sweep's threads.
+    fn rotate(
+        &mut self,
+        f: &mut [f32],
+        q: &[f32],
+        check: &mut dyn FnMut() -> Result<(), Interrupted>,
+    ) -> Result<(), Interrupted> {
+        let k = self.params.factors;
+        let fast = self.fast;
+        let per_batch = self.threads * TASKS_PER_THREAD;
+        let tasks: Vec<&mut [f32]> = f.chunks_mut(GRAM_ROWS * k).collect();
+        let mut it = tasks.into_iter();
+        loop {
+            let batch: Vec<&mut [f32]> = it.by_ref().take(per_batch).collect();
+            if batch.is_empty() {
+                return Ok(());
+            }
+            run_batch(
+                batch,
+                &mut self.scratch,
+                &|sc: &mut Scratch, rows: &mut [f32]| {
+                    #[cfg(target_arch = "x86_64")]
+                    if fast {
+                        // SAFETY: `fast` is only set when the CPU supports AVX2 and FMA.
+                        return unsafe { kernels::rotate_rows_fma(q, rows, k, &mut sc.r) };
+                    }
+                    let _ = fast;
+                    rotate_rows::<false>(q, rows, k, &mut sc.r)
+                },
+            );
+            check()?;
+        }
+    }
+
+    /// Updates every row of `out` (one per row of `m`) given the fixed `other` factors and the
+    /// rows' common `prior`.
+    fn rows<P: Prior + Sync>(
+        &mut self,
+        m: &Csr,
+        other: &[f32],
+        prior: P,
+        out: &mut [f32],
+        check: &mut dyn FnMut() -> Result<(), Interrupted>,
+    ) -> Result<(), Interrupted> {
+        let k = self.params.factors;
         // Cut rows into tasks of about `task_work` estimated multiply-adds.
         let passes = self.params.cg_steps as u64 + 1;
         let k64 = k as u64;
+        // Per row: the products by the prior (`k^2` each, or `k` and one `k^2` rotation).
+        let (per_pass, once) = if P::DIAGONAL {
+            (k64, k64 * k64)
+        } else {
+            (k64 * k64, 0)
+        };
         let mut tasks = Vec::new();
         let mut rest = out;
         let mut first = 0usize;
         let mut acc = 0u64;
         for row in 0..m.n_rows {
             let nnz = (m.indptr[row + 1] - m.indptr[row]) as u64;
-            acc += passes * (k64 * k64 + 2 * k64 * nnz) + k64 * nnz + k64;
+            acc += once + passes * (per_pass + 2 * k64 * nnz) + k64 * nnz + k64;
             if acc >= self.task_work || row + 1 == m.n_rows {
                 let (head, tail) = std::mem::take(&mut rest).split_at_mut((row + 1 - first) * k);
                 tasks.push(RowTask { first, out: head });
@@ -494,10 +674,12 @@ impl<'a> Sweep<'a> {
             #[cfg(target_arch = "x86_64")]
             if fast {
                 // SAFETY: `fast` is only set when the CPU supports AVX2 and FMA.
-                return unsafe { kernels::update_rows_fma(m, first, out, other, gram, sc, params) };
+                return unsafe {
+                    kernels::update_rows_fma(m, first, out, other, prior, sc, params)
+                };
             }
             let _ = fast;
-            update_rows::<false>(m, first, out, other, gram, sc, params);
+            update_rows::<false, P>(m, first, out, other, prior, sc, params);
         };
         let per_batch = self.threads * TASKS_PER_THREAD;
         let mut it = tasks.into_iter();
@@ -567,12 +749,12 @@ impl<'a> Sweep<'a> {
 
 /// Updates rows `first..` of `m`, whose factors are `out`.
 #[inline(always)]
-fn update_rows<const F: bool>(
+fn update_rows<const F: bool, P: Prior>(
     m: &Csr,
     first: usize,
     out: &mut [f32],
     other: &[f32],
-    gram: &[f32],
+    prior: P,
     sc: &mut Scratch,
     params: &AlsParams,
 ) {
@@ -583,7 +765,7 @@ fn update_rows<const F: bool>(
             prefetch_row_start(m.row(first + j + 1).0, other, k);
         }
         let (cols, vals) = m.row(first + j);
-        update_row::<F>(cols, vals, other, gram, x, sc, params);
+        update_row::<F, P>(cols, vals, other, prior, x, sc, params);
     }
 }
 
@@ -605,16 +787,21 @@ mod kernels {
     use super::*;
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn update_rows_fma(
+    pub(super) fn update_rows_fma<P: Prior>(
         m: &Csr,
         first: usize,
         out: &mut [f32],
         other: &[f32],
-        gram: &[f32],
+        prior: P,
         sc: &mut Scratch,
         params: &AlsParams,
     ) {
-        update_rows::<true>(m, first, out, other, gram, sc, params)
+        update_rows::<true, P>(m, first, out, other, prior, sc, params)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn rotate_rows_fma(q: &[f32], rows: &mut [f32], k: usize, tmp: &mut [f32]) {
+        rotate_rows::<true>(q, rows, k, tmp)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -1199,6 +1386,100 @@ mod tests {
         assert_ne!(train_als(&ui, &p, &mut ok()).unwrap(), models[0]);
     }
 
+    /// The Jacobi eigen-decomposition: `a = v diag(w) v^T` with orthonormal `v`, for Gram
+    /// matrices of random factors (with and without a tiny eigenvalue) and already-diagonal ones.
+    #[test]
+    fn jacobi_diagonalises_symmetric_matrices() {
+        let mut rng = SplitMix64(3);
+        for k in [1usize, 2, 5, 8, 16, 33, 64] {
+            for case in 0..3 {
+                let n = if case == 1 {
+                    k.saturating_sub(1).max(1)
+                } else {
+                    3 * k
+                };
+                let f: Vec<f64> = (0..n * k).map(|_| rng.next_sym() as f64).collect();
+                let mut a = vec![0f64; k * k];
+                for r in f.chunks_exact(k) {
+                    for i in 0..k {
+                        for j in 0..k {
+                            a[i * k + j] += r[i] * r[j];
+                        }
+                    }
+                }
+                if case == 2 {
+                    for i in 0..k {
+                        for j in 0..k {
+                            if i != j {
+                                a[i * k + j] = 0.0;
+                            }
+                        }
+                    }
+                }
+                let scale = a.iter().fold(0f64, |m, x| m.max(x.abs()));
+                let (w, v) = sym_eigen(a.clone(), k);
+                for i in 0..k {
+                    for j in 0..k {
+                        let back: f64 = (0..k).map(|l| v[i * k + l] * w[l] * v[j * k + l]).sum();
+                        assert!(
+                            (back - a[i * k + j]).abs() <= 1e-10 * scale,
+                            "k {k} case {case}: a[{i}][{j}]"
+                        );
+                        let dot: f64 = (0..k).map(|l| v[l * k + i] * v[l * k + j]).sum();
+                        let want = if i == j { 1.0 } else { 0.0 };
+                        assert!(
+                            (dot - want).abs() <= 1e-12,
+                            "k {k} case {case}: v^T v [{i}][{j}]"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A half-sweep in the eigenbasis gives the scores of the dense one: every user's `x . y`
+    /// against the (rotated) items equals the dense half-sweep's against the original items, from
+    /// the same warm start, for the fixed-size and general kernels, fused and portable.
+    #[test]
+    fn rotated_half_sweep_scores_as_the_dense_one() {
+        let (ui, _, _) = planted(400, 60, 0.2, 0.03, 21);
+        for k in [8usize, 12, 16, 32, 64] {
+            for simd in [true, false] {
+                let p = AlsParams {
+                    factors: k,
+                    threads: 2,
+                    ..AlsParams::default()
+                };
+                let mut rng = SplitMix64(k as u64);
+                let items: Vec<f32> = (0..ui.n_cols * k).map(|_| 0.3 * rng.next_sym()).collect();
+                let start: Vec<f32> = (0..ui.n_rows * k).map(|_| 0.3 * rng.next_sym()).collect();
+                let mut cfg = Sweep::new(&p, k, 4000, simd);
+                let mut dense = start.clone();
+                cfg.half_sweep(&ui, &items, &mut dense, &mut ok()).unwrap();
+                let (mut rot_items, mut rot) = (items.clone(), start.clone());
+                cfg.half_sweep_rotated(&ui, &mut rot_items, &mut rot, &mut ok())
+                    .unwrap();
+                assert_ne!(rot_items, items, "k {k}: the items were rotated");
+                let score = |x: &[f32], y: &[f32]| -> f64 {
+                    x.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum()
+                };
+                let mut worst = 0f64;
+                for u in 0..ui.n_rows {
+                    for i in 0..ui.n_cols {
+                        let want = score(&dense[u * k..(u + 1) * k], &items[i * k..(i + 1) * k]);
+                        let got = score(&rot[u * k..(u + 1) * k], &rot_items[i * k..(i + 1) * k]);
+                        worst = worst.max((want - got).abs());
+                    }
+                }
+                assert!(worst < 2e-4, "k {k}, simd {simd}: scores differ by {worst}");
+            }
+        }
+        // Where it is used: the users of a shop (many more than its items), not its items.
+        assert!(rotation_pays(984_682, 50_000, 64, 3));
+        assert!(!rotation_pays(50_000, 984_682, 64, 3));
+        assert!(!rotation_pays(984_682, 50_000, 32, 3));
+    }
+
     /// A check that counts its calls in `calls` and fails from the `n`-th on.
     fn failing_at(n: usize, calls: &mut usize) -> impl FnMut() -> Result<(), Interrupted> + '_ {
         move || {
@@ -1477,9 +1758,15 @@ mod tests {
             let mut x = vec![0f32; k];
             let mut sc = Scratch::new(k);
             match (gathered, fused) {
-                (true, false) => {
-                    update_row::<false>(&cols, &vals, &other, &gram, &mut x, &mut sc, &params)
-                }
+                (true, false) => update_row::<false, _>(
+                    &cols,
+                    &vals,
+                    &other,
+                    Dense(&gram),
+                    &mut x,
+                    &mut sc,
+                    &params,
+                ),
                 (false, false) => {
                     let e = Direct {
                         cols: &cols,
@@ -1488,12 +1775,28 @@ mod tests {
                         alpha: 2.0,
                         k,
                     };
-                    cg::<false, _>(&e, &gram, &mut x, &mut sc.r, &mut sc.p, &mut sc.ap, 50);
+                    cg::<false, _, _>(
+                        &e,
+                        Dense(&gram),
+                        &mut x,
+                        &mut sc.r,
+                        &mut sc.p,
+                        &mut sc.ap,
+                        50,
+                    );
                 }
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: fast_kernels_available() checked above.
                 _ => unsafe {
-                    kernels::update_rows_fma(&row_csr, 0, &mut x, &other, &gram, &mut sc, &params)
+                    kernels::update_rows_fma(
+                        &row_csr,
+                        0,
+                        &mut x,
+                        &other,
+                        Dense(&gram),
+                        &mut sc,
+                        &params,
+                    )
                 },
                 #[cfg(not(target_arch = "x86_64"))]
                 _ => unreachable!(),

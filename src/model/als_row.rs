@@ -5,6 +5,81 @@ use crate::model::als::{AlsParams, Scratch, CG_EPS, GATHER_MAX_NNZ};
 // ---------------------------------------------------------------------------------------------
 // The per-row conjugate-gradient update
 
+/// The part of every row's normal equations that does not depend on the row: the Gram matrix
+/// `G = Y^T Y + lambda I` of the other side's factors ([`Dense`]), or, once those factors were
+/// rotated into `G`'s eigenbasis (`y -> Q^T y`, see `crate::model::als`), its eigenvalues and the
+/// rotation ([`Diagonal`]): a row's factors are then first rotated the same way (the warm start
+/// of its steps), and each step multiplies by the eigenvalues (`k` products) instead of `G`
+/// (`k^2`). Conjugate gradient commutes with an orthogonal change of basis, so both give the same
+/// factors up to the rotation (and rounding), and every score `x . y` is unchanged. A type
+/// parameter rather than an enum: each kernel instance holds only its own arithmetic (a branch
+/// between them in the row loop made the dense instance at 32 factors 1.8x slower).
+pub(crate) trait Prior: Copy {
+    /// Whether the products by `G` are by a diagonal (the rows' work estimate).
+    const DIAGONAL: bool;
+    /// The same prior with its slices cut to `k` factors (a constant in the fixed-size kernels).
+    fn sized(self, k: usize) -> Self;
+    /// Moves a row's warm start `x` into the prior's basis (`tmp`: `k` floats of scratch).
+    fn start<const F: bool>(self, x: &mut [f32], tmp: &mut [f32]);
+    /// `out = G v`, in the prior's basis.
+    fn apply<const F: bool>(self, v: &[f32], out: &mut [f32]);
+}
+
+/// `G`, `k x k` row-major (with `lambda I`).
+#[derive(Clone, Copy)]
+pub(crate) struct Dense<'a>(pub(crate) &'a [f32]);
+
+impl Prior for Dense<'_> {
+    const DIAGONAL: bool = false;
+
+    #[inline(always)]
+    fn sized(self, k: usize) -> Self {
+        Dense(&self.0[..k * k])
+    }
+
+    #[inline(always)]
+    fn start<const F: bool>(self, _x: &mut [f32], _tmp: &mut [f32]) {}
+
+    #[inline(always)]
+    fn apply<const F: bool>(self, v: &[f32], out: &mut [f32]) {
+        symv::<F>(self.0, v, out)
+    }
+}
+
+/// `d` (`k` eigenvalues of `G`, with `lambda`) and `q` (`k x k` row-major; its columns are the
+/// eigenvectors).
+#[derive(Clone, Copy)]
+pub(crate) struct Diagonal<'a> {
+    pub(crate) d: &'a [f32],
+    pub(crate) q: &'a [f32],
+}
+
+impl Prior for Diagonal<'_> {
+    const DIAGONAL: bool = true;
+
+    #[inline(always)]
+    fn sized(self, k: usize) -> Self {
+        Diagonal {
+            d: &self.d[..k],
+            q: &self.q[..k * k],
+        }
+    }
+
+    /// `x = Q^T x` (the sum of `Q`'s rows weighted by `x`).
+    #[inline(always)]
+    fn start<const F: bool>(self, x: &mut [f32], tmp: &mut [f32]) {
+        symv::<F>(self.q, x, tmp);
+        x.copy_from_slice(tmp);
+    }
+
+    #[inline(always)]
+    fn apply<const F: bool>(self, v: &[f32], out: &mut [f32]) {
+        for ((o, &dj), &vj) in out.iter_mut().zip(self.d).zip(v) {
+            *o = dj * vj;
+        }
+    }
+}
+
 /// The other-side vectors `y_i` of one row with their weights `c_ui - 1`.
 pub(crate) trait Entries {
     fn for_each(&self, f: impl FnMut(&[f32], f32));
@@ -67,11 +142,11 @@ pub(crate) fn prefetch_row_start(cols: &[u32], other: &[f32], k: usize) {
 
 /// Updates one row's factors `x` in place.
 #[inline(always)]
-pub(crate) fn update_row<const F: bool>(
+pub(crate) fn update_row<const F: bool, P: Prior>(
     cols: &[u32],
     vals: &[f32],
     other: &[f32],
-    gram: &[f32],
+    prior: P,
     x: &mut [f32],
     sc: &mut Scratch,
     params: &AlsParams,
@@ -107,7 +182,7 @@ pub(crate) fn update_row<const F: bool>(
             cs.push(params.alpha * v);
         }
         let e = Gathered { ys, cs, k };
-        cg_any::<F, _>(&e, gram, x, r, p, ap, params.cg_steps);
+        cg_any::<F, _, _>(&e, prior, x, r, p, ap, params.cg_steps);
     } else {
         let e = Direct {
             cols,
@@ -116,15 +191,26 @@ pub(crate) fn update_row<const F: bool>(
             alpha: params.alpha,
             k,
         };
-        cg_any::<F, _>(
+        cg_any::<F, _, _>(
             &e,
-            gram,
+            prior,
             x,
             &mut sc.r,
             &mut sc.p,
             &mut sc.ap,
             params.cg_steps,
         );
+    }
+}
+
+/// `y -> Q^T y` for every `k`-float row of `rows` (the other side's factors moved into the
+/// eigenbasis of their Gram matrix, see [`Prior`]); `tmp` holds `k` floats.
+#[inline(always)]
+pub(crate) fn rotate_rows<const F: bool>(q: &[f32], rows: &mut [f32], k: usize, tmp: &mut [f32]) {
+    let tmp = &mut tmp[..k];
+    for y in rows.chunks_exact_mut(k) {
+        symv::<F>(q, y, tmp);
+        y.copy_from_slice(tmp);
     }
 }
 
@@ -153,9 +239,9 @@ fn copy_vector(dst: &mut [f32], src: &[f32]) {
 /// instead of making each entry wait for the previous one's store. The same arithmetic in the
 /// same order, so the same factors.
 #[inline(always)]
-fn cg_any<const F: bool, E: Entries>(
+fn cg_any<const F: bool, E: Entries, P: Prior>(
     e: &E,
-    gram: &[f32],
+    prior: P,
     x: &mut [f32],
     r: &mut [f32],
     p: &mut [f32],
@@ -163,41 +249,43 @@ fn cg_any<const F: bool, E: Entries>(
     steps: usize,
 ) {
     match x.len() {
-        16 => cg_fixed::<F, 16, E>(e, gram, x, steps),
-        32 => cg_fixed::<F, 32, E>(e, gram, x, steps),
-        64 => cg_fixed::<F, 64, E>(e, gram, x, steps),
-        _ => cg::<F, E>(e, gram, x, r, p, ap, steps),
+        16 => cg_fixed::<F, 16, E, P>(e, prior, x, steps),
+        32 => cg_fixed::<F, 32, E, P>(e, prior, x, steps),
+        64 => cg_fixed::<F, 64, E, P>(e, prior, x, steps),
+        _ => cg::<F, E, P>(e, prior, x, r, p, ap, steps),
     }
 }
 
 /// [`cg`] for `K` factors, on local arrays.
 #[inline(always)]
-fn cg_fixed<const F: bool, const K: usize, E: Entries>(
+fn cg_fixed<const F: bool, const K: usize, E: Entries, P: Prior>(
     e: &E,
-    gram: &[f32],
+    prior: P,
     x: &mut [f32],
     steps: usize,
 ) {
     let (mut xv, mut r, mut p, mut ap) = ([0f32; K], [0f32; K], [0f32; K], [0f32; K]);
     xv.copy_from_slice(x);
-    cg::<F, E>(e, &gram[..K * K], &mut xv, &mut r, &mut p, &mut ap, steps);
+    cg::<F, E, P>(e, prior.sized(K), &mut xv, &mut r, &mut p, &mut ap, steps);
     x.copy_from_slice(&xv);
 }
 
-/// `steps` CG steps on `(G + sum_i c_i y_i y_i^T) x = sum_i (1 + c_i) y_i`, from the current `x`.
-/// `G` already includes `lambda I`.
+/// `steps` CG steps on `(G + sum_i c_i y_i y_i^T) x = sum_i (1 + c_i) y_i`, from the current `x`
+/// (with a [`Diagonal`] prior, from `Q^T x`, in the eigenbasis: see [`Prior`]). `G` already
+/// includes `lambda I`.
 #[inline(always)]
-pub(crate) fn cg<const F: bool, E: Entries>(
+pub(crate) fn cg<const F: bool, E: Entries, P: Prior>(
     e: &E,
-    gram: &[f32],
+    prior: P,
     x: &mut [f32],
     r: &mut [f32],
     p: &mut [f32],
     ap: &mut [f32],
     steps: usize,
 ) {
+    prior.start::<F>(x, r);
     // r = b - A x = -G x + sum_i (1 + c_i - c_i (y_i . x)) y_i
-    symv::<F>(gram, x, r);
+    prior.apply::<F>(x, r);
     for v in r.iter_mut() {
         *v = -*v;
     }
@@ -220,7 +308,7 @@ pub(crate) fn cg<const F: bool, E: Entries>(
         if rs.is_nan() || rs <= CG_EPS {
             break;
         }
-        symv::<F>(gram, p, ap);
+        prior.apply::<F>(p, ap);
         e.for_each(|y, c| {
             if let Some(y) = y.get(..k) {
                 axpy::<F>(ap, c * dot_k::<F>(y, p), y)
@@ -341,7 +429,8 @@ pub(crate) fn axpy<const F: bool>(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-/// `out = G v` for the symmetric `k x k` matrix `G` (`k = v.len()`), as a sum of scaled rows.
+/// `out = G^T v` for the `k x k` matrix `G` (`k = v.len()`), as a sum of scaled rows: `G v` for
+/// a symmetric `G`.
 #[inline(always)]
 fn symv<const F: bool>(g: &[f32], v: &[f32], out: &mut [f32]) {
     let k = v.len();
@@ -384,9 +473,9 @@ mod tests {
         };
         let (mut r, mut p, mut ap) = (vec![0f32; k], vec![0f32; k], vec![0f32; k]);
         let mut general = x0.clone();
-        cg::<F, _>(&e, &g, &mut general, &mut r, &mut p, &mut ap, 3);
+        cg::<F, _, _>(&e, Dense(&g), &mut general, &mut r, &mut p, &mut ap, 3);
         let mut any = x0.clone();
-        cg_any::<F, _>(&e, &g, &mut any, &mut r, &mut p, &mut ap, 3);
+        cg_any::<F, _, _>(&e, Dense(&g), &mut any, &mut r, &mut p, &mut ap, 3);
         (general, any)
     }
 
