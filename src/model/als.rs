@@ -241,8 +241,8 @@ pub fn continue_als(
 /// With every user in `rows` this is [`continue_als`] up to rounding and a rotation of both
 /// sides' factors (that one may solve in the Gram matrix's eigenbasis: [`rotation_pays`]). The
 /// incremental build's default: a user half-sweep costs about as much as an item half-sweep per
-/// stored pair plus `k^2` per row, so skipping the unchanged users saves most of it. Panics when the model's shape is not `ui`'s or
-/// a row is out of range.
+/// stored pair plus `k^2` per row, so skipping the unchanged users saves most of it. Panics when
+/// the model's shape is not `ui`'s or a row is out of range.
 pub fn continue_als_rows(
     ui: &Csr,
     params: &AlsParams,
@@ -344,7 +344,7 @@ fn sweeps(
 /// once (`k^2` each). At the 20M-event shop the users' half-sweeps are (984k users against 50k
 /// items), the items' are not. Only from 48 factors: at 32 the products by `G` are a small part
 /// of a row's work next to its entries' (`BENCH_ONLY_ALS=1 cargo bench --bench core`: 2% less
-/// ALS time at 32 factors, within the noise of a build; 17% less at 64), and below it the
+/// ALS time at 32 factors, within the noise of a build; 4-10% less at 64), and below it the
 /// factors stay those of the dense solve bit for bit.
 fn rotation_pays(n_rows: usize, n_other: usize, k: usize, cg_steps: usize) -> bool {
     k >= 48 && (n_rows as u64) * (cg_steps as u64) > n_other as u64 + 16 * k as u64
