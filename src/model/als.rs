@@ -607,29 +607,16 @@ impl<'a> Sweep<'a> {
     ) -> Result<(), Interrupted> {
         let k = self.params.factors;
         let fast = self.fast;
-        let per_batch = self.threads * TASKS_PER_THREAD;
-        let tasks: Vec<&mut [f32]> = f.chunks_mut(GRAM_ROWS * k).collect();
-        let mut it = tasks.into_iter();
-        loop {
-            let batch: Vec<&mut [f32]> = it.by_ref().take(per_batch).collect();
-            if batch.is_empty() {
-                return Ok(());
+        let work = |sc: &mut Scratch, rows: &mut [f32]| {
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: `fast` is only set when the CPU supports AVX2 and FMA.
+                return unsafe { kernels::rotate_rows_fma(q, rows, k, &mut sc.r) };
             }
-            run_batch(
-                batch,
-                &mut self.scratch,
-                &|sc: &mut Scratch, rows: &mut [f32]| {
-                    #[cfg(target_arch = "x86_64")]
-                    if fast {
-                        // SAFETY: `fast` is only set when the CPU supports AVX2 and FMA.
-                        return unsafe { kernels::rotate_rows_fma(q, rows, k, &mut sc.r) };
-                    }
-                    let _ = fast;
-                    rotate_rows::<false>(q, rows, k, &mut sc.r)
-                },
-            );
-            check()?;
-        }
+            let _ = fast;
+            rotate_rows::<false>(q, rows, k, &mut sc.r)
+        };
+        self.run_checked(f.chunks_mut(GRAM_ROWS * k).collect(), &work, check)
     }
 
     /// Updates every row of `out` (one per row of `m`) given the fixed `other` factors and the
@@ -681,17 +668,27 @@ impl<'a> Sweep<'a> {
             let _ = fast;
             update_rows::<false, P>(m, first, out, other, prior, sc, params);
         };
+        self.run_checked(tasks, &work, check)
+    }
+
+    /// Runs `work` over `tasks` in batches of [`TASKS_PER_THREAD`] per thread ([`run_batch`]),
+    /// calling `check` on this thread after each batch.
+    fn run_checked<T: Send>(
+        &mut self,
+        tasks: Vec<T>,
+        work: &(impl Fn(&mut Scratch, T) + Sync),
+        check: &mut dyn FnMut() -> Result<(), Interrupted>,
+    ) -> Result<(), Interrupted> {
         let per_batch = self.threads * TASKS_PER_THREAD;
         let mut it = tasks.into_iter();
         loop {
-            let batch: Vec<RowTask<'_>> = it.by_ref().take(per_batch).collect();
+            let batch: Vec<T> = it.by_ref().take(per_batch).collect();
             if batch.is_empty() {
-                break;
+                return Ok(());
             }
-            run_batch(batch, &mut self.scratch, &work);
+            run_batch(batch, &mut self.scratch, work);
             check()?;
         }
-        Ok(())
     }
 
     /// `F^T F` for the row-major `n x k` matrix `f`, reduced in a fixed block order.

@@ -65,11 +65,9 @@ impl Prior for Diagonal<'_> {
         }
     }
 
-    /// `x = Q^T x` (the sum of `Q`'s rows weighted by `x`).
     #[inline(always)]
     fn start<const F: bool>(self, x: &mut [f32], tmp: &mut [f32]) {
-        symv::<F>(self.q, x, tmp);
-        x.copy_from_slice(tmp);
+        rotate::<F>(self.q, x, tmp)
     }
 
     #[inline(always)]
@@ -209,9 +207,15 @@ pub(crate) fn update_row<const F: bool, P: Prior>(
 pub(crate) fn rotate_rows<const F: bool>(q: &[f32], rows: &mut [f32], k: usize, tmp: &mut [f32]) {
     let tmp = &mut tmp[..k];
     for y in rows.chunks_exact_mut(k) {
-        symv::<F>(q, y, tmp);
-        y.copy_from_slice(tmp);
+        rotate::<F>(q, y, tmp);
     }
+}
+
+/// `v = Q^T v` (the sum of `Q`'s rows weighted by `v`), through `tmp` (`v.len()` floats).
+#[inline(always)]
+fn rotate<const F: bool>(q: &[f32], v: &mut [f32], tmp: &mut [f32]) {
+    symv::<F>(q, v, tmp);
+    v.copy_from_slice(tmp);
 }
 
 /// `dst = src` in 8-float moves (a `memcpy` call per vector costs more than the copy).
@@ -464,7 +468,10 @@ mod tests {
         (g, ys, cs, x)
     }
 
-    fn both<const F: bool>(k: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    /// The general and the fixed-size CG on one problem, with its Gram matrix (`diagonal`
+    /// false) or with a diagonal prior (the Gram matrix's diagonal, and the matrix itself as the
+    /// start's rotation: any matrix does for comparing the two).
+    fn both<const F: bool>(k: usize, seed: u64, diagonal: bool) -> (Vec<f32>, Vec<f32>) {
         let (g, ys, cs, x0) = problem(k, 37, seed);
         let e = Gathered {
             ys: &ys,
@@ -472,10 +479,16 @@ mod tests {
             k,
         };
         let (mut r, mut p, mut ap) = (vec![0f32; k], vec![0f32; k], vec![0f32; k]);
-        let mut general = x0.clone();
-        cg::<F, _, _>(&e, Dense(&g), &mut general, &mut r, &mut p, &mut ap, 3);
-        let mut any = x0.clone();
-        cg_any::<F, _, _>(&e, Dense(&g), &mut any, &mut r, &mut p, &mut ap, 3);
+        let (mut general, mut any) = (x0.clone(), x0.clone());
+        if diagonal {
+            let d: Vec<f32> = (0..k).map(|j| g[j * k + j]).collect();
+            let prior = Diagonal { d: &d, q: &g };
+            cg::<F, _, _>(&e, prior, &mut general, &mut r, &mut p, &mut ap, 3);
+            cg_any::<F, _, _>(&e, prior, &mut any, &mut r, &mut p, &mut ap, 3);
+        } else {
+            cg::<F, _, _>(&e, Dense(&g), &mut general, &mut r, &mut p, &mut ap, 3);
+            cg_any::<F, _, _>(&e, Dense(&g), &mut any, &mut r, &mut p, &mut ap, 3);
+        }
         (general, any)
     }
 
@@ -509,29 +522,41 @@ mod tests {
     }
 
     /// The register-resident CG of the usual factor counts is the general one, bit for bit (the
-    /// factors of a model do not depend on which one ran).
+    /// factors of a model do not depend on which one ran), with either kind of prior.
     #[test]
     fn fixed_sizes_are_the_general_cg() {
-        for k in [16, 32, 64, 8, 48] {
-            for seed in 0..3 {
-                let (general, any) = both::<false>(k, seed);
-                assert!(general.iter().any(|&v| v != 0.0));
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&general), bits(&any), "k = {k}, seed {seed}");
+        for diagonal in [false, true] {
+            for k in [16, 32, 64, 8, 48] {
+                for seed in 0..3 {
+                    let (general, any) = both::<false>(k, seed, diagonal);
+                    assert!(general.iter().any(|&v| v != 0.0));
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&general),
+                        bits(&any),
+                        "k = {k}, seed {seed}, diagonal {diagonal}"
+                    );
+                }
             }
         }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn fused(k: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
-                both::<true>(k, seed)
+            unsafe fn fused(k: usize, seed: u64, diagonal: bool) -> (Vec<f32>, Vec<f32>) {
+                both::<true>(k, seed, diagonal)
             }
-            for k in [16, 32, 64] {
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                let (general, any) = unsafe { fused(k, 5) };
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&general), bits(&any), "fused, k = {k}");
+            for diagonal in [false, true] {
+                for k in [16, 32, 64] {
+                    // SAFETY: the CPU has AVX2 and FMA (checked above).
+                    let (general, any) = unsafe { fused(k, 5, diagonal) };
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&general),
+                        bits(&any),
+                        "fused, k = {k}, diagonal {diagonal}"
+                    );
+                }
             }
         }
     }
