@@ -6,9 +6,10 @@ use crate::api::spi_util::args;
 use crate::error::{AudienceError, OrRaise};
 use crate::model::als::{train_als_with, transpose_checked};
 use crate::model::days::DayIndex;
-use crate::model::knn::train_knn_with;
+use crate::model::knn::{train_knn_with, KnnParams};
 use crate::model::train::{damped_on, value_user_counts};
 use crate::store::stored::{Model, Property};
+use crate::util::csr::Csr;
 use crate::util::interrupt::Interrupted;
 use pgrx::prelude::*;
 use std::time::Instant;
@@ -105,6 +106,20 @@ pub fn check_training_memory(n_users: usize, n_items: usize, nnz: usize, p: &Bui
 
 /// Trains the collaborative models on collected affinity. Pure apart from interrupt checks.
 pub fn train(c: Collected, p: &BuildParams) -> Trained {
+    let (mut trained, knn) = train_starting_knn(c, p);
+    if let Some(run) = knn {
+        let (knn, seconds) = run.finish(None);
+        trained.model.knn = Some(knn);
+        trained.knn_seconds = seconds;
+    }
+    trained
+}
+
+/// [`train`] up to item-kNN, which it starts on a thread of its own ([`KnnRun`]) and does not
+/// wait for: the model it returns has no `knn` yet (nor `knn_seconds`). The model is put
+/// together meanwhile, and a build stores what does not depend on the neighbours meanwhile too
+/// ([`store`]).
+pub fn train_starting_knn(c: Collected, p: &BuildParams) -> (Trained, Option<KnnRun>) {
     let aff = c.aff;
     check_training_memory(aff.users.len(), aff.items.len(), aff.matrix.nnz(), p);
     let conf = damped_on(&aff.matrix, crate::guc::threads());
@@ -141,22 +156,8 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
             als_seconds,
         );
     }
-    let t1 = Instant::now();
-    if let Some(kp) = &p.knn {
-        crate::api::progress::phase("knn", format!("{} neighbours", kp.neighbours));
-    }
-    let knn = p.knn.as_ref().map(|kp| {
-        train_knn_with(&conf, iu.take(), kp, &mut interrupt_check)
-            .unwrap_or_else(|_| raise_interrupted("item-kNN training"))
-    });
-    let knn_seconds = t1.elapsed().as_secs_f64();
-    if let Some(kp) = &p.knn {
-        crate::api::progress::finished(
-            format!("trained item-kNN ({} neighbours)", kp.neighbours),
-            knn_seconds,
-        );
-    }
-    drop((conf, iu));
+    let knn = p.knn.map(|kp| KnnRun::start(conf, iu.take(), kp));
+    drop(iu);
     let n_items = aff.items.len();
     let properties = c
         .item_values
@@ -181,7 +182,7 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
         ui: aff.matrix,
         last_seen,
         als,
-        knn,
+        knn: None,
         properties,
         params: p.hybrid,
         cross_params: p.cross_sell,
@@ -189,10 +190,119 @@ pub fn train(c: Collected, p: &BuildParams) -> Trained {
         reference_day,
         property_params: p.by_property.clone(),
     };
-    Trained {
+    let trained = Trained {
         model,
         als_seconds,
-        knn_seconds,
+        knn_seconds: 0.0,
+    };
+    (trained, knn)
+}
+
+/// Item-kNN training running on a thread of its own while the backend's thread goes on. Only the
+/// backend's thread talks to PostgreSQL: the training thread checks nothing but `stop`, which
+/// [`KnnRun::finish`] sets on a pending cancel (it polls for one while it waits) and `Drop` sets
+/// when an error unwinds past the run; either way the thread is joined before the run is gone.
+pub struct KnnRun {
+    result: std::sync::mpsc::Receiver<Result<Csr, Interrupted>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    started: Instant,
+    neighbours: usize,
+}
+
+impl KnnRun {
+    /// Starts training item-kNN on `conf` (its transpose `iu` when at hand) and moves the build
+    /// to phase `knn`.
+    pub fn start(conf: Csr, iu: Option<Csr>, kp: KnnParams) -> KnnRun {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        crate::api::progress::phase("knn", format!("{} neighbours", kp.neighbours));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (tx, result) = std::sync::mpsc::sync_channel(1);
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("pg_audience knn".into())
+            .spawn(move || {
+                let mut check = || {
+                    if stopped.load(Ordering::Relaxed) {
+                        Err(Interrupted)
+                    } else {
+                        Ok(())
+                    }
+                };
+                let knn = train_knn_with(&conf, iu, &kp, &mut check);
+                drop(conf);
+                let _ = tx.send(knn);
+            })
+            .unwrap_or_else(|e| {
+                AudienceError::new(
+                    pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+                    format!("could not start a thread for item-kNN training: {e}"),
+                )
+                .hint("Check the server's limits on processes and threads (ulimit -u).")
+                .raise()
+            });
+        KnnRun {
+            result,
+            thread: Some(thread),
+            stop,
+            started: Instant::now(),
+            neighbours: kp.neighbours,
+        }
+    }
+
+    /// Waits for the neighbours, serving a cancel, statement timeout or terminate meanwhile (the
+    /// training stops and the statement fails), and reports the phase's end (`meanwhile`: what
+    /// this thread did while it trained, for the report). Returns them and the seconds since the
+    /// training started.
+    pub fn finish(mut self, meanwhile: Option<&str>) -> (Csr, f64) {
+        use std::sync::mpsc::RecvTimeoutError;
+        loop {
+            match self
+                .result
+                .recv_timeout(std::time::Duration::from_millis(10))
+            {
+                Ok(Ok(knn)) => {
+                    if let Some(t) = self.thread.take() {
+                        t.join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    }
+                    let seconds = self.started.elapsed().as_secs_f64();
+                    crate::api::progress::finished(
+                        match meanwhile {
+                            Some(m) => format!(
+                                "trained item-kNN ({} neighbours; {m} meanwhile)",
+                                self.neighbours
+                            ),
+                            None => format!("trained item-kNN ({} neighbours)", self.neighbours),
+                        },
+                        seconds,
+                    );
+                    return (knn, seconds);
+                }
+                Ok(Err(Interrupted)) => raise_interrupted("item-kNN training"),
+                Err(RecvTimeoutError::Timeout) => {
+                    if interrupt_check().is_err() {
+                        raise_interrupted("item-kNN training")
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    // The thread ended without a result: it panicked.
+                    if let Some(Err(panic)) = self.thread.take().map(|t| t.join()) {
+                        std::panic::resume_unwind(panic)
+                    }
+                    AudienceError::internal("item-kNN training ended without a result").raise()
+                }
+            }
+        }
+    }
+}
+
+impl Drop for KnnRun {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -217,14 +327,35 @@ pub fn private_rss_bytes() -> Option<u64> {
 /// Bytes per model_data row: small enough that a cancel between rows is noticed quickly.
 const CHUNK: usize = 8 << 20;
 
+/// What [`store`] did.
+pub struct Stored {
+    pub model_id: i64,
+    /// When item-kNN trained while the model was stored (a [`KnnRun`] was given).
+    pub knn: Option<KnnStored>,
+}
+
+/// Item-kNN trained during [`store`].
+pub struct KnnStored {
+    pub seconds: f64,
+    /// When it finished: the store's own seconds count from then.
+    pub done: Instant,
+    /// The backend's private memory then (the build's high point).
+    pub private_bytes: Option<u64>,
+}
+
 /// Stores a model, in the caller's transaction, as the catalog's new active model (dropping the
 /// catalog's older models), or, when `activate` is false (refused by the deploy guard, whose
 /// report is `guard`), beside the active model (dropping the other inactive ones). Returns the
 /// new model id.
+///
+/// With `knn` (item-kNN still training, the model's `knn` not set yet), the sections before the
+/// neighbours' are encoded and written, and the older models dropped, while it trains; then
+/// `model.knn` is set and the rest is stored (phase `store` from then on).
 #[allow(clippy::too_many_arguments)]
 pub fn store(
     cid: i32,
-    model: &Model,
+    model: &mut Model,
+    knn: Option<KnnRun>,
     rows_read: i64,
     until: Option<TimestampWithTimeZone>,
     reference_us: i64,
@@ -232,7 +363,10 @@ pub fn store(
     stats: &serde_json::Value,
     activate: bool,
     guard: Option<&serde_json::Value>,
-) -> i64 {
+) -> Stored {
+    if knn.is_none() {
+        crate::api::progress::phase("store", "");
+    }
     let reference = TimestampWithTimeZone::try_from(reference_us).ok();
     let model_id: i64 = Spi::get_one_with_args::<i64>(
         "INSERT INTO audience.models (catalog_id, train_until, reference_time, rows_read, users, items, pairs, params, stats, guard)
@@ -252,79 +386,218 @@ pub fn store(
     )
     .or_raise("storing the model")
     .unwrap_or_else(|| AudienceError::internal("no model id").raise());
+    let mut rows = RowWriter {
+        model_id,
+        n: 0,
+        bytes: 0,
+        seconds: 0.0,
+        waited: 0.0,
+    };
+    let mut encoded = (0f64, 0f64);
+    // The older models' rows deleted early (with `knn`: while it trains), and in how long.
+    let mut dropped: Option<(Vec<i64>, f64)> = None;
+    let mut head: Option<Vec<u8>> = None;
+    let mut knn_done = None;
+    if let Some(run) = knn {
+        let m: &Model = model;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (rest, enc, early) = std::thread::scope(|sc| {
+            let stop = &stop;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+            let encoder =
+                sc.spawn(move || encode_pieces(&tx, stop, |at| m.encode_head_sections(at)));
+            let _stop = StopOnUnwind(stop);
+            // The deletes first: the encoder has its first pieces ready by the time they end.
+            let t = Instant::now();
+            let early = activate.then(|| {
+                (
+                    store_activate(cid, model_id, true),
+                    t.elapsed().as_secs_f64(),
+                )
+            });
+            rows.write(rx);
+            let (rest, seconds, waited) = joined(encoder);
+            (rest, (seconds, waited), early)
+        });
+        let (knn, seconds) = run.finish(Some("the model's first rows stored"));
+        model.knn = Some(knn);
+        knn_done = Some(KnnStored {
+            seconds,
+            done: Instant::now(),
+            private_bytes: private_rss_bytes(),
+        });
+        crate::api::progress::phase("store", "");
+        (head, encoded, dropped) = (Some(rest), enc, early);
+    }
+    let m: &Model = model;
     // The serving image is written by a worker thread while this one stores the rows.
     let stage = crate::api::shared::stage(model_id);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (times, encoded, replaced, activate_s, image_wait, written) = std::thread::scope(|sc| {
-        let worker = stage.as_ref().map(|st| sc.spawn(|| st.write(model, &stop)));
+    let (replaced, activate_s, image_wait, written) = std::thread::scope(|sc| {
+        let worker = stage.as_ref().map(|st| sc.spawn(|| st.write(m, &stop)));
         // The model is encoded on another worker, in pieces this thread stores as they come.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
         let stop = &stop;
         let encoder = sc.spawn(move || {
-            let t0 = Instant::now();
-            let mut waited = 0f64;
-            let mut send = |piece: Vec<u8>| {
-                let t = Instant::now();
-                let sent = tx.send(piece).map_err(|_| Interrupted);
-                waited += t.elapsed().as_secs_f64();
-                sent
-            };
-            let rest = model.encode_sections(&mut |buf| {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Err(Interrupted);
-                }
-                if buf.len() >= CHUNK {
-                    send(std::mem::take(buf))?;
-                }
-                Ok(())
+            let (rest, seconds, waited) = encode_pieces(&tx, stop, |at| match head {
+                Some(head) => m.encode_tail_sections(head, at),
+                None => m.encode_sections(at),
             })?;
-            send(rest)?;
-            // Seconds encoding, and of them waiting for this thread to take a piece.
-            Ok((t0.elapsed().as_secs_f64(), waited))
+            let t = Instant::now();
+            tx.send(rest).map_err(|_| Interrupted)?;
+            let sent = t.elapsed().as_secs_f64();
+            Ok((seconds + sent, waited + sent))
         });
         // The property values' item and user counts, computed meanwhile too (pure arithmetic).
-        let counts = sc.spawn(|| property_counts(model));
+        let counts = sc.spawn(|| property_counts(m));
         // An error raised below unwinds through this scope, which waits for the workers: stop
         // them (the encoder also stops when the receiver of its pieces is gone).
         let _stop = StopOnUnwind(stop);
-        let times = store_rows(model_id, model, rx, || {
+        rows.write(rx);
+        let enc = joined(encoder);
+        encoded = (encoded.0 + enc.0, encoded.1 + enc.1);
+        store_property_values(model_id, m, || {
             counts
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         });
-        let encoded = match encoder.join() {
-            Ok(Ok(e)) => e,
-            Ok(Err(Interrupted)) => {
-                AudienceError::internal("the model's encoder stopped early").raise()
-            }
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
         // Activated and the older models dropped (their rows deleted) while the image may still
         // be being written: the same transaction either way.
-        let t_activate = Instant::now();
-        let replaced = store_activate(cid, model_id, activate);
-        let activate_s = t_activate.elapsed().as_secs_f64();
+        let (replaced, activate_s) = dropped.take().unwrap_or_else(|| {
+            let t = Instant::now();
+            (
+                store_activate(cid, model_id, activate),
+                t.elapsed().as_secs_f64(),
+            )
+        });
         let t_wait = Instant::now();
         let written = worker.map(|w| {
             w.join()
                 .unwrap_or_else(|_| Err(std::io::Error::other("the image writer panicked")))
         });
-        let image_wait = t_wait.elapsed().as_secs_f64();
-        (times, encoded, replaced, activate_s, image_wait, written)
+        (
+            replaced,
+            activate_s,
+            t_wait.elapsed().as_secs_f64(),
+            written,
+        )
     });
     if let (Some(st), Some(w)) = (stage, written) {
         st.finish(w, replaced);
     }
     pgrx::debug1!(
-        "audience: stored model {model_id}: encoded and wrote its {} MB of rows in {:.2} s (waiting for pieces {:.2} s; the encoder {:.2} s, of which waiting to hand them over {:.2} s), property values in {:.2} s, older models dropped in {activate_s:.2} s; the serving image (written meanwhile) {image_wait:.2} s longer",
-        times.bytes >> 20,
-        times.rows,
-        times.waited,
+        "audience: stored model {model_id}: encoded and wrote its {} MB of rows in {:.2} s (waiting for pieces {:.2} s; the encoder {:.2} s, of which waiting to hand them over {:.2} s), older models dropped in {activate_s:.2} s{}; the serving image (written meanwhile) {image_wait:.2} s longer",
+        rows.bytes >> 20,
+        rows.seconds,
+        rows.waited,
         encoded.0,
         encoded.1,
-        times.values,
+        if knn_done.is_some() {
+            "; the deletes and the rows before the neighbours' while item-kNN trained"
+        } else {
+            ""
+        },
     );
-    model_id
+    Stored {
+        model_id,
+        knn: knn_done,
+    }
+}
+
+/// Reports the end of the store phase begun at `t_store`; returns its seconds (counted from
+/// the end of item-kNN's training when the model was stored while it trained: the build's phases
+/// then add up to its total).
+pub fn stored_report(stored: &Stored, t_store: Instant) -> f64 {
+    let model_id = stored.model_id;
+    let seconds = stored
+        .knn
+        .as_ref()
+        .map_or(t_store, |k| k.done)
+        .elapsed()
+        .as_secs_f64();
+    crate::api::progress::finished(
+        if stored.knn.is_some() {
+            format!("stored the rest of model {model_id} and its serving image")
+        } else {
+            format!("stored model {model_id} and its serving image")
+        },
+        seconds,
+    );
+    seconds
+}
+
+/// Runs `encode` (a [`Model`]'s `encode_*_sections`) on this thread, handing each piece of at
+/// least [`CHUNK`] bytes to `tx`; stops when `stop` is set or the receiver is gone. Returns the
+/// bytes after the last piece, the seconds encoding, and of them the seconds waiting to hand
+/// pieces over.
+fn encode_pieces(
+    tx: &std::sync::mpsc::SyncSender<Vec<u8>>,
+    stop: &std::sync::atomic::AtomicBool,
+    encode: impl FnOnce(
+        &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Interrupted>,
+    ) -> Result<Vec<u8>, Interrupted>,
+) -> Result<(Vec<u8>, f64, f64), Interrupted> {
+    let t0 = Instant::now();
+    let mut waited = 0f64;
+    let rest = encode(&mut |buf| {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Interrupted);
+        }
+        if buf.len() >= CHUNK {
+            let t = Instant::now();
+            tx.send(std::mem::take(buf)).map_err(|_| Interrupted)?;
+            waited += t.elapsed().as_secs_f64();
+        }
+        Ok(())
+    })?;
+    Ok((rest, t0.elapsed().as_secs_f64(), waited))
+}
+
+/// The encoder's result (its panic resumed here; stopped early, an internal error: this thread
+/// stopped taking its pieces only by raising an error, which does not get here).
+fn joined<T>(encoder: std::thread::ScopedJoinHandle<'_, Result<T, Interrupted>>) -> T {
+    match encoder.join() {
+        Ok(Ok(e)) => e,
+        Ok(Err(Interrupted)) => {
+            AudienceError::internal("the model's encoder stopped early").raise()
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Writes the model's encoded pieces as `model_data` rows of [`CHUNK`] bytes, numbered on
+/// across calls.
+struct RowWriter {
+    model_id: i64,
+    /// The next row's `chunk`.
+    n: i32,
+    bytes: usize,
+    /// Writing rows as the pieces came, and of it waiting for the encoder's pieces.
+    seconds: f64,
+    waited: f64,
+}
+
+impl RowWriter {
+    /// Writes the pieces until the encoder is done (or stopped: then its join reports it).
+    fn write(&mut self, pieces: std::sync::mpsc::Receiver<Vec<u8>>) {
+        let t0 = Instant::now();
+        loop {
+            let t = Instant::now();
+            let Ok(piece) = pieces.recv() else { break };
+            self.waited += t.elapsed().as_secs_f64();
+            for chunk in piece.chunks(CHUNK) {
+                pgrx::check_for_interrupts!();
+                Spi::run_with_args(
+                    "INSERT INTO audience.model_data (model_id, part, chunk, data) VALUES ($1, 'model', $2, $3)",
+                    &args![self.model_id, self.n, chunk],
+                )
+                .or_raise("storing the model data");
+                self.n += 1;
+            }
+            self.bytes += piece.len();
+        }
+        self.seconds += t0.elapsed().as_secs_f64();
+    }
 }
 
 /// Sets its flag when dropped while unwinding (an error raised in a thread scope).
@@ -336,16 +609,6 @@ impl Drop for StopOnUnwind<'_> {
             self.0.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
-}
-
-/// Seconds and bytes of [`store_rows`].
-struct StoreTimes {
-    bytes: usize,
-    /// Encoding (on a worker) and writing the rows as the pieces came.
-    rows: f64,
-    /// Of `rows`, waiting for the encoder's pieces.
-    waited: f64,
-    values: f64,
 }
 
 /// Per property of `model`, each value's item count and user count.
@@ -362,33 +625,12 @@ fn property_counts(model: &Model) -> Vec<(Vec<i64>, Vec<i64>)> {
         .collect()
 }
 
-/// Writes the model's rows (`model_data`, `property_values`; `counts` gives
-/// [`property_counts`]).
-fn store_rows(
+/// Writes the model's `property_values` rows (`counts` gives [`property_counts`]).
+fn store_property_values(
     model_id: i64,
     model: &Model,
-    pieces: std::sync::mpsc::Receiver<Vec<u8>>,
     counts: impl FnOnce() -> Vec<(Vec<i64>, Vec<i64>)>,
-) -> StoreTimes {
-    let t0 = Instant::now();
-    let (mut n, mut n_bytes, mut waited) = (0i32, 0usize, 0f64);
-    // Ends when the encoder is done (or stopped: then its join reports it).
-    loop {
-        let t = Instant::now();
-        let Ok(piece) = pieces.recv() else { break };
-        waited += t.elapsed().as_secs_f64();
-        for chunk in piece.chunks(CHUNK) {
-            pgrx::check_for_interrupts!();
-            Spi::run_with_args(
-                "INSERT INTO audience.model_data (model_id, part, chunk, data) VALUES ($1, 'model', $2, $3)",
-                &args![model_id, n, chunk],
-            )
-            .or_raise("storing the model data");
-            n += 1;
-        }
-        n_bytes += piece.len();
-    }
-    let rows = t0.elapsed().as_secs_f64();
+) {
     for (prop, (items, users)) in model.properties.iter().zip(counts()) {
         pgrx::check_for_interrupts!();
         Spi::run_with_args(
@@ -397,13 +639,6 @@ fn store_rows(
             &args![model_id, prop.name.as_str(), prop.values.clone(), items, users],
         )
         .or_raise("storing property values");
-    }
-    let total = t0.elapsed().as_secs_f64();
-    StoreTimes {
-        bytes: n_bytes,
-        rows,
-        waited,
-        values: total - rows,
     }
 }
 
@@ -435,11 +670,21 @@ fn store_activate(cid: i32, model_id: i64, activate: bool) -> Vec<i64> {
 }
 
 /// Adds what is known only once a model is stored to its `stats`: the store and total seconds,
-/// and the backend's peak memory.
-pub fn record_final_stats(model_id: i64, store_s: f64, total: f64) {
+/// the backend's peak memory, and item-kNN's seconds and the private memory after it when it
+/// trained while the model was stored (`knn`).
+pub fn record_final_stats(model_id: i64, store_s: f64, total: f64, knn: Option<&KnnStored>) {
     Spi::run_with_args(
-        "UPDATE audience.models SET stats = stats OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('seconds', (stats OPERATOR(pg_catalog.->) 'seconds') OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('store', $2::pg_catalog.float8, 'total', $3::pg_catalog.float8), 'peak_rss_bytes', $4::pg_catalog.int8) WHERE model_id OPERATOR(pg_catalog.=) $1",
-        &args![model_id, store_s, total, peak_rss_bytes().map(|b| b as i64)],
+        "UPDATE audience.models SET stats = stats OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('seconds', (stats OPERATOR(pg_catalog.->) 'seconds') OPERATOR(pg_catalog.||) pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('store', $2::pg_catalog.float8, 'total', $3::pg_catalog.float8, 'knn', $5::pg_catalog.float8)), 'peak_rss_bytes', $4::pg_catalog.int8)
+           OPERATOR(pg_catalog.||) pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('private_rss_after_training_bytes', $6::pg_catalog.int8))
+         WHERE model_id OPERATOR(pg_catalog.=) $1",
+        &args![
+            model_id,
+            store_s,
+            total,
+            peak_rss_bytes().map(|b| b as i64),
+            knn.map(|k| k.seconds),
+            knn.and_then(|k| k.private_bytes).map(|b| b as i64)
+        ],
     )
     .or_raise("recording build statistics");
 }
@@ -584,8 +829,15 @@ fn build(
     if tuning.is_some() {
         crate::api::progress::finished("automatic tuning", tune_s);
     }
-    let trained = train(collected, &params);
-    // Measured with the affinity matrix and the trained models in memory, the build's high point.
+    // Without the deploy guard (which judges the whole model first), item-kNN trains while the
+    // model is stored.
+    let (mut trained, knn_run) = if prepared.is_some() {
+        (train(collected, &params), None)
+    } else {
+        train_starting_knn(collected, &params)
+    };
+    // Measured with the affinity matrix and the trained models in memory, the build's high point
+    // (measured again when item-kNN is done, when it trains while the model is stored).
     let private_bytes = private_rss_bytes();
     let t_guard = Instant::now();
     let mut activate = true;
@@ -608,7 +860,6 @@ fn build(
         guard_report = Some(v.report);
     }
     let guard_s = t_guard.elapsed().as_secs_f64();
-    crate::api::progress::phase("store", "");
     let t_store = Instant::now();
     let m = &trained.model;
     let (users, items, pairs) = (
@@ -617,7 +868,7 @@ fn build(
         m.ui.nnz() as i64,
     );
     let stats = serde_json::json!({
-        "seconds": { "scan": scan_s, "products": products_s, "tune": tune_s, "als": trained.als_seconds, "knn": trained.knn_seconds, "guard": guard_s },
+        "seconds": { "scan": scan_s, "products": products_s, "tune": tune_s, "als": trained.als_seconds, "knn": knn_run.is_none().then_some(trained.knn_seconds), "guard": guard_s },
         "tuning": tuning.clone(),
         "affinity_state_bytes": state_bytes,
         "scan_state": scan_state,
@@ -631,9 +882,10 @@ fn build(
         "audience: the model's statistics and its check for fresh reads in {:.2} s",
         t_store.elapsed().as_secs_f64()
     );
-    let model_id = store(
+    let stored = store(
         cid,
-        m,
+        &mut trained.model,
+        knn_run,
         rows_read,
         until,
         ref_t,
@@ -642,13 +894,10 @@ fn build(
         activate,
         guard_report.as_ref(),
     );
-    let store_s = t_store.elapsed().as_secs_f64();
-    crate::api::progress::finished(
-        format!("stored model {model_id} and its serving image"),
-        store_s,
-    );
+    let model_id = stored.model_id;
+    let store_s = stored_report(&stored, t_store);
     let total = t0.elapsed().as_secs_f64();
-    record_final_stats(model_id, store_s, total);
+    record_final_stats(model_id, store_s, total, stored.knn.as_ref());
     TableIterator::once((
         model_id,
         rows_read,

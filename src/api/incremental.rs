@@ -452,29 +452,19 @@ fn build_incremental(
         trained
     });
     let als_s = t_als.elapsed().as_secs_f64();
-    let t_knn = Instant::now();
-    let knn = match knn_params.zip(conf.as_ref()) {
-        Some((kp, conf)) => {
-            crate::api::progress::phase("knn", format!("{} neighbours", kp.neighbours));
-            let s = crate::model::knn::train_knn_with(conf, iu.take(), &kp, &mut interrupt_check)
-                .unwrap_or_else(|_| raise_interrupted("item-kNN training"));
-            crate::api::progress::finished(
-                format!("trained item-kNN ({} neighbours)", kp.neighbours),
-                t_knn.elapsed().as_secs_f64(),
-            );
-            Some(s)
-        }
-        None => kept_knn,
-    };
-    let knn_s = t_knn.elapsed().as_secs_f64();
-    drop((conf, iu));
+    // Item-kNN computed again trains while the model is stored (as in a full build).
+    let knn_run = knn_params
+        .zip(conf)
+        .map(|(kp, conf)| crate::api::build::KnnRun::start(conf, iu.take(), kp));
+    drop(iu);
+    let knn = if knn_run.is_some() { None } else { kept_knn };
     let (touched, new_users, new_items, dropped) = (
         grown.touched.len(),
         grown.new_users(),
         grown.new_items(),
         grown.dropped_pairs,
     );
-    let model = Model {
+    let mut model = Model {
         users: grown.users,
         items: grown.items,
         ui: grown.ui,
@@ -488,11 +478,10 @@ fn build_incremental(
         reference_day: crate::affinity::accumulator::day_of(reference_us),
         property_params,
     };
-    crate::api::progress::phase("store", "");
     let t_store = Instant::now();
     let last_event_us = delta.max_time_us.max(b.last_event_us);
     let stats = serde_json::json!({
-        "seconds": { "scan": scan_s, "merge": merge_s, "als": als_s, "knn": knn_s },
+        "seconds": { "scan": scan_s, "merge": merge_s, "als": als_s, "knn": knn_run.is_none().then_some(0.0) },
         "tuning": b.tuning,
         "incremental": {
             "base_model_id": b.model_id, "new_rows": new_rows, "users_with_new_events": touched,
@@ -514,9 +503,10 @@ fn build_incremental(
         model.items.len() as i64,
         model.ui.nnz() as i64,
     );
-    let model_id = store(
+    let stored = store(
         cid,
-        &model,
+        &mut model,
+        knn_run,
         b.rows_read + new_rows,
         None,
         reference_us,
@@ -525,13 +515,10 @@ fn build_incremental(
         true,
         None,
     );
-    let store_s = t_store.elapsed().as_secs_f64();
-    crate::api::progress::finished(
-        format!("stored model {model_id} and its serving image"),
-        store_s,
-    );
+    let model_id = stored.model_id;
+    let store_s = crate::api::build::stored_report(&stored, t_store);
     let total = t0.elapsed().as_secs_f64();
-    crate::api::build::record_final_stats(model_id, store_s, total);
+    crate::api::build::record_final_stats(model_id, store_s, total, stored.knn.as_ref());
     TableIterator::once((
         model_id,
         b.model_id,

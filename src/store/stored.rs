@@ -499,8 +499,38 @@ impl Model {
         self.encode_in(PIECE, at_section)
     }
 
+    /// [`Model::encode_sections`] of the sections before the item-kNN's (the id maps, the affinity
+    /// matrix, ALS): none of them reads `knn`, so a build stores them while item-kNN still trains.
+    /// [`Model::encode_tail_sections`] continues from the bytes returned.
+    pub fn encode_head_sections(
+        &self,
+        at_section: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Interrupted>,
+    ) -> Result<Vec<u8>, Interrupted> {
+        self.encode_head(PIECE, at_section)
+    }
+
+    /// The rest of [`Model::encode_sections`] after [`Model::encode_head_sections`], whose
+    /// returned bytes are `head_rest`: the item-kNN's section and everything after it.
+    pub fn encode_tail_sections(
+        &self,
+        head_rest: Vec<u8>,
+        at_section: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Interrupted>,
+    ) -> Result<Vec<u8>, Interrupted> {
+        self.encode_tail(Writer(head_rest), PIECE, at_section)
+    }
+
     /// [`Model::encode_sections`] with pieces of `piece` bytes.
     fn encode_in(
+        &self,
+        piece: usize,
+        at: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Interrupted>,
+    ) -> Result<Vec<u8>, Interrupted> {
+        let head = self.encode_head(piece, at)?;
+        self.encode_tail(Writer(head), piece, at)
+    }
+
+    /// The sections up to ALS's (see [`Model::encode_head_sections`]).
+    fn encode_head(
         &self,
         piece: usize,
         at: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Interrupted>,
@@ -523,6 +553,16 @@ impl Model {
             None => w.put_bool(false),
         }
         at(&mut w.0)?;
+        Ok(w.into_inner())
+    }
+
+    /// The sections from item-kNN's on, after the head's bytes in `w`.
+    fn encode_tail(
+        &self,
+        mut w: Writer,
+        piece: usize,
+        at: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Interrupted>,
+    ) -> Result<Vec<u8>, Interrupted> {
         match &self.knn {
             Some(k) => {
                 w.put_bool(true);
@@ -832,6 +872,36 @@ mod tests {
         let bytes = small_pieces.concat();
         assert_eq!(bytes, m.encode());
         assert_eq!(Model::decode(&bytes).unwrap(), m);
+    }
+
+    /// A build encodes the head while item-kNN trains (`knn` not set yet) and the tail once it
+    /// is: the two, in pieces, are the whole model's encoding.
+    #[test]
+    fn head_without_knn_then_tail_is_the_encoding() {
+        let full = small();
+        let mut m = small();
+        let knn = m.knn.take();
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        let mut take = |buf: &mut Vec<u8>| {
+            if buf.len() >= 8 {
+                pieces.push(std::mem::take(buf));
+            }
+            Ok(())
+        };
+        let rest = m.encode_head_sections(&mut take).unwrap();
+        m.knn = knn;
+        let rest = m.encode_tail_sections(rest, &mut take).unwrap();
+        assert!(pieces.len() >= 3, "{} pieces", pieces.len());
+        pieces.push(rest);
+        let bytes = pieces.concat();
+        assert_eq!(bytes, full.encode());
+        assert_eq!(Model::decode(&bytes).unwrap(), full);
+        // Without item-kNN at all, too.
+        let mut none = small();
+        none.knn = None;
+        let head = none.encode_head_sections(&mut |_| Ok(())).unwrap();
+        let bytes = none.encode_tail_sections(head, &mut |_| Ok(())).unwrap();
+        assert_eq!(bytes, none.encode());
     }
 
     #[test]
