@@ -318,8 +318,13 @@ fn _affinity_collect_sfunc(
                 heap.resize(n, None);
                 &mut heap
             };
-            for (slot, v) in vals.iter_mut().zip(p.split(PROPS_SEPARATOR)) {
-                *slot = (!v.is_empty()).then_some(v);
+            if n == 1 {
+                // One property: the text is its value (no separator to look for).
+                vals[0] = (!p.is_empty()).then_some(p);
+            } else {
+                for (slot, v) in vals.iter_mut().zip(p.split(PROPS_SEPARATOR)) {
+                    *slot = (!v.is_empty()).then_some(v);
+                }
             }
             push_row(
                 acc,

@@ -1,5 +1,6 @@
 //! `audience.build`: one scan of every registered source through the affinity aggregate, item
 //! properties, training, and an atomic swap of the stored model.
+use crate::affinity::result::Affinity;
 pub use crate::api::params::*;
 pub use crate::api::scan::*;
 use crate::api::spi_util::args;
@@ -12,6 +13,7 @@ use crate::store::stored::{Model, Property};
 use crate::util::csr::Csr;
 use crate::util::interrupt::Interrupted;
 use pgrx::prelude::*;
+use pgrx::PgMemoryContexts;
 use std::time::Instant;
 
 /// The check the core's long loops call on the backend's own thread. A pending cancel, statement
@@ -156,30 +158,44 @@ pub fn train_starting_knn(c: Collected, p: &BuildParams) -> (Trained, Option<Knn
             als_seconds,
         );
     }
-    let knn = p.knn.map(|kp| KnnRun::start(conf, iu.take(), kp));
-    drop(iu);
-    let n_items = aff.items.len();
-    let properties = c
-        .item_values
-        .iter()
-        .map(|(name, per_item)| Property::from_item_values(name, n_items, per_item))
-        .collect();
-    // Minutes since 2000-01-01 keep the per-entry time in 4 bytes.
-    let last_seen = aff
-        .last_seen
-        .iter()
-        .map(|&us| (us.div_euclid(60_000_000)).clamp(i32::MIN as i64, i32::MAX as i64) as i32)
-        .collect();
-    let days = DayIndex::from_records(
-        &aff.occasions.ptr,
-        &aff.occasions.minute,
-        &aff.occasions.value,
-    );
-    let reference_day = crate::affinity::accumulator::day_of(aff.reference_us);
+    // The model put together before item-kNN starts: its days and latest times replace the
+    // scan's occasion records and microsecond times, which are freed first (item-kNN's memory
+    // then adds to the smaller ones). The three pieces on threads of their own.
+    let Affinity {
+        users,
+        items,
+        matrix,
+        last_seen,
+        occasions,
+        reference_us,
+        ..
+    } = aff;
+    let n_items = items.len();
+    let (days, last_seen, properties) = std::thread::scope(|sc| {
+        let days = sc
+            .spawn(|| DayIndex::from_records(&occasions.ptr, &occasions.minute, &occasions.value));
+        // Minutes since 2000-01-01 keep the per-entry time in 4 bytes.
+        let minutes = sc.spawn(|| {
+            last_seen
+                .iter()
+                .map(|&us| {
+                    (us.div_euclid(60_000_000)).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+                })
+                .collect::<Vec<i32>>()
+        });
+        let properties: Vec<Property> = c
+            .item_values
+            .iter()
+            .map(|(name, per_item)| Property::from_item_values(name, n_items, per_item))
+            .collect();
+        (joined_ok(days), joined_ok(minutes), properties)
+    });
+    drop((occasions, c.item_values));
+    let reference_day = crate::affinity::accumulator::day_of(reference_us);
     let model = Model {
-        users: aff.users,
-        items: aff.items,
-        ui: aff.matrix,
+        users,
+        items,
+        ui: matrix,
         last_seen,
         als,
         knn: None,
@@ -190,12 +206,20 @@ pub fn train_starting_knn(c: Collected, p: &BuildParams) -> (Trained, Option<Knn
         reference_day,
         property_params: p.by_property.clone(),
     };
+    let knn = p.knn.map(|kp| KnnRun::start(conf, iu.take(), kp));
+    drop(iu);
     let trained = Trained {
         model,
         als_seconds,
         knn_seconds: 0.0,
     };
     (trained, knn)
+}
+
+/// A scoped thread's result (its panic resumed here).
+fn joined_ok<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Item-kNN training running on a thread of its own while the backend's thread goes on. Only the
@@ -398,6 +422,7 @@ pub fn store(
     let mut dropped: Option<(Vec<i64>, f64)> = None;
     let mut head: Option<Vec<u8>> = None;
     let mut knn_done = None;
+    let mut head_bytes = None;
     if let Some(run) = knn {
         let m: &Model = model;
         let stop = std::sync::atomic::AtomicBool::new(false);
@@ -419,6 +444,7 @@ pub fn store(
             let (rest, seconds, waited) = joined(encoder);
             (rest, (seconds, waited), early)
         });
+        head_bytes = Some(rows.bytes);
         let (knn, seconds) = run.finish(Some("the model's first rows stored"));
         model.knn = Some(knn);
         knn_done = Some(KnnStored {
@@ -456,11 +482,7 @@ pub fn store(
         rows.write(rx);
         let enc = joined(encoder);
         encoded = (encoded.0 + enc.0, encoded.1 + enc.1);
-        store_property_values(model_id, m, || {
-            counts
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        });
+        store_property_values(model_id, m, || joined_ok(counts));
         // Activated and the older models dropped (their rows deleted) while the image may still
         // be being written: the same transaction either way.
         let (replaced, activate_s) = dropped.take().unwrap_or_else(|| {
@@ -492,10 +514,12 @@ pub fn store(
         rows.waited,
         encoded.0,
         encoded.1,
-        if knn_done.is_some() {
-            "; the deletes and the rows before the neighbours' while item-kNN trained"
-        } else {
-            ""
+        match head_bytes {
+            Some(b) => format!(
+                "; the deletes and {} MB of the rows (before the neighbours') while item-kNN trained",
+                b >> 20
+            ),
+            None => String::new(),
         },
     );
     Stored {
@@ -581,17 +605,28 @@ impl RowWriter {
     /// Writes the pieces until the encoder is done (or stopped: then its join reports it).
     fn write(&mut self, pieces: std::sync::mpsc::Receiver<Vec<u8>>) {
         let t0 = Instant::now();
+        // Each row's argument (its bytea copy) in a context of its own, freed after the row: in
+        // the function's context the copies added up to the whole model (339 MB at the 20M-event
+        // shop) until the build returned.
+        let mut row_context = PgMemoryContexts::new("pg_audience model row");
         loop {
             let t = Instant::now();
             let Ok(piece) = pieces.recv() else { break };
             self.waited += t.elapsed().as_secs_f64();
             for chunk in piece.chunks(CHUNK) {
                 pgrx::check_for_interrupts!();
-                Spi::run_with_args(
-                    "INSERT INTO audience.model_data (model_id, part, chunk, data) VALUES ($1, 'model', $2, $3)",
-                    &args![self.model_id, self.n, chunk],
-                )
+                // SAFETY: nothing allocated in `row_context` outlives the call; it is reset below.
+                unsafe {
+                    row_context.switch_to(|_| {
+                        Spi::run_with_args(
+                            "INSERT INTO audience.model_data (model_id, part, chunk, data) VALUES ($1, 'model', $2, $3)",
+                            &args![self.model_id, self.n, chunk],
+                        )
+                    })
+                }
                 .or_raise("storing the model data");
+                // SAFETY: the row's argument is no longer used.
+                unsafe { row_context.reset() };
                 self.n += 1;
             }
             self.bytes += piece.len();

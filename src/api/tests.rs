@@ -79,6 +79,24 @@ mod tests {
         assert_eq!(users, 2);
     }
 
+    /// With one mapped property the scan hands the value over as it is: a value holding the
+    /// separator the scan puts between several properties' values (chr(30)) is not cut there.
+    #[pg_test]
+    fn one_property_value_with_the_separator_is_kept_whole() {
+        run(
+            r#"CREATE TABLE ev1 (user_id int, product_id text, "timestamp" timestamptz, brand text);
+               INSERT INTO ev1 VALUES (1, 'p', '2024-01-01', 'A' || chr(30) || 'B'), (2, 'q', '2024-01-02', 'C');
+               SELECT audience.create_catalog('sep');
+               SELECT audience.add_event('sep', 'ev1', 'product_id');
+               SELECT audience.map_property('sep', 'brand', column_name => 'brand');
+               SELECT audience.build('sep', factors => 2, neighbours => 2, tune => false);"#,
+        );
+        assert_eq!(
+            values("brand"),
+            vec!["A\u{1e}B".to_string(), "C".to_string()]
+        );
+    }
+
     /// Conflicting values for one item: the most recent event wins; a products table wins over events.
     #[pg_test]
     fn most_recent_event_wins_and_products_table_overrides() {
