@@ -160,6 +160,7 @@ fn main() {
     // eighth user only (about the share of users with new events after 1% new events).
     let p = AlsParams {
         threads,
+        factors: env("BENCH_ALS_FACTORS", 32),
         ..AlsParams::default()
     };
     let t = Instant::now();
