@@ -420,13 +420,14 @@ pub fn store(
     let mut encoded = (0f64, 0f64);
     // The older models' rows deleted early (with `knn`: while it trains), and in how long.
     let mut dropped: Option<(Vec<i64>, f64)> = None;
-    let mut head: Option<Vec<u8>> = None;
+    // The sections before the neighbours' already stored.
+    let mut head_stored = false;
     let mut knn_done = None;
     let mut head_bytes = None;
     if let Some(run) = knn {
         let m: &Model = model;
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let (rest, enc, early) = std::thread::scope(|sc| {
+        let (enc, early) = std::thread::scope(|sc| {
             let stop = &stop;
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
             let encoder =
@@ -441,8 +442,7 @@ pub fn store(
                 )
             });
             rows.write(rx);
-            let (rest, seconds, waited) = joined(encoder);
-            (rest, (seconds, waited), early)
+            (joined(encoder), early)
         });
         head_bytes = Some(rows.bytes);
         let (knn, seconds) = run.finish(Some("the model's first rows stored"));
@@ -453,7 +453,7 @@ pub fn store(
             private_bytes: private_rss_bytes(),
         });
         crate::api::progress::phase("store", "");
-        (head, encoded, dropped) = (Some(rest), enc, early);
+        (head_stored, encoded, dropped) = (true, enc, early);
     }
     let m: &Model = model;
     // The serving image is written by a worker thread while this one stores the rows.
@@ -465,14 +465,13 @@ pub fn store(
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
         let stop = &stop;
         let encoder = sc.spawn(move || {
-            let (rest, seconds, waited) = encode_pieces(&tx, stop, |at| match head {
-                Some(head) => m.encode_tail_sections(head, at),
-                None => m.encode_sections(at),
-            })?;
-            let t = Instant::now();
-            tx.send(rest).map_err(|_| Interrupted)?;
-            let sent = t.elapsed().as_secs_f64();
-            Ok((seconds + sent, waited + sent))
+            encode_pieces(&tx, stop, |at| {
+                if head_stored {
+                    m.encode_tail_sections(at)
+                } else {
+                    m.encode_sections(at)
+                }
+            })
         });
         // The property values' item and user counts, computed meanwhile too (pure arithmetic).
         let counts = sc.spawn(|| property_counts(m));
@@ -550,43 +549,46 @@ pub fn stored_report(stored: &Stored, t_store: Instant) -> f64 {
     seconds
 }
 
-/// Runs `encode` (a [`Model`]'s `encode_*_sections`) on this thread, handing each piece of at
-/// least [`CHUNK`] bytes to `tx`; stops when `stop` is set or the receiver is gone. Returns the
-/// bytes after the last piece, the seconds encoding, and of them the seconds waiting to hand
-/// pieces over.
+/// Runs `encode` (a [`Model`]'s `encode_*_sections`) on this thread, handing `tx` each piece of
+/// at least [`CHUNK`] bytes and, at the end, the bytes after the last one (the sections a call
+/// encodes end on a row of their own); stops when `stop` is set or the receiver is gone. Returns
+/// the seconds encoding, and of them the seconds waiting to hand pieces over.
 fn encode_pieces(
     tx: &std::sync::mpsc::SyncSender<Vec<u8>>,
     stop: &std::sync::atomic::AtomicBool,
     encode: impl FnOnce(
         &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Interrupted>,
     ) -> Result<Vec<u8>, Interrupted>,
-) -> Result<(Vec<u8>, f64, f64), Interrupted> {
+) -> Result<(f64, f64), Interrupted> {
     let t0 = Instant::now();
     let mut waited = 0f64;
+    let mut send = |piece: Vec<u8>| {
+        let t = Instant::now();
+        let sent = tx.send(piece).map_err(|_| Interrupted);
+        waited += t.elapsed().as_secs_f64();
+        sent
+    };
     let rest = encode(&mut |buf| {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Interrupted);
         }
         if buf.len() >= CHUNK {
-            let t = Instant::now();
-            tx.send(std::mem::take(buf)).map_err(|_| Interrupted)?;
-            waited += t.elapsed().as_secs_f64();
+            send(std::mem::take(buf))?;
         }
         Ok(())
     })?;
-    Ok((rest, t0.elapsed().as_secs_f64(), waited))
+    send(rest)?;
+    Ok((t0.elapsed().as_secs_f64(), waited))
 }
 
-/// The encoder's result (its panic resumed here; stopped early, an internal error: this thread
-/// stopped taking its pieces only by raising an error, which does not get here).
-fn joined<T>(encoder: std::thread::ScopedJoinHandle<'_, Result<T, Interrupted>>) -> T {
-    match encoder.join() {
-        Ok(Ok(e)) => e,
-        Ok(Err(Interrupted)) => {
-            AudienceError::internal("the model's encoder stopped early").raise()
-        }
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+/// The encoder's seconds (stopped early, an internal error: this thread stopped taking its
+/// pieces only by raising an error, which does not get here).
+fn joined(
+    encoder: std::thread::ScopedJoinHandle<'_, Result<(f64, f64), Interrupted>>,
+) -> (f64, f64) {
+    joined_ok(encoder).unwrap_or_else(|Interrupted| {
+        AudienceError::internal("the model's encoder stopped early").raise()
+    })
 }
 
 /// Writes the model's encoded pieces as `model_data` rows of [`CHUNK`] bytes, numbered on

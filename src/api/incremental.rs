@@ -457,7 +457,6 @@ fn build_incremental(
         .zip(conf)
         .map(|(kp, conf)| crate::api::build::KnnRun::start(conf, iu.take(), kp));
     drop(iu);
-    let knn = if knn_run.is_some() { None } else { kept_knn };
     let (touched, new_users, new_items, dropped) = (
         grown.touched.len(),
         grown.new_users(),
@@ -470,7 +469,8 @@ fn build_incremental(
         ui: grown.ui,
         last_seen: grown.last_seen,
         als,
-        knn,
+        // None when item-kNN is computed again (set by the store when it is done).
+        knn: kept_knn,
         properties,
         params,
         cross_params,

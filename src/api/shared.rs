@@ -145,9 +145,10 @@ fn write_to_file(
 /// file's lock (the 20M-event shop's image, alternated builds on 2 cores, `client_min_messages =
 /// debug1`: its file in 3.06 / 4.09 s as a stream, 2.47 / 1.86 s mapped). Its blocks are reserved
 /// first (`fallocate`), so no
-/// store into the mapping can fault for want of space; `Ok(false)` when the file system cannot
+/// store into the mapping can fault for want of space; `Ok(None)` when the file system cannot
 /// reserve them (the caller writes the image as a stream then). Each window's pages are handed
-/// to the disk as soon as it is filled, so the final `fsync` finds little left to write.
+/// to the disk as soon as it is filled, so the final `fsync` finds little left to write; returns
+/// its seconds.
 fn write_mapped(
     path: &Path,
     tags: [u64; 2],
@@ -155,7 +156,7 @@ fn write_mapped(
     parts: &crate::score::hybrid::ScorerParts,
     threads: usize,
     check: &(dyn Fn() -> std::io::Result<()> + Sync),
-) -> std::io::Result<bool> {
+) -> std::io::Result<Option<f64>> {
     use std::os::fd::AsRawFd;
     let texts = ImageTexts::of(model, parts);
     let layout = Layout::of(tags, model, parts, &texts);
@@ -165,7 +166,7 @@ fn write_mapped(
     if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) } != 0 {
         let e = std::io::Error::last_os_error();
         return match e.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(false),
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(None),
             _ => Err(e),
         };
     }
@@ -195,9 +196,10 @@ fn write_mapped(
         Ok(())
     });
     results.into_iter().collect::<std::io::Result<()>>()?;
+    let t_sync = std::time::Instant::now();
     file.sync_all()?;
     partial.0 = None;
-    Ok(true)
+    Ok(Some(t_sync.elapsed().as_secs_f64()))
 }
 
 /// A writable shared mapping of part of a file, unmapped when dropped.
@@ -408,8 +410,9 @@ pub fn stage(model_id: i64) -> Option<Stage> {
 
 const STOPPED: &str = "the build stopped";
 
-/// What [`Stage::write`] did: seconds for the scorer's parts and for the file, or the error.
-pub type Staged = std::io::Result<(f64, f64)>;
+/// What [`Stage::write`] did: seconds for the scorer's parts and for the file, and of them the
+/// closing `fsync`'s (written through a mapping), or the error.
+pub type Staged = std::io::Result<(f64, f64, Option<f64>)>;
 
 impl Stage {
     /// Writes the image of `model` to the temporary file; stops with an error as soon as `stop`
@@ -426,12 +429,15 @@ impl Stage {
                 Ok(())
             }
         };
-        let mapped = self.threads > 1
-            && write_mapped(&self.tmp, self.tags, model, &parts, self.threads, &check)?;
-        if !mapped {
+        let mapped = if self.threads > 1 {
+            write_mapped(&self.tmp, self.tags, model, &parts, self.threads, &check)?
+        } else {
+            None
+        };
+        if mapped.is_none() {
             write_to_file(&self.tmp, self.tags, model, &parts, check)?;
         }
-        Ok((t_parts, t0.elapsed().as_secs_f64() - t_parts))
+        Ok((t_parts, t0.elapsed().as_secs_f64() - t_parts, mapped))
     }
 
     /// On the backend's thread after [`Stage::write`]: renames the file when the transaction
@@ -439,8 +445,9 @@ impl Stage {
     pub fn finish(self, written: Staged, replaced: Vec<i64>) {
         let model_id = self.tags[1];
         match written {
-            Ok((parts, file)) => pgrx::debug1!(
-                "audience: serving image of model {model_id}: parts in {parts:.2} s, file in {file:.2} s"
+            Ok((parts, file, sync)) => pgrx::debug1!(
+                "audience: serving image of model {model_id}: parts in {parts:.2} s, file in {file:.2} s{}",
+                sync.map_or(String::new(), |s| format!(" (its closing fsync {s:.3} s)"))
             ),
             Err(e) => {
                 pgrx::debug1!("pg_audience: the build could not write the image of model {model_id}: {e}");
@@ -550,8 +557,13 @@ mod tests {
     fn a_staged_image_reads_back() {
         let m = crate::store::image::tests::model();
         let st = stage_in("ok");
-        let (parts, file) = st.write(&m, &AtomicBool::new(false)).unwrap();
+        let (parts, file, sync) = st.write(&m, &AtomicBool::new(false)).unwrap();
         assert!(parts >= 0.0 && file >= 0.0);
+        // The closing fsync (of a mapped write) is part of the file's time.
+        assert!(
+            sync.is_none_or(|s| (0.0..=file).contains(&s)),
+            "{sync:?} of {file}"
+        );
         let f = std::fs::File::open(&st.tmp).unwrap();
         let served = read_image(Arc::new(Mapping::of_file(&f).unwrap()), [7, 42]).unwrap();
         assert_eq!(served.ui, m.ui);

@@ -509,14 +509,13 @@ impl Model {
         self.encode_head(PIECE, at_section)
     }
 
-    /// The rest of [`Model::encode_sections`] after [`Model::encode_head_sections`], whose
-    /// returned bytes are `head_rest`: the item-kNN's section and everything after it.
+    /// The rest of [`Model::encode_sections`] after [`Model::encode_head_sections`] (whose
+    /// returned bytes come first): the item-kNN's section and everything after it.
     pub fn encode_tail_sections(
         &self,
-        head_rest: Vec<u8>,
         at_section: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), Interrupted>,
     ) -> Result<Vec<u8>, Interrupted> {
-        self.encode_tail(Writer(head_rest), PIECE, at_section)
+        self.encode_tail(Writer::new(), PIECE, at_section)
     }
 
     /// [`Model::encode_sections`] with pieces of `piece` bytes.
@@ -882,16 +881,21 @@ mod tests {
         let mut m = small();
         let knn = m.knn.take();
         let mut pieces: Vec<Vec<u8>> = Vec::new();
-        let mut take = |buf: &mut Vec<u8>| {
+        fn take(pieces: &mut Vec<Vec<u8>>, buf: &mut Vec<u8>) -> Result<(), Interrupted> {
             if buf.len() >= 8 {
                 pieces.push(std::mem::take(buf));
             }
             Ok(())
-        };
-        let rest = m.encode_head_sections(&mut take).unwrap();
+        }
+        let head_rest = m
+            .encode_head_sections(&mut |b| take(&mut pieces, b))
+            .unwrap();
+        pieces.push(head_rest);
         m.knn = knn;
-        let rest = m.encode_tail_sections(rest, &mut take).unwrap();
-        assert!(pieces.len() >= 3, "{} pieces", pieces.len());
+        let rest = m
+            .encode_tail_sections(&mut |b| take(&mut pieces, b))
+            .unwrap();
+        assert!(pieces.len() >= 4, "{} pieces", pieces.len());
         pieces.push(rest);
         let bytes = pieces.concat();
         assert_eq!(bytes, full.encode());
@@ -899,8 +903,8 @@ mod tests {
         // Without item-kNN at all, too.
         let mut none = small();
         none.knn = None;
-        let head = none.encode_head_sections(&mut |_| Ok(())).unwrap();
-        let bytes = none.encode_tail_sections(head, &mut |_| Ok(())).unwrap();
+        let mut bytes = none.encode_head_sections(&mut |_| Ok(())).unwrap();
+        bytes.extend(none.encode_tail_sections(&mut |_| Ok(())).unwrap());
         assert_eq!(bytes, none.encode());
     }
 
