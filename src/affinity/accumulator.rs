@@ -502,11 +502,17 @@ pub struct Accumulator {
     pub(crate) rows: u64,
     pub(crate) min_time: i64,
     pub(crate) max_time: i64,
-    /// User texts of the last `pending.len()` entries, not interned yet (their `user` is
-    /// [`NO_ID`]): they are interned [`USER_BATCH`] at a time, the table slots of a batch
-    /// prefetched together, so a big user table costs one wait for memory per batch instead of
-    /// one per row. Empty whenever anything reads the state ([`Accumulator::flush_users`]).
+    /// User texts of the last `pending.len()` entries, not interned yet (their `user` and
+    /// `item` are [`NO_ID`]): they are interned [`USER_BATCH`] at a time, the table slots of a
+    /// batch prefetched together, so a big user table costs one wait for memory per batch
+    /// instead of one per row. Empty whenever anything reads the state
+    /// ([`Accumulator::flush_users`]).
     pub(crate) pending: Vec<(u32, u32)>,
+    /// Item texts of the same entries: the item table (50k items: 4 MB of slots, more than a
+    /// core's L2 cache) is looked up in the same batches, and so are the items' property slots.
+    pub(crate) pending_items: Vec<(u32, u32)>,
+    /// Property values of the same entries: (entry in the batch, property, text range).
+    pub(crate) pending_props: Vec<(u32, u32, u32, u32)>,
     pub(crate) pending_text: String,
     /// Threads for canonicalizing, merging and finishing (1 unless [`Accumulator::set_threads`]);
     /// local to the process, not serialized.
@@ -542,6 +548,8 @@ impl Accumulator {
             min_time: i64::MAX,
             max_time: i64::MIN,
             pending: Vec::new(),
+            pending_items: Vec::new(),
+            pending_props: Vec::new(),
             pending_text: String::new(),
             threads: 1,
         }
@@ -553,25 +561,66 @@ impl Accumulator {
         self.threads = threads.clamp(1, 64);
     }
 
-    /// Interns the pending users' texts and gives their entries the ids.
+    /// Interns the pending items' and users' texts, gives their entries the ids and applies
+    /// their property values. Every table slot of the batch is asked for before the first
+    /// lookup waits: one wait for memory per batch, not one per row.
     pub(crate) fn flush_users(&mut self) {
         if self.pending.is_empty() {
             return;
         }
-        let mut hashes = [0u64; USER_BATCH];
-        for (h, &(a, b)) in hashes.iter_mut().zip(&self.pending) {
-            *h = hash_bytes(&self.pending_text.as_bytes()[a as usize..b as usize]);
-            self.users.prefetch(*h);
+        let Accumulator {
+            users,
+            items,
+            entries,
+            props,
+            prop_bytes,
+            pending,
+            pending_items,
+            pending_props,
+            pending_text,
+            ..
+        } = self;
+        let text = pending_text.as_bytes();
+        let str_at = |(a, b): (u32, u32)| &pending_text[a as usize..b as usize];
+        let mut item_hashes = [0u64; USER_BATCH];
+        for (h, &(a, b)) in item_hashes.iter_mut().zip(pending_items.iter()) {
+            *h = hash_bytes(&text[a as usize..b as usize]);
+            items.prefetch(*h);
         }
-        let first = self.entries.len() - self.pending.len();
-        for (k, &(a, b)) in self.pending.iter().enumerate() {
-            let id = self
-                .users
-                .intern_hashed(&self.pending_text[a as usize..b as usize], hashes[k]);
-            self.entries[first + k].user = id;
+        let mut user_hashes = [0u64; USER_BATCH];
+        for (h, &(a, b)) in user_hashes.iter_mut().zip(pending.iter()) {
+            *h = hash_bytes(&text[a as usize..b as usize]);
+            users.prefetch(*h);
         }
-        self.pending.clear();
-        self.pending_text.clear();
+        let first = entries.len() - pending.len();
+        let batch = &mut entries[first..];
+        for ((e, &r), &h) in batch.iter_mut().zip(pending_items.iter()).zip(&item_hashes) {
+            e.item = items.intern_hashed(str_at(r), h);
+        }
+        if !pending_props.is_empty() {
+            for &(k, p, _, _) in pending_props.iter() {
+                let it = batch[k as usize].item as usize;
+                if let Some(v) = props.get(p as usize).and_then(|v| v.get(it)) {
+                    crate::util::prefetch(v);
+                }
+            }
+            for &(k, p, a, b) in pending_props.iter() {
+                let (it, time) = (batch[k as usize].item as usize, batch[k as usize].time);
+                let pv = &mut props[p as usize];
+                if pv.len() <= it {
+                    pv.resize_with(it + 1, PropVal::default);
+                }
+                let d = pv[it].update(time, str_at((a, b)));
+                *prop_bytes = (*prop_bytes as isize + d) as usize;
+            }
+        }
+        for ((e, &r), &h) in batch.iter_mut().zip(pending.iter()).zip(&user_hashes) {
+            e.user = users.intern_hashed(str_at(r), h);
+        }
+        pending.clear();
+        pending_items.clear();
+        pending_props.clear();
+        pending_text.clear();
     }
 
     /// Number of mapped properties.
@@ -604,30 +653,32 @@ impl Accumulator {
         if let Some(h) = half_life_us {
             assert!(h > 0, "half-life must be positive, got {h} microseconds");
         }
-        let item = self.items.intern(item);
         let slot = self.slot_for(half_life_us);
         self.rows += 1;
         self.min_time = self.min_time.min(time_us);
         self.max_time = self.max_time.max(time_us);
-        let start = self.pending_text.len() as u32;
+        let a = self.pending_text.len() as u32;
         self.pending_text.push_str(user);
-        self.pending.push((start, self.pending_text.len() as u32));
+        let b = self.pending_text.len() as u32;
+        self.pending_text.push_str(item);
+        let c = self.pending_text.len() as u32;
+        self.pending.push((a, b));
+        self.pending_items.push((b, c));
         self.entries.push(Entry {
             user: NO_ID,
-            item,
+            item: NO_ID,
             slot,
             time: time_us,
             value: weight,
         });
         if let Some(vals) = props {
-            let it = item as usize;
-            for (p, v) in self.props.iter_mut().zip(vals) {
+            let k = (self.pending.len() - 1) as u32;
+            for (p, v) in vals.iter().take(self.props.len()).enumerate() {
                 if let Some(v) = v {
-                    if p.len() <= it {
-                        p.resize_with(it + 1, PropVal::default);
-                    }
-                    let d = p[it].update(time_us, v);
-                    self.prop_bytes = (self.prop_bytes as isize + d) as usize;
+                    let a = self.pending_text.len() as u32;
+                    self.pending_text.push_str(v);
+                    let b = self.pending_text.len() as u32;
+                    self.pending_props.push((k, p as u32, a, b));
                 }
             }
         }
@@ -696,7 +747,8 @@ impl Accumulator {
                 .sum::<usize>()
             + self.prop_bytes
             + self.pending_text.capacity()
-            + self.pending.capacity() * 8
+            + (self.pending.capacity() + self.pending_items.capacity()) * 8
+            + self.pending_props.capacity() * 16
     }
 
     fn is_blank(&self) -> bool {
@@ -1718,31 +1770,58 @@ mod tests {
     /// sees the rows of a batch that is not full yet, under the same ids as row-by-row interning.
     #[test]
     fn users_of_a_partial_batch_are_seen_by_every_read() {
+        // Users, items and property values are all held back until a batch is full: every read
+        // (merge, serialize, finish) sees the open batch's rows too.
         let rows: Vec<(String, String)> = (0..USER_BATCH * 2 + 5)
             .map(|k| (format!("u{}", k % 7), format!("i{}", k % 3)))
             .collect();
-        let push_all = |acc: &mut Accumulator, rows: &[(String, String)]| {
-            for (u, i) in rows {
-                acc.push(u, i, 1.0, 0, None, None);
+        let push_all = |acc: &mut Accumulator, rows: &[(String, String)], first: usize| {
+            for (k, (u, i)) in rows.iter().enumerate() {
+                let t = (first + k) as i64;
+                let colour = format!("c{t}");
+                let props = [Some(colour.as_str()), (t % 2 == 0).then_some("even")];
+                acc.push(u, i, 1.0, t, None, Some(&props));
             }
         };
-        let mut whole = Accumulator::new(0);
-        push_all(&mut whole, &rows);
+        let mut whole = Accumulator::new(2);
+        push_all(&mut whole, &rows, 0);
         assert_eq!(whole.pending.len(), 5, "the test leaves a batch open");
-        let mut left = Accumulator::new(0);
-        push_all(&mut left, &rows[..3]);
-        let mut right = Accumulator::new(0);
-        push_all(&mut right, &rows[3..]);
+        assert!(whole.entries.iter().rev().take(5).all(|e| e.item == NO_ID));
+        let mut left = Accumulator::new(2);
+        push_all(&mut left, &rows[..3], 0);
+        let mut right = Accumulator::new(2);
+        push_all(&mut right, &rows[3..], 3);
         left.merge(right);
         let bytes = whole.serialize();
         assert_eq!(left.serialize(), bytes, "merged partial batches");
-        let mut fresh = Accumulator::new(0);
-        push_all(&mut fresh, &rows);
+        let mut fresh = Accumulator::new(2);
+        push_all(&mut fresh, &rows, 0);
         let a = fresh.finish();
         assert_eq!(a.users.len(), 7);
         assert_eq!(a.matrix.nnz(), 21);
         let total: f32 = a.matrix.data.iter().sum();
         assert_eq!(total, rows.len() as f32, "every row counted once");
+        // Each item's latest row wins: item k % 3 was last seen at the last t with that rest,
+        // one of the open batch's rows.
+        let n = rows.len();
+        for (j, name) in a.items.iter().enumerate() {
+            let last = (0..n)
+                .rev()
+                .find(|t| format!("i{}", t % 3) == *name)
+                .unwrap();
+            assert!(
+                last >= n - 5,
+                "the latest row of {name} is in the open batch"
+            );
+            assert_eq!(
+                a.item_props[0][j].as_deref(),
+                Some(format!("c{last}").as_str())
+            );
+            let even = (0..n)
+                .rev()
+                .find(|t| format!("i{}", t % 3) == *name && t % 2 == 0);
+            assert_eq!(a.item_props[1][j].is_some(), even.is_some());
+        }
     }
 
     #[test]

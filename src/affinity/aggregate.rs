@@ -61,7 +61,9 @@ fn finite_time(t: TimestampWithTimeZone) -> Option<i64> {
     }
 }
 
-/// What an `internal` state of these aggregates points to.
+/// What an `internal` state of these aggregates points to. One per aggregate call, so its size
+/// does not matter; boxing the accumulator would add a pointer chase to every row.
+#[allow(clippy::large_enum_variant)]
 enum AggState {
     /// A state.
     Acc(Accumulator),

@@ -158,11 +158,6 @@ impl Interner {
         }
     }
 
-    #[inline]
-    pub(crate) fn intern(&mut self, s: &str) -> u32 {
-        self.intern_hashed(s, hash_bytes(s.as_bytes()))
-    }
-
     /// Starts loading the table slot where a text of hash `h` is looked up first (see
     /// [`Interner::intern_hashed`]): a batch of lookups then waits for memory once, not once each.
     #[inline]
@@ -174,7 +169,7 @@ impl Interner {
         crate::util::prefetch(self.slots.as_ptr().wrapping_add(h as usize & mask));
     }
 
-    /// [`Interner::intern`] of a text whose [`hash_bytes`] is `h`.
+    /// Interns a text whose [`hash_bytes`] is `h`: its id, a new one when it was not there.
     pub(crate) fn intern_hashed(&mut self, s: &str, h: u64) -> u32 {
         if self.sorted {
             self.switch_to_table();

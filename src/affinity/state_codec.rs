@@ -290,6 +290,8 @@ impl<'a> StateView<'a> {
             min_time: self.min_time,
             max_time: self.max_time,
             pending: Vec::new(),
+            pending_items: Vec::new(),
+            pending_props: Vec::new(),
             pending_text: String::new(),
             threads: 1,
         }
