@@ -503,10 +503,10 @@ pub struct Accumulator {
     pub(crate) min_time: i64,
     pub(crate) max_time: i64,
     /// User texts of the last `pending.len()` entries, not interned yet (their `user` and
-    /// `item` are [`NO_ID`]): they are interned [`USER_BATCH`] at a time, the table slots of a
+    /// `item` are [`NO_ID`]): they are interned [`ROW_BATCH`] at a time, the table slots of a
     /// batch prefetched together, so a big user table costs one wait for memory per batch
     /// instead of one per row. Empty whenever anything reads the state
-    /// ([`Accumulator::flush_users`]).
+    /// ([`Accumulator::flush_pending`]).
     pub(crate) pending: Vec<(u32, u32)>,
     /// Item texts of the same entries: the item table (50k items: 4 MB of slots, more than a
     /// core's L2 cache) is looked up in the same batches, and so are the items' property slots.
@@ -519,8 +519,8 @@ pub struct Accumulator {
     pub(crate) threads: usize,
 }
 
-/// Rows whose user lookups are batched (see [`Accumulator::pending`]).
-pub(crate) const USER_BATCH: usize = 32;
+/// Rows whose user and item lookups are batched (see [`Accumulator::pending`]).
+pub(crate) const ROW_BATCH: usize = 32;
 
 impl Accumulator {
     #[cfg(test)]
@@ -564,7 +564,7 @@ impl Accumulator {
     /// Interns the pending items' and users' texts, gives their entries the ids and applies
     /// their property values. Every table slot of the batch is asked for before the first
     /// lookup waits: one wait for memory per batch, not one per row.
-    pub(crate) fn flush_users(&mut self) {
+    pub(crate) fn flush_pending(&mut self) {
         if self.pending.is_empty() {
             return;
         }
@@ -582,12 +582,12 @@ impl Accumulator {
         } = self;
         let text = pending_text.as_bytes();
         let str_at = |(a, b): (u32, u32)| &pending_text[a as usize..b as usize];
-        let mut item_hashes = [0u64; USER_BATCH];
+        let mut item_hashes = [0u64; ROW_BATCH];
         for (h, &(a, b)) in item_hashes.iter_mut().zip(pending_items.iter()) {
             *h = hash_bytes(&text[a as usize..b as usize]);
             items.prefetch(*h);
         }
-        let mut user_hashes = [0u64; USER_BATCH];
+        let mut user_hashes = [0u64; ROW_BATCH];
         for (h, &(a, b)) in user_hashes.iter_mut().zip(pending.iter()) {
             *h = hash_bytes(&text[a as usize..b as usize]);
             users.prefetch(*h);
@@ -682,8 +682,8 @@ impl Accumulator {
                 }
             }
         }
-        if self.pending.len() == USER_BATCH {
-            self.flush_users();
+        if self.pending.len() == ROW_BATCH {
+            self.flush_pending();
             if self.entries.len() >= self.threshold {
                 self.compact();
             }
@@ -762,7 +762,7 @@ impl Accumulator {
     /// Sorts and deduplicates the unsorted tail and merges it into the sorted prefix (ids and
     /// slots unchanged).
     fn compact(&mut self) {
-        self.flush_users();
+        self.flush_pending();
         let p = self.sorted_len;
         let n = self.entries.len();
         if p < n {
@@ -795,8 +795,7 @@ impl Accumulator {
         self.sorted_len = len;
         self.threshold = self.min_compact.max(2 * len);
         // Compaction waits for the end of a batch of users: room for one batch past the threshold.
-        self.entries
-            .reserve_exact(self.threshold + USER_BATCH - len);
+        self.entries.reserve_exact(self.threshold + ROW_BATCH - len);
         crate::util::pages::advise_spare(&self.entries);
     }
 
@@ -833,7 +832,7 @@ impl Accumulator {
     /// Canonical form: ids in text order, slots in half-life order, entries sorted and
     /// deduplicated, property vectors padded.
     pub(crate) fn canonicalize(&mut self) {
-        self.flush_users();
+        self.flush_pending();
         let ur = self.users.sort();
         let ir = self.items.sort();
         let sr = self.sort_slots();
@@ -876,7 +875,7 @@ impl Accumulator {
 
     /// Folds a partial state (parallel aggregation) into this one.
     pub fn merge(&mut self, mut other: Accumulator) {
-        other.flush_users();
+        other.flush_pending();
         if self.merge_trivially(other.is_blank(), other.n_props, other.reference) {
             return;
         }
@@ -949,7 +948,7 @@ impl Accumulator {
         other_props: usize,
         other_ref: Option<i64>,
     ) -> bool {
-        self.flush_users();
+        self.flush_pending();
         if self.reference.is_none() {
             self.reference = other_ref;
         }
@@ -1772,7 +1771,7 @@ mod tests {
     fn users_of_a_partial_batch_are_seen_by_every_read() {
         // Users, items and property values are all held back until a batch is full: every read
         // (merge, serialize, finish) sees the open batch's rows too.
-        let rows: Vec<(String, String)> = (0..USER_BATCH * 2 + 5)
+        let rows: Vec<(String, String)> = (0..ROW_BATCH * 2 + 5)
             .map(|k| (format!("u{}", k % 7), format!("i{}", k % 3)))
             .collect();
         let push_all = |acc: &mut Accumulator, rows: &[(String, String)], first: usize| {
