@@ -794,7 +794,7 @@ impl Accumulator {
         let len = self.entries.len();
         self.sorted_len = len;
         self.threshold = self.min_compact.max(2 * len);
-        // Compaction waits for the end of a batch of users: room for one batch past the threshold.
+        // Compaction waits for the end of a batch of rows: room for one batch past the threshold.
         self.entries.reserve_exact(self.threshold + ROW_BATCH - len);
         crate::util::pages::advise_spare(&self.entries);
     }
