@@ -580,18 +580,18 @@ impl Accumulator {
             pending_text,
             ..
         } = self;
-        let text = pending_text.as_bytes();
         let str_at = |(a, b): (u32, u32)| &pending_text[a as usize..b as usize];
-        let mut item_hashes = [0u64; ROW_BATCH];
-        for (h, &(a, b)) in item_hashes.iter_mut().zip(pending_items.iter()) {
-            *h = hash_bytes(&text[a as usize..b as usize]);
-            items.prefetch(*h);
-        }
-        let mut user_hashes = [0u64; ROW_BATCH];
-        for (h, &(a, b)) in user_hashes.iter_mut().zip(pending.iter()) {
-            *h = hash_bytes(&text[a as usize..b as usize]);
-            users.prefetch(*h);
-        }
+        // The texts' hashes, each text's table slot asked for as soon as it is known.
+        let hashed = |table: &mut Interner, ranges: &[(u32, u32)]| {
+            let mut hashes = [0u64; ROW_BATCH];
+            for (h, &r) in hashes.iter_mut().zip(ranges) {
+                *h = hash_bytes(str_at(r).as_bytes());
+                table.prefetch(*h);
+            }
+            hashes
+        };
+        let item_hashes = hashed(items, pending_items);
+        let user_hashes = hashed(users, pending);
         let first = entries.len() - pending.len();
         let batch = &mut entries[first..];
         for ((e, &r), &h) in batch.iter_mut().zip(pending_items.iter()).zip(&item_hashes) {
