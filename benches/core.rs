@@ -8,7 +8,7 @@
 //! `BENCH_ONLY_SCAN=1` stops after the affinity state (then also a 3-way split and merge, as a
 //! parallel scan's combine step, on `BENCH_THREADS` threads), `BENCH_ONLY_ALS=1` after ALS (kernel work), `BENCH_ONLY_KNN=1` after the item-kNN (no ALS),
 //! `BENCH_ONLY_SERVING=1` after the audiences;
-//! `BENCH_ALS_ITERATIONS` (10) and `BENCH_ALS_FACTORS` (32) ALS's iterations and factors, `BENCH_THREADS` (2) the threads, `BENCH_REPEAT` (7) the audiences timed per line,
+//! `BENCH_ALS_ITERATIONS` (10), `BENCH_ALS_FACTORS` (32) and `BENCH_ALS_CG` (3) ALS's iterations, factors and CG steps, `BENCH_THREADS` (2) the threads, `BENCH_REPEAT` (7) the audiences timed per line,
 //! `BENCH_VALUE_GROUPS` (1) the taste groups in the audience's value.
 use pg_audience::affinity::accumulator::{Accumulator, StateView};
 use pg_audience::model::als::{
@@ -137,6 +137,7 @@ fn main() {
             threads,
             iterations: env("BENCH_ALS_ITERATIONS", 10),
             factors: env("BENCH_ALS_FACTORS", 32),
+            cg_steps: env("BENCH_ALS_CG", AlsParams::default().cg_steps),
             ..AlsParams::default()
         },
         &mut ok,
@@ -149,9 +150,10 @@ fn main() {
         })
     };
     println!(
-        "ALS (factors {}, {} iterations): {:.2} s ({:.2} s of CPU), factor checksum {:016x}",
+        "ALS (factors {}, {} iterations, {} CG steps): {:.2} s ({:.2} s of CPU), factor checksum {:016x}",
         env("BENCH_ALS_FACTORS", 32),
         env("BENCH_ALS_ITERATIONS", 10),
+        env("BENCH_ALS_CG", AlsParams::default().cg_steps),
         t2.elapsed().as_secs_f64(),
         cpu_seconds() - cpu2,
         bits(&als.user_factors) ^ bits(&als.item_factors).rotate_left(1)

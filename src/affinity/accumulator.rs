@@ -464,17 +464,97 @@ fn bucket_sort_entries(
     crate::util::par::par_map(pieces, |buckets| {
         let mut part: Vec<Entry> = Vec::new();
         let mut keys: Vec<(u64, u32)> = Vec::new();
+        let mut packed: Vec<u64> = Vec::new();
+        let mut scratch: Vec<u64> = Vec::new();
         for bucket in buckets {
             part.clear();
             part.extend_from_slice(bucket);
-            keys.clear();
-            keys.extend(part.iter().enumerate().map(|(j, e)| (key(e), j as u32)));
-            keys.sort_unstable();
-            for (dst, &(_, j)) in bucket.iter_mut().zip(&keys) {
-                *dst = part[j as usize];
+            let (mut lo, mut hi) = (u64::MAX, 0u64);
+            for e in part.iter() {
+                let k = key(e);
+                lo = lo.min(k);
+                hi = hi.max(k);
+            }
+            // The bucket's keys differ only in their lowest `bits` bits.
+            let bits = u64::BITS - (lo ^ hi).leading_zeros();
+            let idx_bits = u64::BITS - (part.len() as u64).leading_zeros();
+            if bits + idx_bits <= u64::BITS {
+                // (low key bits, position) in one u64, radix sorted on the key bits.
+                packed.clear();
+                packed.extend(
+                    part.iter()
+                        .enumerate()
+                        .map(|(j, e)| ((key(e) & low_mask(bits)) << idx_bits) | j as u64),
+                );
+                radix_sort_packed(&mut packed, &mut scratch, idx_bits, bits);
+                let pos = low_mask(idx_bits);
+                for (dst, &p) in bucket.iter_mut().zip(&packed) {
+                    *dst = part[(p & pos) as usize];
+                }
+            } else {
+                #[cfg(test)]
+                WIDE_BUCKETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                keys.clear();
+                keys.extend(part.iter().enumerate().map(|(j, e)| (key(e), j as u32)));
+                keys.sort_unstable();
+                for (dst, &(_, j)) in bucket.iter_mut().zip(&keys) {
+                    *dst = part[j as usize];
+                }
             }
         }
     });
+}
+
+/// Buckets sorted as (key, position) pairs (tests: the path is taken).
+#[cfg(test)]
+static WIDE_BUCKETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The lowest `bits` bits set (`bits` ≤ 64).
+fn low_mask(bits: u32) -> u64 {
+    if bits >= u64::BITS {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    }
+}
+
+/// Bits of one digit of [`radix_sort_packed`] at most (4,096 counters: 16 KB, in the L1 cache).
+const DIGIT_BITS: u32 = 12;
+
+/// Sorts `v` by its bits `from..from + bits`, stably (values equal there keep their order), by
+/// least-significant-digit radix passes through `scratch`. With the position in the bits below
+/// `from`, as [`bucket_sort_entries`] packs them, the order is that of (key, position): the
+/// order of a comparison sort of the pairs, without comparisons.
+fn radix_sort_packed(v: &mut Vec<u64>, scratch: &mut Vec<u64>, from: u32, bits: u32) {
+    if bits == 0 || v.len() < 2 {
+        return;
+    }
+    let passes = bits.div_ceil(DIGIT_BITS);
+    let digit = bits.div_ceil(passes);
+    let mut count = vec![0usize; 1 << digit];
+    scratch.clear();
+    scratch.resize(v.len(), 0);
+    for p in 0..passes {
+        let shift = from + p * digit;
+        let width = digit.min(bits - p * digit);
+        let mask = low_mask(width);
+        count[..1 << width].fill(0);
+        for &x in v.iter() {
+            count[((x >> shift) & mask) as usize] += 1;
+        }
+        let mut sum = 0usize;
+        for c in count[..1 << width].iter_mut() {
+            let n = *c;
+            *c = sum;
+            sum += n;
+        }
+        for &x in v.iter() {
+            let d = ((x >> shift) & mask) as usize;
+            scratch[count[d]] = x;
+            count[d] += 1;
+        }
+        std::mem::swap(v, scratch);
+    }
 }
 
 /// Aggregate state; see the module documentation.
@@ -1373,6 +1453,36 @@ mod tests {
     /// Long slices are bucket sorted on the packed key: the same order as the general key, for
     /// ranges of ids, days (before and after the epoch) and slots, a slice of one key, and one
     /// of few keys.
+    /// The radix passes order packed (key bits, position) values as a comparison sort does, for
+    /// keys of 1 to 60 bits, one digit or several, short and long slices, many equal keys.
+    #[test]
+    fn radix_sort_packed_equals_comparison_sort() {
+        let mut g = Rng(11);
+        let mut scratch = Vec::new();
+        for (n, bits, distinct) in [
+            (2usize, 1u32, 2u64),
+            (5, 3, 8),
+            (1000, 12, 4096),
+            (1000, 13, 50),
+            (30_000, 37, 1 << 37),
+            (30_000, 37, 3),
+            (70_000, 45, 1 << 45),
+            (4096, 60, 1 << 60),
+        ] {
+            let idx_bits = u64::BITS - (n as u64).leading_zeros();
+            if bits + idx_bits > 64 {
+                continue;
+            }
+            let mut v: Vec<u64> = (0..n)
+                .map(|j| ((g.below(distinct) & low_mask(bits)) << idx_bits) | j as u64)
+                .collect();
+            let mut want = v.clone();
+            want.sort_unstable();
+            radix_sort_packed(&mut v, &mut scratch, idx_bits, bits);
+            assert_eq!(v, want, "{n} values of {bits} bits");
+        }
+    }
+
     #[test]
     fn bucket_sort_orders_as_the_general_key() {
         let mut g = Rng(5);
@@ -1382,6 +1492,8 @@ mod tests {
             (40_000, 4, 3, 2, 2),
             (60_000, 70_000, 5000, 2, 256),
             (50_000, 1 << 20, 1 << 16, 20_000, 7),
+            // Keys too wide to pack with the position: compared as pairs.
+            (120_000, 1 << 25, 1 << 21, 8_000, 7),
         ] {
             let mut v: Vec<Entry> = (0..n)
                 .map(|_| Entry {
@@ -1421,6 +1533,7 @@ mod tests {
                 assert_eq!(exact(&w), exact(&v), "{n} entries, {threads} threads");
             }
         }
+        assert!(WIDE_BUCKETS.load(std::sync::atomic::Ordering::Relaxed) > 0);
     }
 
     /// The threaded finish cuts the entries at user boundaries: the same matrix, records and
