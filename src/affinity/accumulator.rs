@@ -531,7 +531,9 @@ fn radix_sort_packed(v: &mut Vec<u64>, scratch: &mut Vec<u64>, from: u32, bits: 
     }
     let passes = bits.div_ceil(DIGIT_BITS);
     let digit = bits.div_ceil(passes);
-    let mut count = vec![0usize; 1 << digit];
+    // `u32` counters: a bucket sort's slices hold at most `u32::MAX` entries (`sort_entries`).
+    debug_assert!(v.len() <= u32::MAX as usize);
+    let mut count = vec![0u32; 1 << digit];
     scratch.clear();
     scratch.resize(v.len(), 0);
     for p in 0..passes {
@@ -542,7 +544,7 @@ fn radix_sort_packed(v: &mut Vec<u64>, scratch: &mut Vec<u64>, from: u32, bits: 
         for &x in v.iter() {
             count[((x >> shift) & mask) as usize] += 1;
         }
-        let mut sum = 0usize;
+        let mut sum = 0u32;
         for c in count[..1 << width].iter_mut() {
             let n = *c;
             *c = sum;
@@ -550,7 +552,7 @@ fn radix_sort_packed(v: &mut Vec<u64>, scratch: &mut Vec<u64>, from: u32, bits: 
         }
         for &x in v.iter() {
             let d = ((x >> shift) & mask) as usize;
-            scratch[count[d]] = x;
+            scratch[count[d] as usize] = x;
             count[d] += 1;
         }
         std::mem::swap(v, scratch);
