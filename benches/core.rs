@@ -163,6 +163,7 @@ fn main() {
     let p = AlsParams {
         threads,
         factors: env("BENCH_ALS_FACTORS", 32),
+        cg_steps: env("BENCH_ALS_CG", AlsParams::default().cg_steps),
         ..AlsParams::default()
     };
     let t = Instant::now();

@@ -469,23 +469,19 @@ fn bucket_sort_entries(
         for bucket in buckets {
             part.clear();
             part.extend_from_slice(bucket);
-            let (mut lo, mut hi) = (u64::MAX, 0u64);
-            for e in part.iter() {
-                let k = key(e);
-                lo = lo.min(k);
-                hi = hi.max(k);
-            }
+            packed.clear();
+            packed.extend(part.iter().map(&key));
+            let (lo, hi) = packed
+                .iter()
+                .fold((u64::MAX, 0u64), |(lo, hi), &k| (lo.min(k), hi.max(k)));
             // The bucket's keys differ only in their lowest `bits` bits.
             let bits = u64::BITS - (lo ^ hi).leading_zeros();
             let idx_bits = u64::BITS - (part.len() as u64).leading_zeros();
             if bits + idx_bits <= u64::BITS {
                 // (low key bits, position) in one u64, radix sorted on the key bits.
-                packed.clear();
-                packed.extend(
-                    part.iter()
-                        .enumerate()
-                        .map(|(j, e)| ((key(e) & low_mask(bits)) << idx_bits) | j as u64),
-                );
+                for (j, k) in packed.iter_mut().enumerate() {
+                    *k = ((*k & low_mask(bits)) << idx_bits) | j as u64;
+                }
                 radix_sort_packed(&mut packed, &mut scratch, idx_bits, bits);
                 let pos = low_mask(idx_bits);
                 for (dst, &p) in bucket.iter_mut().zip(&packed) {
@@ -495,7 +491,7 @@ fn bucket_sort_entries(
                 #[cfg(test)]
                 WIDE_BUCKETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 keys.clear();
-                keys.extend(part.iter().enumerate().map(|(j, e)| (key(e), j as u32)));
+                keys.extend(packed.iter().enumerate().map(|(j, &k)| (k, j as u32)));
                 keys.sort_unstable();
                 for (dst, &(_, j)) in bucket.iter_mut().zip(&keys) {
                     *dst = part[j as usize];
