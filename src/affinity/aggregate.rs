@@ -20,10 +20,12 @@
 //! merges them into the final state straight from the bytes (the leader's serial tail of a
 //! build's scan; each partial state's entries are not copied into a vector of their own first).
 use crate::affinity::accumulator::{Accumulator, StateView};
+use crate::affinity::handoff;
 use crate::error::AudienceError;
 use pgrx::prelude::*;
 use pgrx::{Internal, PgMemoryContexts};
 use std::cell::RefCell;
+use std::path::Path;
 
 /// Microseconds per unit of an interval, as `extract(epoch from interval)` counts them.
 const USECS_PER_DAY: i64 = 86_400_000_000;
@@ -72,21 +74,25 @@ enum AggState {
     /// result straight to the combine function; the bytes (the input tuple's datum, or a
     /// detoasted copy in that context) outlive that context's next reset, and this value is
     /// allocated in it, so it cannot outlive its bytes (the `'static` is that context's life).
-    Unread(StateView<'static>),
+    /// The mapping, when there is one, holds the bytes of a parallel worker's state handed over
+    /// in a file ([`handoff`]); it is declared after the view, so it is dropped after it.
+    Unread(StateView<'static>, Option<handoff::Mapping>),
 }
 
 impl AggState {
     /// The accumulator (a state read in place is decoded first).
     fn acc(&mut self) -> &mut Accumulator {
-        if let AggState::Unread(_) = self {
-            if let AggState::Unread(v) = std::mem::replace(self, AggState::Acc(Accumulator::new(0)))
+        if let AggState::Unread(..) = self {
+            if let AggState::Unread(v, mapping) =
+                std::mem::replace(self, AggState::Acc(Accumulator::new(0)))
             {
                 *self = AggState::Acc(v.into_accumulator());
+                drop(mapping);
             }
         }
         match self {
             AggState::Acc(a) => a,
-            AggState::Unread(_) => unreachable!("decoded above"),
+            AggState::Unread(..) => unreachable!("decoded above"),
         }
     }
 }
@@ -118,6 +124,10 @@ unsafe fn state_mut(
 ) -> &mut Accumulator {
     if state.initialized() {
         return acc_of(state).expect("initialized state");
+    }
+    if partial_for_this_backend(fcinfo) {
+        // The leader of a parallel scan: its workers may leave files for it (see `handoff`).
+        register_cleanup();
     }
     let ptr = PgMemoryContexts::For(agg_context(fcinfo))
         .leak_and_drop_on_delete(AggState::Acc(Accumulator::new(n_props)));
@@ -371,7 +381,10 @@ fn _affinity_combine(
             left.set_threads(crate::guc::threads());
         }
         match std::mem::replace(right, AggState::Acc(Accumulator::new(0))) {
-            AggState::Unread(v) => left.merge_view(v),
+            AggState::Unread(v, mapping) => {
+                left.merge_view(v);
+                drop(mapping);
+            }
             AggState::Acc(acc) => left.merge(acc),
         }
     }
@@ -387,7 +400,46 @@ fn _affinity_serial(mut state: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Ve
         let acc = std::mem::replace(acc, Accumulator::new(0));
         return local_partial_put(acc).to_vec();
     }
-    acc.serialize()
+    let bytes = acc.serialize();
+    if bytes.len() < handoff::MIN_BYTES {
+        return bytes;
+    }
+    match unsafe { handoff_ticket(bytes.len()) } {
+        Some(ticket) if handoff::write(Path::new(handoff::DIR), &ticket, &bytes).is_ok() => {
+            ticket.encode().to_vec()
+        }
+        // Not a parallel worker, or the file could not be written (a full disk, say): the bytes
+        // go through the tuple queue as before.
+        _ => bytes,
+    }
+}
+
+/// The ticket for handing a parallel worker's state of `len` bytes to its leader in a file;
+/// `None` outside parallel workers (every other caller of the serialize function may send the
+/// bytes elsewhere: Citus sends them to another server).
+unsafe fn handoff_ticket(len: usize) -> Option<handoff::Ticket> {
+    thread_local! {
+        static SEQ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    unsafe {
+        if pg_sys::ParallelWorkerNumber < 0 || pg_sys::MyProc.is_null() {
+            return None;
+        }
+        let leader = (*pg_sys::MyProc).lockGroupLeader;
+        if leader.is_null() || leader == pg_sys::MyProc {
+            return None;
+        }
+        let seq = SEQ.with(|c| {
+            c.set(c.get() + 1);
+            c.get()
+        });
+        Some(handoff::Ticket {
+            leader: (*leader).pid as u32,
+            worker: pg_sys::MyProcPid as u32,
+            seq,
+            len: len as u64,
+        })
+    }
 }
 
 /// The first bytes of a partial state kept in this backend (see [`local_partial_put`]); never the
@@ -402,6 +454,13 @@ thread_local! {
     /// Whether this transaction has registered the clean-up of [`LOCAL_PARTIALS`] (once per
     /// transaction: a grouped aggregate keeps and takes a state per group).
     static LOCAL_CLEANUP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Partial states this backend has read from its parallel workers' files (see [`handoff`]).
+    static STATES_FROM_FILES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many partial states this backend has read from its parallel workers' files.
+pub fn states_from_files() -> u64 {
+    STATES_FROM_FILES.with(|c| c.get())
 }
 
 /// Whether the serialize function was called by a Partial Aggregate node of the leader of a
@@ -426,24 +485,39 @@ unsafe fn partial_for_this_backend(fcinfo: pg_sys::FunctionCallInfo) -> bool {
 /// partial state is not encoded, copied and decoded again on its way to the combine step).
 fn local_partial_put(acc: Accumulator) -> [u8; 16] {
     let token = next_token();
-    if !LOCAL_CLEANUP.with(|c| c.replace(true)) {
-        // States a failed query never took are dropped with its transaction.
-        for ev in [
-            pgrx::PgXactCallbackEvent::Abort,
-            pgrx::PgXactCallbackEvent::Commit,
-            pgrx::PgXactCallbackEvent::Prepare,
-        ] {
-            pgrx::register_xact_callback(ev, || {
-                LOCAL_PARTIALS.with(|s| s.borrow_mut().clear());
-                LOCAL_CLEANUP.with(|c| c.set(false));
-            });
-        }
-    }
+    register_cleanup();
     LOCAL_PARTIALS.with(|s| s.borrow_mut().insert(token, acc));
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&LOCAL_MAGIC);
     out[8..].copy_from_slice(&token.to_le_bytes());
     out
+}
+
+/// Registers, once per transaction, what its end drops: the partial states kept in this backend
+/// that a failed query never took, and the files its parallel workers wrote for it and it never
+/// read (see [`handoff`]; files an earlier process with the same pid left behind go with them).
+/// Not at registration: a leader that takes no part in the scan registers when it reads its
+/// first worker's file, while the others' files wait to be read.
+fn register_cleanup() {
+    if LOCAL_CLEANUP.with(|c| c.replace(true)) {
+        return;
+    }
+    fn clean() {
+        // SAFETY: MyProcPid is set at backend start.
+        let pid = unsafe { pg_sys::MyProcPid } as u32;
+        handoff::remove_for_leader(Path::new(handoff::DIR), pid);
+    }
+    for ev in [
+        pgrx::PgXactCallbackEvent::Abort,
+        pgrx::PgXactCallbackEvent::Commit,
+        pgrx::PgXactCallbackEvent::Prepare,
+    ] {
+        pgrx::register_xact_callback(ev, || {
+            LOCAL_PARTIALS.with(|s| s.borrow_mut().clear());
+            LOCAL_CLEANUP.with(|c| c.set(false));
+            clean();
+        });
+    }
 }
 
 /// The state that `bytes` (from [`local_partial_put`]) stand for; `None` when they are not such
@@ -472,16 +546,39 @@ fn _affinity_deserial(
             PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(AggState::Acc(acc));
         return Internal::from(Some(pg_sys::Datum::from(ptr)));
     }
+    let mapping = handoff::Ticket::decode(bytes).map(|ticket| {
+        register_cleanup();
+        // SAFETY: MyProcPid is set at backend start.
+        if ticket.leader != unsafe { pg_sys::MyProcPid } as u32 {
+            AudienceError::corrupt("affinity state handed to another session")
+                .hint("Partial states of audience.affinity() are only read by the query that made them.")
+                .raise()
+        }
+        STATES_FROM_FILES.with(|c| c.set(c.get() + 1));
+        handoff::Mapping::take(Path::new(handoff::DIR), &ticket).unwrap_or_else(|e| {
+            AudienceError::new(
+                PgSqlErrorCode::ERRCODE_IO_ERROR,
+                format!("could not read a parallel worker's affinity state: {e}"),
+            )
+            .hint("The file a parallel worker wrote under base/pgsql_tmp was removed or changed; run the query again.")
+            .raise()
+        })
+    });
+    let bytes: &[u8] = match &mapping {
+        Some(m) => m.bytes(),
+        None => bytes,
+    };
     let view = StateView::parse(bytes).unwrap_or_else(|e| {
         AudienceError::corrupt(format!("invalid affinity state: {e}"))
             .hint("The bytes must come from audience._affinity_serial().")
             .raise()
     });
     // SAFETY: only the lifetime changes; the value is allocated in the current (per-input-tuple)
-    // memory context, which the bytes outlive (see `AggState::Unread`).
+    // memory context, which the bytes outlive (see `AggState::Unread`), and a mapping is moved
+    // into the same value, after the view (its pages do not move when the `Mapping` does).
     let view: StateView<'static> = unsafe { std::mem::transmute(view) };
-    let ptr =
-        PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(AggState::Unread(view));
+    let ptr = PgMemoryContexts::CurrentMemoryContext
+        .leak_and_drop_on_delete(AggState::Unread(view, mapping));
     Internal::from(Some(pg_sys::Datum::from(ptr)))
 }
 

@@ -2,6 +2,7 @@
 //! functions of the `audience.affinity` aggregate.
 pub mod accumulator;
 pub mod aggregate;
+pub mod handoff;
 pub mod interner;
 pub mod prop;
 pub mod result;

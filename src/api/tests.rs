@@ -36,6 +36,51 @@ mod tests {
         })
     }
 
+    /// Parallel workers hand partial states of 1 MB or more to the leader in files, which the
+    /// leader reads once and removes: the result is the serial plan's, and no file is left.
+    #[pg_test]
+    fn parallel_states_handed_over_in_files() {
+        run("CREATE TABLE handoff_ev AS
+               SELECT (g % 40000)::text AS u, (g % 1999)::text AS i, (1 + g % 3)::float8 AS w,
+                      '2024-01-01'::timestamptz + (g % 5000) * interval '1 minute' AS t
+                 FROM generate_series(1, 400000) g;
+             ANALYZE handoff_ev;
+             SET LOCAL parallel_setup_cost = 0;
+             SET LOCAL parallel_tuple_cost = 0;
+             SET LOCAL min_parallel_table_scan_size = 0;
+             SET LOCAL parallel_leader_participation = off;
+             SET LOCAL max_parallel_workers_per_gather = 2;");
+        let q = "SELECT audience.affinity(u, i, w, t, '3 days', NULL) FROM handoff_ev";
+        let files = || {
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM pg_catalog.pg_ls_tmpdir() WHERE name LIKE 'pgsql\\_tmp\\_pga\\_%'",
+            )
+            .unwrap()
+            .unwrap()
+        };
+        // Every row asked for (a row limit, as Spi::get_one sets, turns the parallel plan off).
+        let all = |q: &str| {
+            crate::api::spi_util::query_rows(q, &[], |r| r.get::<pgrx::JsonB>(1).unwrap())
+                .pop()
+                .flatten()
+                .unwrap()
+                .0
+        };
+        let before = crate::affinity::aggregate::states_from_files();
+        let parallel = all(q);
+        let read = crate::affinity::aggregate::states_from_files() - before;
+        assert!(read >= 1, "no partial state came through a file");
+        assert_eq!(files(), 0);
+        run("SET LOCAL max_parallel_workers_per_gather = 0");
+        let serial = all(q);
+        assert_eq!(
+            crate::affinity::aggregate::states_from_files() - before,
+            read
+        );
+        assert_eq!(parallel, serial);
+        assert_eq!(serial.as_object().unwrap().len(), 40000);
+    }
+
     /// Quoted names everywhere: a mixed-case schema, table and columns with spaces and quotes.
     #[pg_test]
     fn names_needing_quotes_work() {

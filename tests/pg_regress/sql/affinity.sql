@@ -70,5 +70,8 @@ SELECT u, audience.affinity(u, i, w, t, '3 days', NULL) AS a FROM big GROUP BY u
 SELECT count(*) AS groups, count(*) FILTER (WHERE p.a = s.a) AS equal
   FROM parallel_groups p JOIN serial_groups s USING (u);
 RESET max_parallel_workers_per_gather;
+-- Parallel workers hand partial states of 1 MB or more to the leader in files under
+-- base/pgsql_tmp, which the leader removes as it reads them: none is left.
+SELECT count(*) AS handoff_files_left FROM pg_ls_tmpdir() WHERE name LIKE 'pgsql\_tmp\_pga\_%';
 
 DROP TABLE ev, big;
