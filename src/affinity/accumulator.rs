@@ -1965,6 +1965,58 @@ mod tests {
         );
     }
 
+    /// The state written a few MB at a time is the same bytes as `serialize`'s.
+    #[test]
+    fn serialize_into_pieces_equals_serialize() {
+        let mut acc = Accumulator::new(2);
+        for k in 0..700_000u64 {
+            let (u, i) = (format!("u{}", k % 50_021), format!("i{}", k % 997));
+            acc.push(
+                &u,
+                &i,
+                1.0 + (k % 3) as f64,
+                k as i64 * 1000,
+                Some(DAY),
+                None,
+            );
+        }
+        use crate::affinity::state_codec::FLUSH_AT_FOR_TESTS;
+        let whole = acc.serialize();
+        assert!(
+            whole.len() > 3 * FLUSH_AT_FOR_TESTS,
+            "{} bytes",
+            whole.len()
+        );
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        let n = acc
+            .serialize_into(|b| {
+                pieces.push(b.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(n as usize, whole.len());
+        assert!(pieces.len() >= 3);
+        assert!(pieces[..pieces.len() - 1]
+            .iter()
+            .all(|p| p.len() >= FLUSH_AT_FOR_TESTS));
+        assert_eq!(pieces.concat(), whole);
+        // An error from the writer comes back as it is.
+        let err = acc
+            .serialize_into(|_| Err(std::io::Error::other("disk full")))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
+        // A small state: one piece.
+        let mut small = build(&dyadic_rows(300, 5), None);
+        let mut one = Vec::new();
+        small
+            .serialize_into(|b| {
+                one.push(b.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(one, vec![small.serialize()]);
+    }
+
     #[test]
     fn corrupt_or_truncated_bytes_are_errors() {
         let rows = dyadic_rows(300, 3);

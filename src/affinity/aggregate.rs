@@ -400,24 +400,26 @@ fn _affinity_serial(mut state: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Ve
         let acc = std::mem::replace(acc, Accumulator::new(0));
         return local_partial_put(acc).to_vec();
     }
-    let bytes = acc.serialize();
-    if bytes.len() < handoff::MIN_BYTES {
-        return bytes;
-    }
-    match unsafe { handoff_ticket(bytes.len()) } {
-        Some(ticket) if handoff::write(Path::new(handoff::DIR), &ticket, &bytes).is_ok() => {
-            ticket.encode().to_vec()
+    if acc.serialized_bytes_estimate() >= handoff::MIN_BYTES {
+        if let Some(mut ticket) = unsafe { handoff_ticket() } {
+            use std::io::Write;
+            let written = handoff::write(Path::new(handoff::DIR), &ticket, |f| {
+                acc.serialize_into(|b| f.write_all(b))
+            });
+            // Otherwise (a full disk, say) the bytes go through the tuple queue as before.
+            if let Ok(len) = written {
+                ticket.len = len;
+                return ticket.encode().to_vec();
+            }
         }
-        // Not a parallel worker, or the file could not be written (a full disk, say): the bytes
-        // go through the tuple queue as before.
-        _ => bytes,
     }
+    acc.serialize()
 }
 
-/// The ticket for handing a parallel worker's state of `len` bytes to its leader in a file;
-/// `None` outside parallel workers (every other caller of the serialize function may send the
+/// The ticket for handing a parallel worker's state to its leader in a file (its `len` set once
+/// the file is written); `None` outside parallel workers (every other caller of the serialize function may send the
 /// bytes elsewhere: Citus sends them to another server).
-unsafe fn handoff_ticket(len: usize) -> Option<handoff::Ticket> {
+unsafe fn handoff_ticket() -> Option<handoff::Ticket> {
     thread_local! {
         static SEQ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
@@ -437,7 +439,7 @@ unsafe fn handoff_ticket(len: usize) -> Option<handoff::Ticket> {
             leader: (*leader).pid as u32,
             worker: pg_sys::MyProcPid as u32,
             seq,
-            len: len as u64,
+            len: 0,
         })
     }
 }

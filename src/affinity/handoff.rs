@@ -78,9 +78,14 @@ impl Ticket {
     }
 }
 
-/// Writes `bytes` into a new file for `ticket` under `dir` (created if missing; the file must not
-/// exist; owner-only permissions). On any error nothing is left behind.
-pub fn write(dir: &Path, ticket: &Ticket, bytes: &[u8]) -> std::io::Result<()> {
+/// Creates the file for `ticket` under `dir` (the directory created if missing; the file must not
+/// exist; owner-only permissions) and has `fill` write it; returns what `fill` returns (the bytes
+/// written, for the ticket's `len`). On any error nothing is left behind.
+pub fn write(
+    dir: &Path,
+    ticket: &Ticket,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<u64>,
+) -> std::io::Result<u64> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
     let path = ticket.path(dir);
@@ -89,11 +94,18 @@ pub fn write(dir: &Path, ticket: &Ticket, bytes: &[u8]) -> std::io::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(&path)?;
-    let done = f.write_all(bytes);
+    let done = fill(&mut f);
     if done.is_err() {
         let _ = std::fs::remove_file(&path);
     }
     done
+}
+
+/// [`write`] of `bytes`.
+pub fn write_bytes(dir: &Path, ticket: &Ticket, bytes: &[u8]) -> std::io::Result<u64> {
+    write(dir, ticket, |f| {
+        f.write_all(bytes).map(|()| bytes.len() as u64)
+    })
 }
 
 /// A file mapped read-only; unmapped when dropped.
@@ -212,9 +224,17 @@ mod tests {
             seq: 1,
             len: bytes.len() as u64,
         };
-        write(&dir, &t, &bytes).unwrap();
+        write_bytes(&dir, &t, &bytes).unwrap();
         // The same name twice is an error, and the first file stays as it was.
-        assert!(write(&dir, &t, b"other").is_err());
+        assert!(write_bytes(&dir, &t, b"other").is_err());
+        // A failed fill leaves nothing behind.
+        let other = Ticket { seq: 2, ..t };
+        assert!(write(&dir, &other, |f| {
+            f.write_all(b"partial")?;
+            Err(std::io::Error::other("disk full"))
+        })
+        .is_err());
+        assert!(!other.path(&dir).exists());
         let m = Mapping::take(&dir, &t).unwrap();
         assert!(!t.path(&dir).exists());
         assert_eq!(m.bytes(), &bytes[..]);
@@ -232,7 +252,7 @@ mod tests {
             seq: 3,
             len: 10,
         };
-        write(&dir, &t, b"0123456789").unwrap();
+        write_bytes(&dir, &t, b"0123456789").unwrap();
         let bad = Ticket { len: 11, ..t };
         assert!(Mapping::take(&dir, &bad).is_err());
         assert!(!t.path(&dir).exists());
@@ -249,7 +269,7 @@ mod tests {
                 seq: 1,
                 len: 1,
             };
-            write(&dir, &t, b"x").unwrap();
+            write_bytes(&dir, &t, b"x").unwrap();
         }
         assert_eq!(remove_for_leader(&dir, 5), 2);
         assert_eq!(remove_for_leader(&dir, 5), 0);

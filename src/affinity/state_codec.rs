@@ -4,14 +4,59 @@
 use crate::affinity::accumulator::*;
 use crate::util::codec::{invalid, CodecError, Reader, Writer};
 
+/// Bytes [`Accumulator::serialize_into`] gathers before handing them on.
+const FLUSH_AT: usize = 4 << 20;
+#[cfg(test)]
+pub(crate) const FLUSH_AT_FOR_TESTS: usize = FLUSH_AT;
+
 impl Accumulator {
     /// Canonicalizes the state and encodes it (see `deserialize`).
     pub fn serialize(&mut self) -> Vec<u8> {
+        let cap = self.serialized_bytes_estimate();
+        let done: std::io::Result<Vec<u8>> = self.serialize_with(cap, |_| Ok(()));
+        done.expect("a vector's writer does not fail")
+    }
+
+    /// Canonicalizes the state and writes the bytes `serialize` returns through `out`, a few MB
+    /// at a time (a parallel worker's state goes straight into its file: no copy of the whole
+    /// state in memory). Returns how many bytes were written.
+    pub fn serialize_into(
+        &mut self,
+        mut out: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<u64> {
+        let mut total = 0u64;
+        let rest = self.serialize_with(2 * FLUSH_AT, |w| {
+            if w.0.len() >= FLUSH_AT {
+                total += w.0.len() as u64;
+                out(&w.0)?;
+                w.0.clear();
+            }
+            Ok(())
+        })?;
+        if !rest.is_empty() {
+            out(&rest)?;
+        }
+        Ok(total + rest.len() as u64)
+    }
+
+    /// The encoded size, about (a capacity for the writer).
+    pub fn serialized_bytes_estimate(&self) -> usize {
+        64 + self.entries.len() * 21
+            + self.users.bytes
+            + self.items.bytes
+            + self.users.names.len() * 8
+    }
+
+    /// The encoder: `flush` is called with the writer between sections and every [`FLUSH_AT`]
+    /// bytes of a column; it may take the bytes written so far out of it. Returns what is left.
+    fn serialize_with(
+        &mut self,
+        capacity: usize,
+        mut flush: impl FnMut(&mut Writer) -> std::io::Result<()>,
+    ) -> std::io::Result<Vec<u8>> {
         self.canonicalize();
         let n = self.entries.len();
-        let mut w = Writer::with_capacity(
-            64 + n * 21 + self.users.bytes + self.items.bytes + self.users.names.len() * 8,
-        );
+        let mut w = Writer::with_capacity(capacity);
         w.put_header(MAGIC, VERSION);
         w.put_u32(self.n_props as u32);
         w.put_u64(self.rows);
@@ -23,7 +68,9 @@ impl Accumulator {
             w.put_opt_i64(h);
         }
         w.put_strs(&self.users.names);
+        flush(&mut w)?;
         w.put_strs(&self.items.names);
+        flush(&mut w)?;
 
         // Entries, column-wise. Users are stored as per-user entry counts (entries are sorted).
         let mut counts = vec![0u32; self.users.names.len()];
@@ -33,17 +80,29 @@ impl Accumulator {
         w.put_u32s(&counts);
         drop(counts);
         w.put_u64(n as u64);
-        fn column<const W: usize>(w: &mut Writer, es: &[Entry], f: impl Fn(&Entry) -> [u8; W]) {
-            let start = w.0.len();
-            w.0.resize(start + es.len() * W, 0);
-            for (dst, e) in w.0[start..].chunks_exact_mut(W).zip(es) {
-                dst.copy_from_slice(&f(e));
+        flush(&mut w)?;
+        fn column<const W: usize>(
+            w: &mut Writer,
+            es: &[Entry],
+            flush: &mut impl FnMut(&mut Writer) -> std::io::Result<()>,
+            f: impl Fn(&Entry) -> [u8; W],
+        ) -> std::io::Result<()> {
+            for part in es.chunks(FLUSH_AT / W) {
+                let start = w.0.len();
+                w.0.resize(start + part.len() * W, 0);
+                for (dst, e) in w.0[start..].chunks_exact_mut(W).zip(part) {
+                    dst.copy_from_slice(&f(e));
+                }
+                if w.0.len() >= FLUSH_AT {
+                    flush(w)?;
+                }
             }
+            Ok(())
         }
-        column(&mut w, &self.entries, |e| e.item.to_le_bytes());
-        column(&mut w, &self.entries, |e| [e.slot]);
-        column(&mut w, &self.entries, |e| e.time.to_le_bytes());
-        column(&mut w, &self.entries, |e| e.value.to_le_bytes());
+        column(&mut w, &self.entries, &mut flush, |e| e.item.to_le_bytes())?;
+        column(&mut w, &self.entries, &mut flush, |e| [e.slot])?;
+        column(&mut w, &self.entries, &mut flush, |e| e.time.to_le_bytes())?;
+        column(&mut w, &self.entries, &mut flush, |e| e.value.to_le_bytes())?;
 
         for p in &self.props {
             let times: Vec<i64> = p.iter().map(|v| v.time).collect();
@@ -55,8 +114,9 @@ impl Accumulator {
                 .filter_map(|v| v.value.as_ref().map(|t| t.as_str()))
                 .collect();
             w.put_strs(&vals);
+            flush(&mut w)?;
         }
-        w.into_inner()
+        Ok(w.into_inner())
     }
 
     /// Decodes a state written by `serialize`. Any malformed input yields `Err`, never a panic.
