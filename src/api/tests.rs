@@ -81,6 +81,45 @@ mod tests {
         assert_eq!(serial.as_object().unwrap().len(), 40000);
     }
 
+    /// A table's event types are tested in the order of their share of its rows once the table
+    /// is analyzed (the event column's most common values), in registration order before.
+    #[pg_test]
+    fn scan_query_tests_frequent_event_types_first() {
+        run(
+            r#"CREATE TABLE freq_ev (user_id int, product_id text, "timestamp" timestamptz, event text);
+               INSERT INTO freq_ev SELECT g % 50, 'p' || (g % 7), now() - g * interval '1 minute',
+                      CASE WHEN g % 10 = 0 THEN 'order' WHEN g % 10 < 3 THEN 'cart' ELSE 'view' END
+                 FROM generate_series(1, 3000) g;
+               SELECT audience.create_catalog('freq');
+               SELECT audience.add_event('freq', 'freq_ev', 'product_id', event_column => 'event', event_value => 'order', weight => 5);
+               SELECT audience.add_event('freq', 'freq_ev', 'product_id', event_column => 'event', event_value => 'cart', weight => 3);
+               SELECT audience.add_event('freq', 'freq_ev', 'product_id', event_column => 'event', event_value => 'view', weight => 1);"#,
+        );
+        // The ANY list of the filter, and the value of the weight's first WHEN.
+        let order = || {
+            Spi::get_two::<String, String>(
+                r#"SELECT substring(b.query from $$ANY \('([^']*)'$$),
+                          substring(b.query from $$AS i, CASE WHEN s\.event::pg_catalog\.text OPERATOR\(pg_catalog\.=\) '([a-z]*)'$$)
+                     FROM audience._build_query((SELECT catalog_id FROM audience.catalogs WHERE name = 'freq'), NULL, NULL, NULL) b"#,
+            )
+            .map(|(a, b)| (a.unwrap_or_default(), b.unwrap_or_default()))
+            .unwrap()
+        };
+        assert_eq!(order(), ("{order,cart,view}".into(), "order".into()));
+        let rows = || {
+            Spi::get_one::<i64>(
+                "SELECT b.rows_read FROM audience.build('freq', factors => 2, neighbours => 2, tune => false) b",
+            )
+            .unwrap()
+            .unwrap()
+        };
+        assert_eq!(rows(), 3000);
+        run("ANALYZE freq_ev");
+        assert_eq!(order(), ("{view,cart,order}".into(), "view".into()));
+        // The build reads the same rows either way.
+        assert_eq!(rows(), 3000);
+    }
+
     /// Quoted names everywhere: a mixed-case schema, table and columns with spaces and quotes.
     #[pg_test]
     fn names_needing_quotes_work() {
