@@ -14,7 +14,10 @@
 //! directory (the server's working directory). The `pgsql_tmp` prefix makes the server remove
 //! files a crash left behind when it starts ([`RemovePgTempFiles`]); the leader's pid lets the
 //! leader remove, at the end of its transaction, any file its workers wrote that it never read
-//! (a failed or cancelled query).
+//! (a failed or cancelled query). The leader registers that clean-up when it starts its own part
+//! of the scan, or, taking no part (`parallel_leader_participation = off`), when it reads its
+//! first worker's file: a query that fails before either leaves its files to the same backend's
+//! next transaction that registers, or to the server's next start.
 //!
 //! Plain Rust with `std` and `libc`: `cargo test` covers it.
 //!
