@@ -604,7 +604,7 @@ BEGIN
         -- A table's event types in the order of their share of its rows (the event column's most
         -- common values in pg_stats once the table is analyzed; then by id): each row's CASE and
         -- ANY stop at the first match, so the most frequent type costs one comparison, not one
-        -- per type before it (13% less CPU in the scan of bench/scale.sh's shop).
+        -- per type before it (README: "The most frequent event types tested first").
         SELECT array_agg(e.event_id ORDER BY f.freq DESC NULLS LAST, e.event_id) INTO ordered
           FROM audience.events e
           LEFT JOIN (SELECT mc.v, pg_catalog.max(mc.freq) AS freq

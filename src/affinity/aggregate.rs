@@ -400,6 +400,7 @@ fn _affinity_serial(mut state: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Ve
         let acc = std::mem::replace(acc, Accumulator::new(0));
         return local_partial_put(acc).to_vec();
     }
+    acc.canonicalize();
     if acc.serialized_bytes_estimate() >= handoff::MIN_BYTES {
         if let Some(mut ticket) = unsafe { handoff_ticket() } {
             use std::io::Write;
@@ -417,8 +418,8 @@ fn _affinity_serial(mut state: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Ve
 }
 
 /// The ticket for handing a parallel worker's state to its leader in a file (its `len` set once
-/// the file is written); `None` outside parallel workers (every other caller of the serialize function may send the
-/// bytes elsewhere: Citus sends them to another server).
+/// the file is written); `None` outside parallel workers (every other caller of the serialize
+/// function may send the bytes elsewhere: Citus sends them to another server).
 unsafe fn handoff_ticket() -> Option<handoff::Ticket> {
     thread_local! {
         static SEQ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -556,15 +557,16 @@ fn _affinity_deserial(
                 .hint("Partial states of audience.affinity() are only read by the query that made them.")
                 .raise()
         }
-        STATES_FROM_FILES.with(|c| c.set(c.get() + 1));
-        handoff::Mapping::take(Path::new(handoff::DIR), &ticket).unwrap_or_else(|e| {
+        let mapping = handoff::Mapping::take(Path::new(handoff::DIR), &ticket).unwrap_or_else(|e| {
             AudienceError::new(
                 PgSqlErrorCode::ERRCODE_IO_ERROR,
                 format!("could not read a parallel worker's affinity state: {e}"),
             )
             .hint("The file a parallel worker wrote under base/pgsql_tmp was removed or changed; run the query again.")
             .raise()
-        })
+        });
+        STATES_FROM_FILES.with(|c| c.set(c.get() + 1));
+        mapping
     });
     let bytes: &[u8] = match &mapping {
         Some(m) => m.bytes(),

@@ -12,6 +12,7 @@ pub(crate) const FLUSH_AT_FOR_TESTS: usize = FLUSH_AT;
 impl Accumulator {
     /// Canonicalizes the state and encodes it (see `deserialize`).
     pub fn serialize(&mut self) -> Vec<u8> {
+        self.canonicalize();
         let cap = self.serialized_bytes_estimate();
         let done: std::io::Result<Vec<u8>> = self.serialize_with(cap, |_| Ok(()));
         done.expect("a vector's writer does not fail")
@@ -39,7 +40,8 @@ impl Accumulator {
         Ok(total + rest.len() as u64)
     }
 
-    /// The encoded size, about (a capacity for the writer).
+    /// The encoded size, about (a capacity for the writer), once the state is canonical (before,
+    /// its entries are not yet combined and its names not yet listed).
     pub fn serialized_bytes_estimate(&self) -> usize {
         64 + self.entries.len() * 21
             + self.users.bytes
