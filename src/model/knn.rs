@@ -24,9 +24,9 @@
 //! Cost is `sum_u df_u^2` multiply-adds: for each item `i`, the users of `i` are walked and each of
 //! their items accumulated into a dense per-thread `f32` buffer (plus a branch-free touched list,
 //! with the users' rows software-prefetched since the loop is memory-latency bound), then a bounded
-//! heap keeps the top `neighbours` (a candidate below its weakest kept similarity costs one comparison).
-//! Items are processed in blocks handed out through an atomic
-//! counter; the calling thread works too and calls `check()` before each of its items (workers never call
+//! heap keeps the top `neighbours` (a candidate below its weakest kept similarity costs one
+//! comparison). Items are processed in blocks handed out through an atomic counter; the calling
+//! thread works too and calls `check()` before each of its items (workers never call
 //! it; they stop before their next item once the caller was interrupted). Every item's row is computed in
 //! a fixed order, so the result does not depend on the number of threads.
 
