@@ -9,13 +9,14 @@
 //! parallel scan's combine step, on `BENCH_THREADS` threads), `BENCH_ONLY_ALS=1` after ALS (kernel work), `BENCH_ONLY_KNN=1` after the item-kNN (no ALS),
 //! `BENCH_ONLY_SERVING=1` after the audiences;
 //! `BENCH_ALS_ITERATIONS` (10), `BENCH_ALS_FACTORS` (32) and `BENCH_ALS_CG` (3) ALS's iterations, factors and CG steps, `BENCH_THREADS` (2) the threads, `BENCH_REPEAT` (7) the audiences timed per line,
-//! `BENCH_VALUE_GROUPS` (1) the taste groups in the audience's value.
+//! `BENCH_VALUE_GROUPS` (1) the taste groups in the audience's value, `BENCH_ALS_ITEM_ORDER=walk` ALS's item
+//! half-sweeps in item-kNN's walk order (item-kNN trained first; the same factors).
 use pg_audience::affinity::accumulator::{Accumulator, StateView};
 use pg_audience::model::als::{
-    continue_als, continue_als_rows, train_als, transpose_checked, AlsParams,
+    continue_als, continue_als_rows, train_als, train_als_ordered, transpose_checked, AlsParams,
 };
 use pg_audience::model::days::DayIndex;
-use pg_audience::model::knn::{train_knn_with, KnnParams};
+use pg_audience::model::knn::{train_knn_with, walk_order, KnnParams};
 use pg_audience::score::hybrid::{
     score_from_components, Components, HybridParams, Own, Sample, Scorer,
 };
@@ -130,18 +131,30 @@ fn main() {
         return;
     }
     let mut ok = || Ok(());
+    let als_params = AlsParams {
+        threads,
+        iterations: env("BENCH_ALS_ITERATIONS", 10),
+        factors: env("BENCH_ALS_FACTORS", 32),
+        cg_steps: env("BENCH_ALS_CG", AlsParams::default().cg_steps),
+        ..AlsParams::default()
+    };
+    // `BENCH_ALS_ITEM_ORDER=walk`: the item half-sweeps visit the items in item-kNN's walk order
+    // (trained first, untimed here): the same factors (checksum), items sharing users together.
+    let walk = (std::env::var("BENCH_ALS_ITEM_ORDER").as_deref() == Ok("walk")).then(|| {
+        let knn = knn_timed(&conf, threads);
+        let t = Instant::now();
+        let order = walk_order(&knn);
+        println!(
+            "item order: item-kNN's walk ({:.3} s)",
+            t.elapsed().as_secs_f64()
+        );
+        (transpose_checked(&conf, threads, &mut ok).unwrap(), order)
+    });
     let (t2, cpu2) = (Instant::now(), cpu_seconds());
-    let als = train_als(
-        &conf,
-        &AlsParams {
-            threads,
-            iterations: env("BENCH_ALS_ITERATIONS", 10),
-            factors: env("BENCH_ALS_FACTORS", 32),
-            cg_steps: env("BENCH_ALS_CG", AlsParams::default().cg_steps),
-            ..AlsParams::default()
-        },
-        &mut ok,
-    )
+    let als = match &walk {
+        Some((iu, order)) => train_als_ordered(&conf, iu, order, &als_params, &mut ok),
+        None => train_als(&conf, &als_params, &mut ok),
+    }
     .unwrap();
     // A checksum of the factors' bits: kernel changes must leave it unchanged (same arithmetic).
     let bits = |v: &[f32]| {

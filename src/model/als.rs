@@ -34,7 +34,9 @@
 //! interrupt is noticed within a few milliseconds of work (a single very long row, e.g. an item with
 //! hundreds of thousands of users, is one indivisible unit of some tens of milliseconds). Each row's
 //! update depends only on the other side's (fixed) factors, its own previous value and a Gram matrix
-//! reduced in a fixed block order, so results are bit-identical for any thread count.
+//! reduced in a fixed block order, so results are bit-identical for any thread count, and for
+//! any order of the item half-sweep's rows ([`train_als_ordered`]: items that share users after
+//! each other find those users' vectors still in the cache).
 //!
 //! Kernels: small dense loops written to auto-vectorise; on x86-64 CPUs with AVX2 and FMA (detected at
 //! run time) the same code is used compiled for those features, with fused multiply-adds. The two
@@ -162,7 +164,7 @@ pub fn train_als(
     params: &AlsParams,
     check: &mut dyn FnMut() -> Result<(), Interrupted>,
 ) -> Result<AlsModel, Interrupted> {
-    train_als_tuned(ui, None, params, check, TASK_WORK, true)
+    train_als_tuned(ui, None, None, params, check, TASK_WORK, true)
 }
 
 /// [`train_als`] given `iu`, the transpose of `ui` ([`transpose_checked`]; a build computes it
@@ -173,12 +175,52 @@ pub fn train_als_with(
     params: &AlsParams,
     check: &mut dyn FnMut() -> Result<(), Interrupted>,
 ) -> Result<AlsModel, Interrupted> {
-    train_als_tuned(ui, Some(iu), params, check, TASK_WORK, true)
+    train_als_tuned(ui, Some(iu), None, params, check, TASK_WORK, true)
 }
 
+/// [`train_als_with`] visiting the items of every item half-sweep in `item_order`, a permutation
+/// of the items (from [`crate::model::knn::walk_order`], say: items that share users after
+/// each other, so that the users' vectors one item gathers are still in the cache for the next).
+/// The same factors bit for bit as in the items' own order: each item's update reads only the
+/// fixed user factors and its own row. Panics when `item_order` is not a permutation of `ui`'s
+/// columns or `iu`'s shape is not `ui`'s transposed.
+pub fn train_als_ordered(
+    ui: &Csr,
+    iu: &Csr,
+    item_order: &[u32],
+    params: &AlsParams,
+    check: &mut dyn FnMut() -> Result<(), Interrupted>,
+) -> Result<AlsModel, Interrupted> {
+    assert!(
+        is_permutation(item_order, ui.n_cols),
+        "item_order is a permutation of the items"
+    );
+    train_als_tuned(
+        ui,
+        Some(iu),
+        Some(item_order),
+        params,
+        check,
+        TASK_WORK,
+        true,
+    )
+}
+
+/// Whether `order` holds every number below `n` once.
+fn is_permutation(order: &[u32], n: usize) -> bool {
+    let mut seen = vec![false; n];
+    order.len() == n
+        && order.iter().all(|&i| {
+            let i = i as usize;
+            i < n && !std::mem::replace(&mut seen[i], true)
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn train_als_tuned(
     ui: &Csr,
     iu: Option<&Csr>,
+    item_order: Option<&[u32]>,
     params: &AlsParams,
     check: &mut dyn FnMut() -> Result<(), Interrupted>,
     task_work: u64,
@@ -199,6 +241,7 @@ fn train_als_tuned(
     sweeps(
         ui,
         iu,
+        item_order,
         params,
         model,
         params.iterations,
@@ -231,7 +274,9 @@ pub fn continue_als(
         "one vector per item"
     );
     check()?;
-    sweeps(ui, None, params, model, iterations, check, TASK_WORK, true)
+    sweeps(
+        ui, None, None, params, model, iterations, check, TASK_WORK, true,
+    )
 }
 
 /// Continues training `model` where its data changed: `iterations` times, the users `rows`
@@ -302,11 +347,12 @@ pub fn continue_als_rows_with(
 }
 
 /// `iterations` alternating sweeps (users, then items) over `model`; `iu` is `ui`'s transpose
-/// (computed here when `None`).
+/// (computed here when `None`); the items visited in `item_order` when given (a permutation).
 #[allow(clippy::too_many_arguments)]
 fn sweeps(
     ui: &Csr,
     iu: Option<&Csr>,
+    item_order: Option<&[u32]>,
     params: &AlsParams,
     mut model: AlsModel,
     iterations: usize,
@@ -325,14 +371,32 @@ fn sweeps(
     let items_rotated = rotation_pays(ui.n_cols, ui.n_rows, k, params.cg_steps);
     for _ in 0..iterations {
         if users_rotated {
-            cfg.half_sweep_rotated(ui, &mut model.item_factors, &mut model.user_factors, check)?;
+            cfg.half_sweep_rotated(
+                ui,
+                &mut model.item_factors,
+                &mut model.user_factors,
+                None,
+                check,
+            )?;
         } else {
             cfg.half_sweep(ui, &model.item_factors, &mut model.user_factors, check)?;
         }
         if items_rotated {
-            cfg.half_sweep_rotated(iu, &mut model.user_factors, &mut model.item_factors, check)?;
+            cfg.half_sweep_rotated(
+                iu,
+                &mut model.user_factors,
+                &mut model.item_factors,
+                item_order,
+                check,
+            )?;
         } else {
-            cfg.half_sweep(iu, &model.user_factors, &mut model.item_factors, check)?;
+            cfg.half_sweep_in(
+                iu,
+                &model.user_factors,
+                &mut model.item_factors,
+                item_order,
+                check,
+            )?;
         }
     }
     Ok(model)
@@ -569,12 +633,28 @@ impl<'a> Sweep<'a> {
         out: &mut [f32],
         check: &mut dyn FnMut() -> Result<(), Interrupted>,
     ) -> Result<(), Interrupted> {
+        self.half_sweep_in(m, other, out, None, check)
+    }
+
+    /// [`Sweep::half_sweep`] visiting the rows in `order` (a permutation of `m`'s rows) when
+    /// given: the same factors (each row's update reads only the fixed side and its own row).
+    fn half_sweep_in(
+        &mut self,
+        m: &Csr,
+        other: &[f32],
+        out: &mut [f32],
+        order: Option<&[u32]>,
+        check: &mut dyn FnMut() -> Result<(), Interrupted>,
+    ) -> Result<(), Interrupted> {
         let k = self.params.factors;
         let mut gram = self.gram(other, check)?;
         for a in 0..k {
             gram[a * k + a] += self.params.regularization;
         }
-        self.rows(m, other, Dense(&gram), out, check)
+        match order {
+            Some(order) => self.rows_in(m, other, Dense(&gram), out, order, check),
+            None => self.rows(m, other, Dense(&gram), out, check),
+        }
     }
 
     /// [`Sweep::half_sweep`] in the eigenbasis of the Gram matrix of `other`: `other` is rotated
@@ -586,16 +666,21 @@ impl<'a> Sweep<'a> {
         m: &Csr,
         other: &mut [f32],
         out: &mut [f32],
+        order: Option<&[u32]>,
         check: &mut dyn FnMut() -> Result<(), Interrupted>,
     ) -> Result<(), Interrupted> {
         let k = self.params.factors;
         let gram = self.gram(other, check)?;
         let Some((d, q)) = eigenbasis(&gram, k, self.params.regularization) else {
-            return self.half_sweep(m, other, out, check);
+            return self.half_sweep_in(m, other, out, order, check);
         };
         check()?;
         self.rotate(other, &q, check)?;
-        self.rows(m, other, Diagonal { d: &d, q: &q }, out, check)
+        let prior = Diagonal { d: &d, q: &q };
+        match order {
+            Some(order) => self.rows_in(m, other, prior, out, order, check),
+            None => self.rows(m, other, prior, out, check),
+        }
     }
 
     /// `y -> Q^T y` for every row of `f`, in tasks on the sweep's threads.
@@ -619,6 +704,20 @@ impl<'a> Sweep<'a> {
         self.run_checked(f.chunks_mut(GRAM_ROWS * k).collect(), &work, check)
     }
 
+    /// A row's estimated work (multiply-adds) given its stored entries, for cutting rows into
+    /// tasks: per pass the product by the prior (`k^2`, or `k` and one `k^2` rotation per row)
+    /// and two length-`k` passes per entry, plus the gather.
+    fn row_cost<P: Prior>(&self) -> impl Fn(u64) -> u64 {
+        let passes = self.params.cg_steps as u64 + 1;
+        let k64 = self.params.factors as u64;
+        let (per_pass, once) = if P::DIAGONAL {
+            (k64, k64 * k64)
+        } else {
+            (k64 * k64, 0)
+        };
+        move |nnz| once + passes * (per_pass + 2 * k64 * nnz) + k64 * nnz + k64
+    }
+
     /// Updates every row of `out` (one per row of `m`) given the fixed `other` factors and the
     /// rows' common `prior`.
     fn rows<P: Prior + Sync>(
@@ -631,21 +730,13 @@ impl<'a> Sweep<'a> {
     ) -> Result<(), Interrupted> {
         let k = self.params.factors;
         // Cut rows into tasks of about `task_work` estimated multiply-adds.
-        let passes = self.params.cg_steps as u64 + 1;
-        let k64 = k as u64;
-        // Per row: the products by the prior (`k^2` each, or `k` and one `k^2` rotation).
-        let (per_pass, once) = if P::DIAGONAL {
-            (k64, k64 * k64)
-        } else {
-            (k64 * k64, 0)
-        };
+        let cost = self.row_cost::<P>();
         let mut tasks = Vec::new();
         let mut rest = out;
         let mut first = 0usize;
         let mut acc = 0u64;
         for row in 0..m.n_rows {
-            let nnz = (m.indptr[row + 1] - m.indptr[row]) as u64;
-            acc += once + passes * (per_pass + 2 * k64 * nnz) + k64 * nnz + k64;
+            acc += cost((m.indptr[row + 1] - m.indptr[row]) as u64);
             if acc >= self.task_work || row + 1 == m.n_rows {
                 let (head, tail) = std::mem::take(&mut rest).split_at_mut((row + 1 - first) * k);
                 tasks.push(RowTask { first, out: head });
@@ -667,6 +758,51 @@ impl<'a> Sweep<'a> {
             }
             let _ = fast;
             update_rows::<false, P>(m, first, out, other, prior, sc, params);
+        };
+        self.run_checked(tasks, &work, check)
+    }
+
+    /// [`Sweep::rows`] visiting the rows in `order`, a permutation of `m`'s rows (see
+    /// [`train_als_ordered`]): tasks are runs of consecutive positions in `order`, each row's factors
+    /// written in place. The same factors as in row order.
+    fn rows_in<P: Prior + Sync>(
+        &mut self,
+        m: &Csr,
+        other: &[f32],
+        prior: P,
+        out: &mut [f32],
+        order: &[u32],
+        check: &mut dyn FnMut() -> Result<(), Interrupted>,
+    ) -> Result<(), Interrupted> {
+        let k = self.params.factors;
+        assert_eq!(order.len(), m.n_rows, "one position per row");
+        assert_eq!(out.len(), m.n_rows * k, "one vector per row");
+        let cost = self.row_cost::<P>();
+        let mut tasks: Vec<&[u32]> = Vec::new();
+        let (mut first, mut acc) = (0usize, 0u64);
+        for (pos, &row) in order.iter().enumerate() {
+            let row = row as usize;
+            acc += cost((m.indptr[row + 1] - m.indptr[row]) as u64);
+            if acc >= self.task_work || pos + 1 == order.len() {
+                tasks.push(&order[first..=pos]);
+                first = pos + 1;
+                acc = 0;
+            }
+        }
+        let (params, fast) = (self.params, self.fast);
+        let shared = SharedOut(out.as_mut_ptr());
+        let work = |sc: &mut Scratch, rows: &[u32]| {
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: `fast` is only set when the CPU supports AVX2 and FMA; `order` is a
+                // permutation, so no two tasks write the same row.
+                return unsafe {
+                    kernels::update_rows_in_fma(m, rows, shared, other, prior, sc, params)
+                };
+            }
+            let _ = fast;
+            // SAFETY: as above.
+            unsafe { update_rows_in::<false, P>(m, rows, shared, other, prior, sc, params) };
         };
         self.run_checked(tasks, &work, check)
     }
@@ -766,6 +902,35 @@ fn update_rows<const F: bool, P: Prior>(
     }
 }
 
+/// Updates the rows `rows` of `m` (each at most once across all threads), whose factors are
+/// those of `out` at the same row.
+///
+/// # Safety
+/// `out` holds `m.n_rows * k` floats and no other thread reads or writes these rows' factors
+/// meanwhile.
+#[inline(always)]
+unsafe fn update_rows_in<const F: bool, P: Prior>(
+    m: &Csr,
+    rows: &[u32],
+    out: SharedOut<f32>,
+    other: &[f32],
+    prior: P,
+    sc: &mut Scratch,
+    params: &AlsParams,
+) {
+    let k = params.factors;
+    for (j, &row) in rows.iter().enumerate() {
+        if let Some(&next) = rows.get(j + 1) {
+            prefetch_row_start(m.row(next as usize).0, other, k);
+        }
+        let row = row as usize;
+        // SAFETY: the row is in range and this thread's alone (the caller's contract).
+        let x = unsafe { std::slice::from_raw_parts_mut(out.at(row * k), k) };
+        let (cols, vals) = m.row(row);
+        update_row::<F, P>(cols, vals, other, prior, x, sc, params);
+    }
+}
+
 /// Whether the AVX2+FMA kernels can run here.
 fn fast_kernels_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -794,6 +959,22 @@ mod kernels {
         params: &AlsParams,
     ) {
         update_rows::<true, P>(m, first, out, other, prior, sc, params)
+    }
+
+    /// # Safety
+    /// As [`update_rows_in`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn update_rows_in_fma<P: Prior>(
+        m: &Csr,
+        rows: &[u32],
+        out: SharedOut<f32>,
+        other: &[f32],
+        prior: P,
+        sc: &mut Scratch,
+        params: &AlsParams,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { update_rows_in::<true, P>(m, rows, out, other, prior, sc, params) }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -1365,14 +1546,15 @@ mod tests {
                 ..base.clone()
             };
             // Tiny tasks: many batches and tasks per batch, so the threads really interleave.
-            models.push(train_als_tuned(&ui, None, &p, &mut ok(), 2000, true).unwrap());
+            models.push(train_als_tuned(&ui, None, None, &p, &mut ok(), 2000, true).unwrap());
             models.push(train_als(&ui, &p, &mut ok()).unwrap());
         }
         assert!(models.iter().all(|m| *m == models[0]));
         assert!(models[0].user_factors.iter().all(|v| v.is_finite()));
         assert!(models[0].user_factors.iter().any(|&v| v != 0.0));
         // The portable kernels (used where AVX2/FMA is missing) agree up to rounding.
-        let portable = train_als_tuned(&ui, None, &base, &mut ok(), TASK_WORK, false).unwrap();
+        let portable =
+            train_als_tuned(&ui, None, None, &base, &mut ok(), TASK_WORK, false).unwrap();
         let (l_fast, l_portable) = (loss(&ui, &models[0], &base), loss(&ui, &portable, &base));
         assert!(
             (l_fast - l_portable).abs() < 1e-3 * l_fast,
@@ -1381,6 +1563,52 @@ mod tests {
         // ... and deterministic across runs, different across seeds.
         let p = AlsParams { seed: 43, ..base };
         assert_ne!(train_als(&ui, &p, &mut ok()).unwrap(), models[0]);
+    }
+
+    /// Items visited in any order give the same factors bit for bit, with a dense and with a
+    /// rotated item half-sweep, on any thread count; an order that is not a permutation panics.
+    #[test]
+    fn any_item_order_gives_the_same_factors() {
+        // (users, items, factors): 120 items x 3 steps < 500 users, a dense item half-sweep;
+        // 400 items x 3 > 100 users + 16 x 48, a rotated one.
+        for (users, items, factors) in [(500, 120, 12), (100, 400, 48)] {
+            let (ui, _, _) = planted(users, items, 0.2, 0.03, 5);
+            let iu = transpose_checked(&ui, 2, &mut ok()).unwrap();
+            assert_eq!(
+                rotation_pays(items, users, factors, 3),
+                factors == 48,
+                "the case's kind of half-sweep"
+            );
+            let mut order: Vec<u32> = (0..items as u32).collect();
+            let mut rng = SplitMix64(9);
+            for i in (1..items).rev() {
+                order.swap(i, rng.next_u64() as usize % (i + 1));
+            }
+            for threads in [1, 3] {
+                let p = AlsParams {
+                    factors,
+                    iterations: 3,
+                    threads,
+                    ..AlsParams::default()
+                };
+                let plain = train_als_with(&ui, &iu, &p, &mut ok()).unwrap();
+                let ordered = train_als_ordered(&ui, &iu, &order, &p, &mut ok()).unwrap();
+                assert!(plain.item_factors.iter().any(|&v| v != 0.0));
+                assert_eq!(plain, ordered, "{items} items, {threads} threads");
+            }
+        }
+        let (ui, _, _) = planted(50, 10, 0.2, 0.03, 5);
+        let iu = transpose_checked(&ui, 1, &mut ok()).unwrap();
+        for bad in [
+            vec![0u32; 10],
+            (0..9).collect(),
+            (1..11).collect::<Vec<u32>>(),
+        ] {
+            let r = std::panic::catch_unwind(|| {
+                train_als_ordered(&ui, &iu, &bad, &AlsParams::default(), &mut ok())
+            });
+            assert!(r.is_err(), "{bad:?}");
+        }
     }
 
     /// The Jacobi eigen-decomposition: `a = v diag(w) v^T` with orthonormal `v`, for Gram
@@ -1454,7 +1682,7 @@ mod tests {
                 let mut dense = start.clone();
                 cfg.half_sweep(&ui, &items, &mut dense, &mut ok()).unwrap();
                 let (mut rot_items, mut rot) = (items.clone(), start.clone());
-                cfg.half_sweep_rotated(&ui, &mut rot_items, &mut rot, &mut ok())
+                cfg.half_sweep_rotated(&ui, &mut rot_items, &mut rot, None, &mut ok())
                     .unwrap();
                 assert_ne!(rot_items, items, "k {k}: the items were rotated");
                 let score = |x: &[f32], y: &[f32]| -> f64 {
@@ -1562,7 +1790,7 @@ mod tests {
             let mut calls = 0;
             let mut check = failing_at(stop_at, &mut calls);
             assert_eq!(
-                train_als_tuned(&ui, None, &params, &mut check, 500, true),
+                train_als_tuned(&ui, None, None, &params, &mut check, 500, true),
                 Err(Interrupted)
             );
             drop(check);
