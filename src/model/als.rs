@@ -763,8 +763,9 @@ impl<'a> Sweep<'a> {
     }
 
     /// [`Sweep::rows`] visiting the rows in `order`, a permutation of `m`'s rows (see
-    /// [`train_als_ordered`]): tasks are runs of consecutive positions in `order`, each row's factors
-    /// written in place. The same factors as in row order.
+    /// [`train_als_ordered`]): tasks are runs of consecutive positions in `order`, each row's
+    /// factors written in place. The same factors as in row order. Panics when `order` is not a
+    /// permutation (the tasks' writes are disjoint and in range only because it is one).
     fn rows_in<P: Prior + Sync>(
         &mut self,
         m: &Csr,
@@ -775,7 +776,7 @@ impl<'a> Sweep<'a> {
         check: &mut dyn FnMut() -> Result<(), Interrupted>,
     ) -> Result<(), Interrupted> {
         let k = self.params.factors;
-        assert_eq!(order.len(), m.n_rows, "one position per row");
+        assert!(is_permutation(order, m.n_rows), "a permutation of the rows");
         assert_eq!(out.len(), m.n_rows * k, "one vector per row");
         let cost = self.row_cost::<P>();
         let mut tasks: Vec<&[u32]> = Vec::new();
@@ -795,7 +796,8 @@ impl<'a> Sweep<'a> {
             #[cfg(target_arch = "x86_64")]
             if fast {
                 // SAFETY: `fast` is only set when the CPU supports AVX2 and FMA; `order` is a
-                // permutation, so no two tasks write the same row.
+                // permutation (asserted above), so every row is in range and no two tasks write
+                // the same row; `out` has a vector per row (asserted above).
                 return unsafe {
                     kernels::update_rows_in_fma(m, rows, shared, other, prior, sc, params)
                 };
