@@ -1599,6 +1599,28 @@ mod tests {
                 assert_eq!(plain, ordered, "{items} items, {threads} threads");
             }
         }
+        // Both kinds of half-sweep go through the order (factors equal either way, so only a
+        // bad order shows it: the sweep itself refuses one).
+        let (ui, _, _) = planted(100, 400, 0.2, 0.03, 5);
+        let iu = transpose_checked(&ui, 1, &mut ok()).unwrap();
+        let p = AlsParams {
+            factors: 48,
+            ..AlsParams::default()
+        };
+        let repeated = vec![0u32; 400];
+        for rotated in [false, true] {
+            let r = std::panic::catch_unwind(|| {
+                let mut cfg = Sweep::new(&p, 48, TASK_WORK, true);
+                let mut users = vec![0.01f32; 100 * 48];
+                let mut items = vec![0f32; 400 * 48];
+                if rotated {
+                    cfg.half_sweep_rotated(&iu, &mut users, &mut items, Some(&repeated), &mut ok())
+                } else {
+                    cfg.half_sweep_in(&iu, &users, &mut items, Some(&repeated), &mut ok())
+                }
+            });
+            assert!(r.is_err(), "rotated {rotated}");
+        }
         let (ui, _, _) = planted(50, 10, 0.2, 0.03, 5);
         let iu = transpose_checked(&ui, 1, &mut ok()).unwrap();
         for bad in [
