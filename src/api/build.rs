@@ -5,9 +5,9 @@ pub use crate::api::params::*;
 pub use crate::api::scan::*;
 use crate::api::spi_util::args;
 use crate::error::{AudienceError, OrRaise};
-use crate::model::als::{train_als_ordered, train_als_with, transpose_checked};
+use crate::model::als::{train_als_with, transpose_checked};
 use crate::model::days::DayIndex;
-use crate::model::knn::{carried_order, train_knn_with, walk_order, KnnParams};
+use crate::model::knn::{train_knn_with, KnnParams};
 use crate::model::train::{damped_on, value_user_counts};
 use crate::store::stored::{Model, Property};
 use crate::util::csr::Csr;
@@ -108,12 +108,7 @@ pub fn check_training_memory(n_users: usize, n_items: usize, nnz: usize, p: &Bui
 
 /// Trains the collaborative models on collected affinity. Pure apart from interrupt checks.
 pub fn train(c: Collected, p: &BuildParams) -> Trained {
-    let (trained, knn) = train_starting_knn(c, p, None);
-    finish_knn(trained, knn)
-}
-
-/// `trained` with item-kNN's neighbours, waited for.
-fn finish_knn(mut trained: Trained, knn: Option<KnnRun>) -> Trained {
+    let (mut trained, knn) = train_starting_knn(c, p);
     if let Some(run) = knn {
         let (knn, seconds) = run.finish(None);
         trained.model.knn = Some(knn);
@@ -125,14 +120,8 @@ fn finish_knn(mut trained: Trained, knn: Option<KnnRun>) -> Trained {
 /// [`train`] up to item-kNN, which it starts on a thread of its own ([`KnnRun`]) and does not
 /// wait for: the model it returns has no `knn` yet (nor `knn_seconds`). The model is put
 /// together meanwhile, and a build stores what does not depend on the neighbours meanwhile too
-/// ([`store`]). With `item_order` (a permutation of the items: [`previous_item_walk`]), ALS's
-/// item half-sweeps visit the items in that order: the same factors, faster when items that share
-/// users come one after the other.
-pub fn train_starting_knn(
-    c: Collected,
-    p: &BuildParams,
-    item_order: Option<Vec<u32>>,
-) -> (Trained, Option<KnnRun>) {
+/// ([`store`]).
+pub fn train_starting_knn(c: Collected, p: &BuildParams) -> (Trained, Option<KnnRun>) {
     let aff = c.aff;
     check_training_memory(aff.users.len(), aff.items.len(), aff.matrix.nnz(), p);
     let conf = damped_on(&aff.matrix, crate::guc::threads());
@@ -156,13 +145,9 @@ pub fn train_starting_knn(
             .unwrap_or_else(|_| raise_interrupted("ALS training"))
     });
     let als = p.als.as_ref().zip(iu.as_ref()).map(|(ap, iu)| {
-        match item_order.as_deref().filter(|o| o.len() == iu.n_rows) {
-            Some(order) => train_als_ordered(&conf, iu, order, ap, &mut interrupt_check),
-            None => train_als_with(&conf, iu, ap, &mut interrupt_check),
-        }
-        .unwrap_or_else(|_| raise_interrupted("ALS training"))
+        train_als_with(&conf, iu, ap, &mut interrupt_check)
+            .unwrap_or_else(|_| raise_interrupted("ALS training"))
     });
-    drop(item_order);
     let als_seconds = t0.elapsed().as_secs_f64();
     if let Some(ap) = &p.als {
         crate::api::progress::finished(
@@ -235,29 +220,6 @@ pub fn train_starting_knn(
 fn joined_ok<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
     h.join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-/// The order for ALS's item half-sweeps carried over from the catalog's active model: the walk
-/// of its item-kNN neighbours ([`walk_order`]), items that share users one after the other, read
-/// from its serving image, with that model's id; `None` when there is no active model, no image of it (shared models
-/// off, or not written yet) or no neighbours in it. Only a matter of speed: ALS's factors are the
-/// same in any order of the items.
-pub(crate) fn previous_item_walk(cid: i32, items: &[String]) -> Option<(i64, Vec<u32>)> {
-    if !crate::api::shared::enabled() {
-        return None;
-    }
-    let active = Spi::get_one_with_args::<i64>(
-        "SELECT c.active_model_id FROM audience.catalogs c WHERE c.catalog_id OPERATOR(pg_catalog.=) $1",
-        &args![cid],
-    )
-    .ok()
-    .flatten()?;
-    let (served, _) = crate::api::shared::open(crate::api::shared::tags(active))?;
-    let knn = served.knn.as_ref()?;
-    let names = &served.items;
-    let walk = walk_order(knn);
-    let order = carried_order(&walk, |p| (p < names.len()).then(|| names.get(p)), items);
-    Some((active, order))
 }
 
 /// Item-kNN training running on a thread of its own while the backend's thread goes on. Only the
@@ -906,18 +868,10 @@ fn build(
     }
     // Without the deploy guard (which judges the whole model first), item-kNN trains while the
     // model is stored.
-    // ALS's item half-sweeps in the active model's item-kNN walk (model.stats ->
-    // 'als_item_order_from': that model's id).
-    let (order_from, order) = params
-        .als
-        .as_ref()
-        .and_then(|_| previous_item_walk(cid, &collected.aff.items))
-        .unzip();
-    let (trained, knn_run) = train_starting_knn(collected, &params, order);
     let (mut trained, knn_run) = if prepared.is_some() {
-        (finish_knn(trained, knn_run), None)
+        (train(collected, &params), None)
     } else {
-        (trained, knn_run)
+        train_starting_knn(collected, &params)
     };
     // Measured with the affinity matrix and the trained models in memory, the build's high point
     // (measured again when item-kNN is done, when it trains while the model is stored).
@@ -953,7 +907,6 @@ fn build(
     let stats = serde_json::json!({
         "seconds": { "scan": scan_s, "products": products_s, "tune": tune_s, "als": trained.als_seconds, "knn": knn_run.is_none().then_some(trained.knn_seconds), "guard": guard_s },
         "tuning": tuning.clone(),
-        "als_item_order_from": order_from,
         "affinity_state_bytes": state_bytes,
         "scan_state": scan_state,
         "peak_rss_bytes": peak_rss_bytes(),

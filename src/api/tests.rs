@@ -328,58 +328,6 @@ mod tests {
         assert!(n > 0);
     }
 
-    /// A rebuild's ALS visits the items in the walk of the active model's item-kNN, read from its
-    /// serving image (not the items' own order here): the same factors as the first build's, bit
-    /// for bit.
-    #[pg_test]
-    fn a_rebuild_follows_the_active_models_walk_and_trains_the_same_factors() {
-        run(
-            r#"CREATE TABLE ev (user_id int, product_id text, "timestamp" timestamptz);
-               INSERT INTO ev SELECT g % 97, 'p' || ((g * 7919) % 40), now() - g * interval '1 minute' FROM generate_series(1, 3000) g;
-               SELECT audience.create_catalog('walk');
-               SELECT audience.add_event('walk', 'ev', 'product_id');
-               SELECT audience.build('walk', factors => 4, neighbours => 5, tune => false);"#,
-        );
-        let active = || {
-            Spi::get_one::<i64>("SELECT active_model_id FROM audience.catalogs WHERE name = 'walk'")
-                .unwrap()
-                .unwrap()
-        };
-        let first = active();
-        let cid =
-            Spi::get_one::<i32>("SELECT catalog_id FROM audience.catalogs WHERE name = 'walk'")
-                .unwrap()
-                .unwrap();
-        let one = crate::api::cache::load(first, "walk").unwrap();
-        // Its image (a build's own is renamed into place at commit, after this test's end).
-        assert!(crate::api::build::previous_item_walk(cid, &one.items).is_none());
-        let tags = crate::api::shared::tags(first);
-        let (_, _, written) = crate::api::shared::publish(&one, tags);
-        assert!(written);
-        let (from, order) = crate::api::build::previous_item_walk(cid, &one.items).unwrap();
-        assert_eq!(from, first);
-        let mut sorted = order.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..one.items.len() as u32).collect::<Vec<_>>());
-        assert_ne!(order, sorted, "a walk, not the items' own order");
-        // The build says which model's walk it followed: the first had none to follow.
-        let followed = |id: i64| {
-            Spi::get_one::<i64>(&format!(
-                "SELECT (stats ->> 'als_item_order_from')::int8 FROM audience.models WHERE model_id = {id}"
-            ))
-            .unwrap()
-        };
-        assert_eq!(followed(first), None);
-        run("SELECT audience.build('walk', factors => 4, neighbours => 5, tune => false)");
-        assert_eq!(followed(active()), Some(first));
-        let two = crate::api::cache::load(active(), "walk").unwrap();
-        let _ = std::fs::remove_file(crate::api::shared::path_of(tags));
-        assert_eq!(one.items, two.items);
-        let (a, b) = (one.als.unwrap(), two.als.unwrap());
-        assert_eq!(a.user_factors.to_vec(), b.user_factors.to_vec());
-        assert_eq!(a.item_factors.to_vec(), b.item_factors.to_vec());
-    }
-
     /// The audience functions return the same rows, in rank order, in FROM, in the select list,
     /// when rescanned per outer row (LATERAL), and for each of the three entry points.
     #[pg_test]

@@ -645,34 +645,6 @@ pub fn walk_order(knn: &Csr) -> Vec<u32> {
     order
 }
 
-/// An order of `items` carried over from another model's order of its own items (`walk`, its
-/// items named by `name`): the items both share in `walk`'s order, then the others in their own
-/// order. A permutation of `0..items.len()` whatever `walk` holds (ids out of range or repeated
-/// names are skipped). ALS's item half-sweeps can follow the active model's walk this way before
-/// the new model's neighbours exist.
-pub fn carried_order<'a>(
-    walk: &[u32],
-    name: impl Fn(usize) -> Option<&'a str>,
-    items: &[String],
-) -> Vec<u32> {
-    let index: std::collections::HashMap<&str, u32> = items
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (k.as_str(), i as u32))
-        .collect();
-    let mut placed = vec![false; items.len()];
-    let mut order = Vec::with_capacity(items.len());
-    for &p in walk {
-        if let Some(&i) = name(p as usize).and_then(|k| index.get(k)) {
-            if !std::mem::replace(&mut placed[i as usize], true) {
-                order.push(i);
-            }
-        }
-    }
-    order.extend((0..items.len() as u32).filter(|&i| !placed[i as usize]));
-    order
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1010,20 +982,6 @@ mod tests {
             let given = train_knn_with(&ui, Some(ui.transpose()), &p, &mut ok).unwrap();
             assert_eq!(given, one, "{threads} threads");
         }
-    }
-
-    /// The other model's order for the items both share, new items after in their own order,
-    /// names the other model lacks or repeats skipped: always a permutation.
-    #[test]
-    fn carried_order_follows_the_other_models_walk_then_the_new_items() {
-        let old = ["c", "a", "x", "b", "a"];
-        let items: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).into();
-        let name = |p: usize| old.get(p).copied();
-        // Walk positions 2 ("x": gone), 9 (out of range) and 4 (a repeated "a") are skipped.
-        let order = carried_order(&[3, 2, 0, 9, 4, 1], name, &items);
-        assert_eq!(order, vec![1, 2, 0, 3, 4]);
-        assert_eq!(carried_order(&[], name, &items), vec![0, 1, 2, 3, 4]);
-        assert!(carried_order(&[0, 1], name, &[]).is_empty());
     }
 
     /// The rows are computed in a walk: one thread's is `walk_order` of the neighbours it found;
