@@ -419,20 +419,30 @@ fn take_start(ctx: &Ctx) -> Option<usize> {
 /// (equal similarities: the smaller id), if any.
 fn take_nearest(ctx: &Ctx, row: &[(u32, f32)]) -> Option<usize> {
     loop {
-        let mut best: Option<(f32, u32)> = None;
-        for &(j, s) in row {
-            if !ctx.taken[j as usize].load(Ordering::Relaxed)
-                && best.is_none_or(|(b, bj)| s > b || (s == b && j < bj))
-            {
-                best = Some((s, j));
-            }
-        }
-        let (_, j) = best?;
+        let j = nearest_free(row.iter().copied(), |j| {
+            !ctx.taken[j].load(Ordering::Relaxed)
+        })?;
         // Another walk may have taken it since: then look again (it is taken now).
-        if !ctx.taken[j as usize].swap(true, Ordering::Relaxed) {
-            return Some(j as usize);
+        if !ctx.taken[j].swap(true, Ordering::Relaxed) {
+            return Some(j);
         }
     }
+}
+
+/// The most similar of a row's neighbours (`(item, similarity)`) that is `free` (equal
+/// similarities: the smaller id): a walk's next item, in training ([`take_nearest`]) and in
+/// [`walk_order`] alike.
+fn nearest_free(
+    row: impl Iterator<Item = (u32, f32)>,
+    free: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let mut best: Option<(f32, u32)> = None;
+    for (j, s) in row {
+        if free(j as usize) && best.is_none_or(|(b, bj)| s > b || (s == b && j < bj)) {
+            best = Some((s, j));
+        }
+    }
+    best.map(|(_, j)| j as usize)
 }
 
 /// One thread's walk over the items: each item's row computed, then the row of its most similar
@@ -635,14 +645,8 @@ pub fn walk_order(knn: &Csr) -> Vec<u32> {
         placed[i] = true;
         order.push(i as u32);
         let (cols, sims) = knn.row(i);
-        let mut best: Option<(f32, usize)> = None;
-        for (&j, &sim) in cols.iter().zip(sims) {
-            let j = j as usize;
-            if j < n && !placed[j] && best.is_none_or(|(b, bj)| sim > b || (sim == b && j < bj)) {
-                best = Some((sim, j));
-            }
-        }
-        next = best.map(|(_, j)| j);
+        let row = cols.iter().copied().zip(sims.iter().copied());
+        next = nearest_free(row, |j| j < n && !placed[j]);
     }
     order
 }
