@@ -12,7 +12,9 @@
 # unset; when set, passed to the build, and the catalog remembers them), USERS/PRODUCTS/EVENTS as bench/scale.sh, BENCH_CLUSTER (bench-scale). Each library is
 # put in place with `mv` (a new inode: a library mapped by a running backend must never be
 # overwritten in place). The installed library is restored at the end. Each build replaces the
-# catalog's active model.
+# catalog's active model. A_SQL, B_SQL (optional): a SQL file run before each build of A (of B),
+# e.g. a `CREATE OR REPLACE FUNCTION audience._build_query` that generates another scan query
+# (put the installed one back with B_SQL when only A replaces it).
 set -euo pipefail
 PGA_SCRIPT=bench-build-ab
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -56,6 +58,8 @@ build_sampled() {
 for r in $(seq "$ROUNDS"); do
     for v in A B; do
         pga_lib_put "${!v}"
+        sql="${v}_SQL"
+        [[ -n "${!sql:-}" ]] && q -f "${!sql}"
         pga_bench_settle "$CL"
         read -r mid private < <(build_sampled)
         q -c "SELECT format('round %s $v: %s s = scan %s, als %s, knn %s, store %s; peak RSS %s MB, private $private MB', $r,

@@ -572,6 +572,12 @@ DECLARE
     i integer;
     n integer;
     ordered integer[];
+    dkeys text[];
+    dcol text;
+    dok boolean;
+    dspec text;
+    dfirst text;
+    pdk text;
 BEGIN
     SELECT coalesce(array_agg(DISTINCT pm.property ORDER BY pm.property), '{}') INTO props
       FROM audience.property_mappings pm WHERE pm.catalog_id = cid AND pm.event_id IS NOT NULL;
@@ -599,6 +605,7 @@ BEGIN
         hcase := '';
         pcase := '';
         pfirst := NULL;
+        dfirst := NULL;
         psame := true;
         n := 0;
         -- A table's event types in the order of their share of its rows (the event column's most
@@ -627,16 +634,36 @@ BEGIN
                 wexpr := format('(%s::pg_catalog.float8 OPERATOR(pg_catalog.*) coalesce(s.%I::pg_catalog.float8, 1))', ev.weight, ev.weight_column);
             END IF;
             exprs := '{}';
+            dkeys := '{}';
+            dcol := NULL;
+            dok := true;
             FOR i IN 1 .. coalesce(array_length(props, 1), 0) LOOP
                 SELECT * INTO m FROM audience.property_mappings pm
                  WHERE pm.catalog_id = cid AND pm.event_id = ev.event_id AND pm.property = props[i];
                 IF FOUND THEN
                     exprs := exprs || audience._property_expr(rel,
                         CASE WHEN m.json_key IS NULL THEN m.column_name END, m.json_key, m.column_name, m.delimiter);
+                    -- Keys of one jsonb column (no delimiter) are read by the aggregate in place
+                    -- from the row's document instead of by ->> (README: "Event properties read
+                    -- from their jsonb in place").
+                    IF m.json_key IS NOT NULL AND m.delimiter IS NULL AND m.json_key <> ''
+                       AND pg_catalog.strpos(m.json_key, pg_catalog.chr(30)) = 0
+                       AND (dcol IS NULL OR dcol = m.column_name)
+                       AND audience._column_type(rel, m.column_name, 'JSON column') = 'pg_catalog.jsonb'::pg_catalog.regtype THEN
+                        dcol := m.column_name;
+                        dkeys := dkeys || m.json_key;
+                    ELSE
+                        dok := false;
+                    END IF;
                 ELSE
                     exprs := exprs || 'NULL::pg_catalog.text'::text;
+                    dkeys := dkeys || ''::text;
                 END IF;
             END LOOP;
+            -- The p, d and k columns of the row: the values' text, or the document and its keys.
+            dspec := CASE WHEN dok AND dcol IS NOT NULL THEN
+                format('NULL::pg_catalog.text AS p, s.%I AS d, %L::pg_catalog.text AS k', dcol, array_to_string(dkeys, chr(30)))
+            END;
             IF array_length(exprs, 1) IS NULL OR NOT EXISTS (SELECT 1 FROM audience.property_mappings pm WHERE pm.event_id = ev.event_id) THEN
                 pexpr := 'NULL::pg_catalog.text';
             ELSE
@@ -650,6 +677,7 @@ BEGIN
             END IF;
             IF pfirst IS NULL THEN
                 pfirst := pexpr;
+                dfirst := dspec;
             ELSIF pfirst <> pexpr THEN
                 psame := false;
             END IF;
@@ -667,20 +695,23 @@ BEGIN
                                        (SELECT array_agg(e.event_value ORDER BY o.k) FROM audience.events e, pg_catalog.unnest(ordered) WITH ORDINALITY AS o(id, k)
                                          WHERE e.event_id = o.id));
         END IF;
+        -- Every event type of the table with the same mappings of one jsonb column: its
+        -- document and keys; otherwise the values' text (per event type when they differ).
+        pdk := CASE WHEN psame AND dfirst IS NOT NULL THEN dfirst
+                    ELSE format('%s AS p, NULL::pg_catalog.jsonb AS d, NULL::pg_catalog.text AS k',
+                                CASE WHEN psame THEN pfirst ELSE format('CASE%s END', pcase) END) END;
         IF n > 1 THEN
             -- Several event types of one table in one pass.
             wexpr := format('CASE%s END', wcase);
             ev := NULL;
             parts := parts || format(
-                'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, CASE%s END AS h, %s AS p FROM %s s WHERE %s',
-                grp.user_column, grp.product_column, wexpr, texpr, hcase,
-                CASE WHEN psame THEN pfirst ELSE format('CASE%s END', pcase) END,
-                rel::text, filter);
+                'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, CASE%s END AS h, %s FROM %s s WHERE %s',
+                grp.user_column, grp.product_column, wexpr, texpr, hcase, pdk, rel::text, filter);
         ELSE
             SELECT e.* INTO ev FROM audience.events e WHERE e.event_id = grp.ids[1];
             parts := parts || format(
-                'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, %L::pg_catalog.interval AS h, %s AS p FROM %s s WHERE %s',
-                grp.user_column, grp.product_column, wexpr, texpr, ev.half_life, pfirst, rel::text, filter);
+                'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, %L::pg_catalog.interval AS h, %s FROM %s s WHERE %s',
+                grp.user_column, grp.product_column, wexpr, texpr, ev.half_life, pdk, rel::text, filter);
         END IF;
     END LOOP;
     IF array_length(parts, 1) IS NULL THEN
@@ -688,12 +719,12 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Register event sources with audience.add_event() before building.';
     END IF;
-    query := format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p) FROM (%s) ev',
+    query := format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p, ev.d, ev.k) FROM (%s) ev',
                     reference, coalesce(array_length(props, 1), 0), array_to_string(parts, ' UNION ALL '));
     time_query := format('SELECT pg_catalog.min(ev.t), pg_catalog.max(ev.t) FROM (%s) ev', array_to_string(parts, ' UNION ALL '));
     -- The same aggregate over each source alone (Citus pushes it down to the workers only over
     -- one distributed table; the build merges the states).
-    SELECT array_agg(format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p) FROM (%s) ev',
+    SELECT array_agg(format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p, ev.d, ev.k) FROM (%s) ev',
                             reference, coalesce(array_length(props, 1), 0), x) ORDER BY o)
       INTO source_queries FROM unnest(parts) WITH ORDINALITY AS u(x, o);
     properties := props;

@@ -12,8 +12,9 @@
 //!
 //! Two aggregates share the state:
 //! - `audience.affinity(user, item, weight, time, half_life, reference) -> jsonb` for people;
-//! - `audience._affinity_collect(..., props text[]) -> bigint` for `audience.build`, which hands the
-//!   finished state to the caller through a backend-local stash instead of copying it into a datum.
+//! - `audience._affinity_collect(..., props text, doc jsonb, keys text) -> bigint` for
+//!   `audience.build`, which hands the finished state to the caller through a backend-local stash
+//!   instead of copying it into a datum.
 //!
 //! A parallel scan's final step decodes nothing: the deserialize function checks a partial
 //! state's bytes and keeps them as they are ([`AggState::Unread`]), and the combine function
@@ -218,24 +219,26 @@ pub extern "C" fn pg_finfo__affinity_collect_sfunc_wrapper() -> &'static pg_sys:
 
 /// The entry point of `audience._affinity_collect_sfunc` (declared in `extension_sql!` below under
 /// the symbol pgrx gave it, so installed SQL is unchanged): the build's scan calls it once per
-/// event row. It reads its nine arguments straight from `fcinfo`, converting each with the same
+/// event row. It reads its eleven arguments straight from `fcinfo`, converting each with the same
 /// `FromDatum` as pgrx's generated wrapper, which fetched them through an out-of-line iterator
-/// call per argument (9% of a 20M-row scan's CPU, `perf`).
+/// call per argument (9% of a 20M-row scan's CPU, `perf`). Nine arguments (no `doc` and `keys`)
+/// are 0.6.0's declaration, which a database still runs between installing this library and
+/// `ALTER EXTENSION pg_audience UPDATE`.
 ///
 /// # Safety
-/// Called by the function manager with nine arguments, as declared.
+/// Called by the function manager with nine or eleven arguments, as declared.
 #[unsafe(no_mangle)]
 #[doc(hidden)]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn _affinity_collect_sfunc_wrapper(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    const NARGS: usize = 9;
+    let nargs = (*fcinfo).nargs as usize;
     assert!(
-        (*fcinfo).nargs as usize == NARGS,
-        "_affinity_collect_sfunc takes nine arguments"
+        nargs == 9 || nargs == 11,
+        "_affinity_collect_sfunc takes nine or eleven arguments"
     );
-    let args = (*fcinfo).args.as_slice(NARGS);
+    let args = (*fcinfo).args.as_slice(nargs);
     fn get<T: FromDatum>(a: &pg_sys::NullableDatum, oid: pg_sys::Oid) -> Option<T> {
         // SAFETY: the argument has the SQL type the function is declared with (`oid`).
         unsafe { T::from_polymorphic_datum(a.value, a.isnull, oid) }
@@ -254,7 +257,13 @@ pub unsafe extern "C-unwind" fn _affinity_collect_sfunc_wrapper(
         get::<Interval>(&args[5], pg_sys::INTERVALOID),
         get::<TimestampWithTimeZone>(&args[6], pg_sys::TIMESTAMPTZOID),
         get::<i32>(&args[7], pg_sys::INT4OID),
-        text_in_place(&args[8]),
+        match (nargs, text_in_place(&args[8])) {
+            (11, None) if !args[10].isnull => Props::Doc {
+                doc: &args[9],
+                keys: text_in_place(&args[10]).unwrap_or_default(),
+            },
+            (_, props) => Props::Text(props),
+        },
         fcinfo,
     );
     match out.into_datum() {
@@ -296,9 +305,73 @@ unsafe fn text_in_place<'a>(a: &pg_sys::NullableDatum) -> Option<&'a str> {
     unsafe { <&str as FromDatum>::from_polymorphic_datum(a.value, false, pg_sys::TEXTOID) }
 }
 
+/// The mapped property values of a build's event row, as the scan query passes them.
+pub(crate) enum Props<'a> {
+    /// `n_props` values joined by [`PROPS_SEPARATOR`] in one text (NULL: none).
+    Text(Option<&'a str>),
+    /// Keys of the row's jsonb document (`keys`: `n_props` keys joined by [`PROPS_SEPARATOR`],
+    /// an empty one for a property the source does not map), read in place
+    /// ([`crate::affinity::jsonb`]) instead of the query's `doc ->> key` per property. An empty
+    /// value is NULL, as an empty segment of the text is.
+    Doc {
+        doc: &'a pg_sys::NullableDatum,
+        keys: &'a str,
+    },
+}
+
+/// `doc ->> key` of a jsonb argument: read in place when it is plain (not compressed, not
+/// stored out of line) and the value is a string, `null` or a boolean in a UTF-8 database;
+/// otherwise PostgreSQL's own `->>` (`jsonb_object_field_text`), whose text lives in the
+/// current (per-row) memory context.
+///
+/// # Safety
+/// `doc` is a non-null argument of SQL type jsonb.
+unsafe fn doc_field<'a>(doc: &'a pg_sys::NullableDatum, key: &str) -> Option<&'a str> {
+    use crate::affinity::jsonb::{object_field, Field};
+    let p = doc.value.cast_mut_ptr::<pg_sys::varlena>() as *const pg_sys::varlena;
+    // SAFETY: a jsonb datum is a varlena; these read its header only.
+    let plain = unsafe {
+        (pgrx::varlena::varatt_is_1b(p) && !pgrx::varlena::varatt_is_1b_e(p))
+            || pgrx::varlena::varatt_is_4b_u(p)
+    };
+    if plain && database_is_utf8() {
+        // SAFETY: a plain varlena: its data follows its header in place.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                pgrx::varlena::vardata_any(p) as *const u8,
+                pgrx::varlena::varsize_any_exhdr(p),
+            )
+        };
+        match object_field(bytes, key.as_bytes()) {
+            Field::Null => return None,
+            Field::Bool(b) => return Some(if b { "true" } else { "false" }),
+            // SAFETY: jsonb keeps its strings in the database's encoding, validated on input
+            // (as `text_in_place` trusts a text argument's bytes).
+            Field::Str(s) => return Some(unsafe { std::str::from_utf8_unchecked(s) }),
+            Field::Other => {}
+        }
+    }
+    // SAFETY: jsonb_object_field_text(jsonb, text) returns text or NULL, allocated (as the
+    // key's text) in the current memory context, which outlives this row's push.
+    unsafe {
+        pgrx::direct_function_call::<&str>(
+            pg_sys::jsonb_object_field_text,
+            &[Some(doc.value), key.into_datum()],
+        )
+    }
+}
+
+fn database_is_utf8() -> bool {
+    static UTF8: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *UTF8.get_or_init(|| {
+        // SAFETY: the database's encoding is fixed for the life of the backend.
+        unsafe { pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32 }
+    })
+}
+
 /// Transition function of `audience._affinity_collect`: like the public aggregate plus the
-/// catalog's mapped property values of the row, `n_props` values joined by [`PROPS_SEPARATOR`]
-/// in one text (one text per row is much cheaper than building and unpacking an array).
+/// catalog's mapped property values of the row ([`Props`]; one text per row is much cheaper than
+/// building and unpacking an array).
 #[allow(clippy::too_many_arguments)]
 fn _affinity_collect_sfunc(
     mut state: Internal,
@@ -309,7 +382,7 @@ fn _affinity_collect_sfunc(
     half_life: Option<Interval>,
     reference_time: Option<TimestampWithTimeZone>,
     n_props: Option<i32>,
-    props: Option<&str>,
+    props: Props<'_>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Internal {
     let n = n_props.unwrap_or(0).clamp(0, 1024) as usize;
@@ -319,17 +392,17 @@ fn _affinity_collect_sfunc(
         let old = std::mem::replace(acc, Accumulator::new(n));
         acc.merge(old);
     }
-    match props {
-        Some(p) if n > 0 => {
-            // Catalogs rarely map more than a few properties: keep the per-row values on the stack.
-            let mut small: [Option<&str>; 8] = [None; 8];
-            let mut heap: Vec<Option<&str>> = Vec::new();
-            let vals: &mut [Option<&str>] = if n <= small.len() {
-                &mut small[..n]
-            } else {
-                heap.resize(n, None);
-                &mut heap
-            };
+    // Catalogs rarely map more than a few properties: keep the per-row values on the stack.
+    let mut small: [Option<&str>; 8] = [None; 8];
+    let mut heap: Vec<Option<&str>> = Vec::new();
+    let vals: &mut [Option<&str>] = if n <= small.len() {
+        &mut small[..n]
+    } else {
+        heap.resize(n, None);
+        &mut heap
+    };
+    let any = match props {
+        Props::Text(Some(p)) if n > 0 => {
             if n == 1 {
                 // One property: the text is its value (no separator to look for).
                 vals[0] = (!p.is_empty()).then_some(p);
@@ -338,28 +411,39 @@ fn _affinity_collect_sfunc(
                     *slot = (!v.is_empty()).then_some(v);
                 }
             }
-            push_row(
-                acc,
-                user_id,
-                item_id,
-                weight,
-                event_time,
-                half_life,
-                reference_time,
-                Some(vals),
-            );
+            true
         }
-        _ => push_row(
-            acc,
-            user_id,
-            item_id,
-            weight,
-            event_time,
-            half_life,
-            reference_time,
-            None,
-        ),
-    }
+        Props::Doc { doc, keys } if n > 0 => {
+            if !doc.isnull {
+                if n == 1 {
+                    // One property: the text is its key.
+                    if !keys.is_empty() {
+                        // SAFETY: the argument is a non-null jsonb.
+                        vals[0] = unsafe { doc_field(doc, keys) }.filter(|v| !v.is_empty());
+                    }
+                } else {
+                    for (slot, key) in vals.iter_mut().zip(keys.split(PROPS_SEPARATOR)) {
+                        if !key.is_empty() {
+                            // SAFETY: the argument is a non-null jsonb.
+                            *slot = unsafe { doc_field(doc, key) }.filter(|v| !v.is_empty());
+                        }
+                    }
+                }
+            }
+            true
+        }
+        _ => false,
+    };
+    push_row(
+        acc,
+        user_id,
+        item_id,
+        weight,
+        event_time,
+        half_life,
+        reference_time,
+        any.then_some(&*vals),
+    );
     state
 }
 
@@ -685,7 +769,9 @@ CREATE FUNCTION audience."_affinity_collect_sfunc"(
 	"half_life" interval,
 	"reference_time" timestamp with time zone,
 	"n_props" INT,
-	"props" TEXT
+	"props" TEXT,
+	"doc" jsonb,
+	"keys" TEXT
 ) RETURNS internal
 PARALLEL SAFE
 LANGUAGE c
@@ -713,7 +799,7 @@ COMMENT ON AGGREGATE audience.affinity(text, text, double precision, timestamptz
 
 CREATE AGGREGATE audience._affinity_collect(user_id text, item_id text, weight double precision,
                                             event_time timestamptz, half_life interval, reference_time timestamptz,
-                                            n_props integer, props text) (
+                                            n_props integer, props text, doc jsonb, keys text) (
     sfunc = audience._affinity_collect_sfunc,
     stype = internal,
     finalfunc = audience._affinity_final_stash,
@@ -726,7 +812,7 @@ CREATE AGGREGATE audience._affinity_collect(user_id text, item_id text, weight d
 
 CREATE AGGREGATE audience._affinity_collect_bytes(user_id text, item_id text, weight double precision,
                                                   event_time timestamptz, half_life interval, reference_time timestamptz,
-                                                  n_props integer, props text) (
+                                                  n_props integer, props text, doc jsonb, keys text) (
     sfunc = audience._affinity_collect_sfunc,
     stype = internal,
     finalfunc = audience._affinity_final_bytes,

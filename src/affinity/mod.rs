@@ -4,6 +4,7 @@ pub mod accumulator;
 pub mod aggregate;
 pub mod handoff;
 pub mod interner;
+pub mod jsonb;
 pub mod prop;
 pub mod result;
 pub mod state_codec;

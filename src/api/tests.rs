@@ -120,6 +120,163 @@ mod tests {
         assert_eq!(rows(), 3000);
     }
 
+    /// Keys of one jsonb column are read by the aggregate in place (the row's document and the
+    /// keys as its `doc` and `keys`): the same state, byte for byte, as the values' text from
+    /// `->>`, for every kind of value and document (strings with escapes, numbers, booleans,
+    /// null, nested containers, a missing key, arrays and scalars, more than 32 keys, compressed
+    /// and out-of-line documents, NULL).
+    #[pg_test]
+    fn jsonb_keys_read_in_place_give_the_state_of_the_arrow_operator() {
+        run(
+            r#"CREATE TABLE tdoc (user_id int, product_id text, "timestamp" timestamptz, properties jsonb);
+               INSERT INTO tdoc SELECT g % 7, 'p' || g, '2026-01-01'::timestamptz + g * interval '1 hour',
+                 CASE g % 12
+                   WHEN 0 THEN '{"category": "Footwear", "brand": "Puma"}'
+                   WHEN 1 THEN '{"category": 12.50, "brand": true}'
+                   WHEN 2 THEN '{"category": null, "brand": false}'
+                   WHEN 3 THEN '{"category": {"a": [1, 2]}, "brand": ["x", "y"]}'
+                   WHEN 4 THEN '{"brand": "only a brand"}'
+                   WHEN 5 THEN '["category", "brand"]'
+                   WHEN 6 THEN '"category"'
+                   WHEN 7 THEN '{"category": "naïve \u00e9 \"quoted\"\ttab", "brand": ""}'
+                   WHEN 8 THEN (SELECT jsonb_object_agg('k' || i, i::text) FROM generate_series(1, 100) i)
+                               || '{"category": "many keys", "brand": "x"}'
+                   WHEN 9 THEN jsonb_build_object('category', repeat('long ', 2000), 'brand', 'compressed')
+                   WHEN 10 THEN jsonb_build_object('category', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 300) i), 'brand', 'out of line')
+                 END
+               FROM generate_series(1, 240) g;"#,
+        );
+        let stored = Spi::get_one::<i64>(
+            "SELECT count(*) FROM tdoc WHERE pg_column_size(properties) < octet_length(properties::text) / 2",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(stored >= 20, "compressed documents: {stored}");
+        let q = |props: &str, doc: &str, keys: &str| {
+            format!(
+                "SELECT audience._affinity_collect_bytes(user_id::text, product_id, 1, \"timestamp\", NULL, '2026-03-01', 2, {props}, {doc}, {keys}) FROM tdoc"
+            )
+        };
+        let bytes = |sql: String| Spi::get_one::<Vec<u8>>(&sql).unwrap().unwrap();
+        let text = bytes(q(
+            "coalesce(properties ->> 'brand', '') || chr(30) || coalesce(properties ->> 'category', '')",
+            "NULL",
+            "NULL",
+        ));
+        let doc = bytes(q("NULL", "properties", "'brand' || chr(30) || 'category'"));
+        assert!(text == doc, "the states differ");
+        // One key, and a property the source does not map (an empty key).
+        let one = |doc: &str, keys: &str| {
+            bytes(format!(
+                "SELECT audience._affinity_collect_bytes(user_id::text, product_id, 1, \"timestamp\", NULL, '2026-03-01', 1, {}, {doc}, {keys}) FROM tdoc",
+                if doc == "NULL" { "properties ->> 'category'" } else { "NULL" }
+            ))
+        };
+        assert!(one("NULL", "NULL") == one("properties", "'category'"));
+        let skipped = bytes(q("NULL", "properties", "chr(30) || 'category'"));
+        let text_skipped = bytes(q(
+            "chr(30) || coalesce(properties ->> 'category', '')",
+            "NULL",
+            "NULL",
+        ));
+        assert!(skipped == text_skipped, "an empty key maps nothing");
+        // Not vacuous: the values are there, rendered as ->> renders them.
+        let aff = crate::affinity::accumulator::Accumulator::deserialize(&doc)
+            .unwrap()
+            .finish();
+        let value = |item: &str, p: usize| {
+            let i = aff.items.binary_search(&item.to_string()).unwrap();
+            aff.item_props[p][i].clone()
+        };
+        assert_eq!(value("p12", 0).as_deref(), Some("Puma"));
+        assert_eq!(value("p12", 1).as_deref(), Some("Footwear"));
+        assert_eq!(value("p1", 0).as_deref(), Some("true"));
+        assert_eq!(value("p1", 1).as_deref(), Some("12.50"));
+        assert_eq!(value("p2", 0).as_deref(), Some("false"));
+        assert_eq!(value("p2", 1), None);
+        assert_eq!(value("p3", 1).as_deref(), Some(r#"{"a": [1, 2]}"#));
+        assert_eq!(value("p5", 0), None);
+        assert_eq!(value("p7", 1).as_deref(), Some("naïve é \"quoted\"\ttab"));
+        assert_eq!(value("p8", 1).as_deref(), Some("many keys"));
+        assert_eq!(value("p10", 0).as_deref(), Some("out of line"));
+        assert_eq!(value("p11", 0), None);
+    }
+
+    /// The scan query passes a jsonb column's document and keys when every event type of the
+    /// table maps its properties to keys of it (no delimiter), and the values' text otherwise
+    /// (a json column, a delimiter).
+    #[pg_test]
+    fn scan_query_reads_jsonb_keys_in_place_when_it_can() {
+        run(
+            r#"CREATE TABLE jev (user_id int, product_id text, "timestamp" timestamptz, event text, props jsonb, jprops json);
+               INSERT INTO jev SELECT g % 5, 'p' || (g % 3), now() - g * interval '1 minute',
+                      CASE WHEN g % 2 = 0 THEN 'order' ELSE 'view' END,
+                      jsonb_build_object('category', 'c' || (g % 3), 'tags', 'a,b'),
+                      json_build_object('category', 'c' || (g % 3))
+                 FROM generate_series(1, 60) g;
+               SELECT audience.create_catalog('j');
+               SELECT audience.add_event('j', 'jev', 'product_id', event_column => 'event', event_value => 'order', weight => 5);
+               SELECT audience.add_event('j', 'jev', 'product_id', event_column => 'event', event_value => 'view', weight => 1);
+               SELECT audience.map_property('j', 'category', json_key => 'category', json_column => 'props', event => e)
+                 FROM unnest(ARRAY['order', 'view']) e;"#,
+        );
+        let query = || {
+            Spi::get_one::<String>(
+                "SELECT b.query FROM audience._build_query((SELECT catalog_id FROM audience.catalogs WHERE name = 'j'), NULL, NULL, NULL) b",
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let built = || {
+            Spi::get_one::<i64>(
+                "SELECT b.rows_read FROM audience.build('j', factors => 2, neighbours => 2, tune => false) b",
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let values = || {
+            Spi::get_one::<String>(
+                "SELECT string_agg(value, ',' ORDER BY value) FROM audience.property_values v JOIN audience.catalogs c ON c.active_model_id = v.model_id WHERE c.name = 'j' AND v.property = 'category'",
+            )
+            .unwrap()
+            .unwrap_or_default()
+        };
+        let q = query();
+        assert!(
+            q.contains(
+                "NULL::pg_catalog.text AS p, s.props AS d, 'category'::pg_catalog.text AS k"
+            ),
+            "{q}"
+        );
+        assert!(!q.contains("->>"), "{q}");
+        assert_eq!(built(), 60);
+        assert_eq!(values(), "c0,c1,c2");
+        // Two keys of the same column.
+        run("SELECT audience.map_property('j', 'tag', json_key => 'tags', json_column => 'props', event => e) FROM unnest(ARRAY['order', 'view']) e");
+        let q = query();
+        assert!(
+            q.contains(&format!("'category{}tags'::pg_catalog.text AS k", '\u{1e}')),
+            "{q}"
+        );
+        assert_eq!(built(), 60);
+        // A delimiter: the values' text (split by the engine).
+        run("SELECT audience.unmap_property('j', 'tag')");
+        run("SELECT audience.map_property('j', 'tag', json_key => 'tags', json_column => 'props', event => e, delimiter => ',') FROM unnest(ARRAY['order', 'view']) e");
+        let q = query();
+        assert!(q.contains("NULL::pg_catalog.jsonb AS d"), "{q}");
+        assert!(q.contains("->>"), "{q}");
+        assert_eq!(built(), 60);
+        assert_eq!(values(), "c0,c1,c2");
+        // A json (not jsonb) column: ->>.
+        run("SELECT audience.unmap_property('j', 'tag')");
+        run("SELECT audience.unmap_property('j', 'category')");
+        run("SELECT audience.map_property('j', 'category', json_key => 'category', json_column => 'jprops', event => e) FROM unnest(ARRAY['order', 'view']) e");
+        let q = query();
+        assert!(q.contains("NULL::pg_catalog.jsonb AS d"), "{q}");
+        assert_eq!(built(), 60);
+        assert_eq!(values(), "c0,c1,c2");
+    }
+
     /// Quoted names everywhere: a mixed-case schema, table and columns with spaces and quotes.
     #[pg_test]
     fn names_needing_quotes_work() {
@@ -636,7 +793,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(kinds.contains("compressed"), "{kinds}");
-        let q = "SELECT audience._affinity_collect(user_id::text, product_id, 1, \"timestamp\", NULL, NULL, 0, NULL) FROM tev";
+        let q = "SELECT audience._affinity_collect(user_id::text, product_id, 1, \"timestamp\", NULL, NULL, 0, NULL, NULL, NULL) FROM tev";
         let token = Spi::get_one::<i64>(q).unwrap().unwrap();
         let aff = crate::affinity::aggregate::take_stashed(token)
             .expect("our own token finds the state")
@@ -655,7 +812,7 @@ mod tests {
             r#"CREATE TABLE tev (user_id int, product_id text, "timestamp" timestamptz);
                INSERT INTO tev SELECT g % 5, 'p' || (g % 3), now() - g * interval '1 hour' FROM generate_series(1, 30) g;"#,
         );
-        let q = "SELECT audience._affinity_collect(user_id::text, product_id, 1, \"timestamp\", NULL, NULL, 0, NULL) FROM tev";
+        let q = "SELECT audience._affinity_collect(user_id::text, product_id, 1, \"timestamp\", NULL, NULL, 0, NULL, NULL, NULL) FROM tev";
         let token = Spi::get_one::<i64>(q).unwrap().unwrap();
         assert!(crate::affinity::aggregate::token_is_ours(token));
         let foreign = token ^ (1i64 << 40);
