@@ -283,14 +283,10 @@ pub unsafe extern "C-unwind" fn _affinity_collect_sfunc_wrapper(
 /// # Safety
 /// `a` is an argument of SQL type `text`.
 unsafe fn text_in_place<'a>(a: &pg_sys::NullableDatum) -> Option<&'a str> {
-    static UTF8: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if a.isnull {
         return None;
     }
-    let utf8 = *UTF8.get_or_init(|| {
-        // SAFETY: the database's encoding is fixed for the life of the backend.
-        unsafe { pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32 }
-    });
+    let utf8 = database_is_utf8();
     let p = a.value.cast_mut_ptr::<pg_sys::varlena>() as *const pg_sys::varlena;
     // SAFETY: a text datum is a varlena; these read its header only.
     let plain = unsafe {
@@ -361,6 +357,7 @@ unsafe fn doc_field<'a>(doc: &'a pg_sys::NullableDatum, key: &str) -> Option<&'a
     }
 }
 
+/// Whether the database's encoding is UTF-8 (then text and jsonb strings are read in place).
 fn database_is_utf8() -> bool {
     static UTF8: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *UTF8.get_or_init(|| {
