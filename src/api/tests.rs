@@ -152,6 +152,15 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(stored >= 20, "compressed documents: {stored}");
+        let toast = Spi::get_one::<String>(
+            "SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'tdoc'::regclass",
+        )
+        .unwrap()
+        .unwrap();
+        let chunks = Spi::get_one::<i64>(&format!("SELECT count(*) FROM {toast}"))
+            .unwrap()
+            .unwrap();
+        assert!(chunks > 0, "out-of-line documents: none in {toast}");
         let q = |props: &str, doc: &str, keys: &str| {
             format!(
                 "SELECT audience._affinity_collect_bytes(user_id::text, product_id, 1, \"timestamp\", NULL, '2026-03-01', 2, {props}, {doc}, {keys}) FROM tdoc"
