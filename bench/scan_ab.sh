@@ -10,6 +10,9 @@
 # Env: A, B (required), ROUNDS (3), USERS/PRODUCTS/EVENTS as bench/scale.sh, BENCH_CLUSTER
 # (bench-scale). Each library is put in place with `mv` (a new inode: a library mapped by a
 # running backend must never be overwritten in place). The installed library is restored at the end.
+# A_SQL, B_SQL (optional): a SQL file run before generating A's (B's) query text, e.g. a
+# `CREATE OR REPLACE FUNCTION audience._build_query` that writes another scan query (B_SQL runs
+# last, so it also puts the installed function back).
 set -euo pipefail
 PGA_SCRIPT=bench-scan-ab
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,15 +26,20 @@ work="$PGA_AB_WORK"
 q() { pga_psql "$CL" -d postgres -Atq "$@"; }
 CID="$(q -c "SELECT catalog_id FROM audience.catalogs WHERE name = '$CAT'")"
 [[ -n "$CID" ]] || pga_die "no catalog $CAT in cluster $CL: run BENCH_KEEP=1 bench/scale.sh first"
-{ echo '\timing on'; echo "SELECT x IS NOT NULL FROM ("
-  q -c "SELECT query FROM audience._build_query($CID, NULL, NULL, NULL)"; echo ") q(x);"; } > "$work/scan.sql"
+# Each variant's query text, generated after its A_SQL / B_SQL (when given) ran.
+for v in A B; do
+    sql="${v}_SQL"
+    [[ -n "${!sql:-}" ]] && q -f "${!sql}"
+    { echo '\timing on'; echo "SELECT x IS NOT NULL FROM ("
+      q -c "SELECT query FROM audience._build_query($CID, NULL, NULL, NULL)"; echo ") q(x);"; } > "$work/scan_$v.sql"
+done
 cpu() { awk '/^cpu /{ print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 hz="$(getconf CLK_TCK)"
 for r in $(seq "$ROUNDS"); do
     for v in A B; do
         pga_lib_put "${!v}"
         c0="$(cpu)"
-        ms="$(pga_psql "$CL" -d postgres -Atf "$work/scan.sql" | awk '/^Time:/ { print $2 }')"
+        ms="$(pga_psql "$CL" -d postgres -Atf "$work/scan_$v.sql" | awk '/^Time:/ { print $2 }')"
         c1="$(cpu)"
         echo "round $r $v: wall ${ms} ms, CPU $(awk -v a="$c0" -v b="$c1" -v hz="$hz" 'BEGIN { printf "%.1f", (b - a) / hz }') s"
     done

@@ -412,18 +412,20 @@ fn _affinity_collect_sfunc(
         }
         Props::Doc { doc, keys } if n > 0 => {
             if !doc.isnull {
+                // An empty key maps nothing; an empty value is NULL, as in the text.
+                // SAFETY: the argument is a non-null jsonb.
+                let read = |key: &str| {
+                    (!key.is_empty())
+                        .then(|| unsafe { doc_field(doc, key) })
+                        .flatten()
+                        .filter(|v| !v.is_empty())
+                };
                 if n == 1 {
-                    // One property: the text is its key.
-                    if !keys.is_empty() {
-                        // SAFETY: the argument is a non-null jsonb.
-                        vals[0] = unsafe { doc_field(doc, keys) }.filter(|v| !v.is_empty());
-                    }
+                    // One property: the text is its key (no separator to look for).
+                    vals[0] = read(keys);
                 } else {
                     for (slot, key) in vals.iter_mut().zip(keys.split(PROPS_SEPARATOR)) {
-                        if !key.is_empty() {
-                            // SAFETY: the argument is a non-null jsonb.
-                            *slot = unsafe { doc_field(doc, key) }.filter(|v| !v.is_empty());
-                        }
+                        *slot = read(key);
                     }
                 }
             }
