@@ -17,7 +17,7 @@
 //! filtering" (RecSys 2011). The Gram matrix `Y^T Y` is computed once per half-sweep; the sparse
 //! correction `sum_i (c_ui - 1) y_i y_i^T` is applied implicitly (two length-`k` passes per stored entry),
 //! never formed. Every CG step monotonically decreases that row's part of the loss, so the loss is
-//! non-increasing across sweeps. From 48 factors, a half-sweep with many more rows than fixed
+//! non-increasing across sweeps. From 32 factors, a half-sweep with many more rows than fixed
 //! vectors (the users of a shop) runs in the eigenbasis of the Gram matrix ([`rotation_pays`]):
 //! the fixed vectors and each row's start are rotated, and the steps multiply by its eigenvalues
 //! instead of the whole matrix; the scores `x . y` are those of the same solve in the old basis.
@@ -231,8 +231,8 @@ fn train_als_tuned(
     let (n_users, n_items) = (ui.n_rows, ui.n_cols);
     let mut model = AlsModel {
         factors: k,
-        user_factors: crate::util::pages::zeroed(n_users * k).into(),
-        item_factors: crate::util::pages::zeroed(n_items * k).into(),
+        user_factors: Buf::zeroed_on_lines(n_users * k),
+        item_factors: Buf::zeroed_on_lines(n_items * k),
     };
     if k == 0 || n_users == 0 || n_items == 0 {
         return Ok(model);
@@ -327,6 +327,9 @@ pub fn continue_als_rows_with(
     if iterations == 0 || k == 0 || ui.n_rows == 0 || ui.n_cols == 0 {
         return Ok(model);
     }
+    // Warm starts (an incremental build's remapped factors) read from cache lines as fresh ones.
+    model.user_factors = std::mem::take(&mut model.user_factors).on_lines();
+    model.item_factors = std::mem::take(&mut model.item_factors).on_lines();
     let mut own = None;
     let iu = given_or_transposed(ui, iu, &mut own, params.threads, check)?;
     let sub = ui.select_rows(rows);
@@ -364,6 +367,9 @@ fn sweeps(
     if iterations == 0 || k == 0 || ui.n_rows == 0 || ui.n_cols == 0 {
         return Ok(model);
     }
+    // Warm starts (an incremental build's remapped factors) read from cache lines as fresh ones.
+    model.user_factors = std::mem::take(&mut model.user_factors).on_lines();
+    model.item_factors = std::mem::take(&mut model.item_factors).on_lines();
     let mut own = None;
     let iu = given_or_transposed(ui, iu, &mut own, params.threads, check)?;
     let mut cfg = Sweep::new(params, k, task_work, simd);
@@ -406,12 +412,13 @@ fn sweeps(
 /// eigenbasis of the Gram matrix ([`Diagonal`]): each row then saves `cg_steps` products by
 /// `G` (`k^2` each; its warm start's rotation costs one), and the `n_other` vectors are rotated
 /// once (`k^2` each). At the 20M-event shop the users' half-sweeps are (984k users against 50k
-/// items), the items' are not. Only from 48 factors: at 32 the products by `G` are a small part
-/// of a row's work next to its entries' (`BENCH_ONLY_ALS=1 cargo bench --bench core`: 2% less
-/// ALS time at 32 factors, within the noise of a build; 4-10% less at 64), and below it the
-/// factors stay those of the dense solve bit for bit.
+/// items), the items' are not. From 32 factors: there the users' half-sweep takes 10% less time
+/// (fastest of a build's ten, three builds alternated: 0.296 / 0.262 / 0.257 s against 0.363 /
+/// 0.299 / 0.274 s) once the item factors sit on cache lines, and 4-10% less ALS time at 64
+/// (`BENCH_ONLY_ALS=1 cargo bench --bench core`); below it the factors stay those of the dense
+/// solve bit for bit.
 fn rotation_pays(n_rows: usize, n_other: usize, k: usize, cg_steps: usize) -> bool {
-    k >= 48 && (n_rows as u64) * (cg_steps as u64) > n_other as u64 + 16 * k as u64
+    k >= 32 && (n_rows as u64) * (cg_steps as u64) > n_other as u64 + 16 * k as u64
 }
 
 /// Eigen-decomposition of the symmetric `k x k` matrix `a` (row-major) by cyclic Jacobi
@@ -1726,7 +1733,9 @@ mod tests {
         // Where it is used: the users of a shop (many more than its items), not its items.
         assert!(rotation_pays(984_682, 50_000, 64, 3));
         assert!(!rotation_pays(50_000, 984_682, 64, 3));
-        assert!(!rotation_pays(984_682, 50_000, 32, 3));
+        assert!(rotation_pays(984_682, 50_000, 32, 3));
+        assert!(!rotation_pays(50_000, 984_682, 32, 3));
+        assert!(!rotation_pays(984_682, 50_000, 16, 3));
     }
 
     /// A check that counts its calls in `calls` and fails from the `n`-th on.

@@ -115,7 +115,8 @@ impl Drop for Mapping {
 }
 
 enum Owner<T: Pod> {
-    Vec(Vec<T>),
+    /// The vector and the index of the array's first element in it.
+    Vec(Vec<T>, usize),
     Map(Arc<Mapping>),
 }
 
@@ -159,10 +160,49 @@ impl<T: Pod> Buf<T> {
         })
     }
 
+    /// `n` zeros whose first element starts a 64-byte cache line, on huge pages when large
+    /// (see [`crate::util::pages`]): a row of 16 floats (or a multiple) then spans exactly its
+    /// own lines. The heap's large blocks start 16 bytes into a page, which made every 32-float
+    /// factor row that ALS gathers from memory span three lines instead of two.
+    pub fn zeroed_on_lines(n: usize) -> Buf<T>
+    where
+        T: Default,
+    {
+        let size = std::mem::size_of::<T>().max(1);
+        let pad = 64usize.div_ceil(size);
+        let v: Vec<T> = crate::util::pages::zeroed(n + pad);
+        let misalign = (v.as_ptr() as usize) % 64;
+        let off = if misalign == 0 || !misalign.is_multiple_of(size) {
+            0
+        } else {
+            ((64 - misalign) / size).min(pad)
+        };
+        Buf {
+            // SAFETY: off + n <= n + pad = v.len().
+            ptr: unsafe { v.as_ptr().add(off) },
+            len: n,
+            owner: Owner::Vec(v, off),
+        }
+    }
+
+    /// This array, moved onto cache-line boundaries ([`Buf::zeroed_on_lines`]) when it does not
+    /// start on one (a copy; as is otherwise).
+    pub fn on_lines(self) -> Buf<T>
+    where
+        T: Default,
+    {
+        if (self.ptr as usize).is_multiple_of(64) || self.len == 0 {
+            return self;
+        }
+        let mut out = Buf::zeroed_on_lines(self.len);
+        out.copy_from_slice(&self);
+        out
+    }
+
     pub fn into_vec(self) -> Vec<T> {
         match self.owner {
-            Owner::Vec(v) => v,
-            Owner::Map(_) => self.as_slice().to_vec(),
+            Owner::Vec(v, 0) if v.len() == self.len => v,
+            _ => self.as_slice().to_vec(),
         }
     }
 
@@ -177,7 +217,7 @@ impl<T: Pod> Buf<T> {
     /// Heap bytes owned (0 for a mapped array).
     pub fn heap_bytes(&self) -> usize {
         match &self.owner {
-            Owner::Vec(v) => v.capacity() * std::mem::size_of::<T>(),
+            Owner::Vec(v, _) => v.capacity() * std::mem::size_of::<T>(),
             Owner::Map(_) => 0,
         }
     }
@@ -202,8 +242,9 @@ impl<T: Pod> DerefMut for Buf<T> {
         if let Owner::Map(_) = self.owner {
             *self = Buf::from(self.as_slice().to_vec());
         }
+        let len = self.len;
         match &mut self.owner {
-            Owner::Vec(v) => v,
+            Owner::Vec(v, off) => &mut v[*off..*off + len],
             Owner::Map(_) => unreachable!("copied above"),
         }
     }
@@ -212,7 +253,8 @@ impl<T: Pod> DerefMut for Buf<T> {
 impl<T: Pod> Clone for Buf<T> {
     fn clone(&self) -> Self {
         match &self.owner {
-            Owner::Vec(v) => Buf::from(v.clone()),
+            Owner::Vec(v, 0) if v.len() == self.len => Buf::from(v.clone()),
+            Owner::Vec(..) => Buf::from(self.as_slice().to_vec()),
             Owner::Map(m) => Buf {
                 ptr: self.ptr,
                 len: self.len,
@@ -245,7 +287,7 @@ impl<T: Pod> From<Vec<T>> for Buf<T> {
         Buf {
             ptr: v.as_ptr(),
             len: v.len(),
-            owner: Owner::Vec(v),
+            owner: Owner::Vec(v, 0),
         }
     }
 }
@@ -386,6 +428,48 @@ mod tests {
         assert_eq!(m.into_vec(), vec![9, 3, 4]);
         let e: Buf<u64> = Buf::mapped(&map, 16, 0).unwrap();
         assert!(e.is_empty());
+    }
+
+    /// Arrays on cache lines start on one whatever their size (large ones come from the heap's
+    /// page-sized blocks, 16 bytes into a page), read and write like any other, and clone,
+    /// convert and move onto lines with their contents.
+    #[test]
+    fn arrays_on_cache_lines() {
+        for n in [0usize, 1, 17, 1000, (8 << 20) / 4 + 3] {
+            let mut b: Buf<f32> = Buf::zeroed_on_lines(n);
+            assert_eq!(b.len(), n);
+            assert!(
+                n == 0 || (b.as_ptr() as usize).is_multiple_of(64),
+                "n = {n}"
+            );
+            assert!(b.iter().all(|&x| x == 0.0));
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = i as f32;
+            }
+            let want: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            assert_eq!(b, want);
+            assert_eq!(b.clone(), want);
+            assert!(b.heap_bytes() >= n * 4);
+            let moved = Buf::from(want.clone()).on_lines();
+            assert_eq!(moved, want);
+            assert!(n == 0 || (moved.as_ptr() as usize).is_multiple_of(64));
+            assert_eq!(b.into_vec(), want);
+        }
+        // A misaligned array is moved (a copy), an aligned one kept as it is.
+        let v: Vec<u64> = (0..64).collect();
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
+        let map = Arc::new(Mapping::of_bytes(&bytes));
+        for first in 0..8 {
+            let part: Buf<u64> = Buf::mapped(&map, first * 8, 64 - first).unwrap();
+            let was = part.as_ptr();
+            let moved = part.on_lines();
+            assert_eq!(moved.as_slice(), &v[first..]);
+            assert!((moved.as_ptr() as usize).is_multiple_of(64));
+            assert_eq!(moved.as_ptr() == was, (was as usize).is_multiple_of(64));
+        }
+        let lined: Buf<u64> = Buf::zeroed_on_lines(10);
+        let at = lined.as_ptr();
+        assert_eq!(lined.on_lines().as_ptr(), at);
     }
 
     #[test]
