@@ -140,7 +140,7 @@ fn objective(
             Some(AlsModel {
                 factors: m.factors,
                 user_factors: x,
-                item_factors: y.into(),
+                item_factors: y,
             })
         }
         _ => None,

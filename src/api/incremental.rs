@@ -405,8 +405,8 @@ fn build_incremental(
             p,
             AlsModel {
                 factors: m.factors,
-                user_factors: remap_factors(&m.user_factors, m.factors, &grown.user_from).into(),
-                item_factors: remap_factors(&m.item_factors, m.factors, &grown.item_from).into(),
+                user_factors: remap_factors(&m.user_factors, m.factors, &grown.user_from),
+                item_factors: remap_factors(&m.item_factors, m.factors, &grown.item_from),
             },
         )),
         (None, _) => None,

@@ -327,7 +327,8 @@ pub fn continue_als_rows_with(
     if iterations == 0 || k == 0 || ui.n_rows == 0 || ui.n_cols == 0 {
         return Ok(model);
     }
-    // Warm starts (an incremental build's remapped factors) read from cache lines as fresh ones.
+    // A warm start not on cache lines (a model's factors read from its image) is moved onto them,
+    // as fresh factors are (an incremental build's remapped ones already are).
     model.user_factors = std::mem::take(&mut model.user_factors).on_lines();
     model.item_factors = std::mem::take(&mut model.item_factors).on_lines();
     let mut own = None;
@@ -367,7 +368,8 @@ fn sweeps(
     if iterations == 0 || k == 0 || ui.n_rows == 0 || ui.n_cols == 0 {
         return Ok(model);
     }
-    // Warm starts (an incremental build's remapped factors) read from cache lines as fresh ones.
+    // A warm start not on cache lines (a model's factors read from its image) is moved onto them,
+    // as fresh factors are (an incremental build's remapped ones already are).
     model.user_factors = std::mem::take(&mut model.user_factors).on_lines();
     model.item_factors = std::mem::take(&mut model.item_factors).on_lines();
     let mut own = None;

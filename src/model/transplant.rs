@@ -2,6 +2,7 @@
 //! list of items, so two models trained on different data can score the same users' histories
 //! (the deploy guard of `audience.build`). Pure Rust.
 use crate::model::csr::Csr;
+use crate::util::buf::Buf;
 
 /// Per item of `to` (sorted), its index in `from` (sorted), if there.
 pub fn item_map(from: &[String], to: &[String]) -> Vec<Option<u32>> {
@@ -53,8 +54,9 @@ pub fn remap_knn(s: &Csr, map: &[Option<u32>]) -> Csr {
 
 /// Factors (`k` per row, over `from`'s items or users) for the rows of `to`, by `map`; zeros for
 /// rows `from` lacks (they then contribute nothing, as an item a model never saw).
-pub fn remap_factors(y: &[f32], k: usize, map: &[Option<u32>]) -> Vec<f32> {
-    let mut out = vec![0f32; map.len() * k];
+pub fn remap_factors(y: &[f32], k: usize, map: &[Option<u32>]) -> Buf<f32> {
+    // On cache lines, as ALS reads them (`Buf::zeroed_on_lines`): no second copy in its sweeps.
+    let mut out = Buf::zeroed_on_lines(map.len() * k);
     for (t, f) in map.iter().enumerate() {
         if let Some(f) = f {
             let f = *f as usize;
