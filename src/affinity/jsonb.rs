@@ -118,6 +118,40 @@ fn lookup<'a>(c: &'a [u8], key: &[u8]) -> Option<Field<'a>> {
 pub(crate) mod tests {
     use super::*;
 
+    /// The layout constants written out here (so the reader stays plain Rust) are those of the
+    /// PostgreSQL headers the extension is built against (`jsonb.h`), whichever version that is.
+    #[test]
+    fn layout_constants_are_the_servers() {
+        use pgrx::pg_sys;
+        let ours = [
+            JB_CMASK,
+            JB_FSCALAR,
+            JB_FOBJECT,
+            JB_FARRAY,
+            JENTRY_OFFLENMASK,
+            JENTRY_TYPEMASK,
+            JENTRY_HAS_OFF,
+            JENTRY_ISSTRING,
+            JENTRY_ISBOOL_FALSE,
+            JENTRY_ISBOOL_TRUE,
+            JENTRY_ISNULL,
+        ];
+        let server = [
+            pg_sys::JB_CMASK,
+            pg_sys::JB_FSCALAR,
+            pg_sys::JB_FOBJECT,
+            pg_sys::JB_FARRAY,
+            pg_sys::JENTRY_OFFLENMASK,
+            pg_sys::JENTRY_TYPEMASK,
+            pg_sys::JENTRY_HAS_OFF,
+            pg_sys::JENTRY_ISSTRING,
+            pg_sys::JENTRY_ISBOOL_FALSE,
+            pg_sys::JENTRY_ISBOOL_TRUE,
+            pg_sys::JENTRY_ISNULL,
+        ];
+        assert_eq!(ours, server);
+    }
+
     /// A scalar of the test encoder.
     #[derive(Clone)]
     pub(crate) enum V {
