@@ -557,6 +557,9 @@ DECLARE
     ev record;
     rel regclass;
     parts text[] := '{}';
+    tparts text[] := '{}';
+    ecut text;
+    mapped float8;
     props text[];
     exprs text[];
     texpr text;
@@ -612,7 +615,10 @@ BEGIN
         -- common values in pg_stats once the table is analyzed; then by id): each row's CASE and
         -- ANY stop at the first match, so the most frequent type costs one comparison, not one
         -- per type before it (README: "The most frequent event types tested first").
-        SELECT array_agg(e.event_id ORDER BY f.freq DESC NULLS LAST, e.event_id) INTO ordered
+        -- The share of the table's rows of mapped types (the sum of their most common
+        -- frequencies; NULL before the table is analyzed) tells below whether to filter.
+        SELECT array_agg(e.event_id ORDER BY f.freq DESC NULLS LAST, e.event_id), pg_catalog.sum(f.freq)
+          INTO ordered, mapped
           FROM audience.events e
           LEFT JOIN (SELECT mc.v, pg_catalog.max(mc.freq) AS freq
                        FROM pg_catalog.pg_stats st,
@@ -689,11 +695,19 @@ BEGIN
                 pcase := pcase || format(' WHEN s.%I::pg_catalog.text OPERATOR(pg_catalog.=) %L::pg_catalog.text THEN %s', grp.event_column, ev.event_value, pexpr);
             END IF;
         END LOOP;
+        ecut := '';
         IF grp.event_column IS NOT NULL THEN
             PERFORM audience._column_type(rel, grp.event_column, 'event name column');
-            filter := filter || format(' AND s.%I::pg_catalog.text OPERATOR(pg_catalog.=) ANY (%L::pg_catalog.text[])', grp.event_column,
-                                       (SELECT array_agg(e.event_value ORDER BY o.k) FROM audience.events e, pg_catalog.unnest(ordered) WITH ORDINALITY AS o(id, k)
-                                         WHERE e.event_id = o.id));
+            ecut := format(' AND s.%I::pg_catalog.text OPERATOR(pg_catalog.=) ANY (%L::pg_catalog.text[])', grp.event_column,
+                           (SELECT array_agg(e.event_value ORDER BY o.k) FROM audience.events e, pg_catalog.unnest(ordered) WITH ORDINALITY AS o(id, k)
+                             WHERE e.event_id = o.id));
+            -- When pg_stats says at least 95% of the table's rows are of mapped types, the
+            -- aggregate's scan leaves the ANY out (one to three text comparisons a row): the
+            -- weight's CASE is NULL for any other type, and the aggregate skips such rows
+            -- (README: "The event filter left to the weight's CASE"). The time range keeps it.
+            IF mapped >= 0.95 THEN
+                wexpr := format('CASE%s END', wcase);
+            END IF;
         END IF;
         -- Every event type of the table with the same mappings of one jsonb column: its
         -- document and keys; otherwise the values' text (per event type when they differ).
@@ -706,13 +720,16 @@ BEGIN
             ev := NULL;
             parts := parts || format(
                 'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, CASE%s END AS h, %s FROM %s s WHERE %s',
-                grp.user_column, grp.product_column, wexpr, texpr, hcase, pdk, rel::text, filter);
+                grp.user_column, grp.product_column, wexpr, texpr, hcase, pdk, rel::text,
+                filter || CASE WHEN mapped >= 0.95 THEN '' ELSE ecut END);
         ELSE
             SELECT e.* INTO ev FROM audience.events e WHERE e.event_id = grp.ids[1];
             parts := parts || format(
                 'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, %L::pg_catalog.interval AS h, %s FROM %s s WHERE %s',
-                grp.user_column, grp.product_column, wexpr, texpr, ev.half_life, pdk, rel::text, filter);
+                grp.user_column, grp.product_column, wexpr, texpr, ev.half_life, pdk, rel::text,
+                filter || CASE WHEN mapped >= 0.95 THEN '' ELSE ecut END);
         END IF;
+        tparts := tparts || format('SELECT %s AS t FROM %s s WHERE %s', texpr, rel::text, filter || ecut);
     END LOOP;
     IF array_length(parts, 1) IS NULL THEN
         RAISE EXCEPTION 'catalog "%" has no events', (SELECT c.name FROM audience.catalogs c WHERE c.catalog_id = cid)
@@ -721,7 +738,7 @@ BEGIN
     END IF;
     query := format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p, ev.d, ev.k) FROM (%s) ev',
                     reference, coalesce(array_length(props, 1), 0), array_to_string(parts, ' UNION ALL '));
-    time_query := format('SELECT pg_catalog.min(ev.t), pg_catalog.max(ev.t) FROM (%s) ev', array_to_string(parts, ' UNION ALL '));
+    time_query := format('SELECT pg_catalog.min(ev.t), pg_catalog.max(ev.t) FROM (%s) ev', array_to_string(tparts, ' UNION ALL '));
     -- The same aggregate over each source alone (Citus pushes it down to the workers only over
     -- one distributed table; the build merges the states).
     SELECT array_agg(format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p, ev.d, ev.k) FROM (%s) ev',

@@ -382,6 +382,13 @@ fn _affinity_collect_sfunc(
     props: Props<'_>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Internal {
+    // A NULL weight is an event type the catalog does not map: the scan query leaves out that
+    // filter on a table whose rows are (almost) all of mapped types, and the weight's CASE then
+    // tells the other rows apart (`audience._build_query`; the query never passes NULL for a
+    // mapped type). Such a row is not read, as if filtered out.
+    if weight.is_none() {
+        return state;
+    }
     let n = n_props.unwrap_or(0).clamp(0, 1024) as usize;
     let acc = unsafe { state_mut(&mut state, fcinfo, n) };
     if n > acc.n_props() {

@@ -95,10 +95,12 @@ mod tests {
                SELECT audience.add_event('freq', 'freq_ev', 'product_id', event_column => 'event', event_value => 'cart', weight => 3);
                SELECT audience.add_event('freq', 'freq_ev', 'product_id', event_column => 'event', event_value => 'view', weight => 1);"#,
         );
-        // The ANY list of the filter, and the value of the weight's first WHEN.
+        // The ANY list of the filter (in the time range's query: once analyzed, the scan's
+        // leaves it to the weight, every row being of a mapped type), and the value of the
+        // weight's first WHEN.
         let order = || {
             Spi::get_two::<String, String>(
-                r#"SELECT substring(b.query from $$ANY \('([^']*)'$$),
+                r#"SELECT substring(b.time_query from $$ANY \('([^']*)'$$),
                           substring(b.query from $$AS i, CASE WHEN s\.event::pg_catalog\.text OPERATOR\(pg_catalog\.=\) '([a-z]*)'$$)
                      FROM audience._build_query((SELECT catalog_id FROM audience.catalogs WHERE name = 'freq'), NULL, NULL, NULL) b"#,
             )
@@ -118,6 +120,75 @@ mod tests {
         assert_eq!(order(), ("{view,cart,order}".into(), "view".into()));
         // The build reads the same rows either way.
         assert_eq!(rows(), 3000);
+    }
+
+    /// A table whose rows are, by pg_stats, at least 95% of mapped event types is scanned
+    /// without the filter on the event column: the weight's CASE is NULL for the other types and
+    /// the aggregate skips those rows, so the build reads the same rows into the same state; the
+    /// time range of the events keeps the filter. Below 95% (or before ANALYZE) the filter stays.
+    #[pg_test]
+    fn scan_query_leaves_the_event_filter_to_the_weight_when_mapped_types_dominate() {
+        run(
+            r#"CREATE TABLE cut_ev (user_id int, product_id text, "timestamp" timestamptz, event text, properties jsonb);
+               INSERT INTO cut_ev SELECT g % 50, 'p' || (g % 7), '2026-01-01'::timestamptz + g * interval '1 minute',
+                      CASE WHEN g % 100 = 0 THEN 'page' WHEN g % 10 = 0 THEN 'order' ELSE 'view' END,
+                      jsonb_build_object('category', 'c' || (g % 3))
+                 FROM generate_series(1, 3000) g;
+               -- The latest event is of the unmapped type: the time range must not reach it.
+               INSERT INTO cut_ev VALUES (1, 'p1', '2027-01-01', 'page', '{"category": "late"}');
+               SELECT audience.create_catalog('cut');
+               SELECT audience.add_event('cut', 'cut_ev', 'product_id', event_column => 'event', event_value => 'order', weight => 5);
+               SELECT audience.add_event('cut', 'cut_ev', 'product_id', event_column => 'event', event_value => 'view', weight => 1);
+               SELECT audience.map_property('cut', 'category', json_key => 'category', json_column => 'properties', event => e)
+                 FROM unnest(ARRAY['order', 'view']) e;
+               SELECT audience.create_catalog('cut1');
+               SELECT audience.add_event('cut1', 'cut_ev', 'product_id', event_column => 'event', event_value => 'view', weight => 2);"#,
+        );
+        let q = |cat: &str, col: &str| {
+            Spi::get_one::<String>(&format!(
+                "SELECT b.{col} FROM audience._build_query((SELECT catalog_id FROM audience.catalogs WHERE name = '{cat}'), NULL, NULL, NULL) b"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        // The state of the catalog's scan query, and whether its time range ends before the
+        // unmapped type's late event.
+        let state = |cat: &str| {
+            let bytes = Spi::get_one::<Vec<u8>>(
+                &q(cat, "query").replace("_affinity_collect(", "_affinity_collect_bytes("),
+            )
+            .unwrap()
+            .unwrap();
+            let early = Spi::get_one::<bool>(&format!(
+                "SELECT r.max < '2026-06-01'::timestamptz FROM ({}) r",
+                q(cat, "time_query")
+            ))
+            .unwrap()
+            .unwrap();
+            (bytes, early)
+        };
+        let before = (state("cut"), state("cut1"));
+        for cat in ["cut", "cut1"] {
+            assert!(
+                q(cat, "query").contains("ANY ("),
+                "{cat}: not analyzed, the filter stays"
+            );
+        }
+        // 1% of the rows are of the unmapped type: the scan leaves the filter to the weight.
+        run("ANALYZE cut_ev");
+        assert!(!q("cut", "query").contains("ANY ("));
+        assert!(q("cut", "time_query").contains("ANY ("));
+        assert!(q("cut", "query").contains("AS w"));
+        // One mapped type of 90% of the rows: below 95%, the filter stays.
+        assert!(q("cut1", "query").contains("ANY ("));
+        assert_eq!((state("cut"), state("cut1")), before);
+        assert!(before.0 .1 && before.1 .1);
+        let rows = Spi::get_one::<i64>(
+            "SELECT b.rows_read FROM audience.build('cut', factors => 2, neighbours => 2, tune => false) b",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(rows, 2970);
     }
 
     /// Keys of one jsonb column are read by the aggregate in place (the row's document and the
