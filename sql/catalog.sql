@@ -581,6 +581,7 @@ DECLARE
     dspec text;
     dfirst text;
     pdk text;
+    ids text;
 BEGIN
     SELECT coalesce(array_agg(DISTINCT pm.property ORDER BY pm.property), '{}') INTO props
       FROM audience.property_mappings pm WHERE pm.catalog_id = cid AND pm.event_id IS NOT NULL;
@@ -598,6 +599,16 @@ BEGIN
         PERFORM audience._check_id_column(rel, grp.user_column, 'user id column');
         texpr := audience._time_expr(rel, grp.time_column);
         filter := format('s.%I IS NOT NULL AND s.%I IS NOT NULL AND pg_catalog.isfinite(%s)', grp.user_column, grp.product_column, texpr);
+        -- The ids: an integer column as it is (u_num, i_num), which the aggregate writes in
+        -- decimal as ::text would, without a cast per row (README: "Integer ids passed as they
+        -- are"); any other type as text.
+        ids := format(CASE WHEN audience._column_type(rel, grp.user_column, 'user id column') IN ('smallint', 'integer', 'bigint')
+                           THEN 'NULL::pg_catalog.text AS u, s.%I::pg_catalog.int8 AS u_num'
+                           ELSE 's.%I::pg_catalog.text AS u, NULL::pg_catalog.int8 AS u_num' END, grp.user_column)
+            || ', ' ||
+               format(CASE WHEN audience._column_type(rel, grp.product_column, 'product id column') IN ('smallint', 'integer', 'bigint')
+                           THEN 'NULL::pg_catalog.text AS i, s.%I::pg_catalog.int8 AS i_num'
+                           ELSE 's.%I::pg_catalog.text AS i, NULL::pg_catalog.int8 AS i_num' END, grp.product_column);
         IF since IS NOT NULL THEN
             filter := filter || format(' AND %s OPERATOR(pg_catalog.>=) %L::pg_catalog.timestamptz', texpr, since);
         END IF;
@@ -719,14 +730,14 @@ BEGIN
             wexpr := format('CASE%s END', wcase);
             ev := NULL;
             parts := parts || format(
-                'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, CASE%s END AS h, %s FROM %s s WHERE %s',
-                grp.user_column, grp.product_column, wexpr, texpr, hcase, pdk, rel::text,
+                'SELECT %s, %s AS w, %s AS t, CASE%s END AS h, %s FROM %s s WHERE %s',
+                ids, wexpr, texpr, hcase, pdk, rel::text,
                 filter || CASE WHEN mapped >= 0.95 THEN '' ELSE ecut END);
         ELSE
             SELECT e.* INTO ev FROM audience.events e WHERE e.event_id = grp.ids[1];
             parts := parts || format(
-                'SELECT s.%I::pg_catalog.text AS u, s.%I::pg_catalog.text AS i, %s AS w, %s AS t, %L::pg_catalog.interval AS h, %s FROM %s s WHERE %s',
-                grp.user_column, grp.product_column, wexpr, texpr, ev.half_life, pdk, rel::text,
+                'SELECT %s, %s AS w, %s AS t, %L::pg_catalog.interval AS h, %s FROM %s s WHERE %s',
+                ids, wexpr, texpr, ev.half_life, pdk, rel::text,
                 filter || CASE WHEN mapped >= 0.95 THEN '' ELSE ecut END);
         END IF;
         tparts := tparts || format('SELECT %s AS t FROM %s s WHERE %s', texpr, rel::text, filter || ecut);
@@ -736,12 +747,12 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Register event sources with audience.add_event() before building.';
     END IF;
-    query := format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p, ev.d, ev.k) FROM (%s) ev',
+    query := format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p, ev.d, ev.k, ev.u_num, ev.i_num) FROM (%s) ev',
                     reference, coalesce(array_length(props, 1), 0), array_to_string(parts, ' UNION ALL '));
     time_query := format('SELECT pg_catalog.min(ev.t), pg_catalog.max(ev.t) FROM (%s) ev', array_to_string(tparts, ' UNION ALL '));
     -- The same aggregate over each source alone (Citus pushes it down to the workers only over
     -- one distributed table; the build merges the states).
-    SELECT array_agg(format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p, ev.d, ev.k) FROM (%s) ev',
+    SELECT array_agg(format('SELECT audience._affinity_collect(ev.u, ev.i, ev.w, ev.t, ev.h, %L::pg_catalog.timestamptz, %s, ev.p, ev.d, ev.k, ev.u_num, ev.i_num) FROM (%s) ev',
                             reference, coalesce(array_length(props, 1), 0), x) ORDER BY o)
       INTO source_queries FROM unnest(parts) WITH ORDINALITY AS u(x, o);
     properties := props;

@@ -12,9 +12,10 @@
 //!
 //! Two aggregates share the state:
 //! - `audience.affinity(user, item, weight, time, half_life, reference) -> jsonb` for people;
-//! - `audience._affinity_collect(..., props text, doc jsonb, keys text) -> bigint` for
-//!   `audience.build`, which hands the finished state to the caller through a backend-local stash
-//!   instead of copying it into a datum.
+//! - `audience._affinity_collect(..., props text, doc jsonb, keys text[, user_num bigint,
+//!   item_num bigint]) -> bigint` for `audience.build`, which hands the finished state to the
+//!   caller through a backend-local stash instead of copying it into a datum (the integer ids,
+//!   0.9.0, stand for a NULL `user_id` or `item_id`: an integer column passed without a cast).
 //!
 //! A parallel scan's final step decodes nothing: the deserialize function checks a partial
 //! state's bytes and keeps them as they are ([`AggState::Unread`]), and the combine function
@@ -223,10 +224,11 @@ pub extern "C" fn pg_finfo__affinity_collect_sfunc_wrapper() -> &'static pg_sys:
 /// `FromDatum` as pgrx's generated wrapper, which fetched them through an out-of-line iterator
 /// call per argument (9% of a 20M-row scan's CPU, `perf`). Nine arguments (no `doc` and `keys`)
 /// are 0.6.0's declaration, which a database still runs between installing this library and
-/// `ALTER EXTENSION pg_audience UPDATE`.
+/// `ALTER EXTENSION pg_audience UPDATE`; eleven the declaration before 0.9.0's integer ids
+/// (still the one for text ids), thirteen 0.9.0's with `user_num` and `item_num`.
 ///
 /// # Safety
-/// Called by the function manager with nine or eleven arguments, as declared.
+/// Called by the function manager with nine, eleven or thirteen arguments, as declared.
 #[unsafe(no_mangle)]
 #[doc(hidden)]
 #[pg_guard]
@@ -235,8 +237,8 @@ pub unsafe extern "C-unwind" fn _affinity_collect_sfunc_wrapper(
 ) -> pg_sys::Datum {
     let nargs = (*fcinfo).nargs as usize;
     assert!(
-        nargs == 9 || nargs == 11,
-        "_affinity_collect_sfunc takes nine or eleven arguments"
+        nargs == 9 || nargs == 11 || nargs == 13,
+        "_affinity_collect_sfunc takes nine, eleven or thirteen arguments"
     );
     let args = (*fcinfo).args.as_slice(nargs);
     fn get<T: FromDatum>(a: &pg_sys::NullableDatum, oid: pg_sys::Oid) -> Option<T> {
@@ -248,17 +250,33 @@ pub unsafe extern "C-unwind" fn _affinity_collect_sfunc_wrapper(
     } else {
         Some(args[0].value)
     });
+    // An integer id (0.9.0's `user_num` and `item_num`, passed instead of the text when the
+    // source's column is an integer) as its decimal text, formatted here on the stack instead of
+    // by the query's `::text` cast (`int8out` and a palloc'd text per row).
+    let (mut ubuf, mut ibuf) = ([0u8; I64_DIGITS], [0u8; I64_DIGITS]);
+    let user = match text_in_place(&args[1]) {
+        None if nargs == 13 => {
+            get::<i64>(&args[11], pg_sys::INT8OID).map(|v| decimal(v, &mut ubuf))
+        }
+        t => t,
+    };
+    let item = match text_in_place(&args[2]) {
+        None if nargs == 13 => {
+            get::<i64>(&args[12], pg_sys::INT8OID).map(|v| decimal(v, &mut ibuf))
+        }
+        t => t,
+    };
     let out = _affinity_collect_sfunc(
         state,
-        text_in_place(&args[1]),
-        text_in_place(&args[2]),
+        user,
+        item,
         get::<f64>(&args[3], pg_sys::FLOAT8OID),
         get::<TimestampWithTimeZone>(&args[4], pg_sys::TIMESTAMPTZOID),
         get::<Interval>(&args[5], pg_sys::INTERVALOID),
         get::<TimestampWithTimeZone>(&args[6], pg_sys::TIMESTAMPTZOID),
         get::<i32>(&args[7], pg_sys::INT4OID),
         match (nargs, text_in_place(&args[8])) {
-            (11, None) if !args[10].isnull => Props::Doc {
+            (11 | 13, None) if !args[10].isnull => Props::Doc {
                 doc: &args[9],
                 keys: text_in_place(&args[10]).unwrap_or_default(),
             },
@@ -273,6 +291,29 @@ pub unsafe extern "C-unwind" fn _affinity_collect_sfunc_wrapper(
             pg_sys::Datum::from(0usize)
         }
     }
+}
+
+/// Bytes of the longest `i64` in decimal (`-9223372036854775808`).
+const I64_DIGITS: usize = 20;
+
+/// `v` in decimal, as PostgreSQL's `int8out` (and so `::text`) writes it, in `buf`.
+pub(crate) fn decimal(v: i64, buf: &mut [u8; I64_DIGITS]) -> &str {
+    let mut n = v.unsigned_abs();
+    let mut at = I64_DIGITS;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    // ASCII digits and a sign only.
+    std::str::from_utf8(&buf[at..]).unwrap_or_default()
 }
 
 /// A `text` argument as `&str`: what pgrx's conversion gives, read in place without its call
@@ -789,6 +830,31 @@ AS 'MODULE_PATHNAME', '_affinity_collect_sfunc_wrapper';
 
 extension_sql!(
     r#"
+CREATE FUNCTION audience."_affinity_collect_sfunc"(
+	"state" internal,
+	"user_id" TEXT,
+	"item_id" TEXT,
+	"weight" double precision,
+	"event_time" timestamp with time zone,
+	"half_life" interval,
+	"reference_time" timestamp with time zone,
+	"n_props" INT,
+	"props" TEXT,
+	"doc" jsonb,
+	"keys" TEXT,
+	"user_num" bigint,
+	"item_num" bigint
+) RETURNS internal
+PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_affinity_collect_sfunc_wrapper';
+"#,
+    name = "affinity_collect_sfunc_numeric_ids",
+    requires = ["affinity_collect_sfunc"]
+);
+
+extension_sql!(
+    r#"
 CREATE AGGREGATE audience.affinity(user_id text, item_id text, weight double precision,
                                    event_time timestamptz, half_life interval, reference_time timestamptz) (
     sfunc = audience._affinity_sfunc,
@@ -828,11 +894,42 @@ CREATE AGGREGATE audience._affinity_collect_bytes(user_id text, item_id text, we
     deserialfunc = audience._affinity_deserial,
     parallel = safe
 );
+
+-- 0.9.0: the same with integer ids (user_num, item_num) for a NULL user_id or item_id: the
+-- build's scan passes an integer column as it is, not cast to text per row.
+CREATE AGGREGATE audience._affinity_collect(user_id text, item_id text, weight double precision,
+                                            event_time timestamptz, half_life interval, reference_time timestamptz,
+                                            n_props integer, props text, doc jsonb, keys text,
+                                            user_num bigint, item_num bigint) (
+    sfunc = audience._affinity_collect_sfunc,
+    stype = internal,
+    finalfunc = audience._affinity_final_stash,
+    finalfunc_modify = read_write,
+    combinefunc = audience._affinity_combine,
+    serialfunc = audience._affinity_serial,
+    deserialfunc = audience._affinity_deserial,
+    parallel = safe
+);
+
+CREATE AGGREGATE audience._affinity_collect_bytes(user_id text, item_id text, weight double precision,
+                                                  event_time timestamptz, half_life interval, reference_time timestamptz,
+                                                  n_props integer, props text, doc jsonb, keys text,
+                                                  user_num bigint, item_num bigint) (
+    sfunc = audience._affinity_collect_sfunc,
+    stype = internal,
+    finalfunc = audience._affinity_final_bytes,
+    finalfunc_modify = read_write,
+    combinefunc = audience._affinity_combine,
+    serialfunc = audience._affinity_serial,
+    deserialfunc = audience._affinity_deserial,
+    parallel = safe
+);
 "#,
     name = "affinity_aggregates",
     requires = [
         _affinity_sfunc,
         "affinity_collect_sfunc",
+        "affinity_collect_sfunc_numeric_ids",
         _affinity_combine,
         _affinity_serial,
         _affinity_deserial,
@@ -841,3 +938,35 @@ CREATE AGGREGATE audience._affinity_collect_bytes(user_id text, item_id text, we
         _affinity_final_bytes
     ]
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Integer ids in decimal as PostgreSQL's `int8out` writes them (what `::text` gives).
+    #[test]
+    fn decimal_is_the_integer_text() {
+        let mut buf = [0u8; I64_DIGITS];
+        let mut v: i64 = 1;
+        let mut cases = vec![
+            0,
+            1,
+            -1,
+            9,
+            10,
+            -10,
+            99,
+            100,
+            i64::MAX,
+            i64::MIN,
+            i64::MIN + 1,
+        ];
+        for _ in 0..64 {
+            cases.extend([v, -v, v - 1, v + 1]);
+            v = v.wrapping_mul(7).wrapping_add(3);
+        }
+        for c in cases {
+            assert_eq!(decimal(c, &mut buf), c.to_string(), "{c}");
+        }
+    }
+}

@@ -101,7 +101,7 @@ mod tests {
         let order = || {
             Spi::get_two::<String, String>(
                 r#"SELECT substring(b.time_query from $$ANY \('([^']*)'$$),
-                          substring(b.query from $$AS i, CASE WHEN s\.event::pg_catalog\.text OPERATOR\(pg_catalog\.=\) '([a-z]*)'$$)
+                          substring(b.query from $$AS i_num, CASE WHEN s\.event::pg_catalog\.text OPERATOR\(pg_catalog\.=\) '([a-z]*)'$$)
                      FROM audience._build_query((SELECT catalog_id FROM audience.catalogs WHERE name = 'freq'), NULL, NULL, NULL) b"#,
             )
             .map(|(a, b)| (a.unwrap_or_default(), b.unwrap_or_default()))
@@ -189,6 +189,101 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(rows, 2970);
+    }
+
+    /// Integer id columns (0.9.0) reach the scan's aggregate as they are (`u_num`, `i_num`),
+    /// written in decimal as `::text` writes them: the same state, byte for byte, as their text,
+    /// for bigint, integer and smallint columns with negative values and both extremes; a text
+    /// column still goes as text, and a build reads every row.
+    #[pg_test]
+    fn integer_ids_are_passed_as_they_are_and_give_the_state_of_their_text() {
+        run(
+            r#"CREATE TABLE nid (user_id bigint, product_id integer, sku smallint, code text, "timestamp" timestamptz, props jsonb);
+               INSERT INTO nid SELECT CASE g % 5 WHEN 0 THEN -g WHEN 1 THEN 9223372036854775807 - g
+                                                 WHEN 2 THEN -9223372036854775807 - 1 + g ELSE g % 40 END,
+                      CASE WHEN g % 3 = 0 THEN -2147483648 + g % 4 ELSE g % 17 END, (g % 9 - 4)::smallint,
+                      'c' || (g % 11), '2026-01-01'::timestamptz + g * interval '1 hour',
+                      jsonb_build_object('kind', 'k' || (g % 4))
+                 FROM generate_series(1, 500) g;
+               INSERT INTO nid VALUES (-9223372036854775807 - 1, 2147483647, -32768, 'x', '2026-02-01', '{"kind": "z"}'),
+                                      (0, 0, 32767, 'y', '2026-02-02', '{}');
+               SELECT audience.create_catalog('nid');
+               SELECT audience.add_event('nid', 'nid', 'product_id');
+               SELECT audience.create_catalog('nid_sku');
+               SELECT audience.add_event('nid_sku', 'nid', 'sku');
+               SELECT audience.create_catalog('nid_text');
+               SELECT audience.add_event('nid_text', 'nid', 'code');"#,
+        );
+        let bytes = |u: &str, i: &str, un: &str, inum: &str| {
+            Spi::get_one::<Vec<u8>>(&format!(
+                "SELECT audience._affinity_collect_bytes({u}, {i}, 1, \"timestamp\", '7 days', NULL, 0, NULL, NULL, NULL, {un}, {inum}) FROM nid"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        let text = bytes("user_id::text", "product_id::text", "NULL", "NULL");
+        assert_eq!(bytes("NULL", "NULL", "user_id", "product_id"), text);
+        assert_eq!(bytes("user_id::text", "NULL", "NULL", "product_id"), text);
+        assert_eq!(
+            bytes("NULL", "NULL", "user_id", "sku"),
+            bytes("user_id::text", "sku::text", "NULL", "NULL")
+        );
+        // With a property read from the row's document (`doc` and `keys`), as the build passes it.
+        let with_doc = |u: &str, i: &str, un: &str, inum: &str| {
+            Spi::get_one::<Vec<u8>>(&format!(
+                "SELECT audience._affinity_collect_bytes({u}, {i}, 1, \"timestamp\", NULL, NULL, 1, NULL, props, 'kind'{un}{inum}) FROM nid"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        assert_eq!(
+            with_doc("NULL", "NULL", ", user_id", ", product_id"),
+            with_doc("user_id::text", "product_id::text", "", "")
+        );
+        // The ten-argument aggregate (text ids) gives the same state.
+        let ten = Spi::get_one::<Vec<u8>>(
+            "SELECT audience._affinity_collect_bytes(user_id::text, product_id::text, 1, \"timestamp\", '7 days', NULL, 0, NULL, NULL, NULL) FROM nid",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(ten, text);
+        let q = |cat: &str| {
+            Spi::get_one::<String>(&format!(
+                "SELECT b.query FROM audience._build_query((SELECT catalog_id FROM audience.catalogs WHERE name = '{cat}'), NULL, NULL, NULL) b"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        assert!(q("nid").contains(
+            "NULL::pg_catalog.text AS u, s.user_id::pg_catalog.int8 AS u_num, NULL::pg_catalog.text AS i, s.product_id::pg_catalog.int8 AS i_num"
+        ));
+        assert!(q("nid_sku").contains("s.sku::pg_catalog.int8 AS i_num"));
+        assert!(
+            q("nid_text").contains("s.code::pg_catalog.text AS i, NULL::pg_catalog.int8 AS i_num")
+        );
+        let built = |cat: &str| {
+            Spi::get_one::<i64>(&format!(
+                "SELECT b.rows_read FROM audience.build('{cat}', factors => 2, neighbours => 2, tune => false) b"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        run("SELECT audience.map_property('nid', 'kind', json_key => 'kind', json_column => 'props')");
+        assert_eq!(built("nid"), 502);
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT string_agg(value, ',' ORDER BY value) FROM audience.property_values v JOIN audience.catalogs c ON c.active_model_id = v.model_id WHERE c.name = 'nid' AND v.property = 'kind'",
+            )
+            .unwrap()
+            .unwrap_or_default(),
+            // Each product's latest non-null value.
+            Spi::get_one::<String>(
+                "SELECT string_agg(DISTINCT kind, ',' ORDER BY kind) FROM (SELECT DISTINCT ON (product_id) props->>'kind' AS kind FROM nid WHERE props ? 'kind' ORDER BY product_id, \"timestamp\" DESC) x",
+            )
+            .unwrap()
+            .unwrap()
+        );
+        assert_eq!(built("nid_text"), 502);
     }
 
     /// Keys of one jsonb column are read by the aggregate in place (the row's document and the
