@@ -254,18 +254,13 @@ pub unsafe extern "C-unwind" fn _affinity_collect_sfunc_wrapper(
     // source's column is an integer) as its decimal text, formatted here on the stack instead of
     // by the query's `::text` cast (`int8out` and a palloc'd text per row).
     let (mut ubuf, mut ibuf) = ([0u8; I64_DIGITS], [0u8; I64_DIGITS]);
-    let user = match text_in_place(&args[1]) {
-        None if nargs == 13 => {
-            get::<i64>(&args[11], pg_sys::INT8OID).map(|v| decimal(v, &mut ubuf))
-        }
-        t => t,
+    let num = |k: usize| {
+        (nargs == 13)
+            .then(|| get::<i64>(&args[k], pg_sys::INT8OID))
+            .flatten()
     };
-    let item = match text_in_place(&args[2]) {
-        None if nargs == 13 => {
-            get::<i64>(&args[12], pg_sys::INT8OID).map(|v| decimal(v, &mut ibuf))
-        }
-        t => t,
-    };
+    let user = id_in_place(&args[1], num(11), &mut ubuf);
+    let item = id_in_place(&args[2], num(12), &mut ibuf);
     let out = _affinity_collect_sfunc(
         state,
         user,
@@ -296,8 +291,25 @@ pub unsafe extern "C-unwind" fn _affinity_collect_sfunc_wrapper(
 /// Bytes of the longest `i64` in decimal (`-9223372036854775808`).
 const I64_DIGITS: usize = 20;
 
+/// A user or item id: the `text` argument ([`text_in_place`]), or when it is NULL the integer
+/// `num` in decimal, written in `buf`.
+///
+/// # Safety
+/// `text` is an argument of SQL type `text`.
+unsafe fn id_in_place<'a>(
+    text: &pg_sys::NullableDatum,
+    num: Option<i64>,
+    buf: &'a mut [u8; I64_DIGITS],
+) -> Option<&'a str> {
+    // SAFETY: the caller's contract.
+    match unsafe { text_in_place(text) } {
+        None => num.map(|v| decimal(v, buf)),
+        t => t,
+    }
+}
+
 /// `v` in decimal, as PostgreSQL's `int8out` (and so `::text`) writes it, in `buf`.
-pub(crate) fn decimal(v: i64, buf: &mut [u8; I64_DIGITS]) -> &str {
+fn decimal(v: i64, buf: &mut [u8; I64_DIGITS]) -> &str {
     let mut n = v.unsigned_abs();
     let mut at = I64_DIGITS;
     loop {
