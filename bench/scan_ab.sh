@@ -13,6 +13,9 @@
 # A_SQL, B_SQL (optional): a SQL file run before generating A's (B's) query text, e.g. a
 # `CREATE OR REPLACE FUNCTION audience._build_query` that writes another scan query (B_SQL runs
 # last, so it also puts the installed function back).
+# A_SET, B_SET (optional): SQL run in the session before A's (B's) query, e.g. `SET jit = off`.
+# A_SED, B_SED (optional): a sed expression applied to A's (B's) query text, for what-if timings
+# of the query's parts, e.g. `s/s.properties AS d/NULL::pg_catalog.jsonb AS d/` (no documents).
 set -euo pipefail
 PGA_SCRIPT=bench-scan-ab
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,8 +33,14 @@ CID="$(q -c "SELECT catalog_id FROM audience.catalogs WHERE name = '$CAT'")"
 for v in A B; do
     sql="${v}_SQL"
     [[ -n "${!sql:-}" ]] && q -f "${!sql}"
-    { echo '\timing on'; echo "SELECT x IS NOT NULL FROM ("
-      q -c "SELECT query FROM audience._build_query($CID, NULL, NULL, NULL)"; echo ") q(x);"; } > "$work/scan_$v.sql"
+    set="${v}_SET" sed_expr="${v}_SED"
+    { [[ -n "${!set:-}" ]] && echo "${!set};"
+      echo '\timing on'; echo "SELECT x IS NOT NULL FROM ("
+      q -c "SELECT query FROM audience._build_query($CID, NULL, NULL, NULL)" | sed -e "${!sed_expr:-}"
+      echo ") q(x);"; } > "$work/scan_$v.sql"
+    [[ -z "${!sed_expr:-}" ]] || ! cmp -s <(q -c "SELECT query FROM audience._build_query($CID, NULL, NULL, NULL)") \
+        <(q -c "SELECT query FROM audience._build_query($CID, NULL, NULL, NULL)" | sed -e "${!sed_expr}") ||
+        pga_die "${v}_SED changed nothing in the query"
 done
 cpu() { awk '/^cpu /{ print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 hz="$(getconf CLK_TCK)"

@@ -73,6 +73,11 @@ impl PropVal {
     /// Latest time wins; on equal times the larger string wins. Returns the change in heap bytes.
     #[inline]
     pub(crate) fn update(&mut self, time: i64, v: &str) -> isize {
+        // An older event changes nothing, whatever its value: decided before the bytes are
+        // compared (most rows of a table not in time order are older than the item's latest).
+        if time < self.time && self.value.is_some() {
+            return 0;
+        }
         let vb = v.as_bytes();
         match &self.value {
             Some(cur) if cur.as_bytes() == vb => {
