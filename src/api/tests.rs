@@ -355,6 +355,23 @@ mod tests {
             "NULL",
         ));
         assert!(skipped == text_skipped, "an empty key maps nothing");
+        // Items met again, out of time order and at equal times with other values (each item's
+        // latest value wins, the larger one at equal times): the same state.
+        let again = |props: &str, doc: &str, keys: &str| {
+            bytes(format!(
+                "SELECT audience._affinity_collect_bytes(user_id::text, 'q' || substr(product_id, 2)::int % 13, 1, '2026-01-01'::timestamptz + (substr(product_id, 2)::int * 37 % 50) * interval '1 hour', NULL, '2026-03-01', 2, {props}, {doc}, {keys}) FROM tdoc"
+            ))
+        };
+        let again_text = again(
+            "coalesce(properties ->> 'brand', '') || chr(30) || coalesce(properties ->> 'category', '')",
+            "NULL",
+            "NULL",
+        );
+        let again_doc = again("NULL", "properties", "'brand' || chr(30) || 'category'");
+        assert!(
+            again_text == again_doc,
+            "the states of items met again differ"
+        );
         // Not vacuous: the values are there, rendered as ->> renders them.
         let aff = crate::affinity::accumulator::Accumulator::deserialize(&doc)
             .unwrap()
