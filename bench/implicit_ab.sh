@@ -24,7 +24,7 @@ SIZE="u${USERS:-1000000}-p${PRODUCTS:-50000}-e${EVENTS:-20000000}"
 CAT="shop_${SIZE//-/_}"
 CSV="$REPO_ROOT/target/bench/scale-$SIZE/user_item.csv"
 [[ -s "$CSV" ]] || pga_die "no $CSV: run BENCH_KEEP=1 bench/scale.sh (with its step (d)) first"
-pga_cluster_start "$CL" "shared_buffers = 2GB" "max_parallel_workers_per_gather = 2" >&2
+pga_bench_start "$CL"
 export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
 q() { pga_psql "$CL" -d postgres -Atq "$@"; }
 [[ "$(q -c "SELECT count(*) FROM audience.catalogs WHERE name = '$CAT'")" == 1 ]] ||

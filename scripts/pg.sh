@@ -357,6 +357,11 @@ pga_ab_begin() {
     pga_lib_swap_begin
     PGA_AB_WORK="$(mktemp -d)"
     pga_on_exit "rm -rf '$PGA_AB_WORK'"
+    pga_bench_start "$1"
+}
+# pga_bench_start CLUSTER: the cluster of the timed builds (bench/build_ab.sh, scan_ab.sh,
+# implicit_ab.sh ...) started, or restarted, with their settings.
+pga_bench_start() {
     pga_cluster_start "$1" "shared_buffers = 2GB" "max_parallel_workers_per_gather = 2" >&2
 }
 # pga_bench_settle CLUSTER [DB]: before a timed build, the state a build meets when builds are
